@@ -1,0 +1,147 @@
+//! Elections: candidates queue as exclusive entries in the election
+//! namespace; the head of the queue is the leader.
+
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use quorate_core::backend::async_trait;
+use quorate_core::loss::LossNotifier;
+use quorate_core::spi::{HeldLeadership, Leader};
+use quorate_core::{Error, FencingToken, Result};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::mutex::wait_for_grant;
+use crate::queue::remove;
+use crate::session::MemorySession;
+use crate::state::{Inner, Space, State};
+
+/// The leader of `name` now: the granted head of its queue.
+pub(crate) fn current_leader(inner: &Inner, name: &str) -> Option<Leader> {
+    let queue = inner.queues.get(&(Space::Election, name.to_owned()))?;
+    let head = queue.entries.front()?;
+    let fence = head.fence?;
+    let value = inner.elections.get(name)?.values.get(&head.id)?.clone();
+    Some(Leader {
+        value,
+        fence: FencingToken(fence),
+    })
+}
+
+/// Tell observers if the leader (or its value) changed; forget the values
+/// of candidates that are gone.
+pub(crate) fn publish_leader(inner: &mut Inner, name: &str) {
+    let leader = current_leader(inner, name);
+    let live: Vec<u64> = inner
+        .queues
+        .get(&(Space::Election, name.to_owned()))
+        .map(|q| q.entries.iter().map(|e| e.id).collect())
+        .unwrap_or_default();
+    let Some(state) = inner.elections.get_mut(name) else {
+        return;
+    };
+    state.values.retain(|id, _| live.contains(id));
+    if state.last_published != leader {
+        state.last_published = leader.clone();
+        state.observers.retain(|o| o.send(leader.clone()).is_ok());
+    }
+    if state.values.is_empty() && state.observers.is_empty() {
+        inner.elections.remove(name);
+    }
+}
+
+pub(crate) async fn campaign(
+    session: &MemorySession,
+    name: &str,
+    value: &[u8],
+    loss: LossNotifier,
+) -> Result<Box<dyn HeldLeadership>> {
+    let value = value.to_vec();
+    let (id, fence) = wait_for_grant(
+        session,
+        Space::Election,
+        name,
+        true,
+        true,
+        loss,
+        |inner, id| {
+            inner
+                .elections
+                .entry(name.to_owned())
+                .or_default()
+                .values
+                .insert(id, value);
+            publish_leader(inner, name);
+        },
+    )
+    .await?
+    .expect("a waiting campaign returns a grant");
+    Ok(Box::new(MemoryLeadership {
+        state: session.state.clone(),
+        name: name.to_owned(),
+        id,
+        fence,
+    }))
+}
+
+pub(crate) fn leader(state: &State, name: &str) -> Option<Leader> {
+    current_leader(&state.lock().unwrap(), name)
+}
+
+pub(crate) fn observe(state: &State, name: &str) -> BoxStream<'static, Result<Option<Leader>>> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut inner = state.lock().unwrap();
+    let now = current_leader(&inner, name);
+    let _ = tx.send(now.clone());
+    let election = inner.elections.entry(name.to_owned()).or_default();
+    election.last_published = now;
+    election.observers.push(tx);
+    UnboundedReceiverStream::new(rx).map(Ok).boxed()
+}
+
+struct MemoryLeadership {
+    state: State,
+    name: String,
+    id: u64,
+    fence: FencingToken,
+}
+
+impl MemoryLeadership {
+    fn is_head(&self, inner: &Inner) -> bool {
+        inner
+            .queues
+            .get(&(Space::Election, self.name.clone()))
+            .is_some_and(|q| q.is_granted(self.id))
+    }
+}
+
+#[async_trait]
+impl HeldLeadership for MemoryLeadership {
+    fn fence(&self) -> FencingToken {
+        self.fence
+    }
+
+    async fn proclaim(&self, value: &[u8]) -> Result<()> {
+        let mut inner = self.state.lock().unwrap();
+        if !self.is_head(&inner) {
+            return Err(Error::not_held(format!(
+                "no longer leader of `{}`",
+                self.name
+            )));
+        }
+        if let Some(e) = inner.elections.get_mut(&self.name) {
+            e.values.insert(self.id, value.to_vec());
+        }
+        publish_leader(&mut inner, &self.name);
+        Ok(())
+    }
+
+    async fn is_leader(&self) -> Result<bool> {
+        Ok(self.is_head(&self.state.lock().unwrap()))
+    }
+
+    async fn resign(&self) -> Result<()> {
+        let mut inner = self.state.lock().unwrap();
+        remove(&mut inner, Space::Election, &self.name, self.id);
+        Ok(())
+    }
+}

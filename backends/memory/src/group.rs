@@ -1,0 +1,148 @@
+//! Group membership: a member map per group, events to watchers sent under
+//! the same lock as the change, so a watcher's snapshot and its events never
+//! overlap or leave a gap.
+
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use quorate_core::backend::async_trait;
+use quorate_core::loss::LossNotifier;
+use quorate_core::spi::{GroupEvent, HeldMembership, Member};
+use quorate_core::{Error, Result};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::session::MemorySession;
+use crate::state::{GroupState, Inner, MemberRecord, State};
+
+pub(crate) fn list(inner: &Inner, group: &str) -> Vec<Member> {
+    inner
+        .groups
+        .get(group)
+        .map(|g| {
+            g.members
+                .iter()
+                .map(|(id, m)| Member {
+                    id: id.clone(),
+                    capabilities: m.capabilities.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub(crate) fn join(
+    session: &MemorySession,
+    group: &str,
+    member: &str,
+    capabilities: &serde_json::Value,
+    loss: LossNotifier,
+) -> Result<Box<dyn HeldMembership>> {
+    let mut inner = session.state.lock().unwrap();
+    session.check_alive(&inner)?;
+    let g = inner.groups.entry(group.to_owned()).or_default();
+    if g.members.contains_key(member) {
+        return Err(Error::already_held(format!(
+            "member `{member}` is already in group `{group}`"
+        )));
+    }
+    g.members.insert(
+        member.to_owned(),
+        MemberRecord {
+            session: session.id,
+            capabilities: capabilities.clone(),
+            loss,
+        },
+    );
+    g.publish(GroupEvent::Joined {
+        member: Member {
+            id: member.to_owned(),
+            capabilities: capabilities.clone(),
+        },
+    });
+    Ok(Box::new(MemoryMembership {
+        state: session.state.clone(),
+        session: session.id,
+        group: group.to_owned(),
+        member: member.to_owned(),
+    }))
+}
+
+pub(crate) fn watch(state: &State, group: &str) -> BoxStream<'static, Result<GroupEvent>> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut inner = state.lock().unwrap();
+    let members = list(&inner, group);
+    let _ = tx.send(GroupEvent::Snapshot { members });
+    inner
+        .groups
+        .entry(group.to_owned())
+        .or_default()
+        .watchers
+        .push(tx);
+    UnboundedReceiverStream::new(rx).map(Ok).boxed()
+}
+
+/// Remove `member` if it belongs to `session`; publishes `Left`.
+pub(crate) fn remove_member(inner: &mut Inner, group: &str, member: &str, session: u64) {
+    let Some(g) = inner.groups.get_mut(group) else {
+        return;
+    };
+    if g.members.get(member).is_some_and(|m| m.session == session) {
+        if let Some(m) = g.members.remove(member) {
+            m.loss.fire("left the group");
+        }
+        g.publish(GroupEvent::Left {
+            id: member.to_owned(),
+        });
+    }
+    drop_if_idle(inner, group);
+}
+
+/// Forget a group with no members and no watchers.
+pub(crate) fn drop_if_idle(inner: &mut Inner, group: &str) {
+    if inner.groups.get(group).is_some_and(|g: &GroupState| {
+        g.members.is_empty() && g.watchers.iter().all(|w| w.is_closed())
+    }) {
+        inner.groups.remove(group);
+    }
+}
+
+struct MemoryMembership {
+    state: State,
+    session: u64,
+    group: String,
+    member: String,
+}
+
+#[async_trait]
+impl HeldMembership for MemoryMembership {
+    async fn update(&self, capabilities: &serde_json::Value) -> Result<()> {
+        let mut inner = self.state.lock().unwrap();
+        let g = inner.groups.get_mut(&self.group);
+        let Some(g) = g.filter(|g| {
+            g.members
+                .get(&self.member)
+                .is_some_and(|m| m.session == self.session)
+        }) else {
+            return Err(Error::not_held(format!(
+                "`{}` is no longer a member of `{}`",
+                self.member, self.group
+            )));
+        };
+        if let Some(m) = g.members.get_mut(&self.member) {
+            m.capabilities = capabilities.clone();
+        }
+        g.publish(GroupEvent::Updated {
+            member: Member {
+                id: self.member.clone(),
+                capabilities: capabilities.clone(),
+            },
+        });
+        Ok(())
+    }
+
+    async fn leave(&self) -> Result<()> {
+        let mut inner = self.state.lock().unwrap();
+        remove_member(&mut inner, &self.group, &self.member, self.session);
+        Ok(())
+    }
+}

@@ -1,0 +1,158 @@
+//! quorate-memory: the in-process reference backend (`memory://`).
+//!
+//! It is the executable model of quorate's semantics: the conformance
+//! suite's expected behaviour is what this backend does. Locks, read/write
+//! locks and elections share one FIFO grant queue (`queue.rs`): readers are
+//! shared entries, writers and mutex holders exclusive ones.
+//!
+//! `memory://NAME` coordinators in one process share state while any of them
+//! lives, so multi-client cases run in one test; `memory://` alone is
+//! private. Sessions are leases with a TTL: without keep-alive they expire.
+#![warn(missing_docs)]
+
+mod election;
+mod group;
+mod mutex;
+mod queue;
+mod session;
+mod state;
+
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+use quorate_core::backend::async_trait;
+use quorate_core::loss::LossNotifier;
+use quorate_core::spi::{Backend, GroupEvent, Leader, Member, SessionBackend};
+use quorate_core::{
+    Capabilities, Config, Coordinator, Error, FailureDetection, Primitives, Result, RwOrdering,
+    Scope,
+};
+
+use session::{end_session, MemorySession};
+use state::State;
+
+/// URL schemes this backend serves.
+pub const SCHEMES: &[&str] = &["memory"];
+
+/// What `memory://` declares.
+pub fn capabilities() -> Capabilities {
+    Capabilities {
+        backend: "memory",
+        scope: Scope::Threads,
+        failure_detection: FailureDetection::LeaseTtl,
+        fencing: true,
+        fifo: true,
+        rwlock_ordering: RwOrdering::Fifo,
+        push_wakeups: true,
+        exclusive_under_pause: false,
+        survives_failover: false,
+        external_revoke: true,
+        primitives: Primitives {
+            mutex: true,
+            rwlock: true,
+            group: true,
+            election: true,
+            guarded_writes: true,
+        },
+    }
+}
+
+/// Connect to `memory://[NAME]`.
+///
+/// # Errors
+///
+/// [`quorate_core::ErrorKind::InvalidConfig`] for more than one name, a path,
+/// credentials or unknown options.
+pub async fn connect(config: &Config) -> Result<Coordinator> {
+    config.reject_unknown_options(&[])?;
+    if config.endpoints.len() > 1 || !config.path.is_empty() {
+        return Err(Error::invalid_config(format!(
+            "`{config}`: a memory URL is `memory://` or `memory://NAME`"
+        )));
+    }
+    if config.username.is_some() || config.password.is_some() {
+        return Err(Error::invalid_config("memory:// takes no credentials"));
+    }
+    let name = config.endpoints.first().cloned().unwrap_or_default();
+    Ok(Coordinator::new(
+        MemoryBackend {
+            state: state::shared_state(&name),
+        },
+        config.clone(),
+    ))
+}
+
+struct MemoryBackend {
+    state: State,
+}
+
+#[async_trait]
+impl Backend for MemoryBackend {
+    fn capabilities(&self) -> Capabilities {
+        capabilities()
+    }
+
+    async fn open_session(
+        &self,
+        ttl: Duration,
+        loss: LossNotifier,
+    ) -> Result<Box<dyn SessionBackend>> {
+        Ok(Box::new(MemorySession::open(self.state.clone(), ttl, loss)))
+    }
+
+    async fn revoke_session(&self, session_id: &str) -> Result<()> {
+        let id: u64 = session_id.parse().map_err(|_| {
+            Error::invalid_name(format!("`{session_id}` is not a memory session id"))
+        })?;
+        if end_session(
+            &mut self.state.lock().unwrap(),
+            id,
+            "the session was revoked from outside",
+        ) {
+            Ok(())
+        } else {
+            Err(Error::not_held(format!("no live session {id}")))
+        }
+    }
+
+    async fn members(&self, group: &str) -> Result<Vec<Member>> {
+        Ok(group::list(&self.state.lock().unwrap(), group))
+    }
+
+    async fn watch_group(&self, group: &str) -> Result<BoxStream<'static, Result<GroupEvent>>> {
+        Ok(group::watch(&self.state, group))
+    }
+
+    async fn leader(&self, name: &str) -> Result<Option<Leader>> {
+        Ok(election::leader(&self.state, name))
+    }
+
+    async fn observe(&self, name: &str) -> Result<BoxStream<'static, Result<Option<Leader>>>> {
+        Ok(election::observe(&self.state, name))
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.state.lock().unwrap().data.get(key).cloned())
+    }
+
+    async fn leftovers(&self) -> Result<Vec<String>> {
+        let inner = self.state.lock().unwrap();
+        let mut out: Vec<String> = inner
+            .sessions
+            .keys()
+            .map(|id| format!("session/{id}"))
+            .collect();
+        for ((space, name), q) in &inner.queues {
+            for e in &q.entries {
+                out.push(format!("{}/{}/{}", space.as_str(), name, e.id));
+            }
+        }
+        for (g, state) in &inner.groups {
+            for m in state.members.keys() {
+                out.push(format!("group/{g}/{m}"));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}

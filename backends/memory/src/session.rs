@@ -1,0 +1,185 @@
+//! Sessions: a record with a deadline, expired by a timer task unless kept
+//! alive; expiry or revocation removes everything the session owned.
+
+use std::time::Duration;
+
+use quorate_core::backend::async_trait;
+use quorate_core::loss::LossNotifier;
+use quorate_core::spi::{HeldLeadership, HeldLock, HeldMembership, LockKind, SessionBackend};
+use quorate_core::{Error, Result};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::state::{Inner, SessionId, SessionRecord, State};
+use crate::{election, group, mutex, queue};
+
+pub(crate) struct MemorySession {
+    pub(crate) state: State,
+    pub(crate) id: SessionId,
+    ttl: Duration,
+    expiry: JoinHandle<()>,
+}
+
+impl MemorySession {
+    pub(crate) fn open(state: State, ttl: Duration, loss: LossNotifier) -> MemorySession {
+        let id = {
+            let mut inner = state.lock().unwrap();
+            let id = inner.next_id();
+            inner.sessions.insert(
+                id,
+                SessionRecord {
+                    deadline: Instant::now() + ttl,
+                    loss,
+                },
+            );
+            id
+        };
+        let expiry = tokio::spawn(expire_when_due(state.clone(), id));
+        MemorySession {
+            state,
+            id,
+            ttl,
+            expiry,
+        }
+    }
+
+    pub(crate) fn check_alive(&self, inner: &Inner) -> Result<()> {
+        if inner.sessions.contains_key(&self.id) {
+            Ok(())
+        } else {
+            Err(Error::lost(format!(
+                "session {} has expired or was revoked",
+                self.id
+            )))
+        }
+    }
+}
+
+impl Drop for MemorySession {
+    fn drop(&mut self) {
+        self.expiry.abort();
+    }
+}
+
+async fn expire_when_due(state: State, id: SessionId) {
+    loop {
+        let deadline = match state.lock().unwrap().sessions.get(&id) {
+            Some(r) => r.deadline,
+            None => return,
+        };
+        tokio::time::sleep_until(deadline).await;
+        let mut inner = state.lock().unwrap();
+        match inner.sessions.get(&id) {
+            Some(r) if Instant::now() >= r.deadline => {
+                tracing::debug!(session = id, "memory session expired");
+                end_session(&mut inner, id, "the lease expired");
+                return;
+            }
+            Some(_) => {}
+            None => return,
+        }
+    }
+}
+
+/// Remove a session and everything it owned, telling every holder.
+pub(crate) fn end_session(inner: &mut Inner, id: SessionId, reason: &str) -> bool {
+    let Some(record) = inner.sessions.remove(&id) else {
+        return false;
+    };
+    record.loss.fire(reason);
+    let owned: Vec<_> = inner
+        .queues
+        .iter()
+        .flat_map(|((space, name), q)| {
+            q.entries
+                .iter()
+                .filter(|e| e.session == id)
+                .map(|e| (*space, name.clone(), e.id, e.loss.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for (space, name, entry, loss) in owned {
+        loss.fire(reason);
+        queue::remove(inner, space, &name, entry);
+    }
+    let memberships: Vec<(String, String)> = inner
+        .groups
+        .iter()
+        .flat_map(|(g, state)| {
+            state
+                .members
+                .iter()
+                .filter(|(_, m)| m.session == id)
+                .map(|(m, _)| (g.clone(), m.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for (g, m) in memberships {
+        group::remove_member(inner, &g, &m, id);
+    }
+    true
+}
+
+#[async_trait]
+impl SessionBackend for MemorySession {
+    fn id(&self) -> String {
+        self.id.to_string()
+    }
+
+    fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    async fn keep_alive(&self) -> Result<()> {
+        let mut inner = self.state.lock().unwrap();
+        match inner.sessions.get_mut(&self.id) {
+            Some(r) => {
+                r.deadline = Instant::now() + self.ttl;
+                Ok(())
+            }
+            None => Err(Error::lost(format!(
+                "session {} has expired or was revoked",
+                self.id
+            ))),
+        }
+    }
+
+    async fn revoke(&self) -> Result<()> {
+        self.expiry.abort();
+        end_session(
+            &mut self.state.lock().unwrap(),
+            self.id,
+            "the session was revoked",
+        );
+        Ok(())
+    }
+
+    async fn lock(
+        &self,
+        name: &str,
+        kind: LockKind,
+        wait: bool,
+        loss: LossNotifier,
+    ) -> Result<Option<Box<dyn HeldLock>>> {
+        mutex::lock(self, name, kind, wait, loss).await
+    }
+
+    async fn join(
+        &self,
+        group: &str,
+        member: &str,
+        capabilities: &serde_json::Value,
+        loss: LossNotifier,
+    ) -> Result<Box<dyn HeldMembership>> {
+        group::join(self, group, member, capabilities, loss)
+    }
+
+    async fn campaign(
+        &self,
+        name: &str,
+        value: &[u8],
+        loss: LossNotifier,
+    ) -> Result<Box<dyn HeldLeadership>> {
+        election::campaign(self, name, value, loss).await
+    }
+}

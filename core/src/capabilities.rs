@@ -1,0 +1,86 @@
+//! What a backend declares it guarantees. The conformance suite measures
+//! each of these and reports declared against measured.
+
+use serde::Serialize;
+
+/// Who can be excluded from one another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scope {
+    /// Tasks and threads of one process.
+    Threads,
+    /// Processes of one host.
+    Processes,
+    /// Processes on any hosts that reach the same servers.
+    Hosts,
+}
+
+/// How the death of a holder is detected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureDetection {
+    /// The holder's process (the kernel releases on exit): immediate, and a
+    /// paused process keeps its locks.
+    ProcessLifetime,
+    /// A lease with a TTL refreshed by the holder: a dead or paused holder
+    /// loses its locks after the TTL.
+    LeaseTtl,
+    /// A server-side session with a timeout (ZooKeeper).
+    Session,
+}
+
+/// The order in which a read/write lock grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RwOrdering {
+    /// Strict arrival order; a waiting writer blocks later readers.
+    Fifo,
+    /// Waiting writers block new readers, but among waiters the order is
+    /// not guaranteed.
+    WriterPreferring,
+}
+
+/// Which primitives the backend implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Primitives {
+    /// `Mutex`.
+    pub mutex: bool,
+    /// `RwLock`.
+    pub rwlock: bool,
+    /// `Group` membership.
+    pub group: bool,
+    /// `Election`.
+    pub election: bool,
+    /// Guarded writes (`write_if_held`, `write_and_release`).
+    pub guarded_writes: bool,
+}
+
+/// The guarantees a backend declares. Every field is checked by the
+/// conformance suite (see `docs/guarantees.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Capabilities {
+    /// The backend's name (`memory`, `file`, `etcd`, …).
+    pub backend: &'static str,
+    /// Who is excluded from whom.
+    pub scope: Scope,
+    /// How a dead holder is detected.
+    pub failure_detection: FailureDetection,
+    /// Every grant carries a strictly increasing fencing token.
+    pub fencing: bool,
+    /// Mutex waiters are granted in arrival order.
+    pub fifo: bool,
+    /// Read/write lock ordering.
+    pub rwlock_ordering: RwOrdering,
+    /// Waiters are woken by the backend, not by polling.
+    pub push_wakeups: bool,
+    /// Mutual exclusion holds while a holder's process is paused past the
+    /// lease: `true` only where nobody else can acquire (file locks), at the
+    /// price of liveness.
+    pub exclusive_under_pause: bool,
+    /// A lock stays held and exclusive across a server failover.
+    pub survives_failover: bool,
+    /// A session can be revoked from outside (`Coordinator::revoke_session`).
+    pub external_revoke: bool,
+    /// Which primitives are implemented.
+    pub primitives: Primitives,
+}

@@ -1,0 +1,203 @@
+//! The entry point: a connected backend, cheap to clone.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use tracing::Instrument;
+
+use crate::capabilities::Capabilities;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::name;
+use crate::session::{Session, SessionOptions};
+use crate::spi::{Backend, GroupEvent, Leader, Member};
+
+/// A connection to one coordination backend. Cheap to clone; clones share
+/// the connection.
+///
+/// Obtain one with `quorate::connect(url)` (the facade picks the backend
+/// from the URL scheme) or from a backend crate's `connect`.
+#[derive(Clone)]
+pub struct Coordinator {
+    inner: Arc<CoordinatorInner>,
+}
+
+struct CoordinatorInner {
+    backend: Arc<dyn Backend>,
+    config: Config,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("url", &self.inner.config.redacted())
+            .finish()
+    }
+}
+
+impl Coordinator {
+    /// Wrap a connected backend. Backend crates call this from their
+    /// `connect`.
+    pub fn new(backend: impl Backend, config: Config) -> Self {
+        Coordinator {
+            inner: Arc::new(CoordinatorInner {
+                backend: Arc::new(backend),
+                config,
+            }),
+        }
+    }
+
+    /// The configuration this coordinator was made from.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// What the backend declares it guarantees.
+    pub fn capabilities(&self) -> Capabilities {
+        self.inner.backend.capabilities()
+    }
+
+    pub(crate) fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    /// Open a session with the configured TTL and automatic keep-alive.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::ErrorKind::Unavailable`] when the backend does not answer
+    /// within `connect_timeout`, or the backend's error.
+    pub async fn session(&self) -> Result<Session> {
+        Session::open(self.clone(), SessionOptions::default()).await
+    }
+
+    /// Open a session with explicit options (TTL, manual keep-alive).
+    ///
+    /// # Errors
+    ///
+    /// As [`Coordinator::session`].
+    pub async fn session_with(&self, options: SessionOptions) -> Result<Session> {
+        Session::open(self.clone(), options).await
+    }
+
+    /// Revoke another session by id, as an operator would (`etcdctl lease
+    /// revoke`). Its holder's `lost()` resolves.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::ErrorKind::Unsupported`] where the backend has no such
+    /// operation (see [`Capabilities::external_revoke`]).
+    pub async fn revoke_session(&self, session_id: &str) -> Result<()> {
+        self.bounded(
+            "revoke session",
+            self.inner.backend.revoke_session(session_id),
+        )
+        .await
+    }
+
+    /// The members of a group, without needing a session.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::ErrorKind::InvalidName`], or the backend's error.
+    pub async fn members(&self, group: &str) -> Result<Vec<Member>> {
+        name::validate("group", group)?;
+        self.bounded("list members", self.inner.backend.members(group))
+            .await
+    }
+
+    /// Watch a group without needing a session: a [`GroupEvent::Snapshot`],
+    /// then every change.
+    pub fn watch_group(&self, group: &str) -> BoxStream<'static, Result<GroupEvent>> {
+        let this = self.clone();
+        let group = group.to_owned();
+        lazy_stream(async move {
+            name::validate("group", &group)?;
+            this.bounded("watch group", this.inner.backend.watch_group(&group))
+                .await
+        })
+    }
+
+    /// The current leader of an election, without needing a session.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::ErrorKind::InvalidName`], or the backend's error.
+    pub async fn leader(&self, election: &str) -> Result<Option<Leader>> {
+        name::validate("election", election)?;
+        self.bounded("get leader", self.inner.backend.leader(election))
+            .await
+    }
+
+    /// Observe an election without needing a session: the current leader,
+    /// then every change.
+    pub fn observe(&self, election: &str) -> BoxStream<'static, Result<Option<Leader>>> {
+        let this = self.clone();
+        let election = election.to_owned();
+        lazy_stream(async move {
+            name::validate("election", &election)?;
+            this.bounded("observe election", this.inner.backend.observe(&election))
+                .await
+        })
+    }
+
+    /// Read a value stored by a guarded write.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::ErrorKind::InvalidName`], or the backend's error.
+    pub async fn read(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        name::validate("key", key)?;
+        self.bounded("read", self.inner.backend.read(key)).await
+    }
+
+    /// Everything left under the namespace that a clean shutdown should
+    /// have removed (see [`Backend::leftovers`]). Empty when nothing leaked.
+    ///
+    /// # Errors
+    ///
+    /// The backend's error.
+    pub async fn leftovers(&self) -> Result<Vec<String>> {
+        self.bounded("list leftovers", self.inner.backend.leftovers())
+            .await
+    }
+
+    /// The limit on one request that does not wait for a lock.
+    pub fn request_timeout(&self) -> Duration {
+        self.inner.config.connect_timeout
+    }
+
+    /// Run one backend request that is not a wait, bounded by
+    /// `connect_timeout`, inside a tracing span.
+    pub(crate) async fn bounded<T>(
+        &self,
+        what: &'static str,
+        fut: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let span = tracing::debug_span!("quorate", op = what, backend = %self.inner.config.scheme);
+        let limit = self.request_timeout();
+        match tokio::time::timeout(limit, fut).instrument(span).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::unavailable(format!(
+                "{what}: {} did not answer within {limit:?} (connect_timeout)",
+                self.inner.config.redacted()
+            ))),
+        }
+    }
+}
+
+/// A stream whose first step is an async call producing the real stream;
+/// an error of that call becomes the stream's only item.
+fn lazy_stream<T: Send + 'static>(
+    start: impl Future<Output = Result<BoxStream<'static, Result<T>>>> + Send + 'static,
+) -> BoxStream<'static, Result<T>> {
+    futures::stream::once(start)
+        .flat_map(|r| match r {
+            Ok(s) => s,
+            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+        })
+        .boxed()
+}

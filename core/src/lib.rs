@@ -1,0 +1,42 @@
+//! quorate-core: the traits, types, errors, configuration and shared
+//! behaviour of quorate.
+//!
+//! Users work with [`Coordinator`] → [`Session`] → [`Mutex`] / [`RwLock`] /
+//! [`Group`] / [`Election`] and their guards. Backends implement the small
+//! object-safe SPI in [`spi`]; everything common to all backends (name
+//! validation, timeouts, re-entrancy checks, keep-alive and the client-side
+//! lease deadline, loss fan-out, drop-release) lives here, once.
+#![warn(missing_docs)]
+
+pub mod capabilities;
+pub mod config;
+mod coordinator;
+mod election;
+pub mod error;
+mod fence;
+mod group;
+pub mod loss;
+mod mutex;
+pub mod name;
+mod rwlock;
+mod session;
+pub mod spi;
+
+pub use capabilities::{Capabilities, FailureDetection, Primitives, RwOrdering, Scope};
+pub use config::{Config, Secret};
+pub use coordinator::Coordinator;
+pub use election::{Election, Leadership};
+pub use error::{Error, ErrorKind, Result};
+pub use fence::FencingToken;
+pub use group::{Group, Membership};
+pub use loss::LossReason;
+pub use mutex::{LockGuard, Mutex};
+pub use rwlock::RwLock;
+pub use session::{safety_margin, KeepAlive, Session, SessionOptions};
+pub use spi::{GroupEvent, Leader, LockKind, Member};
+
+/// Re-exports for backend crates.
+pub mod backend {
+    pub use async_trait::async_trait;
+    pub use futures::stream::BoxStream;
+}

@@ -1,0 +1,309 @@
+//! Mutual-exclusion locks and the guard shared by every lock kind.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::Instrument;
+
+use crate::error::{Error, Result};
+use crate::fence::FencingToken;
+use crate::loss::{GuardLoss, LossReason};
+use crate::name;
+use crate::session::{Claim, ClaimKey, Session};
+use crate::spi::{HeldLock, LockKind};
+
+/// A named mutual-exclusion lock owned by a [`Session`]. Waiters are
+/// granted in arrival order where the backend declares `fifo`.
+#[derive(Debug, Clone)]
+pub struct Mutex {
+    session: Session,
+    name: String,
+}
+
+impl Mutex {
+    pub(crate) fn new(session: Session, name: &str) -> Self {
+        Mutex {
+            session,
+            name: name.to_owned(),
+        }
+    }
+
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Wait until the lock is granted.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future at any point leaves no queue entry
+    /// and no grant behind; the lock is never acquired "by itself" later.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::ErrorKind::AlreadyHeld`] if this session holds or is
+    /// acquiring it already; [`crate::ErrorKind::Lost`] if the session is
+    /// lost while waiting; [`crate::ErrorKind::InvalidName`]; the backend's
+    /// error.
+    pub async fn lock(&self) -> Result<LockGuard> {
+        acquire(&self.session, &self.name, LockKind::Mutex, true)
+            .await
+            .map(|g| g.expect("a waiting acquire returns a grant"))
+    }
+
+    /// Take the lock only if it is free now.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`Mutex::lock`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Mutex::lock`]; `Ok(None)` when the lock is held by someone else.
+    pub async fn try_lock(&self) -> Result<Option<LockGuard>> {
+        acquire(&self.session, &self.name, LockKind::Mutex, false).await
+    }
+
+    /// Wait at most `timeout` for the lock.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`Mutex::lock`]. A timed-out waiter leaves the queue
+    /// at once, so the waiters behind it move up immediately.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::ErrorKind::Timeout`] when the time runs out, else as
+    /// [`Mutex::lock`].
+    pub async fn lock_timeout(&self, timeout: Duration) -> Result<LockGuard> {
+        with_timeout(timeout, &self.name, self.lock()).await
+    }
+}
+
+pub(crate) async fn with_timeout<T>(
+    timeout: Duration,
+    name: &str,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::timeout(format!(
+            "`{name}` was not granted within {timeout:?}"
+        ))),
+    }
+}
+
+/// The acquisition path of every lock kind: validation, re-entrancy check,
+/// loss wiring, waiting or bounded try, tracing.
+pub(crate) async fn acquire(
+    session: &Session,
+    lock_name: &str,
+    kind: LockKind,
+    wait: bool,
+) -> Result<Option<LockGuard>> {
+    name::validate("lock", lock_name)?;
+    session.check_usable()?;
+    let claim_key = match kind {
+        LockKind::Mutex => ClaimKey::Mutex(lock_name.to_owned()),
+        LockKind::Read | LockKind::Write => ClaimKey::RwLock(lock_name.to_owned()),
+    };
+    let claim = session.claim(claim_key)?;
+    let loss = GuardLoss::new(&session.inner.loss);
+    let span = tracing::debug_span!("lock", name = lock_name, ?kind, wait);
+    let request = session
+        .inner
+        .backend
+        .lock(lock_name, kind, wait, loss.own.clone());
+    let held = if wait {
+        session.wait_or_lost(request).instrument(span).await?
+    } else {
+        session
+            .wait_or_lost(session.inner.coordinator.bounded("try lock", request))
+            .instrument(span)
+            .await?
+    };
+    Ok(held.map(|held| {
+        let fence = held.fence();
+        tracing::debug!(name = lock_name, ?kind, %fence, "granted");
+        LockGuard {
+            held: Some(Arc::from(held)),
+            name: lock_name.to_owned(),
+            kind,
+            fence,
+            loss,
+            claim: Some(claim),
+            session: session.clone(),
+        }
+    }))
+}
+
+/// A held lock (mutex, read or write). Dropping it releases in the
+/// background; [`LockGuard::release`] releases and waits.
+///
+/// Trust the guard only until [`LockGuard::lost`] resolves, and pass
+/// [`LockGuard::fence`] to the resources you protect.
+pub struct LockGuard {
+    held: Option<Arc<dyn HeldLock>>,
+    name: String,
+    kind: LockKind,
+    fence: FencingToken,
+    loss: GuardLoss,
+    claim: Option<Claim>,
+    session: Session,
+}
+
+impl std::fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("fence", &self.fence)
+            .field("lost", &self.loss.is_lost())
+            .finish()
+    }
+}
+
+impl LockGuard {
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Which kind of lock this is.
+    pub fn kind(&self) -> LockKind {
+        self.kind
+    }
+
+    /// The fencing token of this grant.
+    pub fn fence(&self) -> FencingToken {
+        self.fence
+    }
+
+    /// Resolves when the lock can no longer be trusted: the session was
+    /// lost, or the backend reported the grant gone.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn lost(&self) -> LossReason {
+        self.loss.lost().await
+    }
+
+    /// Whether the loss is already known (no round trip).
+    pub fn is_lost(&self) -> bool {
+        self.loss.is_lost()
+    }
+
+    /// Ask the backend whether the grant still stands (one round trip).
+    /// A `false` answer also resolves [`LockGuard::lost`].
+    ///
+    /// # Errors
+    ///
+    /// The backend's error (the answer is then unknown).
+    pub async fn is_held(&self) -> Result<bool> {
+        if self.loss.is_lost() {
+            return Ok(false);
+        }
+        let held = self.held()?;
+        let answer = self
+            .session
+            .inner
+            .coordinator
+            .bounded("is held", held.is_held())
+            .await?;
+        if !answer {
+            self.loss.own.fire("the backend no longer has the grant");
+        }
+        Ok(answer && !self.loss.is_lost())
+    }
+
+    /// Store `value` under `key` in one atomic backend step that applies
+    /// only if this grant still stands. Returns whether it applied. Read it
+    /// back with [`Session::read`].
+    ///
+    /// # Errors
+    ///
+    /// [`crate::ErrorKind::InvalidName`] for a bad key; the backend's error
+    /// (whether it applied is then unknown: read it back).
+    pub async fn write_if_held(&self, key: &str, value: &[u8]) -> Result<bool> {
+        self.guarded_write(key, value, false).await
+    }
+
+    /// Like [`LockGuard::write_if_held`], and release the lock in the same
+    /// atomic step. Retryable: if the reply is lost and you retry with the
+    /// same guard's data, the retry reports `false` (not held) and cannot
+    /// apply twice.
+    ///
+    /// # Errors
+    ///
+    /// As [`LockGuard::write_if_held`].
+    pub async fn write_and_release(mut self, key: &str, value: &[u8]) -> Result<bool> {
+        let applied = self.guarded_write(key, value, true).await?;
+        if applied {
+            self.held = None;
+            self.loss.own.fire("released");
+        }
+        Ok(applied)
+    }
+
+    async fn guarded_write(&self, key: &str, value: &[u8], release: bool) -> Result<bool> {
+        name::validate("key", key)?;
+        if self.loss.is_lost() {
+            return Ok(false);
+        }
+        let held = self.held()?;
+        let applied = self
+            .session
+            .inner
+            .coordinator
+            .bounded("guarded write", held.write_if_held(key, value, release))
+            .await?;
+        if !applied {
+            self.loss.own.fire("the backend no longer has the grant");
+        }
+        Ok(applied)
+    }
+
+    /// Release the lock and wait for the backend to confirm.
+    ///
+    /// # Errors
+    ///
+    /// The backend's error; the lease will free the lock when it expires.
+    pub async fn release(mut self) -> Result<()> {
+        let held = self.held.take();
+        self.loss.own.fire("released");
+        let result = match held {
+            Some(h) => {
+                self.session
+                    .inner
+                    .coordinator
+                    .bounded("release", h.release())
+                    .await
+            }
+            None => Ok(()),
+        };
+        drop(self.claim.take());
+        result
+    }
+
+    fn held(&self) -> Result<&Arc<dyn HeldLock>> {
+        self.held
+            .as_ref()
+            .ok_or_else(|| Error::not_held(format!("`{}` was released", self.name)))
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Some(held) = self.held.take() {
+            self.loss.own.fire("released");
+            if let Some(claim) = self.claim.take() {
+                self.session
+                    .spawn_cleanup("release dropped lock", claim, async move {
+                        held.release().await
+                    });
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Read/write locks: shared readers, exclusive writers, FIFO so that a
+//! waiting writer blocks later readers (no writer starvation).
+
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::mutex::{acquire, with_timeout, LockGuard};
+use crate::session::Session;
+use crate::spi::LockKind;
+
+/// A named read/write lock owned by a [`Session`]. A read/write lock and a
+/// [`crate::Mutex`] of the same name are different locks.
+///
+/// A session holds at most one mode of one rwlock at a time (no upgrade,
+/// no re-entrancy).
+#[derive(Debug, Clone)]
+pub struct RwLock {
+    session: Session,
+    name: String,
+}
+
+impl RwLock {
+    pub(crate) fn new(session: Session, name: &str) -> Self {
+        RwLock {
+            session,
+            name: name.to_owned(),
+        }
+    }
+
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Wait for a shared (read) grant. Readers share with readers, and wait
+    /// behind any writer that arrived before them.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future leaves the queue at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Mutex::lock`].
+    pub async fn read(&self) -> Result<LockGuard> {
+        self.wait(LockKind::Read).await
+    }
+
+    /// Wait for an exclusive (write) grant.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future leaves the queue at once, so the
+    /// readers queued behind this writer proceed immediately.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Mutex::lock`].
+    pub async fn write(&self) -> Result<LockGuard> {
+        self.wait(LockKind::Write).await
+    }
+
+    /// A read grant only if available now (no writer holds or waits).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Mutex::try_lock`].
+    pub async fn try_read(&self) -> Result<Option<LockGuard>> {
+        acquire(&self.session, &self.name, LockKind::Read, false).await
+    }
+
+    /// A write grant only if the lock is free now.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Mutex::try_lock`].
+    pub async fn try_write(&self) -> Result<Option<LockGuard>> {
+        acquire(&self.session, &self.name, LockKind::Write, false).await
+    }
+
+    /// Wait at most `timeout` for a read grant.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Mutex::lock_timeout`].
+    pub async fn read_timeout(&self, timeout: Duration) -> Result<LockGuard> {
+        with_timeout(timeout, &self.name, self.read()).await
+    }
+
+    /// Wait at most `timeout` for a write grant. A timed-out writer leaves
+    /// the queue at once, so readers queued behind it proceed immediately.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Mutex::lock_timeout`].
+    pub async fn write_timeout(&self, timeout: Duration) -> Result<LockGuard> {
+        with_timeout(timeout, &self.name, self.write()).await
+    }
+
+    async fn wait(&self, kind: LockKind) -> Result<LockGuard> {
+        acquire(&self.session, &self.name, kind, true)
+            .await
+            .map(|g| g.expect("a waiting acquire returns a grant"))
+    }
+}

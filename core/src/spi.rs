@@ -1,0 +1,223 @@
+//! The backend service-provider interface: the small, object-safe set of
+//! traits each backend implements. Users never call these; they use the
+//! concrete types of this crate ([`crate::Coordinator`], [`crate::Session`],
+//! …), which add name validation, timeouts, re-entrancy checks,
+//! drop-release and loss fan-out once for all backends.
+//!
+//! # Contract every implementation keeps
+//!
+//! - Names arrive validated ([`crate::name::validate`]); backends map them
+//!   to keys with [`crate::name::encode`].
+//! - **Cancel safety.** Every `async fn` here may be dropped at any await
+//!   point. A dropped acquire (`lock`, `campaign`, `join`) must leave no
+//!   queue entry, node, key or grant behind: clean up synchronously in a
+//!   `Drop` guard, or spawn the clean-up from `Drop` (the clean-up must then
+//!   be idempotent and must not release a grant that a *later* call made).
+//! - A grant returned from `lock`/`campaign` must have been valid when
+//!   returned; the backend fires the given [`LossNotifier`] when it learns
+//!   the grant is gone (key deleted, session expired).
+//! - Blocking waits are woken by the backend (watch, pub/sub, kernel);
+//!   polling only as a bounded fallback.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use serde::Serialize;
+
+use crate::capabilities::Capabilities;
+use crate::error::Result;
+use crate::fence::FencingToken;
+use crate::loss::LossNotifier;
+
+/// Which lock a [`SessionBackend::lock`] call asks for.
+///
+/// `Mutex` and the `RwLock` modes live in separate namespaces: a mutex and a
+/// read/write lock of the same name are different locks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LockKind {
+    /// The exclusive lock of a `Mutex`.
+    Mutex,
+    /// The shared mode of a `RwLock`.
+    Read,
+    /// The exclusive mode of a `RwLock`.
+    Write,
+}
+
+impl LockKind {
+    /// Whether this mode excludes every other holder.
+    pub fn is_exclusive(self) -> bool {
+        !matches!(self, LockKind::Read)
+    }
+}
+
+/// A member of a group, as listed or reported by events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    /// The member id given to `join`.
+    pub id: String,
+    /// The capabilities (any JSON) given to `join` or `update`.
+    pub capabilities: serde_json::Value,
+}
+
+/// A change in a group, as reported by `Group::watch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum GroupEvent {
+    /// Always the first event: every member at one consistent moment; later
+    /// events are exactly the changes after it (no gap, no duplicate).
+    Snapshot {
+        /// The members, sorted by id.
+        members: Vec<Member>,
+    },
+    /// A member joined.
+    Joined {
+        /// The new member.
+        member: Member,
+    },
+    /// A member changed its capabilities.
+    Updated {
+        /// The member with its new capabilities.
+        member: Member,
+    },
+    /// A member left or its session ended.
+    Left {
+        /// The id of the member that left.
+        id: String,
+    },
+}
+
+/// The current leader of an election.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Leader {
+    /// The value the leader campaigned with or last proclaimed.
+    pub value: Vec<u8>,
+    /// The leadership's fencing token.
+    pub fence: FencingToken,
+}
+
+/// A connected backend. One per [`crate::Coordinator`], shared by its clones.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// What this backend declares it guarantees.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Open a session (lease) with the requested TTL. The backend fires
+    /// `loss` when it learns the lease is gone (expired, revoked).
+    async fn open_session(
+        &self,
+        ttl: Duration,
+        loss: LossNotifier,
+    ) -> Result<Box<dyn SessionBackend>>;
+
+    /// Revoke a session by its id, from outside (an operator's action).
+    /// Backends that cannot return [`crate::ErrorKind::Unsupported`].
+    async fn revoke_session(&self, session_id: &str) -> Result<()>;
+
+    /// The members of a group, sorted by id.
+    async fn members(&self, group: &str) -> Result<Vec<Member>>;
+
+    /// A stream of group events, starting with a [`GroupEvent::Snapshot`].
+    async fn watch_group(&self, group: &str) -> Result<BoxStream<'static, Result<GroupEvent>>>;
+
+    /// The current leader of an election, if any.
+    async fn leader(&self, election: &str) -> Result<Option<Leader>>;
+
+    /// A stream of leaders: first the current one, then every change, never
+    /// a stale leader after a newer one.
+    async fn observe(&self, election: &str) -> Result<BoxStream<'static, Result<Option<Leader>>>>;
+
+    /// Read a value stored by a guarded write.
+    async fn read(&self, key: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Everything under this coordinator's namespace that a clean shutdown
+    /// should have removed: held or queued locks, members, candidates,
+    /// sessions. Documented persistent state (fence counters, guarded-write
+    /// values) is not listed. Used by the conformance suite's leak check.
+    async fn leftovers(&self) -> Result<Vec<String>>;
+}
+
+/// One session (lease) of a backend.
+#[async_trait]
+pub trait SessionBackend: Send + Sync + 'static {
+    /// A stable id of the session (the lease id, the ZK session id, …).
+    fn id(&self) -> String;
+
+    /// The TTL the backend really granted (may differ from the request).
+    fn ttl(&self) -> Duration;
+
+    /// One keep-alive round trip. [`crate::ErrorKind::Lost`] when the lease
+    /// is already gone.
+    async fn keep_alive(&self) -> Result<()>;
+
+    /// Revoke the lease: every grant, membership and candidacy of this
+    /// session is released.
+    async fn revoke(&self) -> Result<()>;
+
+    /// Acquire a lock. With `wait == false` return `Ok(None)` at once if it
+    /// is not free; with `wait == true` wait in FIFO order until granted.
+    /// `loss` is this grant's own notifier.
+    async fn lock(
+        &self,
+        name: &str,
+        kind: LockKind,
+        wait: bool,
+        loss: LossNotifier,
+    ) -> Result<Option<Box<dyn HeldLock>>>;
+
+    /// Join a group as `member`. [`crate::ErrorKind::AlreadyHeld`] when the
+    /// id is taken by a live member.
+    async fn join(
+        &self,
+        group: &str,
+        member: &str,
+        capabilities: &serde_json::Value,
+        loss: LossNotifier,
+    ) -> Result<Box<dyn HeldMembership>>;
+
+    /// Campaign in an election; resolves once leader.
+    async fn campaign(
+        &self,
+        election: &str,
+        value: &[u8],
+        loss: LossNotifier,
+    ) -> Result<Box<dyn HeldLeadership>>;
+}
+
+/// A granted lock.
+#[async_trait]
+pub trait HeldLock: Send + Sync + 'static {
+    /// The grant's fencing token.
+    fn fence(&self) -> FencingToken;
+    /// Ask the backend whether the grant still stands.
+    async fn is_held(&self) -> Result<bool>;
+    /// Release the grant. Idempotent.
+    async fn release(&self) -> Result<()>;
+    /// Atomically store `value` under `key` if and only if the grant still
+    /// stands, optionally releasing in the same step. Returns whether the
+    /// grant stood (and so whether the write applied).
+    async fn write_if_held(&self, key: &str, value: &[u8], release: bool) -> Result<bool>;
+}
+
+/// A membership in a group.
+#[async_trait]
+pub trait HeldMembership: Send + Sync + 'static {
+    /// Replace the member's capabilities.
+    async fn update(&self, capabilities: &serde_json::Value) -> Result<()>;
+    /// Leave the group. Idempotent.
+    async fn leave(&self) -> Result<()>;
+}
+
+/// Leadership of an election.
+#[async_trait]
+pub trait HeldLeadership: Send + Sync + 'static {
+    /// The leadership's fencing token.
+    fn fence(&self) -> FencingToken;
+    /// Publish a new value while leader.
+    async fn proclaim(&self, value: &[u8]) -> Result<()>;
+    /// Ask the backend whether this is still the leader.
+    async fn is_leader(&self) -> Result<bool>;
+    /// Give up leadership. Idempotent.
+    async fn resign(&self) -> Result<()>;
+}
