@@ -1,0 +1,88 @@
+//! Mapping `etcd-client` errors to quorate's error kinds.
+
+use etcd_client::Error as EtcdError;
+use quorate_core::{Error, ErrorKind};
+
+/// etcd's message for an expired or revoked lease.
+const LEASE_NOT_FOUND: &str = "requested lease not found";
+
+/// Turn an etcd-client error of operation `op` into a quorate error with a
+/// kind a caller can act on. The message never contains credentials.
+pub(crate) fn map(op: &str, e: EtcdError) -> Error {
+    let (kind, detail) = classify(&e);
+    Error::new(kind, format!("etcd {op}: {detail}")).with_source(e)
+}
+
+fn classify(e: &EtcdError) -> (ErrorKind, String) {
+    match e {
+        EtcdError::GRpcStatus(status) => {
+            use tonic::Code;
+            let msg = status.message().to_owned();
+            let kind = match status.code() {
+                Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::Cancelled
+                | Code::ResourceExhausted
+                | Code::Aborted => ErrorKind::Unavailable,
+                Code::Unauthenticated | Code::PermissionDenied => ErrorKind::Unauthenticated,
+                Code::InvalidArgument if is_auth_message(&msg) => ErrorKind::Unauthenticated,
+                Code::FailedPrecondition if is_auth_message(&msg) => ErrorKind::Unauthenticated,
+                Code::NotFound if msg.contains(LEASE_NOT_FOUND) => ErrorKind::Lost,
+                Code::Unknown if is_transient_message(&msg) => ErrorKind::Unavailable,
+                _ => ErrorKind::Backend,
+            };
+            let detail = match kind {
+                ErrorKind::Unauthenticated if status.code() == Code::PermissionDenied => format!(
+                    "{msg} (the etcd user lacks a role with read/write permission on the namespace)"
+                ),
+                ErrorKind::Unauthenticated => {
+                    format!("{msg} (check the user name and password in the URL)")
+                }
+                _ => msg,
+            };
+            (kind, detail)
+        }
+        EtcdError::TransportError(t) => (ErrorKind::Unavailable, format!("transport: {t}")),
+        EtcdError::IoError(io) => (ErrorKind::Unavailable, format!("I/O: {io}")),
+        EtcdError::LeaseKeepAliveError(m) if m.contains("lease not found") => (
+            ErrorKind::Lost,
+            "the lease was not found (expired or revoked)".into(),
+        ),
+        EtcdError::LeaseKeepAliveError(m) | EtcdError::WatchError(m) => {
+            (ErrorKind::Unavailable, m.clone())
+        }
+        EtcdError::InvalidArgs(m) => (ErrorKind::InvalidConfig, m.clone()),
+        EtcdError::InvalidUri(u) => (ErrorKind::InvalidConfig, format!("invalid endpoint: {u}")),
+        other => (ErrorKind::Backend, other.to_string()),
+    }
+}
+
+fn is_auth_message(msg: &str) -> bool {
+    [
+        "authentication failed",
+        "user name is empty",
+        "invalid auth token",
+        "user name not found",
+        "authentication is not enabled",
+        "invalid auth management",
+    ]
+    .iter()
+    .any(|m| msg.contains(m))
+}
+
+fn is_transient_message(msg: &str) -> bool {
+    [
+        "leader changed",
+        "no leader",
+        "timed out",
+        "not capable",
+        "too many requests",
+    ]
+    .iter()
+    .any(|m| msg.contains(m))
+}
+
+/// Whether an etcd error says the lease no longer exists.
+pub(crate) fn is_lease_gone(e: &Error) -> bool {
+    e.kind() == ErrorKind::Lost
+}

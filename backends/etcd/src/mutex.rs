@@ -1,0 +1,221 @@
+//! Mutexes, in the layout of etcd's Go `concurrency.Mutex`, and the FIFO
+//! queue machinery that read/write locks and elections share.
+//!
+//! A lock `name` is the prefix `<ns>/lock/<enc(name)>/`. To queue, a
+//! session puts `<prefix><lease hex>` (empty value, under its lease) in a
+//! transaction that checks the key's create revision is 0. The holder is the
+//! key with the lowest create revision; every other entry waits for the
+//! deletion of its immediate predecessor only (the last key created before
+//! it, `MaxCreateRev = myRev-1`), then checks again. `etcdctl lock
+//! <ns>/lock/<enc(name)>` does exactly the same, so the two exclude each
+//! other. The fencing token is the holder key's create revision.
+//!
+//! # Cancel safety
+//!
+//! The queue key is an [`OwnKey`] until granted: dropping the acquisition
+//! at any await point deletes the key in the background (only our key, of
+//! our lease and create revision).
+
+use std::time::Duration;
+
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp};
+use quorate_core::backend::async_trait;
+use quorate_core::loss::LossNotifier;
+use quorate_core::spi::{HeldLock, LockKind};
+use quorate_core::{Error, FencingToken, Result};
+
+use crate::keys::lease_hex;
+use crate::session::{Created, EtcdSession, HeldKey, OwnKey};
+use crate::{revision, rwlock, txn_range, watch, Backoff};
+
+/// One queue entry: the key to create and the keys it waits behind.
+pub(crate) struct Entry<'a> {
+    /// The entry's key (ends with the session's lease id).
+    pub(crate) key: String,
+    /// Its value: empty for locks, the campaign value for elections.
+    pub(crate) value: &'a [u8],
+    /// The prefix of the keys that block this entry when created before it.
+    pub(crate) blockers: String,
+}
+
+/// The entry of a mutex: `<ns>/lock/<enc(name)>/<lease hex>`, blocked by
+/// every earlier key of the same prefix.
+fn mutex_entry(session: &EtcdSession, name: &str) -> Entry<'static> {
+    let prefix = session.shared.layout.mutex(name);
+    Entry {
+        key: format!("{prefix}{}", lease_hex(session.lease)),
+        value: b"",
+        blockers: prefix,
+    }
+}
+
+/// Acquire a lock of any kind.
+pub(crate) async fn lock(
+    session: &EtcdSession,
+    name: &str,
+    kind: LockKind,
+    wait: bool,
+    loss: LossNotifier,
+) -> Result<Option<Box<dyn HeldLock>>> {
+    let entry = match kind {
+        LockKind::Mutex => mutex_entry(session, name),
+        LockKind::Read | LockKind::Write => rwlock::entry(session, name, kind),
+    };
+    let held = if wait {
+        Some(enqueue_and_wait(session, &entry).await?)
+    } else {
+        try_take(session, &entry).await?
+    };
+    Ok(held.map(|held| {
+        tracing::debug!(key = %held.key, fence = held.rev, "etcd lock granted");
+        Box::new(EtcdLock { held, loss }) as Box<dyn HeldLock>
+    }))
+}
+
+/// Take the lock only if no blocker exists now: one transaction that puts
+/// our key only if the blocker prefix is empty, so nothing is queued when
+/// the lock is busy.
+async fn try_take(session: &EtcdSession, entry: &Entry<'_>) -> Result<Option<HeldKey>> {
+    let mut own = OwnKey::claim(session, entry.key.clone()).await;
+    // A range compare holds when it holds for every key in the range, and
+    // compares an empty range as one absent key (create revision 0).
+    let nobody_ahead =
+        Compare::create_revision(entry.blockers.clone(), CompareOp::Equal, 0).with_prefix();
+    match own
+        .create(session, entry.value, &[nobody_ahead], false)
+        .await?
+    {
+        Created::Yes => Ok(Some(own.keep())),
+        Created::Refused => {
+            own.forget();
+            Ok(None)
+        }
+    }
+}
+
+/// Queue the entry and wait until nothing created before it blocks it.
+pub(crate) async fn enqueue_and_wait(session: &EtcdSession, entry: &Entry<'_>) -> Result<HeldKey> {
+    let mut own = OwnKey::claim(session, entry.key.clone()).await;
+    match own.create(session, entry.value, &[], true).await? {
+        Created::Yes => {}
+        Created::Refused => {
+            // Only our own session writes keys ending in our lease id, and
+            // `create` removes its leftovers; someone else wrote it.
+            own.forget();
+            return Err(Error::backend(format!(
+                "etcd key `{}` exists but is not attached to this session's lease",
+                entry.key
+            )));
+        }
+    }
+    let rev = own.rev();
+    tracing::debug!(key = %own.key(), rev, "queued");
+    wait_for_turn(session, entry, rev).await?;
+    Ok(own.keep())
+}
+
+/// Wait until no key of `entry.blockers` has a create revision below `rev`,
+/// watching only the last such key each time (no herd, no polling; a
+/// re-check every lease TTL guards against a lost notification).
+async fn wait_for_turn(session: &EtcdSession, entry: &Entry<'_>, rev: i64) -> Result<()> {
+    let predecessor = GetOptions::new()
+        .with_prefix()
+        .with_max_create_revision(rev - 1)
+        .with_sort(SortTarget::Create, SortOrder::Descend)
+        .with_limit(1);
+    let mut backoff = Backoff::new();
+    loop {
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                entry.key.clone(),
+                CompareOp::Equal,
+                rev,
+            )])
+            .and_then([TxnOp::get(
+                entry.blockers.clone(),
+                Some(predecessor.clone()),
+            )]);
+        let resp = session
+            .shared
+            .txn_retrying("check queue", txn)
+            .await
+            .map_err(|e| session.note(e))?;
+        if !resp.succeeded() {
+            return Err(Error::lost(format!(
+                "the queue key `{}` disappeared while waiting (lease expired or revoked, or the key was deleted)",
+                entry.key
+            )));
+        }
+        let Some(ahead) = txn_range(&resp, 0).into_iter().next() else {
+            return Ok(());
+        };
+        let seen_at = revision(resp.header())?;
+        tracing::debug!(
+            key = %entry.key,
+            waiting_for = %String::from_utf8_lossy(ahead.key()),
+            "waiting for predecessor"
+        );
+        watch::wait_deleted(
+            &session.shared,
+            ahead.key().to_vec(),
+            seen_at,
+            fallback(session),
+            &mut backoff,
+        )
+        .await;
+    }
+}
+
+/// How long a waiter trusts its watch before checking again anyway.
+fn fallback(session: &EtcdSession) -> Duration {
+    use quorate_core::spi::SessionBackend;
+    session.ttl().max(Duration::from_secs(1))
+}
+
+/// A granted lock of any kind.
+struct EtcdLock {
+    held: HeldKey,
+    loss: LossNotifier,
+}
+
+#[async_trait]
+impl HeldLock for EtcdLock {
+    fn fence(&self) -> FencingToken {
+        FencingToken(u64::try_from(self.held.rev).unwrap_or(0))
+    }
+
+    async fn is_held(&self) -> Result<bool> {
+        // Keys created later never precede ours, so the grant stands
+        // exactly while our key does.
+        let held = self.held.exists("is held").await?;
+        if !held {
+            self.loss.fire("the lock's key is gone from etcd");
+        }
+        Ok(held)
+    }
+
+    async fn release(&self) -> Result<()> {
+        self.held.delete("release").await
+    }
+
+    async fn write_if_held(&self, key: &str, value: &[u8], release: bool) -> Result<bool> {
+        let data = self.held.shared.layout.data(key);
+        let mut ops = vec![TxnOp::put(data, value, None::<PutOptions>)];
+        if release {
+            ops.push(TxnOp::delete(self.held.key.clone(), None));
+        }
+        let txn = Txn::new().when(self.held.still_mine()).and_then(ops);
+        let applied = self
+            .held
+            .shared
+            .txn("guarded write", txn)
+            .await?
+            .succeeded();
+        if !applied {
+            self.loss.fire("the lock's key is gone from etcd");
+        } else if release {
+            self.held.forget_lock();
+        }
+        Ok(applied)
+    }
+}

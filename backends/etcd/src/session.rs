@@ -1,0 +1,486 @@
+//! Sessions: one etcd lease each, plus the bookkeeping of the keys a
+//! session creates under its lease.
+//!
+//! - Opening grants a lease (etcd may raise the TTL to its minimum; the
+//!   granted TTL is reported) and registers `<ns>/session/<lease hex>`
+//!   under it, so `leftovers()` can see sessions that were never closed.
+//! - [`SessionBackend::keep_alive`] is one `LeaseKeepAlive` round trip on a
+//!   long-lived stream; a TTL of 0 in the answer means the lease is gone.
+//! - Every key the session creates (queue entries, candidacies, members)
+//!   goes through [`OwnKey`]: a drop guard that deletes the key in the
+//!   background if the creating future is dropped, and a per-key async
+//!   lock ([`KeyLocks`]) that keeps a later acquisition of the same key by
+//!   the same session from racing that clean-up.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use etcd_client::{Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp};
+use quorate_core::backend::async_trait;
+use quorate_core::loss::LossNotifier;
+use quorate_core::spi::{HeldLeadership, HeldLock, HeldMembership, LockKind, SessionBackend};
+use quorate_core::{Error, Result};
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
+
+use crate::keys::lease_hex;
+use crate::{error, revision, txn_range, Shared};
+
+/// One session: an etcd lease.
+pub(crate) struct EtcdSession {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) lease: i64,
+    ttl: Duration,
+    /// The keep-alive stream, set up lazily; taken out during a round trip
+    /// so that a round trip dropped half-way never leaves an unread answer
+    /// behind for the next one to mistake for its own.
+    keeper: AsyncMutex<Option<(LeaseKeeper, LeaseKeepAliveStream)>>,
+    pub(crate) loss: LossNotifier,
+    pub(crate) key_locks: KeyLocks,
+}
+
+impl EtcdSession {
+    /// Grant a lease of `ttl` (rounded up to whole seconds) and register
+    /// the session under it.
+    pub(crate) async fn open(
+        shared: Arc<Shared>,
+        ttl: Duration,
+        loss: LossNotifier,
+    ) -> Result<EtcdSession> {
+        let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+        let secs = i64::try_from(secs.max(1))
+            .map_err(|_| Error::invalid_config(format!("TTL {ttl:?} is too long")))?;
+        let mut leases = shared.client.lease_client();
+        let granted = shared.call("grant lease", leases.grant(secs, None)).await?;
+        let lease = granted.id();
+        // Revoke the lease if this future is dropped before returning.
+        let mut revoke_guard = RevokeOnDrop {
+            shared: Some(shared.clone()),
+            lease,
+        };
+        let ttl = Duration::from_secs(u64::try_from(granted.ttl()).unwrap_or(0).max(1));
+        let mut kv = shared.client.kv_client();
+        let marker = shared.layout.session(lease);
+        if let Err(e) = shared
+            .call(
+                "register session",
+                kv.put(marker, "", Some(PutOptions::new().with_lease(lease))),
+            )
+            .await
+        {
+            let _ = shared.call("revoke lease", leases.revoke(lease)).await;
+            revoke_guard.shared = None;
+            return Err(e);
+        }
+        revoke_guard.shared = None;
+        tracing::debug!(lease = %lease_hex(lease), ?ttl, "etcd session opened");
+        Ok(EtcdSession {
+            shared,
+            lease,
+            ttl,
+            keeper: AsyncMutex::new(None),
+            loss,
+            key_locks: KeyLocks::default(),
+        })
+    }
+
+    /// Pass an error through, firing the session's loss first if it says
+    /// the lease is gone.
+    pub(crate) fn note(&self, e: Error) -> Error {
+        if error::is_lease_gone(&e) {
+            self.loss
+                .fire(format!("etcd lease {} is gone: {e}", lease_hex(self.lease)));
+        }
+        e
+    }
+
+    fn lost(&self) -> Error {
+        let e = Error::lost(format!(
+            "etcd lease {} has expired or was revoked",
+            lease_hex(self.lease)
+        ));
+        self.note(e)
+    }
+}
+
+/// Revokes a freshly granted lease when `open` is dropped half-way.
+struct RevokeOnDrop {
+    shared: Option<Arc<Shared>>,
+    lease: i64,
+}
+
+impl Drop for RevokeOnDrop {
+    fn drop(&mut self) {
+        let Some(shared) = self.shared.take() else {
+            return;
+        };
+        let lease = self.lease;
+        spawn_cleanup("revoke the lease of an abandoned session", async move {
+            let mut leases = shared.client.lease_client();
+            shared
+                .call("revoke lease", leases.revoke(lease))
+                .await
+                .map(|_| ())
+        });
+    }
+}
+
+#[async_trait]
+impl SessionBackend for EtcdSession {
+    fn id(&self) -> String {
+        lease_hex(self.lease)
+    }
+
+    fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    async fn keep_alive(&self) -> Result<()> {
+        let mut slot = self.keeper.lock().await;
+        match slot.take() {
+            None => {
+                // Opening the stream sends the first keep-alive and reads its
+                // answer: that is this call's round trip.
+                let mut leases = self.shared.client.lease_client();
+                let pair = self
+                    .shared
+                    .call("keep alive", leases.keep_alive(self.lease))
+                    .await
+                    .map_err(|e| self.note(e))?;
+                *slot = Some(pair);
+                Ok(())
+            }
+            Some((mut keeper, mut stream)) => {
+                let answer = self
+                    .shared
+                    .call("keep alive", async {
+                        keeper.keep_alive().await?;
+                        stream.message().await
+                    })
+                    .await
+                    .map_err(|e| self.note(e))?;
+                match answer {
+                    Some(resp) if resp.ttl() > 0 => {
+                        *slot = Some((keeper, stream));
+                        Ok(())
+                    }
+                    Some(_) => Err(self.lost()),
+                    None => Err(Error::unavailable(
+                        "etcd closed the lease keep-alive stream",
+                    )),
+                }
+            }
+        }
+    }
+
+    async fn revoke(&self) -> Result<()> {
+        if let Ok(mut slot) = self.keeper.try_lock() {
+            slot.take();
+        }
+        let mut leases = self.shared.client.lease_client();
+        match self
+            .shared
+            .call("revoke lease", leases.revoke(self.lease))
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Already expired or revoked: the goal is reached.
+            Err(e) if error::is_lease_gone(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn lock(
+        &self,
+        name: &str,
+        kind: LockKind,
+        wait: bool,
+        loss: LossNotifier,
+    ) -> Result<Option<Box<dyn HeldLock>>> {
+        crate::mutex::lock(self, name, kind, wait, loss).await
+    }
+
+    async fn join(
+        &self,
+        group: &str,
+        member: &str,
+        capabilities: &serde_json::Value,
+        loss: LossNotifier,
+    ) -> Result<Box<dyn HeldMembership>> {
+        crate::group::join(self, group, member, capabilities, loss).await
+    }
+
+    async fn campaign(
+        &self,
+        election: &str,
+        value: &[u8],
+        loss: LossNotifier,
+    ) -> Result<Box<dyn HeldLeadership>> {
+        crate::election::campaign(self, election, value, loss).await
+    }
+}
+
+/// Revoke a session of this namespace by id (the lease id in hex, as
+/// `etcdctl lease list` shows it).
+pub(crate) async fn revoke_by_id(shared: &Shared, session_id: &str) -> Result<()> {
+    let lease = u64::from_str_radix(session_id, 16)
+        .ok()
+        .and_then(|l| i64::try_from(l).ok())
+        .filter(|l| *l > 0)
+        .ok_or_else(|| {
+            Error::invalid_name(format!(
+                "`{session_id}` is not an etcd session id (a lease id in hex)"
+            ))
+        })?;
+    let mut kv = shared.client.kv_client();
+    let marker = kv.get(shared.layout.session(lease), None);
+    if shared.call("find session", marker).await?.kvs().is_empty() {
+        return Err(crate::not_held(format!(
+            "no live session {session_id} in namespace `{}`",
+            shared.layout.namespace()
+        )));
+    }
+    let mut leases = shared.client.lease_client();
+    match shared.call("revoke lease", leases.revoke(lease)).await {
+        Ok(_) => Ok(()),
+        Err(e) if error::is_lease_gone(&e) => Err(crate::not_held(format!(
+            "session {session_id} has already ended"
+        ))),
+        Err(e) => Err(e),
+    }
+}
+
+/// Per-key async locks of one session: whoever creates or cleans up key K
+/// holds K's lock, so a new acquisition waits for the clean-up of an
+/// abandoned one instead of racing it.
+#[derive(Default)]
+pub(crate) struct KeyLocks {
+    inner: StdMutex<KeyLockMap>,
+}
+
+#[derive(Default)]
+struct KeyLockMap {
+    locks: HashMap<String, Arc<AsyncMutex<()>>>,
+    /// Prune unused entries when the map grows past this (amortised O(1)).
+    prune_at: usize,
+}
+
+impl KeyLocks {
+    async fn lock(&self, key: &str) -> OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self.inner.lock().unwrap();
+            if map.locks.len() >= map.prune_at {
+                map.locks.retain(|_, l| Arc::strong_count(l) > 1);
+                map.prune_at = (map.locks.len() * 2).max(64);
+            }
+            map.locks.entry(key.to_owned()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+}
+
+/// What [`OwnKey::create`] found.
+pub(crate) enum Created {
+    /// The key now exists under our lease; its create revision is recorded.
+    Yes,
+    /// Not created: the extra compares failed, or the key exists and
+    /// belongs to another session.
+    Refused,
+}
+
+/// A key this session is about to create. Until [`OwnKey::keep`] or
+/// [`OwnKey::forget`], dropping it deletes the key in the background: only
+/// the key of our lease (and of the create revision we made, once known).
+pub(crate) struct OwnKey {
+    shared: Arc<Shared>,
+    key: String,
+    lease: i64,
+    rev: Option<i64>,
+    guard: Option<OwnedMutexGuard<()>>,
+    armed: bool,
+}
+
+impl OwnKey {
+    /// Take `key`'s lock in this session (waiting for any clean-up of it).
+    pub(crate) async fn claim(session: &EtcdSession, key: String) -> OwnKey {
+        let guard = session.key_locks.lock(&key).await;
+        OwnKey {
+            shared: session.shared.clone(),
+            key,
+            lease: session.lease,
+            rev: None,
+            guard: Some(guard),
+            armed: true,
+        }
+    }
+
+    /// Put the key with `value` under the lease if it does not exist and
+    /// every compare of `extra` holds, in one transaction. A leftover of
+    /// this same session (an earlier clean-up that failed) is deleted and
+    /// the put retried. With `retry`, retryable errors are retried (for
+    /// waits); without, they are returned (for bounded calls).
+    pub(crate) async fn create(
+        &mut self,
+        session: &EtcdSession,
+        value: &[u8],
+        extra: &[Compare],
+        retry: bool,
+    ) -> Result<Created> {
+        loop {
+            let mut when = vec![Compare::create_revision(
+                self.key.clone(),
+                CompareOp::Equal,
+                0,
+            )];
+            when.extend_from_slice(extra);
+            let txn = Txn::new()
+                .when(when)
+                .and_then([TxnOp::put(
+                    self.key.clone(),
+                    value,
+                    Some(PutOptions::new().with_lease(self.lease)),
+                )])
+                .or_else([TxnOp::get(self.key.clone(), None)]);
+            let resp = if retry {
+                self.shared.txn_retrying("create key", txn).await
+            } else {
+                self.shared.txn("create key", txn).await
+            }
+            .map_err(|e| session.note(e))?;
+            if resp.succeeded() {
+                self.rev = Some(revision(resp.header())?);
+                return Ok(Created::Yes);
+            }
+            let Some(existing) = txn_range(&resp, 0).into_iter().next() else {
+                return Ok(Created::Refused);
+            };
+            if existing.lease() != self.lease {
+                return Ok(Created::Refused);
+            }
+            tracing::warn!(key = %self.key, "removing a leftover key of this session before re-creating it");
+            delete_own(
+                &self.shared,
+                &self.key,
+                self.lease,
+                Some(existing.create_revision()),
+            )
+            .await?;
+        }
+    }
+
+    /// The key's create revision (after a successful [`OwnKey::create`]).
+    pub(crate) fn rev(&self) -> i64 {
+        self.rev.expect("create succeeded")
+    }
+
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Nothing was created: no clean-up needed.
+    pub(crate) fn forget(mut self) {
+        self.armed = false;
+    }
+
+    /// The key stays: hand it to a grant, candidacy or membership.
+    pub(crate) fn keep(mut self) -> HeldKey {
+        self.armed = false;
+        HeldKey {
+            shared: self.shared.clone(),
+            key: self.key.clone(),
+            lease: self.lease,
+            rev: self.rev(),
+            guard: StdMutex::new(self.guard.take()),
+        }
+    }
+}
+
+impl Drop for OwnKey {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (shared, key, lease, rev) =
+            (self.shared.clone(), self.key.clone(), self.lease, self.rev);
+        let guard = self.guard.take();
+        tracing::debug!(%key, "abandoned acquisition: deleting its key in the background");
+        spawn_cleanup("delete the key of an abandoned acquisition", async move {
+            let r = delete_own(&shared, &key, lease, rev).await;
+            drop(guard);
+            r
+        });
+    }
+}
+
+/// A key this session holds: a lock grant, a candidacy or a membership.
+pub(crate) struct HeldKey {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) key: String,
+    pub(crate) lease: i64,
+    /// The create revision: the fencing token of what this key grants.
+    pub(crate) rev: i64,
+    guard: StdMutex<Option<OwnedMutexGuard<()>>>,
+}
+
+impl HeldKey {
+    /// Compares that hold exactly while this key is still ours.
+    pub(crate) fn still_mine(&self) -> [Compare; 2] {
+        [
+            Compare::create_revision(self.key.clone(), CompareOp::Equal, self.rev),
+            Compare::lease(self.key.clone(), CompareOp::Equal, self.lease),
+        ]
+    }
+
+    /// Whether the key still exists as we created it (one round trip).
+    pub(crate) async fn exists(&self, op: &'static str) -> Result<bool> {
+        let txn = Txn::new().when(self.still_mine());
+        Ok(self.shared.txn(op, txn).await?.succeeded())
+    }
+
+    /// Delete the key if it is still ours. Idempotent.
+    pub(crate) async fn delete(&self, op: &'static str) -> Result<()> {
+        let txn = Txn::new()
+            .when(self.still_mine())
+            .and_then([TxnOp::delete(self.key.clone(), None)]);
+        self.shared.txn(op, txn).await?;
+        self.forget_lock();
+        Ok(())
+    }
+
+    /// Let the session create this key again (after it was deleted).
+    pub(crate) fn forget_lock(&self) {
+        self.guard.lock().unwrap().take();
+    }
+}
+
+/// Delete `key` if it is attached to `lease` (and was created at `rev`,
+/// when known).
+async fn delete_own(shared: &Shared, key: &str, lease: i64, rev: Option<i64>) -> Result<()> {
+    let mut when = vec![Compare::lease(key, CompareOp::Equal, lease)];
+    if let Some(rev) = rev {
+        when.push(Compare::create_revision(key, CompareOp::Equal, rev));
+    }
+    let txn = Txn::new().when(when).and_then([TxnOp::delete(key, None)]);
+    shared.txn_retrying("delete key", txn).await.map(|_| ())
+}
+
+/// Run a clean-up in the background, bounded in time, logging failures.
+/// Without a runtime (dropped outside one) the lease TTL is the clean-up.
+pub(crate) fn spawn_cleanup<F>(what: &'static str, fut: F)
+where
+    F: std::future::Future<Output = Result<()>> + Send + 'static,
+{
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!(op = what, "no runtime to clean up in; the lease TTL will");
+        return;
+    };
+    handle.spawn(async move {
+        match tokio::time::timeout(Duration::from_secs(30), fut).await {
+            Ok(Ok(())) => tracing::debug!(op = what, "clean-up done"),
+            Ok(Err(e)) => {
+                tracing::warn!(op = what, error = %e, "clean-up failed; the lease TTL will")
+            }
+            Err(_) => tracing::warn!(op = what, "clean-up timed out; the lease TTL will"),
+        }
+    });
+}

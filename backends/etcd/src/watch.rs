@@ -1,0 +1,205 @@
+//! Watches: waiting for one key's deletion (queue waiters), and following a
+//! prefix from a listed revision with no gap and no duplicate (group
+//! events, election observers), across broken streams and compaction.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{
+    Event, EventType, GetOptions, KeyValue, WatchFilterType, WatchOptions, WatchStream,
+};
+use quorate_core::Result;
+
+use crate::{revision, Backoff, Shared};
+
+/// Wait until `key` is deleted after revision `after`, or until `fallback`
+/// passes, or the watch breaks (after a back-off): the caller checks the
+/// state again in every case, so a missed or spurious wake-up costs one
+/// round trip, never correctness.
+pub(crate) async fn wait_deleted(
+    shared: &Shared,
+    key: Vec<u8>,
+    after: i64,
+    fallback: Duration,
+    backoff: &mut Backoff,
+) {
+    let options = WatchOptions::new()
+        .with_start_revision(after + 1)
+        .with_filters([WatchFilterType::NoPut]);
+    let wait = async {
+        let mut watches = shared.client.watch_client();
+        let mut stream = match shared
+            .call("watch", watches.watch(key, Some(options)))
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "watch failed; checking again");
+                return false;
+            }
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(resp)) => {
+                    // Cancelled (e.g. the start revision was compacted): the
+                    // key may be long gone; check again.
+                    if resp.canceled() {
+                        return true;
+                    }
+                    if resp
+                        .events()
+                        .iter()
+                        .any(|e| e.event_type() == EventType::Delete)
+                    {
+                        return true;
+                    }
+                }
+                Ok(None) => return false,
+                Err(e) => {
+                    tracing::debug!(error = %e, "watch broke; checking again");
+                    return false;
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(fallback, wait).await {
+        Ok(true) => backoff.reset(),
+        Ok(false) => backoff.wait().await,
+        Err(_) => tracing::debug!("no event within the fallback interval; checking again"),
+    }
+}
+
+/// What a [`PrefixWatch`] reports next.
+pub(crate) enum Batch {
+    /// The events of one revision, in order.
+    Changes(Vec<Event>),
+    /// The history needed to resume was compacted away: every key of the
+    /// prefix at a newer revision, to diff against.
+    Resync(Vec<KeyValue>),
+}
+
+/// A prefix followed from a listed revision: [`PrefixWatch::start`] lists
+/// the keys at revision R, then [`PrefixWatch::next`] reports every change
+/// after R exactly once, resuming a broken watch from the last revision it
+/// reported, and re-listing when that history was compacted.
+pub(crate) struct PrefixWatch {
+    shared: Arc<Shared>,
+    prefix: String,
+    /// Every change up to this revision has been reported.
+    rev: i64,
+    stream: Option<WatchStream>,
+    pending: VecDeque<Vec<Event>>,
+    backoff: Backoff,
+}
+
+impl PrefixWatch {
+    /// List the prefix now; changes after that listing follow from
+    /// [`PrefixWatch::next`].
+    pub(crate) async fn start(
+        shared: Arc<Shared>,
+        prefix: String,
+    ) -> Result<(PrefixWatch, Vec<KeyValue>)> {
+        let (rev, kvs) = list(&shared, &prefix).await?;
+        Ok((
+            PrefixWatch {
+                shared,
+                prefix,
+                rev,
+                stream: None,
+                pending: VecDeque::new(),
+                backoff: Backoff::new(),
+            },
+            kvs,
+        ))
+    }
+
+    /// The next change. Waits as long as needed; connection trouble is
+    /// retried with back-off, never reported.
+    pub(crate) async fn next(&mut self) -> Batch {
+        loop {
+            if let Some(events) = self.pending.pop_front() {
+                return Batch::Changes(events);
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                let options = WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(self.rev + 1);
+                let mut watches = self.shared.client.watch_client();
+                match self
+                    .shared
+                    .call("watch", watches.watch(self.prefix.clone(), Some(options)))
+                    .await
+                {
+                    Ok(s) => self.stream = Some(s),
+                    Err(e) => {
+                        tracing::debug!(prefix = %self.prefix, error = %e, "watch failed; retrying");
+                        self.backoff.wait().await;
+                    }
+                }
+                continue;
+            };
+            match stream.message().await {
+                Ok(Some(resp)) if resp.canceled() => {
+                    self.stream = None;
+                    if resp.compact_revision() > 0 {
+                        tracing::debug!(prefix = %self.prefix, "watch history compacted; re-listing");
+                        match list(&self.shared, &self.prefix).await {
+                            Ok((rev, kvs)) => {
+                                self.rev = rev;
+                                return Batch::Resync(kvs);
+                            }
+                            Err(e) => tracing::debug!(error = %e, "re-list failed; retrying"),
+                        }
+                    }
+                    self.backoff.wait().await;
+                }
+                Ok(Some(resp)) => {
+                    self.backoff.reset();
+                    // Skip what an earlier stream already reported (a
+                    // resumed watch starts after it, so this is a guard).
+                    let floor = self.rev;
+                    for event in resp.events() {
+                        let Some(rev) = event.kv().map(KeyValue::mod_revision) else {
+                            continue;
+                        };
+                        if rev <= floor {
+                            continue;
+                        }
+                        match self.pending.back_mut() {
+                            Some(batch)
+                                if batch
+                                    .last()
+                                    .and_then(|e| e.kv())
+                                    .map(KeyValue::mod_revision)
+                                    == Some(rev) =>
+                            {
+                                batch.push(event.clone());
+                            }
+                            _ => self.pending.push_back(vec![event.clone()]),
+                        }
+                        self.rev = rev;
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    tracing::debug!(prefix = %self.prefix, rev = self.rev, "watch broke; resuming");
+                    self.stream = None;
+                    self.backoff.wait().await;
+                }
+            }
+        }
+    }
+}
+
+/// Every key of `prefix` and the revision of that listing.
+async fn list(shared: &Shared, prefix: &str) -> Result<(i64, Vec<KeyValue>)> {
+    let mut kv = shared.client.kv_client();
+    let mut resp = shared
+        .call(
+            "list",
+            kv.get(prefix, Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+    let rev = revision(resp.header())?;
+    Ok((rev, resp.take_kvs()))
+}

@@ -1,0 +1,1 @@
+//! etcdctl interoperability.

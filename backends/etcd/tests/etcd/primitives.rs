@@ -1,0 +1,457 @@
+//! Every primitive against one real etcd member: semantics, layout,
+//! cancel safety, leftovers, errors.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use quorate_conformance::harness::process::free_port;
+use quorate_core::{Config, ErrorKind, GroupEvent, KeepAlive, SessionOptions};
+use serde_json::json;
+
+use crate::{etcdctl_keys, single, soon, still_pending};
+
+const BLOCKED: Duration = Duration::from_millis(700);
+
+/// Wait until the etcd queue under `prefix` has exactly `n` keys (the
+/// server's view, read with etcdctl).
+async fn wait_for_keys(
+    cluster: &quorate_conformance::harness::etcd::EtcdCluster,
+    prefix: &str,
+    n: usize,
+) {
+    soon("queue length", async {
+        while etcdctl_keys(cluster, prefix).await.len() != n {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn mutex_excludes_and_hands_off_in_arrival_order() {
+    let (cluster, coord, ns) = single("").await;
+    let prefix = format!("{ns}/lock/jobs%2Fnightly/");
+    let (s1, s2, s3) = (
+        coord.session().await.unwrap(),
+        coord.session().await.unwrap(),
+        coord.session().await.unwrap(),
+    );
+    let g1 = s1.mutex("jobs/nightly").lock().await.unwrap();
+    // The key is exactly Go's concurrency.Mutex layout.
+    assert_eq!(
+        etcdctl_keys(&cluster, &prefix).await,
+        vec![format!("{prefix}{}", s1.id())]
+    );
+    let m2 = s2.mutex("jobs/nightly");
+    let mut w2 = Box::pin(m2.lock());
+    assert!(
+        still_pending(&mut w2, BLOCKED).await,
+        "second locker got in"
+    );
+    wait_for_keys(&cluster, &prefix, 2).await;
+    let m3 = s3.mutex("jobs/nightly");
+    let mut w3 = Box::pin(m3.lock());
+    assert!(still_pending(&mut w3, BLOCKED).await);
+    wait_for_keys(&cluster, &prefix, 3).await;
+
+    let f1 = g1.fence();
+    g1.release().await.unwrap();
+    let g2 = soon("hand-off to the second", &mut w2).await.unwrap();
+    assert!(g2.fence() > f1);
+    assert!(
+        still_pending(&mut w3, BLOCKED).await,
+        "third overtook second"
+    );
+    let f2 = g2.fence();
+    drop(g2); // released in the background
+    let g3 = soon("hand-off to the third", &mut w3).await.unwrap();
+    assert!(g3.fence() > f2);
+    assert!(g3.is_held().await.unwrap());
+    g3.release().await.unwrap();
+    for s in [s1, s2, s3] {
+        s.close().await.unwrap();
+    }
+    assert_eq!(coord.leftovers().await.unwrap(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn try_lock_never_queues() {
+    let (cluster, coord, ns) = single("").await;
+    let prefix = format!("{ns}/lock/t/");
+    let s1 = coord.session().await.unwrap();
+    let s2 = coord.session().await.unwrap();
+    let g = s1.mutex("t").try_lock().await.unwrap().expect("free lock");
+    assert!(s2.mutex("t").try_lock().await.unwrap().is_none());
+    assert_eq!(etcdctl_keys(&cluster, &prefix).await.len(), 1);
+    g.release().await.unwrap();
+    let g2 = s2.mutex("t").try_lock().await.unwrap().expect("free again");
+    g2.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn abandoned_waiters_leave_the_queue() {
+    let (cluster, coord, ns) = single("").await;
+    let prefix = format!("{ns}/lock/q/");
+    let s1 = coord.session().await.unwrap();
+    let s2 = coord.session().await.unwrap();
+    let g = s1.mutex("q").lock().await.unwrap();
+    let e = s2
+        .mutex("q")
+        .lock_timeout(Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout);
+    wait_for_keys(&cluster, &prefix, 1).await;
+    // Dropped at an arbitrary point after queueing.
+    {
+        let m = s2.mutex("q");
+        let mut w = Box::pin(m.lock());
+        assert!(still_pending(&mut w, BLOCKED).await);
+        wait_for_keys(&cluster, &prefix, 2).await;
+    }
+    wait_for_keys(&cluster, &prefix, 1).await;
+    // The same session can queue again right away, and gets the lock.
+    let m = s2.mutex("q");
+    let mut w = Box::pin(m.lock());
+    assert!(still_pending(&mut w, BLOCKED).await);
+    g.release().await.unwrap();
+    soon("grant after release", w).await.unwrap();
+}
+
+#[tokio::test]
+async fn rwlock_readers_share_and_a_waiting_writer_blocks_later_readers() {
+    let (cluster, coord, ns) = single("").await;
+    let prefix = format!("{ns}/rwlock/cfg/");
+    let s: Vec<_> = futures::future::try_join_all((0..4).map(|_| coord.session()))
+        .await
+        .unwrap();
+    let r1 = s[0].rwlock("cfg").read().await.unwrap();
+    let r2 = s[1].rwlock("cfg").read().await.unwrap();
+    assert!(s[2].rwlock("cfg").try_write().await.unwrap().is_none());
+    let w_lock = s[2].rwlock("cfg");
+    let mut w = Box::pin(w_lock.write());
+    assert!(
+        still_pending(&mut w, BLOCKED).await,
+        "writer got in beside readers"
+    );
+    wait_for_keys(&cluster, &prefix, 3).await;
+    // A reader arriving after the waiting writer waits behind it.
+    assert!(s[3].rwlock("cfg").try_read().await.unwrap().is_none());
+    let r3_lock = s[3].rwlock("cfg");
+    let mut r3 = Box::pin(r3_lock.read());
+    assert!(
+        still_pending(&mut r3, BLOCKED).await,
+        "reader overtook a waiting writer"
+    );
+    r1.release().await.unwrap();
+    assert!(still_pending(&mut w, BLOCKED).await);
+    r2.release().await.unwrap();
+    let wg = soon("writer after readers", &mut w).await.unwrap();
+    assert!(
+        still_pending(&mut r3, BLOCKED).await,
+        "reader beside a writer"
+    );
+    let wf = wg.fence();
+    wg.release().await.unwrap();
+    let rg = soon("reader after writer", &mut r3).await.unwrap();
+    assert!(rg.fence() > wf);
+    rg.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn timed_out_writer_lets_the_readers_behind_it_in() {
+    let (_cluster, coord, _ns) = single("").await;
+    let s1 = coord.session().await.unwrap();
+    let s2 = coord.session().await.unwrap();
+    let s3 = coord.session().await.unwrap();
+    let r1 = s1.rwlock("x").read().await.unwrap();
+    let w_lock = s2.rwlock("x");
+    let w = tokio::spawn(async move { w_lock.write_timeout(Duration::from_millis(1500)).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r_lock = s3.rwlock("x");
+    let mut r = Box::pin(r_lock.read());
+    assert!(still_pending(&mut r, Duration::from_millis(300)).await);
+    assert_eq!(w.await.unwrap().unwrap_err().kind(), ErrorKind::Timeout);
+    let g = soon("reader after the writer gave up", r).await.unwrap();
+    g.release().await.unwrap();
+    r1.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn guarded_writes_apply_only_while_held() {
+    let (cluster, coord, ns) = single("").await;
+    let s1 = coord.session().await.unwrap();
+    let g = s1.mutex("cfg").lock().await.unwrap();
+    assert!(g.write_if_held("conf/a", b"v1").await.unwrap());
+    assert_eq!(
+        s1.read("conf/a").await.unwrap().as_deref(),
+        Some(&b"v1"[..])
+    );
+    assert_eq!(
+        etcdctl_keys(&cluster, &format!("{ns}/data/")).await,
+        vec![format!("{ns}/data/conf%2Fa")]
+    );
+    // Revoked from outside: the write must not apply.
+    coord.revoke_session(s1.id()).await.unwrap();
+    assert!(!g.write_if_held("conf/a", b"v2").await.unwrap());
+    assert_eq!(
+        coord.read("conf/a").await.unwrap().as_deref(),
+        Some(&b"v1"[..])
+    );
+
+    let s2 = coord.session().await.unwrap();
+    let g2 = s2.mutex("cfg").lock().await.unwrap();
+    assert!(g2.fence() > g.fence());
+    assert!(g2.write_and_release("conf/a", b"v3").await.unwrap());
+    assert_eq!(
+        coord.read("conf/a").await.unwrap().as_deref(),
+        Some(&b"v3"[..])
+    );
+    // The release happened in the same step: the lock is free.
+    assert!(lock_is_free(&coord, "cfg").await);
+    s2.close().await.unwrap();
+    // Guarded-write values are documented persistent state, not leftovers.
+    assert_eq!(coord.leftovers().await.unwrap(), Vec::<String>::new());
+    drop(g);
+}
+
+async fn lock_is_free(coord: &quorate_core::Coordinator, name: &str) -> bool {
+    let s = coord.session().await.unwrap();
+    let free = s.mutex(name).try_lock().await.unwrap().is_some();
+    s.close().await.unwrap();
+    free
+}
+
+#[tokio::test]
+async fn session_reports_granted_ttl_and_loss_after_external_revoke() {
+    let (cluster, coord, ns) = single("ttl=2s").await;
+    let s1 = coord.session().await.unwrap();
+    assert_eq!(s1.ttl(), Duration::from_secs(2));
+    assert_eq!(
+        etcdctl_keys(&cluster, &format!("{ns}/session/")).await,
+        vec![format!("{ns}/session/{}", s1.id())]
+    );
+    let g = s1.mutex("m").lock().await.unwrap();
+    let s2 = coord.session().await.unwrap();
+    let m2 = s2.mutex("m");
+    let mut w = Box::pin(m2.lock());
+    assert!(still_pending(&mut w, BLOCKED).await);
+    // An operator revokes the lease the way etcdctl does (hex id).
+    let out = cluster
+        .etcdctl()
+        .args(["lease", "revoke", s1.id()])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    soon("session loss", s1.lost()).await;
+    soon("guard loss", g.lost()).await;
+    assert!(!g.is_held().await.unwrap());
+    soon("grant to the waiter", w).await.unwrap();
+    assert_eq!(
+        coord.revoke_session(s1.id()).await.unwrap_err().kind(),
+        ErrorKind::NotHeld
+    );
+}
+
+#[tokio::test]
+async fn manual_keep_alive_reports_a_revoked_lease_as_lost() {
+    let (_cluster, coord, _ns) = single("ttl=3s").await;
+    let s = coord
+        .session_with(SessionOptions {
+            ttl: None,
+            keep_alive: KeepAlive::Manual,
+        })
+        .await
+        .unwrap();
+    s.keep_alive().await.unwrap();
+    s.keep_alive().await.unwrap();
+    coord.revoke_session(s.id()).await.unwrap();
+    let e = s.keep_alive().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Lost, "{e}");
+    assert!(s.is_lost());
+}
+
+#[tokio::test]
+async fn group_membership_and_watch() {
+    let (_cluster, coord, ns) = single("").await;
+    let s1 = coord.session().await.unwrap();
+    let s2 = coord.session().await.unwrap();
+    let group = s1.group("workers");
+    let mut events = group.watch();
+    let first = soon("snapshot", events.next()).await.unwrap().unwrap();
+    assert_eq!(first, GroupEvent::Snapshot { members: vec![] });
+
+    let a = group.join("node/a", json!({"cpus": 4})).await.unwrap();
+    let e = s2
+        .group("workers")
+        .join("node/a", json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AlreadyHeld, "{e}");
+    let _b = s2.group("workers").join("b", json!(null)).await.unwrap();
+    a.update(json!({"cpus": 8})).await.unwrap();
+    let members = coord.members("workers").await.unwrap();
+    assert_eq!(
+        members.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        vec!["b", "node/a"]
+    );
+    assert_eq!(members[1].capabilities, json!({"cpus": 8}));
+    a.leave().await.unwrap();
+    s2.close().await.unwrap();
+
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        seen.push(soon("group event", events.next()).await.unwrap().unwrap());
+    }
+    let m = |id: &str, c| quorate_core::Member {
+        id: id.into(),
+        capabilities: c,
+    };
+    assert_eq!(
+        seen,
+        vec![
+            GroupEvent::Joined {
+                member: m("node/a", json!({"cpus": 4}))
+            },
+            GroupEvent::Joined {
+                member: m("b", json!(null))
+            },
+            GroupEvent::Updated {
+                member: m("node/a", json!({"cpus": 8}))
+            },
+            GroupEvent::Left {
+                id: "node/a".into()
+            },
+            GroupEvent::Left { id: "b".into() },
+        ]
+    );
+    // A snapshot taken now starts where the events left off.
+    let mut again = coord.watch_group("workers");
+    assert_eq!(
+        soon("snapshot", again.next()).await.unwrap().unwrap(),
+        GroupEvent::Snapshot { members: vec![] }
+    );
+    s1.close().await.unwrap();
+    assert!(coord.leftovers().await.unwrap().is_empty());
+    let _ = ns;
+}
+
+#[tokio::test]
+async fn election_campaign_observe_proclaim_resign() {
+    let (cluster, coord, ns) = single("").await;
+    let s1 = coord.session().await.unwrap();
+    let s2 = coord.session().await.unwrap();
+    let mut obs = coord.observe("sched");
+    assert_eq!(soon("first", obs.next()).await.unwrap().unwrap(), None);
+    let l1 = s1.election("sched").campaign(b"node-a").await.unwrap();
+    assert_eq!(
+        etcdctl_keys(&cluster, &format!("{ns}/election/sched/")).await,
+        vec![format!("{ns}/election/sched/{}", s1.id())]
+    );
+    let seen = soon("leader a", obs.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (seen.value.as_slice(), seen.fence),
+        (&b"node-a"[..], l1.fence())
+    );
+    let e2 = s2.election("sched");
+    let mut c2 = Box::pin(e2.campaign(b"node-b"));
+    assert!(still_pending(&mut c2, BLOCKED).await);
+    l1.proclaim(b"node-a2").await.unwrap();
+    let seen = soon("proclaimed", obs.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.value, b"node-a2");
+    assert_eq!(
+        coord.leader("sched").await.unwrap().unwrap().value,
+        b"node-a2"
+    );
+    assert!(l1.is_leader().await.unwrap());
+    let f1 = l1.fence();
+    l1.resign().await.unwrap();
+    let l2 = soon("second elected", &mut c2).await.unwrap();
+    assert!(l2.fence() > f1);
+    let seen = soon("leader b", obs.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (seen.value.as_slice(), seen.fence),
+        (&b"node-b"[..], l2.fence())
+    );
+    s2.close().await.unwrap();
+    assert_eq!(soon("no leader", obs.next()).await.unwrap().unwrap(), None);
+    s1.close().await.unwrap();
+    assert!(coord.leftovers().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn leftovers_list_what_a_clean_shutdown_removes() {
+    let (_cluster, coord, ns) = single("").await;
+    let s = coord.session().await.unwrap();
+    let g = s.mutex("a").lock().await.unwrap();
+    let _m = s.group("g").join("me", json!({})).await.unwrap();
+    let mut left = coord.leftovers().await.unwrap();
+    left.sort();
+    let id = s.id().to_owned();
+    assert_eq!(
+        left,
+        vec![
+            format!("{ns}/group/g/me"),
+            format!("{ns}/lock/a/{id}"),
+            format!("{ns}/session/{id}"),
+        ]
+    );
+    drop(g);
+    s.close().await.unwrap();
+    assert!(coord.leftovers().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn unreachable_endpoint_is_unavailable_within_connect_timeout() {
+    let port = free_port().unwrap();
+    let url = format!("etcd://127.0.0.1:{port}/ns?connect_timeout=500ms");
+    let started = Instant::now();
+    let e = soon(
+        "connect",
+        quorate_etcd::connect(&Config::parse(&url).unwrap()),
+    )
+    .await
+    .unwrap_err();
+    println!(
+        "unreachable endpoint reported after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(e.to_string().contains("connect_timeout"), "{e}");
+}
+
+#[tokio::test]
+async fn operations_on_a_stopped_server_fail_unavailable_not_hang() {
+    let mut cluster = quorate_conformance::harness::etcd::EtcdCluster::start_local(1)
+        .await
+        .unwrap();
+    let coord = crate::connect(&cluster, &crate::namespace(), "connect_timeout=500ms").await;
+    let s = coord.session().await.unwrap();
+    cluster.pause(0).unwrap();
+    let e = soon("members", coord.members("g")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    let e = soon("try_lock", s.mutex("m").try_lock()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    cluster.resume(0).unwrap();
+    let g = soon("lock after resume", s.mutex("m").lock())
+        .await
+        .unwrap();
+    g.release().await.unwrap();
+}

@@ -1,0 +1,467 @@
+//! etcd servers for tests: one member or a three-member cluster, started
+//! from `/usr/bin/etcd` (or `$ETCD_BIN`) on free loopback ports, with data
+//! under `/dev/shm` when available, fast Raft timings, and fault injection
+//! (kill, pause, resume, restart a member; find and kill the leader).
+//!
+//! Setting [`ENDPOINTS_ENV`] (`QUORATE_ETCD_ENDPOINTS=h1:2379,h2:2379`)
+//! points the tests at an external cluster instead; fault injection then
+//! refuses with an error.
+//!
+//! Every member is killed (SIGKILL, by pid) when the [`EtcdCluster`] is
+//! dropped, and also when the test process dies.
+
+use std::io;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::process::{free_port, signal, spawn_tied_to_process, ScratchDir};
+
+/// The environment variable naming external etcd endpoints
+/// (`host:port[,host:port...]`) to use instead of starting servers.
+pub const ENDPOINTS_ENV: &str = "QUORATE_ETCD_ENDPOINTS";
+
+/// Heartbeat interval of harness clusters, in milliseconds.
+const HEARTBEAT_MS: u32 = 25;
+/// Election timeout of harness clusters, in milliseconds. With the
+/// heartbeat above, etcd's minimum lease TTL is 1 s.
+const ELECTION_MS: u32 = 250;
+/// How long a cluster (or a restarted member) may take to become healthy.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One etcd member started by the harness.
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+    paused: bool,
+}
+
+impl Member {
+    fn client_endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+}
+
+/// An etcd cluster for tests: started by the harness, or external.
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    initial_cluster: String,
+    token: String,
+    external: Vec<String>,
+    // Dropped after the members are killed (field order).
+    dir: Option<ScratchDir>,
+}
+
+impl std::fmt::Debug for EtcdCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdCluster")
+            .field("endpoints", &self.endpoints())
+            .field("external", &!self.external.is_empty())
+            .finish()
+    }
+}
+
+impl EtcdCluster {
+    /// A cluster of `size` members, or the external one named by
+    /// [`ENDPOINTS_ENV`] if that is set.
+    ///
+    /// # Errors
+    ///
+    /// When the servers do not start or do not form the expected cluster.
+    pub async fn start(size: usize) -> io::Result<EtcdCluster> {
+        match std::env::var(ENDPOINTS_ENV) {
+            Ok(v) if !v.trim().is_empty() => Ok(EtcdCluster {
+                members: Vec::new(),
+                initial_cluster: String::new(),
+                token: String::new(),
+                external: v.split(',').map(|s| s.trim().to_owned()).collect(),
+                dir: None,
+            }),
+            _ => Self::start_local(size).await,
+        }
+    }
+
+    /// A cluster of `size` members started here, whatever the environment
+    /// says (for fault injection and tests that reconfigure the server).
+    ///
+    /// # Errors
+    ///
+    /// When the servers do not start or do not form the expected cluster.
+    pub async fn start_local(size: usize) -> io::Result<EtcdCluster> {
+        assert!(size >= 1, "a cluster has at least one member");
+        let mut last_error = None;
+        // A free port can be taken by someone else between our probe and
+        // etcd's bind: retry with new ports.
+        for _ in 0..3 {
+            match Self::try_start_local(size).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.expect("at least one attempt"))
+    }
+
+    async fn try_start_local(size: usize) -> io::Result<EtcdCluster> {
+        let dir = ScratchDir::new("etcd")?;
+        let token = format!("quorate-{:016x}", rand::random::<u64>());
+        let mut members = Vec::with_capacity(size);
+        for i in 0..size {
+            members.push(Member {
+                name: format!("{token}-m{i}"),
+                client_port: free_port()?,
+                peer_port: free_port()?,
+                child: None,
+                paused: false,
+            });
+        }
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = EtcdCluster {
+            members,
+            initial_cluster,
+            token,
+            external: Vec::new(),
+            dir: Some(dir),
+        };
+        for i in 0..size {
+            cluster.spawn_member(i)?;
+        }
+        cluster.wait_healthy(None).await?;
+        cluster.verify_members().await?;
+        Ok(cluster)
+    }
+
+    fn spawn_member(&mut self, i: usize) -> io::Result<()> {
+        let dir = self.dir.as_ref().expect("local cluster").path().to_owned();
+        let m = &self.members[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{}.log", m.name)))?;
+        let mut cmd = Command::new(std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into()));
+        cmd.arg("--name")
+            .arg(&m.name)
+            .arg("--data-dir")
+            .arg(dir.join(&m.name))
+            .arg("--listen-client-urls")
+            .arg(format!("http://{}", m.client_endpoint()))
+            .arg("--advertise-client-urls")
+            .arg(format!("http://{}", m.client_endpoint()))
+            .arg("--listen-peer-urls")
+            .arg(m.peer_url())
+            .arg("--initial-advertise-peer-urls")
+            .arg(m.peer_url())
+            .arg("--initial-cluster")
+            .arg(&self.initial_cluster)
+            .arg("--initial-cluster-token")
+            .arg(&self.token)
+            .arg("--initial-cluster-state")
+            .arg("new")
+            .arg("--heartbeat-interval")
+            .arg(HEARTBEAT_MS.to_string())
+            .arg("--election-timeout")
+            .arg(ELECTION_MS.to_string())
+            .arg("--logger")
+            .arg("zap")
+            .arg("--log-level")
+            .arg("warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = spawn_tied_to_process(cmd)?;
+        self.members[i].child = Some(child);
+        self.members[i].paused = false;
+        Ok(())
+    }
+
+    /// Whether this is an external cluster (no fault injection).
+    pub fn is_external(&self) -> bool {
+        !self.external.is_empty()
+    }
+
+    /// Number of members started here (0 for an external cluster).
+    pub fn size(&self) -> usize {
+        self.members.len()
+    }
+
+    /// `host:port` of every member (or the external endpoints).
+    pub fn endpoints(&self) -> Vec<String> {
+        if self.is_external() {
+            return self.external.clone();
+        }
+        self.members.iter().map(Member::client_endpoint).collect()
+    }
+
+    /// `host:port` of member `i`.
+    pub fn member_endpoint(&self, i: usize) -> String {
+        self.members[i].client_endpoint()
+    }
+
+    /// The pid of member `i`, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].child.as_ref().map(Child::id)
+    }
+
+    /// An `etcd://` URL for every endpoint, with a namespace and extra
+    /// query (`"ttl=2s"`, or empty).
+    pub fn url(&self, namespace: &str, query: &str) -> String {
+        let mut url = format!("etcd://{}/{namespace}", self.endpoints().join(","));
+        if !query.is_empty() {
+            url.push('?');
+            url.push_str(query);
+        }
+        url
+    }
+
+    fn local(&self, what: &str) -> io::Result<()> {
+        if self.is_external() {
+            return Err(io::Error::other(format!(
+                "{what} needs servers started by the harness, but {ENDPOINTS_ENV} points at external ones"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Kill member `i` (SIGKILL) and reap it.
+    ///
+    /// # Errors
+    ///
+    /// For an external cluster or a member that is not running.
+    pub fn kill(&mut self, i: usize) -> io::Result<()> {
+        self.local("kill")?;
+        let mut child = self.members[i]
+            .child
+            .take()
+            .ok_or_else(|| io::Error::other(format!("member {i} is not running")))?;
+        child.kill()?;
+        child.wait()?;
+        self.members[i].paused = false;
+        Ok(())
+    }
+
+    /// Pause member `i` (SIGSTOP): it keeps its sockets but answers nothing.
+    ///
+    /// # Errors
+    ///
+    /// For an external cluster or a member that is not running.
+    pub fn pause(&mut self, i: usize) -> io::Result<()> {
+        self.local("pause")?;
+        let pid = self
+            .pid(i)
+            .ok_or_else(|| io::Error::other(format!("member {i} is not running")))?;
+        signal(pid, libc::SIGSTOP)?;
+        self.members[i].paused = true;
+        Ok(())
+    }
+
+    /// Resume member `i` (SIGCONT) after [`EtcdCluster::pause`].
+    ///
+    /// # Errors
+    ///
+    /// For an external cluster or a member that is not running.
+    pub fn resume(&mut self, i: usize) -> io::Result<()> {
+        self.local("resume")?;
+        let pid = self
+            .pid(i)
+            .ok_or_else(|| io::Error::other(format!("member {i} is not running")))?;
+        signal(pid, libc::SIGCONT)?;
+        self.members[i].paused = false;
+        Ok(())
+    }
+
+    /// Start member `i` again (after [`EtcdCluster::kill`]) on the same
+    /// ports and data, and wait until it answers.
+    ///
+    /// # Errors
+    ///
+    /// For an external cluster, or when it does not come back.
+    pub async fn restart(&mut self, i: usize) -> io::Result<()> {
+        self.local("restart")?;
+        if self.members[i].child.is_some() {
+            self.kill(i)?;
+        }
+        self.spawn_member(i)?;
+        self.wait_healthy(Some(i)).await
+    }
+
+    /// The index of the current Raft leader, asking the running members.
+    ///
+    /// # Errors
+    ///
+    /// For an external cluster, or when no leader is known within the
+    /// start timeout.
+    pub async fn leader(&self) -> io::Result<usize> {
+        self.local("finding the leader")?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let mut ids = vec![None; self.members.len()];
+            let mut leader_id = None;
+            for (i, m) in self.members.iter().enumerate() {
+                if m.child.is_none() || m.paused {
+                    continue;
+                }
+                if let Ok(status) = self.endpoint_status(&m.client_endpoint()).await {
+                    ids[i] = Some(status.0);
+                    if status.1 != 0 {
+                        leader_id = Some(status.1);
+                    }
+                }
+            }
+            if let Some(l) = leader_id {
+                if let Some(i) = ids.iter().position(|id| *id == Some(l)) {
+                    return Ok(i);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other("no etcd leader within the timeout"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kill the current leader; returns its index.
+    ///
+    /// # Errors
+    ///
+    /// As [`EtcdCluster::leader`] and [`EtcdCluster::kill`].
+    pub async fn kill_leader(&mut self) -> io::Result<usize> {
+        let i = self.leader().await?;
+        self.kill(i)?;
+        Ok(i)
+    }
+
+    /// `(member_id, leader_id)` as reported by one endpoint.
+    async fn endpoint_status(&self, endpoint: &str) -> io::Result<(u64, u64)> {
+        let out = self
+            .etcdctl_at(&[endpoint.to_owned()])
+            .args(["endpoint", "status", "-w", "json", "--command-timeout=1s"])
+            .output()
+            .await?;
+        if !out.status.success() {
+            return Err(io::Error::other(
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(io::Error::other)?;
+        let status = &v[0]["Status"];
+        let member = status["header"]["member_id"].as_u64();
+        let leader = status["leader"].as_u64();
+        match (member, leader) {
+            (Some(m), Some(l)) => Ok((m, l)),
+            _ => Err(io::Error::other(format!("unexpected status: {v}"))),
+        }
+    }
+
+    /// An `etcdctl` (v3 API) command aimed at every endpoint.
+    pub fn etcdctl(&self) -> tokio::process::Command {
+        self.etcdctl_at(&self.endpoints())
+    }
+
+    /// An `etcdctl` (v3 API) command aimed at `endpoints`.
+    pub fn etcdctl_at(&self, endpoints: &[String]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(
+            std::env::var("ETCDCTL_BIN").unwrap_or_else(|_| "etcdctl".into()),
+        );
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", endpoints.join(",")))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Wait until every running member (or only member `only`) reports
+    /// healthy (a committed proposal).
+    async fn wait_healthy(&mut self, only: Option<usize>) -> io::Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let targets: Vec<usize> = match only {
+            Some(i) => vec![i],
+            None => (0..self.members.len()).collect(),
+        };
+        for i in targets {
+            loop {
+                if let Some(child) = self.members[i].child.as_mut() {
+                    if let Some(status) = child.try_wait()? {
+                        self.members[i].child = None;
+                        return Err(io::Error::other(format!(
+                            "etcd member {i} exited during start-up ({status}); see its log in {}",
+                            self.dir
+                                .as_ref()
+                                .map_or_else(String::new, |d| d.path().display().to_string())
+                        )));
+                    }
+                }
+                let out = self
+                    .etcdctl_at(&[self.member_endpoint(i)])
+                    .args(["endpoint", "health", "--command-timeout=1s"])
+                    .output()
+                    .await?;
+                if out.status.success() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(io::Error::other(format!(
+                        "etcd member {i} not healthy within {START_TIMEOUT:?}: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Check that the cluster's member list is exactly our members (so we
+    /// talk to our own servers, not to something else on those ports).
+    async fn verify_members(&self) -> io::Result<()> {
+        let out = self
+            .etcdctl()
+            .args(["member", "list", "-w", "json", "--command-timeout=2s"])
+            .output()
+            .await?;
+        if !out.status.success() {
+            return Err(io::Error::other(
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(io::Error::other)?;
+        let mut names: Vec<String> = v["members"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|m| m["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        let mut expected: Vec<String> = self.members.iter().map(|m| m.name.clone()).collect();
+        expected.sort();
+        if names != expected {
+            return Err(io::Error::other(format!(
+                "etcd member list is {names:?}, expected {expected:?}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            if let Some(mut child) = m.child.take() {
+                // SIGKILL also ends a paused (SIGSTOPped) process.
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
