@@ -35,6 +35,9 @@ fn classify(e: &EtcdError) -> (ErrorKind, String) {
                 ErrorKind::Unauthenticated if status.code() == Code::PermissionDenied => format!(
                     "{msg} (the etcd user lacks a role with read/write permission on the namespace)"
                 ),
+                ErrorKind::Unauthenticated if msg.contains("user name is empty") => format!(
+                    "{msg} (etcd has authentication enabled: give `user:password@` in the URL)"
+                ),
                 ErrorKind::Unauthenticated => {
                     format!("{msg} (check the user name and password in the URL)")
                 }
