@@ -58,10 +58,7 @@ pub(crate) async fn leader(shared: &Shared, name: &str) -> Result<Option<Leader>
         .with_prefix()
         .with_sort(SortTarget::Create, SortOrder::Ascend)
         .with_limit(1);
-    let mut kv = shared.client.kv_client();
-    let resp = shared
-        .call("get leader", kv.get(prefix, Some(first)))
-        .await?;
+    let resp = shared.get("get leader", &prefix, Some(first)).await?;
     Ok(resp.kvs().first().map(|kv| Leader {
         value: kv.value().to_vec(),
         fence: fence(kv.create_revision()),

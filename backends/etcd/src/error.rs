@@ -89,3 +89,17 @@ fn is_transient_message(msg: &str) -> bool {
 pub(crate) fn is_lease_gone(e: &Error) -> bool {
     e.kind() == ErrorKind::Lost
 }
+
+/// Whether the request surely never reached a server: the connection to
+/// the endpoint could not be made. Such a request can be sent again
+/// whatever it does.
+pub(crate) fn never_sent(e: &EtcdError) -> bool {
+    let text = match e {
+        EtcdError::GRpcStatus(status) if status.code() == tonic::Code::Unavailable => {
+            format!("{} {:?}", status.message(), status)
+        }
+        EtcdError::TransportError(t) => format!("{t} {t:?}"),
+        _ => return false,
+    };
+    text.contains("ConnectError") || text.contains("tcp connect error")
+}

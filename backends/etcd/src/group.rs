@@ -61,11 +61,11 @@ fn encode_capabilities(capabilities: &serde_json::Value) -> Result<Vec<u8>> {
 /// The members of `group` now, sorted by id.
 pub(crate) async fn members(shared: &Shared, group: &str) -> Result<Vec<Member>> {
     let prefix = shared.layout.group(group);
-    let mut kv = shared.client.kv_client();
     let resp = shared
-        .call(
+        .get(
             "list members",
-            kv.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
+            &prefix,
+            Some(GetOptions::new().with_prefix()),
         )
         .await?;
     Ok(to_map(&prefix, resp.kvs())

@@ -37,8 +37,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, ConnectOptions, GetOptions, Identity, KeyValue, ResponseHeader,
-    TlsOptions, Txn, TxnOpResponse, TxnResponse,
+    Certificate, Client, ConnectOptions, GetOptions, GetResponse, Identity, KeyValue,
+    ResponseHeader, TlsOptions, Txn, TxnOpResponse, TxnResponse, WatchOptions, WatchStream,
 };
 use futures::stream::BoxStream;
 use quorate_core::backend::async_trait;
@@ -218,20 +218,31 @@ impl Settings {
     /// Build the client and make one round trip that needs the
     /// credentials (a read in the namespace).
     async fn connect(self) -> Result<Shared> {
-        let client = Client::connect(&self.endpoints, Some(self.options))
-            .await
-            .map_err(|e| error::map("connect", e))?;
-        let layout = Layout::new(&self.namespace);
-        client
-            .kv_client()
-            .get(layout.root(), Some(GetOptions::new().with_count_only()))
-            .await
-            .map_err(|e| error::map("first request", e))?;
-        Ok(Shared {
+        // With credentials, building the client authenticates: one request
+        // that may go to a member that is down, so try again like
+        // `Shared::call` does (the caller bounds the whole by
+        // `connect_timeout`).
+        let mut pause = Duration::from_millis(5);
+        let client = loop {
+            match Client::connect(&self.endpoints, Some(self.options.clone())).await {
+                Err(e) if error::never_sent(&e) => {
+                    tracing::debug!(error = %e, "authentication not sent; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                other => break other.map_err(|e| error::map("connect", e))?,
+            }
+        };
+        let shared = Shared {
             client,
-            layout,
+            layout: Layout::new(&self.namespace),
             request_timeout: self.request_timeout,
-        })
+        };
+        let count_only = GetOptions::new().with_count_only();
+        shared
+            .get("first request", &shared.layout.root(), Some(count_only))
+            .await?;
+        Ok(shared)
     }
 }
 
@@ -273,9 +284,38 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Run one etcd request, bounded by the request timeout
-    /// (`connect_timeout`), mapping its error.
-    pub(crate) async fn call<T>(
+    /// Run one etcd request made by `make` from a client handle, bounded
+    /// by the request timeout (`connect_timeout`), mapping its error.
+    ///
+    /// A request that never reached a server (the connection to the
+    /// endpoint the balancer picked was refused or could not be made, as
+    /// when a cluster member is down) is sent again, to another endpoint if
+    /// the balancer picks one, within the same time limit. Requests that
+    /// may have reached a server are never repeated here.
+    pub(crate) async fn call<T, F, Fut>(&self, op: &'static str, mut make: F) -> Result<T>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let attempts = async {
+            let mut pause = Duration::from_millis(5);
+            loop {
+                match make(self.client.clone()).await {
+                    Err(e) if error::never_sent(&e) => {
+                        tracing::debug!(op, error = %e, "request not sent; trying again");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(200));
+                    }
+                    other => return other,
+                }
+            }
+        };
+        self.call_once(op, attempts).await
+    }
+
+    /// Await one request future (or stream step), bounded by the request
+    /// timeout, mapping its error. Never repeated.
+    pub(crate) async fn call_once<T>(
         &self,
         op: &'static str,
         fut: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
@@ -289,17 +329,53 @@ impl Shared {
         }
     }
 
-    /// Like [`Shared::call`], retrying retryable errors (unavailable,
-    /// leader changes) with a capped back-off until it succeeds or fails
-    /// for good. Used inside waits, which the session's loss bounds.
-    pub(crate) async fn call_retrying<T, F, Fut>(&self, op: &'static str, mut make: F) -> Result<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
-    {
+    /// One range request, bounded by the request timeout.
+    pub(crate) async fn get(
+        &self,
+        op: &'static str,
+        key: &str,
+        options: Option<GetOptions>,
+    ) -> Result<GetResponse> {
+        self.call(op, |mut c| {
+            let options = options.clone();
+            async move { c.get(key, options).await }
+        })
+        .await
+    }
+
+    /// Open a watch stream (the request that creates it is bounded by the
+    /// request timeout; the stream itself is not).
+    pub(crate) async fn watch(
+        &self,
+        op: &'static str,
+        key: &[u8],
+        options: WatchOptions,
+    ) -> Result<WatchStream> {
+        self.call(op, |mut c| {
+            let options = options.clone();
+            async move { c.watch(key, Some(options)).await }
+        })
+        .await
+    }
+
+    /// One transaction, bounded by the request timeout.
+    pub(crate) async fn txn(&self, op: &'static str, txn: Txn) -> Result<TxnResponse> {
+        self.call(op, |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+    }
+
+    /// One transaction, retried on every retryable error (unavailable,
+    /// leader changes, time-outs) with a capped back-off until it succeeds
+    /// or fails for good. Only for transactions whose compares make a
+    /// repeat harmless, inside waits and clean-ups, which are bounded
+    /// elsewhere (the session's loss, the clean-up's time limit).
+    pub(crate) async fn txn_retrying(&self, op: &'static str, txn: Txn) -> Result<TxnResponse> {
         let mut backoff = Backoff::new();
         loop {
-            match self.call(op, make()).await {
+            match self.txn(op, txn.clone()).await {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_retryable() => {
                     tracing::debug!(op, error = %e, "retrying");
@@ -308,26 +384,6 @@ impl Shared {
                 Err(e) => return Err(e),
             }
         }
-    }
-}
-
-impl Shared {
-    /// One transaction, bounded by the request timeout.
-    pub(crate) async fn txn(&self, op: &'static str, txn: Txn) -> Result<TxnResponse> {
-        let mut kv = self.client.kv_client();
-        self.call(op, kv.txn(txn)).await
-    }
-
-    /// One transaction, retried on retryable errors (see
-    /// [`Shared::call_retrying`]). Only for transactions whose compares
-    /// make a repeat harmless.
-    pub(crate) async fn txn_retrying(&self, op: &'static str, txn: Txn) -> Result<TxnResponse> {
-        self.call_retrying(op, || {
-            let mut kv = self.client.kv_client();
-            let txn = txn.clone();
-            async move { kv.txn(txn).await }
-        })
-        .await
     }
 }
 
@@ -408,23 +464,16 @@ impl Backend for EtcdBackend {
 
     async fn read(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let data_key = self.shared.layout.data(key);
-        let mut kv = self.shared.client.kv_client();
-        let resp = self.shared.call("read", kv.get(data_key, None)).await?;
+        let resp = self.shared.get("read", &data_key, None).await?;
         Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
     async fn leftovers(&self) -> Result<Vec<String>> {
         let layout = &self.shared.layout;
-        let mut kv = self.shared.client.kv_client();
+        let keys_only = GetOptions::new().with_prefix().with_keys_only();
         let resp = self
             .shared
-            .call(
-                "list leftovers",
-                kv.get(
-                    layout.root(),
-                    Some(GetOptions::new().with_prefix().with_keys_only()),
-                ),
-            )
+            .get("list leftovers", &layout.root(), Some(keys_only))
             .await?;
         let data = layout.data_root();
         let mut out: Vec<String> = resp

@@ -50,8 +50,11 @@ impl EtcdSession {
         let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
         let secs = i64::try_from(secs.max(1))
             .map_err(|_| Error::invalid_config(format!("TTL {ttl:?} is too long")))?;
-        let mut leases = shared.client.lease_client();
-        let granted = shared.call("grant lease", leases.grant(secs, None)).await?;
+        let granted = shared
+            .call("grant lease", |mut c| async move {
+                c.lease_grant(secs, None).await
+            })
+            .await?;
         let lease = granted.id();
         // Revoke the lease if this future is dropped before returning.
         let mut revoke_guard = RevokeOnDrop {
@@ -59,16 +62,18 @@ impl EtcdSession {
             lease,
         };
         let ttl = Duration::from_secs(u64::try_from(granted.ttl()).unwrap_or(0).max(1));
-        let mut kv = shared.client.kv_client();
         let marker = shared.layout.session(lease);
         if let Err(e) = shared
-            .call(
-                "register session",
-                kv.put(marker, "", Some(PutOptions::new().with_lease(lease))),
-            )
+            .call("register session", |mut c| {
+                let marker = marker.clone();
+                async move {
+                    c.put(marker, "", Some(PutOptions::new().with_lease(lease)))
+                        .await
+                }
+            })
             .await
         {
-            let _ = shared.call("revoke lease", leases.revoke(lease)).await;
+            let _ = revoke_lease(&shared, lease).await;
             revoke_guard.shared = None;
             return Err(e);
         }
@@ -116,11 +121,7 @@ impl Drop for RevokeOnDrop {
         };
         let lease = self.lease;
         spawn_cleanup("revoke the lease of an abandoned session", async move {
-            let mut leases = shared.client.lease_client();
-            shared
-                .call("revoke lease", leases.revoke(lease))
-                .await
-                .map(|_| ())
+            revoke_lease(&shared, lease).await
         });
     }
 }
@@ -141,10 +142,12 @@ impl SessionBackend for EtcdSession {
             None => {
                 // Opening the stream sends the first keep-alive and reads its
                 // answer: that is this call's round trip.
-                let mut leases = self.shared.client.lease_client();
+                let lease = self.lease;
                 let pair = self
                     .shared
-                    .call("keep alive", leases.keep_alive(self.lease))
+                    .call("keep alive", |mut c| async move {
+                        c.lease_keep_alive(lease).await
+                    })
                     .await
                     .map_err(|e| self.note(e))?;
                 *slot = Some(pair);
@@ -153,7 +156,7 @@ impl SessionBackend for EtcdSession {
             Some((mut keeper, mut stream)) => {
                 let answer = self
                     .shared
-                    .call("keep alive", async {
+                    .call_once("keep alive", async {
                         keeper.keep_alive().await?;
                         stream.message().await
                     })
@@ -177,17 +180,7 @@ impl SessionBackend for EtcdSession {
         if let Ok(mut slot) = self.keeper.try_lock() {
             slot.take();
         }
-        let mut leases = self.shared.client.lease_client();
-        match self
-            .shared
-            .call("revoke lease", leases.revoke(self.lease))
-            .await
-        {
-            Ok(_) => Ok(()),
-            // Already expired or revoked: the goal is reached.
-            Err(e) if error::is_lease_gone(&e) => Ok(()),
-            Err(e) => Err(e),
-        }
+        revoke_lease(&self.shared, self.lease).await
     }
 
     async fn lock(
@@ -232,20 +225,43 @@ pub(crate) async fn revoke_by_id(shared: &Shared, session_id: &str) -> Result<()
                 "`{session_id}` is not an etcd session id (a lease id in hex)"
             ))
         })?;
-    let mut kv = shared.client.kv_client();
-    let marker = kv.get(shared.layout.session(lease), None);
-    if shared.call("find session", marker).await?.kvs().is_empty() {
+    let marker = shared.layout.session(lease);
+    let found = shared
+        .call("find session", |mut c| {
+            let marker = marker.clone();
+            async move { c.get(marker, None).await }
+        })
+        .await?;
+    if found.kvs().is_empty() {
         return Err(crate::not_held(format!(
             "no live session {session_id} in namespace `{}`",
             shared.layout.namespace()
         )));
     }
-    let mut leases = shared.client.lease_client();
-    match shared.call("revoke lease", leases.revoke(lease)).await {
+    match shared
+        .call("revoke lease", |mut c| async move {
+            c.lease_revoke(lease).await
+        })
+        .await
+    {
         Ok(_) => Ok(()),
         Err(e) if error::is_lease_gone(&e) => Err(crate::not_held(format!(
             "session {session_id} has already ended"
         ))),
+        Err(e) => Err(e),
+    }
+}
+
+/// Revoke `lease`; a lease already gone counts as revoked.
+async fn revoke_lease(shared: &Shared, lease: i64) -> Result<()> {
+    match shared
+        .call("revoke lease", |mut c| async move {
+            c.lease_revoke(lease).await
+        })
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if error::is_lease_gone(&e) => Ok(()),
         Err(e) => Err(e),
     }
 }

@@ -28,11 +28,7 @@ pub(crate) async fn wait_deleted(
         .with_start_revision(after + 1)
         .with_filters([WatchFilterType::NoPut]);
     let wait = async {
-        let mut watches = shared.client.watch_client();
-        let mut stream = match shared
-            .call("watch", watches.watch(key, Some(options)))
-            .await
-        {
+        let mut stream = match shared.watch("watch", &key, options).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(error = %e, "watch failed; checking again");
@@ -125,10 +121,9 @@ impl PrefixWatch {
                 let options = WatchOptions::new()
                     .with_prefix()
                     .with_start_revision(self.rev + 1);
-                let mut watches = self.shared.client.watch_client();
                 match self
                     .shared
-                    .call("watch", watches.watch(self.prefix.clone(), Some(options)))
+                    .watch("watch", self.prefix.as_bytes(), options)
                     .await
                 {
                     Ok(s) => self.stream = Some(s),
@@ -193,12 +188,8 @@ impl PrefixWatch {
 
 /// Every key of `prefix` and the revision of that listing.
 async fn list(shared: &Shared, prefix: &str) -> Result<(i64, Vec<KeyValue>)> {
-    let mut kv = shared.client.kv_client();
     let mut resp = shared
-        .call(
-            "list",
-            kv.get(prefix, Some(GetOptions::new().with_prefix())),
-        )
+        .get("list", prefix, Some(GetOptions::new().with_prefix()))
         .await?;
     let rev = revision(resp.header())?;
     Ok((rev, resp.take_kvs()))

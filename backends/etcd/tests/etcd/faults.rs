@@ -1,1 +1,240 @@
-//! Fault injection.
+//! Fault injection on real processes: a holder killed with SIGKILL, the
+//! Raft leader killed under a held lock, watch streams broken by member
+//! restarts and history compaction.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use quorate_conformance::harness::etcd::EtcdCluster;
+use quorate_conformance::harness::process::signal;
+use quorate_core::{Config, Coordinator, GroupEvent, Member};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::{namespace, single, soon, still_pending};
+
+/// The `hold_lock` example, built by `cargo test -p quorate-etcd` next to
+/// this test binary.
+fn hold_lock_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join("examples")
+        .join("hold_lock");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test -p quorate-etcd` (which builds the examples) or `cargo build -p quorate-etcd --example hold_lock`",
+        path.display()
+    );
+    path
+}
+
+#[tokio::test]
+async fn killed_holder_process_frees_the_lock_after_its_ttl() {
+    let (cluster, coord, ns) = single("ttl=2s").await;
+    let mut holder = tokio::process::Command::new(hold_lock_binary())
+        .args([cluster.url(&ns, "ttl=2s"), "job".into()])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(holder.stdout.take().unwrap()).lines();
+    let line = soon("holder locked", out.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    let holder_fence: u64 = line.strip_prefix("locked ").unwrap().parse().unwrap();
+
+    let s = coord.session().await.unwrap();
+    let m = s.mutex("job");
+    let mut waiting = Box::pin(m.lock());
+    assert!(still_pending(&mut waiting, Duration::from_millis(700)).await);
+    let killed = Instant::now();
+    signal(holder.id().unwrap(), libc::SIGKILL).unwrap();
+    holder.wait().await.unwrap();
+    let g = soon("grant after the holder died", waiting).await.unwrap();
+    println!(
+        "figure: lock free {:?} after SIGKILL of its holder (lease TTL 2s)",
+        killed.elapsed()
+    );
+    assert!(g.fence().get() > holder_fence);
+    g.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn leader_killed_while_a_lock_is_held_never_grants_it_twice() {
+    let mut cluster = EtcdCluster::start_local(3).await.unwrap();
+    let coord = crate::connect(&cluster, &namespace(), "ttl=3s&connect_timeout=1s").await;
+    let s1 = coord.session().await.unwrap();
+    let s2 = coord.session().await.unwrap();
+    let g1 = s1.mutex("L").lock().await.unwrap();
+    let m2 = s2.mutex("L");
+    let mut w2 = Box::pin(m2.lock());
+    assert!(still_pending(&mut w2, Duration::from_millis(500)).await);
+
+    let killed = Instant::now();
+    let old = cluster.kill_leader().await.unwrap();
+    let new = cluster.leader().await.unwrap();
+    assert_ne!(old, new);
+    // Retry through the election until the cluster answers.
+    let held = soon("answer after failover", async {
+        loop {
+            match g1.is_held().await {
+                Ok(v) => return v,
+                Err(e) if e.is_retryable() => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await;
+    println!(
+        "figure: holder confirmed its lock {:?} after the leader was killed",
+        killed.elapsed()
+    );
+    assert!(held, "the lock was lost in the failover");
+    assert!(!s1.is_lost());
+    // Across the failover and beyond a lease TTL, the waiter stays out.
+    assert!(
+        still_pending(&mut w2, Duration::from_secs(4)).await,
+        "second grant while the first holder still holds"
+    );
+    assert!(g1.is_held().await.unwrap());
+    let f1 = g1.fence();
+    g1.release().await.unwrap();
+    let g2 = soon("grant after release", w2).await.unwrap();
+    assert!(g2.fence() > f1);
+    g2.release().await.unwrap();
+}
+
+async fn next_event(
+    events: &mut futures::stream::BoxStream<'static, quorate_core::Result<GroupEvent>>,
+) -> GroupEvent {
+    soon("group event", events.next()).await.unwrap().unwrap()
+}
+
+fn member(id: &str, capabilities: serde_json::Value) -> Member {
+    Member {
+        id: id.into(),
+        capabilities,
+    }
+}
+
+async fn connect_to(endpoints: &[String], ns: &str) -> Coordinator {
+    let url = format!("etcd://{}/{ns}?connect_timeout=1s", endpoints.join(","));
+    quorate_etcd::connect(&Config::parse(&url).unwrap())
+        .await
+        .unwrap()
+}
+
+/// The current revision, from etcdctl on `endpoints`.
+async fn current_revision(cluster: &EtcdCluster, endpoints: &[String]) -> u64 {
+    let out = cluster
+        .etcdctl_at(endpoints)
+        .args(["get", "any", "-w", "json"])
+        .output()
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["header"]["revision"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn group_watch_resumes_across_member_restarts_and_compaction() {
+    let mut cluster = EtcdCluster::start_local(3).await.unwrap();
+    let ns = namespace();
+    let others = vec![cluster.member_endpoint(1), cluster.member_endpoint(2)];
+    // The watcher talks to member 0 only; the changes go through the others.
+    let watcher = connect_to(&[cluster.member_endpoint(0)], &ns).await;
+    let actor = connect_to(&others, &ns).await;
+    let s = actor.session().await.unwrap();
+    let g = s.group("g");
+    let mut events = watcher.watch_group("g");
+    assert_eq!(
+        next_event(&mut events).await,
+        GroupEvent::Snapshot { members: vec![] }
+    );
+    let a = g.join("a", json!(1)).await.unwrap();
+    assert_eq!(
+        next_event(&mut events).await,
+        GroupEvent::Joined {
+            member: member("a", json!(1))
+        }
+    );
+
+    // The stream breaks; what changed meanwhile is replayed exactly once.
+    cluster.kill(0).unwrap();
+    let b = g.join("b", json!(1)).await.unwrap();
+    a.update(json!(2)).await.unwrap();
+    cluster.restart(0).await.unwrap();
+    assert_eq!(
+        next_event(&mut events).await,
+        GroupEvent::Joined {
+            member: member("b", json!(1))
+        }
+    );
+    assert_eq!(
+        next_event(&mut events).await,
+        GroupEvent::Updated {
+            member: member("a", json!(2))
+        }
+    );
+    let _c = g.join("c", json!(1)).await.unwrap();
+    assert_eq!(
+        next_event(&mut events).await,
+        GroupEvent::Joined {
+            member: member("c", json!(1))
+        }
+    );
+
+    // The history the watcher needs is compacted while it is away: it
+    // re-lists and reports the difference (same net changes, no gap, no
+    // duplicate).
+    cluster.kill(0).unwrap();
+    b.leave().await.unwrap();
+    a.update(json!(3)).await.unwrap();
+    let _d = g.join("d", json!(1)).await.unwrap();
+    let rev = current_revision(&cluster, &others).await;
+    let out = cluster
+        .etcdctl_at(&others)
+        .args(["compact", &rev.to_string(), "--physical"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cluster.restart(0).await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(next_event(&mut events).await);
+    }
+    assert_eq!(
+        seen,
+        vec![
+            GroupEvent::Left { id: "b".into() },
+            GroupEvent::Updated {
+                member: member("a", json!(3))
+            },
+            GroupEvent::Joined {
+                member: member("d", json!(1))
+            },
+        ]
+    );
+    let _e = g.join("e", json!(1)).await.unwrap();
+    assert_eq!(
+        next_event(&mut events).await,
+        GroupEvent::Joined {
+            member: member("e", json!(1))
+        }
+    );
+    let listed = watcher.members("g").await.unwrap();
+    assert_eq!(
+        listed.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        vec!["a", "c", "d", "e"]
+    );
+}

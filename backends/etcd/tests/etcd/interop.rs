@@ -63,16 +63,27 @@ async fn etcdctl_lock_and_quorate_exclude_each_other() {
     assert!(s.mutex("shared").try_lock().await.unwrap().is_none());
     let m = s.mutex("shared");
     let mut waiting = Box::pin(m.lock());
-    assert!(still_pending(&mut waiting, BLOCKED).await, "quorate got in beside etcdctl");
+    assert!(
+        still_pending(&mut waiting, BLOCKED).await,
+        "quorate got in beside etcdctl"
+    );
     signal(holder.id().unwrap(), libc::SIGTERM).unwrap(); // etcdctl unlocks on SIGTERM
     soon("etcdctl exit", holder.wait()).await.unwrap();
     let g = soon("quorate after etcdctl", waiting).await.unwrap();
-    assert!(g.fence().get() > ctl_rev, "fence {} after etcdctl's {ctl_rev}", g.fence());
+    assert!(
+        g.fence().get() > ctl_rev,
+        "fence {} after etcdctl's {ctl_rev}",
+        g.fence()
+    );
 
     // quorate holds; etcdctl waits, then runs its command once released.
-    let (mut waiter, mut out) = spawn_etcdctl(&cluster, &["lock", &lock_name, "echo", "ctl-acquired"]);
+    let (mut waiter, mut out) =
+        spawn_etcdctl(&cluster, &["lock", &lock_name, "echo", "ctl-acquired"]);
     let mut line = Box::pin(out.next_line());
-    assert!(still_pending(&mut line, BLOCKED).await, "etcdctl got in beside quorate");
+    assert!(
+        still_pending(&mut line, BLOCKED).await,
+        "etcdctl got in beside quorate"
+    );
     assert!(waiter.try_wait().unwrap().is_none());
     g.release().await.unwrap();
     let got = soon("etcdctl after quorate", line).await.unwrap();
@@ -101,15 +112,25 @@ async fn etcdctl_elect_observes_and_competes_with_quorate() {
     // etcdctl competes: it waits while quorate leads.
     let (mut rival, mut rival_out) = spawn_etcdctl(&cluster, &["elect", &election, "ctl-value"]);
     let mut elected = Box::pin(rival_out.next_line());
-    assert!(still_pending(&mut elected, BLOCKED).await, "etcdctl elected beside quorate");
+    assert!(
+        still_pending(&mut elected, BLOCKED).await,
+        "etcdctl elected beside quorate"
+    );
     let mut obs = coord.observe("sched");
     let now = soon("observe", obs.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(now.value, b"quorate-1");
 
     l1.resign().await.unwrap();
     let rival_key = soon("etcdctl elected", elected).await.unwrap().unwrap();
-    assert!(rival_key.starts_with(&format!("{election}/")), "{rival_key}");
-    let now = soon("observe etcdctl", obs.next()).await.unwrap().unwrap().unwrap();
+    assert!(
+        rival_key.starts_with(&format!("{election}/")),
+        "{rival_key}"
+    );
+    let now = soon("observe etcdctl", obs.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(now.value, b"ctl-value");
     assert_eq!(now.fence.get(), create_revision(&cluster, &rival_key).await);
     assert_eq!(next_line(&mut seen, "observed key").await, rival_key);
@@ -118,12 +139,18 @@ async fn etcdctl_elect_observes_and_competes_with_quorate() {
     // quorate waits behind etcdctl, and leads once etcdctl resigns.
     let e2 = s2.election("sched");
     let mut c2 = Box::pin(e2.campaign(b"quorate-2"));
-    assert!(still_pending(&mut c2, BLOCKED).await, "quorate elected beside etcdctl");
+    assert!(
+        still_pending(&mut c2, BLOCKED).await,
+        "quorate elected beside etcdctl"
+    );
     signal(rival.id().unwrap(), libc::SIGTERM).unwrap(); // etcdctl resigns on SIGTERM
     soon("etcdctl exit", rival.wait()).await.unwrap();
     let l2 = soon("quorate after etcdctl", c2).await.unwrap();
     assert!(l2.fence().get() > now.fence.get());
-    assert_eq!(next_line(&mut seen, "observed key").await, format!("{election}/{}", s2.id()));
+    assert_eq!(
+        next_line(&mut seen, "observed key").await,
+        format!("{election}/{}", s2.id())
+    );
     assert_eq!(next_line(&mut seen, "observed value").await, "quorate-2");
 }
 
@@ -136,7 +163,11 @@ async fn auth_refuses_wrong_or_missing_credentials_clearly() {
         &["auth", "enable"][..],
     ] {
         let out = cluster.etcdctl().args(args).output().await.unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let endpoint = cluster.member_endpoint(0);
     let connect = |userinfo: &str| {
