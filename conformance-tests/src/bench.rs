@@ -70,7 +70,11 @@ pub const TASKS: usize = 8;
 /// # Errors
 ///
 /// A backend error during a scenario.
-pub async fn run(target: &Target, raw: Arc<dyn RawBaseline>, seconds: f64) -> quorate::Result<Vec<ScenarioReport>> {
+pub async fn run(
+    target: &Target,
+    raw: Arc<dyn RawBaseline>,
+    seconds: f64,
+) -> quorate::Result<Vec<ScenarioReport>> {
     let target = target.fresh();
     let coord = target.connect().await?;
     let backend = coord.capabilities().backend.to_owned();
@@ -81,7 +85,12 @@ pub async fn run(target: &Target, raw: Arc<dyn RawBaseline>, seconds: f64) -> qu
     let session = coord.session().await?;
     let mut q = sample_for(budget, 10_000, || async {
         let t = Instant::now();
-        session.mutex("bench-uncontended").lock().await?.release().await?;
+        session
+            .mutex("bench-uncontended")
+            .lock()
+            .await?
+            .release()
+            .await?;
         Ok(t.elapsed())
     })
     .await?;
@@ -91,7 +100,13 @@ pub async fn run(target: &Target, raw: Arc<dyn RawBaseline>, seconds: f64) -> qu
         Ok(t.elapsed())
     })
     .await?;
-    out.push(latency_report("uncontended", &backend, &mut q, &mut r, raw.describe()));
+    out.push(latency_report(
+        "uncontended",
+        &backend,
+        &mut q,
+        &mut r,
+        raw.describe(),
+    ));
 
     // Contended hand-off: release to the waiter's return.
     let waiter = coord.session().await?;
@@ -111,16 +126,32 @@ pub async fn run(target: &Target, raw: Arc<dyn RawBaseline>, seconds: f64) -> qu
         Ok(granted.saturating_duration_since(released))
     })
     .await?;
-    let mut r = sample_for(budget, 500, || async { raw.handoff("bench-raw-handoff").await }).await?;
-    out.push(latency_report("handoff", &backend, &mut q, &mut r, raw.describe()));
+    let mut r = sample_for(budget, 500, || async {
+        raw.handoff("bench-raw-handoff").await
+    })
+    .await?;
+    out.push(latency_report(
+        "handoff",
+        &backend,
+        &mut q,
+        &mut r,
+        raw.describe(),
+    ));
 
     // Throughput with many tasks on one lock, and on one lock each.
-    for (scenario, shared) in [("throughput_one_lock", true), ("throughput_many_locks", false)] {
+    for (scenario, shared) in [
+        ("throughput_one_lock", true),
+        ("throughput_many_locks", false),
+    ] {
         let (q_ops, q_n) = throughput(budget, |i| {
             let coord = coord.clone();
             async move {
                 let s = coord.session().await?;
-                let name = if shared { "bench-tp".to_owned() } else { format!("bench-tp-{i}") };
+                let name = if shared {
+                    "bench-tp".to_owned()
+                } else {
+                    format!("bench-tp-{i}")
+                };
                 Ok(move || {
                     let s = s.clone();
                     let name = name.clone();
@@ -132,7 +163,11 @@ pub async fn run(target: &Target, raw: Arc<dyn RawBaseline>, seconds: f64) -> qu
         let (r_ops, _) = throughput(budget, |i| {
             let raw = raw.clone();
             async move {
-                let key = if shared { "bench-raw-tp".to_owned() } else { format!("bench-raw-tp-{i}") };
+                let key = if shared {
+                    "bench-raw-tp".to_owned()
+                } else {
+                    format!("bench-raw-tp-{i}")
+                };
                 Ok(move || {
                     let raw = raw.clone();
                     let key = key.clone();
@@ -173,7 +208,10 @@ where
     Ok(samples)
 }
 
-async fn throughput<Mk, MkFut, Op, OpFut>(budget: Duration, make: Mk) -> quorate::Result<(f64, usize)>
+async fn throughput<Mk, MkFut, Op, OpFut>(
+    budget: Duration,
+    make: Mk,
+) -> quorate::Result<(f64, usize)>
 where
     Mk: Fn(usize) -> MkFut,
     MkFut: std::future::Future<Output = quorate::Result<Op>>,
@@ -206,7 +244,13 @@ where
     Ok((total as f64 / start.elapsed().as_secs_f64(), total))
 }
 
-fn latency_report(scenario: &'static str, backend: &str, q: &mut [f64], r: &mut [f64], raw: String) -> ScenarioReport {
+fn latency_report(
+    scenario: &'static str,
+    backend: &str,
+    q: &mut [f64],
+    r: &mut [f64],
+    raw: String,
+) -> ScenarioReport {
     let (qp50, qp99) = (percentile(q, 50.0), percentile(q, 99.0));
     let (rp50, rp99) = (percentile(r, 50.0), percentile(r, 99.0));
     ScenarioReport {
@@ -232,13 +276,26 @@ pub fn to_markdown(reports: &[ScenarioReport]) -> String {
     for r in reports {
         let (q, raw) = match (r.p50_us, r.ops_per_s) {
             (Some(p50), _) => (
-                format!("p50 {p50:.1} µs, p99 {:.1} µs", r.p99_us.unwrap_or(f64::NAN)),
-                format!("p50 {:.1} µs, p99 {:.1} µs", r.raw_p50_us.unwrap_or(f64::NAN), r.raw_p99_us.unwrap_or(f64::NAN)),
+                format!(
+                    "p50 {p50:.1} µs, p99 {:.1} µs",
+                    r.p99_us.unwrap_or(f64::NAN)
+                ),
+                format!(
+                    "p50 {:.1} µs, p99 {:.1} µs",
+                    r.raw_p50_us.unwrap_or(f64::NAN),
+                    r.raw_p99_us.unwrap_or(f64::NAN)
+                ),
             ),
-            (None, Some(ops)) => (format!("{ops:.0} ops/s"), format!("{:.0} ops/s", r.raw_ops_per_s.unwrap_or(f64::NAN))),
+            (None, Some(ops)) => (
+                format!("{ops:.0} ops/s"),
+                format!("{:.0} ops/s", r.raw_ops_per_s.unwrap_or(f64::NAN)),
+            ),
             _ => (String::new(), String::new()),
         };
-        md.push_str(&format!("| {} | {} | {q} | {raw} | {:.2} | {} |\n", r.backend, r.scenario, r.ratio, r.raw));
+        md.push_str(&format!(
+            "| {} | {} | {q} | {raw} | {:.2} | {} |\n",
+            r.backend, r.scenario, r.ratio, r.raw
+        ));
     }
     md
 }
@@ -258,7 +315,13 @@ impl RawBaseline for MemoryBaseline {
     }
 
     async fn acquire_release(&self, key: &str) -> quorate::Result<()> {
-        let lock = self.table.lock().unwrap().entry(key.to_owned()).or_default().clone();
+        let lock = self
+            .table
+            .lock()
+            .unwrap()
+            .entry(key.to_owned())
+            .or_default()
+            .clone();
         let guard = lock.lock().await;
         tokio::task::yield_now().await;
         drop(guard);
