@@ -7,16 +7,16 @@
 //! points the tests at an external cluster instead; fault injection then
 //! refuses with an error.
 //!
-//! Every member is killed (SIGKILL, by pid) when the [`EtcdCluster`] is
-//! dropped, and also when the test process dies.
+//! Every member is a [`ServerProcess`]: killed (SIGKILL, by pid) when the
+//! [`EtcdCluster`] is dropped, and by the kernel when the test process dies.
 
 use std::io;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::process::{free_port, signal, spawn_tied_to_process, ScratchDir};
+use super::process::{free_port, ServerProcess, TempDir};
 
 /// The environment variable naming external etcd endpoints
 /// (`host:port[,host:port...]`) to use instead of starting servers.
@@ -35,7 +35,7 @@ struct Member {
     name: String,
     client_port: u16,
     peer_port: u16,
-    child: Option<Child>,
+    process: Option<ServerProcess>,
     paused: bool,
 }
 
@@ -56,7 +56,7 @@ pub struct EtcdCluster {
     token: String,
     external: Vec<String>,
     // Dropped after the members are killed (field order).
-    dir: Option<ScratchDir>,
+    dir: Option<TempDir>,
 }
 
 impl std::fmt::Debug for EtcdCluster {
@@ -109,15 +109,15 @@ impl EtcdCluster {
     }
 
     async fn try_start_local(size: usize) -> io::Result<EtcdCluster> {
-        let dir = ScratchDir::new("etcd")?;
+        let dir = TempDir::new("etcd")?;
         let token = format!("quorate-{:016x}", rand::random::<u64>());
         let mut members = Vec::with_capacity(size);
         for i in 0..size {
             members.push(Member {
                 name: format!("{token}-m{i}"),
-                client_port: free_port()?,
-                peer_port: free_port()?,
-                child: None,
+                client_port: free_port(),
+                peer_port: free_port(),
+                process: None,
                 paused: false,
             });
         }
@@ -144,42 +144,45 @@ impl EtcdCluster {
     fn spawn_member(&mut self, i: usize) -> io::Result<()> {
         let dir = self.dir.as_ref().expect("local cluster").path().to_owned();
         let m = &self.members[i];
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(format!("{}.log", m.name)))?;
-        let mut cmd = Command::new(std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into()));
-        cmd.arg("--name")
-            .arg(&m.name)
-            .arg("--data-dir")
-            .arg(dir.join(&m.name))
-            .arg("--listen-client-urls")
-            .arg(format!("http://{}", m.client_endpoint()))
-            .arg("--advertise-client-urls")
-            .arg(format!("http://{}", m.client_endpoint()))
-            .arg("--listen-peer-urls")
-            .arg(m.peer_url())
-            .arg("--initial-advertise-peer-urls")
-            .arg(m.peer_url())
-            .arg("--initial-cluster")
-            .arg(&self.initial_cluster)
-            .arg("--initial-cluster-token")
-            .arg(&self.token)
-            .arg("--initial-cluster-state")
-            .arg("new")
-            .arg("--heartbeat-interval")
-            .arg(HEARTBEAT_MS.to_string())
-            .arg("--election-timeout")
-            .arg(ELECTION_MS.to_string())
-            .arg("--logger")
-            .arg("zap")
-            .arg("--log-level")
-            .arg("warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let child = spawn_tied_to_process(cmd)?;
-        self.members[i].child = Some(child);
+        let client_url = format!("http://{}", m.client_endpoint());
+        let args: Vec<String> = [
+            "--name",
+            &m.name,
+            "--data-dir",
+            &dir.join(&m.name).display().to_string(),
+            "--listen-client-urls",
+            &client_url,
+            "--advertise-client-urls",
+            &client_url,
+            "--listen-peer-urls",
+            &m.peer_url(),
+            "--initial-advertise-peer-urls",
+            &m.peer_url(),
+            "--initial-cluster",
+            &self.initial_cluster,
+            "--initial-cluster-token",
+            &self.token,
+            "--initial-cluster-state",
+            "new",
+            "--heartbeat-interval",
+            &HEARTBEAT_MS.to_string(),
+            "--election-timeout",
+            &ELECTION_MS.to_string(),
+            "--logger",
+            "zap",
+            "--log-level",
+            "warn",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let process = ServerProcess::start(
+            &m.name,
+            std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into()),
+            args,
+            dir.join(format!("{}.log", m.name)),
+        )?;
+        self.members[i].process = Some(process);
         self.members[i].paused = false;
         Ok(())
     }
@@ -209,7 +212,18 @@ impl EtcdCluster {
 
     /// The pid of member `i`, while it runs.
     pub fn pid(&self, i: usize) -> Option<u32> {
-        self.members[i].child.as_ref().map(Child::id)
+        self.members[i]
+            .process
+            .as_ref()
+            .and_then(ServerProcess::pid)
+    }
+
+    fn process(&self, i: usize) -> io::Result<&ServerProcess> {
+        self.members[i]
+            .process
+            .as_ref()
+            .filter(|p| p.pid().is_some())
+            .ok_or_else(|| io::Error::other(format!("member {i} is not running")))
     }
 
     /// An `etcd://` URL for every endpoint, with a namespace and extra
@@ -239,12 +253,10 @@ impl EtcdCluster {
     /// For an external cluster or a member that is not running.
     pub fn kill(&mut self, i: usize) -> io::Result<()> {
         self.local("kill")?;
-        let mut child = self.members[i]
-            .child
-            .take()
-            .ok_or_else(|| io::Error::other(format!("member {i} is not running")))?;
-        child.kill()?;
-        child.wait()?;
+        self.process(i)?;
+        if let Some(p) = self.members[i].process.as_mut() {
+            p.kill()?;
+        }
         self.members[i].paused = false;
         Ok(())
     }
@@ -256,10 +268,7 @@ impl EtcdCluster {
     /// For an external cluster or a member that is not running.
     pub fn pause(&mut self, i: usize) -> io::Result<()> {
         self.local("pause")?;
-        let pid = self
-            .pid(i)
-            .ok_or_else(|| io::Error::other(format!("member {i} is not running")))?;
-        signal(pid, libc::SIGSTOP)?;
+        self.process(i)?.pause()?;
         self.members[i].paused = true;
         Ok(())
     }
@@ -271,26 +280,24 @@ impl EtcdCluster {
     /// For an external cluster or a member that is not running.
     pub fn resume(&mut self, i: usize) -> io::Result<()> {
         self.local("resume")?;
-        let pid = self
-            .pid(i)
-            .ok_or_else(|| io::Error::other(format!("member {i} is not running")))?;
-        signal(pid, libc::SIGCONT)?;
+        self.process(i)?.resume()?;
         self.members[i].paused = false;
         Ok(())
     }
 
-    /// Start member `i` again (after [`EtcdCluster::kill`]) on the same
-    /// ports and data, and wait until it answers.
+    /// Start member `i` again (after [`EtcdCluster::kill`], or killing it
+    /// first) on the same ports and data, and wait until it answers.
     ///
     /// # Errors
     ///
     /// For an external cluster, or when it does not come back.
     pub async fn restart(&mut self, i: usize) -> io::Result<()> {
         self.local("restart")?;
-        if self.members[i].child.is_some() {
-            self.kill(i)?;
+        match self.members[i].process.as_mut() {
+            Some(p) => p.restart()?,
+            None => self.spawn_member(i)?,
         }
-        self.spawn_member(i)?;
+        self.members[i].paused = false;
         self.wait_healthy(Some(i)).await
     }
 
@@ -307,7 +314,7 @@ impl EtcdCluster {
             let mut ids = vec![None; self.members.len()];
             let mut leader_id = None;
             for (i, m) in self.members.iter().enumerate() {
-                if m.child.is_none() || m.paused {
+                if m.process.as_ref().and_then(ServerProcess::pid).is_none() || m.paused {
                     continue;
                 }
                 if let Ok(status) = self.endpoint_status(&m.client_endpoint()).await {
@@ -389,14 +396,11 @@ impl EtcdCluster {
         };
         for i in targets {
             loop {
-                if let Some(child) = self.members[i].child.as_mut() {
-                    if let Some(status) = child.try_wait()? {
-                        self.members[i].child = None;
+                if let Some(p) = self.members[i].process.as_mut() {
+                    if p.has_exited() {
                         return Err(io::Error::other(format!(
-                            "etcd member {i} exited during start-up ({status}); see its log in {}",
-                            self.dir
-                                .as_ref()
-                                .map_or_else(String::new, |d| d.path().display().to_string())
+                            "etcd member {i} exited during start-up:\n{}",
+                            p.log_tail()
                         )));
                     }
                 }
@@ -451,17 +455,5 @@ impl EtcdCluster {
             )));
         }
         Ok(())
-    }
-}
-
-impl Drop for EtcdCluster {
-    fn drop(&mut self) {
-        for m in &mut self.members {
-            if let Some(mut child) = m.child.take() {
-                // SIGKILL also ends a paused (SIGSTOPped) process.
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
     }
 }

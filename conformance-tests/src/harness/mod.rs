@@ -1,7 +1,10 @@
-//! Real servers for tests, started from their binaries on free loopback
-//! ports in temporary directories, with fault injection (kill, pause,
-//! resume, restart). Each server module also honours an environment
-//! variable that points the tests at external servers instead.
+//! Real servers for the conformance suite, started from their binaries on
+//! free loopback ports in temporary directories, and a TCP proxy that can
+//! cut or black-hole a client's connection.
 
 pub mod etcd;
 pub mod process;
+pub mod proxy;
+
+pub use process::{free_port, ServerProcess};
+pub use proxy::{ProxyMode, TcpProxy};

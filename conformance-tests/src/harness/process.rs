@@ -1,84 +1,210 @@
-//! Helpers shared by the server harnesses: free ports, scratch directories,
-//! and child processes that die with the test process.
+//! A server process the harness started: stopped, paused and resumed by
+//! its own pid only, killed on drop.
 
-use std::io;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Mutex, OnceLock};
 
-/// A loopback TCP port that was free a moment ago (bound to port 0, then
-/// released). The caller must cope with losing a race for it.
-///
-/// # Errors
-///
-/// The bind error.
-pub fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// A free TCP port on 127.0.0.1 (bound and released; a race with another
+/// process is possible, so servers verify they got it by answering).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral loopback port")
 }
 
-/// A fresh, empty directory for one server's data: under `/dev/shm` when
-/// it is usable (fast fsync), else under the system temp dir. Removed by
-/// [`ScratchDir`]'s `Drop`.
-pub struct ScratchDir {
-    path: PathBuf,
-}
+/// A temporary directory removed on drop, on tmpfs (`/dev/shm`) when there
+/// is one.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
 
-impl ScratchDir {
-    /// Create a directory named `quorate-<what>-<pid>-<random>`.
-    ///
-    /// # Errors
-    ///
-    /// The error of creating it.
-    pub fn new(what: &str) -> io::Result<ScratchDir> {
-        let shm = Path::new("/dev/shm");
-        let base = if shm.is_dir() && tempfile_probe(shm) {
-            shm.to_path_buf()
+impl TempDir {
+    /// Create `quorate-<label>-<random>`.
+    pub fn new(label: &str) -> std::io::Result<TempDir> {
+        let base = if Path::new("/dev/shm").is_dir() {
+            PathBuf::from("/dev/shm")
         } else {
             std::env::temp_dir()
         };
-        let path = base.join(format!(
-            "quorate-{what}-{}-{:016x}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&path)?;
-        Ok(ScratchDir { path })
+        let dir = base.join(format!("quorate-{label}-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(TempDir(dir))
     }
 
-    /// The directory.
+    /// The path.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.0
     }
 }
 
-fn tempfile_probe(dir: &Path) -> bool {
-    let probe = dir.join(format!(".quorate-probe-{}", std::process::id()));
-    let ok = std::fs::write(&probe, b"").is_ok();
-    let _ = std::fs::remove_file(&probe);
-    ok
-}
-
-impl Drop for ScratchDir {
+impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
-type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
+/// A child server process, its command line kept so it can be restarted.
+#[derive(Debug)]
+pub struct ServerProcess {
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
 
-/// Spawn a server process that is killed (SIGKILL) when the test process
-/// dies, however it dies.
+impl ServerProcess {
+    /// Start `program args…`, output appended to `log`.
+    ///
+    /// # Errors
+    ///
+    /// When the program cannot be started.
+    pub fn start(
+        name: &str,
+        program: impl Into<PathBuf>,
+        args: Vec<String>,
+        log: impl Into<PathBuf>,
+    ) -> std::io::Result<Self> {
+        let mut p = ServerProcess {
+            name: name.to_owned(),
+            program: program.into(),
+            args,
+            log: log.into(),
+            child: None,
+        };
+        p.spawn()?;
+        Ok(p)
+    }
+
+    fn spawn(&mut self) -> std::io::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = spawn_tied_to_process(command).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("starting {}: {e}", self.program.display()),
+            )
+        })?;
+        tracing::debug!(server = %self.name, pid = child.id(), "started");
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// The pid, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The server's log so far (for error messages).
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Whether the process has exited.
+    pub fn has_exited(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => matches!(c.try_wait(), Ok(Some(_))),
+            None => true,
+        }
+    }
+
+    fn signal(&self, sig: i32) -> std::io::Result<()> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| std::io::Error::other(format!("{} is not running", self.name)))?;
+        // SAFETY: kill(2) on the pid of a child this harness started and has
+        // not reaped yet (so the pid cannot have been reused).
+        if unsafe { libc::kill(pid as i32, sig) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
+    /// SIGKILL and reap.
+    ///
+    /// # Errors
+    ///
+    /// When the signal cannot be sent.
+    pub fn kill(&mut self) -> std::io::Result<()> {
+        if let Some(mut c) = self.child.take() {
+            let _ = self.signal_pid(c.id(), libc::SIGCONT);
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    fn signal_pid(&self, pid: u32, sig: i32) -> std::io::Result<()> {
+        // SAFETY: as in `signal`.
+        if unsafe { libc::kill(pid as i32, sig) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
+    /// SIGSTOP.
+    ///
+    /// # Errors
+    ///
+    /// When not running.
+    pub fn pause(&self) -> std::io::Result<()> {
+        self.signal(libc::SIGSTOP)
+    }
+
+    /// SIGCONT.
+    ///
+    /// # Errors
+    ///
+    /// When not running.
+    pub fn resume(&self) -> std::io::Result<()> {
+        self.signal(libc::SIGCONT)
+    }
+
+    /// Start again with the same command line (after [`ServerProcess::kill`]).
+    ///
+    /// # Errors
+    ///
+    /// When the program cannot be started.
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        self.kill()?;
+        self.spawn()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
+type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// Spawn a server process that the kernel kills (SIGKILL) when the test
+/// process dies, however it dies (so no server outlives a crashed or
+/// killed test run).
 ///
-/// The kernel's parent-death signal fires when the *thread* that forked
-/// the child exits, so every server is forked by one dedicated thread that
-/// lives as long as the process.
+/// The parent-death signal fires when the *thread* that forked the child
+/// exits, and test threads come and go, so every server is forked by one
+/// dedicated thread that lives as long as the process.
 ///
 /// # Errors
 ///
 /// The spawn error.
-pub fn spawn_tied_to_process(command: Command) -> io::Result<Child> {
+pub fn spawn_tied_to_process(command: Command) -> std::io::Result<Child> {
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
     let sender = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<SpawnRequest>();
@@ -92,42 +218,27 @@ pub fn spawn_tied_to_process(command: Command) -> io::Result<Child> {
             .expect("spawn the harness spawner thread");
         Mutex::new(tx)
     });
+    let gone = || std::io::Error::other("the harness spawner thread is gone");
     let (reply_tx, reply_rx) = mpsc::channel();
     sender
         .lock()
         .unwrap()
         .send((command, reply_tx))
-        .map_err(|_| io::Error::other("the harness spawner thread is gone"))?;
-    reply_rx
-        .recv()
-        .map_err(|_| io::Error::other("the harness spawner thread is gone"))?
+        .map_err(|_| gone())?;
+    reply_rx.recv().map_err(|_| gone())?
 }
 
-fn spawn_with_death_signal(command: &mut Command) -> io::Result<Child> {
+fn spawn_with_death_signal(command: &mut Command) -> std::io::Result<Child> {
     use std::os::unix::process::CommandExt;
-    // SAFETY: prctl and getppid are async-signal-safe; the closure touches
-    // no memory of the parent.
+    // SAFETY: prctl is async-signal-safe and the closure touches no memory
+    // of the parent.
     unsafe {
         command.pre_exec(|| {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(io::Error::last_os_error());
+                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
     }
     command.spawn()
-}
-
-/// Send `signal` to a process we started, by its pid.
-///
-/// # Errors
-///
-/// The `kill(2)` error.
-pub fn signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
-    let pid = libc::pid_t::try_from(pid).map_err(io::Error::other)?;
-    // SAFETY: plain syscall on a pid we own.
-    if unsafe { libc::kill(pid, signal) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }

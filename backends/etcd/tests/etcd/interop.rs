@@ -6,12 +6,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use quorate_conformance::harness::etcd::EtcdCluster;
-use quorate_conformance::harness::process::signal;
 use quorate_core::{Config, ErrorKind};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
 
-use crate::{single, soon, still_pending};
+use crate::{signal, single, soon, still_pending};
 
 const BLOCKED: Duration = Duration::from_millis(700);
 
@@ -67,7 +66,7 @@ async fn etcdctl_lock_and_quorate_exclude_each_other() {
         still_pending(&mut waiting, BLOCKED).await,
         "quorate got in beside etcdctl"
     );
-    signal(holder.id().unwrap(), libc::SIGTERM).unwrap(); // etcdctl unlocks on SIGTERM
+    signal(holder.id().unwrap(), libc::SIGTERM); // etcdctl unlocks on SIGTERM
     soon("etcdctl exit", holder.wait()).await.unwrap();
     let g = soon("quorate after etcdctl", waiting).await.unwrap();
     assert!(
@@ -143,7 +142,7 @@ async fn etcdctl_elect_observes_and_competes_with_quorate() {
         still_pending(&mut c2, BLOCKED).await,
         "quorate elected beside etcdctl"
     );
-    signal(rival.id().unwrap(), libc::SIGTERM).unwrap(); // etcdctl resigns on SIGTERM
+    signal(rival.id().unwrap(), libc::SIGTERM); // etcdctl resigns on SIGTERM
     soon("etcdctl exit", rival.wait()).await.unwrap();
     let l2 = soon("quorate after etcdctl", c2).await.unwrap();
     assert!(l2.fence().get() > now.fence.get());

@@ -72,9 +72,16 @@ pub async fn etcdctl_keys(cluster: &EtcdCluster, prefix: &str) -> Vec<String> {
         .collect()
 }
 
-fn init_tracing() {
+pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
+}
+
+/// Send `sig` to a child process this test started, by its pid.
+pub fn signal(pid: u32, sig: libc::c_int) {
+    let pid = libc::pid_t::try_from(pid).unwrap();
+    // SAFETY: kill(2) on the pid of a child we started and still own.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill({pid}, {sig})");
 }

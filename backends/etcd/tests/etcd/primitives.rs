@@ -420,7 +420,7 @@ async fn leftovers_list_what_a_clean_shutdown_removes() {
 
 #[tokio::test]
 async fn unreachable_endpoint_is_unavailable_within_connect_timeout() {
-    let port = free_port().unwrap();
+    let port = free_port();
     let url = format!("etcd://127.0.0.1:{port}/ns?connect_timeout=500ms");
     let started = Instant::now();
     let e = soon(
