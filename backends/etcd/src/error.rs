@@ -18,6 +18,14 @@ fn classify(e: &EtcdError) -> (ErrorKind, String) {
         EtcdError::GRpcStatus(status) => {
             use tonic::Code;
             let msg = status.message().to_owned();
+            if is_tls_trust_message(&msg) {
+                return (
+                    ErrorKind::Unauthenticated,
+                    format!(
+                        "TLS: {msg} (the server's certificate is not signed by the `ca` given)"
+                    ),
+                );
+            }
             let kind = match status.code() {
                 Code::Unavailable
                 | Code::DeadlineExceeded
@@ -29,6 +37,9 @@ fn classify(e: &EtcdError) -> (ErrorKind, String) {
                 Code::FailedPrecondition if is_auth_message(&msg) => ErrorKind::Unauthenticated,
                 Code::NotFound if msg.contains(LEASE_NOT_FOUND) => ErrorKind::Lost,
                 Code::Unknown if is_transient_message(&msg) => ErrorKind::Unavailable,
+                // The connection broke under the request (a member died, or
+                // a TLS server dropped a client without a certificate).
+                Code::Unknown if msg.contains("transport error") => ErrorKind::Unavailable,
                 _ => ErrorKind::Backend,
             };
             let detail = match kind {
@@ -73,6 +84,16 @@ fn is_auth_message(msg: &str) -> bool {
     .any(|m| msg.contains(m))
 }
 
+fn is_tls_trust_message(msg: &str) -> bool {
+    [
+        "invalid peer certificate",
+        "InvalidCertificate",
+        "UnknownIssuer",
+    ]
+    .iter()
+    .any(|m| msg.contains(m))
+}
+
 fn is_transient_message(msg: &str) -> bool {
     [
         "leader changed",
@@ -101,5 +122,6 @@ pub(crate) fn never_sent(e: &EtcdError) -> bool {
         EtcdError::TransportError(t) => format!("{t} {t:?}"),
         _ => return false,
     };
-    text.contains("ConnectError") || text.contains("tcp connect error")
+    (text.contains("ConnectError") || text.contains("tcp connect error"))
+        && !is_tls_trust_message(&text)
 }

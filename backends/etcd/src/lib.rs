@@ -104,7 +104,17 @@ pub async fn connect(config: &Config) -> Result<Coordinator> {
     let shared = match tokio::time::timeout(limit, settings.connect()).await {
         Ok(Ok(shared)) => shared,
         Ok(Err(e)) => {
-            return Err(Error::new(e.kind(), format!("{shown}: {}", e.message())).with_source(e))
+            let hint = if config.scheme == "etcds"
+                && config.option("cert").is_none()
+                && e.kind() == ErrorKind::Unavailable
+            {
+                " (if the server requires client certificates, give `cert=` and `key=`)"
+            } else {
+                ""
+            };
+            return Err(
+                Error::new(e.kind(), format!("{shown}: {}{hint}", e.message())).with_source(e),
+            );
         }
         Err(_) => {
             return Err(Error::unavailable(format!(
@@ -297,12 +307,14 @@ impl Shared {
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
+        let last_unsent = std::sync::Mutex::new(None::<String>);
         let attempts = async {
             let mut pause = Duration::from_millis(5);
             loop {
                 match make(self.client.clone()).await {
                     Err(e) if error::never_sent(&e) => {
-                        tracing::debug!(op, error = %e, "request not sent; trying again");
+                        tracing::debug!(op, error = ?e, "request not sent; trying again");
+                        *last_unsent.lock().unwrap() = Some(e.to_string());
                         tokio::time::sleep(pause).await;
                         pause = (pause * 2).min(Duration::from_millis(200));
                     }
@@ -310,7 +322,15 @@ impl Shared {
                 }
             }
         };
-        self.call_once(op, attempts).await
+        self.call_once(op, attempts).await.map_err(|e| {
+            match last_unsent.lock().unwrap().take() {
+                // Timed out while no endpoint would take the request: say why.
+                Some(last) if e.message().contains("no answer within") => {
+                    Error::unavailable(format!("{}; last error: {last}", e.message()))
+                }
+                _ => e,
+            }
+        })
     }
 
     /// Await one request future (or stream step), bounded by the request

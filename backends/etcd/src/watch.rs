@@ -38,10 +38,11 @@ pub(crate) async fn wait_deleted(
         loop {
             match stream.message().await {
                 Ok(Some(resp)) => {
-                    // Cancelled (e.g. the start revision was compacted): the
-                    // key may be long gone; check again.
+                    // Cancelled because the start revision was compacted:
+                    // the key may be long gone, check again at once. Any
+                    // other cancellation: check again after a back-off.
                     if resp.canceled() {
-                        return true;
+                        return resp.compact_revision() > 0;
                     }
                     if resp
                         .events()

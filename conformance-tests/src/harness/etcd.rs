@@ -11,6 +11,7 @@
 //! [`EtcdCluster`] is dropped, and by the kernel when the test process dies.
 
 use std::io;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -55,8 +56,83 @@ pub struct EtcdCluster {
     initial_cluster: String,
     token: String,
     external: Vec<String>,
+    tls: Option<TestPki>,
     // Dropped after the members are killed (field order).
     dir: Option<TempDir>,
+}
+
+/// PEM files of a throw-away PKI for TLS tests, generated with `rcgen`: a
+/// CA, a server certificate for `127.0.0.1`/`localhost`, and a client
+/// certificate, both signed by the CA.
+#[derive(Debug, Clone)]
+pub struct TestPki {
+    /// The CA certificate.
+    pub ca: PathBuf,
+    /// The servers' certificate.
+    pub server_cert: PathBuf,
+    /// The servers' private key.
+    pub server_key: PathBuf,
+    /// A client certificate signed by the CA.
+    pub client_cert: PathBuf,
+    /// Its private key.
+    pub client_key: PathBuf,
+}
+
+impl TestPki {
+    /// Generate the PKI into `dir`.
+    ///
+    /// # Errors
+    ///
+    /// When generating or writing fails.
+    pub fn generate(dir: &Path) -> io::Result<TestPki> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+            IsCa, KeyPair, KeyUsagePurpose,
+        };
+        let err = |e: rcgen::Error| io::Error::other(format!("generating test certificates: {e}"));
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "quorate test CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().map_err(err)?)
+            .map_err(err)?;
+        let leaf = |names: Vec<String>, cn: &str, usage: ExtendedKeyUsagePurpose| {
+            let key = KeyPair::generate().map_err(err)?;
+            let mut params = CertificateParams::new(names).map_err(err)?;
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.extended_key_usages = vec![usage];
+            let cert = params.signed_by(&key, &ca).map_err(err)?;
+            Ok::<_, io::Error>((cert.pem(), key.serialize_pem()))
+        };
+        let (server_cert, server_key) = leaf(
+            vec!["127.0.0.1".into(), "localhost".into()],
+            "quorate test etcd",
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )?;
+        let (client_cert, client_key) = leaf(
+            Vec::new(),
+            "quorate test client",
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )?;
+        let write = |name: &str, pem: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem)?;
+            Ok::<_, io::Error>(path)
+        };
+        Ok(TestPki {
+            ca: write("ca.pem", &ca.pem())?,
+            server_cert: write("server.pem", &server_cert)?,
+            server_key: write("server-key.pem", &server_key)?,
+            client_cert: write("client.pem", &client_cert)?,
+            client_key: write("client-key.pem", &client_key)?,
+        })
+    }
 }
 
 impl std::fmt::Debug for EtcdCluster {
@@ -82,6 +158,7 @@ impl EtcdCluster {
                 initial_cluster: String::new(),
                 token: String::new(),
                 external: v.split(',').map(|s| s.trim().to_owned()).collect(),
+                tls: None,
                 dir: None,
             }),
             _ => Self::start_local(size).await,
@@ -95,12 +172,27 @@ impl EtcdCluster {
     ///
     /// When the servers do not start or do not form the expected cluster.
     pub async fn start_local(size: usize) -> io::Result<EtcdCluster> {
+        Self::start_local_with(size, false).await
+    }
+
+    /// Like [`EtcdCluster::start_local`], with TLS on the client port and
+    /// client-certificate authentication (`--client-cert-auth`), using a
+    /// fresh [`TestPki`] (see [`EtcdCluster::pki`]).
+    ///
+    /// # Errors
+    ///
+    /// When the servers do not start or do not form the expected cluster.
+    pub async fn start_local_tls(size: usize) -> io::Result<EtcdCluster> {
+        Self::start_local_with(size, true).await
+    }
+
+    async fn start_local_with(size: usize, tls: bool) -> io::Result<EtcdCluster> {
         assert!(size >= 1, "a cluster has at least one member");
         let mut last_error = None;
         // A free port can be taken by someone else between our probe and
         // etcd's bind: retry with new ports.
         for _ in 0..3 {
-            match Self::try_start_local(size).await {
+            match Self::try_start_local(size, tls).await {
                 Ok(c) => return Ok(c),
                 Err(e) => last_error = Some(e),
             }
@@ -108,8 +200,13 @@ impl EtcdCluster {
         Err(last_error.expect("at least one attempt"))
     }
 
-    async fn try_start_local(size: usize) -> io::Result<EtcdCluster> {
+    async fn try_start_local(size: usize, tls: bool) -> io::Result<EtcdCluster> {
         let dir = TempDir::new("etcd")?;
+        let tls = if tls {
+            Some(TestPki::generate(dir.path())?)
+        } else {
+            None
+        };
         let token = format!("quorate-{:016x}", rand::random::<u64>());
         let mut members = Vec::with_capacity(size);
         for i in 0..size {
@@ -131,6 +228,7 @@ impl EtcdCluster {
             initial_cluster,
             token,
             external: Vec::new(),
+            tls,
             dir: Some(dir),
         };
         for i in 0..size {
@@ -144,7 +242,7 @@ impl EtcdCluster {
     fn spawn_member(&mut self, i: usize) -> io::Result<()> {
         let dir = self.dir.as_ref().expect("local cluster").path().to_owned();
         let m = &self.members[i];
-        let client_url = format!("http://{}", m.client_endpoint());
+        let client_url = format!("{}://{}", self.client_scheme(), m.client_endpoint());
         let args: Vec<String> = [
             "--name",
             &m.name,
@@ -176,6 +274,18 @@ impl EtcdCluster {
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
+        let mut args = args;
+        if let Some(pki) = &self.tls {
+            for (flag, path) in [
+                ("--cert-file", &pki.server_cert),
+                ("--key-file", &pki.server_key),
+                ("--trusted-ca-file", &pki.ca),
+            ] {
+                args.push(flag.to_owned());
+                args.push(path.display().to_string());
+            }
+            args.push("--client-cert-auth".to_owned());
+        }
         let process = ServerProcess::start(
             &m.name,
             std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into()),
@@ -227,14 +337,38 @@ impl EtcdCluster {
     }
 
     /// An `etcd://` URL for every endpoint, with a namespace and extra
-    /// query (`"ttl=2s"`, or empty).
+    /// query (`"ttl=2s"`, or empty). For a TLS cluster, an `etcds://` URL
+    /// with the CA and the client certificate and key.
     pub fn url(&self, namespace: &str, query: &str) -> String {
-        let mut url = format!("etcd://{}/{namespace}", self.endpoints().join(","));
+        let scheme = if self.tls.is_some() { "etcds" } else { "etcd" };
+        let mut url = format!("{scheme}://{}/{namespace}", self.endpoints().join(","));
+        let mut options: Vec<String> = Vec::new();
+        if let Some(pki) = &self.tls {
+            options.push(format!("ca={}", pki.ca.display()));
+            options.push(format!("cert={}", pki.client_cert.display()));
+            options.push(format!("key={}", pki.client_key.display()));
+        }
         if !query.is_empty() {
+            options.push(query.to_owned());
+        }
+        if !options.is_empty() {
             url.push('?');
-            url.push_str(query);
+            url.push_str(&options.join("&"));
         }
         url
+    }
+
+    /// The PKI of a TLS cluster ([`EtcdCluster::start_local_tls`]).
+    pub fn pki(&self) -> Option<&TestPki> {
+        self.tls.as_ref()
+    }
+
+    fn client_scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     fn local(&self, what: &str) -> io::Result<()> {
@@ -379,10 +513,20 @@ impl EtcdCluster {
         let mut cmd = tokio::process::Command::new(
             std::env::var("ETCDCTL_BIN").unwrap_or_else(|_| "etcdctl".into()),
         );
+        let scheme = self.client_scheme();
+        let endpoints: Vec<String> = endpoints
+            .iter()
+            .map(|e| format!("{scheme}://{e}"))
+            .collect();
         cmd.env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", endpoints.join(",")))
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        if let Some(pki) = &self.tls {
+            cmd.arg(format!("--cacert={}", pki.ca.display()))
+                .arg(format!("--cert={}", pki.client_cert.display()))
+                .arg(format!("--key={}", pki.client_key.display()));
+        }
         cmd
     }
 

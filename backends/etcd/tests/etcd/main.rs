@@ -6,6 +6,7 @@
 mod faults;
 mod interop;
 mod primitives;
+mod tls;
 
 use std::time::Duration;
 
