@@ -163,21 +163,33 @@ fn apply(
         }
         Batch::Resync(kvs) => {
             let now = to_map(prefix, &kvs);
-            for id in members.keys().filter(|id| !now.contains_key(*id)) {
-                out.push(GroupEvent::Left { id: id.clone() });
-            }
-            for (id, c) in &now {
-                let member = Member {
-                    id: id.clone(),
-                    capabilities: c.clone(),
-                };
-                match members.get(id) {
-                    None => out.push(GroupEvent::Joined { member }),
-                    Some(old) if old != c => out.push(GroupEvent::Updated { member }),
-                    Some(_) => {}
-                }
-            }
+            out = diff(members, &now);
             *members = now;
+        }
+    }
+    out
+}
+
+/// The events that turn `old` into `new` (after a re-list): members that
+/// left first, then members that joined or changed, by id.
+fn diff(
+    old: &BTreeMap<String, serde_json::Value>,
+    new: &BTreeMap<String, serde_json::Value>,
+) -> Vec<GroupEvent> {
+    let mut out: Vec<GroupEvent> = old
+        .keys()
+        .filter(|id| !new.contains_key(*id))
+        .map(|id| GroupEvent::Left { id: id.clone() })
+        .collect();
+    for (id, c) in new {
+        let member = Member {
+            id: id.clone(),
+            capabilities: c.clone(),
+        };
+        match old.get(id) {
+            None => out.push(GroupEvent::Joined { member }),
+            Some(before) if before != c => out.push(GroupEvent::Updated { member }),
+            Some(_) => {}
         }
     }
     out
@@ -236,5 +248,35 @@ mod tests {
         assert_eq!(member_id("ns/group/g/", b"ns/group/g/a/b"), None);
         assert_eq!(capabilities(b"{\"x\":1}")["x"], 1);
         assert_eq!(capabilities(b"plain"), serde_json::json!("plain"));
+    }
+
+    #[test]
+    fn a_relisted_group_is_reported_as_its_difference() {
+        use serde_json::json;
+        let map = |pairs: &[(&str, serde_json::Value)]| -> BTreeMap<String, serde_json::Value> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect()
+        };
+        let old = map(&[("a", json!(1)), ("b", json!(1)), ("c", json!(1))]);
+        let new = map(&[("a", json!(2)), ("c", json!(1)), ("d", json!(1))]);
+        let m = |id: &str, c| Member {
+            id: id.into(),
+            capabilities: c,
+        };
+        assert_eq!(
+            diff(&old, &new),
+            vec![
+                GroupEvent::Left { id: "b".into() },
+                GroupEvent::Updated {
+                    member: m("a", json!(2))
+                },
+                GroupEvent::Joined {
+                    member: m("d", json!(1))
+                },
+            ]
+        );
+        assert!(diff(&new, &new).is_empty());
     }
 }

@@ -402,7 +402,11 @@ impl EtcdCluster {
     /// For an external cluster or a member that is not running.
     pub fn pause(&mut self, i: usize) -> io::Result<()> {
         self.local("pause")?;
-        self.process(i)?.pause()?;
+        let process = self.process(i)?;
+        process.pause()?;
+        if let Some(pid) = process.pid() {
+            wait_until_stopped(pid)?;
+        }
         self.members[i].paused = true;
         Ok(())
     }
@@ -599,5 +603,32 @@ impl EtcdCluster {
             )));
         }
         Ok(())
+    }
+}
+
+/// SIGSTOP takes effect asynchronously, thread by thread: wait until every
+/// thread of `pid` is stopped, so a request sent after `pause` returns can
+/// never be answered.
+fn wait_until_stopped(pid: u32) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))?;
+        let mut all_stopped = true;
+        for task in tasks {
+            let stat = std::fs::read_to_string(task?.path().join("stat")).unwrap_or_default();
+            // The state follows the parenthesised command name.
+            let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+            if !matches!(state, Some('T' | 't')) {
+                all_stopped = false;
+                break;
+            }
+        }
+        if all_stopped {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(io::Error::other(format!("process {pid} did not stop")));
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
