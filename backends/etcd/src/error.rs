@@ -125,3 +125,23 @@ pub(crate) fn never_sent(e: &EtcdError) -> bool {
     (text.contains("ConnectError") || text.contains("tcp connect error"))
         && !is_tls_trust_message(&text)
 }
+
+/// A short description of an error that kept a request from being sent:
+/// the gRPC message and the innermost cause (`tcp connect error:
+/// Connection refused (os error 111)`).
+pub(crate) fn describe_unsent(e: &EtcdError) -> String {
+    match e {
+        EtcdError::GRpcStatus(status) => {
+            let mut root: Option<&(dyn std::error::Error + 'static)> =
+                std::error::Error::source(status);
+            while let Some(next) = root.and_then(std::error::Error::source) {
+                root = Some(next);
+            }
+            match root {
+                Some(r) => format!("{}: {r}", status.message()),
+                None => status.message().to_owned(),
+            }
+        }
+        other => other.to_string(),
+    }
+}

@@ -99,11 +99,10 @@ pub fn capabilities() -> Capabilities {
 /// etcd refuses the credentials (or needs some and got none).
 pub async fn connect(config: &Config) -> Result<Coordinator> {
     let settings = Settings::from_config(config)?;
-    let limit = config.connect_timeout;
     let shown = config.redacted();
-    let shared = match tokio::time::timeout(limit, settings.connect()).await {
-        Ok(Ok(shared)) => shared,
-        Ok(Err(e)) => {
+    let shared = match settings.connect().await {
+        Ok(shared) => shared,
+        Err(e) => {
             let hint = if config.scheme == "etcds"
                 && config.option("cert").is_none()
                 && e.kind() == ErrorKind::Unavailable
@@ -115,11 +114,6 @@ pub async fn connect(config: &Config) -> Result<Coordinator> {
             return Err(
                 Error::new(e.kind(), format!("{shown}: {}{hint}", e.message())).with_source(e),
             );
-        }
-        Err(_) => {
-            return Err(Error::unavailable(format!(
-                "{shown}: no etcd endpoint answered within {limit:?} (connect_timeout)"
-            )))
         }
     };
     tracing::debug!(url = %shown, "connected to etcd");
@@ -227,32 +221,30 @@ impl Settings {
 
     /// Build the client and make one round trip that needs the
     /// credentials (a read in the namespace).
+    /// Build the client and make one round trip that needs the
+    /// credentials (a read in the namespace), all within `connect_timeout`.
     async fn connect(self) -> Result<Shared> {
-        // With credentials, building the client authenticates: one request
-        // that may go to a member that is down, so try again like
-        // `Shared::call` does (the caller bounds the whole by
-        // `connect_timeout`).
-        let mut pause = Duration::from_millis(5);
-        let client = loop {
-            match Client::connect(&self.endpoints, Some(self.options.clone())).await {
-                Err(e) if error::never_sent(&e) => {
-                    tracing::debug!(error = %e, "authentication not sent; trying again");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(200));
-                }
-                other => break other.map_err(|e| error::map("connect", e))?,
-            }
-        };
-        let shared = Shared {
+        let limit = self.request_timeout;
+        let deadline = tokio::time::Instant::now() + limit;
+        // With credentials, building the client authenticates: a request
+        // that may go to a member that is down, so it is retried like any.
+        let client = send_until("connect", deadline, limit, || {
+            Client::connect(self.endpoints.clone(), Some(self.options.clone()))
+        })
+        .await?;
+        let layout = Layout::new(&self.namespace);
+        let root = layout.root();
+        send_until("first request", deadline, limit, || {
+            let mut c = client.clone();
+            let root = root.clone();
+            async move { c.get(root, Some(GetOptions::new().with_count_only())).await }
+        })
+        .await?;
+        Ok(Shared {
             client,
-            layout: Layout::new(&self.namespace),
-            request_timeout: self.request_timeout,
-        };
-        let count_only = GetOptions::new().with_count_only();
-        shared
-            .get("first request", &shared.layout.root(), Some(count_only))
-            .await?;
-        Ok(shared)
+            layout,
+            request_timeout: limit,
+        })
     }
 }
 
@@ -295,42 +287,17 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Run one etcd request made by `make` from a client handle, bounded
-    /// by the request timeout (`connect_timeout`), mapping its error.
-    ///
-    /// A request that never reached a server (the connection to the
-    /// endpoint the balancer picked was refused or could not be made, as
-    /// when a cluster member is down) is sent again, to another endpoint if
-    /// the balancer picks one, within the same time limit. Requests that
-    /// may have reached a server are never repeated here.
+    /// by the request timeout (`connect_timeout`), mapping its error; a
+    /// request that never reached a server is sent again within that limit
+    /// (see [`send_until`]).
     pub(crate) async fn call<T, F, Fut>(&self, op: &'static str, mut make: F) -> Result<T>
     where
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        let last_unsent = std::sync::Mutex::new(None::<String>);
-        let attempts = async {
-            let mut pause = Duration::from_millis(5);
-            loop {
-                match make(self.client.clone()).await {
-                    Err(e) if error::never_sent(&e) => {
-                        tracing::debug!(op, error = ?e, "request not sent; trying again");
-                        *last_unsent.lock().unwrap() = Some(e.to_string());
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_millis(200));
-                    }
-                    other => return other,
-                }
-            }
-        };
-        self.call_once(op, attempts).await.map_err(|e| {
-            match last_unsent.lock().unwrap().take() {
-                // Timed out while no endpoint would take the request: say why.
-                Some(last) if e.message().contains("no answer within") => {
-                    Error::unavailable(format!("{}; last error: {last}", e.message()))
-                }
-                _ => e,
-            }
-        })
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let client = &self.client;
+        send_until(op, deadline, self.request_timeout, || make(client.clone())).await
     }
 
     /// Await one request future (or stream step), bounded by the request
@@ -342,10 +309,7 @@ impl Shared {
     ) -> Result<T> {
         match tokio::time::timeout(self.request_timeout, fut).await {
             Ok(r) => r.map_err(|e| error::map(op, e)),
-            Err(_) => Err(Error::unavailable(format!(
-                "etcd {op}: no answer within {:?} (connect_timeout)",
-                self.request_timeout
-            ))),
+            Err(_) => Err(timed_out(op, self.request_timeout, None)),
         }
     }
 
@@ -405,6 +369,49 @@ impl Shared {
             }
         }
     }
+}
+
+/// Send the request `make` builds until `deadline`: a request that never
+/// reached a server (the connection to the endpoint the client's balancer
+/// picked was refused or could not be made, as when a cluster member is
+/// down) is made again, and goes to another endpoint if the balancer picks
+/// one. A request that may have reached a server is never repeated here.
+async fn send_until<T, F, Fut>(
+    op: &'static str,
+    deadline: tokio::time::Instant,
+    limit: Duration,
+    mut make: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+{
+    let mut pause = Duration::from_millis(5);
+    let mut last_unsent = None;
+    loop {
+        match tokio::time::timeout_at(deadline, make()).await {
+            Err(_) => return Err(timed_out(op, limit, last_unsent)),
+            Ok(Err(e)) if error::never_sent(&e) => {
+                tracing::debug!(op, error = ?e, "request not sent; trying again");
+                last_unsent = Some(error::describe_unsent(&e));
+                let wake = (tokio::time::Instant::now() + pause).min(deadline);
+                tokio::time::sleep_until(wake).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            Ok(r) => return r.map_err(|e| error::map(op, e)),
+        }
+    }
+}
+
+/// The error of a request that got no answer within `limit`;
+/// `last_unsent` says why the last attempt could not even be sent, if so.
+fn timed_out(op: &str, limit: Duration, last_unsent: Option<String>) -> Error {
+    let mut message = format!("etcd {op}: no answer within {limit:?} (connect_timeout)");
+    if let Some(last) = last_unsent {
+        message.push_str("; last error: ");
+        message.push_str(&last);
+    }
+    Error::unavailable(message)
 }
 
 /// The revision at which a response was served.

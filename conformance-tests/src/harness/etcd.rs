@@ -617,7 +617,9 @@ fn wait_until_stopped(pid: u32) -> io::Result<()> {
         for task in tasks {
             let stat = std::fs::read_to_string(task?.path().join("stat")).unwrap_or_default();
             // The state follows the parenthesised command name.
-            let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+            let state = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next());
             if !matches!(state, Some('T' | 't')) {
                 all_stopped = false;
                 break;

@@ -430,7 +430,7 @@ async fn unreachable_endpoint_is_unavailable_within_connect_timeout() {
     .await
     .unwrap_err();
     println!(
-        "unreachable endpoint reported after {:?}",
+        "figure: unreachable endpoint reported after {:?}: {e}",
         started.elapsed()
     );
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
