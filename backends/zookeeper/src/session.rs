@@ -1,0 +1,345 @@
+//! Sessions: one ZooKeeper session per quorate session.
+//!
+//! A monitor task follows the client's session state: expiry, closing or
+//! an authentication failure fires the session's loss. Whenever the loss
+//! fires (from the server's word or from quorate-core's keep-alive
+//! deadline), the monitor closes the ZooKeeper session by dropping the
+//! session's client, so nothing it created outlives the loss.
+//!
+//! Every task and in-flight operation takes a short-lived clone of the
+//! client through [`SessionShared::client`]; once the session is closed
+//! that fails with `Lost`, and the library sends `closeSession` when the
+//! last clone is gone.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex as StdMutex, OnceLock};
+use std::time::Duration;
+
+use quorate_core::backend::async_trait;
+use quorate_core::loss::LossNotifier;
+use quorate_core::spi::{HeldLeadership, HeldLock, HeldMembership, LockKind, SessionBackend};
+use quorate_core::{Error, Result};
+use tokio::task::JoinHandle;
+use zookeeper_client as zk;
+use zookeeper_client::{Client, SessionInfo, SessionState, StateWatcher};
+
+use crate::node::{zk_error, Layout, Server};
+use crate::{election, group, mutex};
+
+/// What a session's primitives share.
+pub(crate) struct SessionShared {
+    client: StdMutex<Option<Client>>,
+    /// The ZooKeeper session id.
+    pub(crate) id: i64,
+    /// Where nodes live.
+    pub(crate) layout: Layout,
+    /// Follows the client's session state (does not keep it alive).
+    states: StateWatcher,
+}
+
+impl SessionShared {
+    /// A clone of the session's client, for one operation.
+    ///
+    /// # Errors
+    ///
+    /// `Lost` once the session was closed or lost.
+    pub(crate) fn client(&self) -> Result<Client> {
+        self.client
+            .lock()
+            .unwrap()
+            .clone()
+            .ok_or_else(|| Error::lost(format!("ZooKeeper session {:#x} is closed", self.id)))
+    }
+
+    /// The session id as quorate shows it.
+    pub(crate) fn id_string(&self) -> String {
+        format!("{:#x}", self.id)
+    }
+
+    /// Drop the session's client: the library closes the ZooKeeper session
+    /// once in-flight operations release their clones.
+    fn close(&self) {
+        self.client.lock().unwrap().take();
+    }
+
+    /// Wait until the client library reports a terminal state.
+    async fn terminated(&self) -> SessionState {
+        let mut states = self.states.clone();
+        let mut state = states.peek_state();
+        while !state.is_terminated() {
+            state = states.changed().await;
+        }
+        state
+    }
+}
+
+/// A live session of this process, for `revoke_session` and `leftovers`.
+struct Registered {
+    info: SessionInfo,
+    cluster_and_base: String,
+}
+
+/// The sessions this process opened and has not seen end, by id.
+fn registry() -> &'static StdMutex<HashMap<i64, Registered>> {
+    static REGISTRY: OnceLock<StdMutex<HashMap<i64, Registered>>> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+/// The key under which a session is listed: the ensemble and namespace.
+fn scope_key(server: &Server, layout: &Layout) -> String {
+    format!("{} {}", server.shown, layout.base())
+}
+
+/// One quorate session.
+pub(crate) struct ZkSession {
+    shared: Arc<SessionShared>,
+    ttl: Duration,
+    monitor: JoinHandle<()>,
+}
+
+impl ZkSession {
+    pub(crate) async fn open(
+        server: &Server,
+        layout: Layout,
+        ttl: Duration,
+        loss: LossNotifier,
+    ) -> Result<ZkSession> {
+        let client = server.connect(ttl).await?;
+        let id = client.session_id().0;
+        let negotiated = client.session_timeout();
+        let states = client.state_watcher();
+        registry().lock().unwrap().insert(
+            id,
+            Registered {
+                info: client.session().clone(),
+                cluster_and_base: scope_key(server, &layout),
+            },
+        );
+        let shared = Arc::new(SessionShared {
+            client: StdMutex::new(Some(client)),
+            id,
+            layout,
+            states: states.clone(),
+        });
+        let monitor = tokio::spawn(monitor(shared.clone(), states, loss));
+        tracing::debug!(session = %shared.id_string(), ?negotiated, "ZooKeeper session opened");
+        Ok(ZkSession {
+            shared,
+            ttl: negotiated,
+            monitor,
+        })
+    }
+}
+
+impl Drop for ZkSession {
+    fn drop(&mut self) {
+        // Core fires the loss before dropping an unclosed session; closing
+        // here as well makes sure the ZooKeeper session never outlives us.
+        self.shared.close();
+        self.monitor.abort();
+        registry().lock().unwrap().remove(&self.shared.id);
+    }
+}
+
+/// Follow the session state; fire `loss` on a terminal state, and close the
+/// ZooKeeper session once `loss` fired for any reason.
+async fn monitor(shared: Arc<SessionShared>, mut states: StateWatcher, loss: LossNotifier) {
+    let id = shared.id_string();
+    let mut state = states.peek_state();
+    loop {
+        match state {
+            SessionState::Expired => loss.fire("the ZooKeeper session expired"),
+            SessionState::Closed => loss.fire("the ZooKeeper session was closed"),
+            SessionState::AuthFailed => loss.fire("ZooKeeper authentication failed"),
+            SessionState::Disconnected => {
+                tracing::info!(session = %id, "disconnected from ZooKeeper; the session lives until its timeout");
+            }
+            s => tracing::debug!(session = %id, state = %s, "ZooKeeper session state"),
+        }
+        if loss.is_lost() {
+            break;
+        }
+        tokio::select! {
+            s = states.changed() => state = s,
+            _ = loss.lost() => break,
+        }
+    }
+    shared.close();
+    let end = shared.terminated().await;
+    registry().lock().unwrap().remove(&shared.id);
+    tracing::debug!(session = %id, state = %end, "ZooKeeper session ended");
+}
+
+/// Close another session of this process by id, as an operator would: a
+/// second connection re-attaches to the session (ZooKeeper needs its
+/// password, which only the process that opened it knows) and closes it.
+/// The owner's client then finds its session gone and reports the loss.
+pub(crate) async fn revoke_by_id(server: &Server, session_id: &str) -> Result<()> {
+    let id = session_id
+        .strip_prefix("0x")
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .ok_or_else(|| {
+            Error::invalid_name(format!("`{session_id}` is not a ZooKeeper session id (0x…)"))
+        })? as i64;
+    let info = registry()
+        .lock()
+        .unwrap()
+        .get(&id)
+        .map(|r| r.info.clone())
+        .ok_or_else(|| {
+            Error::not_held(format!(
+                "no live session {session_id} opened by this process (ZooKeeper closes a session only with its password)"
+            ))
+        })?;
+    let client = server
+        .connect_with(
+            server
+                .connector(server.session_timeout)
+                .with_session(info),
+        )
+        .await?;
+    let mut states = client.state_watcher();
+    drop(client);
+    let mut state = states.peek_state();
+    while !state.is_terminated() {
+        state = states.changed().await;
+    }
+    tracing::info!(session = %session_id, state = %state, "session revoked");
+    Ok(())
+}
+
+/// The ids of the live sessions this process opened on this ensemble and
+/// namespace.
+pub(crate) fn live_sessions(server: &Server, layout: &Layout) -> Vec<String> {
+    let key = scope_key(server, layout);
+    registry()
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, r)| r.cluster_and_base == key)
+        .map(|(id, _)| format!("{id:#x}"))
+        .collect()
+}
+
+#[async_trait]
+impl SessionBackend for ZkSession {
+    fn id(&self) -> String {
+        self.shared.id_string()
+    }
+
+    fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    async fn keep_alive(&self) -> Result<()> {
+        let client = self.shared.client()?;
+        let base = self.shared.layout.base();
+        match client.check_stat(base).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(zk_error("keep-alive (exists)", base, e)),
+        }
+    }
+
+    async fn revoke(&self) -> Result<()> {
+        self.shared.close();
+        let state = self.shared.terminated().await;
+        registry().lock().unwrap().remove(&self.shared.id);
+        match state {
+            SessionState::Closed | SessionState::Expired => Ok(()),
+            s => Err(Error::backend(format!(
+                "closing ZooKeeper session {} ended in state {s}",
+                self.shared.id_string()
+            ))),
+        }
+    }
+
+    async fn lock(
+        &self,
+        name: &str,
+        kind: LockKind,
+        wait: bool,
+        loss: LossNotifier,
+    ) -> Result<Option<Box<dyn HeldLock>>> {
+        mutex::lock(&self.shared, name, kind, wait, loss).await
+    }
+
+    async fn join(
+        &self,
+        group: &str,
+        member: &str,
+        capabilities: &serde_json::Value,
+        loss: LossNotifier,
+    ) -> Result<Box<dyn HeldMembership>> {
+        group::join(&self.shared, group, member, capabilities, loss).await
+    }
+
+    async fn campaign(
+        &self,
+        name: &str,
+        value: &[u8],
+        loss: LossNotifier,
+    ) -> Result<Box<dyn HeldLeadership>> {
+        election::campaign(&self.shared, name, value, loss).await
+    }
+}
+
+/// Whether a client error means the session itself is gone.
+pub(crate) fn is_session_gone(e: &zk::Error) -> bool {
+    matches!(
+        e,
+        zk::Error::SessionExpired | zk::Error::ClientClosed | zk::Error::AuthFailed
+    )
+}
+
+/// Fire `loss` when the node at `path` (a grant, membership or candidacy of
+/// this session) is deleted by anyone but us, or the session ends. The task
+/// ends once `loss` fired (core fires it before releasing).
+pub(crate) fn watch_own_node(shared: &Arc<SessionShared>, path: String, loss: LossNotifier) {
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        loop {
+            if loss.is_lost() {
+                return;
+            }
+            let Ok(client) = shared.client() else {
+                return;
+            };
+            let watched = client.check_and_watch_stat(&path).await;
+            drop(client);
+            match watched {
+                Ok((None, _)) => {
+                    loss.fire(format!("node `{path}` was deleted"));
+                    return;
+                }
+                Ok((Some(_), watcher)) => {
+                    let event = tokio::select! {
+                        e = watcher.changed() => e,
+                        _ = loss.lost() => return,
+                    };
+                    match event.event_type {
+                        zk::EventType::NodeDeleted => {
+                            loss.fire(format!("node `{path}` was deleted"));
+                            return;
+                        }
+                        zk::EventType::Session if event.session_state.is_terminated() => {
+                            loss.fire(format!("the ZooKeeper session ended ({})", event.session_state));
+                            return;
+                        }
+                        _ => {}
+                    }
+                }
+                Err(e) if is_session_gone(&e) => {
+                    loss.fire(format!("the ZooKeeper session ended ({e})"));
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(%path, error = %e, "re-arming the node watch");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                        _ = loss.lost() => return,
+                    }
+                }
+            }
+        }
+    });
+}
