@@ -1,10 +1,13 @@
 //! Sessions: one ZooKeeper session per quorate session.
 //!
 //! A monitor task follows the client's session state: expiry, closing or
-//! an authentication failure fires the session's loss. Whenever the loss
-//! fires (from the server's word or from quorate-core's keep-alive
-//! deadline), the monitor closes the ZooKeeper session by dropping the
-//! session's client, so nothing it created outlives the loss.
+//! an authentication failure fires the session's loss. When the loss comes
+//! from quorate-core instead (no keep-alive succeeded within the TTL minus
+//! the safety margin), the ZooKeeper session is still alive (the client
+//! library pings on its own), so the monitor closes it when the lease would
+//! have ended, one TTL after the last successful keep-alive was sent: the
+//! holder hears of the loss first, and the locks become free at the lease
+//! end, as with any lease. An explicit close or revoke closes at once.
 //!
 //! Every task and in-flight operation takes a short-lived clone of the
 //! client through [`SessionShared::client`]; once the session is closed
@@ -19,7 +22,7 @@ use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
 use quorate_core::spi::{HeldLeadership, HeldLock, HeldMembership, LockKind, SessionBackend};
 use quorate_core::{Error, Result};
-use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use zookeeper_client as zk;
 use zookeeper_client::{Client, SessionInfo, SessionState, StateWatcher};
 
@@ -35,6 +38,8 @@ pub(crate) struct SessionShared {
     pub(crate) layout: Layout,
     /// Follows the client's session state (does not keep it alive).
     states: StateWatcher,
+    /// When the last successful keep-alive was sent (or the session opened).
+    renewed: StdMutex<Instant>,
 }
 
 impl SessionShared {
@@ -94,7 +99,7 @@ fn scope_key(server: &Server, layout: &Layout) -> String {
 pub(crate) struct ZkSession {
     shared: Arc<SessionShared>,
     ttl: Duration,
-    monitor: JoinHandle<()>,
+    loss: LossNotifier,
 }
 
 impl ZkSession {
@@ -104,6 +109,7 @@ impl ZkSession {
         ttl: Duration,
         loss: LossNotifier,
     ) -> Result<ZkSession> {
+        let opened = Instant::now();
         let client = server.connect(ttl).await?;
         let id = client.session_id().0;
         let negotiated = client.session_timeout();
@@ -120,30 +126,34 @@ impl ZkSession {
             id,
             layout,
             states: states.clone(),
+            renewed: StdMutex::new(opened),
         });
-        let monitor = tokio::spawn(monitor(shared.clone(), states, loss));
+        tokio::spawn(monitor(shared.clone(), states, loss.clone(), negotiated));
         tracing::debug!(session = %shared.id_string(), ?negotiated, "ZooKeeper session opened");
         Ok(ZkSession {
             shared,
             ttl: negotiated,
-            monitor,
+            loss,
         })
     }
 }
 
 impl Drop for ZkSession {
     fn drop(&mut self) {
-        // Core fires the loss before dropping an unclosed session; closing
-        // here as well makes sure the ZooKeeper session never outlives us.
-        self.shared.close();
-        self.monitor.abort();
-        registry().lock().unwrap().remove(&self.shared.id);
+        // Core revokes an unclosed session before dropping it; a lost one is
+        // closed by the monitor at its lease end.
+        self.loss.fire("the session was dropped");
     }
 }
 
-/// Follow the session state; fire `loss` on a terminal state, and close the
-/// ZooKeeper session once `loss` fired for any reason.
-async fn monitor(shared: Arc<SessionShared>, mut states: StateWatcher, loss: LossNotifier) {
+/// Follow the session state; fire `loss` on a terminal state; once `loss`
+/// fired for any reason, close the ZooKeeper session at the lease end.
+async fn monitor(
+    shared: Arc<SessionShared>,
+    mut states: StateWatcher,
+    loss: LossNotifier,
+    ttl: Duration,
+) {
     let id = shared.id_string();
     let mut state = states.peek_state();
     loop {
@@ -162,6 +172,13 @@ async fn monitor(shared: Arc<SessionShared>, mut states: StateWatcher, loss: Los
         tokio::select! {
             s = states.changed() => state = s,
             _ = loss.lost() => break,
+        }
+    }
+    if !states.peek_state().is_terminated() {
+        let lease_end = *shared.renewed.lock().unwrap() + ttl;
+        tokio::select! {
+            _ = tokio::time::sleep_until(lease_end) => {}
+            _ = shared.terminated() => {}
         }
     }
     shared.close();
@@ -234,8 +251,13 @@ impl SessionBackend for ZkSession {
     async fn keep_alive(&self) -> Result<()> {
         let client = self.shared.client()?;
         let base = self.shared.layout.base();
+        let sent = Instant::now();
         match client.check_stat(base).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                let mut renewed = self.shared.renewed.lock().unwrap();
+                *renewed = (*renewed).max(sent);
+                Ok(())
+            }
             Err(e) => Err(zk_error("keep-alive (exists)", base, e)),
         }
     }

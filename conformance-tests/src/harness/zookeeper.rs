@@ -279,15 +279,16 @@ impl ZkCluster {
             if self.mode(i).is_some() {
                 return Ok(());
             }
-            let server = &mut self.servers[i];
-            if let Some(p) = server.process.as_mut() {
-                if let Some(status) = p.try_wait()? {
-                    return Err(std::io::Error::other(format!(
-                        "ZooKeeper server {} exited ({status}); log:\n{}",
-                        server.id,
-                        self.log_tail(i)
-                    )));
-                }
+            let exited = match self.servers[i].process.as_mut() {
+                Some(p) => p.try_wait()?,
+                None => None,
+            };
+            if let Some(status) = exited {
+                return Err(std::io::Error::other(format!(
+                    "ZooKeeper server {} exited ({status}); log:\n{}",
+                    self.servers[i].id,
+                    self.log_tail(i)
+                )));
             }
             if Instant::now() > deadline {
                 return Err(std::io::Error::other(format!(
