@@ -8,6 +8,7 @@
 //! `write`, `error`) and prints `{"event":"lost",…}` on its own when its
 //! lock is lost.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -52,7 +53,8 @@ pub enum AgentEvent {
     },
 }
 
-/// Where the agent binary is: `$QUORATE_AGENT`, or `quorate-agent` next to
+/// Where the agent binary is: `$QUORATE_AGENT` (run with
+/// `$QUORATE_AGENT_SUBCOMMAND` before the URL when set, e.g. `quorate agent`), or `quorate-agent` next to
 /// the running executable (or one directory up, for test binaries in
 /// `target/*/deps`).
 pub fn agent_path() -> Option<PathBuf> {
@@ -85,7 +87,11 @@ impl Agent {
     pub async fn start(url: &str) -> Result<(Agent, String), String> {
         let path =
             agent_path().ok_or("the quorate-agent binary was not found (set QUORATE_AGENT)")?;
-        let mut child = Command::new(&path)
+        let mut command = Command::new(&path);
+        if let Some(sub) = std::env::var_os("QUORATE_AGENT_SUBCOMMAND") {
+            command.arg(sub);
+        }
+        let mut child = command
             .arg(url)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -168,4 +174,96 @@ impl Drop for Agent {
         let _ = self.signal(libc::SIGCONT);
         let _ = self.child.start_kill();
     }
+}
+
+fn emit(event: &AgentEvent) {
+    let mut out = std::io::stdout().lock();
+    // Write errors mean the driver is gone; nothing to do about it.
+    let _ = writeln!(
+        out,
+        "{}",
+        serde_json::to_string(event).expect("serialisable")
+    );
+    let _ = out.flush();
+}
+
+/// Serve the agent protocol on stdin/stdout for a client of `url` until
+/// stdin closes or `exit` arrives. Exits the process if it cannot connect.
+pub async fn serve(url: &str) {
+    let session = match async { quorate::connect(url).await?.session().await }.await {
+        Ok(s) => s,
+        Err(e) => {
+            emit(&AgentEvent::Error {
+                message: e.to_string(),
+            });
+            std::process::exit(1);
+        }
+    };
+    emit(&AgentEvent::Ready {
+        session: session.id().to_owned(),
+    });
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut guard: Option<std::sync::Arc<quorate::LockGuard>> = None;
+    let mut watcher: Option<tokio::task::JoinHandle<()>> = None;
+    while let Ok(Some(line)) = lines.next_line().await {
+        let (cmd, arg) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
+        match cmd {
+            "lock" => match session.mutex(arg).lock().await {
+                Ok(g) => {
+                    emit(&AgentEvent::Granted {
+                        fence: g.fence().get(),
+                    });
+                    let g = std::sync::Arc::new(g);
+                    let w = g.clone();
+                    watcher = Some(tokio::spawn(async move {
+                        let reason = w.lost().await;
+                        emit(&AgentEvent::Lost {
+                            reason: reason.to_string(),
+                        });
+                    }));
+                    guard = Some(g);
+                }
+                Err(e) => emit(&AgentEvent::Error {
+                    message: e.to_string(),
+                }),
+            },
+            "write" => match &guard {
+                Some(g) => emit(&AgentEvent::Write {
+                    fence: g.fence().get(),
+                    lost: g.is_lost(),
+                }),
+                None => emit(&AgentEvent::Error {
+                    message: "no lock held".into(),
+                }),
+            },
+            "release" => {
+                if let Some(w) = watcher.take() {
+                    w.abort();
+                }
+                match guard.take().map(std::sync::Arc::try_unwrap) {
+                    Some(Ok(g)) => match g.release().await {
+                        Ok(()) => emit(&AgentEvent::Released),
+                        Err(e) => emit(&AgentEvent::Error {
+                            message: e.to_string(),
+                        }),
+                    },
+                    Some(Err(_)) => emit(&AgentEvent::Error {
+                        message: "guard still shared".into(),
+                    }),
+                    None => emit(&AgentEvent::Error {
+                        message: "no lock held".into(),
+                    }),
+                }
+            }
+            "exit" => break,
+            other => emit(&AgentEvent::Error {
+                message: format!("unknown command `{other}`"),
+            }),
+        }
+    }
+    if let Some(w) = watcher.take() {
+        w.abort();
+    }
+    drop(guard);
+    let _ = session.close().await;
 }
