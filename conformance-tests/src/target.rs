@@ -55,18 +55,9 @@ impl Target {
 
     /// The URL with an option set (e.g. a shorter `ttl` for a fault case).
     pub fn url_with(&self, key: &str, value: &str) -> String {
-        let sep = if self.url.contains('?') { '&' } else { '?' };
-        let stripped = strip_option(&self.url, key);
-        let sep = if stripped.contains('?') { '&' } else { sep };
-        let sep = if stripped.ends_with('?') { ' ' } else { sep };
-        let mut s = stripped;
-        if sep != ' ' {
-            s.push(sep);
-        }
-        s.push_str(key);
-        s.push('=');
-        s.push_str(value);
-        s
+        let base = strip_option(&self.url, key);
+        let sep = if base.contains('?') { '&' } else { '?' };
+        format!("{base}{sep}{key}={value}")
     }
 
     /// Connect a new, independent coordinator to this target.

@@ -143,7 +143,10 @@ pub(crate) async fn observe(
     let (tx, rx) = mpsc::unbounded_channel();
     let _ = tx.send(Ok(current.clone()));
     tokio::spawn(follow(reads, dir, client, watcher, current, tx));
-    Ok(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) }).boxed())
+    Ok(
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
+            .boxed(),
+    )
 }
 
 /// The observer task; ends when the stream is dropped.

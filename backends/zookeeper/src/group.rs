@@ -23,7 +23,9 @@ use quorate_core::{name, Error, Result};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use zookeeper_client as zk;
-use zookeeper_client::{AddWatchMode, Client, CreateMode, EventType, MultiReadResult, SessionState};
+use zookeeper_client::{
+    AddWatchMode, Client, CreateMode, EventType, MultiReadResult, SessionState,
+};
 
 use crate::node::{create_with_parents, zk_error, SharedClient};
 use crate::session::{is_session_gone, watch_own_node, SessionShared};
@@ -200,7 +202,9 @@ impl Drop for DeleteOnDrop {
                         Ok(()) | Err(zk::Error::NoNode) => {
                             tracing::debug!(%path, "removed a dropped join's member node")
                         }
-                        Err(e) => tracing::warn!(%path, error = %e, "removing a dropped join's member node"),
+                        Err(e) => {
+                            tracing::warn!(%path, error = %e, "removing a dropped join's member node")
+                        }
                     }
                 }
             }
@@ -240,7 +244,9 @@ impl HeldMembership for ZkMembership {
             return Ok(()); // the session is closed: the node went with it
         };
         match client.check_stat(&self.path).await {
-            Ok(Some(stat)) if stat.czxid == self.czxid && stat.ephemeral_owner == self.shared.id => {
+            Ok(Some(stat))
+                if stat.czxid == self.czxid && stat.ephemeral_owner == self.shared.id =>
+            {
                 match client.delete(&self.path, Some(stat.version)).await {
                     Ok(()) | Err(zk::Error::NoNode) => Ok(()),
                     Err(e) if is_session_gone(&e) => Ok(()),
@@ -270,7 +276,10 @@ pub(crate) async fn watch(
         members: known.values().map(|l| l.member.clone()).collect(),
     }));
     tokio::spawn(follow(reads, dir, client, watcher, known, tx));
-    Ok(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) }).boxed())
+    Ok(
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
+            .boxed(),
+    )
 }
 
 type Events = mpsc::UnboundedSender<Result<GroupEvent>>;

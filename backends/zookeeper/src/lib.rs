@@ -68,8 +68,7 @@ use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
 use quorate_core::spi::{Backend, GroupEvent, Leader, Member, SessionBackend};
 use quorate_core::{
-    Capabilities, Config, Coordinator, FailureDetection, Primitives, Result, RwOrdering,
-    Scope,
+    Capabilities, Config, Coordinator, FailureDetection, Primitives, Result, RwOrdering, Scope,
 };
 
 use node::{Layout, Server};
@@ -156,7 +155,8 @@ impl Backend for ZkBackend {
     }
 
     async fn revoke_session(&self, session_id: &str) -> Result<()> {
-        session::revoke_by_id(&self.server, session_id).await
+        let client = self.reads.client().await?;
+        session::revoke_by_id(&self.server, &self.layout, &client, session_id).await
     }
 
     async fn members(&self, group: &str) -> Result<Vec<Member>> {
@@ -190,15 +190,12 @@ impl Backend for ZkBackend {
 
     async fn leftovers(&self) -> Result<Vec<String>> {
         let client = self.reads.client().await?;
-        let mut out = Vec::new();
-        for kind in ["lock", "rwlock", "election", "group"] {
-            let dir = format!("{}/{kind}", self.layout.base());
-            for name in node::children(&client, &dir).await? {
-                for child in node::children(&client, &format!("{dir}/{name}")).await? {
-                    out.push(format!("{kind}/{name}/{child}"));
-                }
-            }
-        }
+        let base_len = self.layout.base().len() + 1;
+        let mut out: Vec<String> = owned_nodes(&client, &self.layout)
+            .await?
+            .into_iter()
+            .map(|(path, _)| path[base_len..].to_owned())
+            .collect();
         out.extend(
             session::live_sessions(&self.server, &self.layout)
                 .into_iter()
@@ -207,4 +204,29 @@ impl Backend for ZkBackend {
         out.sort();
         Ok(out)
     }
+}
+
+/// Every node under the namespace that belongs to a session: lock and
+/// read/write lock contenders, election candidates, group members (the
+/// grandchildren of `<ns>/{lock,rwlock,election,group}`), with their stat.
+async fn owned_nodes(
+    client: &zookeeper_client::Client,
+    layout: &Layout,
+) -> Result<Vec<(String, zookeeper_client::Stat)>> {
+    let mut out = Vec::new();
+    for kind in ["lock", "rwlock", "election", "group"] {
+        let dir = format!("{}/{kind}", layout.base());
+        for name in node::children(client, &dir).await? {
+            let sub = format!("{dir}/{name}");
+            for child in node::children(client, &sub).await? {
+                let path = format!("{sub}/{child}");
+                match client.check_stat(&path).await {
+                    Ok(Some(stat)) => out.push((path, stat)),
+                    Ok(None) => {}
+                    Err(e) => return Err(node::zk_error("exists", &path, e)),
+                }
+            }
+        }
+    }
+    Ok(out)
 }

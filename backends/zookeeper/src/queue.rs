@@ -68,9 +68,8 @@ pub(crate) async fn acquire(
     };
     let (name, stat) = create_contender(shared, &spec.dir, &prefix, data).await?;
     cleanup.name = Some(name.clone());
-    let my_seq = sequence(&name, &[spec.marker]).ok_or_else(|| {
-        Error::backend(format!("unexpected contender node name `{name}`"))
-    })?;
+    let my_seq = sequence(&name, &[spec.marker])
+        .ok_or_else(|| Error::backend(format!("unexpected contender node name `{name}`")))?;
     let path = format!("{}/{name}", spec.dir);
     loop {
         let client = shared.client()?;

@@ -15,7 +15,7 @@
 //! last clone is gone.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex as StdMutex, OnceLock};
+use std::sync::{Arc, Mutex as StdMutex, OnceLock, Weak};
 use std::time::Duration;
 
 use quorate_core::backend::async_trait;
@@ -24,7 +24,7 @@ use quorate_core::spi::{HeldLeadership, HeldLock, HeldMembership, LockKind, Sess
 use quorate_core::{Error, Result};
 use tokio::time::Instant;
 use zookeeper_client as zk;
-use zookeeper_client::{Client, SessionInfo, SessionState, StateWatcher};
+use zookeeper_client::{Client, SessionState, StateWatcher};
 
 use crate::node::{zk_error, Layout, Server};
 use crate::{election, group, mutex};
@@ -80,8 +80,8 @@ impl SessionShared {
 
 /// A live session of this process, for `revoke_session` and `leftovers`.
 struct Registered {
-    info: SessionInfo,
-    cluster_and_base: String,
+    shared: Weak<SessionShared>,
+    scope: String,
 }
 
 /// The sessions this process opened and has not seen end, by id.
@@ -117,8 +117,8 @@ impl ZkSession {
         registry().lock().unwrap().insert(
             id,
             Registered {
-                info: client.session().clone(),
-                cluster_and_base: scope_key(server, &layout),
+                shared: Weak::new(),
+                scope: scope_key(server, &layout),
             },
         );
         let shared = Arc::new(SessionShared {
@@ -128,6 +128,9 @@ impl ZkSession {
             states: states.clone(),
             renewed: StdMutex::new(opened),
         });
+        if let Some(r) = registry().lock().unwrap().get_mut(&id) {
+            r.shared = Arc::downgrade(&shared);
+        }
         tokio::spawn(monitor(shared.clone(), states, loss.clone(), negotiated));
         tracing::debug!(session = %shared.id_string(), ?negotiated, "ZooKeeper session opened");
         Ok(ZkSession {
@@ -187,41 +190,58 @@ async fn monitor(
     tracing::debug!(session = %id, state = %end, "ZooKeeper session ended");
 }
 
-/// Close another session of this process by id, as an operator would: a
-/// second connection re-attaches to the session (ZooKeeper needs its
-/// password, which only the process that opened it knows) and closes it.
-/// The owner's client then finds its session gone and reports the loss.
-pub(crate) async fn revoke_by_id(server: &Server, session_id: &str) -> Result<()> {
+/// Revoke a session by id, as an operator would.
+///
+/// A session of this process is closed through its own connection (the
+/// server deletes its nodes; its holder's client reports the session
+/// closed). ZooKeeper closes a session only for a client that knows the
+/// session's password, so a session of another process is revoked by
+/// deleting every node it owns under this namespace: its locks,
+/// memberships and candidacies are freed at once and its guards' `lost()`
+/// resolve; the other process's session object itself learns nothing.
+pub(crate) async fn revoke_by_id(
+    server: &Server,
+    layout: &Layout,
+    client: &Client,
+    session_id: &str,
+) -> Result<()> {
     let id = session_id
         .strip_prefix("0x")
         .and_then(|hex| u64::from_str_radix(hex, 16).ok())
         .ok_or_else(|| {
-            Error::invalid_name(format!("`{session_id}` is not a ZooKeeper session id (0x…)"))
+            Error::invalid_name(format!(
+                "`{session_id}` is not a ZooKeeper session id (0x…)"
+            ))
         })? as i64;
-    let info = registry()
+    let local = registry()
         .lock()
         .unwrap()
         .get(&id)
-        .map(|r| r.info.clone())
-        .ok_or_else(|| {
-            Error::not_held(format!(
-                "no live session {session_id} opened by this process (ZooKeeper closes a session only with its password)"
-            ))
-        })?;
-    let client = server
-        .connect_with(
-            server
-                .connector(server.session_timeout)
-                .with_session(info),
-        )
-        .await?;
-    let mut states = client.state_watcher();
-    drop(client);
-    let mut state = states.peek_state();
-    while !state.is_terminated() {
-        state = states.changed().await;
+        .filter(|r| r.scope == scope_key(server, layout))
+        .and_then(|r| r.shared.upgrade());
+    if let Some(shared) = local {
+        shared.close();
+        let state = shared.terminated().await;
+        tracing::info!(session = %session_id, %state, "session revoked");
+        return Ok(());
     }
-    tracing::info!(session = %session_id, state = %state, "session revoked");
+    let mut deleted = 0;
+    for (path, stat) in crate::owned_nodes(client, layout).await? {
+        if stat.ephemeral_owner == id {
+            match client.delete(&path, Some(stat.version)).await {
+                Ok(()) => deleted += 1,
+                Err(zk::Error::NoNode) => {}
+                Err(e) => return Err(zk_error("delete", &path, e)),
+            }
+        }
+    }
+    if deleted == 0 {
+        return Err(Error::not_held(format!(
+            "no live session {session_id} of this process, and no node of it under `{}`",
+            layout.base()
+        )));
+    }
+    tracing::info!(session = %session_id, deleted, "revoked a session's nodes");
     Ok(())
 }
 
@@ -233,7 +253,7 @@ pub(crate) fn live_sessions(server: &Server, layout: &Layout) -> Vec<String> {
         .lock()
         .unwrap()
         .iter()
-        .filter(|(_, r)| r.cluster_and_base == key)
+        .filter(|(_, r)| r.scope == key)
         .map(|(id, _)| format!("{id:#x}"))
         .collect()
 }
@@ -344,7 +364,10 @@ pub(crate) fn watch_own_node(shared: &Arc<SessionShared>, path: String, loss: Lo
                             return;
                         }
                         zk::EventType::Session if event.session_state.is_terminated() => {
-                            loss.fire(format!("the ZooKeeper session ended ({})", event.session_state));
+                            loss.fire(format!(
+                                "the ZooKeeper session ended ({})",
+                                event.session_state
+                            ));
                             return;
                         }
                         _ => {}

@@ -203,9 +203,8 @@ impl ZkCluster {
 
     /// The index of the ensemble's leader (or of the standalone server).
     pub fn leader(&self) -> Option<usize> {
-        (0..self.servers.len()).find(|&i| {
-            matches!(self.mode(i).as_deref(), Some("leader") | Some("standalone"))
-        })
+        (0..self.servers.len())
+            .find(|&i| matches!(self.mode(i).as_deref(), Some("leader") | Some("standalone")))
     }
 
     /// The tail of server `i`'s log, for failure messages.
