@@ -107,7 +107,9 @@ impl HeldLeadership for ZkLeadership {
     }
 
     async fn is_leader(&self) -> Result<bool> {
-        let client = self.shared.client()?;
+        let Ok(client) = self.shared.client() else {
+            return Ok(false); // the session is closed, and its nodes with it
+        };
         match client.check_stat(&self.path).await {
             // Once the lowest, a node stays the lowest until deleted.
             Ok(Some(stat)) => {

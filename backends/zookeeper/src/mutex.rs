@@ -13,7 +13,7 @@ use zookeeper_client::{CreateMode, MultiWriteError};
 use crate::node::{ensure_dir, parent, zk_error, PARENT_RETRIES};
 use crate::queue::{self, Spec, EXCLUSIVE};
 use crate::rwlock;
-use crate::session::{watch_own_node, SessionShared};
+use crate::session::{is_session_gone, watch_own_node, SessionShared};
 
 /// Acquire a lock of any kind: a mutex here, a read or write lock through
 /// [`rwlock::spec`].
@@ -67,12 +67,15 @@ impl HeldLock for ZkLock {
     }
 
     async fn is_held(&self) -> Result<bool> {
-        let client = self.shared.client()?;
+        let Ok(client) = self.shared.client() else {
+            return Ok(false); // the session is closed, and its nodes with it
+        };
         match client.check_stat(&self.path).await {
             Ok(Some(stat)) => {
                 Ok(stat.czxid == self.czxid && stat.ephemeral_owner == self.shared.id)
             }
             Ok(None) => Ok(false),
+            Err(e) if is_session_gone(&e) => Ok(false),
             Err(e) => Err(zk_error("exists", &self.path, e)),
         }
     }
@@ -87,11 +90,15 @@ impl HeldLock for ZkLock {
     async fn write_if_held(&self, key: &str, value: &[u8], release: bool) -> Result<bool> {
         let data_path = self.shared.layout.data_path(key);
         for _ in 0..PARENT_RETRIES {
-            let client = self.shared.client()?;
-            let existing = client
-                .check_stat(&data_path)
-                .await
-                .map_err(|e| zk_error("exists", &data_path, e))?;
+            // A closed or expired session holds nothing: the write is refused.
+            let Ok(client) = self.shared.client() else {
+                return Ok(false);
+            };
+            let existing = match client.check_stat(&data_path).await {
+                Ok(stat) => stat,
+                Err(e) if is_session_gone(&e) => return Ok(false),
+                Err(e) => return Err(zk_error("exists", &data_path, e)),
+            };
             let mut multi = client.new_multi_writer();
             let build = (|| {
                 multi.add_check_version(&self.path, self.version)?;
@@ -127,6 +134,9 @@ impl HeldLock for ZkLock {
                     source: zk::Error::NodeExists | zk::Error::NoNode | zk::Error::BadVersion,
                 }) => {
                     // The value changed between our stat and the multi: retry.
+                }
+                Err(MultiWriteError::RequestFailed { source }) if is_session_gone(&source) => {
+                    return Ok(false)
                 }
                 Err(e) => return Err(zk_error("guarded write", &data_path, e.into())),
             }
