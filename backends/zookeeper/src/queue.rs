@@ -77,7 +77,7 @@ pub(crate) async fn acquire(
             .list_children(&spec.dir)
             .await
             .map_err(|e| zk_error("list contenders of", &spec.dir, e))?;
-        if !children.iter().any(|c| *c == name) {
+        if !children.contains(&name) {
             return Err(Error::lost(format!(
                 "contender node `{path}` vanished while waiting (session expired or node deleted)"
             )));

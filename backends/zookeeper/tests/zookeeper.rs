@@ -190,7 +190,11 @@ async fn kazoo_rwlock_and_quorate_rwlock_follow_the_same_rules() {
     // kazoo reader: quorate may read, not write.
     let (kazoo, got) = kazoo.ask(format!("acquire read {path}")).await;
     assert_eq!(got, "true");
-    let r = rw.try_read().await.unwrap().expect("readers share with kazoo");
+    let r = rw
+        .try_read()
+        .await
+        .unwrap()
+        .expect("readers share with kazoo");
     r.release().await.unwrap();
     assert!(rw.try_write().await.unwrap().is_none());
     let (kazoo, _) = kazoo.ask("release".into()).await;
@@ -291,7 +295,11 @@ async fn digest_identity_owns_its_nodes() {
 
     // Another identity can read but not queue, join or write.
     let sm = mallory.session().await.unwrap();
-    let e = sm.mutex("m").try_lock().await.expect_err("queued under alice's lock");
+    let e = sm
+        .mutex("m")
+        .try_lock()
+        .await
+        .expect_err("queued under alice's lock");
     assert_eq!(e.kind(), ErrorKind::Unauthenticated, "{e}");
     let e = sm
         .group("g")
