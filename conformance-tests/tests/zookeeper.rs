@@ -1,28 +1,37 @@
-//! The conformance suite on a real ZooKeeper 3.8 server started by the
-//! harness (or on `QUORATE_ZOOKEEPER_ENDPOINTS`).
+//! The conformance suite on real ZooKeeper 3.8 servers started by the
+//! harness: a single server (`zookeeper`) and a three-server ensemble
+//! (`zookeeper-3`). With `QUORATE_ZOOKEEPER_ENDPOINTS` set, on those
+//! endpoints instead.
 
 use quorate_conformance::harness::zookeeper::{external_endpoints, ZkCluster};
+use quorate_conformance::Target;
+
+/// Options of every target: the suite's short TTL.
+const OPTIONS: &str = "ttl=2s";
 
 fn main() {
     // SAFETY: set before any thread is started.
     std::env::set_var("QUORATE_AGENT", env!("CARGO_BIN_EXE_quorate-agent"));
     quorate_conformance::runner::test_main(|| async {
-        let (endpoints, server) = match external_endpoints() {
-            Some(e) => (e, None),
-            None => {
-                let cluster = tokio::task::spawn_blocking(|| ZkCluster::start(1))
-                    .await
-                    .expect("the harness thread")
-                    .expect("starting a ZooKeeper server (java and /usr/share/java/zookeeper.jar; see scripts/install-deps)");
-                (cluster.endpoints(), Some(cluster))
-            }
-        };
-        (
-            vec![quorate_conformance::Target::new(
+        if let Some(e) = external_endpoints() {
+            let target = Target::new("zookeeper", format!("zookeeper://{e}?{OPTIONS}"));
+            return (vec![target], Vec::new());
+        }
+        let start = |n| tokio::task::spawn_blocking(move || ZkCluster::start(n));
+        let (single, ensemble) = (start(1), start(3));
+        let expect = "starting ZooKeeper (java and /usr/share/java/zookeeper.jar; see scripts/install-deps)";
+        let single = single.await.expect("the harness thread").expect(expect);
+        let ensemble = ensemble.await.expect("the harness thread").expect(expect);
+        let targets = vec![
+            Target::new(
                 "zookeeper",
-                format!("zookeeper://{endpoints}?ttl=2s"),
-            )],
-            server,
-        )
+                format!("zookeeper://{}?{OPTIONS}", single.endpoints()),
+            ),
+            Target::new(
+                "zookeeper-3",
+                format!("zookeeper://{}?{OPTIONS}", ensemble.endpoints()),
+            ),
+        ];
+        (targets, vec![single, ensemble])
     })
 }

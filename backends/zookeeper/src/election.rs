@@ -141,6 +141,7 @@ pub(crate) async fn observe(
         .watch(&dir, AddWatchMode::PersistentRecursive)
         .await
         .map_err(|e| zk_error("watch", &dir, e))?;
+    crate::node::sync(&client, &dir).await?;
     let current = leader(&client, &dir).await?;
     let (tx, rx) = mpsc::unbounded_channel();
     let _ = tx.send(Ok(current.clone()));

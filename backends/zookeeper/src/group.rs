@@ -270,6 +270,7 @@ pub(crate) async fn watch(
         .watch(&dir, AddWatchMode::PersistentRecursive)
         .await
         .map_err(|e| zk_error("watch", &dir, e))?;
+    crate::node::sync(&client, &dir).await?;
     let known = list(&client, &dir).await?;
     let (tx, rx) = mpsc::unbounded_channel();
     let _ = tx.send(Ok(GroupEvent::Snapshot {

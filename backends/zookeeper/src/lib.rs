@@ -156,11 +156,13 @@ impl Backend for ZkBackend {
 
     async fn revoke_session(&self, session_id: &str) -> Result<()> {
         let client = self.reads.client().await?;
+        node::sync(&client, self.layout.base()).await?;
         session::revoke_by_id(&self.server, &self.layout, &client, session_id).await
     }
 
     async fn members(&self, group: &str) -> Result<Vec<Member>> {
         let client = self.reads.client().await?;
+        node::sync(&client, self.layout.base()).await?;
         let listed = group::list(&client, &self.layout.group_dir(group)).await?;
         Ok(listed.into_values().map(|m| m.member).collect())
     }
@@ -171,6 +173,7 @@ impl Backend for ZkBackend {
 
     async fn leader(&self, name: &str) -> Result<Option<Leader>> {
         let client = self.reads.client().await?;
+        node::sync(&client, self.layout.base()).await?;
         election::leader(&client, &self.layout.election_dir(name)).await
     }
 
@@ -180,6 +183,7 @@ impl Backend for ZkBackend {
 
     async fn read(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let client = self.reads.client().await?;
+        node::sync(&client, self.layout.base()).await?;
         let path = self.layout.data_path(key);
         match client.get_data(&path).await {
             Ok((data, _)) => Ok(Some(data)),
@@ -190,6 +194,7 @@ impl Backend for ZkBackend {
 
     async fn leftovers(&self) -> Result<Vec<String>> {
         let client = self.reads.client().await?;
+        node::sync(&client, self.layout.base()).await?;
         let base_len = self.layout.base().len() + 1;
         let mut out: Vec<String> = owned_nodes(&client, &self.layout)
             .await?

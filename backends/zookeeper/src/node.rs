@@ -286,3 +286,14 @@ pub(crate) async fn create_with_parents(
         }
     }
 }
+
+/// Bring the client's server up to date with the leader before a read, so
+/// that a session-less read (through the coordinator's own session, maybe
+/// on another server than the writer's) sees every write completed before
+/// it started.
+pub(crate) async fn sync(client: &Client, path: &str) -> Result<()> {
+    client
+        .sync(path)
+        .await
+        .map_err(|e| zk_error("sync", path, e))
+}
