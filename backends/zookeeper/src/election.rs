@@ -22,7 +22,7 @@ use quorate_core::spi::{HeldLeadership, Leader};
 use quorate_core::{Error, FencingToken, Result};
 use tokio::sync::mpsc;
 use zookeeper_client as zk;
-use zookeeper_client::{AddWatchMode, Client, EventType, SessionState};
+use zookeeper_client::{Client, EventType, SessionState};
 
 use crate::node::{children, zk_error, SharedClient};
 use crate::queue::{self, Spec, EXCLUSIVE};
@@ -137,10 +137,7 @@ pub(crate) async fn observe(
     dir: String,
 ) -> Result<BoxStream<'static, Result<Option<Leader>>>> {
     let client = reads.client().await?;
-    let watcher = client
-        .watch(&dir, AddWatchMode::PersistentRecursive)
-        .await
-        .map_err(|e| zk_error("watch", &dir, e))?;
+    let watcher = crate::node::persistent_watch(&client, &dir).await?;
     crate::node::sync(&client, &dir).await?;
     let current = leader(&client, &dir).await?;
     let (tx, rx) = mpsc::unbounded_channel();
@@ -173,17 +170,26 @@ async fn follow(
                     disconnected = true;
                     false
                 }
-                SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
-                    std::mem::take(&mut disconnected)
+                SessionState::SyncConnected | SessionState::ConnectedReadOnly if disconnected => {
+                    // zookeeper-client 0.11.2 does not re-register persistent
+                    // watches on reconnection: add ours again before looking.
+                    match crate::node::persistent_watch(&client, &dir).await {
+                        Ok(w) => {
+                            watcher = w;
+                            disconnected = false;
+                            true
+                        }
+                        Err(e) => {
+                            tracing::debug!(%dir, error = %e, "election observer: re-adding the watch");
+                            false
+                        }
+                    }
                 }
                 s if s.is_terminated() => {
                     loop {
                         let rewatched = async {
                             let c = reads.client().await?;
-                            let w = c
-                                .watch(&dir, AddWatchMode::PersistentRecursive)
-                                .await
-                                .map_err(|e| zk_error("watch", &dir, e))?;
+                            let w = crate::node::persistent_watch(&c, &dir).await?;
                             Ok::<_, Error>((c, w))
                         };
                         match rewatched.await {

@@ -23,9 +23,7 @@ use quorate_core::{name, Error, Result};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use zookeeper_client as zk;
-use zookeeper_client::{
-    AddWatchMode, Client, CreateMode, EventType, MultiReadResult, SessionState,
-};
+use zookeeper_client::{Client, CreateMode, EventType, MultiReadResult, SessionState};
 
 use crate::node::{create_with_parents, zk_error, SharedClient};
 use crate::session::{is_session_gone, watch_own_node, SessionShared};
@@ -266,10 +264,7 @@ pub(crate) async fn watch(
     dir: String,
 ) -> Result<BoxStream<'static, Result<GroupEvent>>> {
     let client = reads.client().await?;
-    let watcher = client
-        .watch(&dir, AddWatchMode::PersistentRecursive)
-        .await
-        .map_err(|e| zk_error("watch", &dir, e))?;
+    let watcher = crate::node::persistent_watch(&client, &dir).await?;
     crate::node::sync(&client, &dir).await?;
     let known = list(&client, &dir).await?;
     let (tx, rx) = mpsc::unbounded_channel();
@@ -302,6 +297,7 @@ async fn follow(
             e = watcher.changed() => e,
             _ = tx.closed() => return,
         };
+        tracing::trace!(%dir, ?event, "group watch event");
         let outcome = match event.event_type {
             EventType::Session => match event.session_state {
                 SessionState::Disconnected => {
@@ -309,8 +305,17 @@ async fn follow(
                     Ok(())
                 }
                 SessionState::SyncConnected | SessionState::ConnectedReadOnly if resync => {
-                    resync = false;
-                    resynchronise(&client, &dir, &mut known, &tx).await
+                    // zookeeper-client 0.11.2 does not re-register persistent
+                    // watches on reconnection (it sends SetWatches, not
+                    // SetWatches2): add ours again before looking.
+                    match crate::node::persistent_watch(&client, &dir).await {
+                        Ok(w) => {
+                            watcher = w;
+                            resync = false;
+                            resynchronise(&client, &dir, &mut known, &tx).await
+                        }
+                        Err(e) => Err(e),
+                    }
                 }
                 s if s.is_terminated() => {
                     // A new session: new watch, full resync.
@@ -343,12 +348,17 @@ async fn follow(
         };
         if let Err(e) = outcome {
             // A read failed (connection loss): look again once reconnected.
+            // If the session stayed connected, retry now, with the watch
+            // added again in case the failure came from a reconnection.
             tracing::debug!(%dir, error = %e, "group watch: will resynchronise");
             resync = true;
             if client.state() == SessionState::SyncConnected {
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                if resynchronise(&client, &dir, &mut known, &tx).await.is_ok() {
-                    resync = false;
+                if let Ok(w) = crate::node::persistent_watch(&client, &dir).await {
+                    watcher = w;
+                    if resynchronise(&client, &dir, &mut known, &tx).await.is_ok() {
+                        resync = false;
+                    }
                 }
             }
         }
@@ -357,10 +367,7 @@ async fn follow(
 
 async fn rewatch(reads: &SharedClient, dir: &str) -> Result<(Client, zk::PersistentWatcher)> {
     let client = reads.client().await?;
-    let watcher = client
-        .watch(dir, AddWatchMode::PersistentRecursive)
-        .await
-        .map_err(|e| zk_error("watch", dir, e))?;
+    let watcher = crate::node::persistent_watch(&client, dir).await?;
     Ok((client, watcher))
 }
 
@@ -424,6 +431,7 @@ fn report(known: &mut BTreeMap<String, Listed>, id: &str, now: Option<Listed>, t
         (Some(_), Some(_)) => vec![],
     };
     for e in events {
+        tracing::trace!(event = ?e, "group event");
         let _ = tx.send(Ok(e));
     }
     match now {

@@ -297,3 +297,27 @@ pub(crate) async fn sync(client: &Client, path: &str) -> Result<()> {
         .await
         .map_err(|e| zk_error("sync", path, e))
 }
+
+/// Add a persistent recursive watch on `dir`, retrying a few times across
+/// connection losses (requests wait for the reconnection in the client).
+///
+/// Also used after every reconnection: zookeeper-client 0.11.2 does not
+/// re-register persistent watches when it reconnects (it sends
+/// `SetWatches`, not `SetWatches2`), so the watchers add theirs again.
+pub(crate) async fn persistent_watch(client: &Client, dir: &str) -> Result<zk::PersistentWatcher> {
+    let mut tries = 0;
+    loop {
+        match client
+            .watch(dir, zk::AddWatchMode::PersistentRecursive)
+            .await
+        {
+            Ok(w) => return Ok(w),
+            Err(e @ (zk::Error::ConnectionLoss | zk::Error::Timeout)) if tries < 20 => {
+                tries += 1;
+                tracing::debug!(%dir, error = %e, "adding a persistent watch: retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(zk_error("watch", dir, e)),
+        }
+    }
+}

@@ -33,7 +33,16 @@ fn shared_endpoints() -> String {
         .clone()
 }
 
+/// Logs with `RUST_LOG=…` (shown for failing tests).
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 fn fresh_namespace() -> String {
+    init_logs();
     format!("it-{:016x}", rand_u64())
 }
 
@@ -443,4 +452,104 @@ async fn lock_survives_an_ensemble_leader_failover() {
     g2.release().await.unwrap();
     holder.close().await.unwrap();
     other.close().await.unwrap();
+}
+
+/// The next group event, failing the test after 30 s.
+async fn next(
+    events: &mut futures::stream::BoxStream<
+        'static,
+        quorate_core::Result<quorate_core::GroupEvent>,
+    >,
+) -> quorate_core::GroupEvent {
+    use futures::StreamExt;
+    tokio::time::timeout(Duration::from_secs(30), events.next())
+        .await
+        .expect("no group event")
+        .expect("the stream ended")
+        .expect("a group error")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_watch_misses_no_change_across_a_reconnection() {
+    use quorate_core::GroupEvent;
+
+    let mut cluster = tokio::task::spawn_blocking(|| ZkCluster::start(3))
+        .await
+        .unwrap()
+        .expect("starting a three-server ZooKeeper ensemble");
+    let ns = fresh_namespace();
+    let opts = "session_timeout=20s&connect_timeout=10s";
+    // The watcher talks to server 0 only; the members to servers 1 and 2.
+    let watcher = connect(&format!("zookeeper://{}/{ns}?{opts}", cluster.endpoint(0)))
+        .await
+        .unwrap();
+    let members = connect(&format!(
+        "zookeeper://{},{}/{ns}?{opts}",
+        cluster.endpoint(1),
+        cluster.endpoint(2)
+    ))
+    .await
+    .unwrap();
+    let session = members.session().await.unwrap();
+    let mut events = watcher.watch_group("g");
+    assert_eq!(
+        next(&mut events).await,
+        GroupEvent::Snapshot { members: vec![] }
+    );
+    let a = session
+        .group("g")
+        .join("a", serde_json::json!(1))
+        .await
+        .unwrap();
+    assert!(matches!(next(&mut events).await, GroupEvent::Joined { member } if member.id == "a"));
+
+    // While the watcher's server is down: b joins, a changes, c joins and
+    // leaves again.
+    cluster.kill(0);
+    let b = session
+        .group("g")
+        .join("b", serde_json::json!(2))
+        .await
+        .unwrap();
+    a.update(serde_json::json!(10)).await.unwrap();
+    let c = session
+        .group("g")
+        .join("c", serde_json::json!(3))
+        .await
+        .unwrap();
+    c.leave().await.unwrap();
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.restart(0).expect("restarting server 0");
+        cluster
+    })
+    .await
+    .unwrap();
+    // After the reconnection: exactly the net changes, in id order.
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        seen.push(next(&mut events).await);
+    }
+    assert_eq!(
+        seen,
+        vec![
+            GroupEvent::Updated {
+                member: quorate_core::Member {
+                    id: "a".into(),
+                    capabilities: serde_json::json!(10)
+                }
+            },
+            GroupEvent::Joined {
+                member: quorate_core::Member {
+                    id: "b".into(),
+                    capabilities: serde_json::json!(2)
+                }
+            },
+        ]
+    );
+    // And it keeps following.
+    b.leave().await.unwrap();
+    assert_eq!(next(&mut events).await, GroupEvent::Left { id: "b".into() });
+    drop(a);
+    session.close().await.unwrap();
+    drop(cluster);
 }
