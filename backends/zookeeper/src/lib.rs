@@ -50,6 +50,34 @@
 //! nearest earlier node of either kind, a reader the nearest earlier
 //! `__lock__` node), so grants are FIFO and push-woken. The fencing token of
 //! a grant is the czxid of the holder's node.
+//!
+//! # Reads, watches, revocation
+//!
+//! Session-less reads (`members`, `leader`, `read`, `leftovers`) go through
+//! the coordinator's own ZooKeeper session and `sync` first, so they see
+//! every write completed before they started even on another server.
+//! `watch_group` and `observe` add a persistent recursive watch before
+//! reading, and re-read and diff after every event and every reconnection;
+//! they add the watch again after each reconnection because
+//! zookeeper-client 0.11.2 does not re-register persistent watches itself.
+//!
+//! `revoke_session` closes a session of this process through its own
+//! connection. ZooKeeper closes a session only for a client that knows its
+//! password, so for a session of another process it deletes every node that
+//! session owns under the namespace instead: its locks, memberships and
+//! candidacies are freed and their guards report the loss, but that
+//! process's session object learns nothing. `leftovers` lists the
+//! session-owned nodes under the namespace and the live sessions this
+//! process opened on it.
+//!
+//! # Known limits
+//!
+//! - Concurrent readers of a read/write lock carry the czxids of their own
+//!   nodes as fences: strictly increasing across conflicting grants, not
+//!   ordered among readers that hold together.
+//! - A group snapshot is a listing followed by one multi-read of the
+//!   members' data, not one atomic read; members that change in between are
+//!   reported by the events that follow.
 #![warn(missing_docs)]
 
 mod election;
