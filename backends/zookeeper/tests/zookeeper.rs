@@ -239,6 +239,37 @@ async fn kazoo_rwlock_and_quorate_rwlock_follow_the_same_rules() {
     session.close().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kazoo_contender_in_an_election_is_seen_and_waited_for() {
+    let endpoints = shared_endpoints();
+    let ns = fresh_namespace();
+    let coord = connect(&format!("zookeeper://{endpoints}/{ns}"))
+        .await
+        .unwrap();
+    let session = coord.session().await.unwrap();
+    let path = format!("/{ns}/quorate/election/scheduler");
+    // kazoo's Election runs its `Lock` on the election path, with its
+    // identifier as the node's data.
+    let kazoo = Kazoo::start(&endpoints);
+    let (kazoo, got) = kazoo.ask(format!("acquire lock {path}")).await;
+    assert_eq!(got, "true");
+    let leader = coord.leader("scheduler").await.unwrap().expect("a leader");
+    assert_eq!(leader.value, b"kazoo".to_vec());
+    let campaign = tokio::spawn({
+        let session = session.clone();
+        async move { session.election("scheduler").campaign(b"quorate").await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!campaign.is_finished(), "elected while kazoo leads");
+    let (_kazoo, _) = kazoo.ask("release".into()).await;
+    let leadership = campaign.await.unwrap().unwrap();
+    let leader = coord.leader("scheduler").await.unwrap().expect("a leader");
+    assert_eq!(leader.value, b"quorate".to_vec());
+    assert_eq!(leader.fence, leadership.fence());
+    leadership.resign().await.unwrap();
+    session.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn unreachable_server_is_unavailable_not_a_hang() {
     // Nothing listens on this port: connections are refused.
