@@ -124,17 +124,8 @@ pub fn with_namespace(url: &str, ns: &str) -> String {
                 }),
             )
         }
-        _ => {
-            let trimmed = base.trim_end_matches('/');
-            let has_path = trimmed
-                .split_once("://")
-                .is_some_and(|(_, rest)| rest.contains('/'));
-            if has_path || scheme == "file" {
-                (format!("{trimmed}/{ns}"), query)
-            } else {
-                (format!("{trimmed}/{ns}"), query)
-            }
-        }
+        // etcd prefix, ZooKeeper chroot, file directory: one more segment.
+        _ => (format!("{}/{ns}", base.trim_end_matches('/')), query),
     };
     match query {
         Some(q) if !q.is_empty() => format!("{base}?{q}"),
