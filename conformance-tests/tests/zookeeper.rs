@@ -19,7 +19,8 @@ fn main() {
         }
         let start = |n| tokio::task::spawn_blocking(move || ZkCluster::start(n));
         let (single, ensemble) = (start(1), start(3));
-        let expect = "starting ZooKeeper (java and /usr/share/java/zookeeper.jar; see scripts/install-deps)";
+        let expect =
+            "starting ZooKeeper (java and /usr/share/java/zookeeper.jar; see scripts/install-deps)";
         let single = single.await.expect("the harness thread").expect(expect);
         let ensemble = ensemble.await.expect("the harness thread").expect(expect);
         let targets = vec![
