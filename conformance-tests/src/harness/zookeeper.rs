@@ -226,6 +226,11 @@ impl ZkCluster {
     }
 
     fn spawn(&mut self, i: usize) -> std::io::Result<()> {
+        assert!(
+            !self.dir.to_string_lossy().contains('\''),
+            "the cluster directory is quoted in a shell command"
+        );
+        let dir = self.dir.clone();
         let server = &mut self.servers[i];
         let mut classpath = ZOOKEEPER_JAR.to_owned();
         if Path::new(SLF4J_SIMPLE_JAR).exists() {
@@ -255,13 +260,16 @@ impl ZkCluster {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        // Kill the JVM by pid if this process goes away without dropping us.
+        // Kill the JVM by pid (and remove the cluster's directory) if this
+        // process goes away without dropping us.
         let watchdog = Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "while kill -0 {parent} 2>/dev/null && kill -0 {child} 2>/dev/null; do sleep 1; done; kill -9 {child} 2>/dev/null",
+                "while kill -0 {parent} 2>/dev/null && kill -0 {child} 2>/dev/null; do sleep 1; done; \
+                 if ! kill -0 {parent} 2>/dev/null; then kill -9 {child} 2>/dev/null; sleep 1; rm -rf '{dir}'; fi",
                 parent = std::process::id(),
-                child = child.id()
+                child = child.id(),
+                dir = dir.display()
             ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
