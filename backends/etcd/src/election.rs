@@ -23,11 +23,12 @@ use quorate_core::{FencingToken, Result};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
+use crate::client::Shared;
 use crate::keys::lease_hex;
 use crate::mutex::{enqueue_and_wait, Entry};
+use crate::not_held;
 use crate::session::{EtcdSession, HeldKey};
 use crate::watch::{Batch, PrefixWatch};
-use crate::{not_held, Shared};
 
 /// Campaign with `value`; resolves once leader.
 pub(crate) async fn campaign(

@@ -22,9 +22,10 @@ use quorate_core::{Error, Result};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
+use crate::client::Shared;
+use crate::not_held;
 use crate::session::{Created, EtcdSession, HeldKey, OwnKey};
 use crate::watch::{Batch, PrefixWatch};
-use crate::{not_held, Shared};
 
 /// Join `group` as `member`: put the member key only if it does not exist.
 pub(crate) async fn join(

@@ -23,6 +23,7 @@
 //! keys; waiters watch only their immediate predecessor.
 #![warn(missing_docs)]
 
+mod client;
 mod election;
 mod error;
 mod group;
@@ -32,14 +33,10 @@ mod rwlock;
 mod session;
 mod watch;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{
-    Certificate, Client, ConnectOptions, GetOptions, GetResponse, Identity, KeyValue,
-    ResponseHeader, TlsOptions, Txn, TxnOpResponse, TxnResponse, WatchOptions, WatchStream,
-};
+use etcd_client::{Certificate, ConnectOptions, GetOptions, Identity, TlsOptions};
 use futures::stream::BoxStream;
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
@@ -49,6 +46,7 @@ use quorate_core::{
     RwOrdering, Scope,
 };
 
+use client::Shared;
 use keys::Layout;
 
 /// URL schemes this backend serves.
@@ -219,32 +217,16 @@ impl Settings {
         })
     }
 
-    /// Build the client and make one round trip that needs the
-    /// credentials (a read in the namespace).
-    /// Build the client and make one round trip that needs the
-    /// credentials (a read in the namespace), all within `connect_timeout`.
+    /// Set up the endpoints and make one round trip that needs the
+    /// credentials (a read in the namespace), within `connect_timeout`.
     async fn connect(self) -> Result<Shared> {
-        let limit = self.request_timeout;
-        let deadline = tokio::time::Instant::now() + limit;
-        // With credentials, building the client authenticates: a request
-        // that may go to a member that is down, so it is retried like any.
-        let client = send_until("connect", deadline, limit, || {
-            Client::connect(self.endpoints.clone(), Some(self.options.clone()))
-        })
-        .await?;
-        let layout = Layout::new(&self.namespace);
-        let root = layout.root();
-        send_until("first request", deadline, limit, || {
-            let mut c = client.clone();
-            let root = root.clone();
-            async move { c.get(root, Some(GetOptions::new().with_count_only())).await }
-        })
-        .await?;
-        Ok(Shared {
-            client,
-            layout,
-            request_timeout: limit,
-        })
+        Shared::connect(
+            self.endpoints,
+            self.options,
+            Layout::new(&self.namespace),
+            self.request_timeout,
+        )
+        .await
     }
 }
 
@@ -275,177 +257,6 @@ fn tls_options([ca, cert, key]: [Option<&str>; 3]) -> Result<TlsOptions> {
         }
     }
     Ok(tls)
-}
-
-/// What every part of the backend shares: the client, the layout and the
-/// limit on one request.
-pub(crate) struct Shared {
-    pub(crate) client: Client,
-    pub(crate) layout: Layout,
-    pub(crate) request_timeout: Duration,
-}
-
-impl Shared {
-    /// Run one etcd request made by `make` from a client handle, bounded
-    /// by the request timeout (`connect_timeout`), mapping its error; a
-    /// request that never reached a server is sent again within that limit
-    /// (see [`send_until`]).
-    pub(crate) async fn call<T, F, Fut>(&self, op: &'static str, mut make: F) -> Result<T>
-    where
-        F: FnMut(Client) -> Fut,
-        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
-    {
-        let deadline = tokio::time::Instant::now() + self.request_timeout;
-        let client = &self.client;
-        send_until(op, deadline, self.request_timeout, || make(client.clone())).await
-    }
-
-    /// Await one request future (or stream step), bounded by the request
-    /// timeout, mapping its error. Never repeated.
-    pub(crate) async fn call_once<T>(
-        &self,
-        op: &'static str,
-        fut: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
-    ) -> Result<T> {
-        match tokio::time::timeout(self.request_timeout, fut).await {
-            Ok(r) => r.map_err(|e| error::map(op, e)),
-            Err(_) => Err(timed_out(op, self.request_timeout, None)),
-        }
-    }
-
-    /// One range request, bounded by the request timeout.
-    pub(crate) async fn get(
-        &self,
-        op: &'static str,
-        key: &str,
-        options: Option<GetOptions>,
-    ) -> Result<GetResponse> {
-        self.call(op, |mut c| {
-            let options = options.clone();
-            async move { c.get(key, options).await }
-        })
-        .await
-    }
-
-    /// Open a watch stream (the request that creates it is bounded by the
-    /// request timeout; the stream itself is not).
-    pub(crate) async fn watch(
-        &self,
-        op: &'static str,
-        key: &[u8],
-        options: WatchOptions,
-    ) -> Result<WatchStream> {
-        self.call(op, |mut c| {
-            let options = options.clone();
-            async move { c.watch(key, Some(options)).await }
-        })
-        .await
-    }
-
-    /// One transaction, bounded by the request timeout.
-    pub(crate) async fn txn(&self, op: &'static str, txn: Txn) -> Result<TxnResponse> {
-        self.call(op, |mut c| {
-            let txn = txn.clone();
-            async move { c.txn(txn).await }
-        })
-        .await
-    }
-
-    /// One transaction, retried on every retryable error (unavailable,
-    /// leader changes, time-outs) with a capped back-off until it succeeds
-    /// or fails for good. Only for transactions whose compares make a
-    /// repeat harmless, inside waits and clean-ups, which are bounded
-    /// elsewhere (the session's loss, the clean-up's time limit).
-    pub(crate) async fn txn_retrying(&self, op: &'static str, txn: Txn) -> Result<TxnResponse> {
-        let mut backoff = Backoff::new();
-        loop {
-            match self.txn(op, txn.clone()).await {
-                Ok(v) => return Ok(v),
-                Err(e) if e.is_retryable() => {
-                    tracing::debug!(op, error = %e, "retrying");
-                    backoff.wait().await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-}
-
-/// Send the request `make` builds until `deadline`: a request that never
-/// reached a server (the connection to the endpoint the client's balancer
-/// picked was refused or could not be made, as when a cluster member is
-/// down) is made again, and goes to another endpoint if the balancer picks
-/// one. A request that may have reached a server is never repeated here.
-async fn send_until<T, F, Fut>(
-    op: &'static str,
-    deadline: tokio::time::Instant,
-    limit: Duration,
-    mut make: F,
-) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
-{
-    let mut pause = Duration::from_millis(5);
-    let mut last_unsent = None;
-    loop {
-        match tokio::time::timeout_at(deadline, make()).await {
-            Err(_) => return Err(timed_out(op, limit, last_unsent)),
-            Ok(Err(e)) if error::never_sent(&e) => {
-                tracing::debug!(op, error = ?e, "request not sent; trying again");
-                last_unsent = Some(error::describe_unsent(&e));
-                let wake = (tokio::time::Instant::now() + pause).min(deadline);
-                tokio::time::sleep_until(wake).await;
-                pause = (pause * 2).min(Duration::from_millis(200));
-            }
-            Ok(r) => return r.map_err(|e| error::map(op, e)),
-        }
-    }
-}
-
-/// The error of a request that got no answer within `limit`;
-/// `last_unsent` says why the last attempt could not even be sent, if so.
-fn timed_out(op: &str, limit: Duration, last_unsent: Option<String>) -> Error {
-    let mut message = format!("etcd {op}: no answer within {limit:?} (connect_timeout)");
-    if let Some(last) = last_unsent {
-        message.push_str("; last error: ");
-        message.push_str(&last);
-    }
-    Error::unavailable(message)
-}
-
-/// The revision at which a response was served.
-pub(crate) fn revision(header: Option<&ResponseHeader>) -> Result<i64> {
-    header
-        .map(ResponseHeader::revision)
-        .ok_or_else(|| Error::backend("etcd answered without a response header"))
-}
-
-/// The key-values of the `i`-th operation of a transaction, when it was a
-/// range (get).
-pub(crate) fn txn_range(resp: &TxnResponse, i: usize) -> Vec<KeyValue> {
-    match resp.op_responses().into_iter().nth(i) {
-        Some(TxnOpResponse::Get(mut g)) => g.take_kvs(),
-        _ => Vec::new(),
-    }
-}
-
-/// A capped exponential back-off: 20 ms doubling to 1 s.
-pub(crate) struct Backoff(Duration);
-
-impl Backoff {
-    pub(crate) fn new() -> Self {
-        Backoff(Duration::from_millis(20))
-    }
-
-    pub(crate) async fn wait(&mut self) {
-        tokio::time::sleep(self.0).await;
-        self.0 = (self.0 * 2).min(Duration::from_secs(1));
-    }
-
-    pub(crate) fn reset(&mut self) {
-        *self = Backoff::new();
-    }
 }
 
 /// The connected etcd backend.

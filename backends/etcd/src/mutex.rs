@@ -24,9 +24,10 @@ use quorate_core::loss::LossNotifier;
 use quorate_core::spi::{HeldLock, LockKind};
 use quorate_core::{Error, FencingToken, Result};
 
+use crate::client::{revision, txn_range, Backoff};
 use crate::keys::lease_hex;
 use crate::session::{Created, EtcdSession, HeldKey, OwnKey};
-use crate::{revision, rwlock, txn_range, watch, Backoff};
+use crate::{rwlock, watch};
 
 /// One queue entry: the key to create and the keys it waits behind.
 pub(crate) struct Entry<'a> {

@@ -23,8 +23,9 @@ use quorate_core::spi::{HeldLeadership, HeldLock, HeldMembership, LockKind, Sess
 use quorate_core::{Error, Result};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
+use crate::client::{revision, txn_range, Backoff, Shared};
+use crate::error;
 use crate::keys::lease_hex;
-use crate::{error, revision, txn_range, Shared};
 
 /// One session: an etcd lease.
 pub(crate) struct EtcdSession {
@@ -34,7 +35,7 @@ pub(crate) struct EtcdSession {
     /// The keep-alive stream, set up lazily; taken out during a round trip
     /// so that a round trip dropped half-way never leaves an unread answer
     /// behind for the next one to mistake for its own.
-    keeper: AsyncMutex<Option<(LeaseKeeper, LeaseKeepAliveStream)>>,
+    keeper: AsyncMutex<Option<Keeper>>,
     pub(crate) loss: LossNotifier,
     pub(crate) key_locks: KeyLocks,
 }
@@ -108,6 +109,13 @@ impl EtcdSession {
     }
 }
 
+/// The keep-alive stream of a lease, on one endpoint.
+struct Keeper {
+    endpoint: usize,
+    keeper: LeaseKeeper,
+    stream: LeaseKeepAliveStream,
+}
+
 /// Revokes a freshly granted lease when `open` is dropped half-way.
 struct RevokeOnDrop {
     shared: Option<Arc<Shared>>,
@@ -137,42 +145,60 @@ impl SessionBackend for EtcdSession {
     }
 
     async fn keep_alive(&self) -> Result<()> {
+        // Renewing a lease twice is harmless, so an attempt that gets no
+        // answer soon is abandoned for another endpoint (core bounds the
+        // whole call, and counts the renewal from when the call began).
+        let attempt_limit =
+            (self.ttl / 6).clamp(Duration::from_millis(100), self.shared.request_timeout);
         let mut slot = self.keeper.lock().await;
-        match slot.take() {
-            None => {
-                // Opening the stream sends the first keep-alive and reads its
-                // answer: that is this call's round trip.
-                let lease = self.lease;
-                let pair = self
-                    .shared
-                    .call("keep alive", |mut c| async move {
-                        c.lease_keep_alive(lease).await
-                    })
-                    .await
-                    .map_err(|e| self.note(e))?;
-                *slot = Some(pair);
-                Ok(())
-            }
-            Some((mut keeper, mut stream)) => {
-                let answer = self
-                    .shared
-                    .call_once("keep alive", async {
-                        keeper.keep_alive().await?;
-                        stream.message().await
-                    })
-                    .await
-                    .map_err(|e| self.note(e))?;
-                match answer {
-                    Some(resp) if resp.ttl() > 0 => {
-                        *slot = Some((keeper, stream));
-                        Ok(())
+        let mut backoff = Backoff::new();
+        loop {
+            let (endpoint, failure) = match slot.take() {
+                None => {
+                    // Opening a stream sends the first keep-alive and reads its
+                    // answer: one round trip.
+                    let (endpoint, mut client) = self.shared.preferred_client("keep alive").await?;
+                    let opened =
+                        tokio::time::timeout(attempt_limit, client.lease_keep_alive(self.lease))
+                            .await;
+                    match opened {
+                        Ok(Ok((keeper, stream))) => {
+                            *slot = Some(Keeper {
+                                endpoint,
+                                keeper,
+                                stream,
+                            });
+                            return Ok(());
+                        }
+                        Ok(Err(e)) => (endpoint, error::map("keep alive", e)),
+                        Err(_) => (endpoint, Error::unavailable("keep alive: no answer")),
                     }
-                    Some(_) => Err(self.lost()),
-                    None => Err(Error::unavailable(
-                        "etcd closed the lease keep-alive stream",
-                    )),
                 }
+                Some(mut k) => {
+                    let round_trip = async {
+                        k.keeper.keep_alive().await?;
+                        k.stream.message().await
+                    };
+                    match tokio::time::timeout(attempt_limit, round_trip).await {
+                        Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
+                            *slot = Some(k);
+                            return Ok(());
+                        }
+                        Ok(Ok(Some(_))) => return Err(self.lost()),
+                        Ok(Ok(None)) => {
+                            (k.endpoint, Error::unavailable("keep-alive stream closed"))
+                        }
+                        Ok(Err(e)) => (k.endpoint, error::map("keep alive", e)),
+                        Err(_) => (k.endpoint, Error::unavailable("keep alive: no answer")),
+                    }
+                }
+            };
+            if !failure.is_retryable() {
+                return Err(self.note(failure));
             }
+            tracing::debug!(error = %failure, "keep-alive attempt failed; trying another endpoint");
+            self.shared.pass_over(endpoint);
+            backoff.wait().await;
         }
     }
 

@@ -11,7 +11,7 @@ use etcd_client::{
 };
 use quorate_core::Result;
 
-use crate::{revision, Backoff, Shared};
+use crate::client::{revision, Backoff, Shared};
 
 /// Wait until `key` is deleted after revision `after`, or until `fallback`
 /// passes, or the watch breaks (after a back-off): the caller checks the

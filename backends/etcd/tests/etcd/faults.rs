@@ -246,3 +246,38 @@ async fn group_watch_resumes_across_member_restarts_and_compaction() {
         vec!["a", "c", "d", "e"]
     );
 }
+
+#[tokio::test]
+async fn a_paused_member_costs_neither_session_nor_lock() {
+    let mut cluster = EtcdCluster::start_local(3).await.unwrap();
+    let coord = crate::connect(&cluster, &namespace(), "ttl=2s&connect_timeout=1s").await;
+    let s = coord.session().await.unwrap();
+    let g = s.mutex("L").lock().await.unwrap();
+    let leader = cluster.leader().await.unwrap();
+    cluster.pause(leader).unwrap();
+    // Three TTLs with the old leader frozen: keep-alives must find the
+    // live members.
+    let (mut answered, mut unavailable) = (0, 0);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(6) {
+        match g.is_held().await {
+            Ok(held) => {
+                assert!(held);
+                answered += 1;
+            }
+            Err(e) => {
+                assert!(e.is_retryable(), "{e}");
+                unavailable += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "figure: with the leader paused, {answered} is_held answered, {unavailable} unavailable"
+    );
+    assert!(!s.is_lost(), "session lost: {:?}", s.lost().await);
+    assert!(answered > 0);
+    cluster.resume(leader).unwrap();
+    g.release().await.unwrap();
+    s.close().await.unwrap();
+}
