@@ -175,17 +175,18 @@ impl Shared {
         .await
     }
 
-    /// Open a watch stream (the request that creates it is bounded by the
-    /// request timeout; the stream itself is not).
+    /// Open a watch stream on the preferred endpoint (the request that
+    /// creates it is bounded by the request timeout; the stream is not).
+    /// Returns the endpoint's index with it, for [`Shared::pass_over`].
     pub(crate) async fn watch(
         &self,
         op: &'static str,
         key: &[u8],
         options: WatchOptions,
-    ) -> Result<WatchStream> {
-        self.call(op, |mut c| {
+    ) -> Result<(usize, WatchStream)> {
+        self.send(op, |i, mut c| {
             let options = options.clone();
-            async move { c.watch(key, Some(options)).await }
+            async move { c.watch(key, Some(options)).await.map(|s| (i, s)) }
         })
         .await
     }

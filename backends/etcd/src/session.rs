@@ -16,12 +16,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, TxnResponse,
+};
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
 use quorate_core::spi::{HeldLeadership, HeldLock, HeldMembership, LockKind, SessionBackend};
 use quorate_core::{Error, Result};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
+use tokio::task::JoinHandle;
 
 use crate::client::{revision, txn_range, Backoff, Shared};
 use crate::error;
@@ -333,11 +336,17 @@ pub(crate) enum Created {
 /// A key this session is about to create. Until [`OwnKey::keep`] or
 /// [`OwnKey::forget`], dropping it deletes the key in the background: only
 /// the key of our lease (and of the create revision we made, once known).
+///
+/// The create request runs in its own task. Dropping the acquisition
+/// detaches it rather than cancelling it, and the clean-up waits for its
+/// answer before deleting: a create that the server applies late (after a
+/// delete sent on another stream) can never leave the key behind.
 pub(crate) struct OwnKey {
     shared: Arc<Shared>,
     key: String,
     lease: i64,
     rev: Option<i64>,
+    in_flight: Option<JoinHandle<Result<TxnResponse>>>,
     guard: Option<OwnedMutexGuard<()>>,
     armed: bool,
 }
@@ -351,6 +360,7 @@ impl OwnKey {
             key,
             lease: session.lease,
             rev: None,
+            in_flight: None,
             guard: Some(guard),
             armed: true,
         }
@@ -383,12 +393,19 @@ impl OwnKey {
                     Some(PutOptions::new().with_lease(self.lease)),
                 )])
                 .or_else([TxnOp::get(self.key.clone(), None)]);
-            let resp = if retry {
-                self.shared.txn_retrying("create key", txn).await
-            } else {
-                self.shared.txn("create key", txn).await
-            }
-            .map_err(|e| session.note(e))?;
+            let shared = self.shared.clone();
+            let request = tokio::spawn(async move {
+                if retry {
+                    shared.txn_retrying("create key", txn).await
+                } else {
+                    shared.txn("create key", txn).await
+                }
+            });
+            let answer = self.in_flight.insert(request).await;
+            self.in_flight = None;
+            let resp = answer
+                .map_err(|e| Error::backend(format!("the create request's task failed: {e}")))?
+                .map_err(|e| session.note(e))?;
             if resp.succeeded() {
                 self.rev = Some(revision(resp.header())?);
                 return Ok(Created::Yes);
@@ -442,11 +459,21 @@ impl Drop for OwnKey {
         if !self.armed {
             return;
         }
-        let (shared, key, lease, rev) =
+        let (shared, key, lease, mut rev) =
             (self.shared.clone(), self.key.clone(), self.lease, self.rev);
         let guard = self.guard.take();
+        let in_flight = self.in_flight.take();
         tracing::debug!(%key, "abandoned acquisition: deleting its key in the background");
         spawn_cleanup("delete the key of an abandoned acquisition", async move {
+            if let Some(mut request) = in_flight {
+                // Let the create finish first, so the delete is applied
+                // after it.
+                match tokio::time::timeout(shared.request_timeout, &mut request).await {
+                    Ok(Ok(Ok(resp))) if resp.succeeded() => rev = revision(resp.header()).ok(),
+                    Ok(_) => {}
+                    Err(_) => request.abort(),
+                }
+            }
             let r = delete_own(&shared, &key, lease, rev).await;
             drop(guard);
             r

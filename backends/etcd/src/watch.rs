@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    Event, EventType, GetOptions, KeyValue, WatchFilterType, WatchOptions, WatchStream,
+    Event, EventType, GetOptions, KeyValue, WatchFilterType, WatchOptions, WatchResponse,
+    WatchStream,
 };
 use quorate_core::Result;
 
@@ -28,35 +29,29 @@ pub(crate) async fn wait_deleted(
         .with_start_revision(after + 1)
         .with_filters([WatchFilterType::NoPut]);
     let wait = async {
-        let mut stream = match shared.watch("watch", &key, options).await {
-            Ok(s) => s,
+        let mut watch = match Watch::open(shared, &key, options).await {
+            Ok(w) => w,
             Err(e) => {
                 tracing::debug!(error = %e, "watch failed; checking again");
                 return false;
             }
         };
         loop {
-            match stream.message().await {
-                Ok(Some(resp)) => {
-                    // Cancelled because the start revision was compacted:
-                    // the key may be long gone, check again at once. Any
-                    // other cancellation: check again after a back-off.
-                    if resp.canceled() {
-                        return resp.compact_revision() > 0;
-                    }
-                    if resp
-                        .events()
-                        .iter()
-                        .any(|e| e.event_type() == EventType::Delete)
-                    {
-                        return true;
-                    }
-                }
-                Ok(None) => return false,
-                Err(e) => {
-                    tracing::debug!(error = %e, "watch broke; checking again");
-                    return false;
-                }
+            let Some(resp) = watch.next(shared).await else {
+                return false;
+            };
+            // Cancelled because the start revision was compacted: the key
+            // may be long gone, check again at once. Any other
+            // cancellation: check again after a back-off.
+            if resp.canceled() {
+                return resp.compact_revision() > 0;
+            }
+            if resp
+                .events()
+                .iter()
+                .any(|e| e.event_type() == EventType::Delete)
+            {
+                return true;
             }
         }
     };
@@ -64,6 +59,55 @@ pub(crate) async fn wait_deleted(
         Ok(true) => backoff.reset(),
         Ok(false) => backoff.wait().await,
         Err(_) => tracing::debug!("no event within the fallback interval; checking again"),
+    }
+}
+
+/// How long a watch stream may stay quiet before its member is asked for
+/// progress (a live member answers at once).
+const QUIET: Duration = Duration::from_secs(5);
+
+/// A watch stream and the endpoint it runs on.
+struct Watch {
+    endpoint: usize,
+    stream: WatchStream,
+}
+
+impl Watch {
+    async fn open(shared: &Shared, key: &[u8], options: WatchOptions) -> Result<Watch> {
+        let (endpoint, stream) = shared.watch("watch", key, options).await?;
+        Ok(Watch { endpoint, stream })
+    }
+
+    /// The next response, or `None` once the stream broke or its member
+    /// stopped answering (that endpoint is then passed over, so the next
+    /// watch opens elsewhere). A quiet stream is probed with a progress
+    /// request rather than trusted for ever: a paused or partitioned
+    /// member would otherwise hold a watcher until TCP gives up.
+    async fn next(&mut self, shared: &Shared) -> Option<WatchResponse> {
+        let message = match tokio::time::timeout(QUIET, self.stream.message()).await {
+            Ok(m) => m,
+            Err(_) => {
+                if self.stream.request_progress().await.is_err() {
+                    return None;
+                }
+                match tokio::time::timeout(shared.request_timeout, self.stream.message()).await {
+                    Ok(m) => m,
+                    Err(_) => {
+                        tracing::debug!("the watch's member stopped answering; moving on");
+                        shared.pass_over(self.endpoint);
+                        return None;
+                    }
+                }
+            }
+        };
+        match message {
+            Ok(Some(resp)) => Some(resp),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "watch broke");
+                None
+            }
+        }
     }
 }
 
@@ -85,7 +129,7 @@ pub(crate) struct PrefixWatch {
     prefix: String,
     /// Every change up to this revision has been reported.
     rev: i64,
-    stream: Option<WatchStream>,
+    stream: Option<Watch>,
     pending: VecDeque<Vec<Event>>,
     backoff: Backoff,
 }
@@ -118,16 +162,12 @@ impl PrefixWatch {
             if let Some(events) = self.pending.pop_front() {
                 return Batch::Changes(events);
             }
-            let Some(stream) = self.stream.as_mut() else {
+            let Some(watch) = self.stream.as_mut() else {
                 let options = WatchOptions::new()
                     .with_prefix()
                     .with_start_revision(self.rev + 1);
-                match self
-                    .shared
-                    .watch("watch", self.prefix.as_bytes(), options)
-                    .await
-                {
-                    Ok(s) => self.stream = Some(s),
+                match Watch::open(&self.shared, self.prefix.as_bytes(), options).await {
+                    Ok(w) => self.stream = Some(w),
                     Err(e) => {
                         tracing::debug!(prefix = %self.prefix, error = %e, "watch failed; retrying");
                         self.backoff.wait().await;
@@ -135,8 +175,8 @@ impl PrefixWatch {
                 }
                 continue;
             };
-            match stream.message().await {
-                Ok(Some(resp)) if resp.canceled() => {
+            match watch.next(&self.shared).await {
+                Some(resp) if resp.canceled() => {
                     self.stream = None;
                     if resp.compact_revision() > 0 {
                         tracing::debug!(prefix = %self.prefix, "watch history compacted; re-listing");
@@ -150,7 +190,7 @@ impl PrefixWatch {
                     }
                     self.backoff.wait().await;
                 }
-                Ok(Some(resp)) => {
+                Some(resp) => {
                     self.backoff.reset();
                     // Skip what an earlier stream already reported (a
                     // resumed watch starts after it, so this is a guard).
@@ -177,7 +217,7 @@ impl PrefixWatch {
                         self.rev = rev;
                     }
                 }
-                Ok(None) | Err(_) => {
+                None => {
                     tracing::debug!(prefix = %self.prefix, rev = self.rev, "watch broke; resuming");
                     self.stream = None;
                     self.backoff.wait().await;

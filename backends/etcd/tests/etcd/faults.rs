@@ -281,3 +281,40 @@ async fn a_paused_member_costs_neither_session_nor_lock() {
     g.release().await.unwrap();
     s.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_watch_on_a_paused_member_moves_to_a_live_one() {
+    let mut cluster = EtcdCluster::start_local(3).await.unwrap();
+    let ns = namespace();
+    let leader = cluster.leader().await.unwrap();
+    let f = (leader + 1) % 3;
+    let others: Vec<String> = (0..3)
+        .filter(|i| *i != f)
+        .map(|i| cluster.member_endpoint(i))
+        .collect();
+    // The watcher prefers the follower `f` (its first endpoint).
+    let mut watcher_endpoints = vec![cluster.member_endpoint(f)];
+    watcher_endpoints.extend(others.iter().cloned());
+    let watcher = connect_to(&watcher_endpoints, &ns).await;
+    let actor = connect_to(&others, &ns).await;
+    let mut events = watcher.watch_group("g");
+    assert_eq!(
+        next_event(&mut events).await,
+        GroupEvent::Snapshot { members: vec![] }
+    );
+    cluster.pause(f).unwrap();
+    let s = actor.session().await.unwrap();
+    let joined = Instant::now();
+    let _m = s.group("g").join("x", json!(1)).await.unwrap();
+    assert_eq!(
+        next_event(&mut events).await,
+        GroupEvent::Joined {
+            member: member("x", json!(1))
+        }
+    );
+    println!(
+        "figure: join seen {:?} later by a watcher whose member is paused",
+        joined.elapsed()
+    );
+    cluster.resume(f).unwrap();
+}
