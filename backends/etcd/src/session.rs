@@ -6,6 +6,8 @@
 //!   under it, so `leftovers()` can see sessions that were never closed.
 //! - [`SessionBackend::keep_alive`] is one `LeaseKeepAlive` round trip on a
 //!   long-lived stream; a TTL of 0 in the answer means the lease is gone.
+//!   An attempt that gets no answer within a sixth of the TTL is abandoned
+//!   for the next endpoint (renewing twice is harmless).
 //! - Every key the session creates (queue entries, candidacies, members)
 //!   goes through [`OwnKey`]: a drop guard that deletes the key in the
 //!   background if the creating future is dropped, and a per-key async
