@@ -226,7 +226,18 @@ async fn lock_is_free(coord: &quorate_core::Coordinator, name: &str) -> bool {
 async fn session_reports_granted_ttl_and_loss_after_external_revoke() {
     let (cluster, coord, ns) = single("ttl=2s").await;
     let s1 = coord.session().await.unwrap();
-    assert_eq!(s1.ttl(), Duration::from_secs(2));
+    // The TTL etcd granted (at least the 2 s asked for; etcd raises it to its
+    // minimum), as etcdctl sees it.
+    let out = cluster
+        .etcdctl()
+        .args(["lease", "timetolive", s1.id(), "-w", "json"])
+        .output()
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let granted = v["granted-ttl"].as_u64().expect("granted-ttl");
+    assert_eq!(s1.ttl(), Duration::from_secs(granted));
+    assert!(granted >= 2);
     assert_eq!(
         etcdctl_keys(&cluster, &format!("{ns}/session/")).await,
         vec![format!("{ns}/session/{}", s1.id())]
