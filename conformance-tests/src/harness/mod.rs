@@ -1,0 +1,3 @@
+//! Server harnesses: real servers started on free loopback ports.
+
+pub mod redis;

@@ -1,0 +1,412 @@
+//! A Redis server harness: starts real `redis-server` processes on free
+//! loopback ports in temporary directories, verifies that it talks to its own
+//! process, and can kill, pause, resume and restart them. Every process is
+//! killed by pid when its handle is dropped.
+//!
+//! It depends on the standard library only (a tiny RESP client is included),
+//! so backend crates can use it from their own tests with
+//! `#[path = ".../conformance-tests/src/harness/redis.rs"] mod redis_harness;`.
+//!
+//! An external server can be used instead by setting `QUORATE_REDIS_URL`
+//! (see [`RedisTarget::from_env_or_start`]); fault injection is then not
+//! available.
+#![allow(dead_code)]
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The environment variable naming an external Redis to use instead of a
+/// harness-started server (`redis://[user:pass@]host:port[/db]`).
+pub const EXTERNAL_URL_ENV: &str = "QUORATE_REDIS_URL";
+
+/// How long a started server may take to answer `PING`.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An ACL user the server is configured with (for authentication tests).
+#[derive(Debug, Clone)]
+pub struct AclUser {
+    /// The user name.
+    pub name: String,
+    /// Its password.
+    pub password: String,
+}
+
+/// Options of a started server.
+#[derive(Debug, Clone, Default)]
+pub struct RedisOptions {
+    /// When set, the `default` user is disabled and only this user (with
+    /// every permission) can log in.
+    pub acl_user: Option<AclUser>,
+    /// Extra `redis.conf` lines.
+    pub extra_config: Vec<String>,
+}
+
+/// A `redis-server` process started by this harness.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    options: RedisOptions,
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh, empty temporary directory.
+fn temp_dir(what: &str) -> io::Result<PathBuf> {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let dir = std::env::temp_dir().join(format!(
+        "quorate-{what}-{}-{n}-{nanos:x}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// A loopback port that was free a moment ago (bind port 0, read, close).
+pub fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl RedisServer {
+    /// Start a server with default options (no password).
+    pub fn start() -> io::Result<RedisServer> {
+        Self::start_with(RedisOptions::default())
+    }
+
+    /// Start a server with `options` on a free loopback port.
+    pub fn start_with(options: RedisOptions) -> io::Result<RedisServer> {
+        let dir = temp_dir("redis")?;
+        let mut last_err = None;
+        // A port found free can be taken by someone else before the server
+        // binds it: try a few.
+        for _ in 0..5 {
+            let port = free_port()?;
+            let mut server = RedisServer {
+                child: None,
+                port,
+                dir: dir.clone(),
+                options: options.clone(),
+            };
+            match server.spawn() {
+                Ok(()) => return Ok(server),
+                Err(e) => {
+                    last_err = Some(e);
+                    server.kill();
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| io::Error::other("could not start redis-server")))
+    }
+
+    fn write_config(&self) -> io::Result<PathBuf> {
+        let mut conf = format!(
+            "port {}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndir {}\nlogfile {}\ndaemonize no\nprotected-mode no\n",
+            self.port,
+            self.dir.display(),
+            self.dir.join("redis.log").display(),
+        );
+        if let Some(u) = &self.options.acl_user {
+            conf.push_str(&format!(
+                "user default off\nuser {} on >{} ~* &* +@all\n",
+                u.name, u.password
+            ));
+        }
+        for line in &self.options.extra_config {
+            conf.push_str(line);
+            conf.push('\n');
+        }
+        let path = self.dir.join("redis.conf");
+        std::fs::write(&path, conf)?;
+        Ok(path)
+    }
+
+    fn spawn(&mut self) -> io::Result<()> {
+        let conf = self.write_config()?;
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let pid = child.id();
+        self.child = Some(child);
+        self.wait_ready(pid)
+    }
+
+    /// Wait until our process answers, and check that the server on the
+    /// port is ours (its `process_id` is the pid we started).
+    fn wait_ready(&mut self, pid: u32) -> io::Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                return Err(io::Error::other(format!(
+                    "redis-server exited at start ({status}); log: {}",
+                    self.log_tail()
+                )));
+            }
+            match self.command(&["INFO", "server"]) {
+                Ok(Resp::Bulk(Some(info))) => {
+                    let info = String::from_utf8_lossy(&info).into_owned();
+                    let theirs = info
+                        .lines()
+                        .find_map(|l| l.strip_prefix("process_id:"))
+                        .map(|p| p.trim().to_owned());
+                    if theirs.as_deref() != Some(pid.to_string().as_str()) {
+                        return Err(io::Error::other(format!(
+                            "port {} is served by another process ({theirs:?}, ours is {pid})",
+                            self.port
+                        )));
+                    }
+                    return Ok(());
+                }
+                Ok(other) => {
+                    return Err(io::Error::other(format!("unexpected INFO reply {other:?}")))
+                }
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join(" | ")
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The server's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `redis://[user:pass@]127.0.0.1:PORT` (with the ACL user, if any).
+    pub fn url(&self) -> String {
+        match &self.options.acl_user {
+            Some(u) => format!("redis://{}:{}@127.0.0.1:{}", u.name, u.password, self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// The ACL user, if the server was started with one.
+    pub fn acl_user(&self) -> Option<&AclUser> {
+        self.options.acl_user.as_ref()
+    }
+
+    /// Run one command (authenticated as the ACL user if any) and return
+    /// its reply.
+    pub fn command(&self, args: &[&str]) -> io::Result<Resp> {
+        let mut conn = RespConn::connect(self.port)?;
+        if let Some(u) = &self.options.acl_user {
+            match conn.call(&["AUTH", &u.name, &u.password])? {
+                Resp::Simple(_) => {}
+                other => return Err(io::Error::other(format!("AUTH failed: {other:?}"))),
+            }
+        }
+        conn.call(args)
+    }
+
+    /// Send `SIGKILL` to the server and reap it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Send `SIGSTOP`: the server stops answering but keeps its sockets.
+    pub fn pause(&self) {
+        self.signal(libc_signal::SIGSTOP);
+    }
+
+    /// Send `SIGCONT` after [`RedisServer::pause`].
+    pub fn resume(&self) {
+        self.signal(libc_signal::SIGCONT);
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+
+    /// Kill the server and start a new process on the same port and
+    /// directory. Without persistence, every key is gone.
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.kill();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match self.spawn() {
+                Ok(()) => return Ok(()),
+                // The old socket may linger for a moment.
+                Err(_) if Instant::now() < deadline => {
+                    self.kill();
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.resume();
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Signal names for `kill -SIG` (the harness needs no libc binding).
+mod libc_signal {
+    pub const SIGSTOP: &str = "STOP";
+    pub const SIGCONT: &str = "CONT";
+}
+
+/// Either a harness-started server or an external one from
+/// [`EXTERNAL_URL_ENV`].
+pub enum RedisTarget {
+    /// Started here: faults can be injected.
+    Local(RedisServer),
+    /// Given by the environment: no fault injection.
+    External(String),
+}
+
+impl RedisTarget {
+    /// Use `QUORATE_REDIS_URL` if set, else start a server.
+    pub fn from_env_or_start() -> io::Result<RedisTarget> {
+        match std::env::var(EXTERNAL_URL_ENV) {
+            Ok(url) if !url.is_empty() => Ok(RedisTarget::External(url)),
+            _ => Ok(RedisTarget::Local(RedisServer::start()?)),
+        }
+    }
+
+    /// The base URL (no namespace, no options).
+    pub fn url(&self) -> String {
+        match self {
+            RedisTarget::Local(s) => s.url(),
+            RedisTarget::External(u) => u.clone(),
+        }
+    }
+
+    /// The local server, when there is one.
+    pub fn server(&mut self) -> Option<&mut RedisServer> {
+        match self {
+            RedisTarget::Local(s) => Some(s),
+            RedisTarget::External(_) => None,
+        }
+    }
+}
+
+/// A RESP reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resp {
+    /// `+OK`
+    Simple(String),
+    /// `-ERR …`
+    Error(String),
+    /// `:42`
+    Int(i64),
+    /// `$…` (`None` for a nil bulk string)
+    Bulk(Option<Vec<u8>>),
+    /// `*…` (`None` for a nil array)
+    Array(Option<Vec<Resp>>),
+}
+
+/// A minimal blocking RESP2 connection, for setting up and checking servers.
+pub struct RespConn {
+    reader: BufReader<TcpStream>,
+}
+
+impl RespConn {
+    /// Connect to `127.0.0.1:port`.
+    pub fn connect(port: u16) -> io::Result<RespConn> {
+        let stream = TcpStream::connect_timeout(
+            &format!("127.0.0.1:{port}").parse().expect("valid address"),
+            Duration::from_secs(2),
+        )?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+        Ok(RespConn {
+            reader: BufReader::new(stream),
+        })
+    }
+
+    /// Send one command and read its reply.
+    pub fn call(&mut self, args: &[&str]) -> io::Result<Resp> {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        self.reader.get_mut().write_all(&out)?;
+        self.read()
+    }
+
+    fn line(&mut self) -> io::Result<String> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
+        }
+        Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+    }
+
+    fn read(&mut self) -> io::Result<Resp> {
+        let line = self.line()?;
+        let bad = || io::Error::other(format!("bad RESP line `{line}`"));
+        let (tag, rest) = line.split_at_checked(1).ok_or_else(bad)?;
+        match tag {
+            "+" => Ok(Resp::Simple(rest.to_owned())),
+            "-" => Ok(Resp::Error(rest.to_owned())),
+            ":" => rest.parse().map(Resp::Int).map_err(|_| bad()),
+            "$" => {
+                let n: i64 = rest.parse().map_err(|_| bad())?;
+                if n < 0 {
+                    return Ok(Resp::Bulk(None));
+                }
+                let mut buf = vec![0; n as usize + 2];
+                self.reader.read_exact(&mut buf)?;
+                buf.truncate(n as usize);
+                Ok(Resp::Bulk(Some(buf)))
+            }
+            "*" => {
+                let n: i64 = rest.parse().map_err(|_| bad())?;
+                if n < 0 {
+                    return Ok(Resp::Array(None));
+                }
+                let items = (0..n).map(|_| self.read()).collect::<io::Result<_>>()?;
+                Ok(Resp::Array(Some(items)))
+            }
+            _ => Err(bad()),
+        }
+    }
+}
