@@ -29,11 +29,11 @@ else
     redis.call('ZREM', qk, tok)
     unheld(tok, qk, tok)
     held(tok, lk, tok, ttl)
-    local fence = redis.call('INCR', k(sp.fence, enc))
+    local fence = next_fence(k(sp.fence, enc))
     if sp.leader then
       local lead = k(sp.leader, enc)
       redis.call('DEL', lead)
-      redis.call('HSET', lead, 'token', tok, 'fence', fence, 'value', ARGV[7])
+      redis.call('HSET', lead, 'token', tok, 'fence', string.format('%d', fence), 'value', ARGV[7])
       redis.call('PEXPIRE', lead, ttl)
       redis.call('PUBLISH', k(sp.chan, enc), '!')
     end

@@ -59,6 +59,20 @@ local function split_key(key)
   return string.match(string.sub(key, #NS + 2), '^([^:]+):(.*)$')
 end
 
+-- The next fencing token of a counter: INCR, floored at the server clock in
+-- microseconds, so tokens keep increasing even after a restart that lost
+-- the counter (as long as the server clock does not go back).
+local function next_fence(fk)
+  local f = redis.call('INCR', fk)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  if f < now then
+    redis.call('SET', fk, string.format('%d', now))
+    f = now
+  end
+  return f
+end
+
 -- Exclusive locks: mutexes and elections. The lock key is a plain string
 -- holding the owner token with a PX TTL (redis-py's Lock layout).
 local SPACES = {

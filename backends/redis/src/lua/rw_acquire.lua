@@ -31,8 +31,8 @@ extend(qk, ttl)
 held(tok, qk, m, ttl)
 for _, x in ipairs((rw_scan(enc))) do
   if x == m then
-    local fence = redis.call('INCR', k('rwfence', enc))
-    redis.call('HSET', gk, m, fence)
+    local fence = next_fence(k('rwfence', enc))
+    redis.call('HSET', gk, m, string.format('%d', fence))
     extend(gk, ttl)
     rw_wake(enc, m)
     return { 1, fence }
