@@ -2,7 +2,6 @@
 //! processes started by the harness (one per test, on a free port).
 
 #[path = "../../../conformance-tests/src/harness/redis.rs"]
-#[allow(dead_code)]
 mod harness;
 
 use std::io::{BufRead, BufReader, Write};
@@ -461,7 +460,7 @@ async fn member_of_a_dead_session_is_swept_and_watchers_hear_it() {
         "figure: dead member reported left after {:?} (ttl 600ms)",
         started.elapsed()
     );
-    assert!(within("lost", m.lost()).await.0.len() > 0);
+    assert!(!within("lost", m.lost()).await.0.is_empty());
     assert!(coord.members("g").await.unwrap().is_empty());
     drop(watch);
     assert_eq!(coord.leftovers().await.unwrap(), Vec::<String>::new());
