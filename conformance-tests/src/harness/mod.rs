@@ -1,3 +1,10 @@
-//! Server harnesses: real servers started on free loopback ports.
+//! Real servers for the conformance suite, started from their binaries on
+//! free loopback ports in temporary directories, and a TCP proxy that can
+//! cut or black-hole a client's connection.
 
+pub mod process;
+pub mod proxy;
 pub mod redis;
+
+pub use process::{free_port, ServerProcess};
+pub use proxy::{ProxyMode, TcpProxy};
