@@ -22,7 +22,8 @@
 //! | `<ns>:data:<enc(key)>` | string | guarded-write values (persistent) |
 //!
 //! Pub/sub channels: `<ns>:chan:lock:<enc>`, `<ns>:chan:rwlock:<enc>`,
-//! `<ns>:chan:election:<enc>`, `<ns>:chan:group:<enc>`.
+//! `<ns>:chan:election:<enc>`, `<ns>:chan:group:<enc>`, and
+//! `<ns>:chan:session:<sid>` (a revoke is announced there).
 //!
 //! Tokens are `<sid>:<n>` (hex session id, per-session counter): scripts
 //! derive the owner's session from a token and treat a grant whose session

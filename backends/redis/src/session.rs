@@ -18,6 +18,7 @@ use quorate_core::spi::{HeldLeadership, HeldLock, HeldMembership, LockKind, Sess
 use quorate_core::{Error, Result};
 use redis::Value;
 
+use crate::hub::Wake;
 use crate::{election, group, keys, mutex, redis_error, rwlock, scripts, Ctx};
 
 /// The loss notifiers of a session's grants, by held-hash entry
@@ -31,6 +32,14 @@ pub(crate) struct RedisSession {
     ttl: Duration,
     next_token: AtomicU64,
     grants: Grants,
+    /// Fires the session's loss as soon as a revoke is published.
+    revoke_watch: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RedisSession {
+    fn drop(&mut self) {
+        self.revoke_watch.abort();
+    }
 }
 
 /// A registered grant notifier; unregisters when dropped.
@@ -49,12 +58,15 @@ impl RedisSession {
     pub(crate) async fn open(
         ctx: Arc<Ctx>,
         ttl: Duration,
-        _loss: LossNotifier,
+        loss: LossNotifier,
     ) -> Result<RedisSession> {
         let ttl_ms = ttl.as_millis().max(1) as u64;
         let mut conn = ctx.conn.clone();
         loop {
             let id = format!("{:016x}", rand::random::<u64>());
+            // Subscribed before the key exists, so a revoke is never missed
+            // (keep-alive would notice it too, a third of a TTL later).
+            let mut revoked = ctx.hub.subscribe(&ctx.key("chan:session", &id)).await?;
             let created: Option<String> = redis::cmd("SET")
                 .arg(keys::session(&ctx.ns, &id))
                 .arg(1)
@@ -66,12 +78,18 @@ impl RedisSession {
                 .map_err(|e| redis_error("open session", e))?;
             if created.is_some() {
                 tracing::debug!(session = %id, ?ttl, "redis session opened");
+                let loss = loss.clone();
+                let revoke_watch = tokio::spawn(async move {
+                    while let Wake::Reconnected = revoked.next().await {}
+                    loss.fire("the session was revoked");
+                });
                 return Ok(RedisSession {
                     ctx,
                     id,
                     ttl,
                     next_token: AtomicU64::new(1),
                     grants: Arc::default(),
+                    revoke_watch,
                 });
             }
         }

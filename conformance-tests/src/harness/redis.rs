@@ -274,6 +274,15 @@ impl RedisServer {
     }
 }
 
+impl std::fmt::Debug for RedisServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisServer")
+            .field("port", &self.port)
+            .field("pid", &self.pid())
+            .finish()
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.resume();

@@ -8,4 +8,5 @@ for i = 1, #all, 2 do
   release_entry(all[i], all[i + 1])
 end
 redis.call('DEL', hk)
+redis.call('PUBLISH', k('chan:session', sid), 'revoked')
 return existed
