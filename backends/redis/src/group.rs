@@ -336,3 +336,67 @@ pub(crate) async fn watch(
     });
     Ok(receiver_stream(rx))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(id: &str, caps: i64) -> Member {
+        Member {
+            id: id.into(),
+            capabilities: serde_json::json!(caps),
+        }
+    }
+
+    #[test]
+    fn events_are_parsed_with_their_version() {
+        let (v, e) =
+            parse_event(r#"{"v":7,"e":"joined","id":"node%2Fa","caps":"{\"x\":1}"}"#).unwrap();
+        assert_eq!(v, 7);
+        assert_eq!(
+            e,
+            GroupEvent::Joined {
+                member: Member {
+                    id: "node/a".into(),
+                    capabilities: serde_json::json!({"x": 1})
+                }
+            }
+        );
+        assert!(parse_event(r#"{"v":1,"e":"left","id":"%zz"}"#).is_none());
+        assert!(parse_event("garbage").is_none());
+    }
+
+    #[test]
+    fn a_relist_emits_exactly_the_difference() {
+        let mut view = View {
+            members: BTreeMap::new(),
+            version: 0,
+        };
+        view.reset(Listing {
+            version: 3,
+            first_expiry_ms: -1,
+            members: vec![m("a", 1), m("b", 1)],
+        });
+        let diff = view.reset(Listing {
+            version: 9,
+            first_expiry_ms: -1,
+            members: vec![m("b", 2), m("c", 1)],
+        });
+        assert_eq!(
+            diff,
+            vec![
+                GroupEvent::Left { id: "a".into() },
+                GroupEvent::Updated { member: m("b", 2) },
+                GroupEvent::Joined { member: m("c", 1) },
+            ]
+        );
+        assert_eq!(view.version, 9);
+        // Applying an event that the view already reflects emits nothing.
+        assert_eq!(view.apply(GroupEvent::Joined { member: m("c", 1) }), None);
+        assert_eq!(view.apply(GroupEvent::Left { id: "a".into() }), None);
+        assert_eq!(
+            view.apply(GroupEvent::Left { id: "c".into() }),
+            Some(GroupEvent::Left { id: "c".into() })
+        );
+    }
+}

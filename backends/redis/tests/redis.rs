@@ -882,3 +882,111 @@ async fn many_locks_share_one_keep_alive() {
     s.close().await.unwrap();
     assert_eq!(coord.leftovers().await.unwrap(), Vec::<String>::new());
 }
+
+/// Kill the coordinator's pub/sub connection (as a network blip would).
+async fn kill_pubsub_connections(env: &Env) {
+    let mut raw = env.raw().await;
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(killed >= 1, "no pub/sub connection to kill");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiter_is_woken_after_its_pubsub_connection_drops() {
+    // A TTL so long that the fallback re-check (TTL/2) cannot be what wakes
+    // the waiter within the liveness bound.
+    let env = Env::start("60s");
+    let coord = env.coord().await;
+    let (s1, s2) = (
+        coord.session().await.unwrap(),
+        coord.session().await.unwrap(),
+    );
+    let g = s1.mutex("m").lock().await.unwrap();
+    let waiter = tokio::spawn({
+        let s2 = s2.clone();
+        async move { s2.mutex("m").lock().await }
+    });
+    until_queued(&env, &env.key("queue", "m"), 1).await;
+    kill_pubsub_connections(&env).await;
+    g.release().await.unwrap();
+    let g2 = within("woken after reconnect", waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    g2.release().await.unwrap();
+    s1.close().await.unwrap();
+    s2.close().await.unwrap();
+    assert_eq!(coord.leftovers().await.unwrap(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_watch_relists_after_its_pubsub_connection_drops() {
+    let env = Env::start("60s");
+    let coord = env.coord().await;
+    let other = env.coord().await;
+    let s = other.session().await.unwrap();
+    let mut watch = coord.watch_group("g");
+    assert_eq!(
+        within("snapshot", watch.next()).await.unwrap().unwrap(),
+        GroupEvent::Snapshot { members: vec![] }
+    );
+    // Changes made while the watcher's subscription is down are published
+    // to nobody; the watcher must still report each exactly once.
+    kill_pubsub_connections(&env).await;
+    let a = s.group("g").join("a", serde_json::json!(1)).await.unwrap();
+    let b = s.group("g").join("b", serde_json::json!(2)).await.unwrap();
+    a.leave().await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let e = within("event", watch.next()).await.unwrap().unwrap();
+        seen.push(e);
+        // Once b is in and a is out, nothing else may follow.
+        let has_b = seen
+            .iter()
+            .any(|e| matches!(e, GroupEvent::Joined { member } if member.id == "b"));
+        let a_net: i32 = seen
+            .iter()
+            .map(|e| match e {
+                GroupEvent::Joined { member } if member.id == "a" => 1,
+                GroupEvent::Left { id } if id == "a" => -1,
+                _ => 0,
+            })
+            .sum();
+        if has_b && a_net == 0 && seen.len() < 3 {
+            break;
+        }
+    }
+    // Either the three events (the subscription came back first) or the
+    // difference (a never seen): b joined, a is not a member.
+    let expected_full = vec![
+        GroupEvent::Joined {
+            member: quorate_core::Member {
+                id: "a".into(),
+                capabilities: serde_json::json!(1),
+            },
+        },
+        GroupEvent::Joined {
+            member: quorate_core::Member {
+                id: "b".into(),
+                capabilities: serde_json::json!(2),
+            },
+        },
+        GroupEvent::Left { id: "a".into() },
+    ];
+    let expected_diff = vec![expected_full[1].clone()];
+    assert!(seen == expected_full || seen == expected_diff, "{seen:?}");
+    // Nothing further: the next event is the one we cause now.
+    b.leave().await.unwrap();
+    assert_eq!(
+        within("left", watch.next()).await.unwrap().unwrap(),
+        GroupEvent::Left { id: "b".into() }
+    );
+    s.close().await.unwrap();
+    drop(watch);
+    assert_eq!(coord.leftovers().await.unwrap(), Vec::<String>::new());
+}
