@@ -188,53 +188,78 @@ pub(crate) async fn acquire(
         session.ttl(),
     );
     let wait_flag: &[u8] = if wait { b"1" } else { b"0" };
+    let args: [&[u8]; 6] = [
+        space.kind().as_bytes(),
+        enc.as_bytes(),
+        token.as_bytes(),
+        ttl.as_bytes(),
+        wait_flag,
+        value,
+    ];
+    let granted = grant_loop(ctx, sub.as_mut(), &token, session.ttl(), || {
+        ctx.eval("acquire", &scripts::EX_ACQUIRE, &args)
+    })
+    .await?;
+    cleanup.disarm();
+    Ok(granted.map(|fence| ExGrant {
+        ctx: ctx.clone(),
+        space,
+        enc,
+        token,
+        fence,
+        released: AtomicBool::new(false),
+        ttl: session.ttl(),
+        _registration: registration,
+    }))
+}
+
+/// Run an acquire script until it grants: `Some(fence)`; `None` when it
+/// does not and there is no subscription (`wait == false`). Between
+/// attempts, wait for a wake-up addressed to `token`, a reconnect, or the
+/// fallback re-check. While waiting, a transient failure (server
+/// unreachable) is retried with backoff: the wait ends with the session,
+/// whose loss core reports.
+///
+/// The caller keeps its [`Cleanup`] armed until this returns `Ok`.
+pub(crate) async fn grant_loop<F, Fut>(
+    ctx: &Ctx,
+    mut sub: Option<&mut Subscription>,
+    token: &str,
+    ttl: Duration,
+    mut attempt: F,
+) -> Result<Option<FencingToken>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<i64>>>,
+{
+    let mut backoff = Duration::from_millis(20);
     loop {
-        let reply: Vec<i64> = ctx
-            .eval(
-                "acquire",
-                &scripts::EX_ACQUIRE,
-                &[
-                    space.kind().as_bytes(),
-                    enc.as_bytes(),
-                    token.as_bytes(),
-                    ttl.as_bytes(),
-                    wait_flag,
-                    value,
-                ],
-            )
-            .await?;
-        match (reply.first(), reply.get(1)) {
-            (Some(1), Some(&fence)) => {
-                cleanup.disarm();
-                return Ok(Some(ExGrant {
-                    ctx: ctx.clone(),
-                    space,
-                    enc,
-                    token,
-                    fence: FencingToken(fence as u64),
-                    released: AtomicBool::new(false),
-                    ttl: session.ttl(),
-                    _registration: registration,
-                }));
+        let reply = match attempt().await {
+            Ok(r) => r,
+            Err(e) if e.is_retryable() && sub.is_some() => {
+                tracing::debug!(error = %e, "acquire attempt failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
             }
-            (Some(-1), _) => {
+            Err(e) => return Err(e),
+        };
+        backoff = Duration::from_millis(20);
+        match (reply.first(), reply.get(1), sub.as_deref_mut()) {
+            (Some(1), Some(&fence), _) => return Ok(Some(FencingToken(fence as u64))),
+            (Some(-1), _, _) => {
                 return Err(Error::lost(
                     "the redis session expired or was revoked while acquiring",
                 ))
             }
-            (Some(0), blocker) => match sub.as_mut() {
-                None => {
-                    cleanup.disarm();
-                    return Ok(None);
-                }
-                Some(sub) => {
-                    let recheck = ctx.recheck_after(session.ttl(), *blocker.unwrap_or(&-1));
-                    wait_wake(sub, &token, recheck).await;
-                }
-            },
+            (Some(0), _, None) => return Ok(None),
+            (Some(0), blocker, Some(sub)) => {
+                let recheck = ctx.recheck_after(ttl, *blocker.unwrap_or(&-1));
+                wait_wake(sub, token, recheck).await;
+            }
             _ => {
                 return Err(Error::backend(format!(
-                    "unexpected reply {reply:?} from the acquire script"
+                    "unexpected reply {reply:?} from an acquire script"
                 )))
             }
         }

@@ -20,9 +20,9 @@ use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
 use quorate_core::name::encode;
 use quorate_core::spi::{HeldLock, LockKind};
-use quorate_core::{Error, FencingToken, Result};
+use quorate_core::{FencingToken, Result};
 
-use crate::mutex::{wait_wake, Cleanup};
+use crate::mutex::{grant_loop, Cleanup};
 use crate::session::{RedisSession, Registration};
 use crate::{scripts, Ctx};
 
@@ -52,49 +52,23 @@ pub(crate) async fn lock(
         session.ttl(),
     );
     let wait_flag: &[u8] = if wait { b"1" } else { b"0" };
-    loop {
-        let reply: Vec<i64> = ctx
-            .eval(
-                "acquire",
-                &scripts::RW_ACQUIRE,
-                &[enc.as_bytes(), member.as_bytes(), ttl.as_bytes(), wait_flag],
-            )
-            .await?;
-        match (reply.first(), reply.get(1)) {
-            (Some(1), Some(&fence)) => {
-                cleanup.disarm();
-                return Ok(Some(Box::new(RedisRwLock {
-                    ctx: ctx.clone(),
-                    enc,
-                    member,
-                    fence: FencingToken(fence as u64),
-                    released: AtomicBool::new(false),
-                    ttl: session.ttl(),
-                    _registration: registration,
-                })));
-            }
-            (Some(-1), _) => {
-                return Err(Error::lost(
-                    "the redis session expired or was revoked while acquiring",
-                ))
-            }
-            (Some(0), blocker) => match sub.as_mut() {
-                None => {
-                    cleanup.disarm();
-                    return Ok(None);
-                }
-                Some(sub) => {
-                    let recheck = ctx.recheck_after(session.ttl(), *blocker.unwrap_or(&-1));
-                    wait_wake(sub, &member, recheck).await;
-                }
-            },
-            _ => {
-                return Err(Error::backend(format!(
-                    "unexpected reply {reply:?} from the acquire script"
-                )))
-            }
-        }
-    }
+    let args: [&[u8]; 4] = [enc.as_bytes(), member.as_bytes(), ttl.as_bytes(), wait_flag];
+    let granted = grant_loop(ctx, sub.as_mut(), &member, session.ttl(), || {
+        ctx.eval("acquire", &scripts::RW_ACQUIRE, &args)
+    })
+    .await?;
+    cleanup.disarm();
+    Ok(granted.map(|fence| {
+        Box::new(RedisRwLock {
+            ctx: ctx.clone(),
+            enc,
+            member,
+            fence,
+            released: AtomicBool::new(false),
+            ttl: session.ttl(),
+            _registration: registration,
+        }) as Box<dyn HeldLock>
+    }))
 }
 
 /// A granted read or write mode.

@@ -990,3 +990,35 @@ async fn group_watch_relists_after_its_pubsub_connection_drops() {
     drop(watch);
     assert_eq!(coord.leftovers().await.unwrap(), Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_lock_rides_out_a_short_server_stall() {
+    let env = Env::start("3s");
+    let url = format!("{}&connect_timeout=300ms", env.url);
+    let coord = quorate_redis::connect(&Config::parse(&url).unwrap())
+        .await
+        .unwrap();
+    let (s1, s2) = (
+        coord.session().await.unwrap(),
+        coord.session().await.unwrap(),
+    );
+    let g = s1.mutex("m").lock().await.unwrap();
+    let waiter = tokio::spawn({
+        let s2 = s2.clone();
+        async move { s2.mutex("m").lock().await }
+    });
+    until_queued(&env, &env.key("queue", "m"), 1).await;
+    // The waiter's fallback re-check (TTL/2 = 1.5s) falls inside the stall
+    // and fails; the wait goes on instead of returning the error.
+    env.server.pause();
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    env.server.resume();
+    assert!(!waiter.is_finished(), "{:?}", waiter.await);
+    within("release", g.release()).await.unwrap();
+    let g2 = within("waiter", waiter).await.unwrap().unwrap();
+    assert!(!s1.is_lost() && !s2.is_lost());
+    g2.release().await.unwrap();
+    s1.close().await.unwrap();
+    s2.close().await.unwrap();
+    assert_eq!(coord.leftovers().await.unwrap(), Vec::<String>::new());
+}
