@@ -1,5 +1,6 @@
 //! The conformance suite on a single Redis: once without authentication
-//! (or on `QUORATE_REDIS_URL` when set), once with an ACL user and password.
+//! (or on `QUORATE_REDIS_URL` when set), once over TLS (`rediss://`, the
+//! server verified against a test CA) with an ACL user and password.
 
 use std::sync::{Arc, Mutex};
 
@@ -26,7 +27,8 @@ impl ServerFaults for Faults {
 struct RedisHandle(#[allow(dead_code)] Vec<Arc<Mutex<RedisServer>>>);
 
 fn target(label: &str, url: &str, server: Option<&Arc<Mutex<RedisServer>>>) -> Target {
-    let mut t = Target::new(label, format!("{url}?ttl=2s"));
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let mut t = Target::new(label, format!("{url}{sep}ttl=2s"));
     if let Some(s) = server {
         t.faults = Some(Arc::new(Faults(s.clone())));
     }
@@ -53,12 +55,13 @@ fn main() {
                 name: "quorate".into(),
                 password: "conformance-secret".into(),
             }),
+            tls: true,
             ..RedisOptions::default()
         })
-        .expect("start redis-server with an ACL user");
-        let url = acl.url();
+        .expect("start redis-server with TLS and an ACL user");
+        let url = acl.tls_url().expect("a TLS port");
         let acl = Arc::new(Mutex::new(acl));
-        targets.push(target("redis-acl", &url, Some(&acl)));
+        targets.push(target("rediss-acl", &url, Some(&acl)));
         servers.push(acl);
         (targets, RedisHandle(servers))
     })

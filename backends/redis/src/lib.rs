@@ -88,12 +88,16 @@ pub fn capabilities() -> Capabilities {
 /// [`ErrorKind::InvalidConfig`] for a bad URL or option (unknown options
 /// are refused), [`ErrorKind::Unavailable`] when the server cannot be
 /// reached within `connect_timeout`, [`ErrorKind::Unauthenticated`] when it
-/// refuses the credentials, [`ErrorKind::Unsupported`] for `rediss://` and
-/// `redis+sentinel://` (not implemented yet).
+/// refuses the credentials, [`ErrorKind::Unsupported`] for
+/// `redis+sentinel://` (not implemented yet) and for `rediss://` in a build
+/// without the `tls` feature.
+///
+/// `rediss://` options: `tls_ca=<PEM file>` (trust this CA instead of the
+/// system roots), `tls_cert=<PEM file>` and `tls_key=<PEM file>` (a client
+/// certificate). The server's certificate is always verified.
 pub async fn connect(config: &Config) -> Result<Coordinator> {
     let settings = Settings::from_config(config)?;
-    let client = redis::Client::open(settings.connection_info())
-        .map_err(|e| Error::invalid_config(format!("`{config}`: {e}")))?;
+    let client = settings.client(config)?;
     let timeout = config.connect_timeout;
 
     // One direct connection first: a clear Unavailable/Unauthenticated
@@ -147,17 +151,50 @@ struct Settings {
     username: Option<String>,
     password: Option<String>,
     namespace: String,
+    /// `Some` for `rediss://`.
+    tls: Option<TlsSettings>,
 }
+
+/// The TLS options of a `rediss://` URL.
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+struct TlsSettings {
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+}
+
+/// The options every redis URL accepts.
+const OPTIONS: &[&str] = &["namespace"];
+/// The options of `rediss://` URLs.
+const TLS_OPTIONS: &[&str] = &["namespace", "tls_ca", "tls_cert", "tls_key"];
 
 impl Settings {
     fn from_config(config: &Config) -> Result<Settings> {
         let bad = |why: String| Error::invalid_config(format!("`{config}`: {why}"));
-        match config.scheme.as_str() {
-            "redis" => {}
+        let tls = match config.scheme.as_str() {
+            "redis" => {
+                if let Some(k) = config.options.keys().find(|k| k.starts_with("tls_")) {
+                    return Err(bad(format!("option `{k}` needs a rediss:// (TLS) URL")));
+                }
+                config.reject_unknown_options(OPTIONS)?;
+                None
+            }
             "rediss" => {
-                return Err(Error::unsupported(format!(
-                    "`{config}`: rediss:// (TLS) is not implemented by quorate-redis yet"
-                )))
+                if !cfg!(feature = "tls") {
+                    return Err(Error::unsupported(format!(
+                        "`{config}`: this build of quorate-redis has no `tls` feature"
+                    )));
+                }
+                config.reject_unknown_options(TLS_OPTIONS)?;
+                let tls = TlsSettings {
+                    ca: config.option("tls_ca").map(str::to_owned),
+                    cert: config.option("tls_cert").map(str::to_owned),
+                    key: config.option("tls_key").map(str::to_owned),
+                };
+                if tls.cert.is_some() != tls.key.is_some() {
+                    return Err(bad("give both `tls_cert` and `tls_key`, or neither".into()));
+                }
+                Some(tls)
             }
             "redis+sentinel" => {
                 return Err(Error::unsupported(format!(
@@ -170,8 +207,7 @@ impl Settings {
                     SCHEMES.join(", ")
                 )))
             }
-        }
-        config.reject_unknown_options(&["namespace"])?;
+        };
         let [endpoint] = config.endpoints.as_slice() else {
             return Err(bad(format!(
                 "a redis:// URL names exactly one host:port, got {}",
@@ -218,7 +254,47 @@ impl Settings {
             username: config.username.clone(),
             password: config.password.as_ref().map(|p| p.expose().to_owned()),
             namespace,
+            tls,
         })
+    }
+
+    /// The redis client (reading the TLS files, if any).
+    fn client(&self, config: &Config) -> Result<redis::Client> {
+        let bad = |e: redis::RedisError| Error::invalid_config(format!("`{config}`: {e}"));
+        match &self.tls {
+            None => redis::Client::open(self.connection_info()).map_err(bad),
+            #[cfg(feature = "tls")]
+            Some(tls) => {
+                // rustls needs a process-wide crypto provider; install ring's
+                // unless the application installed one.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let read = |what: &str, path: &str| {
+                    std::fs::read(path).map_err(|e| {
+                        Error::invalid_config(format!(
+                            "`{config}`: cannot read `{what}` file `{path}`: {e}"
+                        ))
+                    })
+                };
+                let root_cert = tls.ca.as_deref().map(|p| read("tls_ca", p)).transpose()?;
+                let client_tls = match (&tls.cert, &tls.key) {
+                    (Some(c), Some(k)) => Some(redis::ClientTlsConfig {
+                        client_cert: read("tls_cert", c)?,
+                        client_key: read("tls_key", k)?,
+                    }),
+                    _ => None,
+                };
+                redis::Client::build_with_tls(
+                    self.connection_info(),
+                    redis::TlsCertificates {
+                        client_tls,
+                        root_cert,
+                    },
+                )
+                .map_err(bad)
+            }
+            #[cfg(not(feature = "tls"))]
+            Some(_) => Err(Error::unsupported("rediss:// needs the `tls` feature")),
+        }
     }
 
     fn connection_info(&self) -> redis::ConnectionInfo {
@@ -230,8 +306,16 @@ impl Settings {
         if let Some(p) = &self.password {
             redis_settings = redis_settings.set_password(p);
         }
-        redis::ConnectionAddr::Tcp(self.host.clone(), self.port)
-            .into_connection_info()
+        let addr = match &self.tls {
+            None => redis::ConnectionAddr::Tcp(self.host.clone(), self.port),
+            Some(_) => redis::ConnectionAddr::TcpTls {
+                host: self.host.clone(),
+                port: self.port,
+                insecure: false,
+                tls_params: None,
+            },
+        };
+        addr.into_connection_info()
             .expect("a TCP address is a valid connection info")
             .set_redis_settings(redis_settings)
     }
@@ -264,6 +348,14 @@ fn split_host_port(endpoint: &str) -> Option<(String, u16)> {
 /// Turn a redis error into a quorate error of the right kind.
 pub(crate) fn redis_error(what: &str, e: redis::RedisError) -> Error {
     let code = e.code().unwrap_or_default();
+    if e.to_string().contains("invalid peer certificate") {
+        // rustls refused the server's certificate: retrying cannot help.
+        return Error::new(
+            ErrorKind::Unauthenticated,
+            format!("{what}: the server's TLS certificate is not trusted (see `tls_ca`): {e}"),
+        )
+        .with_source(e);
+    }
     let kind = if e.kind() == redis::ErrorKind::AuthenticationFailed
         || matches!(code, "WRONGPASS" | "NOAUTH")
     {
@@ -474,8 +566,25 @@ mod tests {
                 .unwrap_or_else(|| panic!("{url} accepted"));
             assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{url}: {e}");
         }
-        for url in ["rediss://h:1", "redis+sentinel://h:1/mymaster"] {
-            assert_eq!(settings(url).err().unwrap().kind(), ErrorKind::Unsupported);
+        for url in [
+            "redis://h:1?tls_ca=/x",
+            "rediss://h:1?tls_cert=/x",
+            "rediss://h:1?tls_insecure=true",
+            "rediss://h:1?bogus=1",
+        ] {
+            let e = settings(url)
+                .err()
+                .unwrap_or_else(|| panic!("{url} accepted"));
+            assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{url}: {e}");
         }
+        assert_eq!(
+            settings("redis+sentinel://h:1/mymaster")
+                .err()
+                .unwrap()
+                .kind(),
+            ErrorKind::Unsupported
+        );
+        let s = settings("rediss://h:1?tls_ca=/ca.pem").unwrap();
+        assert_eq!(s.tls.unwrap().ca.as_deref(), Some("/ca.pem"));
     }
 }

@@ -1022,3 +1022,67 @@ async fn waiting_lock_rides_out_a_short_server_stall() {
     s2.close().await.unwrap();
     assert_eq!(coord.leftovers().await.unwrap(), Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_verifies_the_server_and_carries_every_primitive() {
+    init_tracing();
+    let server = RedisServer::start_with(RedisOptions {
+        tls: true,
+        ..RedisOptions::default()
+    })
+    .unwrap();
+    let ns = namespace();
+    let url = format!("{}&ttl=2s&namespace={ns}", server.tls_url().unwrap());
+    let coord = quorate_redis::connect(&Config::parse(&url).unwrap())
+        .await
+        .unwrap();
+    let s = coord.session().await.unwrap();
+    let mut watch = coord.watch_group("g");
+    within("snapshot", watch.next()).await.unwrap().unwrap();
+    let m = s.group("g").join("a", serde_json::json!(1)).await.unwrap();
+    assert!(matches!(
+        within("joined", watch.next()).await.unwrap().unwrap(),
+        GroupEvent::Joined { .. }
+    ));
+    let g = s.mutex("m").lock().await.unwrap();
+    let s2 = coord.session().await.unwrap();
+    let waiter = tokio::spawn({
+        let s2 = s2.clone();
+        async move { s2.mutex("m").lock().await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    g.release().await.unwrap();
+    within("handoff over TLS", waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    m.leave().await.unwrap();
+    s.close().await.unwrap();
+    s2.close().await.unwrap();
+    drop(watch);
+    assert_eq!(coord.leftovers().await.unwrap(), Vec::<String>::new());
+
+    // Without the test CA, the server's certificate is not trusted.
+    let port = url.split(':').nth(2).unwrap().split('?').next().unwrap();
+    let untrusted = format!("rediss://127.0.0.1:{port}?connect_timeout=2s");
+    let err = within(
+        "untrusted",
+        quorate_redis::connect(&Config::parse(&untrusted).unwrap()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unauthenticated, "{err}");
+    assert!(err.to_string().contains("certificate"), "{err}");
+    // Plain TCP on the TLS port is not Redis talking: unavailable, no hang.
+    let plain = format!("redis://127.0.0.1:{port}?connect_timeout=1s");
+    let err = within(
+        "plain on TLS port",
+        quorate_redis::connect(&Config::parse(&plain).unwrap()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+}

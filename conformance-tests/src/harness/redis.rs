@@ -43,12 +43,17 @@ pub struct RedisOptions {
     pub acl_user: Option<AclUser>,
     /// Extra `redis.conf` lines.
     pub extra_config: Vec<String>,
+    /// Also listen with TLS on a second port, with a certificate for
+    /// `127.0.0.1`/`localhost` signed by a CA made for this server
+    /// (`<dir>/ca.pem`; needs the `openssl` command).
+    pub tls: bool,
 }
 
 /// A `redis-server` process started by this harness.
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    tls_port: Option<u16>,
     dir: PathBuf,
     options: RedisOptions,
 }
@@ -83,14 +88,23 @@ impl RedisServer {
     /// Start a server with `options` on a free loopback port.
     pub fn start_with(options: RedisOptions) -> io::Result<RedisServer> {
         let dir = temp_dir("redis")?;
+        if options.tls {
+            make_certificates(&dir)?;
+        }
         let mut last_err = None;
         // A port found free can be taken by someone else before the server
         // binds it: try a few.
         for _ in 0..5 {
             let port = free_port()?;
+            let tls_port = if options.tls {
+                Some(free_port()?)
+            } else {
+                None
+            };
             let mut server = RedisServer {
                 child: None,
                 port,
+                tls_port,
                 dir: dir.clone(),
                 options: options.clone(),
             };
@@ -116,6 +130,12 @@ impl RedisServer {
             conf.push_str(&format!(
                 "user default off\nuser {} on >{} ~* &* +@all\n",
                 u.name, u.password
+            ));
+        }
+        if let Some(tls_port) = self.tls_port {
+            let d = self.dir.display();
+            conf.push_str(&format!(
+                "tls-port {tls_port}\ntls-cert-file {d}/server.pem\ntls-key-file {d}/server.key\ntls-ca-cert-file {d}/ca.pem\ntls-auth-clients optional\n"
             ));
         }
         for line in &self.options.extra_config {
@@ -210,6 +230,20 @@ impl RedisServer {
         }
     }
 
+    /// `rediss://[user:pass@]127.0.0.1:TLS_PORT?tls_ca=<dir>/ca.pem`, for a
+    /// server started with [`RedisOptions::tls`].
+    pub fn tls_url(&self) -> Option<String> {
+        let port = self.tls_port?;
+        let auth = match &self.options.acl_user {
+            Some(u) => format!("{}:{}@", u.name, u.password),
+            None => String::new(),
+        };
+        Some(format!(
+            "rediss://{auth}127.0.0.1:{port}?tls_ca={}",
+            self.dir.join("ca.pem").display()
+        ))
+    }
+
     /// The ACL user, if the server was started with one.
     pub fn acl_user(&self) -> Option<&AclUser> {
         self.options.acl_user.as_ref()
@@ -289,6 +323,63 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A CA and a server certificate for `127.0.0.1`/`localhost` in `dir`
+/// (`ca.pem`, `server.pem`, `server.key`), made with the `openssl` command.
+fn make_certificates(dir: &Path) -> io::Result<()> {
+    let run = |args: &[&str]| -> io::Result<()> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "openssl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            )))
+        }
+    };
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )?;
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=quorate test CA"];
+    ca.extend_from_slice(&ec);
+    ca.extend_from_slice(&["-keyout", "ca.key", "-out", "ca.pem"]);
+    run(&ca)?;
+    let mut csr = vec!["req", "-subj", "/CN=localhost"];
+    csr.extend_from_slice(&ec);
+    csr.extend_from_slice(&["-keyout", "server.key", "-out", "server.csr"]);
+    run(&csr)?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.pem",
+    ])
 }
 
 /// Signal names for `kill -SIG` (the harness needs no libc binding).
