@@ -32,7 +32,10 @@ pub(crate) enum Wake {
 type Subscribers = HashMap<String, HashMap<u64, mpsc::UnboundedSender<Wake>>>;
 
 struct HubInner {
-    client: redis::Client,
+    /// The server to connect to (replaced when a sentinel primary moves).
+    client: StdMutex<redis::Client>,
+    /// Tells the connection task to drop its connection and reconnect.
+    switched: Arc<tokio::sync::Notify>,
     timeout: Duration,
     subscribers: StdMutex<Subscribers>,
     next_id: AtomicU64,
@@ -61,15 +64,24 @@ impl Hub {
     /// Start the hub's connection task. The connection is made in the
     /// background; subscriptions made before it stands are sent when it does.
     pub(crate) fn start(client: redis::Client, timeout: Duration) -> Hub {
+        let switched = Arc::new(tokio::sync::Notify::new());
         let inner = Arc::new(HubInner {
-            client,
+            client: StdMutex::new(client),
+            switched: switched.clone(),
             timeout,
             subscribers: StdMutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             sink: tokio::sync::Mutex::new(None),
         });
-        tokio::spawn(run(Arc::downgrade(&inner)));
+        tokio::spawn(run(Arc::downgrade(&inner), switched));
         Hub { inner }
+    }
+
+    /// Connect to another server from now on (a new sentinel primary): the
+    /// current connection is dropped and every subscriber re-checks.
+    pub(crate) fn switch(&self, client: redis::Client) {
+        *self.inner.client.lock().unwrap() = client;
+        self.inner.switched.notify_one();
     }
 
     /// Subscribe to `channel`. Once this returns, every message published
@@ -177,11 +189,11 @@ fn broadcast(inner: &HubInner, channel: Option<&str>, wake: &Wake) {
 
 /// The connection task: connect, (re)subscribe, dispatch, health-check,
 /// reconnect; ends when the hub is dropped.
-async fn run(weak: Weak<HubInner>) {
+async fn run(weak: Weak<HubInner>, switched: Arc<tokio::sync::Notify>) {
     let mut backoff = Duration::from_millis(50);
     loop {
         let Some(inner) = weak.upgrade() else { return };
-        let (client, timeout) = (inner.client.clone(), inner.timeout);
+        let (client, timeout) = (inner.client.lock().unwrap().clone(), inner.timeout);
         drop(inner);
         let connected = tokio::time::timeout(timeout, client.get_async_pubsub()).await;
         let pubsub = match connected {
@@ -230,6 +242,10 @@ async fn run(weak: Weak<HubInner>) {
                     let Some(inner) = weak.upgrade() else { return };
                     let payload: String = msg.get_payload().unwrap_or_default();
                     broadcast(&inner, Some(msg.get_channel_name()), &Wake::Message(payload));
+                }
+                _ = switched.notified() => {
+                    tracing::debug!("pub/sub moving to a new server");
+                    break;
                 }
                 _ = ping.tick() => {
                     if weak.strong_count() == 0 {

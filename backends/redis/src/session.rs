@@ -19,7 +19,7 @@ use quorate_core::{Error, Result};
 use redis::Value;
 
 use crate::hub::Wake;
-use crate::{election, group, keys, mutex, redis_error, rwlock, scripts, Ctx};
+use crate::{election, group, keys, mutex, rwlock, scripts, Ctx};
 
 /// The loss notifiers of a session's grants, by held-hash entry
 /// (key, token).
@@ -61,21 +61,22 @@ impl RedisSession {
         loss: LossNotifier,
     ) -> Result<RedisSession> {
         let ttl_ms = ttl.as_millis().max(1) as u64;
-        let mut conn = ctx.conn.clone();
         loop {
             let id = format!("{:016x}", rand::random::<u64>());
             // Subscribed before the key exists, so a revoke is never missed
             // (keep-alive would notice it too, a third of a TTL later).
             let mut revoked = ctx.hub.subscribe(&ctx.key("chan:session", &id)).await?;
-            let created: Option<String> = redis::cmd("SET")
-                .arg(keys::session(&ctx.ns, &id))
-                .arg(1)
-                .arg("PX")
-                .arg(ttl_ms)
-                .arg("NX")
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| redis_error("open session", e))?;
+            let created: Option<String> = ctx
+                .query(
+                    "open session",
+                    redis::cmd("SET")
+                        .arg(keys::session(&ctx.ns, &id))
+                        .arg(1)
+                        .arg("PX")
+                        .arg(ttl_ms)
+                        .arg("NX"),
+                )
+                .await?;
             if created.is_some() {
                 tracing::debug!(session = %id, ?ttl, "redis session opened");
                 let loss = loss.clone();

@@ -47,6 +47,10 @@ pub struct RedisOptions {
     /// `127.0.0.1`/`localhost` signed by a CA made for this server
     /// (`<dir>/ca.pem`; needs the `openssl` command).
     pub tls: bool,
+    /// Start as a replica of the server on this loopback port.
+    pub replica_of: Option<u16>,
+    /// Start `redis-sentinel` instead, monitoring `(service, port)`.
+    pub sentinel_of: Option<(String, u16)>,
 }
 
 /// A `redis-server` process started by this harness.
@@ -121,11 +125,21 @@ impl RedisServer {
 
     fn write_config(&self) -> io::Result<PathBuf> {
         let mut conf = format!(
-            "port {}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndir {}\nlogfile {}\ndaemonize no\nprotected-mode no\n",
+            "port {}\nbind 127.0.0.1\ndir {}\nlogfile {}\ndaemonize no\nprotected-mode no\n",
             self.port,
             self.dir.display(),
             self.dir.join("redis.log").display(),
         );
+        if let Some((service, port)) = &self.options.sentinel_of {
+            conf.push_str(&format!(
+                "sentinel monitor {service} 127.0.0.1 {port} 2\nsentinel down-after-milliseconds {service} 1000\nsentinel failover-timeout {service} 5000\n"
+            ));
+        } else {
+            conf.push_str("save \"\"\nappendonly no\n");
+        }
+        if let Some(port) = self.options.replica_of {
+            conf.push_str(&format!("replicaof 127.0.0.1 {port}\n"));
+        }
         if let Some(u) = &self.options.acl_user {
             conf.push_str(&format!(
                 "user default off\nuser {} on >{} ~* &* +@all\n",
@@ -149,7 +163,12 @@ impl RedisServer {
 
     fn spawn(&mut self) -> io::Result<()> {
         let conf = self.write_config()?;
-        let child = Command::new("redis-server")
+        let program = if self.options.sentinel_of.is_some() {
+            "redis-sentinel"
+        } else {
+            "redis-server"
+        };
+        let child = Command::new(program)
             .arg(&conf)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -386,6 +405,137 @@ fn make_certificates(dir: &Path) -> io::Result<()> {
 mod libc_signal {
     pub const SIGSTOP: &str = "STOP";
     pub const SIGCONT: &str = "CONT";
+}
+
+/// A primary, one replica and three `redis-sentinel`s monitoring them as
+/// service [`SentinelCluster::SERVICE`] (quorum 2, down after 1 s).
+pub struct SentinelCluster {
+    /// The servers, the first one started as the primary.
+    pub servers: Vec<RedisServer>,
+    /// The sentinels.
+    pub sentinels: Vec<RedisServer>,
+}
+
+impl SentinelCluster {
+    /// The monitored service's name.
+    pub const SERVICE: &'static str = "quorate-primary";
+
+    /// Start the primary, the replica (waiting until it is in sync) and the
+    /// sentinels (waiting until each knows the replica and the two others).
+    pub fn start() -> io::Result<SentinelCluster> {
+        let primary = RedisServer::start()?;
+        let replica = RedisServer::start_with(RedisOptions {
+            replica_of: Some(primary.port()),
+            ..RedisOptions::default()
+        })?;
+        wait_until("the replica to sync", || {
+            Ok(info_field(&replica, "replication", "master_link_status")?.as_deref() == Some("up"))
+        })?;
+        let mut sentinels = Vec::new();
+        for _ in 0..3 {
+            sentinels.push(RedisServer::start_with(RedisOptions {
+                sentinel_of: Some((Self::SERVICE.to_owned(), primary.port())),
+                ..RedisOptions::default()
+            })?);
+        }
+        let cluster = SentinelCluster {
+            servers: vec![primary, replica],
+            sentinels,
+        };
+        for s in &cluster.sentinels {
+            wait_until("the sentinels to know each other and the replica", || {
+                let count = |what: &str| -> io::Result<usize> {
+                    Ok(match s.command(&["SENTINEL", what, Self::SERVICE])? {
+                        Resp::Array(Some(items)) => items.len(),
+                        _ => 0,
+                    })
+                };
+                Ok(count("sentinels")? == 2 && count("replicas")? == 1)
+            })?;
+        }
+        Ok(cluster)
+    }
+
+    /// `redis+sentinel://127.0.0.1:S1,127.0.0.1:S2,127.0.0.1:S3/SERVICE`.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port()))
+            .collect();
+        format!("redis+sentinel://{}/{}", hosts.join(","), Self::SERVICE)
+    }
+
+    /// The port of the primary, as the first answering sentinel says.
+    pub fn primary_port(&self) -> io::Result<u16> {
+        for s in &self.sentinels {
+            if let Ok(Resp::Array(Some(addr))) =
+                s.command(&["SENTINEL", "get-master-addr-by-name", Self::SERVICE])
+            {
+                if let Some(Resp::Bulk(Some(port))) = addr.get(1) {
+                    if let Ok(p) = String::from_utf8_lossy(port).parse() {
+                        return Ok(p);
+                    }
+                }
+            }
+        }
+        Err(io::Error::other("no sentinel names a primary"))
+    }
+
+    /// The server listening on `port`.
+    pub fn server(&mut self, port: u16) -> Option<&mut RedisServer> {
+        self.servers.iter_mut().find(|s| s.port() == port)
+    }
+
+    /// Wait until the sentinels name a primary other than `old_port` and
+    /// it answers as a primary; returns its port.
+    pub fn wait_failover(&self, old_port: u16) -> io::Result<u16> {
+        let mut new = 0;
+        wait_until_for("a failover", Duration::from_secs(30), || {
+            new = self.primary_port()?;
+            Ok(new != old_port
+                && self.servers.iter().any(|s| {
+                    s.port() == new
+                        && info_field(s, "replication", "role")
+                            .ok()
+                            .flatten()
+                            .as_deref()
+                            == Some("master")
+                }))
+        })?;
+        Ok(new)
+    }
+}
+
+fn info_field(server: &RedisServer, section: &str, field: &str) -> io::Result<Option<String>> {
+    match server.command(&["INFO", section])? {
+        Resp::Bulk(Some(info)) => Ok(String::from_utf8_lossy(&info)
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .map(|v| v.trim().to_owned())),
+        other => Err(io::Error::other(format!("unexpected INFO reply {other:?}"))),
+    }
+}
+
+fn wait_until(what: &str, check: impl FnMut() -> io::Result<bool>) -> io::Result<()> {
+    wait_until_for(what, Duration::from_secs(20), check)
+}
+
+fn wait_until_for(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> io::Result<bool>,
+) -> io::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(true) = check() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::other(format!("timed out waiting for {what}")));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Either a harness-started server or an external one from
