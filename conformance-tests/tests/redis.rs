@@ -1,10 +1,13 @@
 //! The conformance suite on a single Redis: once without authentication
 //! (or on `QUORATE_REDIS_URL` when set), once over TLS (`rediss://`, the
-//! server verified against a test CA) with an ACL user and password.
+//! server verified against a test CA) with an ACL user and password, and
+//! once through `redis+sentinel://` (primary, replica, three sentinels).
 
 use std::sync::{Arc, Mutex};
 
-use quorate_conformance::harness::redis::{AclUser, RedisOptions, RedisServer, RedisTarget};
+use quorate_conformance::harness::redis::{
+    AclUser, RedisOptions, RedisServer, RedisTarget, SentinelCluster,
+};
 use quorate_conformance::target::ServerFaults;
 use quorate_conformance::Target;
 
@@ -24,7 +27,8 @@ impl ServerFaults for Faults {
 }
 
 /// Keeps the servers alive until the suite ends (killed on drop).
-struct RedisHandle(#[allow(dead_code)] Vec<Arc<Mutex<RedisServer>>>);
+#[allow(dead_code)]
+struct RedisHandle(Vec<Arc<Mutex<RedisServer>>>, SentinelCluster);
 
 fn target(label: &str, url: &str, server: Option<&Arc<Mutex<RedisServer>>>) -> Target {
     let sep = if url.contains('?') { '&' } else { '?' };
@@ -63,6 +67,8 @@ fn main() {
         let acl = Arc::new(Mutex::new(acl));
         targets.push(target("rediss-acl", &url, Some(&acl)));
         servers.push(acl);
-        (targets, RedisHandle(servers))
+        let cluster = SentinelCluster::start().expect("start a sentinel-managed primary");
+        targets.push(target("redis-sentinel", &cluster.url(), None));
+        (targets, RedisHandle(servers, cluster))
     })
 }
