@@ -73,6 +73,20 @@ pub async fn within<T>(
         .map_err(|_| CaseError::Fail(format!("{what}: did not happen within {secs} s")))
 }
 
+/// Await a spawned task that returns a quorate result, failing the case if
+/// it does not finish within `secs` (a liveness bound), fails, or panics.
+pub async fn joined<T>(
+    secs: f64,
+    what: &str,
+    task: tokio::task::JoinHandle<quorate::Result<T>>,
+) -> Result<T, CaseError> {
+    match within(secs, what, task).await? {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(CaseError::Fail(format!("{what}: {e}"))),
+        Err(e) => Err(CaseError::Fail(format!("{what}: the task panicked: {e}"))),
+    }
+}
+
 /// Summary statistics of a sample, in the sample's unit.
 pub fn percentile(samples: &mut [f64], p: f64) -> f64 {
     if samples.is_empty() {

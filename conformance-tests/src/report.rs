@@ -155,9 +155,7 @@ fn verdict_word(v: Verdict) -> &'static str {
 }
 
 fn format_figure(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e12 {
-        format!("{v:.0}")
-    } else if v.abs() >= 100.0 {
+    if (v.fract() == 0.0 && v.abs() < 1e12) || v.abs() >= 100.0 {
         format!("{v:.0}")
     } else {
         format!("{v:.2}")

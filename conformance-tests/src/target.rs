@@ -55,18 +55,9 @@ impl Target {
 
     /// The URL with an option set (e.g. a shorter `ttl` for a fault case).
     pub fn url_with(&self, key: &str, value: &str) -> String {
-        let sep = if self.url.contains('?') { '&' } else { '?' };
-        let stripped = strip_option(&self.url, key);
-        let sep = if stripped.contains('?') { '&' } else { sep };
-        let sep = if stripped.ends_with('?') { ' ' } else { sep };
-        let mut s = stripped;
-        if sep != ' ' {
-            s.push(sep);
-        }
-        s.push_str(key);
-        s.push('=');
-        s.push_str(value);
-        s
+        let base = strip_option(&self.url, key);
+        let sep = if base.contains('?') { '&' } else { '?' };
+        format!("{base}{sep}{key}={value}")
     }
 
     /// Connect a new, independent coordinator to this target.
@@ -133,17 +124,8 @@ pub fn with_namespace(url: &str, ns: &str) -> String {
                 }),
             )
         }
-        _ => {
-            let trimmed = base.trim_end_matches('/');
-            let has_path = trimmed
-                .split_once("://")
-                .is_some_and(|(_, rest)| rest.contains('/'));
-            if has_path || scheme == "file" {
-                (format!("{trimmed}/{ns}"), query)
-            } else {
-                (format!("{trimmed}/{ns}"), query)
-            }
-        }
+        // etcd prefix, ZooKeeper chroot, file directory: one more segment.
+        _ => (format!("{}/{ns}", base.trim_end_matches('/')), query),
     };
     match query {
         Some(q) if !q.is_empty() => format!("{base}?{q}"),

@@ -4,9 +4,9 @@ pub mod election_handover {
     use std::time::Duration;
 
     use crate::cases::client;
-    use crate::outcome::{within, CaseResult, Figures};
+    use crate::ensure;
+    use crate::outcome::{joined, CaseResult, Figures};
     use crate::target::Target;
-    use crate::{ensure, fail};
 
     pub async fn run(t: Target) -> CaseResult {
         let (_a, sa) = client(&t).await?;
@@ -39,11 +39,7 @@ pub mod election_handover {
         let fa = la.fence();
         let start = std::time::Instant::now();
         la.resign().await?;
-        let lb = match within(10.0, "the waiting candidate is elected after resign", cb).await? {
-            Ok(Ok(l)) => l,
-            Ok(Err(e)) => fail!("the second campaign failed: {e}"),
-            Err(e) => fail!("campaign task panicked: {e}"),
-        };
+        let lb = joined(10.0, "the waiting candidate is elected after resign", cb).await?;
         let handover_us = start.elapsed().as_secs_f64() * 1e6;
         ensure!(
             lb.fence() > fa,
@@ -71,7 +67,7 @@ pub mod election_observe {
     use quorate::Leader;
 
     use crate::cases::client;
-    use crate::outcome::{within, CaseError, CaseResult, Figures};
+    use crate::outcome::{joined, within, CaseError, CaseResult, Figures};
     use crate::target::Target;
     use crate::{ensure, fail};
 
@@ -124,11 +120,7 @@ pub mod election_observe {
         if l.is_none() {
             l = next(&mut o, "leader b after a gap").await?;
         }
-        let lb = match within(10.0, "b's campaign returns", cb).await? {
-            Ok(Ok(l)) => l,
-            Ok(Err(e)) => fail!("b's campaign failed: {e}"),
-            Err(e) => fail!("campaign task panicked: {e}"),
-        };
+        let lb = joined(10.0, "b's campaign returns", cb).await?;
         ensure!(
             l == Some(Leader {
                 value: b"b".to_vec(),

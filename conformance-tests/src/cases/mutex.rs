@@ -5,10 +5,10 @@ pub mod mutual_exclusion {
     use std::time::Duration;
 
     use crate::cases::client;
+    use crate::ensure;
     use crate::history::History;
-    use crate::outcome::{within, CaseResult, Figures};
+    use crate::outcome::{joined, CaseResult, Figures};
     use crate::target::Target;
-    use crate::{ensure, fail};
 
     const CLIENTS: usize = 4;
     const ROUNDS: usize = 12;
@@ -36,11 +36,7 @@ pub mod mutual_exclusion {
             }));
         }
         for task in tasks {
-            match within(120.0, "all clients finish their rounds", task).await? {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => fail!("a client failed: {e}"),
-                Err(e) => fail!("a client panicked: {e}"),
-            }
+            joined(120.0, "all clients finish their rounds", task).await?
         }
         let elapsed = started.elapsed().as_secs_f64();
         let v = history.check();
@@ -193,9 +189,9 @@ pub mod fifo_order {
     use std::time::Duration;
 
     use crate::cases::client;
-    use crate::outcome::{within, CaseResult, Figures};
+    use crate::ensure;
+    use crate::outcome::{joined, CaseResult, Figures};
     use crate::target::Target;
-    use crate::{ensure, fail};
 
     const WAITERS: usize = 5;
 
@@ -219,11 +215,7 @@ pub mod fifo_order {
         }
         guard.release().await?;
         for task in tasks {
-            match within(60.0, "every waiter is granted", task).await? {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => fail!("a waiter failed: {e}"),
-                Err(e) => fail!("a waiter panicked: {e}"),
-            }
+            joined(60.0, "every waiter is granted", task).await?
         }
         let order = order.lock().unwrap().clone();
         ensure!(
@@ -328,9 +320,9 @@ pub mod lock_all_no_deadlock {
     use std::time::Duration;
 
     use crate::cases::client;
-    use crate::outcome::{within, CaseResult, Figures};
+    use crate::ensure;
+    use crate::outcome::{joined, CaseResult, Figures};
     use crate::target::Target;
-    use crate::{ensure, fail};
 
     pub async fn run(t: Target) -> CaseResult {
         let mut tasks = Vec::new();
@@ -355,11 +347,7 @@ pub mod lock_all_no_deadlock {
             }));
         }
         for task in tasks {
-            match within(60.0, "both lock_all loops finish (no deadlock)", task).await? {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => fail!("a lock_all client failed: {e}"),
-                Err(e) => fail!("a lock_all client panicked: {e}"),
-            }
+            joined(60.0, "both lock_all loops finish (no deadlock)", task).await?
         }
         // All or nothing.
         let (_x, sx) = client(&t).await?;

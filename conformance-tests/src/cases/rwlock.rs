@@ -91,9 +91,9 @@ pub mod rwlock_queued_writer_blocks_readers {
     use std::time::Duration;
 
     use crate::cases::client;
-    use crate::outcome::{within, CaseResult, Figures};
+    use crate::ensure;
+    use crate::outcome::{joined, CaseResult, Figures};
     use crate::target::Target;
-    use crate::{ensure, fail};
 
     pub async fn run(t: Target) -> CaseResult {
         let (_a, sa) = client(&t).await?;
@@ -120,33 +120,23 @@ pub mod rwlock_queued_writer_blocks_readers {
             "a waiting reader overtook the waiting writer"
         );
         r1.release().await?;
-        let w = match within(
+        let w = joined(
             10.0,
             "the writer is granted once the first reader releases",
             writer,
         )
-        .await?
-        {
-            Ok(Ok(w)) => w,
-            Ok(Err(e)) => fail!("the writer failed: {e}"),
-            Err(e) => fail!("writer task panicked: {e}"),
-        };
+        .await?;
         ensure!(
             !late_reader.is_finished(),
             "the late reader was granted together with the writer"
         );
         w.release().await?;
-        let r2 = match within(
+        let r2 = joined(
             10.0,
             "the late reader is granted after the writer",
             late_reader,
         )
-        .await?
-        {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => fail!("the late reader failed: {e}"),
-            Err(e) => fail!("reader task panicked: {e}"),
-        };
+        .await?;
         r2.release().await?;
         for s in [sa, sb, sc] {
             s.close().await?;
