@@ -3,9 +3,9 @@
 //! The lock key `<ns>:lock:<enc(name)>` is a plain string holding the owner
 //! token with a PX TTL: redis-py's `Lock` layout, so the two exclude each
 //! other. quorate waiters queue in `<ns>:queue:<enc(name)>` (FIFO by
-//! arrival). A waiter subscribes to `<ns>:chan:lock:<enc(name)>` first, then
-//! runs the acquire script; releases publish the token of the next waiter,
-//! who runs the script again. A bounded fallback re-check (at the expiry of
+//! arrival). A waiter that was not granted at once subscribes to
+//! `<ns>:chan:lock:<enc(name)>` and runs the acquire script again; releases
+//! publish the token of the next waiter, who runs the script again. A bounded fallback re-check (at the expiry of
 //! what blocks, at most every TTL/2) covers holders that vanish silently: a
 //! crashed holder's key expiring, a redis-py holder releasing.
 //!
@@ -172,11 +172,7 @@ pub(crate) async fn acquire(
     let token = session.token();
     let ttl = session.ttl_ms();
     let registration = session.register(ctx.key(space.kind(), name), token.clone(), loss);
-    let mut sub = if wait {
-        Some(ctx.hub.subscribe(&ctx.key(space.channel(), name)).await?)
-    } else {
-        None
-    };
+    let channel = wait.then(|| ctx.key(space.channel(), name));
     let mut cleanup = Cleanup::new(
         ctx,
         &scripts::EX_RELEASE,
@@ -196,7 +192,7 @@ pub(crate) async fn acquire(
         wait_flag,
         value,
     ];
-    let granted = grant_loop(ctx, sub.as_mut(), &token, session.ttl(), || {
+    let granted = grant_loop(ctx, channel.as_deref(), &token, session.ttl(), || {
         ctx.eval("acquire", &scripts::EX_ACQUIRE, &args)
     })
     .await?;
@@ -214,16 +210,20 @@ pub(crate) async fn acquire(
 }
 
 /// Run an acquire script until it grants: `Some(fence)`; `None` when it
-/// does not and there is no subscription (`wait == false`). Between
-/// attempts, wait for a wake-up addressed to `token`, a reconnect, or the
-/// fallback re-check. While waiting, a transient failure (server
+/// does not and the caller does not wait (`channel` is `None`).
+///
+/// A waiter subscribes to `channel` only once the first attempt did not
+/// grant (an uncontended lock costs one round trip), and then attempts
+/// again at once, so a release between the two cannot be missed. Between
+/// later attempts it waits for a wake-up addressed to `token`, a reconnect,
+/// or the fallback re-check. While waiting, a transient failure (server
 /// unreachable) is retried with backoff: the wait ends with the session,
 /// whose loss core reports.
 ///
 /// The caller keeps its [`Cleanup`] armed until this returns `Ok`.
 pub(crate) async fn grant_loop<F, Fut>(
     ctx: &Ctx,
-    mut sub: Option<&mut Subscription>,
+    channel: Option<&str>,
     token: &str,
     ttl: Duration,
     mut attempt: F,
@@ -232,11 +232,12 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Vec<i64>>>,
 {
+    let mut sub: Option<Subscription> = None;
     let mut backoff = Duration::from_millis(20);
     loop {
         let reply = match attempt().await {
             Ok(r) => r,
-            Err(e) if e.is_retryable() && sub.is_some() => {
+            Err(e) if e.is_retryable() && channel.is_some() => {
                 tracing::debug!(error = %e, "acquire attempt failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -245,7 +246,7 @@ where
             Err(e) => return Err(e),
         };
         backoff = Duration::from_millis(20);
-        match (reply.first(), reply.get(1), sub.as_deref_mut()) {
+        match (reply.first(), reply.get(1), channel) {
             (Some(1), Some(&fence), _) => return Ok(Some(FencingToken(fence as u64))),
             (Some(-1), _, _) => {
                 return Err(Error::lost(
@@ -253,10 +254,13 @@ where
                 ))
             }
             (Some(0), _, None) => return Ok(None),
-            (Some(0), blocker, Some(sub)) => {
-                let recheck = ctx.recheck_after(ttl, *blocker.unwrap_or(&-1));
-                wait_wake(sub, token, recheck).await;
-            }
+            (Some(0), blocker, Some(channel)) => match sub.as_mut() {
+                None => sub = Some(ctx.hub.subscribe(channel).await?),
+                Some(sub) => {
+                    let recheck = ctx.recheck_after(ttl, *blocker.unwrap_or(&-1));
+                    wait_wake(sub, token, recheck).await;
+                }
+            },
             _ => {
                 return Err(Error::backend(format!(
                     "unexpected reply {reply:?} from an acquire script"

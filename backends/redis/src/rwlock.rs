@@ -40,11 +40,7 @@ pub(crate) async fn lock(
     let member = format!("{mode}{}", session.token());
     let ttl = session.ttl_ms();
     let registration = session.register(ctx.key("rwlock", name), member.clone(), loss);
-    let mut sub = if wait {
-        Some(ctx.hub.subscribe(&ctx.key("chan:rwlock", name)).await?)
-    } else {
-        None
-    };
+    let channel = wait.then(|| ctx.key("chan:rwlock", name));
     let mut cleanup = Cleanup::new(
         ctx,
         &scripts::RW_RELEASE,
@@ -53,7 +49,7 @@ pub(crate) async fn lock(
     );
     let wait_flag: &[u8] = if wait { b"1" } else { b"0" };
     let args: [&[u8]; 4] = [enc.as_bytes(), member.as_bytes(), ttl.as_bytes(), wait_flag];
-    let granted = grant_loop(ctx, sub.as_mut(), &member, session.ttl(), || {
+    let granted = grant_loop(ctx, channel.as_deref(), &member, session.ttl(), || {
         ctx.eval("acquire", &scripts::RW_ACQUIRE, &args)
     })
     .await?;
