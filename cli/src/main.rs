@@ -425,6 +425,7 @@ async fn run(command: Command) -> Result<u8, Exit> {
             let config = quorate::Config::parse(&url)?;
             let raw: Arc<dyn bench::RawBaseline> = match config.scheme.as_str() {
                 "memory" => Arc::new(bench::MemoryBaseline::default()),
+                "redis" => Arc::new(bench::RedisBaseline::connect(&config).await?),
                 other => {
                     return Err(Exit {
                         code: 1,

@@ -14,6 +14,9 @@ use serde::Serialize;
 use crate::outcome::percentile;
 use crate::target::Target;
 
+mod redis;
+pub use self::redis::RedisBaseline;
+
 /// The minimal raw operations of a backend, done with its own client, that
 /// quorate's figures are compared against.
 #[async_trait]
