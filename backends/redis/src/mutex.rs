@@ -4,8 +4,11 @@
 //! token with a PX TTL: redis-py's `Lock` layout, so the two exclude each
 //! other. quorate waiters queue in `<ns>:queue:<enc(name)>` (FIFO by
 //! arrival). A waiter that was not granted at once subscribes to
-//! `<ns>:chan:lock:<enc(name)>` and runs the acquire script again; releases
-//! publish the token of the next waiter, who runs the script again. A bounded fallback re-check (at the expiry of
+//! `<ns>:chan:lock:<enc(name)>` and runs the acquire script again. A
+//! release grants the lock to the next live waiter in the same script (on
+//! its behalf, with its session's TTL) and publishes `<token>=<fence>`, so
+//! the hand-off costs the waiter no round trip; a waiter that missed the
+//! message finds itself the holder on its next attempt. A bounded fallback re-check (at the expiry of
 //! what blocks, at most every TTL/2) covers holders that vanish silently: a
 //! crashed holder's key expiring, a redis-py holder releasing.
 //!
@@ -104,18 +107,33 @@ impl Drop for Cleanup {
 }
 
 /// Wait for a wake-up addressed to `token` (or to everyone), a reconnect,
-/// or the fallback re-check time.
-pub(crate) async fn wait_wake(sub: &mut Subscription, token: &str, recheck: Duration) {
+/// or the fallback re-check time. Returns the fence when the wake-up says
+/// the lock was granted on our behalf (`<token>=<fence>`).
+pub(crate) async fn wait_wake(
+    sub: &mut Subscription,
+    token: &str,
+    recheck: Duration,
+) -> Option<FencingToken> {
     let sleep = tokio::time::sleep(recheck);
     tokio::pin!(sleep);
     loop {
         tokio::select! {
             wake = sub.next() => match wake {
-                Wake::Reconnected => return,
-                Wake::Message(p) if p == "*" || p.split(' ').any(|t| t == token) => return,
-                Wake::Message(_) => {}
+                Wake::Reconnected => return None,
+                Wake::Message(p) if p == "*" => return None,
+                Wake::Message(p) => {
+                    for item in p.split(' ') {
+                        match item.split_once('=') {
+                            None if item == token => return None,
+                            Some((t, fence)) if t == token => {
+                                return fence.parse().ok().map(FencingToken);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
             },
-            _ = &mut sleep => return,
+            _ = &mut sleep => return None,
         }
     }
 }
@@ -215,8 +233,9 @@ pub(crate) async fn acquire(
 /// A waiter subscribes to `channel` only once the first attempt did not
 /// grant (an uncontended lock costs one round trip), and then attempts
 /// again at once, so a release between the two cannot be missed. Between
-/// later attempts it waits for a wake-up addressed to `token`, a reconnect,
-/// or the fallback re-check. While waiting, a transient failure (server
+/// later attempts it waits for a wake-up addressed to `token` (which may
+/// say the lock was granted on its behalf: then no further round trip), a
+/// reconnect, or the fallback re-check. While waiting, a transient failure (server
 /// unreachable) is retried with backoff: the wait ends with the session,
 /// whose loss core reports.
 ///
@@ -258,7 +277,9 @@ where
                 None => sub = Some(ctx.hub.subscribe(channel).await?),
                 Some(sub) => {
                     let recheck = ctx.recheck_after(ttl, *blocker.unwrap_or(&-1));
-                    wait_wake(sub, token, recheck).await;
+                    if let Some(fence) = wait_wake(sub, token, recheck).await {
+                        return Ok(Some(fence));
+                    }
                 }
             },
             _ => {

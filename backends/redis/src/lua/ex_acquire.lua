@@ -19,17 +19,10 @@ if holder and alive(holder) == false then
   redis.call('DEL', lk)
   holder = false
 end
-local blocker
-if holder then
-  blocker = redis.call('PTTL', lk)
-else
+if not holder then
   local head = queue_head(qk)
   if head == nil or head == tok then
-    redis.call('SET', lk, tok, 'PX', ttl)
-    redis.call('ZREM', qk, tok)
-    unheld(tok, qk, tok)
-    held(tok, lk, tok, ttl)
-    local fence = next_fence(k(sp.fence, enc))
+    local fence = ex_grant(space, enc, tok, ttl)
     if sp.leader then
       local lead = k(sp.leader, enc)
       redis.call('DEL', lead)
@@ -39,9 +32,14 @@ else
     end
     return { 1, fence }
   end
-  -- The lock is free but an earlier waiter goes first: make sure it knows.
-  redis.call('PUBLISH', k(sp.chan, enc), head)
-  blocker = redis.call('PTTL', k('session', sid_of(head)))
+  -- The lock is free (a holder's key expired, or a foreign holder released
+  -- without a word) but an earlier waiter goes first: hand it over now.
+  ex_wake(space, enc)
+end
+local blocker = redis.call('PTTL', lk)
+if blocker == -2 then
+  local head = queue_head(qk)
+  blocker = head and session_pttl(head) or -1
 end
 if wait == '1' then
   append(qk, tok)

@@ -105,15 +105,41 @@ local function queue_head(qk)
   end
 end
 
--- If the lock is free, wake the first live waiter (the payload is its token).
+-- The remaining TTL of a token's session key (ms).
+local function session_pttl(tok)
+  return redis.call('PTTL', k('session', sid_of(tok)))
+end
+
+-- Grant an exclusive lock to `tok`: the lock key holds it with a PX TTL,
+-- it leaves the queue, its session's held hash records it. Returns the fence.
+local function ex_grant(space, enc, tok, ttl)
+  local sp = SPACES[space]
+  local lk, qk = k(space, enc), k(sp.queue, enc)
+  redis.call('SET', lk, tok, 'PX', ttl)
+  redis.call('ZREM', qk, tok)
+  unheld(tok, qk, tok)
+  held(tok, lk, tok, ttl)
+  return next_fence(k(sp.fence, enc))
+end
+
+-- If the lock is free, hand it to the first live waiter. A mutex is granted
+-- here, on the waiter's behalf (its session's TTL), and the payload
+-- `<token>=<fence>` tells it so; an election candidate (whose value this
+-- script does not have) is only told to try again (payload `<token>`).
 local function ex_wake(space, enc)
   local sp = SPACES[space]
   if redis.call('EXISTS', k(space, enc)) == 1 then
     return
   end
   local head = queue_head(k(sp.queue, enc))
-  if head then
+  if not head then
+    return
+  end
+  if sp.leader then
     redis.call('PUBLISH', k(sp.chan, enc), head)
+  else
+    local fence = ex_grant(space, enc, head, session_pttl(head))
+    redis.call('PUBLISH', k(sp.chan, enc), head .. '=' .. string.format('%d', fence))
   end
 end
 
@@ -167,13 +193,17 @@ local function rw_scan(enc)
   return grantable, false, n
 end
 
--- Wake the entries that may now be granted but are not yet.
+-- Grant, on their behalf, the entries that may now be granted but are not
+-- yet, and tell them (payload: `<member>=<fence>` items, space-separated).
 local function rw_wake(enc, except)
   local gk = k('rwgrant', enc)
   local out = {}
   for _, m in ipairs((rw_scan(enc))) do
     if m ~= except and redis.call('HEXISTS', gk, m) == 0 then
-      table.insert(out, m)
+      local fence = string.format('%d', next_fence(k('rwfence', enc)))
+      redis.call('HSET', gk, m, fence)
+      extend(gk, session_pttl(string.sub(m, 2)))
+      table.insert(out, m .. '=' .. fence)
     end
   end
   if #out > 0 then
