@@ -1086,3 +1086,42 @@ async fn rediss_verifies_the_server_and_carries_every_primitive() {
     .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiter_dropped_while_being_handed_the_lock_leaves_nothing() {
+    let env = Env::start("5s");
+    let coord = env.coord().await;
+    let (holder, waiting, third) = (
+        coord.session().await.unwrap(),
+        coord.session().await.unwrap(),
+        coord.session().await.unwrap(),
+    );
+    let queue = env.key("queue", "m");
+    // Race the waiter's drop against the release that grants it the lock
+    // on its behalf, many times: whichever wins, nothing may stay behind.
+    for round in 0..20 {
+        let g = holder.mutex("m").lock().await.unwrap();
+        let waiter = tokio::spawn({
+            let s = waiting.clone();
+            async move { s.mutex("m").lock().await.map(drop) }
+        });
+        until_queued(&env, &queue, 1).await;
+        let release = g.release();
+        if round % 2 == 0 {
+            waiter.abort();
+            release.await.unwrap();
+        } else {
+            release.await.unwrap();
+            waiter.abort();
+        }
+        let _ = waiter.await;
+        let g3 = within("third party", third.mutex("m").lock())
+            .await
+            .unwrap();
+        g3.release().await.unwrap();
+    }
+    for s in [holder, waiting, third] {
+        s.close().await.unwrap();
+    }
+    assert_eq!(coord.leftovers().await.unwrap(), Vec::<String>::new());
+}
