@@ -1,14 +1,17 @@
-//! quorate-redis: the Redis backend of quorate
-//! (`redis://[user:pass@]host:port[/db][?ttl=10s&namespace=quorate]`).
+//! quorate-redis: the Redis backend of quorate:
+//! `redis://[user:pass@]host:port[/db][?ttl=10s&namespace=quorate]`,
+//! `rediss://…` (TLS), and `redis+sentinel://s1,s2/<service>[/db]` (follows
+//! a Sentinel-managed primary). URL forms and options: `settings.rs`.
 //!
 //! - **Session**: a liveness key `<ns>:session:<id>` with a PX TTL; one
 //!   keep-alive script per round extends it and every key the session holds
 //!   (listed in its held hash), and reports grants found gone.
 //! - **Mutex**: `<ns>:lock:<enc(name)>` is a plain string holding the owner
 //!   token with a PX TTL, so a redis-py `Lock` on the same key and quorate
-//!   exclude each other. Waiters queue FIFO in `<ns>:queue:<enc(name)>` and
-//!   are woken through pub/sub; every multi-key step is one Lua script;
-//!   the fencing token is an `INCR` in the granting script.
+//!   exclude each other. Waiters queue FIFO in `<ns>:queue:<enc(name)>`; a
+//!   release grants the next waiter on its behalf and tells it over pub/sub.
+//!   Every multi-key step is one Lua script; the fencing token is an `INCR`
+//!   (floored at the server clock) in the granting script.
 //! - **RwLock**: one FIFO queue of `r`/`w` entries per lock; a waiting writer
 //!   blocks later readers.
 //! - **Election**: an exclusive lock in its own key space plus the leader's
