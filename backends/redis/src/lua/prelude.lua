@@ -33,7 +33,7 @@ end
 -- Give `key` a TTL of at least `ttl` ms (a key without TTL gets one).
 local function extend(key, ttl)
   local p = redis.call('PTTL', key)
-  if p ~= -2 and p < tonumber(ttl) then
+  if p ~= -2 and tonumber(ttl) > 0 and p < tonumber(ttl) then
     redis.call('PEXPIRE', key, ttl)
   end
 end
@@ -106,8 +106,13 @@ local function queue_head(qk)
 end
 
 -- The remaining TTL of a token's session key (ms).
+-- A key about to expire reports 0; PX/PEXPIRE need at least 1.
 local function session_pttl(tok)
-  return redis.call('PTTL', k('session', sid_of(tok)))
+  local p = redis.call('PTTL', k('session', sid_of(tok)))
+  if p == 0 then
+    p = 1
+  end
+  return p
 end
 
 -- Grant an exclusive lock to `tok`: the lock key holds it with a PX TTL,
