@@ -16,9 +16,9 @@ use crate::outcome::percentile;
 mod memory;
 mod redis;
 
+pub use self::redis::RedisBaseline;
 use crate::target::Target;
 pub use memory::MemoryBaseline;
-pub use self::redis::RedisBaseline;
 
 /// The minimal raw operations of a backend, done with its own client, that
 /// quorate's figures are compared against.
