@@ -18,7 +18,7 @@ async fn connect(dir: &Path) -> Coordinator {
 }
 
 /// The tests of this file count threads: run them one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Threads of this process blocked in (or about to block in) a lock wait.
 fn waiting_threads() -> usize {
@@ -41,7 +41,7 @@ async fn until_no_waiting_thread(what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_wait_stops_waiting_at_once_and_never_acquires() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let c = connect(dir.path()).await;
     let (s1, s2, s3) = (
@@ -104,7 +104,7 @@ async fn a_dropped_wait_stops_waiting_at_once_and_never_acquires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_the_session_ends_its_waits() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let c = connect(dir.path()).await;
     let (s1, s2) = (c.session().await.unwrap(), c.session().await.unwrap());
