@@ -66,12 +66,18 @@ pub fn encode(name: &str) -> String {
 /// Invert [`encode`]. Returns `None` for a string that [`encode`] cannot
 /// have produced.
 pub fn decode(encoded: &str) -> Option<String> {
-    let bytes = encoded.as_bytes();
+    let s = percent_decode(encoded)?;
+    (encode(&s) == encoded).then_some(s)
+}
+
+/// Decode `%XX` escapes into UTF-8; `None` for a bad escape or bad UTF-8.
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = encoded.get(i + 1..i + 3)?;
+            let hex = s.get(i + 1..i + 3)?;
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
         } else {
@@ -79,8 +85,7 @@ pub fn decode(encoded: &str) -> Option<String> {
             i += 1;
         }
     }
-    let s = String::from_utf8(out).ok()?;
-    (encode(&s) == encoded).then_some(s)
+    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

@@ -438,6 +438,9 @@ async fn lease_task(
         let deadline = clock.deadline();
         let refresh_due = mode == KeepAlive::Automatic;
         tokio::select! {
+            // Biased: after a pause (SIGSTOP, a stalled runtime) a passed
+            // deadline is reported before any late keep-alive can hide it.
+            biased;
             _ = tokio::time::sleep_until(deadline) => {
                 if Instant::now() >= clock.deadline() {
                     loss.fire(format!(

@@ -1,0 +1,188 @@
+//! The real `quorate` binary, run as separate processes.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Output, Stdio};
+
+fn quorate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_quorate"))
+}
+
+fn run(args: &[&str]) -> Output {
+    quorate()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run quorate")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn help_on_every_command() {
+    for cmd in [
+        "lock",
+        "elect",
+        "leader",
+        "join",
+        "members",
+        "conformance",
+        "bench",
+    ] {
+        let o = run(&[cmd, "--help"]);
+        assert!(o.status.success(), "{cmd} --help failed: {}", stderr(&o));
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains("Usage: quorate"), "{cmd} --help: {text}");
+        assert!(
+            text.contains("<URL>"),
+            "{cmd} --help does not name the URL: {text}"
+        );
+    }
+    let o = run(&["--help"]);
+    assert!(o.status.success());
+}
+
+#[test]
+fn lock_runs_the_command_with_fence_and_name_and_passes_its_status() {
+    let o = run(&[
+        "lock",
+        "memory://",
+        "jobs/nightly",
+        "--",
+        "sh",
+        "-c",
+        "echo \"$QUORATE_LOCK $QUORATE_FENCE\"; exit 7",
+    ]);
+    assert_eq!(o.status.code(), Some(7), "stderr: {}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "jobs/nightly 1");
+}
+
+#[test]
+fn a_command_killed_by_a_signal_gives_128_plus_n() {
+    let o = run(&["lock", "memory://", "x", "--", "sh", "-c", "kill -9 $$"]);
+    assert_eq!(o.status.code(), Some(128 + 9));
+}
+
+#[test]
+fn errors_are_one_clear_line_and_never_show_secrets() {
+    let o = run(&["lock", "bogus://h", "x", "--", "true"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(
+        e.contains("unknown or disabled URL scheme `bogus://`") && e.contains("memory://"),
+        "{e}"
+    );
+
+    let o = run(&["lock", "memory://?ttl=soon", "x", "--", "true"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("`ttl` must be a duration"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = run(&["members", "redis://alice:hunter2@127.0.0.1:1/0?nope=1", "g"]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(!stderr(&o).contains("hunter2"), "{}", stderr(&o));
+
+    let o = run(&["lock", "memory://", "x", "--timeout", "soon", "--", "true"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "bad usage exits 2: {}",
+        stderr(&o)
+    );
+    let o = run(&["lock", "memory://", "", "--", "true"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("invalid name"), "{}", stderr(&o));
+}
+
+#[test]
+fn lock_without_command_holds_until_stdin_closes() {
+    let mut child = quorate()
+        .args(["lock", "memory://", "held"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("holding lock `held` (fence "), "{line}");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "exited while stdin was open"
+    );
+    child.stdin.take().unwrap().write_all(b"").unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn leader_without_a_leader_exits_3() {
+    let o = run(&["leader", "memory://", "nobody"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+}
+
+#[test]
+fn members_on_an_empty_group_prints_nothing_and_json_an_empty_array() {
+    let o = run(&["members", "memory://", "g"]);
+    assert!(o.status.success());
+    assert!(o.stdout.is_empty());
+    let o = run(&["members", "memory://", "g", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[]");
+}
+
+#[test]
+fn bench_prints_one_json_object_per_scenario_with_ratios() {
+    let o = run(&["bench", "memory://", "--seconds", "0.2", "--format", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let scenarios: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<&str> = scenarios
+        .iter()
+        .map(|s| s["scenario"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "uncontended",
+            "handoff",
+            "throughput_one_lock",
+            "throughput_many_locks"
+        ]
+    );
+    for s in &scenarios {
+        assert!(
+            s["ratio"]
+                .as_f64()
+                .is_some_and(|r| r > 0.0 && r.is_finite()),
+            "{s}"
+        );
+    }
+}
+
+#[test]
+fn conformance_json_report_has_the_documented_schema() {
+    let o = run(&[
+        "conformance",
+        "memory://",
+        "--format",
+        "json",
+        "--only",
+        "try_and_timeout",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["schema"], "quorate-conformance/1");
+    let case = &report["targets"][0]["cases"][0];
+    assert_eq!(case["name"], "try_and_timeout");
+    assert_eq!(case["backend"], "memory");
+    assert_eq!(case["result"], "pass");
+    assert!(case["figures"].is_object());
+}

@@ -1,0 +1,269 @@
+//! A client in a child process, driven over stdin/stdout, so that fault
+//! cases can SIGSTOP/SIGKILL a real process that holds a lock.
+//!
+//! Protocol: the agent is started with a URL, prints
+//! `{"event":"ready","session":ID}`, then reads one command per line:
+//! `lock NAME`, `release`, `write` (report the fence it would write with),
+//! `exit`. It answers each with one JSON line (`granted`, `released`,
+//! `write`, `error`) and prints `{"event":"lost",…}` on its own when its
+//! lock is lost.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+/// One line the agent prints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum AgentEvent {
+    /// Connected and holding a session.
+    Ready {
+        /// The session id.
+        session: String,
+    },
+    /// The lock was granted.
+    Granted {
+        /// Its fencing token.
+        fence: u64,
+    },
+    /// The lock was released.
+    Released,
+    /// The fence the agent would write with now, and whether it knows its
+    /// lock is lost.
+    Write {
+        /// The fence of the agent's grant.
+        fence: u64,
+        /// Whether the agent's guard reports the lock lost.
+        lost: bool,
+    },
+    /// The agent's lock was lost.
+    Lost {
+        /// Why.
+        reason: String,
+    },
+    /// A command failed.
+    Error {
+        /// The error message.
+        message: String,
+    },
+}
+
+/// Where the agent binary is: `$QUORATE_AGENT` (run with
+/// `$QUORATE_AGENT_SUBCOMMAND` before the URL when set, e.g. `quorate agent`), or `quorate-agent` next to
+/// the running executable (or one directory up, for test binaries in
+/// `target/*/deps`).
+pub fn agent_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("QUORATE_AGENT") {
+        return Some(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [
+        dir.join("quorate-agent"),
+        dir.parent()?.join("quorate-agent"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+}
+
+/// A running agent process. Killed (SIGKILL, by pid) when dropped.
+pub struct Agent {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl Agent {
+    /// Start an agent connected to `url`; waits for its `ready` line.
+    ///
+    /// # Errors
+    ///
+    /// When the binary is missing, cannot start, or does not get ready.
+    pub async fn start(url: &str) -> Result<(Agent, String), String> {
+        let path =
+            agent_path().ok_or("the quorate-agent binary was not found (set QUORATE_AGENT)")?;
+        let mut command = Command::new(&path);
+        if let Some(sub) = std::env::var_os("QUORATE_AGENT_SUBCOMMAND") {
+            command.arg(sub);
+        }
+        let mut child = command
+            .arg(url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", path.display()))?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let mut agent = Agent {
+            child,
+            stdin,
+            stdout,
+        };
+        match agent.next_event(Duration::from_secs(20)).await? {
+            AgentEvent::Ready { session } => Ok((agent, session)),
+            other => Err(format!("the agent did not get ready: {other:?}")),
+        }
+    }
+
+    /// The agent's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.id().map_or(0, |p| p as i32)
+    }
+
+    /// Send one command line.
+    ///
+    /// # Errors
+    ///
+    /// When the agent's stdin is closed.
+    pub async fn send(&mut self, command: &str) -> Result<(), String> {
+        self.stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .map_err(|e| format!("sending `{command}` to the agent: {e}"))?;
+        self.stdin.flush().await.map_err(|e| e.to_string())
+    }
+
+    /// The next event, waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// On timeout, end of output or an unparsable line.
+    pub async fn next_event(&mut self, timeout: Duration) -> Result<AgentEvent, String> {
+        let line = tokio::time::timeout(timeout, self.stdout.next_line())
+            .await
+            .map_err(|_| format!("no event from the agent within {timeout:?}"))?
+            .map_err(|e| e.to_string())?
+            .ok_or("the agent exited")?;
+        serde_json::from_str(&line).map_err(|e| format!("bad agent line `{line}`: {e}"))
+    }
+
+    /// Send a signal to the agent process.
+    pub fn signal(&self, signal: i32) -> Result<(), String> {
+        let pid = self.pid();
+        if pid <= 0 {
+            return Err("the agent has exited".into());
+        }
+        // SAFETY: kill(2) on the pid of our own child process.
+        let rc = unsafe { libc::kill(pid, signal) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "kill({pid}, {signal}): {}",
+                std::io::Error::last_os_error()
+            ))
+        }
+    }
+
+    /// SIGKILL the agent and reap it.
+    pub async fn kill(mut self) -> Result<(), String> {
+        self.child.kill().await.map_err(|e| e.to_string())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // Resume first in case it is stopped, so the kill is delivered.
+        let _ = self.signal(libc::SIGCONT);
+        let _ = self.child.start_kill();
+    }
+}
+
+fn emit(event: &AgentEvent) {
+    let mut out = std::io::stdout().lock();
+    // Write errors mean the driver is gone; nothing to do about it.
+    let _ = writeln!(
+        out,
+        "{}",
+        serde_json::to_string(event).expect("serialisable")
+    );
+    let _ = out.flush();
+}
+
+/// Serve the agent protocol on stdin/stdout for a client of `url` until
+/// stdin closes or `exit` arrives. Exits the process if it cannot connect.
+pub async fn serve(url: &str) {
+    let session = match async { quorate::connect(url).await?.session().await }.await {
+        Ok(s) => s,
+        Err(e) => {
+            emit(&AgentEvent::Error {
+                message: e.to_string(),
+            });
+            std::process::exit(1);
+        }
+    };
+    emit(&AgentEvent::Ready {
+        session: session.id().to_owned(),
+    });
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut guard: Option<std::sync::Arc<quorate::LockGuard>> = None;
+    let mut watcher: Option<tokio::task::JoinHandle<()>> = None;
+    while let Ok(Some(line)) = lines.next_line().await {
+        let (cmd, arg) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
+        match cmd {
+            "lock" => match session.mutex(arg).lock().await {
+                Ok(g) => {
+                    emit(&AgentEvent::Granted {
+                        fence: g.fence().get(),
+                    });
+                    let g = std::sync::Arc::new(g);
+                    let w = g.clone();
+                    watcher = Some(tokio::spawn(async move {
+                        let reason = w.lost().await;
+                        emit(&AgentEvent::Lost {
+                            reason: reason.to_string(),
+                        });
+                    }));
+                    guard = Some(g);
+                }
+                Err(e) => emit(&AgentEvent::Error {
+                    message: e.to_string(),
+                }),
+            },
+            "write" => match &guard {
+                Some(g) => emit(&AgentEvent::Write {
+                    fence: g.fence().get(),
+                    lost: g.is_lost(),
+                }),
+                None => emit(&AgentEvent::Error {
+                    message: "no lock held".into(),
+                }),
+            },
+            "release" => {
+                if let Some(w) = watcher.take() {
+                    w.abort();
+                }
+                match guard.take().map(std::sync::Arc::try_unwrap) {
+                    Some(Ok(g)) => match g.release().await {
+                        Ok(()) => emit(&AgentEvent::Released),
+                        Err(e) => emit(&AgentEvent::Error {
+                            message: e.to_string(),
+                        }),
+                    },
+                    Some(Err(_)) => emit(&AgentEvent::Error {
+                        message: "guard still shared".into(),
+                    }),
+                    None => emit(&AgentEvent::Error {
+                        message: "no lock held".into(),
+                    }),
+                }
+            }
+            "exit" => break,
+            other => emit(&AgentEvent::Error {
+                message: format!("unknown command `{other}`"),
+            }),
+        }
+    }
+    if let Some(w) = watcher.take() {
+        w.abort();
+    }
+    drop(guard);
+    let _ = session.close().await;
+}

@@ -1,0 +1,157 @@
+//! The shared cases. Each is `async fn(Target) -> CaseResult`, runs on a
+//! fresh namespace, and names the guarantee (and the declared capability)
+//! it measures.
+
+use futures::future::BoxFuture;
+use quorate::{Capabilities, Coordinator, FailureDetection, Scope, Session};
+
+use crate::outcome::CaseResult;
+use crate::target::Target;
+
+mod election;
+mod faults;
+mod group;
+mod guarded;
+mod mutex;
+mod names;
+mod rwlock;
+mod session;
+
+use election::*;
+use faults::*;
+use group::*;
+use guarded::*;
+use mutex::*;
+use names::*;
+use rwlock::*;
+use session::*;
+
+/// One conformance case.
+pub struct Case {
+    /// A stable identifier (used as the test name and the report key).
+    pub name: &'static str,
+    /// The guarantee it measures, in words.
+    pub guarantee: &'static str,
+    /// The `Capabilities` field whose declared value it checks, as a JSON
+    /// path (`fifo`, `primitives.rwlock`), if any.
+    pub capability: Option<&'static str>,
+    /// Whether the case applies to a backend; `Err(reason)` if not.
+    pub applies: fn(&Capabilities) -> Result<(), &'static str>,
+    /// The case itself.
+    pub run: fn(Target) -> BoxFuture<'static, CaseResult>,
+}
+
+macro_rules! case {
+    ($name:ident, $guarantee:expr, $cap:expr, $applies:expr) => {
+        Case {
+            name: stringify!($name),
+            guarantee: $guarantee,
+            capability: $cap,
+            applies: $applies,
+            run: |t| Box::pin($name::run(t)),
+        }
+    };
+}
+
+fn always(_: &Capabilities) -> Result<(), &'static str> {
+    Ok(())
+}
+
+fn needs_rwlock(c: &Capabilities) -> Result<(), &'static str> {
+    c.primitives
+        .rwlock
+        .then_some(())
+        .ok_or("the backend does not declare read/write locks")
+}
+
+fn needs_group(c: &Capabilities) -> Result<(), &'static str> {
+    c.primitives
+        .group
+        .then_some(())
+        .ok_or("the backend does not declare group membership")
+}
+
+fn needs_election(c: &Capabilities) -> Result<(), &'static str> {
+    c.primitives
+        .election
+        .then_some(())
+        .ok_or("the backend does not declare elections")
+}
+
+fn needs_guarded_writes(c: &Capabilities) -> Result<(), &'static str> {
+    c.primitives
+        .guarded_writes
+        .then_some(())
+        .ok_or("the backend does not declare guarded writes")
+}
+
+fn needs_fencing(c: &Capabilities) -> Result<(), &'static str> {
+    c.fencing
+        .then_some(())
+        .ok_or("the backend does not declare fencing")
+}
+
+fn needs_fifo(c: &Capabilities) -> Result<(), &'static str> {
+    c.fifo
+        .then_some(())
+        .ok_or("the backend does not declare FIFO granting")
+}
+
+fn needs_external_revoke(c: &Capabilities) -> Result<(), &'static str> {
+    c.external_revoke
+        .then_some(())
+        .ok_or("the backend has no operator revoke of a session")
+}
+
+fn needs_lease(c: &Capabilities) -> Result<(), &'static str> {
+    match c.failure_detection {
+        FailureDetection::LeaseTtl | FailureDetection::Session => Ok(()),
+        FailureDetection::ProcessLifetime => {
+            Err("failure detection is the process lifetime: there is no lease to expire")
+        }
+    }
+}
+
+fn needs_processes(c: &Capabilities) -> Result<(), &'static str> {
+    match c.scope {
+        Scope::Threads => Err("the backend excludes only threads of one process"),
+        Scope::Processes | Scope::Hosts => Ok(()),
+    }
+}
+
+/// Every case, in report order.
+pub fn all() -> Vec<Case> {
+    vec![
+        case!(mutual_exclusion, "two holders never hold one mutex at once; fences strictly increase (N clients x M rounds, history checked)", Some("scope"), always),
+        case!(try_and_timeout, "try_lock returns None while held; lock_timeout returns Timeout; both succeed once free", None, always),
+        case!(fencing_monotonic, "fencing tokens strictly increase across successive grants of one name, across sessions and coordinators", Some("fencing"), needs_fencing),
+        case!(no_reentrancy, "a session re-acquiring a lock it holds or awaits gets AlreadyHeld, never a deadlock or a second grant", None, always),
+        case!(fifo_order, "waiters on a mutex are granted in arrival order", Some("fifo"), needs_fifo),
+        case!(cancel_safety, "a dropped or timed-out lock()/write() future leaves nothing queued or held; it never acquires later by itself", None, always),
+        case!(lock_all_no_deadlock, "lock_all in opposite orders never deadlocks; a failed lock_all releases what it took", None, always),
+        case!(rwlock_readers_share, "read grants are shared between sessions", Some("primitives.rwlock"), needs_rwlock),
+        case!(rwlock_writer_excludes, "a write grant excludes readers and writers; a read grant excludes writers", Some("primitives.rwlock"), needs_rwlock),
+        case!(rwlock_queued_writer_blocks_readers, "a waiting writer blocks readers that arrive after it (no writer starvation)", Some("rwlock_ordering"), needs_rwlock),
+        case!(rwlock_writer_timeout_unblocks_readers, "a writer that times out leaves the queue at once: readers queued behind it proceed while the first reader still holds", Some("rwlock_ordering"), needs_rwlock),
+        case!(close_releases_everything, "closing a session releases its locks, memberships and candidacies, and resolves every guard's lost()", None, always),
+        case!(revoke_from_outside, "a session revoked from outside resolves its holder's lost() and frees the lock", Some("external_revoke"), needs_external_revoke),
+        case!(lease_expiry_without_keepalive, "a session whose keep-alive stops is reported lost before its lease expires on the backend, and its locks become free", Some("failure_detection"), needs_lease),
+        case!(manual_keepalive_keeps_session, "manual keep_alive() calls keep a session (and its lock) alive past its TTL", Some("failure_detection"), needs_lease),
+        case!(unknown_option_rejected, "an unknown URL option is a clear InvalidConfig error, not a silent default", None, always),
+        case!(membership_events, "watch() starts from a consistent snapshot, then reports join/update/leave/session end in order with no gap or duplicate", Some("primitives.group"), needs_group),
+        case!(membership_duplicate_id, "a member id held by a live member cannot be joined again (AlreadyHeld)", Some("primitives.group"), needs_group),
+        case!(election_handover, "one leader at a time; resign hands over to the next candidate; leadership fences increase", Some("primitives.election"), needs_election),
+        case!(election_observe, "observe() reports the current leader, then every change and proclaimed value, never a stale leader after a newer one", Some("primitives.election"), needs_election),
+        case!(guarded_writes, "write_if_held applies only while held; after loss it is refused and changes nothing; write_and_release releases atomically", Some("primitives.guarded_writes"), needs_guarded_writes),
+        case!(hostile_names, "hostile names (.., /, NUL, 1 KiB, unicode, percent signs) work without colliding; empty and over-long names are InvalidName", None, always),
+        case!(holder_crash_frees_lock, "a holder process killed with SIGKILL loses its lock; another process acquires (time measured)", Some("failure_detection"), needs_processes),
+        case!(holder_pause, "a holder process paused (SIGSTOP) past its TTL: nobody else acquires (process-lifetime backends), or another client acquires, the paused holder is told on resume and its stale fenced write is rejected (lease backends)", Some("exclusive_under_pause"), needs_processes),
+    ]
+}
+
+/// A coordinator and a session on the target.
+pub(crate) async fn client(t: &Target) -> quorate::Result<(Coordinator, Session)> {
+    let c = t.connect().await?;
+    let s = c.session().await?;
+    Ok((c, s))
+}

@@ -1,0 +1,9 @@
+//! Real servers for the conformance suite, started from their binaries on
+//! free loopback ports in temporary directories, and a TCP proxy that can
+//! cut or black-hole a client's connection.
+
+pub mod process;
+pub mod proxy;
+
+pub use process::{free_port, ServerProcess};
+pub use proxy::{ProxyMode, TcpProxy};

@@ -1,0 +1,168 @@
+//! The guarantees report, as JSON (a stable schema CI parses) and Markdown.
+//!
+//! JSON schema `quorate-conformance/1`:
+//!
+//! ```json
+//! { "schema": "quorate-conformance/1",
+//!   "targets": [ { "target": "etcd-1", "backend": "etcd", "url": "etcd://…",
+//!                  "capabilities": { … },
+//!                  "cases": [ { "name": "mutual_exclusion", "backend": "etcd",
+//!                               "target": "etcd-1", "guarantee": "…",
+//!                               "capability": "scope", "declared": "hosts",
+//!                               "result": "pass", "detail": "",
+//!                               "figures": { "grants_per_s": 812.0 },
+//!                               "duration_ms": 1234.5 } ] } ] }
+//! ```
+//!
+//! `result` is one of `pass`, `fail`, `not-applicable`, `unverified`;
+//! figure names carry their unit (`_us`, `_ms`, `_per_s`, or a count).
+
+use serde::{Deserialize, Serialize};
+
+use crate::outcome::{Figures, Verdict};
+
+/// The schema identifier written into every report.
+pub const SCHEMA: &str = "quorate-conformance/1";
+
+/// One case's outcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaseReport {
+    /// The case name.
+    pub name: String,
+    /// The backend (`memory`, `file`, `etcd`, …).
+    pub backend: String,
+    /// The target label (a backend in one deployment: `etcd-3`).
+    pub target: String,
+    /// The guarantee measured, in words.
+    pub guarantee: String,
+    /// The capability field checked, if any.
+    pub capability: Option<String>,
+    /// The declared value of that capability.
+    pub declared: Option<serde_json::Value>,
+    /// `pass`, `fail`, `not-applicable` or `unverified`.
+    pub result: Verdict,
+    /// Why it failed or does not apply; empty on a pass.
+    pub detail: String,
+    /// Figures measured, unit in the key.
+    pub figures: Figures,
+    /// Wall time of the case.
+    pub duration_ms: f64,
+}
+
+/// Every case of one target.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetReport {
+    /// The target label.
+    pub target: String,
+    /// The backend name.
+    pub backend: String,
+    /// The URL, password redacted.
+    pub url: String,
+    /// The declared capabilities.
+    pub capabilities: serde_json::Value,
+    /// The cases, in suite order.
+    pub cases: Vec<CaseReport>,
+}
+
+/// A whole report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// Always [`SCHEMA`].
+    pub schema: String,
+    /// One entry per target.
+    pub targets: Vec<TargetReport>,
+}
+
+impl Report {
+    /// A report of these targets.
+    pub fn new(targets: Vec<TargetReport>) -> Self {
+        Report {
+            schema: SCHEMA.to_owned(),
+            targets,
+        }
+    }
+
+    /// Whether any case failed.
+    pub fn has_failures(&self) -> bool {
+        self.targets
+            .iter()
+            .flat_map(|t| &t.cases)
+            .any(|c| c.result == Verdict::Fail)
+    }
+
+    /// Pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report serialises")
+    }
+
+    /// Markdown: a summary table, then one table per target.
+    pub fn to_markdown(&self) -> String {
+        let mut md = String::new();
+        md.push_str(
+            "| target | pass | fail | not applicable | unverified |\n|---|---|---|---|---|\n",
+        );
+        for t in &self.targets {
+            let count = |v: Verdict| t.cases.iter().filter(|c| c.result == v).count();
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {} |\n",
+                t.target,
+                count(Verdict::Pass),
+                count(Verdict::Fail),
+                count(Verdict::NotApplicable),
+                count(Verdict::Unverified)
+            ));
+        }
+        for t in &self.targets {
+            md.push_str(&format!("\n## {} (`{}`)\n\n", t.target, t.url));
+            md.push_str("Declared capabilities:\n\n```json\n");
+            md.push_str(&serde_json::to_string_pretty(&t.capabilities).unwrap_or_default());
+            md.push_str("\n```\n\n");
+            md.push_str("| case | guarantee | declared | result | figures / detail |\n|---|---|---|---|---|\n");
+            for c in &t.cases {
+                let declared = match (&c.capability, &c.declared) {
+                    (Some(k), Some(v)) => format!("`{k}` = `{v}`"),
+                    _ => "—".to_owned(),
+                };
+                let mut notes: Vec<String> = c
+                    .figures
+                    .iter()
+                    .map(|(k, v)| format!("{k} = {}", format_figure(*v)))
+                    .collect();
+                if !c.detail.is_empty() {
+                    notes.push(c.detail.replace('|', "\\|").replace('\n', " "));
+                }
+                md.push_str(&format!(
+                    "| `{}` | {} | {} | **{}** | {} |\n",
+                    c.name,
+                    c.guarantee.replace('|', "\\|"),
+                    declared,
+                    verdict_word(c.result),
+                    notes.join("; ")
+                ));
+            }
+        }
+        md
+    }
+}
+
+fn verdict_word(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Pass => "pass",
+        Verdict::Fail => "FAIL",
+        Verdict::NotApplicable => "not applicable",
+        Verdict::Unverified => "unverified",
+    }
+}
+
+fn format_figure(v: f64) -> String {
+    if (v.fract() == 0.0 && v.abs() < 1e12) || v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// The value at a dotted path (`primitives.rwlock`) of a JSON object.
+pub fn lookup<'a>(json: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Value> {
+    path.split('.').try_fold(json, |v, k| v.get(k))
+}

@@ -1,0 +1,248 @@
+//! Running cases: one case with its leak check, a whole suite, and the
+//! libtest-mimic entry point the per-backend test targets call.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use quorate::Capabilities;
+
+use crate::cases::{self, Case};
+use crate::outcome::{CaseError, Figures, Verdict};
+use crate::report::{lookup, CaseReport, Report, TargetReport};
+use crate::target::Target;
+
+/// The longest one case may run before it counts as hung.
+pub const CASE_LIMIT: Duration = Duration::from_secs(300);
+/// How long the leak check waits for background clean-up (dropped guards
+/// release in the background; a killed agent's lease expires after its TTL).
+pub const LEAK_WAIT: Duration = Duration::from_secs(12);
+
+/// Run one case on a fresh namespace of `base`, then check that nothing
+/// was left behind.
+pub async fn run_case(case: &Case, base: &Target, caps: &Capabilities) -> CaseReport {
+    let caps_json = serde_json::to_value(caps).expect("capabilities serialise");
+    let mut report = CaseReport {
+        name: case.name.to_owned(),
+        backend: caps.backend.to_owned(),
+        target: base.label.clone(),
+        guarantee: case.guarantee.to_owned(),
+        capability: case.capability.map(str::to_owned),
+        declared: case.capability.and_then(|c| lookup(&caps_json, c).cloned()),
+        result: Verdict::Pass,
+        detail: String::new(),
+        figures: Figures::new(),
+        duration_ms: 0.0,
+    };
+    if let Err(reason) = (case.applies)(caps) {
+        report.result = Verdict::NotApplicable;
+        reason.clone_into(&mut report.detail);
+        return report;
+    }
+    let target = base.fresh();
+    let started = Instant::now();
+    // The keeper holds the namespace open (a memory:// state lives only
+    // while a coordinator of its name does) and runs the leak check.
+    let keeper = match target.connect().await {
+        Ok(c) => c,
+        Err(e) => {
+            report.result = Verdict::Fail;
+            report.detail = format!("cannot connect: {e}");
+            return report;
+        }
+    };
+    let run = AssertUnwindSafe((case.run)(target.clone())).catch_unwind();
+    let outcome = match tokio::time::timeout(CASE_LIMIT, run).await {
+        Err(_) => Err(CaseError::Fail(format!(
+            "the case did not finish within {CASE_LIMIT:?}"
+        ))),
+        Ok(Err(panic)) => Err(CaseError::Fail(format!(
+            "the case panicked: {}",
+            panic_message(&panic)
+        ))),
+        Ok(Ok(r)) => r,
+    };
+    match outcome {
+        Ok(figures) => report.figures = figures,
+        Err(CaseError::Fail(m)) => {
+            report.result = Verdict::Fail;
+            report.detail = m;
+        }
+        Err(CaseError::Unverified(m)) => {
+            report.result = Verdict::Unverified;
+            report.detail = m;
+        }
+    }
+    if report.result == Verdict::Pass {
+        if let Err(left) = wait_until_clean(&keeper).await {
+            report.result = Verdict::Fail;
+            report.detail = left;
+        }
+    }
+    report.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    report
+}
+
+async fn wait_until_clean(keeper: &quorate::Coordinator) -> Result<(), String> {
+    let start = Instant::now();
+    loop {
+        match keeper.leftovers().await {
+            Ok(left) if left.is_empty() => return Ok(()),
+            Ok(left) if start.elapsed() > LEAK_WAIT => {
+                return Err(format!(
+                    "left behind {LEAK_WAIT:?} after the case: {}",
+                    left.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
+                ))
+            }
+            Err(e) if start.elapsed() > LEAK_WAIT => {
+                return Err(format!("the leak check failed: {e}"))
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".to_owned())
+}
+
+/// The capabilities of a target (one connection).
+///
+/// # Errors
+///
+/// When the target cannot be reached.
+pub async fn capabilities(target: &Target) -> quorate::Result<Capabilities> {
+    Ok(target.connect().await?.capabilities())
+}
+
+/// Run every case (or those whose name contains `filter`) on `target`.
+///
+/// # Errors
+///
+/// When the target cannot be reached at all.
+pub async fn run_suite(target: &Target, filter: Option<&str>) -> quorate::Result<TargetReport> {
+    let caps = capabilities(target).await?;
+    let mut reports = Vec::new();
+    for case in cases::all() {
+        if filter.is_some_and(|f| !case.name.contains(f)) {
+            continue;
+        }
+        tracing::info!(case = case.name, target = %target.label, "running");
+        reports.push(run_case(&case, target, &caps).await);
+    }
+    Ok(target_report(target, &caps, reports))
+}
+
+fn target_report(target: &Target, caps: &Capabilities, cases: Vec<CaseReport>) -> TargetReport {
+    TargetReport {
+        target: target.label.clone(),
+        backend: caps.backend.to_owned(),
+        url: quorate::Config::parse(target.url())
+            .map(|c| c.redacted())
+            .unwrap_or_else(|_| target.label.clone()),
+        capabilities: serde_json::to_value(caps).expect("capabilities serialise"),
+        cases,
+    }
+}
+
+/// The `main` of a per-backend conformance test target (`harness = false`):
+/// one libtest trial per case and target; a case that does not apply is
+/// reported as *ignored*, never as passed. With `QUORATE_REPORT_DIR` set,
+/// writes `<dir>/<target>.json` (schema in [`crate::report`]).
+///
+/// `targets` runs inside the runtime so it can start servers first; the
+/// value it returns (e.g. server handles) is kept alive until the end.
+pub fn test_main<K, F>(setup: impl FnOnce() -> F) -> !
+where
+    F: std::future::Future<Output = (Vec<Target>, K)>,
+{
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let args = libtest_mimic::Arguments::from_args();
+    let runtime = Arc::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime"),
+    );
+    // Listing tests must not start servers.
+    let (targets, keep) = if args.list {
+        (Vec::new(), None)
+    } else {
+        let (t, k) = runtime.block_on(setup());
+        (t, Some(k))
+    };
+    let results: Arc<Mutex<Vec<(usize, CaseReport)>>> = Arc::default();
+    let mut trials = Vec::new();
+    let mut per_target = Vec::new();
+    for (ti, target) in targets.iter().enumerate() {
+        let caps = match runtime.block_on(capabilities(target)) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("cannot reach {}: {e}", target.label);
+                std::process::exit(101);
+            }
+        };
+        per_target.push(caps.clone());
+        for case in cases::all() {
+            let name = format!("{}::{}", target.label, case.name);
+            let applies = (case.applies)(&caps);
+            let runtime = runtime.clone();
+            let target = target.clone();
+            let caps = caps.clone();
+            let results = results.clone();
+            let trial = libtest_mimic::Trial::test(name, move || {
+                let report = runtime.block_on(run_case(&case, &target, &caps));
+                let verdict = report.result;
+                let detail = report.detail.clone();
+                results.lock().unwrap().push((ti, report));
+                match verdict {
+                    Verdict::Pass => Ok(()),
+                    Verdict::Fail => Err(detail.into()),
+                    Verdict::Unverified => Err(format!("unverified: {detail}").into()),
+                    Verdict::NotApplicable => {
+                        Err(format!("not applicable at run time: {detail}").into())
+                    }
+                }
+            });
+            trials.push(trial.with_ignored_flag(applies.is_err()));
+        }
+    }
+    let conclusion = libtest_mimic::run(&args, trials);
+    if let Some(dir) = std::env::var_os("QUORATE_REPORT_DIR") {
+        let mut results = std::mem::take(&mut *results.lock().unwrap());
+        let dir = std::path::PathBuf::from(dir);
+        let _ = std::fs::create_dir_all(&dir);
+        for (ti, target) in targets.iter().enumerate() {
+            let caps = &per_target[ti];
+            let mut cases_out = Vec::new();
+            for case in cases::all() {
+                if let Some(pos) = results
+                    .iter()
+                    .position(|(i, r)| *i == ti && r.name == case.name)
+                {
+                    cases_out.push(results.remove(pos).1);
+                } else if let Err(reason) = (case.applies)(caps) {
+                    let rt = Target::new(target.label.clone(), target.url());
+                    let mut r = runtime.block_on(run_case(&case, &rt, caps));
+                    reason.clone_into(&mut r.detail);
+                    cases_out.push(r);
+                }
+            }
+            let report = Report::new(vec![target_report(target, caps, cases_out)]);
+            let path = dir.join(format!("{}.json", target.label));
+            if let Err(e) = std::fs::write(&path, report.to_json()) {
+                eprintln!("writing {}: {e}", path.display());
+            }
+        }
+    }
+    drop(keep);
+    drop(targets);
+    conclusion.exit()
+}
