@@ -210,7 +210,7 @@ pub(crate) async fn observe(
                 _ = tx.closed() => return,
                 r = changes.next() => {
                     let read = match r {
-                        Ok(()) => {
+                        Ok(_) => {
                             let (lp, vp) = (lock_path.clone(), value_path.clone());
                             blocking(move || read_leader(&lp, &vp)).await
                         }

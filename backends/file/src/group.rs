@@ -40,7 +40,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use crate::layout::{list, member_file_name, same_file, tmp_name, Layout};
 use crate::ofd::{blocking, io_error, is_locked, try_lock, Mode, Range};
 use crate::session::{Registration, Revocable, SessionShared};
-use crate::watch::Changes;
+use crate::watch::{Change, Changes};
 
 /// Held exclusively by the member for its whole membership.
 const ALIVE: Range = Range::byte(0);
@@ -183,35 +183,71 @@ fn remove_if_dead(path: &Path) -> Result<Probe> {
     }
 }
 
+/// The member a member file stands for, if it is live.
+fn probe(path: &Path) -> Result<Probed> {
+    let ctx = || format!("reading `{}`", path.display());
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Probed::Missing),
+        Err(e) => return Err(io_error(ctx(), e)),
+    };
+    if !is_locked(&file, Mode::Exclusive, ALIVE).map_err(|e| io_error(ctx(), e))? {
+        return Ok(Probed::Dead);
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|e| io_error(ctx(), e))?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    match parse(&bytes).filter(|m| member_file_name(&m.id) == name) {
+        Some(m) => Ok(Probed::Live(m)),
+        None => {
+            tracing::warn!(path = %path.display(), "ignoring a member file that is not quorate's");
+            Ok(Probed::Missing)
+        }
+    }
+}
+
+enum Probed {
+    Missing,
+    Dead,
+    Live(Member),
+}
+
+impl Probed {
+    fn live(self) -> Option<Member> {
+        match self {
+            Probed::Live(m) => Some(m),
+            Probed::Missing | Probed::Dead => None,
+        }
+    }
+}
+
+/// The live members of the group whose directory is `dir`, by file name.
+/// With `sweep`, dead member files are removed on the way.
+fn scan_files(dir: &Path, sweep: bool) -> Result<BTreeMap<String, Member>> {
+    let mut members = BTreeMap::new();
+    for name in list(dir, ".member")? {
+        let path = dir.join(&name);
+        match probe(&path)? {
+            Probed::Live(m) => {
+                members.insert(name, m);
+            }
+            Probed::Dead if sweep => {
+                remove_if_dead(&path)?;
+            }
+            Probed::Dead | Probed::Missing => {}
+        }
+    }
+    Ok(members)
+}
+
 /// The live members of the group whose directory is `dir`, sorted by id.
 /// With `sweep`, dead member files are removed on the way.
 pub(crate) fn scan(dir: &Path, sweep: bool) -> Result<Vec<Member>> {
-    let mut members = Vec::new();
-    for name in list(dir, ".member")? {
-        let path = dir.join(&name);
-        let ctx = || format!("reading `{}`", path.display());
-        let mut file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io_error(ctx(), e)),
-        };
-        if !is_locked(&file, Mode::Exclusive, ALIVE).map_err(|e| io_error(ctx(), e))? {
-            if sweep {
-                drop(file);
-                remove_if_dead(&path)?;
-            }
-            continue;
-        }
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(|e| io_error(ctx(), e))?;
-        match parse(&bytes).filter(|m| member_file_name(&m.id) == name) {
-            Some(m) => members.push(m),
-            None => {
-                tracing::warn!(path = %path.display(), "ignoring a member file that is not quorate's")
-            }
-        }
-    }
+    let mut members: Vec<Member> = scan_files(dir, sweep)?.into_values().collect();
     members.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(members)
 }
@@ -229,8 +265,9 @@ pub(crate) async fn members(layout: &Layout, group: &str) -> Result<Vec<Member>>
     blocking(move || scan(&dir, true)).await
 }
 
-/// Watch a group: a snapshot, then the differences between re-scans, each
-/// re-scan triggered by inotify.
+/// Watch a group: a snapshot, then, for every inotify event on a member
+/// file (in event order), that member's change; after the follow-up
+/// re-scans, whatever changed that no event showed yet (a crashed member).
 pub(crate) async fn watch(
     layout: &Layout,
     group: &str,
@@ -245,39 +282,60 @@ pub(crate) async fn watch(
     // Watch first, then scan: no change can fall between the two.
     let mut changes = Changes::new(&dir, |name| name.ends_with(".member"))?;
     let scan_dir = dir.clone();
-    let first = blocking(move || scan(&scan_dir, false)).await?;
+    let mut known = blocking(move || scan_files(&scan_dir, false)).await?;
+    let mut members: Vec<Member> = known.values().cloned().collect();
+    members.sort_by(|a, b| a.id.cmp(&b.id));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let _ = tx.send(Ok(GroupEvent::Snapshot {
-        members: first.clone(),
-    }));
-    let mut known: BTreeMap<String, serde_json::Value> =
-        first.into_iter().map(|m| (m.id, m.capabilities)).collect();
+    let _ = tx.send(Ok(GroupEvent::Snapshot { members }));
     tokio::spawn(async move {
         loop {
-            tokio::select! {
+            let change = tokio::select! {
                 _ = tx.closed() => return,
-                r = changes.next() => {
-                    let scanned = match r {
-                        Ok(()) => {
-                            let d = dir.clone();
-                            blocking(move || scan(&d, false)).await
-                        }
-                        Err(e) => Err(e),
-                    };
-                    let now = match scanned {
-                        Ok(members) => members,
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    let now: BTreeMap<_, _> = now.into_iter().map(|m| (m.id, m.capabilities)).collect();
-                    for event in diff(&known, &now) {
-                        if tx.send(Ok(event)).is_err() {
-                            return;
-                        }
+                r = changes.next() => r,
+            };
+            let d = dir.clone();
+            // The current state of each file to look at, in order.
+            let looked = match change {
+                Ok(Change::Files(names)) => {
+                    blocking(move || {
+                        names
+                            .into_iter()
+                            .map(|n| {
+                                let state = probe(&d.join(&n))?.live();
+                                Ok((n, state))
+                            })
+                            .collect::<Result<Vec<_>>>()
+                    })
+                    .await
+                }
+                Ok(Change::Everything) => {
+                    blocking(move || scan_files(&d, false)).await.map(|now| {
+                        let mut all: Vec<String> =
+                            known.keys().chain(now.keys()).cloned().collect();
+                        all.sort();
+                        all.dedup();
+                        all.into_iter()
+                            .map(|n| {
+                                let state = now.get(&n).cloned();
+                                (n, state)
+                            })
+                            .collect()
+                    })
+                }
+                Err(e) => Err(e),
+            };
+            let looked = match looked {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            for (file, now) in looked {
+                if let Some(event) = apply(&mut known, file, now) {
+                    if tx.send(Ok(event)).is_err() {
+                        return;
                     }
-                    known = now;
                 }
             }
         }
@@ -285,35 +343,27 @@ pub(crate) async fn watch(
     Ok(UnboundedReceiverStream::new(rx).boxed())
 }
 
-/// The events that turn `old` into `new`, in id order.
-fn diff(
-    old: &BTreeMap<String, serde_json::Value>,
-    new: &BTreeMap<String, serde_json::Value>,
-) -> Vec<GroupEvent> {
-    let mut events = Vec::new();
-    for (id, caps) in old {
-        match new.get(id) {
-            None => events.push(GroupEvent::Left { id: id.clone() }),
-            Some(c) if c != caps => events.push(GroupEvent::Updated {
-                member: Member {
-                    id: id.clone(),
-                    capabilities: c.clone(),
-                },
-            }),
-            Some(_) => {}
+/// Record the current state of one member file; the event it makes, if any.
+fn apply(
+    known: &mut BTreeMap<String, Member>,
+    file: String,
+    now: Option<Member>,
+) -> Option<GroupEvent> {
+    match (known.get(&file), now) {
+        (None, None) => None,
+        (None, Some(m)) => {
+            known.insert(file, m.clone());
+            Some(GroupEvent::Joined { member: m })
         }
-    }
-    for (id, caps) in new {
-        if !old.contains_key(id) {
-            events.push(GroupEvent::Joined {
-                member: Member {
-                    id: id.clone(),
-                    capabilities: caps.clone(),
-                },
-            });
+        (Some(_), None) => known
+            .remove(&file)
+            .map(|old| GroupEvent::Left { id: old.id }),
+        (Some(old), Some(m)) if *old != m => {
+            known.insert(file, m.clone());
+            Some(GroupEvent::Updated { member: m })
         }
+        (Some(_), Some(_)) => None,
     }
-    events
 }
 
 /// A member's locked file; dropping it leaves the group (removes the file

@@ -177,10 +177,10 @@ impl Backend for FileBackend {
 
     async fn open_session(
         &self,
-        ttl: Duration,
+        _ttl: Duration,
         loss: LossNotifier,
     ) -> Result<Box<dyn SessionBackend>> {
-        Ok(Box::new(FileSession::open(self.layout.clone(), ttl, loss)))
+        Ok(Box::new(FileSession::open(self.layout.clone(), loss)))
     }
 
     async fn revoke_session(&self, _session_id: &str) -> Result<()> {

@@ -1,7 +1,11 @@
 //! Sessions: a session is this process and the open file descriptions it
 //! holds. The kernel releases every lock when the process dies, so there is
-//! no lease to expire and the TTL plays no part in failure detection;
-//! `keep_alive` only checks that the root directory is still there.
+//! no lease to expire: the TTL plays no part in failure detection. A
+//! session reports [`SESSION_TTL`] (a century) whatever TTL was asked for,
+//! so core's client-side lease deadline never declares a live session lost
+//! (a holder paused by `SIGSTOP` still holds its kernel locks when it
+//! resumes, and is right to trust them). `keep_alive` only checks that the
+//! root directory is still there.
 //!
 //! A session keeps a registry of what it holds (locks, memberships,
 //! leaderships) so that [`SessionBackend::revoke`] (and the loss of the
@@ -20,6 +24,10 @@ use tokio::task::JoinHandle;
 use crate::layout::Layout;
 use crate::ofd::{blocking, io_error};
 use crate::{election, group, mutex};
+
+/// The TTL every file session reports: it never expires; it ends with its
+/// process, `close`, or being dropped.
+pub(crate) const SESSION_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Something a session holds and must give up when it is revoked.
 pub(crate) trait Revocable: Send + Sync {
@@ -105,14 +113,14 @@ impl SessionShared {
 /// One session of the file backend.
 pub(crate) struct FileSession {
     pub(crate) shared: Arc<SessionShared>,
-    ttl: Duration,
     on_loss: JoinHandle<()>,
 }
 
 impl FileSession {
     /// Open a session. Its id is `<pid>.<random>`. Once `loss` fires (core's
     /// client-side deadline, close, drop), everything it holds is released.
-    pub(crate) fn open(layout: Arc<Layout>, ttl: Duration, loss: LossNotifier) -> FileSession {
+    /// The requested TTL is ignored (see [`SESSION_TTL`]).
+    pub(crate) fn open(layout: Arc<Layout>, loss: LossNotifier) -> FileSession {
         let shared = Arc::new(SessionShared {
             id: format!("{}.{:08x}", std::process::id(), rand::random::<u32>()),
             layout,
@@ -128,11 +136,7 @@ impl FileSession {
             .await;
         });
         tracing::debug!(session = %shared.id, "file session opened");
-        FileSession {
-            shared,
-            ttl,
-            on_loss,
-        }
+        FileSession { shared, on_loss }
     }
 }
 
@@ -150,7 +154,7 @@ impl SessionBackend for FileSession {
     }
 
     fn ttl(&self) -> Duration {
-        self.ttl
+        SESSION_TTL
     }
 
     async fn keep_alive(&self) -> Result<()> {

@@ -84,14 +84,15 @@ impl Changes {
         })
     }
 
-    /// Resolves when the caller should re-scan: a relevant event arrived, or
-    /// a follow-up of an earlier one is due. Fails when the directory itself
-    /// was removed or moved.
+    /// Resolves when the caller should look again: at the files named by
+    /// relevant events (in the order of their first event), or at everything
+    /// (a follow-up is due, or the kernel's event queue overflowed). Fails
+    /// when the directory itself was removed or moved.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: events are read only when they can be consumed at once.
-    pub(crate) async fn next(&mut self) -> Result<()> {
+    pub(crate) async fn next(&mut self) -> Result<Change> {
         loop {
             let follow_up = self.follow_ups.front().copied();
             tokio::select! {
@@ -110,30 +111,30 @@ impl Changes {
                         Ok(Err(e)) => return Err(io_error("reading inotify events", e)),
                         Err(_would_block) => continue,
                     };
-                    match self.parse(n) {
-                        Parsed::Gone => {
-                            return Err(Error::backend("the watched directory was removed or moved"))
-                        }
-                        Parsed::Relevant => {
-                            let now = Instant::now();
-                            self.follow_ups = FOLLOW_UPS.iter().map(|d| now + *d).collect();
-                            return Ok(());
-                        }
-                        Parsed::Nothing => {}
+                    let change = self.parse(n)?;
+                    let relevant = match &change {
+                        Change::Files(names) => !names.is_empty(),
+                        Change::Everything => true,
+                    };
+                    if relevant {
+                        let now = Instant::now();
+                        self.follow_ups = FOLLOW_UPS.iter().map(|d| now + *d).collect();
+                        return Ok(change);
                     }
                 }
                 _ = tokio::time::sleep_until(follow_up.unwrap_or_else(Instant::now)), if follow_up.is_some() => {
                     self.follow_ups.pop_front();
-                    return Ok(());
+                    return Ok(Change::Everything);
                 }
             }
         }
     }
 
-    fn parse(&self, n: usize) -> Parsed {
+    fn parse(&self, n: usize) -> Result<Change> {
         const HEADER: usize = 16; // wd, mask, cookie, len: four 32-bit fields
         let mut at = 0;
-        let mut result = Parsed::Nothing;
+        let mut names: Vec<String> = Vec::new();
+        let mut everything = false;
         while at + HEADER <= n {
             let field = |i: usize| {
                 let b = &self.buf[at + 4 * i..at + 4 * i + 4];
@@ -146,21 +147,29 @@ impl Changes {
                 .iter()
                 .position(|&b| b == 0)
                 .unwrap_or(raw_name.len());
-            let name = String::from_utf8_lossy(&raw_name[..name_end]);
+            let name = String::from_utf8_lossy(&raw_name[..name_end]).into_owned();
             at += HEADER + len;
             if mask & (libc::IN_DELETE_SELF | libc::IN_MOVE_SELF | libc::IN_IGNORED) != 0 {
-                return Parsed::Gone;
+                return Err(Error::backend("the watched directory was removed or moved"));
             }
-            if mask & libc::IN_Q_OVERFLOW != 0 || (self.relevant)(&name) {
-                result = Parsed::Relevant;
+            if mask & libc::IN_Q_OVERFLOW != 0 {
+                everything = true;
+            } else if (self.relevant)(&name) && !names.contains(&name) {
+                names.push(name);
             }
         }
-        result
+        Ok(if everything {
+            Change::Everything
+        } else {
+            Change::Files(names)
+        })
     }
 }
 
-enum Parsed {
-    Nothing,
-    Relevant,
-    Gone,
+/// What to look at again.
+pub(crate) enum Change {
+    /// These files, in the order their first event arrived.
+    Files(Vec<String>),
+    /// Every file (a follow-up, or events were lost).
+    Everything,
 }
