@@ -17,7 +17,7 @@
 //!   plays no part.
 //! - **Waiting** is push: a thread blocks in `F_OFD_SETLKW` and the kernel
 //!   wakes it. Dropping a waiting future interrupts that thread with a
-//!   signal (see [`ofd`](crate) module docs); nothing is acquired later.
+//!   signal (see `docs/backends.md`); nothing is acquired later.
 //! - **Fencing tokens** are a counter in each lock file, bumped and
 //!   `fdatasync`ed under the lock.
 //! - **Order**: the kernel does not queue waiters in arrival order, so
