@@ -155,6 +155,23 @@ impl Wait<'_> {
         }
     }
 
+    /// Take a lock that others hold only for an instant (a counter bump):
+    /// waits even with [`Wait::No`], but stays cancellable with
+    /// [`Wait::Yes`].
+    pub(crate) fn lock_brief(&self, file: &File, mode: Mode, range: Range) -> Result<()> {
+        match self {
+            Wait::No => loop {
+                let mut fl = flock(kind(mode), range);
+                match fcntl_lock(file, libc::F_OFD_SETLKW, &mut fl) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(io_error("waiting for a file lock", e)),
+                }
+            },
+            Wait::Yes(w) => w.lock(file, mode, range),
+        }
+    }
+
     /// Fail if the caller has gone away (checked before committing a grant).
     pub(crate) fn check(&self) -> Result<()> {
         match self {

@@ -1,30 +1,34 @@
 //! Read/write locks, with a turnstile so that writers are not starved.
 //!
 //! A read/write lock named N lives in `<root>/rwlock/<stem(N)>.lock` (a
-//! different file from the mutex of the same name) and uses two bytes of it:
+//! different file from the mutex of the same name) and uses three bytes of
+//! it:
 //!
 //! - the *turnstile*, byte 0: every acquirer, reader or writer, takes it
 //!   exclusively on the way in;
 //! - the *data* byte, byte 1: readers hold it shared, writers exclusively,
-//!   for as long as they hold the lock.
+//!   for as long as they hold the lock;
+//! - the *counter* byte, byte 2: a reader holds it exclusively while it
+//!   bumps the fencing counter.
 //!
-//! A writer keeps the turnstile from its arrival until it holds the data
-//! byte, so while a writer waits, every reader that arrives after it is
-//! stopped at the turnstile: no writer starvation. A reader takes the
-//! turnstile, then the data byte, bumps the counter and leaves the
-//! turnstile. A writer that times out or whose future is dropped closes its
-//! description, which frees the turnstile at once, so the readers behind it
-//! proceed immediately.
+//! Every acquirer keeps the turnstile from its arrival until it holds the
+//! data byte, so while a writer waits, every reader that arrives after it is
+//! stopped at the turnstile: no writer starvation. A writer that times out
+//! or whose future is dropped closes its description, which frees the
+//! turnstile at once, so the readers behind it proceed immediately.
 //!
 //! The kernel does not queue waiters in order: when the turnstile frees,
 //! whichever waiter the scheduler runs first takes it. So the ordering is
 //! *writer-preferring* (a writer that holds the turnstile blocks every later
 //! reader), not FIFO.
 //!
-//! Fencing: readers bump the counter while they hold the turnstile (so one
-//! at a time) and the data byte shared (so no writer); writers bump while
-//! they hold the data byte exclusively. Every grant, read or write, gets a
-//! strictly larger token.
+//! Fencing: a reader bumps the counter after leaving the turnstile, holding
+//! the data byte shared (so no writer is bumping) and the counter byte (so
+//! no other reader is); a writer bumps while it holds the data byte
+//! exclusively. Every grant, read or write, gets a strictly larger token,
+//! and the turnstile is held only for the instant of passing it, never
+//! across an `fdatasync`. The counter byte is held for one bump only, so
+//! even a `try_read` waits for it rather than report a busy lock.
 
 use std::path::Path;
 
@@ -38,6 +42,8 @@ use crate::ofd::{io_error, unlock, Mode, Range, Wait};
 const TURNSTILE: Range = Range::byte(0);
 /// Held shared by readers, exclusively by writers.
 const DATA: Range = Range::byte(1);
+/// Held exclusively by a reader while it bumps the counter.
+const COUNTER: Range = Range::byte(2);
 
 /// The acquisition job of a read grant.
 pub(crate) fn lock_read(path: &Path, wait: Wait<'_>) -> Result<Option<Grant>> {
@@ -47,9 +53,11 @@ pub(crate) fn lock_read(path: &Path, wait: Wait<'_>) -> Result<Option<Grant>> {
     else {
         return Ok(None);
     };
-    wait.check()?;
-    let fence = bump_fence(&file, path)?;
     unlock(&file, TURNSTILE).map_err(|e| io_error("leaving the turnstile", e))?;
+    wait.check()?;
+    wait.lock_brief(&file, Mode::Exclusive, COUNTER)?;
+    let fence = bump_fence(&file, path)?;
+    unlock(&file, COUNTER).map_err(|e| io_error("releasing the counter byte", e))?;
     Ok(Some(Grant { file, fence }))
 }
 

@@ -565,3 +565,32 @@ async fn bad_urls_and_directories_are_clear_errors() {
     connect(&fresh).await;
     assert!(fresh.join("lock").is_dir());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_readers_share_and_get_distinct_fences() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = connect(dir.path()).await;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let s = c.session().await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let g = s.rwlock("r").read().await.unwrap();
+            (s, g)
+        }));
+    }
+    let mut held = Vec::new();
+    for t in tasks {
+        held.push(soon("a concurrent read grant", t).await.unwrap());
+    }
+    let mut fences: Vec<u64> = held.iter().map(|(_, g)| g.fence().get()).collect();
+    fences.sort();
+    fences.dedup();
+    assert_eq!(fences, (1..=20).collect::<Vec<u64>>());
+    let w = c.session().await.unwrap();
+    assert!(w.rwlock("r").try_write().await.unwrap().is_none());
+    drop(held);
+    let g = soon("the writer after the readers", w.rwlock("r").write())
+        .await
+        .unwrap();
+    assert_eq!(g.fence().get(), 21);
+}
