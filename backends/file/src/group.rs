@@ -236,7 +236,11 @@ fn scan_files(dir: &Path, sweep: bool) -> Result<BTreeMap<String, Member>> {
                 members.insert(name, m);
             }
             Probed::Dead if sweep => {
-                remove_if_dead(&path)?;
+                // Listing must not fail because a dead file cannot be
+                // removed (e.g. another user's file): it is not listed anyway.
+                if let Err(e) = remove_if_dead(&path) {
+                    tracing::warn!(error = %e, "could not remove a dead member file");
+                }
             }
             Probed::Dead | Probed::Missing => {}
         }

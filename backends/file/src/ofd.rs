@@ -234,7 +234,7 @@ impl Waiter {
 impl WaitShared {
     /// Signal the waiting thread once; `true` when it is already done.
     fn kick(&self) -> bool {
-        let state = self.thread.lock().unwrap();
+        let state = self.thread.lock().unwrap_or_else(|e| e.into_inner());
         if state.done {
             return true;
         }
@@ -246,6 +246,15 @@ impl WaitShared {
             }
         }
         false
+    }
+}
+
+/// Sets `done` when dropped (also while unwinding).
+struct MarkDone<'a>(&'a WaitShared);
+
+impl Drop for MarkDone<'_> {
+    fn drop(&mut self) {
+        self.0.thread.lock().unwrap_or_else(|e| e.into_inner()).done = true;
     }
 }
 
@@ -315,8 +324,12 @@ where
             let waiter = Waiter {
                 shared: thread_shared.clone(),
             };
-            let result = job(&waiter);
-            thread_shared.thread.lock().unwrap().done = true;
+            let result = {
+                // Marks the thread done even if the job panics, so it is
+                // never signalled after it exited.
+                let _done = MarkDone(&thread_shared);
+                job(&waiter)
+            };
             // A closed channel gives the value back, and it is dropped here:
             // its files close and the kernel releases their locks.
             let _ = tx.send(result);
