@@ -425,6 +425,9 @@ async fn run(command: Command) -> Result<u8, Exit> {
             let config = quorate::Config::parse(&url)?;
             let raw: Arc<dyn bench::RawBaseline> = match config.scheme.as_str() {
                 "memory" => Arc::new(bench::MemoryBaseline::default()),
+                "file" => Arc::new(bench::FileBaseline::new(std::path::Path::new(
+                    &config.path,
+                ))?),
                 other => {
                     return Err(Exit {
                         code: 1,
