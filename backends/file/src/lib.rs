@@ -14,7 +14,8 @@
 //! - **Failure detection** is the process lifetime: the kernel releases the
 //!   locks of a process the moment it dies; a paused (`SIGSTOP`) holder
 //!   keeps them, so nobody else acquires (safe, not live). The session TTL
-//!   plays no part.
+//!   plays no part: a file session reports a TTL of a century and never
+//!   expires; it ends with its process, `close`, or being dropped.
 //! - **Waiting** is push: a thread blocks in `F_OFD_SETLKW` and the kernel
 //!   wakes it. Dropping a waiting future interrupts that thread with a
 //!   signal (see `docs/backends.md`); nothing is acquired later.
