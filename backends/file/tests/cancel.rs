@@ -29,6 +29,16 @@ fn waiting_threads() -> usize {
         .count()
 }
 
+async fn until_one_waiting_thread(what: &str) {
+    for _ in 0..1000 {
+        if waiting_threads() == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{what}: no thread blocked in the wait within 5 s");
+}
+
 async fn until_no_waiting_thread(what: &str) {
     for _ in 0..1000 {
         if waiting_threads() == 0 {
@@ -55,14 +65,13 @@ async fn a_dropped_wait_stops_waiting_at_once_and_never_acquires() {
     // A timed-out wait.
     let waiter = {
         let s2 = s2.clone();
-        tokio::spawn(async move { s2.mutex("m").lock_timeout(Duration::from_millis(300)).await })
+        tokio::spawn(async move {
+            s2.mutex("m")
+                .lock_timeout(Duration::from_millis(1000))
+                .await
+        })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        waiting_threads(),
-        1,
-        "the wait should be blocked in the kernel"
-    );
+    until_one_waiting_thread("a timed wait").await;
     let e = waiter.await.unwrap().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Timeout);
     // The lock is still held, so only the signal can have ended the wait.
@@ -73,8 +82,7 @@ async fn a_dropped_wait_stops_waiting_at_once_and_never_acquires() {
         let s2 = s2.clone();
         tokio::spawn(async move { s2.mutex("m").lock().await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(waiting_threads(), 1);
+    until_one_waiting_thread("a wait to abort").await;
     waiter.abort();
     assert!(waiter.await.unwrap_err().is_cancelled());
     until_no_waiting_thread("after an abort").await;
@@ -113,7 +121,7 @@ async fn closing_the_session_ends_its_waits() {
         let s2 = s2.clone();
         tokio::spawn(async move { s2.rwlock("r").read().await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_one_waiting_thread("a read wait").await;
     s2.close().await.unwrap();
     let e = waiter.await.unwrap().unwrap_err();
     assert!(

@@ -16,6 +16,37 @@ async fn connect(dir: &Path) -> Coordinator {
         .unwrap()
 }
 
+/// Whether another open file description locks byte `offset` of `path`.
+fn byte_locked(path: &Path, offset: i64) -> bool {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).unwrap();
+    // SAFETY: a zeroed flock is valid; the descriptor is open.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = offset;
+    fl.l_len = 1;
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) },
+        0
+    );
+    fl.l_type != libc::F_UNLCK as libc::c_short
+}
+
+/// Wait (bounded) until a writer of rwlock `name` holds the turnstile.
+async fn until_turnstile_taken(dir: &Path, name: &str) {
+    let path = dir
+        .join("rwlock")
+        .join(format!("{}.lock", quorate_file::stem(name)));
+    soon("a writer at the turnstile", async {
+        while !byte_locked(&path, 0) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
 /// Liveness bound for things that must happen "soon" (never a timing claim).
 async fn soon<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(10), fut)
@@ -149,7 +180,8 @@ async fn a_waiting_writer_blocks_later_readers() {
         w.release().await.unwrap();
         f
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_turnstile_taken(dir.path(), "cfg").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!writer.is_finished(), "writer granted while a reader holds");
     // The writer waits: a new reader must not overtake it.
     assert!(s3.rwlock("cfg").try_read().await.unwrap().is_none());
