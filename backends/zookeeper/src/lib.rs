@@ -1,22 +1,265 @@
-//! quorate-zookeeper: the `zookeeper` backend of quorate.
+//! quorate-zookeeper: the ZooKeeper backend of quorate (`zookeeper://`).
 //!
-//! Not implemented yet: [`connect`] returns
-//! [`quorate_core::ErrorKind::Unsupported`] until its issue lands.
+//! URL: `zookeeper://[user:password@]host:port[,host:port…][/chroot]?session_timeout=10s&connect_timeout=5s[&namespace=quorate]`.
+//!
+//! - The chroot (the URL path) is a plain path prefix: quorate creates it
+//!   (as container nodes) when needed, so it need not exist beforehand.
+//! - Everything quorate writes lives under `<chroot>/<namespace>`
+//!   (`namespace` defaults to `quorate`), called `<ns>` below.
+//! - With credentials in the URL, every connection authenticates with the
+//!   `digest` scheme as `user:password`, and every node quorate creates
+//!   carries the ACL "creator: all, anyone: read", so only that identity
+//!   can modify or delete it. A client of another identity that tries is
+//!   refused with [`quorate_core::ErrorKind::Unauthenticated`].
+//!
+//! # Sessions
+//!
+//! A quorate session is one ZooKeeper session (one client connection of
+//! its own); every lock node, member node and candidate node it creates is
+//! ephemeral, so the server removes them when the session ends. The TTL is
+//! the negotiated session timeout. `lost()` fires when the session expires,
+//! is closed, or fails authentication, as the client library reports it.
+//! A *disconnection* (Curator's SUSPENDED) does not fire loss by itself:
+//! quorate-core's keep-alive deadline does, once no keep-alive round trip
+//! (an `exists` on `<ns>`) has succeeded for the session timeout minus a
+//! safety margin, counted from when the last successful one was sent, so
+//! the holder hears of the loss before the server can expire the session
+//! and grant its locks to someone else (Curator's LOST on its own clock).
+//! When a session is lost for any reason the backend closes its ZooKeeper
+//! session (or lets it expire if the server is unreachable), so a session
+//! that reconnects after being declared lost cannot keep holding anything.
+//!
+//! # Layout (interoperable with kazoo, used by tooz)
+//!
+//! - Mutex `name`: `<ns>/lock/<enc(name)>/<uuidhex>__lock__<10-digit seq>`,
+//!   ephemeral sequential: kazoo's `Lock` on the same path and quorate
+//!   exclude each other.
+//! - RwLock `name`: `<ns>/rwlock/<enc(name)>/` with `__lock__` nodes for
+//!   writers and `__rlock__` nodes for readers: kazoo's `WriteLock` and
+//!   `ReadLock`. A mutex and a rwlock of the same name are different locks.
+//! - Election `name`: `<ns>/election/<enc(name)>/<uuidhex>__lock__<seq>`
+//!   with the candidate's value as data (kazoo's `Election` can compete).
+//! - Group `g`: ephemeral `<ns>/group/<enc(g)>/<enc(member)>` holding the
+//!   capabilities as JSON.
+//! - Guarded-write values: persistent `<ns>/data/<enc(key)>` (documented
+//!   persistent state, not reported by `leftovers()`).
+//! - Parents are CONTAINER nodes, which the server deletes once empty, so
+//!   nothing is left behind.
+//!
+//! A waiter watches only its immediate predecessor (an exclusive waiter the
+//! nearest earlier node of either kind, a reader the nearest earlier
+//! `__lock__` node), so grants are FIFO and push-woken. The fencing token of
+//! a grant is the czxid of the holder's node.
+//!
+//! # Reads, watches, revocation
+//!
+//! Session-less reads (`members`, `leader`, `read`, `leftovers`) go through
+//! the coordinator's own ZooKeeper session and `sync` first, so they see
+//! every write completed before they started even on another server.
+//! `watch_group` and `observe` add a persistent recursive watch before
+//! reading, and re-read and diff after every event and every reconnection;
+//! they add the watch again after each reconnection because
+//! zookeeper-client 0.11.2 does not re-register persistent watches itself.
+//!
+//! `revoke_session` closes a session of this process through its own
+//! connection. ZooKeeper closes a session only for a client that knows its
+//! password, so for a session of another process it deletes every node that
+//! session owns under the namespace instead: its locks, memberships and
+//! candidacies are freed and their guards report the loss, but that
+//! process's session object learns nothing. `leftovers` lists the
+//! session-owned nodes under the namespace and the live sessions this
+//! process opened on it.
+//!
+//! # Known limits
+//!
+//! - Concurrent readers of a read/write lock carry the czxids of their own
+//!   nodes as fences: strictly increasing across conflicting grants, not
+//!   ordered among readers that hold together.
+//! - A group snapshot is a listing followed by one multi-read of the
+//!   members' data, not one atomic read; members that change in between are
+//!   reported by the events that follow.
 #![warn(missing_docs)]
 
-use quorate_core::{Config, Coordinator, Error, Result};
+mod election;
+mod group;
+mod mutex;
+mod node;
+mod queue;
+mod rwlock;
+mod session;
 
-/// Connect to the backend named by `config`.
-///
-/// # Errors
-///
-/// Always [`quorate_core::ErrorKind::Unsupported`] for now.
-pub async fn connect(config: &Config) -> Result<Coordinator> {
-    Err(Error::unsupported(format!(
-        "the {} backend is not implemented yet (`{config}`)",
-        "zookeeper"
-    )))
-}
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+use quorate_core::backend::async_trait;
+use quorate_core::loss::LossNotifier;
+use quorate_core::spi::{Backend, GroupEvent, Leader, Member, SessionBackend};
+use quorate_core::{
+    Capabilities, Config, Coordinator, FailureDetection, Primitives, Result, RwOrdering, Scope,
+};
+
+use node::{Layout, Server};
 
 /// URL schemes this backend serves.
 pub const SCHEMES: &[&str] = &["zookeeper"];
+
+/// Options this backend understands besides the generic ones.
+const OPTIONS: &[&str] = &["namespace"];
+
+/// What `zookeeper://` declares.
+pub fn capabilities() -> Capabilities {
+    Capabilities {
+        backend: "zookeeper",
+        scope: Scope::Hosts,
+        failure_detection: FailureDetection::Session,
+        fencing: true,
+        fifo: true,
+        rwlock_ordering: RwOrdering::Fifo,
+        push_wakeups: true,
+        exclusive_under_pause: false,
+        survives_failover: true,
+        external_revoke: true,
+        primitives: Primitives {
+            mutex: true,
+            rwlock: true,
+            group: true,
+            election: true,
+            guarded_writes: true,
+        },
+    }
+}
+
+/// Connect to a ZooKeeper ensemble.
+///
+/// Opens one ZooKeeper session for the coordinator's own reads (members,
+/// leaders, watches, guarded-write values); every quorate session opens
+/// another.
+///
+/// # Errors
+///
+/// [`quorate_core::ErrorKind::InvalidConfig`] for a bad URL (no endpoint, a
+/// bad chroot or namespace, unknown options);
+/// [`quorate_core::ErrorKind::Unavailable`] when no server answers within
+/// `connect_timeout`.
+pub async fn connect(config: &Config) -> Result<Coordinator> {
+    config.reject_unknown_options(OPTIONS)?;
+    let layout = Layout::from_config(config)?;
+    let server = Server::from_config(config)?;
+    let reads = node::SharedClient::connect(server.clone()).await?;
+    tracing::debug!(url = %config, base = %layout.base(), "connected to ZooKeeper");
+    Ok(Coordinator::new(
+        ZkBackend {
+            server,
+            layout,
+            reads: Arc::new(reads),
+        },
+        config.clone(),
+    ))
+}
+
+/// The coordinator-level backend: connection parameters, the layout, and
+/// one shared client for session-less reads and watches.
+struct ZkBackend {
+    server: Server,
+    layout: Layout,
+    reads: Arc<node::SharedClient>,
+}
+
+#[async_trait]
+impl Backend for ZkBackend {
+    fn capabilities(&self) -> Capabilities {
+        capabilities()
+    }
+
+    async fn open_session(
+        &self,
+        ttl: Duration,
+        loss: LossNotifier,
+    ) -> Result<Box<dyn SessionBackend>> {
+        let session =
+            session::ZkSession::open(&self.server, self.layout.clone(), ttl, loss).await?;
+        Ok(Box::new(session))
+    }
+
+    async fn revoke_session(&self, session_id: &str) -> Result<()> {
+        let client = self.reads.client().await?;
+        node::sync(&client, self.layout.base()).await?;
+        session::revoke_by_id(&self.server, &self.layout, &client, session_id).await
+    }
+
+    async fn members(&self, group: &str) -> Result<Vec<Member>> {
+        let client = self.reads.client().await?;
+        node::sync(&client, self.layout.base()).await?;
+        let listed = group::list(&client, &self.layout.group_dir(group)).await?;
+        Ok(listed.into_values().map(|m| m.member).collect())
+    }
+
+    async fn watch_group(&self, group: &str) -> Result<BoxStream<'static, Result<GroupEvent>>> {
+        group::watch(self.reads.clone(), self.layout.group_dir(group)).await
+    }
+
+    async fn leader(&self, name: &str) -> Result<Option<Leader>> {
+        let client = self.reads.client().await?;
+        node::sync(&client, self.layout.base()).await?;
+        election::leader(&client, &self.layout.election_dir(name)).await
+    }
+
+    async fn observe(&self, name: &str) -> Result<BoxStream<'static, Result<Option<Leader>>>> {
+        election::observe(self.reads.clone(), self.layout.election_dir(name)).await
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let client = self.reads.client().await?;
+        node::sync(&client, self.layout.base()).await?;
+        let path = self.layout.data_path(key);
+        match client.get_data(&path).await {
+            Ok((data, _)) => Ok(Some(data)),
+            Err(zookeeper_client::Error::NoNode) => Ok(None),
+            Err(e) => Err(node::zk_error("read", &path, e)),
+        }
+    }
+
+    async fn leftovers(&self) -> Result<Vec<String>> {
+        let client = self.reads.client().await?;
+        node::sync(&client, self.layout.base()).await?;
+        let base_len = self.layout.base().len() + 1;
+        let mut out: Vec<String> = owned_nodes(&client, &self.layout)
+            .await?
+            .into_iter()
+            .map(|(path, _)| path[base_len..].to_owned())
+            .collect();
+        out.extend(
+            session::live_sessions(&self.server, &self.layout)
+                .into_iter()
+                .map(|id| format!("session/{id}")),
+        );
+        out.sort();
+        Ok(out)
+    }
+}
+
+/// Every node under the namespace that belongs to a session: lock and
+/// read/write lock contenders, election candidates, group members (the
+/// grandchildren of `<ns>/{lock,rwlock,election,group}`), with their stat.
+async fn owned_nodes(
+    client: &zookeeper_client::Client,
+    layout: &Layout,
+) -> Result<Vec<(String, zookeeper_client::Stat)>> {
+    let mut out = Vec::new();
+    for kind in ["lock", "rwlock", "election", "group"] {
+        let dir = format!("{}/{kind}", layout.base());
+        for name in node::children(client, &dir).await? {
+            let sub = format!("{dir}/{name}");
+            for child in node::children(client, &sub).await? {
+                let path = format!("{sub}/{child}");
+                match client.check_stat(&path).await {
+                    Ok(Some(stat)) => out.push((path, stat)),
+                    Ok(None) => {}
+                    Err(e) => return Err(node::zk_error("exists", &path, e)),
+                }
+            }
+        }
+    }
+    Ok(out)
+}

@@ -4,6 +4,7 @@
 
 pub mod process;
 pub mod proxy;
+pub mod zookeeper;
 
 pub use process::{free_port, ServerProcess};
 pub use proxy::{ProxyMode, TcpProxy};

@@ -1,0 +1,390 @@
+//! Sessions: one ZooKeeper session per quorate session.
+//!
+//! A monitor task follows the client's session state: expiry, closing or
+//! an authentication failure fires the session's loss. When the loss comes
+//! from quorate-core instead (no keep-alive succeeded within the TTL minus
+//! the safety margin), the ZooKeeper session is still alive (the client
+//! library pings on its own), so the monitor closes it when the lease would
+//! have ended, one TTL after the last successful keep-alive was sent: the
+//! holder hears of the loss first, and the locks become free at the lease
+//! end, as with any lease. An explicit close or revoke closes at once.
+//!
+//! Every task and in-flight operation takes a short-lived clone of the
+//! client through [`SessionShared::client`]; once the session is closed
+//! that fails with `Lost`, and the library sends `closeSession` when the
+//! last clone is gone.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex as StdMutex, OnceLock, Weak};
+use std::time::Duration;
+
+use quorate_core::backend::async_trait;
+use quorate_core::loss::LossNotifier;
+use quorate_core::spi::{HeldLeadership, HeldLock, HeldMembership, LockKind, SessionBackend};
+use quorate_core::{Error, Result};
+use tokio::time::Instant;
+use zookeeper_client as zk;
+use zookeeper_client::{Client, SessionState, StateWatcher};
+
+use crate::node::{zk_error, Layout, Server};
+use crate::{election, group, mutex};
+
+/// What a session's primitives share.
+pub(crate) struct SessionShared {
+    client: StdMutex<Option<Client>>,
+    /// The ZooKeeper session id.
+    pub(crate) id: i64,
+    /// Where nodes live.
+    pub(crate) layout: Layout,
+    /// Follows the client's session state (does not keep it alive).
+    states: StateWatcher,
+    /// When the last successful keep-alive was sent (or the session opened).
+    renewed: StdMutex<Instant>,
+}
+
+impl SessionShared {
+    /// A clone of the session's client, for one operation.
+    ///
+    /// # Errors
+    ///
+    /// `Lost` once the session was closed or lost.
+    pub(crate) fn client(&self) -> Result<Client> {
+        self.client
+            .lock()
+            .unwrap()
+            .clone()
+            .ok_or_else(|| Error::lost(format!("ZooKeeper session {:#x} is closed", self.id)))
+    }
+
+    /// The session id as quorate shows it.
+    pub(crate) fn id_string(&self) -> String {
+        format!("{:#x}", self.id)
+    }
+
+    /// Drop the session's client: the library closes the ZooKeeper session
+    /// once in-flight operations release their clones.
+    fn close(&self) {
+        self.client.lock().unwrap().take();
+    }
+
+    /// Wait until the client library reports a terminal state.
+    async fn terminated(&self) -> SessionState {
+        let mut states = self.states.clone();
+        let mut state = states.peek_state();
+        while !state.is_terminated() {
+            state = states.changed().await;
+        }
+        state
+    }
+}
+
+/// A live session of this process, for `revoke_session` and `leftovers`.
+struct Registered {
+    shared: Weak<SessionShared>,
+    scope: String,
+}
+
+/// The sessions this process opened and has not seen end, by id.
+fn registry() -> &'static StdMutex<HashMap<i64, Registered>> {
+    static REGISTRY: OnceLock<StdMutex<HashMap<i64, Registered>>> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+/// The key under which a session is listed: the ensemble and namespace.
+fn scope_key(server: &Server, layout: &Layout) -> String {
+    format!("{} {}", server.shown, layout.base())
+}
+
+/// One quorate session.
+pub(crate) struct ZkSession {
+    shared: Arc<SessionShared>,
+    ttl: Duration,
+    loss: LossNotifier,
+}
+
+impl ZkSession {
+    pub(crate) async fn open(
+        server: &Server,
+        layout: Layout,
+        ttl: Duration,
+        loss: LossNotifier,
+    ) -> Result<ZkSession> {
+        let opened = Instant::now();
+        let client = server.connect(ttl).await?;
+        let id = client.session_id().0;
+        let negotiated = client.session_timeout();
+        let states = client.state_watcher();
+        registry().lock().unwrap().insert(
+            id,
+            Registered {
+                shared: Weak::new(),
+                scope: scope_key(server, &layout),
+            },
+        );
+        let shared = Arc::new(SessionShared {
+            client: StdMutex::new(Some(client)),
+            id,
+            layout,
+            states: states.clone(),
+            renewed: StdMutex::new(opened),
+        });
+        if let Some(r) = registry().lock().unwrap().get_mut(&id) {
+            r.shared = Arc::downgrade(&shared);
+        }
+        tokio::spawn(monitor(shared.clone(), states, loss.clone(), negotiated));
+        tracing::debug!(session = %shared.id_string(), ?negotiated, "ZooKeeper session opened");
+        Ok(ZkSession {
+            shared,
+            ttl: negotiated,
+            loss,
+        })
+    }
+}
+
+impl Drop for ZkSession {
+    fn drop(&mut self) {
+        // Core revokes an unclosed session before dropping it; a lost one is
+        // closed by the monitor at its lease end.
+        self.loss.fire("the session was dropped");
+    }
+}
+
+/// Follow the session state; fire `loss` on a terminal state; once `loss`
+/// fired for any reason, close the ZooKeeper session at the lease end.
+async fn monitor(
+    shared: Arc<SessionShared>,
+    mut states: StateWatcher,
+    loss: LossNotifier,
+    ttl: Duration,
+) {
+    let id = shared.id_string();
+    let mut state = states.peek_state();
+    loop {
+        match state {
+            SessionState::Expired => loss.fire("the ZooKeeper session expired"),
+            SessionState::Closed => loss.fire("the ZooKeeper session was closed"),
+            SessionState::AuthFailed => loss.fire("ZooKeeper authentication failed"),
+            SessionState::Disconnected => {
+                tracing::info!(session = %id, "disconnected from ZooKeeper; the session lives until its timeout");
+            }
+            s => tracing::debug!(session = %id, state = %s, "ZooKeeper session state"),
+        }
+        if loss.is_lost() {
+            break;
+        }
+        tokio::select! {
+            s = states.changed() => state = s,
+            _ = loss.lost() => break,
+        }
+    }
+    if !states.peek_state().is_terminated() {
+        let lease_end = *shared.renewed.lock().unwrap() + ttl;
+        tokio::select! {
+            _ = tokio::time::sleep_until(lease_end) => {}
+            _ = shared.terminated() => {}
+        }
+    }
+    shared.close();
+    let end = shared.terminated().await;
+    registry().lock().unwrap().remove(&shared.id);
+    tracing::debug!(session = %id, state = %end, "ZooKeeper session ended");
+}
+
+/// Revoke a session by id, as an operator would.
+///
+/// A session of this process is closed through its own connection (the
+/// server deletes its nodes; its holder's client reports the session
+/// closed). ZooKeeper closes a session only for a client that knows the
+/// session's password, so a session of another process is revoked by
+/// deleting every node it owns under this namespace: its locks,
+/// memberships and candidacies are freed at once and its guards' `lost()`
+/// resolve; the other process's session object itself learns nothing.
+pub(crate) async fn revoke_by_id(
+    server: &Server,
+    layout: &Layout,
+    client: &Client,
+    session_id: &str,
+) -> Result<()> {
+    let id = session_id
+        .strip_prefix("0x")
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .ok_or_else(|| {
+            Error::invalid_name(format!(
+                "`{session_id}` is not a ZooKeeper session id (0x…)"
+            ))
+        })? as i64;
+    let local = registry()
+        .lock()
+        .unwrap()
+        .get(&id)
+        .filter(|r| r.scope == scope_key(server, layout))
+        .and_then(|r| r.shared.upgrade());
+    if let Some(shared) = local {
+        shared.close();
+        let state = shared.terminated().await;
+        tracing::info!(session = %session_id, %state, "session revoked");
+        return Ok(());
+    }
+    let mut deleted = 0;
+    for (path, stat) in crate::owned_nodes(client, layout).await? {
+        if stat.ephemeral_owner == id {
+            match client.delete(&path, Some(stat.version)).await {
+                Ok(()) => deleted += 1,
+                Err(zk::Error::NoNode) => {}
+                Err(e) => return Err(zk_error("delete", &path, e)),
+            }
+        }
+    }
+    if deleted == 0 {
+        return Err(Error::not_held(format!(
+            "no live session {session_id} of this process, and no node of it under `{}`",
+            layout.base()
+        )));
+    }
+    tracing::info!(session = %session_id, deleted, "revoked a session's nodes");
+    Ok(())
+}
+
+/// The ids of the live sessions this process opened on this ensemble and
+/// namespace.
+pub(crate) fn live_sessions(server: &Server, layout: &Layout) -> Vec<String> {
+    let key = scope_key(server, layout);
+    registry()
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, r)| r.scope == key)
+        .map(|(id, _)| format!("{id:#x}"))
+        .collect()
+}
+
+#[async_trait]
+impl SessionBackend for ZkSession {
+    fn id(&self) -> String {
+        self.shared.id_string()
+    }
+
+    fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    async fn keep_alive(&self) -> Result<()> {
+        let client = self.shared.client()?;
+        let base = self.shared.layout.base();
+        let sent = Instant::now();
+        match client.check_stat(base).await {
+            Ok(_) => {
+                let mut renewed = self.shared.renewed.lock().unwrap();
+                *renewed = (*renewed).max(sent);
+                Ok(())
+            }
+            Err(e) => Err(zk_error("keep-alive (exists)", base, e)),
+        }
+    }
+
+    async fn revoke(&self) -> Result<()> {
+        self.shared.close();
+        let state = self.shared.terminated().await;
+        registry().lock().unwrap().remove(&self.shared.id);
+        match state {
+            SessionState::Closed | SessionState::Expired => Ok(()),
+            s => Err(Error::backend(format!(
+                "closing ZooKeeper session {} ended in state {s}",
+                self.shared.id_string()
+            ))),
+        }
+    }
+
+    async fn lock(
+        &self,
+        name: &str,
+        kind: LockKind,
+        wait: bool,
+        loss: LossNotifier,
+    ) -> Result<Option<Box<dyn HeldLock>>> {
+        mutex::lock(&self.shared, name, kind, wait, loss).await
+    }
+
+    async fn join(
+        &self,
+        group: &str,
+        member: &str,
+        capabilities: &serde_json::Value,
+        loss: LossNotifier,
+    ) -> Result<Box<dyn HeldMembership>> {
+        group::join(&self.shared, group, member, capabilities, loss).await
+    }
+
+    async fn campaign(
+        &self,
+        name: &str,
+        value: &[u8],
+        loss: LossNotifier,
+    ) -> Result<Box<dyn HeldLeadership>> {
+        election::campaign(&self.shared, name, value, loss).await
+    }
+}
+
+/// Whether a client error means the session itself is gone.
+pub(crate) fn is_session_gone(e: &zk::Error) -> bool {
+    matches!(
+        e,
+        zk::Error::SessionExpired | zk::Error::ClientClosed | zk::Error::AuthFailed
+    )
+}
+
+/// Fire `loss` when the node at `path` (a grant, membership or candidacy of
+/// this session) is deleted by anyone but us, or the session ends. The task
+/// ends once `loss` fired (core fires it before releasing).
+pub(crate) fn watch_own_node(shared: &Arc<SessionShared>, path: String, loss: LossNotifier) {
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        loop {
+            if loss.is_lost() {
+                return;
+            }
+            let Ok(client) = shared.client() else {
+                return;
+            };
+            let watched = client.check_and_watch_stat(&path).await;
+            drop(client);
+            match watched {
+                Ok((None, _)) => {
+                    loss.fire(format!("node `{path}` was deleted"));
+                    return;
+                }
+                Ok((Some(_), watcher)) => {
+                    let event = tokio::select! {
+                        e = watcher.changed() => e,
+                        _ = loss.lost() => return,
+                    };
+                    match event.event_type {
+                        zk::EventType::NodeDeleted => {
+                            loss.fire(format!("node `{path}` was deleted"));
+                            return;
+                        }
+                        zk::EventType::Session if event.session_state.is_terminated() => {
+                            loss.fire(format!(
+                                "the ZooKeeper session ended ({})",
+                                event.session_state
+                            ));
+                            return;
+                        }
+                        _ => {}
+                    }
+                }
+                Err(e) if is_session_gone(&e) => {
+                    loss.fire(format!("the ZooKeeper session ended ({e})"));
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(%path, error = %e, "re-arming the node watch");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                        _ = loss.lost() => return,
+                    }
+                }
+            }
+        }
+    });
+}
