@@ -13,11 +13,13 @@ use serde::Serialize;
 
 use crate::outcome::percentile;
 
+mod file;
 mod memory;
 mod redis;
 
 pub use self::redis::RedisBaseline;
 use crate::target::Target;
+pub use file::FileBaseline;
 pub use memory::MemoryBaseline;
 
 /// The minimal raw operations of a backend, done with its own client, that
@@ -318,6 +320,9 @@ pub async fn baseline_for(url: &str) -> quorate::Result<Arc<dyn RawBaseline>> {
     match config.scheme.as_str() {
         "memory" => Ok(Arc::new(MemoryBaseline::default())),
         "redis" => Ok(Arc::new(RedisBaseline::connect(&config).await?)),
+        "file" => Ok(Arc::new(FileBaseline::new(std::path::Path::new(
+            &config.path,
+        ))?)),
         other => Err(quorate::Error::unsupported(format!(
             "no raw baseline for {other}:// yet, so no ratio can be measured"
         ))),
