@@ -249,7 +249,7 @@ fn two_processes_exclude_each_other_on_file_locks() {
 #[test]
 fn a_lost_lock_terminates_the_command_and_exits_75() {
     use quorate_conformance::harness::zookeeper::ZkCluster;
-    let mut zk = ZkCluster::start(1).expect("starting ZooKeeper (see scripts/install-deps)");
+    let zk = ZkCluster::start(1).expect("starting ZooKeeper (see scripts/install-deps)");
     let url = format!(
         "zookeeper://{}?session_timeout=2s&connect_timeout=1s",
         zk.endpoints()
