@@ -178,10 +178,10 @@ impl Backend for FileBackend {
 
     async fn open_session(
         &self,
-        _ttl: Duration,
+        ttl: Duration,
         loss: LossNotifier,
     ) -> Result<Box<dyn SessionBackend>> {
-        Ok(Box::new(FileSession::open(self.layout.clone(), loss)))
+        Ok(Box::new(FileSession::open(self.layout.clone(), ttl, loss)))
     }
 
     async fn revoke_session(&self, _session_id: &str) -> Result<()> {

@@ -1,11 +1,10 @@
 //! Sessions: a session is this process and the open file descriptions it
 //! holds. The kernel releases every lock when the process dies, so there is
-//! no lease to expire: the TTL plays no part in failure detection. A
-//! session reports [`SESSION_TTL`] (a century) whatever TTL was asked for,
-//! so core's client-side lease deadline never declares a live session lost
-//! (a holder paused by `SIGSTOP` still holds its kernel locks when it
-//! resumes, and is right to trust them). `keep_alive` only checks that the
-//! root directory is still there.
+//! no lease to expire: the TTL plays no part in failure detection. The
+//! backend declares `FailureDetection::ProcessLifetime`, so core keeps no
+//! client-side lease deadline for its sessions (a holder paused by `SIGSTOP`
+//! still holds its kernel locks when it resumes, and is right to trust
+//! them). `keep_alive` only checks that the root directory is still there.
 //!
 //! A session keeps a registry of what it holds (locks, memberships,
 //! leaderships) so that [`SessionBackend::revoke`] (and the loss of the
@@ -24,10 +23,6 @@ use tokio::task::JoinHandle;
 use crate::layout::Layout;
 use crate::ofd::{blocking, io_error};
 use crate::{election, group, mutex};
-
-/// The TTL every file session reports: it never expires; it ends with its
-/// process, `close`, or being dropped.
-pub(crate) const SESSION_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Something a session holds and must give up when it is revoked.
 pub(crate) trait Revocable: Send + Sync {
@@ -113,14 +108,16 @@ impl SessionShared {
 /// One session of the file backend.
 pub(crate) struct FileSession {
     pub(crate) shared: Arc<SessionShared>,
+    /// The requested TTL, reported as is; it only paces keep-alives.
+    ttl: Duration,
     on_loss: JoinHandle<()>,
 }
 
 impl FileSession {
     /// Open a session. Its id is `<pid>.<random>`. Once `loss` fires (core's
     /// client-side deadline, close, drop), everything it holds is released.
-    /// The requested TTL is ignored (see [`SESSION_TTL`]).
-    pub(crate) fn open(layout: Arc<Layout>, loss: LossNotifier) -> FileSession {
+    /// The TTL only paces core's keep-alive (a directory check).
+    pub(crate) fn open(layout: Arc<Layout>, ttl: Duration, loss: LossNotifier) -> FileSession {
         let shared = Arc::new(SessionShared {
             id: format!("{}.{:08x}", std::process::id(), rand::random::<u32>()),
             layout,
@@ -136,7 +133,11 @@ impl FileSession {
             .await;
         });
         tracing::debug!(session = %shared.id, "file session opened");
-        FileSession { shared, on_loss }
+        FileSession {
+            shared,
+            ttl,
+            on_loss,
+        }
     }
 }
 
@@ -154,7 +155,7 @@ impl SessionBackend for FileSession {
     }
 
     fn ttl(&self) -> Duration {
-        SESSION_TTL
+        self.ttl
     }
 
     async fn keep_alive(&self) -> Result<()> {
