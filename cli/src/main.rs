@@ -9,7 +9,6 @@
 mod hold;
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -423,17 +422,7 @@ async fn run(command: Command) -> Result<u8, Exit> {
             format,
         } => {
             let config = quorate::Config::parse(&url)?;
-            let raw: Arc<dyn bench::RawBaseline> = match config.scheme.as_str() {
-                "memory" => Arc::new(bench::MemoryBaseline::default()),
-                other => {
-                    return Err(Exit {
-                        code: 1,
-                        message: format!(
-                            "no raw baseline for {other}:// yet, so no ratio can be measured"
-                        ),
-                    })
-                }
-            };
+            let raw = bench::baseline_for(&url).await?;
             let target = Target::new(config.scheme.clone(), url);
             let reports = bench::run(&target, raw, seconds).await?;
             match format {

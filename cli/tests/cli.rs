@@ -15,6 +15,13 @@ fn run(args: &[&str]) -> Output {
         .expect("run quorate")
 }
 
+fn temp_dir(label: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("quorate-cli-{label}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -185,4 +192,100 @@ fn conformance_json_report_has_the_documented_schema() {
     assert_eq!(case["backend"], "memory");
     assert_eq!(case["result"], "pass");
     assert!(case["figures"].is_object());
+}
+/// Two `quorate lock` processes on one file:// lock never overlap, and a
+/// waiter with a short timeout exits 75.
+#[test]
+fn two_processes_exclude_each_other_on_file_locks() {
+    let dir = temp_dir("excl");
+    let url = format!("file://{}", dir.display());
+    let log = dir.join("log");
+    let script = format!(
+        "echo start >> {0}; sleep 0.3; echo end >> {0}",
+        log.display()
+    );
+    let a = quorate()
+        .args(["lock", &url, "job", "--", "sh", "-c", &script])
+        .spawn()
+        .unwrap();
+    let b = quorate()
+        .args(["lock", &url, "job", "--", "sh", "-c", &script])
+        .spawn()
+        .unwrap();
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(
+        a.status.success() && b.status.success(),
+        "{} {}",
+        stderr(&a),
+        stderr(&b)
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        text, "start\nend\nstart\nend\n",
+        "the two commands overlapped"
+    );
+
+    let mut holder = quorate()
+        .args(["lock", &url, "busy"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let o = run(&["lock", &url, "busy", "--timeout", "300ms", "--", "true"]);
+    assert_eq!(o.status.code(), Some(75), "{}", stderr(&o));
+    assert!(stderr(&o).contains("timed out"), "{}", stderr(&o));
+    drop(holder.stdin.take());
+    assert!(holder.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A lock lost while its command runs: the command gets SIGTERM and
+/// `quorate lock` exits 75 with the reason. The loss is real: the
+/// ZooKeeper server is paused (SIGSTOP) past the session's TTL.
+#[test]
+fn a_lost_lock_terminates_the_command_and_exits_75() {
+    use quorate_conformance::harness::zookeeper::ZkCluster;
+    let zk = ZkCluster::start(1).expect("starting ZooKeeper (see scripts/install-deps)");
+    let url = format!(
+        "zookeeper://{}?session_timeout=2s&connect_timeout=1s",
+        zk.endpoints()
+    );
+    let dir = temp_dir("lost");
+    let marker = dir.join("terminated");
+    let script = format!(
+        "trap 'echo TERM > {}; exit 0' TERM; echo started; while true; do sleep 0.05; done",
+        marker.display()
+    );
+    let mut child = quorate()
+        .args(["lock", &url, "job", "--", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "started");
+    zk.pause(0);
+    let output = child.wait_with_output().unwrap();
+    zk.resume(0);
+    assert_eq!(
+        output.status.code(),
+        Some(75),
+        "stderr: {}",
+        stderr(&output)
+    );
+    let e = stderr(&output);
+    assert!(e.contains("lost lock `job`"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap().trim(),
+        "TERM",
+        "the command was not sent SIGTERM"
+    );
+    drop(zk);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::capabilities::FailureDetection;
 use crate::coordinator::Coordinator;
 use crate::election::Election;
 use crate::error::{Error, ErrorKind, Result};
@@ -75,6 +76,9 @@ pub(crate) struct SessionInner {
     clock: Arc<LeaseClock>,
     claims: StdMutex<HashSet<ClaimKey>>,
     lease_task: JoinHandle<()>,
+    /// Whether the session is a lease with a client-side deadline (false
+    /// for process-lifetime backends).
+    leased: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -143,6 +147,10 @@ impl Session {
             .into();
         let ttl = backend.ttl();
         let id = backend.id();
+        // Where a dead holder is detected by its process ending (file
+        // locks), there is no lease to run out: no client-side deadline.
+        let leased =
+            coordinator.capabilities().failure_detection != FailureDetection::ProcessLifetime;
         let clock = Arc::new(LeaseClock::new(ttl, sent));
         let lease_task = tokio::spawn(lease_task(
             backend.clone(),
@@ -150,6 +158,7 @@ impl Session {
             loss.clone(),
             options.keep_alive,
             coordinator.request_timeout(),
+            leased,
         ));
         tracing::debug!(session = %id, ?ttl, "session opened");
         Ok(Session {
@@ -163,6 +172,7 @@ impl Session {
                 clock,
                 claims: StdMutex::new(HashSet::new()),
                 lease_task,
+                leased,
             }),
         })
     }
@@ -183,10 +193,15 @@ impl Session {
     }
 
     /// Time left before the client-side deadline at which the session will
-    /// report itself lost unless a keep-alive succeeds. Zero once lost.
+    /// report itself lost unless a keep-alive succeeds. Zero once lost;
+    /// `Duration::MAX` where failure detection is the process lifetime
+    /// (no lease runs out).
     pub fn remaining(&self) -> Duration {
         if self.inner.loss.is_lost() {
             return Duration::ZERO;
+        }
+        if !self.inner.leased {
+            return Duration::MAX;
         }
         self.inner
             .clock
@@ -431,6 +446,7 @@ async fn lease_task(
     loss: LossNotifier,
     mode: KeepAlive,
     request_timeout: Duration,
+    leased: bool,
 ) {
     let ttl = clock.ttl;
     let mut next_refresh = Instant::now() + ttl / 3;
@@ -441,7 +457,7 @@ async fn lease_task(
             // Biased: after a pause (SIGSTOP, a stalled runtime) a passed
             // deadline is reported before any late keep-alive can hide it.
             biased;
-            _ = tokio::time::sleep_until(deadline) => {
+            _ = tokio::time::sleep_until(deadline), if leased => {
                 if Instant::now() >= clock.deadline() {
                     loss.fire(format!(
                         "no successful keep-alive within the TTL ({ttl:?}) minus the safety margin"
@@ -473,7 +489,7 @@ async fn lease_task(
                             next_refresh = Instant::now();
                         }
                     },
-                    _ = tokio::time::sleep_until(deadline) => {}
+                    _ = tokio::time::sleep_until(deadline), if leased => {}
                     _ = loss.lost() => return,
                 }
             }

@@ -1,22 +1,218 @@
-//! quorate-file: the `file` backend of quorate.
+//! quorate-file: the `file://` backend of quorate — coordination between
+//! the processes of one host through lock files in a directory, with Linux
+//! open-file-description (OFD) locks and no server.
 //!
-//! Not implemented yet: [`connect`] returns
-//! [`quorate_core::ErrorKind::Unsupported`] until its issue lands.
+//! ```text
+//! file:///var/lib/quorate          the directory (created if missing)
+//! ```
+//!
+//! - **Locks** are OFD locks (`F_OFD_SETLK`/`F_OFD_SETLKW`) on one file per
+//!   name (see `docs/backends.md` for the layout). They exclude tasks and
+//!   threads of one process (each acquisition opens its own file
+//!   description), other processes, and classic `fcntl`/`lockf` locks such
+//!   as Python's `fcntl.lockf` on the same file.
+//! - **Failure detection** is the process lifetime: the kernel releases the
+//!   locks of a process the moment it dies; a paused (`SIGSTOP`) holder
+//!   keeps them, so nobody else acquires (safe, not live). The session TTL
+//!   plays no part: a file session reports a TTL of a century and never
+//!   expires; it ends with its process, `close`, or being dropped.
+//! - **Waiting** is push: a thread blocks in `F_OFD_SETLKW` and the kernel
+//!   wakes it. Dropping a waiting future interrupts that thread with a
+//!   signal (see `docs/backends.md`); nothing is acquired later.
+//! - **Fencing tokens** are a counter in each lock file, bumped and
+//!   `fdatasync`ed under the lock.
+//! - **Order**: the kernel does not queue waiters in arrival order, so
+//!   mutexes and elections are not FIFO; read/write locks are
+//!   writer-preferring through a turnstile byte.
 #![warn(missing_docs)]
 
-use quorate_core::{Config, Coordinator, Error, Result};
+mod election;
+mod group;
+mod layout;
+mod mutex;
+mod ofd;
+mod rwlock;
+mod session;
+mod watch;
 
-/// Connect to the backend named by `config`.
-///
-/// # Errors
-///
-/// Always [`quorate_core::ErrorKind::Unsupported`] for now.
-pub async fn connect(config: &Config) -> Result<Coordinator> {
-    Err(Error::unsupported(format!(
-        "the {} backend is not implemented yet (`{config}`)",
-        "file"
-    )))
-}
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+use quorate_core::backend::async_trait;
+use quorate_core::loss::LossNotifier;
+use quorate_core::spi::{Backend, GroupEvent, Leader, Member, SessionBackend};
+use quorate_core::{
+    Capabilities, Config, Coordinator, Error, FailureDetection, Primitives, Result, RwOrdering,
+    Scope,
+};
+
+use crate::layout::{list, read_optional, Layout, Space};
+use crate::ofd::{blocking, io_error, is_locked, Mode, Range};
+use crate::session::FileSession;
+
+pub use crate::layout::stem;
 
 /// URL schemes this backend serves.
 pub const SCHEMES: &[&str] = &["file"];
+
+/// What `file://` declares.
+///
+/// - `scope: Processes`: one host; the directory must be on a local file
+///   system (OFD locks over NFS are not covered by the tests).
+/// - `failure_detection: ProcessLifetime`, `exclusive_under_pause: true`.
+/// - `fifo: false`: the kernel wakes lock waiters in no promised order.
+/// - `rwlock_ordering: WriterPreferring`: a writer holding the turnstile
+///   blocks every later reader; waiters at the turnstile race.
+/// - `external_revoke: false`: another process cannot take away a kernel
+///   lock.
+pub fn capabilities() -> Capabilities {
+    Capabilities {
+        backend: "file",
+        scope: Scope::Processes,
+        failure_detection: FailureDetection::ProcessLifetime,
+        fencing: true,
+        fifo: false,
+        rwlock_ordering: RwOrdering::WriterPreferring,
+        push_wakeups: true,
+        exclusive_under_pause: true,
+        survives_failover: false,
+        external_revoke: false,
+        primitives: Primitives {
+            mutex: true,
+            rwlock: true,
+            group: true,
+            election: true,
+            guarded_writes: true,
+        },
+    }
+}
+
+/// The lock file of the mutex `name` under the root directory `root`: the
+/// file another program locks (whole file, e.g. Python's
+/// `fcntl.lockf(fd, fcntl.LOCK_EX)`) to exclude, and be excluded by,
+/// quorate's mutex of that name.
+pub fn mutex_path(root: &Path, name: &str) -> PathBuf {
+    root.join(Space::Mutex.dir())
+        .join(format!("{}.lock", stem(name)))
+}
+
+/// Connect to `file:///absolute/directory`: create the directory (and its
+/// sub-directories) if missing, and check it is writable and supports OFD
+/// locks.
+///
+/// # Errors
+///
+/// [`quorate_core::ErrorKind::InvalidConfig`] for a host, credentials,
+/// options, a relative or empty path, or a directory that cannot be created
+/// or written; [`quorate_core::ErrorKind::Unsupported`] when its file
+/// system has no OFD locks.
+pub async fn connect(config: &Config) -> Result<Coordinator> {
+    config.reject_unknown_options(&[])?;
+    let url = config.redacted();
+    if config.endpoints.iter().any(|e| e != "localhost") {
+        return Err(Error::invalid_config(format!(
+            "`{url}`: a file URL names a local directory, `file:///absolute/path` (no host)"
+        )));
+    }
+    if config.username.is_some() || config.password.is_some() {
+        return Err(Error::invalid_config(format!(
+            "`{url}`: file:// takes no credentials"
+        )));
+    }
+    let root = PathBuf::from(&config.path);
+    if config.path.is_empty() || !root.is_absolute() {
+        return Err(Error::invalid_config(format!(
+            "`{url}`: give the directory as an absolute path, `file:///absolute/path`"
+        )));
+    }
+    let layout = blocking(move || Layout::open(root)).await?;
+    tracing::debug!(root = %layout.root().display(), "file backend ready");
+    Ok(Coordinator::new(
+        FileBackend {
+            layout: Arc::new(layout),
+        },
+        config.clone(),
+    ))
+}
+
+struct FileBackend {
+    layout: Arc<Layout>,
+}
+
+/// Everything that is held right now: locked lock files, live members.
+/// Lock files themselves (with their counters) and values are persistent.
+fn leftovers(layout: &Layout) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for space in Space::ALL {
+        let dir = layout.root().join(space.dir());
+        for name in list(&dir, ".lock")? {
+            let path = dir.join(&name);
+            let file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_error(format!("opening `{}`", path.display()), e)),
+            };
+            if is_locked(&file, Mode::Exclusive, Range::WHOLE)
+                .map_err(|e| io_error(format!("probing `{}`", path.display()), e))?
+            {
+                out.push(format!("{}/{name}", space.dir()));
+            }
+        }
+    }
+    let groups = layout.groups_dir();
+    for g in list(&groups, "")? {
+        for m in group::scan(&groups.join(&g), true)? {
+            out.push(format!("group/{g}/{}", layout::member_file_name(&m.id)));
+        }
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl Backend for FileBackend {
+    fn capabilities(&self) -> Capabilities {
+        capabilities()
+    }
+
+    async fn open_session(
+        &self,
+        ttl: Duration,
+        loss: LossNotifier,
+    ) -> Result<Box<dyn SessionBackend>> {
+        Ok(Box::new(FileSession::open(self.layout.clone(), ttl, loss)))
+    }
+
+    async fn revoke_session(&self, _session_id: &str) -> Result<()> {
+        Err(Error::unsupported(
+            "file:// sessions are processes holding kernel locks: they cannot be revoked from outside",
+        ))
+    }
+
+    async fn members(&self, group: &str) -> Result<Vec<Member>> {
+        group::members(&self.layout, group).await
+    }
+
+    async fn watch_group(&self, group: &str) -> Result<BoxStream<'static, Result<GroupEvent>>> {
+        group::watch(&self.layout, group).await
+    }
+
+    async fn leader(&self, election: &str) -> Result<Option<Leader>> {
+        election::leader(&self.layout, election).await
+    }
+
+    async fn observe(&self, election: &str) -> Result<BoxStream<'static, Result<Option<Leader>>>> {
+        election::observe(&self.layout, election).await
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.layout.data_path(key);
+        blocking(move || read_optional(&path)).await
+    }
+
+    async fn leftovers(&self) -> Result<Vec<String>> {
+        let layout = self.layout.clone();
+        blocking(move || leftovers(&layout)).await
+    }
+}

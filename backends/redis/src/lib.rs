@@ -1,22 +1,320 @@
-//! quorate-redis: the `redis` backend of quorate.
+//! quorate-redis: the Redis backend of quorate:
+//! `redis://[user:pass@]host:port[/db][?ttl=10s&namespace=quorate]`,
+//! `rediss://…` (TLS), and `redis+sentinel://s1,s2/<service>[/db]` (follows
+//! a Sentinel-managed primary). URL forms and options: `settings.rs`.
 //!
-//! Not implemented yet: [`connect`] returns
-//! [`quorate_core::ErrorKind::Unsupported`] until its issue lands.
+//! - **Session**: a liveness key `<ns>:session:<id>` with a PX TTL; one
+//!   keep-alive script per round extends it and every key the session holds
+//!   (listed in its held hash), and reports grants found gone.
+//! - **Mutex**: `<ns>:lock:<enc(name)>` is a plain string holding the owner
+//!   token with a PX TTL, so a redis-py `Lock` on the same key and quorate
+//!   exclude each other. Waiters queue FIFO in `<ns>:queue:<enc(name)>`; a
+//!   release grants the next waiter on its behalf and tells it over pub/sub.
+//!   Every multi-key step is one Lua script; the fencing token is an `INCR`
+//!   (floored at the server clock) in the granting script.
+//! - **RwLock**: one FIFO queue of `r`/`w` entries per lock; a waiting writer
+//!   blocks later readers.
+//! - **Election**: an exclusive lock in its own key space plus the leader's
+//!   value; observers follow pub/sub.
+//! - **Group**: a hash per group plus a TTL key per member, stale members
+//!   swept atomically, versioned events over pub/sub with a re-list and
+//!   diff after every reconnect.
+//!
+//! The full key layout is in `keys.rs`. A single Redis does not keep mutual
+//! exclusion across a failover or a restart without persistence (locks are
+//! simply gone): [`capabilities`] says so.
 #![warn(missing_docs)]
 
-use quorate_core::{Config, Coordinator, Error, Result};
+mod conn;
+mod election;
+mod group;
+mod hub;
+mod keys;
+mod mutex;
+mod rwlock;
+mod scripts;
+mod session;
+mod settings;
 
-/// Connect to the backend named by `config`.
-///
-/// # Errors
-///
-/// Always [`quorate_core::ErrorKind::Unsupported`] for now.
-pub async fn connect(config: &Config) -> Result<Coordinator> {
-    Err(Error::unsupported(format!(
-        "the {} backend is not implemented yet (`{config}`)",
-        "redis"
-    )))
-}
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+use quorate_core::backend::async_trait;
+use quorate_core::loss::LossNotifier;
+use quorate_core::spi::{Backend, GroupEvent, Leader, Member, SessionBackend};
+use quorate_core::{
+    Capabilities, Config, Coordinator, Error, ErrorKind, FailureDetection, Primitives, Result,
+    RwOrdering, Scope,
+};
+use redis::FromRedisValue;
+
+use conn::Conn;
+use hub::Hub;
+use settings::Settings;
 
 /// URL schemes this backend serves.
 pub const SCHEMES: &[&str] = &["redis", "rediss", "redis+sentinel"];
+
+/// The default key namespace.
+pub const DEFAULT_NAMESPACE: &str = "quorate";
+
+/// What the Redis backend declares.
+///
+/// A single Redis (or a Sentinel failover, with asynchronous replication)
+/// can lose a granted lock: `survives_failover` is `false`. Dead holders
+/// are detected by their lease TTL.
+pub fn capabilities() -> Capabilities {
+    Capabilities {
+        backend: "redis",
+        scope: Scope::Hosts,
+        failure_detection: FailureDetection::LeaseTtl,
+        fencing: true,
+        fifo: true,
+        rwlock_ordering: RwOrdering::Fifo,
+        push_wakeups: true,
+        exclusive_under_pause: false,
+        survives_failover: false,
+        external_revoke: true,
+        primitives: Primitives {
+            mutex: true,
+            rwlock: true,
+            group: true,
+            election: true,
+            guarded_writes: true,
+        },
+    }
+}
+
+/// Connect to the Redis named by `config`, and check that it answers and
+/// accepts the credentials.
+///
+/// # Errors
+///
+/// [`ErrorKind::InvalidConfig`] for a bad URL or option (unknown options
+/// are refused), [`ErrorKind::Unavailable`] when the server cannot be
+/// reached within `connect_timeout`, [`ErrorKind::Unauthenticated`] when it
+/// refuses the credentials (or a `rediss://` server's certificate is not
+/// trusted), [`ErrorKind::Unsupported`] for `rediss://` in a build without
+/// the `tls` feature. The URL forms and options are described in
+/// `settings.rs`: `redis://`, `rediss://` (`tls_ca`, `tls_cert`,
+/// `tls_key`), `redis+sentinel://s1,s2/<service>[/db]`.
+pub async fn connect(config: &Config) -> Result<Coordinator> {
+    let settings = Settings::from_config(config)?;
+    let namespace = settings.namespace.clone();
+    let (conn, client) = Conn::open(settings, config).await?;
+    let hub = Hub::start(client, config.connect_timeout);
+    tracing::debug!(url = %config, %namespace, "connected to redis");
+    Ok(Coordinator::new(
+        RedisBackend {
+            ctx: Arc::new(Ctx {
+                conn,
+                ns: namespace,
+                hub,
+                ttl: config.ttl,
+            }),
+        },
+        config.clone(),
+    ))
+}
+
+/// Turn a redis error into a quorate error of the right kind.
+pub(crate) fn redis_error(what: &str, e: redis::RedisError) -> Error {
+    let code = e.code().unwrap_or_default();
+    if e.to_string().contains("invalid peer certificate") {
+        // rustls refused the server's certificate: retrying cannot help.
+        return Error::new(
+            ErrorKind::Unauthenticated,
+            format!("{what}: the server's TLS certificate is not trusted (see `tls_ca`): {e}"),
+        )
+        .with_source(e);
+    }
+    let kind = if e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(code, "WRONGPASS" | "NOAUTH")
+    {
+        ErrorKind::Unauthenticated
+    } else if code == "NOPERM" {
+        return Error::new(
+            ErrorKind::Unauthenticated,
+            format!("{what}: the redis user lacks a permission quorate needs: {e}"),
+        );
+    } else if e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(code, "LOADING" | "MASTERDOWN" | "READONLY" | "TRYAGAIN")
+    {
+        ErrorKind::Unavailable
+    } else {
+        ErrorKind::Backend
+    };
+    let message = match kind {
+        ErrorKind::Unauthenticated => {
+            format!("{what}: redis refused the credentials (wrong user name or password): {e}")
+        }
+        _ => format!("{what}: {e}"),
+    };
+    Error::new(kind, message).with_source(e)
+}
+
+/// What every part of the backend shares.
+pub(crate) struct Ctx {
+    /// Commands and scripts (reconnects by itself, follows a sentinel
+    /// primary).
+    pub(crate) conn: Conn,
+    /// The key namespace.
+    pub(crate) ns: String,
+    /// Pub/sub wake-ups.
+    pub(crate) hub: Hub,
+    /// The configured TTL (fallback re-check interval of watchers).
+    pub(crate) ttl: Duration,
+}
+
+impl Ctx {
+    /// Run a script with the namespace as its first argument.
+    pub(crate) async fn eval<T: FromRedisValue>(
+        &self,
+        what: &str,
+        script: &redis::Script,
+        args: &[&[u8]],
+    ) -> Result<T> {
+        let mut inv = script.prepare_invoke();
+        inv.arg(self.ns.as_bytes());
+        for a in args {
+            inv.arg(*a);
+        }
+        let mut conn = self.conn.manager();
+        match inv.invoke_async(&mut conn).await {
+            Ok(v) => Ok(v),
+            Err(e) => Err(self.failed(what, e).await),
+        }
+    }
+
+    /// Run one command.
+    pub(crate) async fn query<T: FromRedisValue>(&self, what: &str, cmd: &redis::Cmd) -> Result<T> {
+        let mut conn = self.conn.manager();
+        match cmd.query_async(&mut conn).await {
+            Ok(v) => Ok(v),
+            Err(e) => Err(self.failed(what, e).await),
+        }
+    }
+
+    /// Map a failure, moving to a new sentinel primary if there is one.
+    async fn failed(&self, what: &str, e: redis::RedisError) -> Error {
+        if let Some(client) = self.conn.after_error(&e).await {
+            self.hub.switch(client);
+        }
+        redis_error(what, e)
+    }
+
+    /// `<ns>:<kind>:<enc(name)>`.
+    pub(crate) fn key(&self, kind: &str, name: &str) -> String {
+        keys::key(&self.ns, kind, name)
+    }
+
+    /// The bounded fallback re-check interval for a wait blocked by
+    /// something that expires in `blocker_ms` (negative: unknown/none).
+    pub(crate) fn recheck_after(&self, ttl: Duration, blocker_ms: i64) -> Duration {
+        let cap = (ttl / 2).max(Duration::from_millis(10));
+        if blocker_ms >= 0 {
+            (Duration::from_millis(blocker_ms as u64) + Duration::from_millis(5)).min(cap)
+        } else {
+            cap
+        }
+    }
+}
+
+/// A stream over an unbounded receiver (ends when every sender is gone).
+pub(crate) fn receiver_stream<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> BoxStream<'static, T> {
+    use futures::StreamExt;
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+}
+
+struct RedisBackend {
+    ctx: Arc<Ctx>,
+}
+
+#[async_trait]
+impl Backend for RedisBackend {
+    fn capabilities(&self) -> Capabilities {
+        capabilities()
+    }
+
+    async fn open_session(
+        &self,
+        ttl: Duration,
+        loss: LossNotifier,
+    ) -> Result<Box<dyn SessionBackend>> {
+        Ok(Box::new(
+            session::RedisSession::open(self.ctx.clone(), ttl, loss).await?,
+        ))
+    }
+
+    async fn revoke_session(&self, session_id: &str) -> Result<()> {
+        if !keys::is_session_id(session_id) {
+            return Err(Error::invalid_name(format!(
+                "`{session_id}` is not a redis session id"
+            )));
+        }
+        if session::revoke(&self.ctx, session_id).await? {
+            Ok(())
+        } else {
+            Err(Error::not_held(format!("no live session {session_id}")))
+        }
+    }
+
+    async fn members(&self, group: &str) -> Result<Vec<Member>> {
+        Ok(group::list(&self.ctx, group).await?.members)
+    }
+
+    async fn watch_group(&self, group: &str) -> Result<BoxStream<'static, Result<GroupEvent>>> {
+        group::watch(self.ctx.clone(), group).await
+    }
+
+    async fn leader(&self, name: &str) -> Result<Option<Leader>> {
+        Ok(election::leader(&self.ctx, name).await?.0)
+    }
+
+    async fn observe(&self, name: &str) -> Result<BoxStream<'static, Result<Option<Leader>>>> {
+        election::observe(self.ctx.clone(), name).await
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.ctx
+            .query("read", redis::cmd("GET").arg(self.ctx.key("data", key)))
+            .await
+    }
+
+    async fn leftovers(&self) -> Result<Vec<String>> {
+        let pattern = format!("{}:*", self.ctx.ns);
+        let mut out = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = self
+                .ctx
+                .query(
+                    "list leftovers",
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000),
+                )
+                .await?;
+            out.extend(batch.into_iter().filter(|k| {
+                keys::kind_of(&self.ctx.ns, k)
+                    .is_some_and(|kind| !keys::PERSISTENT_KINDS.contains(&kind))
+            }));
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+}

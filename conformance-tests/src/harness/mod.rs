@@ -5,6 +5,7 @@
 pub mod etcd;
 pub mod process;
 pub mod proxy;
+pub mod redis;
 pub mod zookeeper;
 
 pub use process::{free_port, ServerProcess};

@@ -12,7 +12,15 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::outcome::percentile;
+
+mod file;
+mod memory;
+mod redis;
+
+pub use self::redis::RedisBaseline;
 use crate::target::Target;
+pub use file::FileBaseline;
+pub use memory::MemoryBaseline;
 
 /// The minimal raw operations of a backend, done with its own client, that
 /// quorate's figures are compared against.
@@ -300,42 +308,23 @@ pub fn to_markdown(reports: &[ScenarioReport]) -> String {
     md
 }
 
-/// The in-process baseline of `memory://`: a table of `tokio::sync::Mutex`
-/// (look up + lock + unlock) for acquire/release, and a tokio oneshot
-/// between two tasks for the hand-off.
-#[derive(Debug, Default)]
-pub struct MemoryBaseline {
-    table: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-#[async_trait]
-impl RawBaseline for MemoryBaseline {
-    fn describe(&self) -> String {
-        "in-process table of tokio Mutexes (lookup+lock+unlock); oneshot task wake-up".into()
-    }
-
-    async fn acquire_release(&self, key: &str) -> quorate::Result<()> {
-        let lock = self
-            .table
-            .lock()
-            .unwrap()
-            .entry(key.to_owned())
-            .or_default()
-            .clone();
-        let guard = lock.lock().await;
-        tokio::task::yield_now().await;
-        drop(guard);
-        Ok(())
-    }
-
-    async fn handoff(&self, _key: &str) -> quorate::Result<Duration> {
-        let (tx, rx) = tokio::sync::oneshot::channel::<Instant>();
-        let waiter = tokio::spawn(async move {
-            let sent = rx.await.expect("sender");
-            Instant::now().saturating_duration_since(sent)
-        });
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        tx.send(Instant::now()).expect("receiver");
-        Ok(waiter.await.expect("waiter task"))
+/// The raw baseline for a URL's backend: its own client doing the minimal
+/// operations, connected to the same servers.
+///
+/// # Errors
+///
+/// [`quorate::ErrorKind::Unsupported`] for a backend without a baseline
+/// (no ratio can then be measured); connection errors.
+pub async fn baseline_for(url: &str) -> quorate::Result<Arc<dyn RawBaseline>> {
+    let config = quorate::Config::parse(url)?;
+    match config.scheme.as_str() {
+        "memory" => Ok(Arc::new(MemoryBaseline::default())),
+        "redis" => Ok(Arc::new(RedisBaseline::connect(&config).await?)),
+        "file" => Ok(Arc::new(FileBaseline::new(std::path::Path::new(
+            &config.path,
+        ))?)),
+        other => Err(quorate::Error::unsupported(format!(
+            "no raw baseline for {other}:// yet, so no ratio can be measured"
+        ))),
     }
 }

@@ -1,0 +1,170 @@
+//! Mutexes, and the granted-lock type shared with read/write locks.
+//!
+//! A mutex named N is an exclusive OFD lock on the *whole* of
+//! `<root>/lock/<stem(N)>.lock` (offset 0, length 0 = to the end of the file
+//! and beyond). That is exactly the range Python's `fcntl.lockf(fd,
+//! fcntl.LOCK_EX)` locks, so such a process and quorate exclude each other
+//! (fasteners, oslo.concurrency and tooz's file driver lock this way).
+//!
+//! Under the lock, the fencing counter at the start of the file is bumped
+//! and `fdatasync`ed before the grant is returned. Lock files are never
+//! removed: they are where the counter lives (and removing a lock file
+//! races with anyone about to lock it).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex as StdMutex};
+
+use quorate_core::backend::async_trait;
+use quorate_core::loss::LossNotifier;
+use quorate_core::spi::{HeldLock, LockKind};
+use quorate_core::{FencingToken, Result};
+
+use crate::layout::{bump_fence, open_lock_file, same_file, write_atomic, Space};
+use crate::ofd::{acquire, blocking, io_error, Mode, Range, Wait};
+use crate::rwlock;
+use crate::session::{Registration, Revocable, SessionShared};
+
+/// What an acquisition job hands back: the locked description and its fence.
+pub(crate) struct Grant {
+    pub(crate) file: File,
+    pub(crate) fence: u64,
+}
+
+/// Open `path` and take the lock with `take` (which may take several
+/// ranges). Retries if the file was replaced while we waited (an operator
+/// removed it): a lock on a file nobody else can open protects nothing.
+pub(crate) fn lock_file(
+    path: &Path,
+    wait: Wait<'_>,
+    take: impl Fn(&File, Wait<'_>) -> Result<bool>,
+) -> Result<Option<File>> {
+    loop {
+        let file = open_lock_file(path)?;
+        if !take(&file, wait)? {
+            return Ok(None);
+        }
+        if same_file(&file, path)
+            .map_err(|e| io_error(format!("checking `{}`", path.display()), e))?
+        {
+            return Ok(Some(file));
+        }
+        tracing::debug!(path = %path.display(), "lock file was replaced while waiting; retrying");
+    }
+}
+
+/// The acquisition job of a mutex.
+fn lock_mutex(path: &Path, wait: Wait<'_>) -> Result<Option<Grant>> {
+    let Some(file) = lock_file(path, wait, |f, w| w.lock(f, Mode::Exclusive, Range::WHOLE))? else {
+        return Ok(None);
+    };
+    wait.check()?;
+    let fence = bump_fence(&file, path)?;
+    Ok(Some(Grant { file, fence }))
+}
+
+/// Acquire a lock of any kind for a session.
+pub(crate) async fn lock(
+    session: &Arc<SessionShared>,
+    name: &str,
+    kind: LockKind,
+    wait: bool,
+    loss: LossNotifier,
+) -> Result<Option<Box<dyn HeldLock>>> {
+    let space = match kind {
+        LockKind::Mutex => Space::Mutex,
+        LockKind::Read | LockKind::Write => Space::RwLock,
+    };
+    let path = session.layout.lock_path(space, name);
+    let job_path = path.clone();
+    let granted = match kind {
+        LockKind::Mutex => acquire(wait, move |w| lock_mutex(&job_path, w)).await?,
+        LockKind::Read => acquire(wait, move |w| rwlock::lock_read(&job_path, w)).await?,
+        LockKind::Write => acquire(wait, move |w| rwlock::lock_write(&job_path, w)).await?,
+    };
+    let Some(grant) = granted else {
+        return Ok(None);
+    };
+    tracing::debug!(name, ?kind, fence = grant.fence, "file lock granted");
+    let state = Arc::new(LockState {
+        layout: session.layout.clone(),
+        path,
+        fence: FencingToken(grant.fence),
+        file: StdMutex::new(Some(grant.file)),
+        loss,
+        registration: session.reserve(),
+    });
+    let weak: std::sync::Weak<LockState> = Arc::downgrade(&state);
+    session.activate(&state.registration, weak)?;
+    Ok(Some(Box::new(FileLock(state))))
+}
+
+/// A granted lock: the open file description holding it.
+struct LockState {
+    layout: Arc<crate::layout::Layout>,
+    path: PathBuf,
+    fence: FencingToken,
+    /// `None` once released; closing the file releases the kernel lock.
+    file: StdMutex<Option<File>>,
+    loss: LossNotifier,
+    registration: Registration,
+}
+
+impl Revocable for LockState {
+    fn revoke(&self, reason: &str) {
+        self.loss.fire(reason);
+        drop(self.file.lock().unwrap().take());
+    }
+}
+
+impl LockState {
+    /// Whether this description still holds the lock of the named file.
+    fn still_held(&self, file: &File) -> Result<bool> {
+        same_file(file, &self.path)
+            .map_err(|e| io_error(format!("checking `{}`", self.path.display()), e))
+    }
+}
+
+struct FileLock(Arc<LockState>);
+
+#[async_trait]
+impl HeldLock for FileLock {
+    fn fence(&self) -> FencingToken {
+        self.0.fence
+    }
+
+    async fn is_held(&self) -> Result<bool> {
+        let state = self.0.clone();
+        blocking(move || match state.file.lock().unwrap().as_ref() {
+            Some(file) => state.still_held(file),
+            None => Ok(false),
+        })
+        .await
+    }
+
+    async fn release(&self) -> Result<()> {
+        drop(self.0.file.lock().unwrap().take());
+        Ok(())
+    }
+
+    async fn write_if_held(&self, key: &str, value: &[u8], release: bool) -> Result<bool> {
+        let state = self.0.clone();
+        let data = state.layout.data_path(key);
+        let value = value.to_vec();
+        blocking(move || {
+            let mut file = state.file.lock().unwrap();
+            match file.as_ref() {
+                Some(f) if state.still_held(f)? => {}
+                _ => return Ok(false),
+            }
+            // Written, synced and renamed into place while the kernel lock
+            // is held by this description.
+            write_atomic(&data, &value, true)?;
+            if release {
+                drop(file.take());
+            }
+            Ok(true)
+        })
+        .await
+    }
+}

@@ -1,0 +1,212 @@
+//! Sessions: a session is this process and the open file descriptions it
+//! holds. The kernel releases every lock when the process dies, so there is
+//! no lease to expire: the TTL plays no part in failure detection. The
+//! backend declares `FailureDetection::ProcessLifetime`, so core keeps no
+//! client-side lease deadline for its sessions (a holder paused by `SIGSTOP`
+//! still holds its kernel locks when it resumes, and is right to trust
+//! them). `keep_alive` only checks that the root directory is still there.
+//!
+//! A session keeps a registry of what it holds (locks, memberships,
+//! leaderships) so that [`SessionBackend::revoke`] (and the loss of the
+//! session, whatever its cause) releases all of it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex as StdMutex, Weak};
+use std::time::Duration;
+
+use quorate_core::backend::async_trait;
+use quorate_core::loss::LossNotifier;
+use quorate_core::spi::{HeldLeadership, HeldLock, HeldMembership, LockKind, SessionBackend};
+use quorate_core::{Error, Result};
+use tokio::task::JoinHandle;
+
+use crate::layout::Layout;
+use crate::ofd::{blocking, io_error};
+use crate::{election, group, mutex};
+
+/// Something a session holds and must give up when it is revoked.
+pub(crate) trait Revocable: Send + Sync {
+    /// Fire the holder's loss and release (synchronously; quick file
+    /// operations only).
+    fn revoke(&self, reason: &str);
+}
+
+/// The state of a session shared with everything it holds.
+pub(crate) struct SessionShared {
+    pub(crate) id: String,
+    pub(crate) layout: Arc<Layout>,
+    items: StdMutex<Items>,
+}
+
+#[derive(Default)]
+struct Items {
+    revoked: bool,
+    next: u64,
+    live: HashMap<u64, Weak<dyn Revocable>>,
+}
+
+/// A held item's entry in its session's registry, removed when dropped.
+pub(crate) struct Registration {
+    session: Weak<SessionShared>,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.upgrade() {
+            s.items.lock().unwrap().live.remove(&self.id);
+        }
+    }
+}
+
+impl SessionShared {
+    /// A registration for an item about to be created; see [`Self::activate`].
+    pub(crate) fn reserve(self: &Arc<Self>) -> Registration {
+        let mut items = self.items.lock().unwrap();
+        items.next += 1;
+        Registration {
+            session: Arc::downgrade(self),
+            id: items.next,
+        }
+    }
+
+    /// Enter a freshly granted item. Fails with `Lost` when the session was
+    /// revoked meanwhile; the caller then drops the item, which releases it.
+    pub(crate) fn activate(&self, reg: &Registration, item: Weak<dyn Revocable>) -> Result<()> {
+        let mut items = self.items.lock().unwrap();
+        if items.revoked {
+            return Err(self.revoked_error());
+        }
+        items.live.insert(reg.id, item);
+        Ok(())
+    }
+
+    fn revoked_error(&self) -> Error {
+        Error::lost(format!("session {} was revoked", self.id))
+    }
+
+    /// Release everything the session holds; later grants are refused.
+    pub(crate) fn revoke_all(&self, reason: &str) {
+        let live = {
+            let mut items = self.items.lock().unwrap();
+            items.revoked = true;
+            std::mem::take(&mut items.live)
+        };
+        if !live.is_empty() {
+            tracing::debug!(session = %self.id, held = live.len(), %reason, "releasing everything of the session");
+        }
+        for item in live.into_values().filter_map(|w| w.upgrade()) {
+            item.revoke(reason);
+        }
+    }
+
+    fn is_revoked(&self) -> bool {
+        self.items.lock().unwrap().revoked
+    }
+}
+
+/// One session of the file backend.
+pub(crate) struct FileSession {
+    pub(crate) shared: Arc<SessionShared>,
+    /// The requested TTL, reported as is; it only paces keep-alives.
+    ttl: Duration,
+    on_loss: JoinHandle<()>,
+}
+
+impl FileSession {
+    /// Open a session. Its id is `<pid>.<random>`. Once `loss` fires (core's
+    /// client-side deadline, close, drop), everything it holds is released.
+    /// The TTL only paces core's keep-alive (a directory check).
+    pub(crate) fn open(layout: Arc<Layout>, ttl: Duration, loss: LossNotifier) -> FileSession {
+        let shared = Arc::new(SessionShared {
+            id: format!("{}.{:08x}", std::process::id(), rand::random::<u32>()),
+            layout,
+            items: StdMutex::new(Items::default()),
+        });
+        let watched = shared.clone();
+        let on_loss = tokio::spawn(async move {
+            let reason = loss.lost().await;
+            let _ = blocking(move || {
+                watched.revoke_all(&format!("session lost: {reason}"));
+                Ok(())
+            })
+            .await;
+        });
+        tracing::debug!(session = %shared.id, "file session opened");
+        FileSession {
+            shared,
+            ttl,
+            on_loss,
+        }
+    }
+}
+
+impl Drop for FileSession {
+    fn drop(&mut self) {
+        self.on_loss.abort();
+        self.shared.revoke_all("session dropped");
+    }
+}
+
+#[async_trait]
+impl SessionBackend for FileSession {
+    fn id(&self) -> String {
+        self.shared.id.clone()
+    }
+
+    fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    async fn keep_alive(&self) -> Result<()> {
+        if self.shared.is_revoked() {
+            return Err(self.shared.revoked_error());
+        }
+        let layout = self.shared.layout.clone();
+        blocking(move || {
+            layout.check_root().map_err(|e| {
+                let e = io_error(format!("root directory `{}`", layout.root().display()), e);
+                Error::unavailable(e.message().to_owned())
+            })
+        })
+        .await
+    }
+
+    async fn revoke(&self) -> Result<()> {
+        let shared = self.shared.clone();
+        blocking(move || {
+            shared.revoke_all("the session was revoked");
+            Ok(())
+        })
+        .await
+    }
+
+    async fn lock(
+        &self,
+        name: &str,
+        kind: LockKind,
+        wait: bool,
+        loss: LossNotifier,
+    ) -> Result<Option<Box<dyn HeldLock>>> {
+        mutex::lock(&self.shared, name, kind, wait, loss).await
+    }
+
+    async fn join(
+        &self,
+        group: &str,
+        member: &str,
+        capabilities: &serde_json::Value,
+        loss: LossNotifier,
+    ) -> Result<Box<dyn HeldMembership>> {
+        group::join(&self.shared, group, member, capabilities, loss).await
+    }
+
+    async fn campaign(
+        &self,
+        election: &str,
+        value: &[u8],
+        loss: LossNotifier,
+    ) -> Result<Box<dyn HeldLeadership>> {
+        election::campaign(&self.shared, election, value, loss).await
+    }
+}

@@ -1,0 +1,628 @@
+//! The file backend's behaviour within one process: exclusion between
+//! sessions and coordinators, fencing, read/write locks, guarded writes,
+//! names, groups, elections, sessions, leftovers and configuration errors.
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures::StreamExt;
+use quorate_core::{Config, Coordinator, ErrorKind, GroupEvent};
+use serde_json::json;
+
+async fn connect(dir: &Path) -> Coordinator {
+    let url = format!("file://{}", dir.display());
+    quorate_file::connect(&Config::parse(&url).unwrap())
+        .await
+        .unwrap()
+}
+
+/// Whether another open file description locks byte `offset` of `path`.
+fn byte_locked(path: &Path, offset: i64) -> bool {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).unwrap();
+    // SAFETY: a zeroed flock is valid; the descriptor is open.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = offset;
+    fl.l_len = 1;
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) },
+        0
+    );
+    fl.l_type != libc::F_UNLCK as libc::c_short
+}
+
+/// Wait (bounded) until a writer of rwlock `name` holds the turnstile.
+async fn until_turnstile_taken(dir: &Path, name: &str) {
+    let path = dir
+        .join("rwlock")
+        .join(format!("{}.lock", quorate_file::stem(name)));
+    soon("a writer at the turnstile", async {
+        while !byte_locked(&path, 0) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+/// Liveness bound for things that must happen "soon" (never a timing claim).
+async fn soon<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not happen within 10 s"))
+}
+
+#[tokio::test]
+async fn mutex_excludes_sessions_of_one_and_of_two_coordinators() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c1, c2) = (connect(dir.path()).await, connect(dir.path()).await);
+    let (s1, s2, s3) = (
+        c1.session().await.unwrap(),
+        c2.session().await.unwrap(),
+        c1.session().await.unwrap(),
+    );
+    let g = s1.mutex("jobs/nightly").lock().await.unwrap();
+    assert!(s2.mutex("jobs/nightly").try_lock().await.unwrap().is_none());
+    assert!(s3.mutex("jobs/nightly").try_lock().await.unwrap().is_none());
+    // A different name, and a rwlock of the same name, are different locks.
+    assert!(s2.mutex("jobs/other").try_lock().await.unwrap().is_some());
+    assert!(s2
+        .rwlock("jobs/nightly")
+        .try_write()
+        .await
+        .unwrap()
+        .is_some());
+    assert!(g.is_held().await.unwrap());
+    let f1 = g.fence();
+    g.release().await.unwrap();
+    let g2 = s2.mutex("jobs/nightly").try_lock().await.unwrap().unwrap();
+    assert!(g2.fence() > f1);
+}
+
+#[tokio::test]
+async fn a_blocked_waiter_is_woken_by_the_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = connect(dir.path()).await;
+    let (s1, s2) = (c.session().await.unwrap(), c.session().await.unwrap());
+    let g = s1.mutex("m").lock().await.unwrap();
+    let waiter = tokio::spawn(async move {
+        let g = s2.mutex("m").lock().await.unwrap();
+        let f = g.fence();
+        g.release().await.unwrap();
+        f
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiter.is_finished(), "granted while held");
+    let f1 = g.fence();
+    g.release().await.unwrap();
+    let f2 = soon("the waiter's grant", waiter).await.unwrap();
+    assert!(f2 > f1);
+}
+
+#[tokio::test]
+async fn fences_strictly_increase_and_survive_reconnects() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut last = 0;
+    for _ in 0..3 {
+        let c = connect(dir.path()).await;
+        let s = c.session().await.unwrap();
+        for _ in 0..3 {
+            let g = s.mutex("counter").lock().await.unwrap();
+            assert!(g.fence().get() > last, "{} after {last}", g.fence());
+            last = g.fence().get();
+            g.release().await.unwrap();
+        }
+        s.close().await.unwrap();
+    }
+    // The counter lives in the lock file, as 20 digits and a newline.
+    let text = std::fs::read_to_string(quorate_file::mutex_path(dir.path(), "counter")).unwrap();
+    assert_eq!(text, format!("{last:020}\n"));
+}
+
+#[tokio::test]
+async fn a_corrupt_counter_is_an_error_not_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = connect(dir.path()).await;
+    let s = c.session().await.unwrap();
+    std::fs::write(quorate_file::mutex_path(dir.path(), "x"), b"not a number\n").unwrap();
+    let e = s.mutex("x").lock().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Backend, "{e}");
+    assert!(e.to_string().contains("fencing counter"), "{e}");
+    // The failed grant was released: the lock is free.
+    assert!(c.leftovers().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn readers_share_and_writers_exclude() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = connect(dir.path()).await;
+    let (s1, s2, s3) = (
+        c.session().await.unwrap(),
+        c.session().await.unwrap(),
+        c.session().await.unwrap(),
+    );
+    let r1 = s1.rwlock("cfg").read().await.unwrap();
+    let r2 = s2
+        .rwlock("cfg")
+        .try_read()
+        .await
+        .unwrap()
+        .expect("readers share");
+    assert!(r2.fence() > r1.fence());
+    assert!(s3.rwlock("cfg").try_write().await.unwrap().is_none());
+    r1.release().await.unwrap();
+    r2.release().await.unwrap();
+    let w = s3.rwlock("cfg").try_write().await.unwrap().unwrap();
+    assert!(s1.rwlock("cfg").try_read().await.unwrap().is_none());
+    assert!(s2.rwlock("cfg").try_write().await.unwrap().is_none());
+    let fw = w.fence();
+    w.release().await.unwrap();
+    let r = s1.rwlock("cfg").read().await.unwrap();
+    assert!(r.fence() > fw);
+}
+
+#[tokio::test]
+async fn a_waiting_writer_blocks_later_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = connect(dir.path()).await;
+    let (s1, s2, s3) = (
+        c.session().await.unwrap(),
+        c.session().await.unwrap(),
+        c.session().await.unwrap(),
+    );
+    let r1 = s1.rwlock("cfg").read().await.unwrap();
+    let writer = tokio::spawn(async move {
+        let w = s2.rwlock("cfg").write().await.unwrap();
+        let f = w.fence();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        w.release().await.unwrap();
+        f
+    });
+    until_turnstile_taken(dir.path(), "cfg").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!writer.is_finished(), "writer granted while a reader holds");
+    // The writer waits: a new reader must not overtake it.
+    assert!(s3.rwlock("cfg").try_read().await.unwrap().is_none());
+    let e = s3
+        .rwlock("cfg")
+        .read_timeout(Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout);
+    let f1 = r1.fence();
+    r1.release().await.unwrap();
+    let fw = soon("the writer's grant", writer).await.unwrap();
+    assert!(fw > f1);
+    let r3 = soon("the later reader", s3.rwlock("cfg").read())
+        .await
+        .unwrap();
+    assert!(r3.fence() > fw);
+}
+
+#[tokio::test]
+async fn a_timed_out_writer_lets_the_readers_behind_it_through_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = connect(dir.path()).await;
+    let (s1, s2, s3) = (
+        c.session().await.unwrap(),
+        c.session().await.unwrap(),
+        c.session().await.unwrap(),
+    );
+    let _r1 = s1.rwlock("cfg").read().await.unwrap();
+    let later_reader = {
+        let s3 = s3.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            s3.rwlock("cfg").read().await.unwrap()
+        })
+    };
+    let e = s2
+        .rwlock("cfg")
+        .write_timeout(Duration::from_millis(400))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout);
+    // The reader that queued behind the writer proceeds while r1 still holds.
+    let r3 = soon("the reader behind the timed-out writer", later_reader)
+        .await
+        .unwrap();
+    drop(r3);
+}
+
+#[tokio::test]
+async fn guarded_writes_apply_only_while_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = connect(dir.path()).await;
+    let (s1, s2) = (c.session().await.unwrap(), c.session().await.unwrap());
+    assert_eq!(s1.read("config").await.unwrap(), None);
+    let g = s1.mutex("config-lock").lock().await.unwrap();
+    assert!(g.write_if_held("config", b"v1").await.unwrap());
+    assert_eq!(
+        s2.read("config").await.unwrap().as_deref(),
+        Some(&b"v1"[..])
+    );
+    assert!(g.write_and_release("config", b"v2").await.unwrap());
+    assert_eq!(
+        s2.read("config").await.unwrap().as_deref(),
+        Some(&b"v2"[..])
+    );
+    // Released in the same step.
+    let g2 = s2.mutex("config-lock").try_lock().await.unwrap().unwrap();
+    // A revoked session's grant does not write.
+    s2.close().await.unwrap();
+    assert!(!g2.write_if_held("config", b"v3").await.unwrap());
+    assert_eq!(
+        s1.read("config").await.unwrap().as_deref(),
+        Some(&b"v2"[..])
+    );
+    // An operator removing the lock file makes the grant void.
+    let g3 = s1.mutex("config-lock").lock().await.unwrap();
+    std::fs::remove_file(quorate_file::mutex_path(dir.path(), "config-lock")).unwrap();
+    assert!(!g3.is_held().await.unwrap());
+    assert!(!g3.write_if_held("config", b"v4").await.unwrap());
+    assert_eq!(
+        s1.read("config").await.unwrap().as_deref(),
+        Some(&b"v2"[..])
+    );
+}
+
+#[tokio::test]
+async fn hostile_and_long_names_map_to_distinct_safe_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = connect(dir.path()).await;
+    let s = c.session().await.unwrap();
+    let long_a = format!("{}a", "/".repeat(1023));
+    let long_b = format!("{}b", "/".repeat(1023));
+    let long_utf8 = "é".repeat(512);
+    let names = [
+        "..",
+        ".",
+        "/",
+        "a/../b",
+        "a\0b",
+        "%2F",
+        "a/b",
+        "a%2Fb",
+        ".tmp",
+        long_a.as_str(),
+        long_b.as_str(),
+        long_utf8.as_str(),
+    ];
+    let mut guards = Vec::new();
+    for n in names {
+        guards.push(
+            s.mutex(n)
+                .try_lock()
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("{n:?} collided with another name")),
+        );
+    }
+    let lock_dir = dir.path().join("lock");
+    let files: Vec<String> = std::fs::read_dir(&lock_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(files.len(), names.len(), "{files:?}");
+    for f in &files {
+        assert!(
+            f.len() <= 255 && f.ends_with(".lock") && !f.contains('/'),
+            "{f}"
+        );
+    }
+    // Nothing was created outside the lock directory's own entries.
+    let top: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let mut top_sorted = top.clone();
+    top_sorted.sort();
+    assert_eq!(top_sorted, ["data", "election", "group", "lock", "rwlock"]);
+    let mut held = c.leftovers().await.unwrap();
+    held.sort();
+    assert_eq!(held.len(), names.len(), "{held:?}");
+    drop(guards);
+    soon("release of dropped guards", async {
+        while !c.leftovers().await.unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn closing_a_session_releases_everything_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = connect(dir.path()).await;
+    let (s1, s2) = (c.session().await.unwrap(), c.session().await.unwrap());
+    let lock = s1.mutex("a").lock().await.unwrap();
+    let read = s1.rwlock("b").read().await.unwrap();
+    let member = s1.group("g").join("m1", json!({"cpu": 4})).await.unwrap();
+    let leader = s1.election("e").campaign(b"v1").await.unwrap();
+    let mut held = c.leftovers().await.unwrap();
+    held.sort();
+    assert_eq!(
+        held,
+        [
+            "election/e.lock",
+            "group/g/m1.member",
+            "lock/a.lock",
+            "rwlock/b.lock"
+        ]
+    );
+    s1.close().await.unwrap();
+    for what in [
+        lock.lost().await,
+        read.lost().await,
+        member.lost().await,
+        leader.lost().await,
+    ] {
+        assert!(!what.0.is_empty());
+    }
+    assert!(!lock.is_held().await.unwrap());
+    assert!(!leader.is_leader().await.unwrap());
+    assert!(s2.mutex("a").try_lock().await.unwrap().is_some());
+    assert!(s2.rwlock("b").try_write().await.unwrap().is_some());
+    assert!(c.members("g").await.unwrap().is_empty());
+    assert_eq!(c.leader("e").await.unwrap(), None);
+    s2.close().await.unwrap();
+    assert_eq!(c.leftovers().await.unwrap(), Vec::<String>::new());
+    let e = s1.mutex("c").lock().await.unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::Closed | ErrorKind::Lost),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn group_membership_listing_and_watch() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = connect(dir.path()).await;
+    let (s1, s2) = (c.session().await.unwrap(), c.session().await.unwrap());
+    let mut events = c.watch_group("workers");
+    assert_eq!(
+        soon("snapshot", events.next()).await.unwrap().unwrap(),
+        GroupEvent::Snapshot { members: vec![] }
+    );
+    let a = s1
+        .group("workers")
+        .join("a", json!({"n": 1}))
+        .await
+        .unwrap();
+    match soon("joined a", events.next()).await.unwrap().unwrap() {
+        GroupEvent::Joined { member } => assert_eq!(
+            (member.id.as_str(), member.capabilities),
+            ("a", json!({"n": 1}))
+        ),
+        other => panic!("{other:?}"),
+    }
+    let e = s2
+        .group("workers")
+        .join("a", json!(null))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AlreadyHeld, "{e}");
+    let b = s2
+        .group("workers")
+        .join("b/../x", json!([1]))
+        .await
+        .unwrap();
+    match soon("joined b", events.next()).await.unwrap().unwrap() {
+        GroupEvent::Joined { member } => assert_eq!(member.id, "b/../x"),
+        other => panic!("{other:?}"),
+    }
+    let ids: Vec<String> = c
+        .members("workers")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(ids, ["a", "b/../x"]);
+    a.update(json!({"n": 2})).await.unwrap();
+    match soon("updated a", events.next()).await.unwrap().unwrap() {
+        GroupEvent::Updated { member } => assert_eq!(member.capabilities, json!({"n": 2})),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        c.members("workers").await.unwrap()[0].capabilities,
+        json!({"n": 2})
+    );
+    a.leave().await.unwrap();
+    assert_eq!(
+        soon("a left", events.next()).await.unwrap().unwrap(),
+        GroupEvent::Left { id: "a".into() }
+    );
+    // The id is free again.
+    let a2 = s2.group("workers").join("a", json!(3)).await.unwrap();
+    assert!(matches!(
+        soon("a joined again", events.next())
+            .await
+            .unwrap()
+            .unwrap(),
+        GroupEvent::Joined { .. }
+    ));
+    drop(a2);
+    assert_eq!(
+        soon("dropped a left", events.next())
+            .await
+            .unwrap()
+            .unwrap(),
+        GroupEvent::Left { id: "a".into() }
+    );
+    b.leave().await.unwrap();
+    assert_eq!(
+        soon("b left", events.next()).await.unwrap().unwrap(),
+        GroupEvent::Left {
+            id: "b/../x".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_stale_member_file_is_not_a_member_and_is_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = connect(dir.path()).await;
+    let s = c.session().await.unwrap();
+    let gdir = dir.path().join("group").join("g");
+    std::fs::create_dir_all(&gdir).unwrap();
+    // What a crashed member leaves: its file, unlocked.
+    std::fs::write(
+        gdir.join("dead.member"),
+        br#"{"id":"dead","capabilities":null}"#,
+    )
+    .unwrap();
+    assert!(c.members("g").await.unwrap().is_empty());
+    assert!(!gdir.join("dead.member").exists(), "stale file not swept");
+    // And a joiner is not blocked by one.
+    std::fs::write(
+        gdir.join("dead.member"),
+        br#"{"id":"dead","capabilities":null}"#,
+    )
+    .unwrap();
+    let m = s.group("g").join("dead", json!("alive")).await.unwrap();
+    let members = c.members("g").await.unwrap();
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0].capabilities, json!("alive"));
+    m.leave().await.unwrap();
+    assert!(!gdir.join("dead.member").exists());
+}
+
+#[tokio::test]
+async fn election_leader_observe_proclaim_resign() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = connect(dir.path()).await;
+    let (s1, s2) = (c.session().await.unwrap(), c.session().await.unwrap());
+    assert_eq!(c.leader("sched").await.unwrap(), None);
+    let mut observed = c.observe("sched");
+    assert_eq!(soon("first", observed.next()).await.unwrap().unwrap(), None);
+    let l1 = s1.election("sched").campaign(b"node-1").await.unwrap();
+    let now = c.leader("sched").await.unwrap().unwrap();
+    assert_eq!(
+        (now.value.as_slice(), now.fence),
+        (&b"node-1"[..], l1.fence())
+    );
+    let seen = soon("leader 1", observed.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.value, b"node-1");
+    let second = tokio::spawn(async move {
+        let l = s2.election("sched").campaign(b"node-2").await.unwrap();
+        (l.fence(), l)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!second.is_finished(), "two leaders");
+    l1.proclaim(b"node-1b").await.unwrap();
+    let seen = soon("proclaimed", observed.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (seen.value.as_slice(), seen.fence),
+        (&b"node-1b"[..], l1.fence())
+    );
+    let f1 = l1.fence();
+    l1.resign().await.unwrap();
+    let (f2, l2) = soon("the second candidate", second).await.unwrap();
+    assert!(f2 > f1);
+    // Observers may or may not see the gap (None) between the leaders.
+    let mut seen = soon("leader 2", observed.next()).await.unwrap().unwrap();
+    if seen.is_none() {
+        seen = soon("leader 2", observed.next()).await.unwrap().unwrap();
+    }
+    let seen = seen.unwrap();
+    assert_eq!((seen.value.as_slice(), seen.fence), (&b"node-2"[..], f2));
+    assert!(l2.is_leader().await.unwrap());
+    drop(l2);
+    assert_eq!(
+        soon("no leader", observed.next()).await.unwrap().unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn keep_alive_checks_the_directory_and_revoke_from_outside_is_unsupported() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let c = connect(&root).await;
+    let s = c
+        .session_with(quorate_core::SessionOptions {
+            ttl: None,
+            keep_alive: quorate_core::KeepAlive::Manual,
+        })
+        .await
+        .unwrap();
+    s.keep_alive().await.unwrap();
+    let e = c.revoke_session(s.id()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported);
+    assert!(!c.capabilities().external_revoke);
+    std::fs::rename(&root, dir.path().join("moved")).unwrap();
+    let e = s.keep_alive().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+}
+
+#[tokio::test]
+async fn bad_urls_and_directories_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    for (url, kind) in [
+        ("file://", ErrorKind::InvalidConfig),
+        ("file://relative/dir", ErrorKind::InvalidConfig),
+        ("file://host/tmp/x", ErrorKind::InvalidConfig),
+        ("file://user:pw@/tmp/x", ErrorKind::InvalidConfig),
+        ("file:///tmp/x?bogus=1", ErrorKind::InvalidConfig),
+    ] {
+        let e = quorate_file::connect(&Config::parse(url).unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), kind, "{url}: {e}");
+        assert!(!e.to_string().contains("pw"), "{e}");
+    }
+    for path in [file.clone(), file.join("sub")] {
+        let url = format!("file://{}", path.display());
+        let e = quorate_file::connect(&Config::parse(&url).unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{url}: {e}");
+        assert!(e.to_string().contains("plain-file"), "{e}");
+    }
+    // A missing directory is created.
+    let fresh = dir.path().join("a/b/c");
+    connect(&fresh).await;
+    assert!(fresh.join("lock").is_dir());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_readers_share_and_get_distinct_fences() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = connect(dir.path()).await;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let s = c.session().await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let g = s.rwlock("r").read().await.unwrap();
+            (s, g)
+        }));
+    }
+    let mut held = Vec::new();
+    for t in tasks {
+        held.push(soon("a concurrent read grant", t).await.unwrap());
+    }
+    let mut fences: Vec<u64> = held.iter().map(|(_, g)| g.fence().get()).collect();
+    fences.sort();
+    fences.dedup();
+    assert_eq!(fences, (1..=20).collect::<Vec<u64>>());
+    let w = c.session().await.unwrap();
+    assert!(w.rwlock("r").try_write().await.unwrap().is_none());
+    drop(held);
+    let g = soon("the writer after the readers", w.rwlock("r").write())
+        .await
+        .unwrap();
+    assert_eq!(g.fence().get(), 21);
+}

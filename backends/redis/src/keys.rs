@@ -1,0 +1,75 @@
+//! The key layout under a namespace `<ns>` (default `quorate`). Every name
+//! is mapped with [`quorate_core::name::encode`] (`enc`), which never
+//! produces `:`, so keys of different kinds or names cannot collide.
+//!
+//! | key | type | what |
+//! | --- | --- | --- |
+//! | `<ns>:session:<sid>` | string, PX ttl | a live session |
+//! | `<ns>:held:<sid>` | hash | what the session holds or waits for (key → token) |
+//! | `<ns>:lock:<enc>` | string, PX ttl | mutex holder's token (redis-py `Lock` layout) |
+//! | `<ns>:queue:<enc>` | zset | mutex waiters, score = arrival |
+//! | `<ns>:fence:<enc>` | counter | mutex fencing tokens (persistent) |
+//! | `<ns>:rwlock:<enc>` | zset | read/write entries `r<token>`/`w<token>`, granted and waiting |
+//! | `<ns>:rwgrant:<enc>` | hash | granted read/write entries → fence |
+//! | `<ns>:rwfence:<enc>` | counter | read/write fencing tokens (persistent) |
+//! | `<ns>:election:<enc>` | string, PX ttl | leader's token |
+//! | `<ns>:equeue:<enc>` | zset | candidates waiting |
+//! | `<ns>:efence:<enc>` | counter | leadership fencing tokens (persistent) |
+//! | `<ns>:leader:<enc>` | hash, PX ttl | leader's token, fence, value |
+//! | `<ns>:group:<enc>` | hash | enc(member) → capabilities JSON |
+//! | `<ns>:member:<enc>:<enc(member)>` | string, PX ttl | the member's token |
+//! | `<ns>:gver:<enc>` | counter | group event version (persistent) |
+//! | `<ns>:data:<enc(key)>` | string | guarded-write values (persistent) |
+//!
+//! Pub/sub channels: `<ns>:chan:lock:<enc>`, `<ns>:chan:rwlock:<enc>`,
+//! `<ns>:chan:election:<enc>`, `<ns>:chan:group:<enc>`, and
+//! `<ns>:chan:session:<sid>` (a revoke is announced there).
+//!
+//! Tokens are `<sid>:<n>` (hex session id, per-session counter): scripts
+//! derive the owner's session from a token and treat a grant whose session
+//! key is gone as void. Foreign tokens (a redis-py `Lock`'s) live by their
+//! key's TTL alone.
+
+use quorate_core::name::encode;
+
+/// Kinds whose keys are documented persistent state, not leftovers.
+pub(crate) const PERSISTENT_KINDS: &[&str] = &["fence", "rwfence", "efence", "gver", "data"];
+
+/// The key or channel `<ns>:<kind>:<enc(name)>`.
+pub(crate) fn key(ns: &str, kind: &str, name: &str) -> String {
+    format!("{ns}:{kind}:{}", encode(name))
+}
+
+/// The session liveness key.
+pub(crate) fn session(ns: &str, sid: &str) -> String {
+    format!("{ns}:session:{sid}")
+}
+
+/// The kind of a key of namespace `ns` (`lock`, `queue`, …).
+pub(crate) fn kind_of<'a>(ns: &str, key: &'a str) -> Option<&'a str> {
+    key.strip_prefix(ns)?.strip_prefix(':')?.split(':').next()
+}
+
+/// Whether `s` is a valid session id (lower-case hex, 1..=32 digits).
+pub(crate) fn is_session_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout() {
+        assert_eq!(key("q", "lock", "jobs/nightly"), "q:lock:jobs%2Fnightly");
+        assert_eq!(key("q", "chan:lock", "a:b"), "q:chan:lock:a%3Ab");
+        assert_eq!(kind_of("q", "q:fence:x"), Some("fence"));
+        assert_eq!(kind_of("q", "qq:fence:x"), None);
+        assert!(is_session_id("00ff"));
+        assert!(!is_session_id("00FF"));
+        assert!(!is_session_id("a:b"));
+    }
+}

@@ -1,0 +1,49 @@
+-- Acquire an exclusive lock (mutex or election) for a token, in FIFO order.
+-- ARGV: ns, space ('lock'|'election'), enc(name), token, ttl ms,
+--       wait ('1'|'0'), value (elections: the candidate's value).
+-- Returns {1, fence} when granted, {0, ms} when not (ms: the remaining TTL
+-- of what blocks, for the fallback re-check), {-1} when the session is gone.
+local space, enc, tok, ttl, wait = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local sp = SPACES[space]
+if not session_exists(tok) then
+  return { -1 }
+end
+local lk, qk = k(space, enc), k(sp.queue, enc)
+local holder = redis.call('GET', lk)
+if holder == tok then
+  -- Granted by an earlier call whose reply was lost: the newest fence is ours.
+  return { 1, tonumber(redis.call('GET', k(sp.fence, enc))) }
+end
+if holder and alive(holder) == false then
+  -- The holder's session is gone (revoked or expired): the grant is void.
+  redis.call('DEL', lk)
+  holder = false
+end
+if not holder then
+  local head = queue_head(qk)
+  if head == nil or head == tok then
+    local fence = ex_grant(space, enc, tok, ttl)
+    if sp.leader then
+      local lead = k(sp.leader, enc)
+      redis.call('DEL', lead)
+      redis.call('HSET', lead, 'token', tok, 'fence', string.format('%d', fence), 'value', ARGV[7])
+      redis.call('PEXPIRE', lead, ttl)
+      redis.call('PUBLISH', k(sp.chan, enc), '!')
+    end
+    return { 1, fence }
+  end
+  -- The lock is free (a holder's key expired, or a foreign holder released
+  -- without a word) but an earlier waiter goes first: hand it over now.
+  ex_wake(space, enc)
+end
+local blocker = redis.call('PTTL', lk)
+if blocker == -2 then
+  local head = queue_head(qk)
+  blocker = head and session_pttl(head) or -1
+end
+if wait == '1' then
+  append(qk, tok)
+  extend(qk, ttl)
+  held(tok, qk, tok, ttl)
+end
+return { 0, blocker }

@@ -1,0 +1,267 @@
+-- quorate-redis: helpers shared by every script (this file is prepended to
+-- each one). Every script receives the namespace as ARGV[1] and derives its
+-- keys from it, so the layout lives in one place (see keys.rs for the list).
+-- Scripts therefore touch keys not passed in KEYS: fine on a single Redis
+-- (and behind Sentinel), not meant for Redis Cluster.
+local NS = ARGV[1]
+
+local function k(kind, rest)
+  return NS .. ':' .. kind .. ':' .. rest
+end
+
+-- The session id of a quorate token `<sid>:<n>`; nil for a foreign token
+-- (a redis-py Lock's token, for instance).
+local function sid_of(tok)
+  return string.match(tok, '^(%x+):%d+$')
+end
+
+-- true/false for a quorate token whose session key exists or not; nil for
+-- a foreign token, whose liveness is the lock key's own TTL.
+local function alive(tok)
+  local sid = sid_of(tok)
+  if not sid then
+    return nil
+  end
+  return redis.call('EXISTS', k('session', sid)) == 1
+end
+
+local function session_exists(tok)
+  local sid = sid_of(tok)
+  return sid ~= nil and redis.call('EXISTS', k('session', sid)) == 1
+end
+
+-- Give `key` a TTL of at least `ttl` ms (a key without TTL gets one).
+local function extend(key, ttl)
+  local p = redis.call('PTTL', key)
+  if p ~= -2 and tonumber(ttl) > 0 and p < tonumber(ttl) then
+    redis.call('PEXPIRE', key, ttl)
+  end
+end
+
+-- The session's held hash records everything the session owns or waits
+-- for: field = the key holding the entry, value = the token (or rwlock
+-- queue member). Keep-alive extends them; revoke releases them.
+local function held(tok, field, desc, ttl)
+  local hk = k('held', sid_of(tok))
+  redis.call('HSET', hk, field, desc)
+  extend(hk, ttl)
+end
+
+local function unheld(tok, field, desc)
+  local hk = k('held', sid_of(tok))
+  if redis.call('HGET', hk, field) == desc then
+    redis.call('HDEL', hk, field)
+  end
+end
+
+-- The kind and the rest of a key of this namespace (`<ns>:<kind>:<rest>`).
+local function split_key(key)
+  return string.match(string.sub(key, #NS + 2), '^([^:]+):(.*)$')
+end
+
+-- The next fencing token of a counter: INCR, floored at the server clock in
+-- microseconds, so tokens keep increasing even after a restart that lost
+-- the counter (as long as the server clock does not go back).
+local function next_fence(fk)
+  local f = redis.call('INCR', fk)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  if f < now then
+    redis.call('SET', fk, string.format('%d', now))
+    f = now
+  end
+  return f
+end
+
+-- Exclusive locks: mutexes and elections. The lock key is a plain string
+-- holding the owner token with a PX TTL (redis-py's Lock layout).
+local SPACES = {
+  lock = { queue = 'queue', fence = 'fence', chan = 'chan:lock' },
+  election = { queue = 'equeue', fence = 'efence', chan = 'chan:election', leader = 'leader' },
+}
+
+local function append(qk, member)
+  if not redis.call('ZSCORE', qk, member) then
+    local last = redis.call('ZRANGE', qk, -1, -1, 'WITHSCORES')
+    local score = 1
+    if last[2] then
+      score = tonumber(last[2]) + 1
+    end
+    redis.call('ZADD', qk, score, member)
+  end
+end
+
+-- The first waiter of a queue whose session lives; dead ones are removed.
+local function queue_head(qk)
+  while true do
+    local h = redis.call('ZRANGE', qk, 0, 0)[1]
+    if not h then
+      return nil
+    end
+    if alive(h) then
+      return h
+    end
+    redis.call('ZREM', qk, h)
+  end
+end
+
+-- The remaining TTL of a token's session key (ms).
+-- A key about to expire reports 0; PX/PEXPIRE need at least 1.
+local function session_pttl(tok)
+  local p = redis.call('PTTL', k('session', sid_of(tok)))
+  if p == 0 then
+    p = 1
+  end
+  return p
+end
+
+-- Grant an exclusive lock to `tok`: the lock key holds it with a PX TTL,
+-- it leaves the queue, its session's held hash records it. Returns the fence.
+local function ex_grant(space, enc, tok, ttl)
+  local sp = SPACES[space]
+  local lk, qk = k(space, enc), k(sp.queue, enc)
+  redis.call('SET', lk, tok, 'PX', ttl)
+  redis.call('ZREM', qk, tok)
+  unheld(tok, qk, tok)
+  held(tok, lk, tok, ttl)
+  return next_fence(k(sp.fence, enc))
+end
+
+-- If the lock is free, hand it to the first live waiter. A mutex is granted
+-- here, on the waiter's behalf (its session's TTL), and the payload
+-- `<token>=<fence>` tells it so; an election candidate (whose value this
+-- script does not have) is only told to try again (payload `<token>`).
+local function ex_wake(space, enc)
+  local sp = SPACES[space]
+  if redis.call('EXISTS', k(space, enc)) == 1 then
+    return
+  end
+  local head = queue_head(k(sp.queue, enc))
+  if not head then
+    return
+  end
+  if sp.leader then
+    redis.call('PUBLISH', k(sp.chan, enc), head)
+  else
+    local fence = ex_grant(space, enc, head, session_pttl(head))
+    redis.call('PUBLISH', k(sp.chan, enc), head .. '=' .. string.format('%d', fence))
+  end
+end
+
+-- Release a grant or withdraw a waiter of token `tok`; idempotent, and it
+-- touches nothing of another token. Returns 1 if a grant was released.
+local function ex_release(space, enc, tok)
+  local sp = SPACES[space]
+  local lk, qk = k(space, enc), k(sp.queue, enc)
+  local released = 0
+  if redis.call('GET', lk) == tok then
+    redis.call('DEL', lk)
+    released = 1
+    if sp.leader then
+      local lead = k(sp.leader, enc)
+      if redis.call('HGET', lead, 'token') == tok then
+        redis.call('DEL', lead)
+      end
+      redis.call('PUBLISH', k(sp.chan, enc), '!')
+    end
+  end
+  unheld(tok, lk, tok)
+  local queued = redis.call('ZREM', qk, tok)
+  unheld(tok, qk, tok)
+  if released == 1 or queued == 1 then
+    ex_wake(space, enc)
+  end
+  return released
+end
+
+-- Read/write locks: one queue (zset) per lock holds granted and waiting
+-- entries in arrival order, members `r<token>` / `w<token>`; the grant hash
+-- maps granted members to their fence.
+local function rw_scan(enc)
+  local qk, gk = k('rwlock', enc), k('rwgrant', enc)
+  local grantable, n = {}, 0
+  for _, m in ipairs(redis.call('ZRANGE', qk, 0, -1)) do
+    if alive(string.sub(m, 2)) then
+      n = n + 1
+      if string.sub(m, 1, 1) == 'w' then
+        if n == 1 then
+          table.insert(grantable, m)
+        end
+        return grantable, true, n
+      end
+      table.insert(grantable, m)
+    else
+      redis.call('ZREM', qk, m)
+      redis.call('HDEL', gk, m)
+    end
+  end
+  return grantable, false, n
+end
+
+-- Grant, on their behalf, the entries that may now be granted but are not
+-- yet, and tell them (payload: `<member>=<fence>` items, space-separated).
+local function rw_wake(enc, except)
+  local gk = k('rwgrant', enc)
+  local out = {}
+  for _, m in ipairs((rw_scan(enc))) do
+    if m ~= except and redis.call('HEXISTS', gk, m) == 0 then
+      local fence = string.format('%d', next_fence(k('rwfence', enc)))
+      redis.call('HSET', gk, m, fence)
+      extend(gk, session_pttl(string.sub(m, 2)))
+      table.insert(out, m .. '=' .. fence)
+    end
+  end
+  if #out > 0 then
+    redis.call('PUBLISH', k('chan:rwlock', enc), table.concat(out, ' '))
+  end
+end
+
+local function rw_release(enc, m)
+  local qk, gk = k('rwlock', enc), k('rwgrant', enc)
+  local granted = redis.call('HDEL', gk, m)
+  local queued = redis.call('ZREM', qk, m)
+  unheld(string.sub(m, 2), qk, m)
+  if granted == 1 or queued == 1 then
+    rw_wake(enc, nil)
+  end
+  return granted
+end
+
+-- Groups: a hash per group (encoded member id -> capabilities JSON), a TTL
+-- key per member holding its token, and a version counter; every change
+-- bumps the version and is published with it.
+local function group_event(g, ev)
+  ev.v = redis.call('INCR', k('gver', g))
+  redis.call('PUBLISH', k('chan:group', g), cjson.encode(ev))
+end
+
+local function member_leave(gf, tok)
+  local g, f = string.match(gf, '^([^:]+):(.*)$')
+  local mk = k('member', gf)
+  local r = 0
+  if redis.call('GET', mk) == tok then
+    redis.call('DEL', mk)
+    if redis.call('HDEL', k('group', g), f) == 1 then
+      group_event(g, { e = 'left', id = f })
+    end
+    r = 1
+  end
+  unheld(tok, mk, tok)
+  return r
+end
+
+-- Release whatever a held-hash entry describes.
+local function release_entry(field, desc)
+  local kind, rest = split_key(field)
+  if kind == 'lock' or kind == 'queue' then
+    ex_release('lock', rest, desc)
+  elseif kind == 'election' or kind == 'equeue' then
+    ex_release('election', rest, desc)
+  elseif kind == 'rwlock' then
+    rw_release(rest, desc)
+  elseif kind == 'member' then
+    member_leave(rest, desc)
+  end
+end
+
+-- ---- script body ----

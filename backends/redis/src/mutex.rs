@@ -1,0 +1,397 @@
+//! Mutexes, and the exclusive-lock machinery elections share.
+//!
+//! The lock key `<ns>:lock:<enc(name)>` is a plain string holding the owner
+//! token with a PX TTL: redis-py's `Lock` layout, so the two exclude each
+//! other. quorate waiters queue in `<ns>:queue:<enc(name)>` (FIFO by
+//! arrival). A waiter that was not granted at once subscribes to
+//! `<ns>:chan:lock:<enc(name)>` and runs the acquire script again. A
+//! release grants the lock to the next live waiter in the same script (on
+//! its behalf, with its session's TTL) and publishes `<token>=<fence>`, so
+//! the hand-off costs the waiter no round trip; a waiter that missed the
+//! message finds itself the holder on its next attempt. A bounded fallback re-check (at the expiry of
+//! what blocks, at most every TTL/2) covers holders that vanish silently: a
+//! crashed holder's key expiring, a redis-py holder releasing.
+//!
+//! # Cancel safety
+//!
+//! From the first script call on, a [`Cleanup`] guard is armed; dropping the
+//! acquire future spawns the release script for this call's token, which
+//! removes the queue entry or the grant (the reply may have been lost) and
+//! never touches another call's token.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quorate_core::backend::async_trait;
+use quorate_core::loss::LossNotifier;
+use quorate_core::name::encode;
+use quorate_core::spi::HeldLock;
+use quorate_core::{Error, FencingToken, Result};
+use redis::Script;
+
+use crate::hub::{Subscription, Wake};
+use crate::session::{RedisSession, Registration};
+use crate::{scripts, Ctx};
+
+/// Runs a release script for one token when dropped while armed, retrying
+/// while the session could still be alive. The script must be idempotent.
+pub(crate) struct Cleanup {
+    job: Option<CleanupJob>,
+}
+
+struct CleanupJob {
+    ctx: Arc<Ctx>,
+    script: &'static Script,
+    args: Vec<Vec<u8>>,
+    /// Give up after this long: by then the session's TTL has passed, and
+    /// whatever is left belongs to a dead session, which scripts ignore.
+    limit: Duration,
+}
+
+impl Cleanup {
+    pub(crate) fn new(
+        ctx: &Arc<Ctx>,
+        script: &'static Script,
+        args: Vec<Vec<u8>>,
+        limit: Duration,
+    ) -> Cleanup {
+        Cleanup {
+            job: Some(CleanupJob {
+                ctx: ctx.clone(),
+                script,
+                args,
+                limit,
+            }),
+        }
+    }
+
+    pub(crate) fn disarm(&mut self) {
+        self.job = None;
+    }
+}
+
+impl CleanupJob {
+    async fn run(&self) -> Result<i64> {
+        let args: Vec<&[u8]> = self.args.iter().map(Vec::as_slice).collect();
+        self.ctx.eval("clean up", self.script, &args).await
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let Some(job) = self.job.take() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("no tokio runtime to clean up a dropped redis wait");
+            return;
+        };
+        rt.spawn(async move {
+            let deadline = tokio::time::Instant::now() + job.limit;
+            let mut pause = Duration::from_millis(20);
+            loop {
+                match job.run().await {
+                    Ok(_) => return,
+                    Err(e) if tokio::time::Instant::now() + pause < deadline => {
+                        tracing::debug!(error = %e, "clean-up failed; retrying");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(500));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "clean-up gave up; the session's TTL frees it");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Wait for a wake-up addressed to `token` (or to everyone), a reconnect,
+/// or the fallback re-check time. Returns the fence when the wake-up says
+/// the lock was granted on our behalf (`<token>=<fence>`).
+pub(crate) async fn wait_wake(
+    sub: &mut Subscription,
+    token: &str,
+    recheck: Duration,
+) -> Option<FencingToken> {
+    let sleep = tokio::time::sleep(recheck);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            wake = sub.next() => match wake {
+                Wake::Reconnected => return None,
+                Wake::Message(p) if p == "*" => return None,
+                Wake::Message(p) => {
+                    for item in p.split(' ') {
+                        match item.split_once('=') {
+                            None if item == token => return None,
+                            Some((t, fence)) if t == token => {
+                                return fence.parse().ok().map(FencingToken);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            },
+            _ = &mut sleep => return None,
+        }
+    }
+}
+
+/// The key spaces of exclusive locks.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Space {
+    /// Mutexes: `<ns>:lock:…`.
+    Lock,
+    /// Elections: `<ns>:election:…`.
+    Election,
+}
+
+impl Space {
+    fn kind(self) -> &'static str {
+        match self {
+            Space::Lock => "lock",
+            Space::Election => "election",
+        }
+    }
+
+    fn channel(self) -> &'static str {
+        match self {
+            Space::Lock => "chan:lock",
+            Space::Election => "chan:election",
+        }
+    }
+}
+
+/// A granted exclusive lock (a mutex, or an election's leadership).
+pub(crate) struct ExGrant {
+    pub(crate) ctx: Arc<Ctx>,
+    pub(crate) space: Space,
+    pub(crate) enc: String,
+    pub(crate) token: String,
+    pub(crate) fence: FencingToken,
+    released: AtomicBool,
+    ttl: Duration,
+    _registration: Registration,
+}
+
+/// Acquire an exclusive lock in FIFO order; `None` when `wait` is false
+/// and the lock is not free. `value` is the candidate's value (elections).
+pub(crate) async fn acquire(
+    session: &RedisSession,
+    space: Space,
+    name: &str,
+    wait: bool,
+    value: &[u8],
+    loss: LossNotifier,
+) -> Result<Option<ExGrant>> {
+    let ctx = &session.ctx;
+    let enc = encode(name);
+    let token = session.token();
+    let ttl = session.ttl_ms();
+    let registration = session.register(ctx.key(space.kind(), name), token.clone(), loss);
+    let channel = wait.then(|| ctx.key(space.channel(), name));
+    let mut cleanup = Cleanup::new(
+        ctx,
+        &scripts::EX_RELEASE,
+        vec![
+            space.kind().into(),
+            enc.clone().into(),
+            token.clone().into(),
+        ],
+        session.ttl(),
+    );
+    let wait_flag: &[u8] = if wait { b"1" } else { b"0" };
+    let args: [&[u8]; 6] = [
+        space.kind().as_bytes(),
+        enc.as_bytes(),
+        token.as_bytes(),
+        ttl.as_bytes(),
+        wait_flag,
+        value,
+    ];
+    let granted = grant_loop(ctx, channel.as_deref(), &token, session.ttl(), || {
+        ctx.eval("acquire", &scripts::EX_ACQUIRE, &args)
+    })
+    .await?;
+    cleanup.disarm();
+    Ok(granted.map(|fence| ExGrant {
+        ctx: ctx.clone(),
+        space,
+        enc,
+        token,
+        fence,
+        released: AtomicBool::new(false),
+        ttl: session.ttl(),
+        _registration: registration,
+    }))
+}
+
+/// Run an acquire script until it grants: `Some(fence)`; `None` when it
+/// does not and the caller does not wait (`channel` is `None`).
+///
+/// A waiter subscribes to `channel` only once the first attempt did not
+/// grant (an uncontended lock costs one round trip), and then attempts
+/// again at once, so a release between the two cannot be missed. Between
+/// later attempts it waits for a wake-up addressed to `token` (which may
+/// say the lock was granted on its behalf: then no further round trip), a
+/// reconnect, or the fallback re-check. While waiting, a transient failure (server
+/// unreachable) is retried with backoff: the wait ends with the session,
+/// whose loss core reports.
+///
+/// The caller keeps its [`Cleanup`] armed until this returns `Ok`.
+pub(crate) async fn grant_loop<F, Fut>(
+    ctx: &Ctx,
+    channel: Option<&str>,
+    token: &str,
+    ttl: Duration,
+    mut attempt: F,
+) -> Result<Option<FencingToken>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<i64>>>,
+{
+    let mut sub: Option<Subscription> = None;
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        let reply = match attempt().await {
+            Ok(r) => r,
+            Err(e) if e.is_retryable() && channel.is_some() => {
+                tracing::debug!(error = %e, "acquire attempt failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        backoff = Duration::from_millis(20);
+        match (reply.first(), reply.get(1), channel) {
+            (Some(1), Some(&fence), _) => return Ok(Some(FencingToken(fence as u64))),
+            (Some(-1), _, _) => {
+                return Err(Error::lost(
+                    "the redis session expired or was revoked while acquiring",
+                ))
+            }
+            (Some(0), _, None) => return Ok(None),
+            (Some(0), blocker, Some(channel)) => match sub.as_mut() {
+                None => sub = Some(ctx.hub.subscribe(channel).await?),
+                Some(sub) => {
+                    let recheck = ctx.recheck_after(ttl, *blocker.unwrap_or(&-1));
+                    if let Some(fence) = wait_wake(sub, token, recheck).await {
+                        return Ok(Some(fence));
+                    }
+                }
+            },
+            _ => {
+                return Err(Error::backend(format!(
+                    "unexpected reply {reply:?} from an acquire script"
+                )))
+            }
+        }
+    }
+}
+
+impl ExGrant {
+    fn args(&self) -> [&[u8]; 3] {
+        [
+            self.space.kind().as_bytes(),
+            self.enc.as_bytes(),
+            self.token.as_bytes(),
+        ]
+    }
+
+    pub(crate) async fn is_held(&self) -> Result<bool> {
+        let held: i64 = self
+            .ctx
+            .eval("is held", &scripts::EX_IS_HELD, &self.args())
+            .await?;
+        Ok(held == 1)
+    }
+
+    pub(crate) async fn release(&self) -> Result<()> {
+        let _: i64 = self
+            .ctx
+            .eval("release", &scripts::EX_RELEASE, &self.args())
+            .await?;
+        self.released.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    pub(crate) async fn write_if_held(
+        &self,
+        key: &str,
+        value: &[u8],
+        release: bool,
+    ) -> Result<bool> {
+        let data = encode(key);
+        let applied: i64 = self
+            .ctx
+            .eval(
+                "guarded write",
+                &scripts::GUARDED_WRITE,
+                &[
+                    self.space.kind().as_bytes(),
+                    self.enc.as_bytes(),
+                    self.token.as_bytes(),
+                    data.as_bytes(),
+                    value,
+                    if release { b"1" } else { b"0" },
+                ],
+            )
+            .await?;
+        if applied == 1 && release {
+            self.released.store(true, Ordering::Release);
+        }
+        Ok(applied == 1)
+    }
+}
+
+impl Drop for ExGrant {
+    fn drop(&mut self) {
+        // Core releases every guard; if that failed (server unreachable),
+        // keep trying in the background, or keep-alive would extend the
+        // orphaned grant for as long as the session lives.
+        if !self.released.load(Ordering::Acquire) {
+            let _ = Cleanup::new(
+                &self.ctx,
+                &scripts::EX_RELEASE,
+                self.args().iter().map(|a| a.to_vec()).collect(),
+                self.ttl,
+            );
+        }
+    }
+}
+
+/// Acquire a mutex.
+pub(crate) async fn lock(
+    session: &RedisSession,
+    name: &str,
+    wait: bool,
+    loss: LossNotifier,
+) -> Result<Option<Box<dyn HeldLock>>> {
+    Ok(acquire(session, Space::Lock, name, wait, b"", loss)
+        .await?
+        .map(|g| Box::new(RedisLock(g)) as Box<dyn HeldLock>))
+}
+
+/// A held mutex.
+struct RedisLock(ExGrant);
+
+#[async_trait]
+impl HeldLock for RedisLock {
+    fn fence(&self) -> FencingToken {
+        self.0.fence
+    }
+
+    async fn is_held(&self) -> Result<bool> {
+        self.0.is_held().await
+    }
+
+    async fn release(&self) -> Result<()> {
+        self.0.release().await
+    }
+
+    async fn write_if_held(&self, key: &str, value: &[u8], release: bool) -> Result<bool> {
+        self.0.write_if_held(key, value, release).await
+    }
+}

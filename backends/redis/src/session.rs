@@ -1,0 +1,219 @@
+//! Sessions: a liveness key `<ns>:session:<id>` with a PX TTL, plus the held
+//! hash `<ns>:held:<id>` listing every key the session holds or waits in.
+//!
+//! Core calls [`SessionBackend::keep_alive`] every third of the TTL; it is
+//! one script: it extends the session key and every held key that still
+//! carries the session's token, and reports the ones that do not, whose
+//! grants are then reported lost. Revoking runs one script that deletes the
+//! session key and releases everything in the held hash.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use quorate_core::backend::async_trait;
+use quorate_core::loss::LossNotifier;
+use quorate_core::spi::{HeldLeadership, HeldLock, HeldMembership, LockKind, SessionBackend};
+use quorate_core::{Error, Result};
+use redis::Value;
+
+use crate::hub::Wake;
+use crate::{election, group, keys, mutex, rwlock, scripts, Ctx};
+
+/// The loss notifiers of a session's grants, by held-hash entry
+/// (key, token).
+type Grants = Arc<StdMutex<HashMap<(String, String), LossNotifier>>>;
+
+/// One session of the Redis backend.
+pub(crate) struct RedisSession {
+    pub(crate) ctx: Arc<Ctx>,
+    id: String,
+    ttl: Duration,
+    next_token: AtomicU64,
+    grants: Grants,
+    /// Fires the session's loss as soon as a revoke is published.
+    revoke_watch: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RedisSession {
+    fn drop(&mut self) {
+        self.revoke_watch.abort();
+    }
+}
+
+/// A registered grant notifier; unregisters when dropped.
+pub(crate) struct Registration {
+    grants: Grants,
+    entry: (String, String),
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.grants.lock().unwrap().remove(&self.entry);
+    }
+}
+
+impl RedisSession {
+    pub(crate) async fn open(
+        ctx: Arc<Ctx>,
+        ttl: Duration,
+        loss: LossNotifier,
+    ) -> Result<RedisSession> {
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        loop {
+            let id = format!("{:016x}", rand::random::<u64>());
+            // Subscribed before the key exists, so a revoke is never missed
+            // (keep-alive would notice it too, a third of a TTL later).
+            let mut revoked = ctx.hub.subscribe(&ctx.key("chan:session", &id)).await?;
+            let created: Option<String> = ctx
+                .query(
+                    "open session",
+                    redis::cmd("SET")
+                        .arg(keys::session(&ctx.ns, &id))
+                        .arg(1)
+                        .arg("PX")
+                        .arg(ttl_ms)
+                        .arg("NX"),
+                )
+                .await?;
+            if created.is_some() {
+                tracing::debug!(session = %id, ?ttl, "redis session opened");
+                let loss = loss.clone();
+                let revoke_watch = tokio::spawn(async move {
+                    while let Wake::Reconnected = revoked.next().await {}
+                    loss.fire("the session was revoked");
+                });
+                return Ok(RedisSession {
+                    ctx,
+                    id,
+                    ttl,
+                    next_token: AtomicU64::new(1),
+                    grants: Arc::default(),
+                    revoke_watch,
+                });
+            }
+        }
+    }
+
+    /// A fresh owner token `<sid>:<n>`, unique to one acquire call.
+    pub(crate) fn token(&self) -> String {
+        format!(
+            "{}:{}",
+            self.id,
+            self.next_token.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// The TTL in milliseconds, as scripts take it.
+    pub(crate) fn ttl_ms(&self) -> String {
+        self.ttl.as_millis().max(1).to_string()
+    }
+
+    pub(crate) fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Have `loss` fired when keep-alive finds the held-hash entry
+    /// `(key, desc)` gone.
+    pub(crate) fn register(&self, key: String, desc: String, loss: LossNotifier) -> Registration {
+        let entry = (key, desc);
+        self.grants.lock().unwrap().insert(entry.clone(), loss);
+        Registration {
+            grants: self.grants.clone(),
+            entry,
+        }
+    }
+}
+
+/// Revoke session `sid` (ours or another's): returns whether it existed.
+pub(crate) async fn revoke(ctx: &Ctx, sid: &str) -> Result<bool> {
+    let existed: i64 = ctx
+        .eval("revoke session", &scripts::REVOKE, &[sid.as_bytes()])
+        .await?;
+    Ok(existed == 1)
+}
+
+#[async_trait]
+impl SessionBackend for RedisSession {
+    fn id(&self) -> String {
+        self.id.clone()
+    }
+
+    fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    async fn keep_alive(&self) -> Result<()> {
+        let ttl = self.ttl_ms();
+        let reply: Vec<Value> = self
+            .ctx
+            .eval(
+                "keep alive",
+                &scripts::KEEP_ALIVE,
+                &[self.id.as_bytes(), ttl.as_bytes()],
+            )
+            .await?;
+        if matches!(reply.first(), Some(Value::Int(-1))) {
+            return Err(Error::lost(format!(
+                "redis session {} has expired or was revoked",
+                self.id
+            )));
+        }
+        let mut lost = reply.into_iter().skip(1);
+        while let (Some(key), Some(desc)) = (lost.next(), lost.next()) {
+            let (Value::BulkString(key), Value::BulkString(desc)) = (key, desc) else {
+                continue;
+            };
+            let entry = (
+                String::from_utf8_lossy(&key).into_owned(),
+                String::from_utf8_lossy(&desc).into_owned(),
+            );
+            tracing::debug!(key = %entry.0, "keep-alive found a grant gone");
+            if let Some(loss) = self.grants.lock().unwrap().remove(&entry) {
+                loss.fire(format!(
+                    "the redis key `{}` no longer holds this session's token",
+                    entry.0
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn revoke(&self) -> Result<()> {
+        revoke(&self.ctx, &self.id).await?;
+        Ok(())
+    }
+
+    async fn lock(
+        &self,
+        name: &str,
+        kind: LockKind,
+        wait: bool,
+        loss: LossNotifier,
+    ) -> Result<Option<Box<dyn HeldLock>>> {
+        match kind {
+            LockKind::Mutex => mutex::lock(self, name, wait, loss).await,
+            LockKind::Read | LockKind::Write => rwlock::lock(self, name, kind, wait, loss).await,
+        }
+    }
+
+    async fn join(
+        &self,
+        group: &str,
+        member: &str,
+        capabilities: &serde_json::Value,
+        loss: LossNotifier,
+    ) -> Result<Box<dyn HeldMembership>> {
+        group::join(self, group, member, capabilities, loss).await
+    }
+
+    async fn campaign(
+        &self,
+        name: &str,
+        value: &[u8],
+        loss: LossNotifier,
+    ) -> Result<Box<dyn HeldLeadership>> {
+        election::campaign(self, name, value, loss).await
+    }
+}

@@ -1,0 +1,74 @@
+//! The conformance suite on a single Redis: once without authentication
+//! (or on `QUORATE_REDIS_URL` when set), once over TLS (`rediss://`, the
+//! server verified against a test CA) with an ACL user and password, and
+//! once through `redis+sentinel://` (primary, replica, three sentinels).
+
+use std::sync::{Arc, Mutex};
+
+use quorate_conformance::harness::redis::{
+    AclUser, RedisOptions, RedisServer, RedisTarget, SentinelCluster,
+};
+use quorate_conformance::target::ServerFaults;
+use quorate_conformance::Target;
+
+/// Kill/restart of a harness-started server, for fault cases.
+#[derive(Debug)]
+struct Faults(Arc<Mutex<RedisServer>>);
+
+impl ServerFaults for Faults {
+    fn kill(&self) -> std::io::Result<()> {
+        self.0.lock().unwrap().kill();
+        Ok(())
+    }
+
+    fn restart(&self) -> std::io::Result<()> {
+        self.0.lock().unwrap().restart()
+    }
+}
+
+/// Keeps the servers alive until the suite ends (killed on drop).
+#[allow(dead_code)]
+struct RedisHandle(Vec<Arc<Mutex<RedisServer>>>, SentinelCluster);
+
+fn target(label: &str, url: &str, server: Option<&Arc<Mutex<RedisServer>>>) -> Target {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let mut t = Target::new(label, format!("{url}{sep}ttl=2s"));
+    if let Some(s) = server {
+        t.faults = Some(Arc::new(Faults(s.clone())));
+    }
+    t
+}
+
+fn main() {
+    // SAFETY: set before any thread is started.
+    std::env::set_var("QUORATE_AGENT", env!("CARGO_BIN_EXE_quorate-agent"));
+    quorate_conformance::runner::test_main(|| async {
+        let mut servers = Vec::new();
+        let mut targets = Vec::new();
+        match RedisTarget::from_env_or_start().expect("start redis-server") {
+            RedisTarget::External(url) => targets.push(target("redis", &url, None)),
+            RedisTarget::Local(server) => {
+                let url = server.url();
+                let server = Arc::new(Mutex::new(server));
+                targets.push(target("redis", &url, Some(&server)));
+                servers.push(server);
+            }
+        }
+        let acl = RedisServer::start_with(RedisOptions {
+            acl_user: Some(AclUser {
+                name: "quorate".into(),
+                password: "conformance-secret".into(),
+            }),
+            tls: true,
+            ..RedisOptions::default()
+        })
+        .expect("start redis-server with TLS and an ACL user");
+        let url = acl.tls_url().expect("a TLS port");
+        let acl = Arc::new(Mutex::new(acl));
+        targets.push(target("rediss-acl", &url, Some(&acl)));
+        servers.push(acl);
+        let cluster = SentinelCluster::start().expect("start a sentinel-managed primary");
+        targets.push(target("redis-sentinel", &cluster.url(), None));
+        (targets, RedisHandle(servers, cluster))
+    })
+}
