@@ -14,9 +14,11 @@ use serde::Serialize;
 use crate::outcome::percentile;
 
 mod memory;
+mod zookeeper;
 
 use crate::target::Target;
 pub use memory::MemoryBaseline;
+pub use zookeeper::ZooKeeperBaseline;
 
 /// The minimal raw operations of a backend, done with its own client, that
 /// quorate's figures are compared against.
@@ -31,6 +33,11 @@ pub trait RawBaseline: Send + Sync {
     /// notification reaching another (or one raw write where the backend
     /// has no cheaper notification).
     async fn handoff(&self, key: &str) -> quorate::Result<Duration>;
+    /// Remove whatever the baseline created on the backend. [`run`] calls
+    /// it once at the end, after the scenarios (also when one failed).
+    async fn close(&self) -> quorate::Result<()> {
+        Ok(())
+    }
 }
 
 /// One scenario's figures.
@@ -69,14 +76,27 @@ pub struct ScenarioReport {
 /// Tasks in the throughput scenarios.
 pub const TASKS: usize = 8;
 
-/// Run every scenario for about `seconds` each.
+/// Run every scenario for about `seconds` each, then
+/// [`RawBaseline::close`] the baseline.
 ///
 /// # Errors
 ///
-/// A backend error during a scenario.
+/// A backend error during a scenario or while closing the baseline.
 pub async fn run(
     target: &Target,
     raw: Arc<dyn RawBaseline>,
+    seconds: f64,
+) -> quorate::Result<Vec<ScenarioReport>> {
+    let measured = scenarios(target, &raw, seconds).await;
+    let closed = raw.close().await;
+    let reports = measured?;
+    closed?;
+    Ok(reports)
+}
+
+async fn scenarios(
+    target: &Target,
+    raw: &Arc<dyn RawBaseline>,
     seconds: f64,
 ) -> quorate::Result<Vec<ScenarioReport>> {
     let target = target.fresh();
@@ -315,6 +335,7 @@ pub async fn baseline_for(url: &str) -> quorate::Result<Arc<dyn RawBaseline>> {
     let config = quorate::Config::parse(url)?;
     match config.scheme.as_str() {
         "memory" => Ok(Arc::new(MemoryBaseline::default())),
+        "zookeeper" => Ok(Arc::new(ZooKeeperBaseline::connect(&config).await?)),
         other => Err(quorate::Error::unsupported(format!(
             "no raw baseline for {other}:// yet, so no ratio can be measured"
         ))),
