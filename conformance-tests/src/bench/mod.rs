@@ -16,11 +16,13 @@ use crate::outcome::percentile;
 mod file;
 mod memory;
 mod redis;
+mod zookeeper;
 
 pub use self::redis::RedisBaseline;
 use crate::target::Target;
 pub use file::FileBaseline;
 pub use memory::MemoryBaseline;
+pub use zookeeper::ZooKeeperBaseline;
 
 /// The minimal raw operations of a backend, done with its own client, that
 /// quorate's figures are compared against.
@@ -35,6 +37,11 @@ pub trait RawBaseline: Send + Sync {
     /// notification reaching another (or one raw write where the backend
     /// has no cheaper notification).
     async fn handoff(&self, key: &str) -> quorate::Result<Duration>;
+    /// Remove whatever the baseline created on the backend. [`run`] calls
+    /// it once at the end, after the scenarios (also when one failed).
+    async fn close(&self) -> quorate::Result<()> {
+        Ok(())
+    }
 }
 
 /// One scenario's figures.
@@ -73,14 +80,27 @@ pub struct ScenarioReport {
 /// Tasks in the throughput scenarios.
 pub const TASKS: usize = 8;
 
-/// Run every scenario for about `seconds` each.
+/// Run every scenario for about `seconds` each, then
+/// [`RawBaseline::close`] the baseline.
 ///
 /// # Errors
 ///
-/// A backend error during a scenario.
+/// A backend error during a scenario or while closing the baseline.
 pub async fn run(
     target: &Target,
     raw: Arc<dyn RawBaseline>,
+    seconds: f64,
+) -> quorate::Result<Vec<ScenarioReport>> {
+    let measured = scenarios(target, &raw, seconds).await;
+    let closed = raw.close().await;
+    let reports = measured?;
+    closed?;
+    Ok(reports)
+}
+
+async fn scenarios(
+    target: &Target,
+    raw: &Arc<dyn RawBaseline>,
     seconds: f64,
 ) -> quorate::Result<Vec<ScenarioReport>> {
     let target = target.fresh();
@@ -323,6 +343,7 @@ pub async fn baseline_for(url: &str) -> quorate::Result<Arc<dyn RawBaseline>> {
         "file" => Ok(Arc::new(FileBaseline::new(std::path::Path::new(
             &config.path,
         ))?)),
+        "zookeeper" => Ok(Arc::new(ZooKeeperBaseline::connect(&config).await?)),
         other => Err(quorate::Error::unsupported(format!(
             "no raw baseline for {other}:// yet, so no ratio can be measured"
         ))),
