@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::outcome::percentile;
 
+mod etcd;
 mod file;
 mod memory;
 mod redis;
@@ -20,6 +21,7 @@ mod zookeeper;
 
 pub use self::redis::RedisBaseline;
 use crate::target::Target;
+pub use etcd::EtcdBaseline;
 pub use file::FileBaseline;
 pub use memory::MemoryBaseline;
 pub use zookeeper::ZooKeeperBaseline;
@@ -344,6 +346,7 @@ pub async fn baseline_for(url: &str) -> quorate::Result<Arc<dyn RawBaseline>> {
             &config.path,
         ))?)),
         "zookeeper" => Ok(Arc::new(ZooKeeperBaseline::connect(&config).await?)),
+        "etcd" | "etcds" => Ok(Arc::new(EtcdBaseline::connect(&config).await?)),
         other => Err(quorate::Error::unsupported(format!(
             "no raw baseline for {other}:// yet, so no ratio can be measured"
         ))),

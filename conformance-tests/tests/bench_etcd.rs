@@ -1,0 +1,112 @@
+//! `quorate bench etcd://…` end to end on a real one-member etcd started
+//! by the harness (or `QUORATE_ETCD_ENDPOINTS`), and `etcds://` on a TLS
+//! member with client certificates: every scenario yields a finite
+//! positive ratio against the raw baseline, and nothing is left behind
+//! (no raw scratch key, no key of quorate's but its documented persistent
+//! `data/` values, quorate's `leftovers()` empty). No timing is asserted:
+//! figures belong in `docs/performance.md`.
+
+use std::sync::Arc;
+
+use quorate_conformance::bench::{self, RawBaseline};
+use quorate_conformance::harness::etcd::EtcdCluster;
+use quorate_conformance::Target;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_runs_against_the_raw_etcd_baseline_and_cleans_up() {
+    let cluster = EtcdCluster::start(1).await.expect("start etcd");
+    bench_and_check(&cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_runs_over_tls_with_client_certificates() {
+    let cluster = EtcdCluster::start_local_tls(1)
+        .await
+        .expect("start a TLS etcd");
+    bench_and_check(&cluster).await;
+}
+
+async fn bench_and_check(cluster: &EtcdCluster) {
+    let namespace = format!("bench-test-{:016x}", rand::random::<u64>());
+    let url = cluster.url(&namespace, "ttl=2s");
+
+    let raw: Arc<dyn RawBaseline> = bench::baseline_for(&url).await.expect("raw baseline");
+    assert!(raw.describe().contains("txn"), "{}", raw.describe());
+    let reports = bench::run(&Target::new("etcd", url.clone()), raw, 0.3)
+        .await
+        .expect("bench run");
+
+    let mut scenarios: Vec<&str> = reports.iter().map(|r| r.scenario).collect();
+    scenarios.sort();
+    assert_eq!(
+        scenarios,
+        [
+            "handoff",
+            "throughput_many_locks",
+            "throughput_one_lock",
+            "uncontended"
+        ]
+    );
+    for r in &reports {
+        assert_eq!(r.backend, "etcd");
+        assert!(
+            r.ratio.is_finite() && r.ratio > 0.0,
+            "{}: ratio {} ({r:?})",
+            r.scenario,
+            r.ratio
+        );
+        assert!(r.samples > 0, "{}: no samples", r.scenario);
+    }
+
+    // Every key under the namespace, read with etcdctl (not with the code
+    // under test). The raw baseline wrote under `<ns>/bench-raw-…/`;
+    // `run` used a fresh quorate namespace `<ns>/conformance-…`.
+    let out = cluster
+        .etcdctl()
+        .args(["get", &format!("{namespace}/"), "--prefix", "--keys-only"])
+        .output()
+        .await
+        .expect("etcdctl");
+    assert!(
+        out.status.success(),
+        "etcdctl get: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let keys: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let raw_keys: Vec<&String> = keys
+        .iter()
+        .filter(|k| k.starts_with(&format!("{namespace}/bench-raw-")))
+        .collect();
+    assert!(
+        raw_keys.is_empty(),
+        "the raw baseline left {raw_keys:?} behind"
+    );
+    let mut quorate_namespaces: Vec<String> = Vec::new();
+    for key in &keys {
+        let rest = key
+            .strip_prefix(&format!("{namespace}/"))
+            .expect("a key under the prefix");
+        let (ns, below) = rest.split_once('/').unwrap_or((rest, ""));
+        assert!(
+            ns.starts_with("conformance-") && below.starts_with("data/"),
+            "`{key}` is neither the raw baseline's nor quorate's persistent data"
+        );
+        let ns = format!("{namespace}/{ns}");
+        if !quorate_namespaces.contains(&ns) {
+            quorate_namespaces.push(ns);
+        }
+    }
+    for ns in quorate_namespaces {
+        let coord = quorate::connect(&cluster.url(&ns, ""))
+            .await
+            .expect("connect to quorate's namespace");
+        assert_eq!(
+            coord.leftovers().await.expect("leftovers"),
+            Vec::<String>::new()
+        );
+    }
+}
