@@ -84,6 +84,8 @@ mod election;
 mod group;
 mod mutex;
 mod node;
+
+pub use node::base_path;
 mod queue;
 mod rwlock;
 mod session;

@@ -125,6 +125,38 @@ impl SharedClient {
     }
 }
 
+/// `<chroot>/<namespace>` of a URL: the znode under which quorate keeps
+/// everything (the `namespace` option defaults to `quorate`).
+///
+/// # Errors
+///
+/// [`quorate_core::ErrorKind::InvalidConfig`] for `.`, `..` or NUL segments,
+/// or a path that is empty or inside `/zookeeper`.
+pub fn base_path(config: &Config) -> Result<String> {
+    let namespace = config.option("namespace").unwrap_or("quorate");
+    let mut base = String::new();
+    for segment in config
+        .path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .chain(namespace.split('/').filter(|s| !s.is_empty()))
+    {
+        if segment == "." || segment == ".." || segment.contains('\0') {
+            return Err(Error::invalid_config(format!(
+                "`{config}`: the chroot and namespace cannot contain `.`, `..` or NUL segments"
+            )));
+        }
+        base.push('/');
+        base.push_str(segment);
+    }
+    if base.is_empty() || base == "/zookeeper" || base.starts_with("/zookeeper/") {
+        return Err(Error::invalid_config(format!(
+            "`{config}`: the namespace must be a non-empty path outside `/zookeeper`"
+        )));
+    }
+    Ok(base)
+}
+
 /// Where things live: `<chroot>/<namespace>/…`, and which ACL nodes get.
 #[derive(Clone)]
 pub(crate) struct Layout {
@@ -141,27 +173,7 @@ static CREATOR_ALL_ANYONE_READ: [Acl; 2] = [
 
 impl Layout {
     pub(crate) fn from_config(config: &Config) -> Result<Layout> {
-        let namespace = config.option("namespace").unwrap_or("quorate");
-        let mut base = String::new();
-        for segment in config
-            .path
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .chain(namespace.split('/').filter(|s| !s.is_empty()))
-        {
-            if segment == "." || segment == ".." || segment.contains('\0') {
-                return Err(Error::invalid_config(format!(
-                    "`{config}`: the chroot and namespace cannot contain `.`, `..` or NUL segments"
-                )));
-            }
-            base.push('/');
-            base.push_str(segment);
-        }
-        if base.is_empty() || base == "/zookeeper" || base.starts_with("/zookeeper/") {
-            return Err(Error::invalid_config(format!(
-                "`{config}`: the namespace must be a non-empty path outside `/zookeeper`"
-            )));
-        }
+        let base = base_path(config)?;
         Ok(Layout {
             base,
             authenticated: config.username.is_some(),

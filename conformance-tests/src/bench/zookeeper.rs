@@ -119,7 +119,7 @@ impl ZooKeeperBaseline {
                 )))
             }
         };
-        let base = base_path(config)?;
+        let base = quorate_zookeeper::base_path(config)?;
         let mut baseline = ZooKeeperBaseline {
             cluster: config.endpoints.join(","),
             digest,
@@ -353,32 +353,6 @@ impl RawBaseline for ZooKeeperBaseline {
     }
 }
 
-/// `<chroot>/<namespace>`, validated as `quorate-zookeeper` does.
-fn base_path(config: &Config) -> Result<String> {
-    let namespace = config.option("namespace").unwrap_or("quorate");
-    let mut base = String::new();
-    for segment in config
-        .path
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .chain(namespace.split('/').filter(|s| !s.is_empty()))
-    {
-        if segment == "." || segment == ".." || segment.contains('\0') {
-            return Err(Error::invalid_config(format!(
-                "`{config}`: the chroot and namespace cannot contain `.`, `..` or NUL segments"
-            )));
-        }
-        base.push('/');
-        base.push_str(segment);
-    }
-    if base.is_empty() || base == "/zookeeper" || base.starts_with("/zookeeper/") {
-        return Err(Error::invalid_config(format!(
-            "`{config}`: the namespace must be a non-empty path outside `/zookeeper`"
-        )));
-    }
-    Ok(base)
-}
-
 /// Map a client error to quorate's, naming the operation and the path.
 fn zk_error(op: &str, path: &str, e: zk::Error) -> Error {
     let message = format!("ZooKeeper {op} `{path}`: {e}");
@@ -404,7 +378,7 @@ mod tests {
 
     #[test]
     fn base_joins_chroot_and_namespace_like_the_backend() {
-        let base = |url: &str| base_path(&Config::parse(url).unwrap());
+        let base = |url: &str| quorate_zookeeper::base_path(&Config::parse(url).unwrap());
         assert_eq!(base("zookeeper://h:1").unwrap(), "/quorate");
         assert_eq!(base("zookeeper://h:1/a/b").unwrap(), "/a/b/quorate");
         assert_eq!(base("zookeeper://h:1/a?namespace=x/y").unwrap(), "/a/x/y");
