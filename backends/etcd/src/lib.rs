@@ -123,6 +123,36 @@ pub async fn connect(config: &Config) -> Result<Coordinator> {
     ))
 }
 
+/// What a client of an etcd URL needs, validated exactly as [`connect`]
+/// validates it: for tools that use `etcd-client` directly on the same etcd
+/// (the raw baseline of `quorate bench`).
+pub struct ClientSettings {
+    /// `http[s]://host:port` of every endpoint.
+    pub endpoints: Vec<String>,
+    /// The namespace every key lives under, without a trailing `/`.
+    pub namespace: String,
+    /// The connect timeout, credentials and TLS files of the URL (and the
+    /// backend's HTTP/2 keep-alive settings).
+    pub options: ConnectOptions,
+}
+
+/// The [`ClientSettings`] of an `etcd://` or `etcds://` URL.
+///
+/// # Errors
+///
+/// [`ErrorKind::InvalidConfig`] for a URL [`connect`] refuses as such
+/// (another scheme, no endpoint, an empty namespace segment, unknown
+/// options, a user without a password or the reverse, TLS options on
+/// `etcd://`, TLS files that cannot be read).
+pub fn client_settings(config: &Config) -> Result<ClientSettings> {
+    let s = Settings::from_config(config)?;
+    Ok(ClientSettings {
+        endpoints: s.endpoints,
+        namespace: s.namespace,
+        options: s.options,
+    })
+}
+
 /// The parsed, validated connection settings.
 struct Settings {
     endpoints: Vec<String>,

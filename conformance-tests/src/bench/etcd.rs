@@ -10,10 +10,10 @@
 //! for whatever a failed operation left. The keys have no lease: a process
 //! that dies mid-run leaves them until someone deletes the prefix.
 //!
-//! The URL is validated as `quorate-etcd` validates it (that crate exposes
-//! no helper for it): endpoints with the default port 2379, the namespace
-//! (default `quorate`), `user:password@`, and for `etcds://` the `ca`,
-//! `cert` and `key` files.
+//! The URL is read by `quorate-etcd` itself ([`quorate_etcd::client_settings`]):
+//! endpoints with the default port 2379, the namespace (default
+//! `quorate`), `user:password@`, and for `etcds://` the `ca`, `cert` and
+//! `key` files.
 //!
 //! All raw operations share one connection (one `etcd-client` client,
 //! balanced over the URL's endpoints), as all of quorate's sessions in
@@ -23,21 +23,12 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
-    Identity, TlsOptions, Txn, TxnOp, WatchFilterType, WatchOptions, WatchStream,
+    Client, Compare, CompareOp, DeleteOptions, EventType, GetOptions, Txn, TxnOp, WatchFilterType,
+    WatchOptions, WatchStream,
 };
 use quorate::{Config, Error, ErrorKind, Result};
 
 use super::RawBaseline;
-
-/// Options of an etcd URL besides the generic ones (as the backend).
-const OPTIONS: &[&str] = &["ca", "cert", "key"];
-
-/// The namespace of a URL without a path (as the backend).
-const DEFAULT_NAMESPACE: &str = "quorate";
-
-/// The port of an endpoint given without one (as the backend).
-const DEFAULT_PORT: u16 = 2379;
 
 /// The raw baseline of `etcd://` and `etcds://`.
 ///
@@ -83,7 +74,11 @@ impl EtcdBaseline {
     /// `connect_timeout`; `Unauthenticated` when etcd refuses the
     /// credentials.
     pub async fn connect(config: &Config) -> Result<EtcdBaseline> {
-        let (endpoints, namespace, options) = settings(config)?;
+        let quorate_etcd::ClientSettings {
+            endpoints,
+            namespace,
+            options,
+        } = quorate_etcd::client_settings(config)?;
         let shown = config.redacted();
         let limit = config.connect_timeout;
         let probe = format!("{namespace}/");
@@ -263,100 +258,6 @@ async fn next_delete(stream: &mut WatchStream, key: &str) -> Result<()> {
     }
 }
 
-/// The endpoints (`http[s]://host:port`), the namespace and the client
-/// options of a URL, validated as `quorate-etcd` does.
-fn settings(config: &Config) -> Result<(Vec<String>, String, ConnectOptions)> {
-    let tls = match config.scheme.as_str() {
-        "etcd" => false,
-        "etcds" => true,
-        other => {
-            return Err(Error::invalid_config(format!(
-                "the raw etcd baseline takes etcd:// and etcds:// URLs, not `{other}://`"
-            )))
-        }
-    };
-    config.reject_unknown_options(OPTIONS)?;
-    if config.endpoints.is_empty() {
-        return Err(Error::invalid_config(format!(
-            "`{config}`: an etcd URL needs at least one host:port"
-        )));
-    }
-    let namespace = if config.path.is_empty() {
-        DEFAULT_NAMESPACE.to_owned()
-    } else {
-        config.path.trim_end_matches('/').to_owned()
-    };
-    if namespace.is_empty() || namespace.split('/').any(str::is_empty) {
-        return Err(Error::invalid_config(format!(
-            "`{config}`: the namespace `{}` has an empty path segment",
-            config.path
-        )));
-    }
-    let scheme = if tls { "https" } else { "http" };
-    let endpoints = config
-        .endpoints
-        .iter()
-        .map(|e| {
-            if e.contains(':') {
-                format!("{scheme}://{e}")
-            } else {
-                format!("{scheme}://{e}:{DEFAULT_PORT}")
-            }
-        })
-        .collect();
-    let mut options = ConnectOptions::new().with_connect_timeout(config.connect_timeout);
-    match (&config.username, &config.password) {
-        (Some(user), Some(password)) => {
-            options = options.with_user(user.clone(), password.expose().to_owned());
-        }
-        (None, None) => {}
-        _ => {
-            return Err(Error::invalid_config(format!(
-                "`{config}`: etcd needs both a user name and a password, or neither"
-            )))
-        }
-    }
-    if tls {
-        options = options.with_tls(tls_options(config)?);
-    } else if let Some(k) = OPTIONS.iter().find(|k| config.option(k).is_some()) {
-        return Err(Error::invalid_config(format!(
-            "option `{k}` is for TLS: use an `etcds://` URL"
-        )));
-    }
-    Ok((endpoints, namespace, options))
-}
-
-/// The TLS options of an `etcds://` URL: the servers' CA, and optionally a
-/// client certificate and its key.
-fn tls_options(config: &Config) -> Result<TlsOptions> {
-    let read = |what: &str, path: &str| {
-        std::fs::read(path).map_err(|e| {
-            Error::invalid_config(format!("cannot read the {what} file `{path}`: {e}"))
-        })
-    };
-    let ca = config.option("ca").ok_or_else(|| {
-        Error::invalid_config(
-            "an `etcds://` URL needs `ca=/path/to/ca.pem` (the CA of the servers)",
-        )
-    })?;
-    let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read("CA", ca)?));
-    match (config.option("cert"), config.option("key")) {
-        (Some(cert), Some(key)) => {
-            tls = tls.identity(Identity::from_pem(
-                read("client certificate", cert)?,
-                read("client key", key)?,
-            ));
-        }
-        (None, None) => {}
-        _ => {
-            return Err(Error::invalid_config(
-                "give both `cert` and `key` (client certificate and its key), or neither",
-            ))
-        }
-    }
-    Ok(tls)
-}
-
 /// Map a client error to quorate's, naming the operation and the key.
 fn etcd_error(op: &str, key: &str, e: etcd_client::Error) -> Error {
     use tonic::Code;
@@ -383,37 +284,4 @@ fn etcd_error(op: &str, key: &str, e: etcd_client::Error) -> Error {
         _ => ErrorKind::Backend,
     };
     Error::new(kind, message).with_source(e)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(url: &str) -> Result<(Vec<String>, String, ConnectOptions)> {
-        settings(&Config::parse(url).unwrap())
-    }
-
-    #[test]
-    fn endpoints_and_namespace_as_the_backend() {
-        let (endpoints, namespace, _) = parse("etcd://h1:1,h2/app/locks?ttl=3s").unwrap();
-        assert_eq!(endpoints, ["http://h1:1", "http://h2:2379"]);
-        assert_eq!(namespace, "app/locks");
-        assert_eq!(parse("etcd://h:1").unwrap().1, DEFAULT_NAMESPACE);
-    }
-
-    #[test]
-    fn refuses_what_the_backend_refuses() {
-        for url in [
-            "etcd://h:1?tll=3s",
-            "etcd://h:1?ca=/x",
-            "etcds://h:1",
-            "etcds://h:1?ca=/nonexistent/ca.pem",
-            "etcd:///ns",
-            "etcd://h:1/a//b",
-            "etcd://alice@h:1",
-        ] {
-            let e = parse(url).err().unwrap_or_else(|| panic!("{url} accepted"));
-            assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{url}: {e}");
-        }
-    }
 }
