@@ -24,7 +24,7 @@ use quorate_core::loss::LossNotifier;
 use quorate_core::spi::{HeldLock, LockKind};
 use quorate_core::{Error, FencingToken, Result};
 
-use crate::client::{revision, txn_range, Backoff};
+use crate::client::{txn_range, Backoff};
 use crate::keys::lease_hex;
 use crate::session::{Created, EtcdSession, HeldKey, OwnKey};
 use crate::{rwlock, watch};
@@ -150,7 +150,6 @@ async fn wait_for_turn(session: &EtcdSession, entry: &Entry<'_>, rev: i64) -> Re
         let Some(ahead) = txn_range(&resp, 0).into_iter().next() else {
             return Ok(());
         };
-        let seen_at = revision(resp.header())?;
         tracing::debug!(
             key = %entry.key,
             waiting_for = %String::from_utf8_lossy(ahead.key()),
@@ -159,7 +158,6 @@ async fn wait_for_turn(session: &EtcdSession, entry: &Entry<'_>, rev: i64) -> Re
         watch::wait_deleted(
             &session.shared,
             ahead.key().to_vec(),
-            seen_at,
             fallback(session),
             &mut backoff,
         )

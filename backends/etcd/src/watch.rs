@@ -14,20 +14,25 @@ use quorate_core::Result;
 
 use crate::client::{revision, Backoff, Shared};
 
-/// Wait until `key` is deleted after revision `after`, or until `fallback`
-/// passes, or the watch breaks (after a back-off): the caller checks the
-/// state again in every case, so a missed or spurious wake-up costs one
-/// round trip, never correctness.
+/// Wait until `key` is deleted, or until `fallback` passes, or the watch
+/// breaks (after a back-off): the caller checks the state again in every
+/// case, so a missed or spurious wake-up costs one round trip, never
+/// correctness.
+///
+/// The watch starts at the current revision, not at the revision the
+/// caller saw: etcd serves a watch from a past revision from its "unsynced"
+/// group, which a loop catches up only every 100 ms, and under contention
+/// the revision has always moved on, so every hand-off would wait for that
+/// loop. Instead, once the watch is created, the key is checked again: a
+/// deletion before that check is seen by the check, one after it by the
+/// watch.
 pub(crate) async fn wait_deleted(
     shared: &Shared,
     key: Vec<u8>,
-    after: i64,
     fallback: Duration,
     backoff: &mut Backoff,
 ) {
-    let options = WatchOptions::new()
-        .with_start_revision(after + 1)
-        .with_filters([WatchFilterType::NoPut]);
+    let options = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
     let wait = async {
         let mut watch = match Watch::open(shared, &key, options).await {
             Ok(w) => w,
@@ -40,11 +45,20 @@ pub(crate) async fn wait_deleted(
             let Some(resp) = watch.next(shared).await else {
                 return false;
             };
-            // Cancelled because the start revision was compacted: the key
-            // may be long gone, check again at once. Any other
-            // cancellation: check again after a back-off.
             if resp.canceled() {
-                return resp.compact_revision() > 0;
+                return false;
+            }
+            if resp.created() {
+                let key = String::from_utf8_lossy(&key);
+                let count_only = Some(GetOptions::new().with_count_only());
+                match shared.get("check predecessor", &key, count_only).await {
+                    Ok(r) if r.count() == 0 => return true,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "checking the predecessor failed");
+                        return false;
+                    }
+                }
             }
             if resp
                 .events()
