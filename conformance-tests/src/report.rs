@@ -41,7 +41,9 @@ pub struct CaseReport {
     pub declared: Option<serde_json::Value>,
     /// `pass`, `fail`, `not-applicable` or `unverified`.
     pub result: Verdict,
-    /// Why it failed or does not apply; empty on a pass.
+    /// Why it failed or does not apply; on a pass, empty, or the outcome
+    /// in words for a case that reports one (a server fault case measuring
+    /// a guarantee the backend does not declare).
     pub detail: String,
     /// Figures measured, unit in the key.
     pub figures: Figures,

@@ -35,11 +35,17 @@ pub async fn run_case(case: &Case, base: &Target, caps: &Capabilities) -> CaseRe
         figures: Figures::new(),
         duration_ms: 0.0,
     };
-    if let Err(reason) = (case.applies)(caps) {
+    if let Err(reason) = case.applies_to(caps, base) {
         report.result = Verdict::NotApplicable;
         reason.clone_into(&mut report.detail);
         return report;
     }
+    // A case that breaks servers runs alone: it waits for the running
+    // cases to finish, and holds the others back until it is done.
+    let (_alone, _shared) = match case.needs {
+        Some(_) => (Some(ONE_AT_A_TIME.write().await), None),
+        None => (None, Some(ONE_AT_A_TIME.read().await)),
+    };
     let target = base.fresh();
     let started = Instant::now();
     // The keeper holds the namespace open (a memory:// state lives only
@@ -64,7 +70,12 @@ pub async fn run_case(case: &Case, base: &Target, caps: &Capabilities) -> CaseRe
         Ok(Ok(r)) => r,
     };
     match outcome {
-        Ok(figures) => report.figures = figures,
+        Ok(figures) => {
+            if let Some(describe) = case.describe {
+                report.detail = describe(&figures);
+            }
+            report.figures = figures;
+        }
         Err(CaseError::Fail(m)) => {
             report.result = Verdict::Fail;
             report.detail = m;
@@ -83,6 +94,10 @@ pub async fn run_case(case: &Case, base: &Target, caps: &Capabilities) -> CaseRe
     report.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     report
 }
+
+/// Cases run concurrently (libtest threads) under a shared turn; a server
+/// fault case takes it alone.
+static ONE_AT_A_TIME: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 async fn wait_until_clean(keeper: &quorate::Coordinator) -> Result<(), String> {
     let start = Instant::now();
@@ -192,7 +207,7 @@ where
         per_target.push(caps.clone());
         for case in cases::all() {
             let name = format!("{}::{}", target.label, case.name);
-            let applies = (case.applies)(&caps);
+            let applies = case.applies_to(&caps, target);
             let runtime = runtime.clone();
             let target = target.clone();
             let caps = caps.clone();
@@ -228,7 +243,7 @@ where
                     .position(|(i, r)| *i == ti && r.name == case.name)
                 {
                     cases_out.push(results.remove(pos).1);
-                } else if let Err(reason) = (case.applies)(caps) {
+                } else if let Err(reason) = case.applies_to(caps, target) {
                     let rt = Target::new(target.label.clone(), target.url());
                     let mut r = runtime.block_on(run_case(&case, &rt, caps));
                     reason.clone_into(&mut r.detail);

@@ -16,12 +16,80 @@ pub struct Target {
     pub faults: Option<std::sync::Arc<dyn ServerFaults>>,
 }
 
-/// Faults a server harness can inject (kill, pause, restart the server).
+/// A server fault a [`ServerFaults`] controller can inject. The server
+/// fault cases name the one they need; a target whose controller does not
+/// support it reports the case *not applicable*.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Kill the server that orders writes (the etcd Raft leader, the
+    /// ZooKeeper leader, the Redis primary under Sentinel) while the rest of
+    /// the deployment stays up: [`ServerFaults::kill_leader`], then
+    /// [`ServerFaults::restart_killed`].
+    KillLeader,
+    /// Put a [`crate::harness::TcpProxy`] between one client and ONE server:
+    /// [`ServerFaults::proxy_upstream`].
+    Partition,
+    /// Restart the (only) server so that it comes back without any data:
+    /// [`ServerFaults::restart_empty`].
+    RestartWithoutPersistence,
+}
+
+impl Fault {
+    /// Why a case needing this fault does not apply to a target without it.
+    pub fn missing(self) -> &'static str {
+        match self {
+            Fault::KillLeader => "the target has no fault controller that can kill its leader or primary (an external or single-server deployment)",
+            Fault::Partition => "the target has no fault controller offering one server's address to partition through a proxy",
+            Fault::RestartWithoutPersistence => "the target has no fault controller that can restart a server keeping no data",
+        }
+    }
+}
+
+/// The fault controller of a deployment the harness started: what it can
+/// break, and how to mend it. Object safe (`Arc<dyn ServerFaults>` in
+/// [`Target::faults`]); every method an implementation does not
+/// [`support`](ServerFaults::supports) returns an `Unsupported` error.
+///
+/// The server fault cases run alone (never concurrently with another case
+/// of the same test process), so a controller may assume nobody else kills
+/// or restarts servers meanwhile.
+#[async_trait::async_trait]
 pub trait ServerFaults: Send + Sync + std::fmt::Debug {
-    /// Stop the server abruptly (SIGKILL).
-    fn kill(&self) -> std::io::Result<()>;
-    /// Start it again after [`ServerFaults::kill`].
-    fn restart(&self) -> std::io::Result<()>;
+    /// Whether this controller can inject `fault`.
+    fn supports(&self, fault: Fault) -> bool;
+
+    /// Kill (SIGKILL) the leader / primary and return once it is dead;
+    /// returns a description of what was killed (for the report). The rest
+    /// of the deployment is left to recover by itself.
+    async fn kill_leader(&self) -> std::io::Result<String> {
+        Err(unsupported("killing the leader"))
+    }
+
+    /// Start again what [`ServerFaults::kill_leader`] killed, on the same
+    /// ports, and return once it serves (as a follower / replica). Does
+    /// nothing if nothing is killed.
+    async fn restart_killed(&self) -> std::io::Result<()> {
+        Err(unsupported("restarting a killed server"))
+    }
+
+    /// Kill the server and start it again with no data (no persistence),
+    /// returning once it answers.
+    async fn restart_empty(&self) -> std::io::Result<()> {
+        Err(unsupported("restarting without persistence"))
+    }
+
+    /// The client address of ONE server, for a case to put a
+    /// [`crate::harness::TcpProxy`] in front of (see [`Target::via`]).
+    fn proxy_upstream(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
+}
+
+fn unsupported(what: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        format!("{what} is not supported by this fault controller"),
+    )
 }
 
 impl Target {
@@ -46,6 +114,23 @@ impl Target {
             label: self.label.clone(),
             faults: self.faults.clone(),
         }
+    }
+
+    /// The same target (namespace, options, credentials) reached through
+    /// `endpoint` only: the URL's server list is replaced by it. For a
+    /// client connected through a [`crate::harness::TcpProxy`].
+    pub fn via(&self, endpoint: std::net::SocketAddr) -> Target {
+        Target {
+            url: replace_endpoints(&self.url, &endpoint.to_string()),
+            base_url: replace_endpoints(&self.base_url, &endpoint.to_string()),
+            label: self.label.clone(),
+            faults: self.faults.clone(),
+        }
+    }
+
+    /// Whether the target's fault controller can inject `fault`.
+    pub fn supports(&self, fault: Fault) -> bool {
+        self.faults.as_ref().is_some_and(|f| f.supports(fault))
     }
 
     /// The URL with this target's namespace.
@@ -99,6 +184,21 @@ fn strip_option(url: &str, key: &str) -> String {
     } else {
         format!("{base}?{}", kept.join("&"))
     }
+}
+
+/// Replace the `host:port[,host:port…]` list of a URL, keeping its scheme,
+/// credentials, path and options.
+fn replace_endpoints(url: &str, endpoints: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let credentials = authority
+        .rsplit_once('@')
+        .map(|(c, _)| format!("{c}@"))
+        .unwrap_or_default();
+    format!("{scheme}://{credentials}{endpoints}{tail}")
 }
 
 /// Put `ns` into a URL as the backend's namespace: the name of a
@@ -158,6 +258,22 @@ mod tests {
             with_namespace("redis://h:1", "n"),
             "redis://h:1?namespace=n"
         );
+    }
+
+    #[test]
+    fn via_replaces_the_servers_only() {
+        let addr: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let t = Target::new("e", "etcd://h1:1,h2:2/base?ttl=2s").fresh();
+        let v = t.via(addr);
+        assert!(v.url().starts_with("etcd://127.0.0.1:9/base/conformance-"));
+        assert!(v.url().ends_with("?ttl=2s"));
+        let t = Target::new("r", "rediss://u:p@h:1?tls_ca=/x/ca.pem");
+        assert_eq!(
+            t.via(addr).url(),
+            "rediss://u:p@127.0.0.1:9?tls_ca=/x/ca.pem"
+        );
+        let t = Target::new("z", "zookeeper://h:1,h:2");
+        assert_eq!(t.via(addr).url(), "zookeeper://127.0.0.1:9");
     }
 
     #[test]

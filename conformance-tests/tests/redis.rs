@@ -5,37 +5,21 @@
 
 use std::sync::{Arc, Mutex};
 
+use quorate_conformance::harness::faults::{RedisFaults, SentinelFaults};
 use quorate_conformance::harness::redis::{
     AclUser, RedisOptions, RedisServer, RedisTarget, SentinelCluster,
 };
 use quorate_conformance::target::ServerFaults;
 use quorate_conformance::Target;
 
-/// Kill/restart of a harness-started server, for fault cases.
-#[derive(Debug)]
-struct Faults(Arc<Mutex<RedisServer>>);
-
-impl ServerFaults for Faults {
-    fn kill(&self) -> std::io::Result<()> {
-        self.0.lock().unwrap().kill();
-        Ok(())
-    }
-
-    fn restart(&self) -> std::io::Result<()> {
-        self.0.lock().unwrap().restart()
-    }
-}
-
 /// Keeps the servers alive until the suite ends (killed on drop).
 #[allow(dead_code)]
-struct RedisHandle(Vec<Arc<Mutex<RedisServer>>>, SentinelCluster);
+struct RedisHandle(Vec<Arc<Mutex<RedisServer>>>, Arc<Mutex<SentinelCluster>>);
 
-fn target(label: &str, url: &str, server: Option<&Arc<Mutex<RedisServer>>>) -> Target {
+fn target(label: &str, url: &str, faults: Option<Arc<dyn ServerFaults>>) -> Target {
     let sep = if url.contains('?') { '&' } else { '?' };
     let mut t = Target::new(label, format!("{url}{sep}ttl=2s"));
-    if let Some(s) = server {
-        t.faults = Some(Arc::new(Faults(s.clone())));
-    }
+    t.faults = faults;
     t
 }
 
@@ -50,7 +34,8 @@ fn main() {
             RedisTarget::Local(server) => {
                 let url = server.url();
                 let server = Arc::new(Mutex::new(server));
-                targets.push(target("redis", &url, Some(&server)));
+                let faults = Arc::new(RedisFaults::new(server.clone(), false));
+                targets.push(target("redis", &url, Some(faults)));
                 servers.push(server);
             }
         }
@@ -65,10 +50,14 @@ fn main() {
         .expect("start redis-server with TLS and an ACL user");
         let url = acl.tls_url().expect("a TLS port");
         let acl = Arc::new(Mutex::new(acl));
-        targets.push(target("rediss-acl", &url, Some(&acl)));
+        let faults = Arc::new(RedisFaults::new(acl.clone(), true));
+        targets.push(target("rediss-acl", &url, Some(faults)));
         servers.push(acl);
         let cluster = SentinelCluster::start().expect("start a sentinel-managed primary");
-        targets.push(target("redis-sentinel", &cluster.url(), None));
+        let url = cluster.url();
+        let cluster = Arc::new(Mutex::new(cluster));
+        let faults = Arc::new(SentinelFaults::new(cluster.clone()));
+        targets.push(target("redis-sentinel", &url, Some(faults)));
         (targets, RedisHandle(servers, cluster))
     })
 }

@@ -1,13 +1,24 @@
 //! The conformance suite on real ZooKeeper 3.8 servers started by the
 //! harness: a single server (`zookeeper`) and a three-server ensemble
-//! (`zookeeper-3`). With `QUORATE_ZOOKEEPER_ENDPOINTS` set, on those
-//! endpoints instead.
+//! (`zookeeper-3`), each with a fault controller (partition; leader kill on
+//! the ensemble). With `QUORATE_ZOOKEEPER_ENDPOINTS` set, on those
+//! endpoints instead (no server faults).
 
+use std::sync::{Arc, Mutex};
+
+use quorate_conformance::harness::faults::ZkFaults;
 use quorate_conformance::harness::zookeeper::{external_endpoints, ZkCluster};
 use quorate_conformance::Target;
 
 /// Options of every target: the suite's short TTL.
 const OPTIONS: &str = "ttl=2s";
+
+fn target(label: &str, cluster: &Arc<Mutex<ZkCluster>>) -> Target {
+    let endpoints = cluster.lock().unwrap().endpoints();
+    let mut t = Target::new(label, format!("zookeeper://{endpoints}?{OPTIONS}"));
+    t.faults = Some(Arc::new(ZkFaults::new(cluster.clone())));
+    t
+}
 
 fn main() {
     // SAFETY: set before any thread is started.
@@ -21,17 +32,15 @@ fn main() {
         let (single, ensemble) = (start(1), start(3));
         let expect =
             "starting ZooKeeper (java and /usr/share/java/zookeeper.jar; see scripts/install-deps)";
-        let single = single.await.expect("the harness thread").expect(expect);
-        let ensemble = ensemble.await.expect("the harness thread").expect(expect);
+        let single = Arc::new(Mutex::new(
+            single.await.expect("the harness thread").expect(expect),
+        ));
+        let ensemble = Arc::new(Mutex::new(
+            ensemble.await.expect("the harness thread").expect(expect),
+        ));
         let targets = vec![
-            Target::new(
-                "zookeeper",
-                format!("zookeeper://{}?{OPTIONS}", single.endpoints()),
-            ),
-            Target::new(
-                "zookeeper-3",
-                format!("zookeeper://{}?{OPTIONS}", ensemble.endpoints()),
-            ),
+            target("zookeeper", &single),
+            target("zookeeper-3", &ensemble),
         ];
         (targets, vec![single, ensemble])
     })

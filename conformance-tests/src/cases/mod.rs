@@ -5,8 +5,8 @@
 use futures::future::BoxFuture;
 use quorate::{Capabilities, Coordinator, FailureDetection, Scope, Session};
 
-use crate::outcome::CaseResult;
-use crate::target::Target;
+use crate::outcome::{CaseResult, Figures};
+use crate::target::{Fault, Target};
 
 mod election;
 mod faults;
@@ -15,6 +15,7 @@ mod guarded;
 mod mutex;
 mod names;
 mod rwlock;
+mod server_faults;
 mod session;
 
 use election::*;
@@ -24,6 +25,7 @@ use guarded::*;
 use mutex::*;
 use names::*;
 use rwlock::*;
+use server_faults::*;
 use session::*;
 
 /// One conformance case.
@@ -37,18 +39,43 @@ pub struct Case {
     pub capability: Option<&'static str>,
     /// Whether the case applies to a backend; `Err(reason)` if not.
     pub applies: fn(&Capabilities) -> Result<(), &'static str>,
+    /// The server fault the case injects, if any: it applies only to a
+    /// target whose fault controller supports it, and runs alone.
+    pub needs: Option<Fault>,
     /// The case itself.
     pub run: fn(Target) -> BoxFuture<'static, CaseResult>,
+    /// For a case whose pass covers several real outcomes (a guarantee the
+    /// backend does not declare, measured anyway): the outcome in words,
+    /// derived from the figures so the two never disagree. It becomes the
+    /// report's `detail` of a passing case.
+    pub describe: Option<fn(&Figures) -> String>,
+}
+
+impl Case {
+    /// Whether the case applies to `target` (whose backend declares
+    /// `caps`); `Err(reason)` if not. Decided before running anything.
+    pub fn applies_to(&self, caps: &Capabilities, target: &Target) -> Result<(), &'static str> {
+        (self.applies)(caps)?;
+        match self.needs {
+            Some(fault) if !target.supports(fault) => Err(fault.missing()),
+            _ => Ok(()),
+        }
+    }
 }
 
 macro_rules! case {
     ($name:ident, $guarantee:expr, $cap:expr, $applies:expr) => {
+        case!($name, $guarantee, $cap, $applies, None, None)
+    };
+    ($name:ident, $guarantee:expr, $cap:expr, $applies:expr, $needs:expr, $describe:expr) => {
         Case {
             name: stringify!($name),
             guarantee: $guarantee,
             capability: $cap,
             applies: $applies,
+            needs: $needs,
             run: |t| Box::pin($name::run(t)),
+            describe: $describe,
         }
     };
 }
@@ -146,6 +173,9 @@ pub fn all() -> Vec<Case> {
         case!(hostile_names, "hostile names (.., /, NUL, 1 KiB, unicode, percent signs) work without colliding; empty and over-long names are InvalidName", None, always),
         case!(holder_crash_frees_lock, "a holder process killed with SIGKILL loses its lock; another process acquires (time measured)", Some("failure_detection"), needs_processes),
         case!(holder_pause, "a holder process paused (SIGSTOP) past its TTL: nobody else acquires (process-lifetime backends), or another client acquires, the paused holder is told on resume and its stale fenced write is rejected (lease backends)", Some("exclusive_under_pause"), needs_processes),
+        case!(leader_failover, "the leader (Raft leader, ZooKeeper leader, Redis primary) is killed while a lock is held: no double grant, the holder keeps the lock, fences never go backwards (times until is_held answers and a guarded write applies again measured; with survives_failover = false the real outcome is reported)", Some("survives_failover"), needs_guarded_writes, Some(Fault::KillLeader), Some(leader_failover::describe)),
+        case!(partition_loss_before_expiry, "a holder partitioned from its server (black-holed through a proxy) is told lost() before another client can acquire the lock", Some("failure_detection"), needs_lease, Some(Fault::Partition), None),
+        case!(restart_without_persistence, "the server restarts without its data while a lock is held: the holder is told it lost the lock no later than another client is granted it (no silent double grant)", Some("survives_failover"), always, Some(Fault::RestartWithoutPersistence), Some(restart_without_persistence::describe)),
     ]
 }
 

@@ -3,6 +3,7 @@
 //! cut or black-hole a client's connection.
 
 pub mod etcd;
+pub mod faults;
 pub mod process;
 pub mod proxy;
 pub mod redis;

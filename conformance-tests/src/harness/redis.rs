@@ -231,6 +231,11 @@ impl RedisServer {
         self.port
     }
 
+    /// The TLS port, for a server started with [`RedisOptions::tls`].
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
+    }
+
     /// The server's pid, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -507,7 +512,8 @@ impl SentinelCluster {
     }
 }
 
-fn info_field(server: &RedisServer, section: &str, field: &str) -> io::Result<Option<String>> {
+/// One `field` of an `INFO section` reply of `server` (`None` if absent).
+pub fn info_field(server: &RedisServer, section: &str, field: &str) -> io::Result<Option<String>> {
     match server.command(&["INFO", section])? {
         Resp::Bulk(Some(info)) => Ok(String::from_utf8_lossy(&info)
             .lines()

@@ -1,0 +1,532 @@
+//! Server fault cases: a lock is held while the *servers* fail (the leader
+//! or primary is killed, the holder is partitioned from its server, the
+//! server restarts without its data). They need the target's fault
+//! controller ([`crate::target::ServerFaults`]), are not applicable without
+//! one, and run alone (see `runner.rs`).
+//!
+//! The adversary is "another client": a fresh coordinator and session
+//! that asks for the same lock as soon as the fault is injected, and keeps
+//! asking (with a new session if its own is lost) until it is granted. A
+//! *double grant* is that client being granted while the holder has not
+//! been told (its `lost()` has not resolved): two clients believing they
+//! hold one lock. Times are measured from the fault; they are figures,
+//! never asserted (only generous liveness bounds are).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quorate::{Coordinator, LockGuard, Session};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::outcome::CaseError;
+use crate::target::{ServerFaults, Target};
+
+/// The session TTL of the holder and the other client: short, so a lost
+/// lease frees the lock quickly.
+const TTL: &str = "2s";
+/// The longest a server fault case waits for anything (a liveness bound).
+const LIMIT: f64 = 30.0;
+
+fn ttl() -> Duration {
+    quorate::config::parse_duration("ttl", TTL).expect("a valid TTL")
+}
+
+fn controller(t: &Target) -> Result<Arc<dyn ServerFaults>, CaseError> {
+    t.faults
+        .clone()
+        .ok_or_else(|| CaseError::Unverified("the target has no fault controller".into()))
+}
+
+fn harness(what: &str) -> impl FnOnce(std::io::Error) -> CaseError + '_ {
+    move |e| CaseError::Unverified(format!("the fault controller could not {what}: {e}"))
+}
+
+fn ms(since: Instant, at: Instant) -> f64 {
+    at.saturating_duration_since(since).as_secs_f64() * 1000.0
+}
+
+fn flag(b: bool) -> f64 {
+    if b {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// Run `f` with a bound, ignoring its result (clean-up of a client that
+/// may be partitioned or lost).
+async fn quietly<T>(f: impl std::future::Future<Output = T>) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), f).await;
+}
+
+/// A held lock whose `lost()` is watched from the moment it is granted, so
+/// the instant the holder was told is known exactly.
+struct Watched {
+    guard: Arc<LockGuard>,
+    told: watch::Receiver<Option<Instant>>,
+    watcher: JoinHandle<()>,
+}
+
+impl Watched {
+    fn new(guard: LockGuard) -> Watched {
+        let guard = Arc::new(guard);
+        let (tx, told) = watch::channel(None);
+        let g = guard.clone();
+        let watcher = tokio::spawn(async move {
+            g.lost().await;
+            tx.send_replace(Some(Instant::now()));
+        });
+        Watched {
+            guard,
+            told,
+            watcher,
+        }
+    }
+
+    fn fence(&self) -> u64 {
+        self.guard.fence().get()
+    }
+
+    /// When the holder was told, if it was.
+    fn told_at(&self) -> Option<Instant> {
+        *self.told.borrow()
+    }
+
+    /// Wait until the holder is told (a liveness bound of `secs`).
+    async fn told(&mut self, secs: f64, what: &str) -> Result<Instant, CaseError> {
+        let at = crate::outcome::within(secs, what, self.told.wait_for(Option::is_some)).await?;
+        at.ok()
+            .and_then(|v| *v)
+            .ok_or_else(|| CaseError::Fail(format!("{what}: the watcher stopped")))
+    }
+
+    /// Whether the backend still has the grant (one bounded round trip;
+    /// `None` when it does not answer).
+    async fn is_held(&self) -> Option<bool> {
+        match tokio::time::timeout(Duration::from_secs(2), self.guard.is_held()).await {
+            Ok(Ok(held)) => Some(held),
+            _ => None,
+        }
+    }
+
+    /// Write under the lock (a guarded write, which needs the leader /
+    /// primary); `None` when it does not answer.
+    async fn write_if_held(&self) -> Option<bool> {
+        let write = self.guard.write_if_held("probe", b"written under the lock");
+        match tokio::time::timeout(Duration::from_secs(2), write).await {
+            Ok(Ok(applied)) => Some(applied),
+            _ => None,
+        }
+    }
+
+    /// Stop watching; release the lock if it is still believed held.
+    async fn finish(self) {
+        self.watcher.abort();
+        let _ = self.watcher.await;
+        if let Ok(guard) = Arc::try_unwrap(self.guard) {
+            if guard.is_lost() {
+                drop(guard);
+            } else {
+                quietly(guard.release()).await;
+            }
+        }
+    }
+}
+
+/// The other client's grant.
+struct Grant {
+    at: Instant,
+    fence: u64,
+    guard: LockGuard,
+    session: Session,
+    _coordinator: Coordinator,
+}
+
+impl Grant {
+    async fn finish(self) {
+        quietly(self.guard.release()).await;
+        quietly(self.session.close()).await;
+    }
+}
+
+/// Wait for the other client's grant (a liveness bound of `secs`).
+async fn granted(
+    secs: f64,
+    what: &str,
+    task: JoinHandle<Option<Grant>>,
+) -> Result<Grant, CaseError> {
+    crate::outcome::within(secs, what, task)
+        .await?
+        .map_err(|e| CaseError::Fail(format!("{what}: the client panicked: {e}")))?
+        .ok_or_else(|| CaseError::Fail(format!("{what}: not granted within its time limit")))
+}
+
+/// Another client asking for lock `name` on `url` until `limit` from now:
+/// a fresh coordinator and session, replaced whenever they fail. `granted`
+/// is set the moment it is granted.
+fn contend(
+    url: String,
+    name: &'static str,
+    limit: Duration,
+) -> (JoinHandle<Option<Grant>>, watch::Receiver<Option<Instant>>) {
+    let (tx, granted) = watch::channel(None);
+    let task = tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            let attempt = tokio::time::timeout_at(deadline, async {
+                let c = quorate::connect(&url).await?;
+                let s = c.session().await?;
+                match s.mutex(name).lock().await {
+                    Ok(g) => Ok((c, s, g)),
+                    Err(e) => {
+                        quietly(s.close()).await;
+                        Err(e)
+                    }
+                }
+            })
+            .await;
+            match attempt {
+                Ok(Ok((c, s, g))) => {
+                    let at = Instant::now();
+                    tx.send_replace(Some(at));
+                    return Some(Grant {
+                        at,
+                        fence: g.fence().get(),
+                        guard: g,
+                        session: s,
+                        _coordinator: c,
+                    });
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "the other client failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(_) => break,
+            }
+        }
+        None
+    });
+    (task, granted)
+}
+
+pub mod leader_failover {
+    //! Kill the leader / primary while A holds a lock; measure whether A
+    //! keeps it, whether another client is granted it meanwhile, and
+    //! whether fences go backwards.
+
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::ensure;
+    use crate::outcome::{CaseResult, Figures};
+
+    const NAME: &str = "failover";
+
+    pub async fn run(t: Target) -> CaseResult {
+        let faults = controller(&t)?;
+        let url = t.url_with("ttl", TTL);
+        let ca = quorate::connect(&url).await?;
+        let declared = ca.capabilities().survives_failover;
+        let sa = ca.session().await?;
+        let a = Watched::new(sa.mutex(NAME).lock().await?);
+        {
+            let (_c, sb) = crate::cases::client(&t).await?;
+            ensure!(
+                sb.mutex(NAME).try_lock().await?.is_none(),
+                "another client got the lock before any fault"
+            );
+            sb.close().await?;
+        }
+
+        let what = faults
+            .kill_leader()
+            .await
+            .map_err(harness("kill the leader"))?;
+        let killed = Instant::now();
+        tracing::info!(target = %t.label, killed = %what, "server fault injected");
+        let measured = measure(&url, a, killed).await;
+        let healed = faults
+            .restart_killed()
+            .await
+            .map_err(harness("restart the killed server"));
+        quietly(sa.close()).await;
+        let f = measured?;
+        healed?;
+        if declared {
+            ensure!(
+                f["holder_kept_lock"] == 1.0
+                    && f["double_grant"] == 0.0
+                    && f["fence_went_backwards"] == 0.0,
+                "the backend declares survives_failover, but after killing {what}: {}",
+                describe(&f)
+            );
+        }
+        Ok(f)
+    }
+
+    async fn measure(url: &str, mut a: Watched, killed: Instant) -> CaseResult {
+        let ttl = ttl();
+        let fa = a.fence();
+        let (other, _) = contend(url.to_owned(), NAME, Duration::from_secs_f64(LIMIT * 2.0));
+        let mut f = Figures::new();
+        f.insert("ttl_ms".into(), ttl.as_secs_f64() * 1000.0);
+
+        // Until the holder hears from the recovered cluster: its grant
+        // stands (resumed), or it is told it lost it.
+        let resumed = crate::outcome::within(
+            LIMIT,
+            "the holder hears from the cluster after the kill",
+            async {
+                loop {
+                    if a.told_at().is_some() {
+                        return None;
+                    }
+                    match a.is_held().await {
+                        Some(true) => return Some(Instant::now()),
+                        Some(false) => return None,
+                        None => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+            },
+        )
+        .await?;
+        // A read may be answered by a server that has not noticed the
+        // kill yet; a guarded write needs the new leader / primary.
+        let resumed = match resumed {
+            Some(at) => {
+                f.insert("resume_ms".into(), ms(killed, at));
+                crate::outcome::within(
+                    LIMIT,
+                    "the holder's guarded write is answered after the kill",
+                    async {
+                        loop {
+                            if a.told_at().is_some() {
+                                return None;
+                            }
+                            match a.write_if_held().await {
+                                Some(true) => return Some(Instant::now()),
+                                Some(false) => return None,
+                                None => tokio::time::sleep(Duration::from_millis(50)).await,
+                            }
+                        }
+                    },
+                )
+                .await?
+            }
+            None => None,
+        };
+        let kept = match resumed {
+            Some(at) => {
+                f.insert("write_resume_ms".into(), ms(killed, at));
+                // Keep holding for two TTLs: the lease must really be
+                // renewed on the new leader, not just still unexpired.
+                tokio::time::sleep(ttl * 2 + Duration::from_secs(1)).await;
+                a.told_at().is_none() && a.is_held().await == Some(true)
+            }
+            None => false,
+        };
+        if !kept {
+            // The holder lost it: wait until it is told (lost() must
+            // resolve whatever happened).
+            a.told(LIMIT, "the holder is told it lost the lock").await?;
+        }
+        // The holder stops believing when told, or else now (release).
+        let stopped = a.told_at().unwrap_or_else(Instant::now);
+        a.finish().await;
+        let grant = granted(
+            LIMIT * 2.0,
+            "another client gets the lock once the holder released or lost it",
+            other,
+        )
+        .await?;
+        let double = grant.at < stopped;
+        if !kept {
+            f.insert("holder_told_ms".into(), ms(killed, stopped));
+            f.insert("other_granted_ms".into(), ms(killed, grant.at));
+        }
+        let backwards = grant.fence <= fa;
+        grant.finish().await;
+        f.insert("holder_kept_lock".into(), flag(kept));
+        f.insert("double_grant".into(), flag(double));
+        f.insert("fence_went_backwards".into(), flag(backwards));
+        Ok(f)
+    }
+
+    /// The outcome in words, from the figures.
+    pub fn describe(f: &Figures) -> String {
+        let yes = |k: &str| f.get(k) == Some(&1.0);
+        let mut s = vec![if yes("holder_kept_lock") {
+            format!(
+                "the holder kept the lock (is_held answered true {:.0} ms and a guarded write under it applied {:.0} ms after the kill; still held two TTLs later)",
+                f.get("resume_ms").copied().unwrap_or(f64::NAN),
+                f.get("write_resume_ms").copied().unwrap_or(f64::NAN)
+            )
+        } else {
+            match f.get("holder_told_ms") {
+                Some(t) => format!("the holder lost the lock (told {t:.0} ms after the kill)"),
+                None => "the holder lost the lock".to_owned(),
+            }
+        }];
+        let b = f.get("other_granted_ms").copied().unwrap_or(f64::NAN);
+        s.push(match (yes("double_grant"), yes("holder_kept_lock")) {
+            (true, _) => format!("DOUBLE GRANT: another client was granted the lock {b:.0} ms after the kill, while the holder still believed it held it"),
+            (false, true) => "no other client was granted it while the holder held it".to_owned(),
+            (false, false) => format!("another client was granted it {b:.0} ms after the kill, after the holder was told"),
+        });
+        s.push(if yes("fence_went_backwards") {
+            "FENCES WENT BACKWARDS: the next grant's fence was not above the holder's".to_owned()
+        } else {
+            "fences did not go backwards".to_owned()
+        });
+        s.join("; ")
+    }
+}
+
+pub mod partition_loss_before_expiry {
+    //! Black-hole the holder's only connection; it must be told before the
+    //! other client can be granted the lock.
+
+    use std::time::Instant;
+
+    use super::*;
+    use crate::ensure;
+    use crate::harness::{ProxyMode, TcpProxy};
+    use crate::outcome::{CaseError, CaseResult, Figures};
+
+    const NAME: &str = "partition";
+
+    pub async fn run(t: Target) -> CaseResult {
+        let faults = controller(&t)?;
+        let upstream = faults.proxy_upstream().ok_or_else(|| {
+            CaseError::Unverified("the controller names no server to proxy".into())
+        })?;
+        let proxy = TcpProxy::start(upstream)
+            .await
+            .map_err(|e| CaseError::Unverified(format!("starting the proxy: {e}")))?;
+        let ca = quorate::connect(&t.via(proxy.addr()).url_with("ttl", TTL)).await?;
+        let sa = ca.session().await?;
+        let mut a = Watched::new(sa.mutex(NAME).lock().await?);
+        let fa = a.fence();
+
+        proxy.set_mode(ProxyMode::Blackhole);
+        let cut = Instant::now();
+        let (other, _) = contend(
+            t.url_with("ttl", TTL),
+            NAME,
+            std::time::Duration::from_secs_f64(LIMIT),
+        );
+        let told = a
+            .told(LIMIT, "the partitioned holder is told it lost the lock")
+            .await;
+        let grant = granted(
+            LIMIT,
+            "another client gets the lock of the partitioned holder",
+            other,
+        )
+        .await;
+        proxy.set_mode(ProxyMode::Pass);
+        a.finish().await;
+        quietly(sa.close()).await;
+        let (told, grant) = (told?, grant?);
+        let (granted, fb) = (grant.at, grant.fence);
+        grant.finish().await;
+
+        let mut f = Figures::new();
+        f.insert("ttl_ms".into(), ttl().as_secs_f64() * 1000.0);
+        f.insert("holder_told_ms".into(), ms(cut, told));
+        f.insert("other_granted_ms".into(), ms(cut, granted));
+        ensure!(
+            told < granted,
+            "another client was granted the lock {:.0} ms after the partition, before the partitioned holder was told ({:.0} ms): a double grant",
+            ms(cut, granted),
+            ms(cut, told)
+        );
+        ensure!(
+            fb > fa,
+            "the new grant's fence {fb} is not above the partitioned holder's {fa}"
+        );
+        Ok(f)
+    }
+}
+
+pub mod restart_without_persistence {
+    //! Restart the server without its data while A holds a lock.
+
+    use std::time::Instant;
+
+    use super::*;
+    use crate::ensure;
+    use crate::outcome::{CaseResult, Figures};
+
+    const NAME: &str = "restart";
+
+    pub async fn run(t: Target) -> CaseResult {
+        let faults = controller(&t)?;
+        let url = t.url_with("ttl", TTL);
+        let ca = quorate::connect(&url).await?;
+        let declared = ca.capabilities().survives_failover;
+        let sa = ca.session().await?;
+        let mut a = Watched::new(sa.mutex(NAME).lock().await?);
+        let fa = a.fence();
+
+        let restarted = Instant::now();
+        faults
+            .restart_empty()
+            .await
+            .map_err(harness("restart the server"))?;
+        let (other, _) = contend(url, NAME, std::time::Duration::from_secs_f64(LIMIT));
+        let told = a
+            .told(
+                LIMIT,
+                "the holder is told it lost the lock after the restart",
+            )
+            .await;
+        let grant = granted(
+            LIMIT,
+            "another client gets the lock after the restart",
+            other,
+        )
+        .await;
+        a.finish().await;
+        quietly(sa.close()).await;
+        let (told, grant) = (told?, grant?);
+        let (granted, fb) = (grant.at, grant.fence);
+        grant.finish().await;
+
+        let mut f = Figures::new();
+        f.insert("holder_told_ms".into(), ms(restarted, told));
+        f.insert("other_granted_ms".into(), ms(restarted, granted));
+        f.insert("double_grant".into(), flag(granted < told));
+        f.insert("fence_went_backwards".into(), flag(fb <= fa));
+        if declared {
+            ensure!(
+                granted >= told && fb > fa,
+                "the backend declares survives_failover, but after a restart without data: {}",
+                describe(&f)
+            );
+        }
+        Ok(f)
+    }
+
+    /// The outcome in words, from the figures.
+    pub fn describe(f: &Figures) -> String {
+        let at = |k: &str| f.get(k).copied().unwrap_or(f64::NAN);
+        let yes = |k: &str| f.get(k) == Some(&1.0);
+        format!(
+            "the lock was lost with the data: the holder was told {:.0} ms after the restart, another client was granted it {:.0} ms after it ({}); {}",
+            at("holder_told_ms"),
+            at("other_granted_ms"),
+            if yes("double_grant") {
+                "DOUBLE GRANT: before the holder was told"
+            } else {
+                "no double grant: after the holder was told"
+            },
+            if yes("fence_went_backwards") {
+                "FENCES WENT BACKWARDS: the new grant's fence is not above the holder's"
+            } else {
+                "fences did not go backwards"
+            }
+        )
+    }
+}

@@ -1,0 +1,289 @@
+//! Fault controllers ([`ServerFaults`]) for the deployments the harness
+//! starts, so the server fault cases (`cases/server_faults.rs`) can kill a
+//! leader, partition one client through a [`super::TcpProxy`], or restart a
+//! server without its data. A runner attaches one to a [`crate::Target`]
+//! (`target.faults = Some(Arc::new(…))`); what each supports:
+//!
+//! | controller | kill leader | partition | restart without data |
+//! |---|---|---|---|
+//! | [`EtcdFaults`] | 3+ members: the Raft leader | one member | — |
+//! | [`ZkFaults`] | 3+ servers: the ZooKeeper leader | one server | — |
+//! | [`RedisFaults`] | — | the server | the server (no persistence) |
+//! | [`SentinelFaults`] | the primary (Sentinel fails over) | — | — |
+//!
+//! Every blocking harness call runs on tokio's blocking pool. Servers are
+//! only ever killed by their pid, through the harness handles.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::etcd::EtcdCluster;
+use super::redis::{info_field, RedisServer, SentinelCluster};
+use super::zookeeper::ZkCluster;
+use crate::target::{Fault, ServerFaults};
+
+fn addr(endpoint: &str) -> Option<SocketAddr> {
+    endpoint.parse().ok()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io::Error::other(format!("the harness thread failed: {e}")))?
+}
+
+/// Faults of an [`EtcdCluster`] started by the harness: kill the Raft
+/// leader (3+ members) and restart it; partition member 0.
+#[derive(Debug)]
+pub struct EtcdFaults {
+    cluster: Arc<tokio::sync::Mutex<EtcdCluster>>,
+    size: usize,
+    upstream: Option<SocketAddr>,
+    killed: Mutex<Option<usize>>,
+}
+
+impl EtcdFaults {
+    /// The controller of `cluster` (none for an external cluster).
+    pub async fn new(cluster: Arc<tokio::sync::Mutex<EtcdCluster>>) -> Option<EtcdFaults> {
+        let c = cluster.lock().await;
+        if c.is_external() {
+            return None;
+        }
+        let (size, upstream) = (c.size(), addr(&c.member_endpoint(0)));
+        drop(c);
+        Some(EtcdFaults {
+            cluster,
+            size,
+            upstream,
+            killed: Mutex::new(None),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl ServerFaults for EtcdFaults {
+    fn supports(&self, fault: Fault) -> bool {
+        match fault {
+            Fault::KillLeader => self.size >= 3,
+            Fault::Partition => self.upstream.is_some(),
+            Fault::RestartWithoutPersistence => false,
+        }
+    }
+
+    async fn kill_leader(&self) -> io::Result<String> {
+        let i = self.cluster.lock().await.kill_leader().await?;
+        *self.killed.lock().unwrap() = Some(i);
+        Ok(format!("etcd member {i} (the Raft leader)"))
+    }
+
+    async fn restart_killed(&self) -> io::Result<()> {
+        let killed = self.killed.lock().unwrap().take();
+        match killed {
+            Some(i) => self.cluster.lock().await.restart(i).await,
+            None => Ok(()),
+        }
+    }
+
+    fn proxy_upstream(&self) -> Option<SocketAddr> {
+        self.upstream
+    }
+}
+
+/// Faults of a [`ZkCluster`]: kill the leader of an ensemble (3+ servers)
+/// and restart it; partition server 0.
+#[derive(Debug)]
+pub struct ZkFaults {
+    cluster: Arc<Mutex<ZkCluster>>,
+    size: usize,
+    upstream: Option<SocketAddr>,
+    killed: Mutex<Option<usize>>,
+}
+
+impl ZkFaults {
+    /// The controller of `cluster`.
+    pub fn new(cluster: Arc<Mutex<ZkCluster>>) -> ZkFaults {
+        let c = cluster.lock().unwrap();
+        let (size, upstream) = (c.len(), addr(&c.endpoint(0)));
+        drop(c);
+        ZkFaults {
+            cluster,
+            size,
+            upstream,
+            killed: Mutex::new(None),
+        }
+    }
+}
+
+impl std::fmt::Debug for ZkCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZkCluster")
+            .field("endpoints", &self.endpoints())
+            .finish()
+    }
+}
+
+#[async_trait::async_trait]
+impl ServerFaults for ZkFaults {
+    fn supports(&self, fault: Fault) -> bool {
+        match fault {
+            Fault::KillLeader => self.size >= 3,
+            Fault::Partition => self.upstream.is_some(),
+            Fault::RestartWithoutPersistence => false,
+        }
+    }
+
+    async fn kill_leader(&self) -> io::Result<String> {
+        let cluster = self.cluster.clone();
+        let i = blocking(move || {
+            let mut c = cluster.lock().unwrap();
+            let i = c
+                .leader()
+                .ok_or_else(|| io::Error::other("no ZooKeeper server reports being the leader"))?;
+            c.kill(i);
+            Ok(i)
+        })
+        .await?;
+        *self.killed.lock().unwrap() = Some(i);
+        Ok(format!("ZooKeeper server {} (the leader)", i + 1))
+    }
+
+    async fn restart_killed(&self) -> io::Result<()> {
+        let Some(i) = self.killed.lock().unwrap().take() else {
+            return Ok(());
+        };
+        let cluster = self.cluster.clone();
+        blocking(move || cluster.lock().unwrap().restart(i)).await
+    }
+
+    fn proxy_upstream(&self) -> Option<SocketAddr> {
+        self.upstream
+    }
+}
+
+/// Faults of a single [`RedisServer`] (no persistence): restart it empty;
+/// partition it (its TLS port when `tls`).
+#[derive(Debug)]
+pub struct RedisFaults {
+    server: Arc<Mutex<RedisServer>>,
+    upstream: Option<SocketAddr>,
+}
+
+impl RedisFaults {
+    /// The controller of `server`, partitioned on its plain port, or on its
+    /// TLS port when `tls`.
+    pub fn new(server: Arc<Mutex<RedisServer>>, tls: bool) -> RedisFaults {
+        let s = server.lock().unwrap();
+        let port = if tls { s.tls_port() } else { Some(s.port()) };
+        drop(s);
+        RedisFaults {
+            server,
+            upstream: port.map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ServerFaults for RedisFaults {
+    fn supports(&self, fault: Fault) -> bool {
+        match fault {
+            Fault::KillLeader => false,
+            Fault::Partition => self.upstream.is_some(),
+            Fault::RestartWithoutPersistence => true,
+        }
+    }
+
+    async fn restart_empty(&self) -> io::Result<()> {
+        let server = self.server.clone();
+        blocking(move || server.lock().unwrap().restart()).await
+    }
+
+    fn proxy_upstream(&self) -> Option<SocketAddr> {
+        self.upstream
+    }
+}
+
+/// Faults of a [`SentinelCluster`]: kill the primary (the sentinels then
+/// promote the replica) and bring the old primary back as a replica.
+#[derive(Debug)]
+pub struct SentinelFaults {
+    cluster: Arc<Mutex<SentinelCluster>>,
+    killed: Mutex<Option<u16>>,
+}
+
+impl SentinelFaults {
+    /// The controller of `cluster`.
+    pub fn new(cluster: Arc<Mutex<SentinelCluster>>) -> SentinelFaults {
+        SentinelFaults {
+            cluster,
+            killed: Mutex::new(None),
+        }
+    }
+}
+
+impl std::fmt::Debug for SentinelCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelCluster")
+            .field("url", &self.url())
+            .finish()
+    }
+}
+
+#[async_trait::async_trait]
+impl ServerFaults for SentinelFaults {
+    fn supports(&self, fault: Fault) -> bool {
+        fault == Fault::KillLeader
+    }
+
+    async fn kill_leader(&self) -> io::Result<String> {
+        let cluster = self.cluster.clone();
+        let port = blocking(move || {
+            let mut c = cluster.lock().unwrap();
+            let port = c.primary_port()?;
+            c.server(port)
+                .ok_or_else(|| io::Error::other(format!("the primary on port {port} is not ours")))?
+                .kill();
+            Ok(port)
+        })
+        .await?;
+        *self.killed.lock().unwrap() = Some(port);
+        Ok(format!("the Redis primary on port {port}"))
+    }
+
+    /// Wait for the failover, start the old primary again (empty: no
+    /// persistence) and wait until the sentinels made it a replica in sync.
+    async fn restart_killed(&self) -> io::Result<()> {
+        let Some(old) = self.killed.lock().unwrap().take() else {
+            return Ok(());
+        };
+        let cluster = self.cluster.clone();
+        blocking(move || {
+            let mut c = cluster.lock().unwrap();
+            c.wait_failover(old)?;
+            let server = c
+                .server(old)
+                .ok_or_else(|| io::Error::other("the killed primary is gone"))?;
+            server.restart()?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let role = info_field(server, "replication", "role").ok().flatten();
+                let link = info_field(server, "replication", "master_link_status")
+                    .ok()
+                    .flatten();
+                if role.as_deref() == Some("slave") && link.as_deref() == Some("up") {
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    return Err(io::Error::other(format!(
+                        "the old primary on port {old} did not become a replica in sync within 30 s (role {role:?}, link {link:?})"
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+        .await
+    }
+}
