@@ -85,7 +85,7 @@ mod group;
 mod mutex;
 mod node;
 
-pub use node::base_path;
+pub use node::{base_path, zk_error, Layout, Server};
 mod queue;
 mod rwlock;
 mod session;
@@ -100,8 +100,6 @@ use quorate_core::spi::{Backend, GroupEvent, Leader, Member, SessionBackend};
 use quorate_core::{
     Capabilities, Config, Coordinator, FailureDetection, Primitives, Result, RwOrdering, Scope,
 };
-
-use node::{Layout, Server};
 
 /// URL schemes this backend serves.
 pub const SCHEMES: &[&str] = &["zookeeper"];

@@ -8,23 +8,31 @@ use quorate_core::{name, Config, Error, Result, Secret};
 use zookeeper_client as zk;
 use zookeeper_client::{Acl, Acls, Client, CreateMode, CreateOptions, Permission, Stat};
 
-/// How to reach the ensemble: endpoints, credentials, timeouts.
+/// How to reach the ensemble: endpoints, credentials, timeouts. Public so
+/// that raw-client tools (the benchmark baseline) connect exactly as the
+/// backend does.
 #[derive(Clone)]
-pub(crate) struct Server {
+pub struct Server {
     /// `host:port,host:port` as the client library takes it.
     cluster: String,
     /// `user:password` for the `digest` scheme.
     digest: Option<Secret>,
     /// The requested session timeout (the URL's `session_timeout`/`ttl`).
-    pub(crate) session_timeout: Duration,
+    pub session_timeout: Duration,
     /// The time allowed to establish a session.
-    pub(crate) connect_timeout: Duration,
+    pub connect_timeout: Duration,
     /// The redacted URL, for messages.
-    pub(crate) shown: String,
+    pub shown: String,
 }
 
 impl Server {
-    pub(crate) fn from_config(config: &Config) -> Result<Server> {
+    /// The endpoints and credentials of a URL.
+    ///
+    /// # Errors
+    ///
+    /// [`quorate_core::ErrorKind::InvalidConfig`] for no endpoint, an
+    /// endpoint that is not `host:port`, or a user without a password.
+    pub fn from_config(config: &Config) -> Result<Server> {
         if config.endpoints.is_empty() {
             return Err(Error::invalid_config(format!(
                 "`{config}`: give at least one `host:port` (zookeeper://host:2181[,host:2181…][/chroot])"
@@ -80,7 +88,13 @@ impl Server {
     /// # Errors
     ///
     /// `Unavailable` when no server answers in time.
-    pub(crate) async fn connect(&self, session_timeout: Duration) -> Result<Client> {
+    /// A new ZooKeeper session with this server's credentials, bounded by
+    /// `connect_timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`quorate_core::ErrorKind::Unavailable`] when no server answers in time.
+    pub async fn connect(&self, session_timeout: Duration) -> Result<Client> {
         self.connect_with(self.connector(session_timeout)).await
     }
 
@@ -159,7 +173,7 @@ pub fn base_path(config: &Config) -> Result<String> {
 
 /// Where things live: `<chroot>/<namespace>/…`, and which ACL nodes get.
 #[derive(Clone)]
-pub(crate) struct Layout {
+pub struct Layout {
     base: String,
     authenticated: bool,
 }
@@ -172,7 +186,12 @@ static CREATOR_ALL_ANYONE_READ: [Acl; 2] = [
 ];
 
 impl Layout {
-    pub(crate) fn from_config(config: &Config) -> Result<Layout> {
+    /// The layout of a URL.
+    ///
+    /// # Errors
+    ///
+    /// As [`base_path`].
+    pub fn from_config(config: &Config) -> Result<Layout> {
         let base = base_path(config)?;
         Ok(Layout {
             base,
@@ -181,7 +200,7 @@ impl Layout {
     }
 
     /// `<chroot>/<namespace>`.
-    pub(crate) fn base(&self) -> &str {
+    pub fn base(&self) -> &str {
         &self.base
     }
 
@@ -195,7 +214,7 @@ impl Layout {
     }
 
     /// Options for a node of `mode` with this layout's ACL.
-    pub(crate) fn options(&self, mode: CreateMode) -> CreateOptions<'static> {
+    pub fn options(&self, mode: CreateMode) -> CreateOptions<'static> {
         mode.with_acls(self.acls())
     }
 
@@ -226,7 +245,7 @@ impl Layout {
 }
 
 /// Map a client error to quorate's, naming the operation and the path.
-pub(crate) fn zk_error(op: &str, path: &str, e: zk::Error) -> Error {
+pub fn zk_error(op: &str, path: &str, e: zk::Error) -> Error {
     let message = format!("ZooKeeper {op} `{path}`: {e}");
     let err = match &e {
         zk::Error::ConnectionLoss

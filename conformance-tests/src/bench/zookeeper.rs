@@ -18,9 +18,11 @@ use std::sync::Mutex as StdMutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use quorate::{Config, Error, Result, Secret};
+use quorate::{Config, Error, Result};
 use zookeeper_client as zk;
-use zookeeper_client::{Acl, Acls, Client, CreateMode, CreateOptions, EventType, Permission};
+use zookeeper_client::{Client, CreateMode, CreateOptions, EventType};
+
+use quorate_zookeeper::{zk_error, Layout, Server};
 
 use super::{RawBaseline, TASKS};
 
@@ -34,13 +36,6 @@ const NODE_PREFIX: &str = "lock-";
 /// (which the server may reap whenever it is empty).
 const PARENT_RETRIES: usize = 8;
 
-/// ACL for nodes of an authenticated URL, as the backend sets: the creator
-/// may do everything, anyone may read.
-static CREATOR_ALL_ANYONE_READ: [Acl; 2] = [
-    Acl::new_const(Permission::ALL, "auth", ""),
-    Acl::new_const(Permission::READ, "world", "anyone"),
-];
-
 /// The raw baseline of `zookeeper://`.
 ///
 /// - acquire + release: create an ephemeral-sequential node, `getChildren`
@@ -52,16 +47,12 @@ static CREATOR_ALL_ANYONE_READ: [Acl; 2] = [
 ///   reaching the watching client (one write plus one notification: the
 ///   same path length as one raw create, which the issue names).
 pub struct ZooKeeperBaseline {
-    /// `host:port,…` as the client library takes it.
-    cluster: String,
-    /// `user:password` for the `digest` scheme.
-    digest: Option<Secret>,
-    session_timeout: Duration,
-    connect_timeout: Duration,
+    /// Endpoints, credentials and timeouts, exactly as the backend's.
+    server: Server,
+    /// Namespace and ACLs, exactly as the backend's.
+    layout: Layout,
     /// The redacted URL, for messages.
     shown: String,
-    /// Whether nodes get the creator-only ACL.
-    authenticated: bool,
     /// `<chroot>/<namespace>/bench-raw-<random>`.
     scratch: String,
     /// The scratch node and those of its ancestors that did not exist
@@ -93,41 +84,14 @@ impl ZooKeeperBaseline {
     /// created.
     pub async fn connect(config: &Config) -> Result<ZooKeeperBaseline> {
         config.reject_unknown_options(OPTIONS)?;
-        if config.endpoints.is_empty() {
-            return Err(Error::invalid_config(format!(
-                "`{config}`: give at least one `host:port`"
-            )));
-        }
-        for e in &config.endpoints {
-            let port_ok = e
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-            if !port_ok {
-                return Err(Error::invalid_config(format!(
-                    "`{config}`: endpoint `{e}` is not `host:port`"
-                )));
-            }
-        }
-        let digest = match (&config.username, &config.password) {
-            (None, None) => None,
-            (Some(u), Some(p)) if !u.contains(':') => {
-                Some(Secret::new(format!("{u}:{}", p.expose())))
-            }
-            _ => {
-                return Err(Error::invalid_config(format!(
-                    "`{config}`: digest authentication needs a user (without `:`) and a password"
-                )))
-            }
-        };
-        let base = quorate_zookeeper::base_path(config)?;
+        let server = Server::from_config(config)?;
+        let layout = Layout::from_config(config)?;
+        let scratch = format!("{}/bench-raw-{:016x}", layout.base(), rand::random::<u64>());
         let mut baseline = ZooKeeperBaseline {
-            cluster: config.endpoints.join(","),
-            digest,
-            session_timeout: config.ttl,
-            connect_timeout: config.connect_timeout,
+            server,
+            layout,
             shown: config.redacted(),
-            authenticated: config.username.is_some(),
-            scratch: format!("{base}/bench-raw-{:016x}", rand::random::<u64>()),
+            scratch,
             created: Vec::new(),
             idle: StdMutex::new(Vec::new()),
         };
@@ -161,19 +125,7 @@ impl ZooKeeperBaseline {
 
     /// A new ZooKeeper session, bounded by `connect_timeout`.
     async fn new_client(&self) -> Result<Client> {
-        let mut connector = Client::connector().with_session_timeout(self.session_timeout);
-        if let Some(d) = &self.digest {
-            connector = connector.with_auth("digest", d.expose().as_bytes());
-        }
-        let limit = self.connect_timeout;
-        match tokio::time::timeout(limit, connector.connect(&self.cluster)).await {
-            Ok(Ok(client)) => Ok(client),
-            Ok(Err(e)) => Err(zk_error("connect", &self.shown, e)),
-            Err(_) => Err(Error::unavailable(format!(
-                "no ZooKeeper server of `{}` answered within {limit:?} (connect_timeout)",
-                self.shown
-            ))),
-        }
+        self.server.connect(self.server.session_timeout).await
     }
 
     /// A session for one operation: an idle one, or a new one when every
@@ -192,12 +144,7 @@ impl ZooKeeperBaseline {
 
     /// Create options of `mode` with the URL's ACL.
     fn options(&self, mode: CreateMode) -> CreateOptions<'static> {
-        let acls = if self.authenticated {
-            Acls::new(&CREATOR_ALL_ANYONE_READ)
-        } else {
-            Acls::anyone_all()
-        };
-        mode.with_acls(acls)
+        self.layout.options(mode)
     }
 
     /// The container of `key`'s nodes.
@@ -351,25 +298,6 @@ impl RawBaseline for ZooKeeperBaseline {
         }
         Ok(())
     }
-}
-
-/// Map a client error to quorate's, naming the operation and the path.
-fn zk_error(op: &str, path: &str, e: zk::Error) -> Error {
-    let message = format!("ZooKeeper {op} `{path}`: {e}");
-    let err = match &e {
-        zk::Error::ConnectionLoss
-        | zk::Error::Timeout
-        | zk::Error::NoHosts
-        | zk::Error::Throttled => Error::unavailable(message),
-        zk::Error::SessionExpired | zk::Error::ClientClosed | zk::Error::SessionMoved => {
-            Error::lost(message)
-        }
-        zk::Error::AuthFailed | zk::Error::NoAuth => {
-            Error::new(quorate::ErrorKind::Unauthenticated, message)
-        }
-        _ => Error::backend(message),
-    };
-    err.with_source(e)
 }
 
 #[cfg(test)]
