@@ -33,26 +33,8 @@ async fn bench_runs_against_the_raw_zookeeper_baseline_and_cleans_up() {
         .await
         .expect("bench run");
 
-    let mut scenarios: Vec<&str> = reports.iter().map(|r| r.scenario).collect();
-    scenarios.sort();
-    assert_eq!(
-        scenarios,
-        [
-            "handoff",
-            "throughput_many_locks",
-            "throughput_one_lock",
-            "uncontended"
-        ]
-    );
-    for r in &reports {
-        assert_eq!(r.backend, "zookeeper");
-        assert!(
-            r.ratio.is_finite() && r.ratio > 0.0,
-            "{}: ratio {} ({r:?})",
-            r.scenario,
-            r.ratio
-        );
-        assert!(r.samples > 0, "{}: no samples", r.scenario);
+    if let Err(e) = bench::check_complete(&reports, "zookeeper") {
+        panic!("incomplete bench report: {e}");
     }
 
     // The raw baseline removed its scratch node and the namespace it

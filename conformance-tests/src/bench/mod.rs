@@ -298,6 +298,42 @@ fn latency_report(
     }
 }
 
+/// The scenarios every [`run`] reports, in order.
+pub const SCENARIOS: [&str; 4] = [
+    "uncontended",
+    "handoff",
+    "throughput_one_lock",
+    "throughput_many_locks",
+];
+
+/// Check that a run reported every scenario for `backend`, each with
+/// samples and a finite, positive ratio. Speed is not judged.
+///
+/// # Errors
+///
+/// A message naming what is missing or malformed.
+pub fn check_complete(reports: &[ScenarioReport], backend: &str) -> Result<(), String> {
+    let names: Vec<&str> = reports.iter().map(|r| r.scenario).collect();
+    if names != SCENARIOS {
+        return Err(format!("scenarios {names:?}, expected {SCENARIOS:?}"));
+    }
+    for r in reports {
+        if r.backend != backend {
+            return Err(format!(
+                "{}: backend `{}`, expected `{backend}`",
+                r.scenario, r.backend
+            ));
+        }
+        if !(r.ratio.is_finite() && r.ratio > 0.0) {
+            return Err(format!("{}: ratio {} ({r:?})", r.scenario, r.ratio));
+        }
+        if r.samples == 0 {
+            return Err(format!("{}: no samples", r.scenario));
+        }
+    }
+    Ok(())
+}
+
 /// A Markdown table of scenario reports.
 pub fn to_markdown(reports: &[ScenarioReport]) -> String {
     let mut md = String::from(
@@ -350,5 +386,40 @@ pub async fn baseline_for(url: &str) -> quorate::Result<Arc<dyn RawBaseline>> {
         other => Err(quorate::Error::unsupported(format!(
             "no raw baseline for {other}:// yet, so no ratio can be measured"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(scenario: &'static str, ratio: f64) -> ScenarioReport {
+        ScenarioReport {
+            scenario,
+            backend: "memory".into(),
+            p50_us: None,
+            p99_us: None,
+            ops_per_s: Some(1.0),
+            raw_p50_us: None,
+            raw_p99_us: None,
+            raw_ops_per_s: Some(1.0),
+            ratio,
+            samples: 1,
+            raw: String::new(),
+        }
+    }
+
+    #[test]
+    fn check_complete_rejects_missing_scenarios_and_bad_ratios() {
+        let good: Vec<_> = SCENARIOS.iter().map(|s| report(s, 1.0)).collect();
+        assert!(check_complete(&good, "memory").is_ok());
+        assert!(check_complete(&good[..3], "memory").is_err());
+        assert!(check_complete(&good, "etcd").is_err());
+        let mut bad = good.clone();
+        bad[1].ratio = f64::NAN;
+        assert!(check_complete(&bad, "memory").is_err());
+        bad[1].ratio = 1.0;
+        bad[2].samples = 0;
+        assert!(check_complete(&bad, "memory").is_err());
     }
 }
