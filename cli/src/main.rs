@@ -127,9 +127,6 @@ enum Command {
         /// Report format.
         #[arg(long, value_enum, default_value = "markdown")]
         format: Format,
-        /// Also run the fault cases (kill/pause a client process).
-        #[arg(long)]
-        faults: bool,
         /// Only cases whose name contains this.
         #[arg(long)]
         only: Option<String>,
@@ -380,35 +377,20 @@ async fn run(command: Command) -> Result<u8, Exit> {
                 }
             }
         }
-        Command::Conformance {
-            url,
-            format,
-            faults,
-            only,
-        } => {
+        Command::Conformance { url, format, only } => {
             let config = quorate::Config::parse(&url)?;
-            if faults {
-                let exe = std::env::current_exe().map_err(|e| Exit {
-                    code: 1,
-                    message: format!("cannot find this executable: {e}"),
-                })?;
-                // SAFETY: set before the suite starts any thread that reads the environment.
-                std::env::set_var("QUORATE_AGENT", exe);
-                std::env::set_var("QUORATE_AGENT_SUBCOMMAND", "agent");
-            }
+            // The client-process fault cases run this executable as their
+            // agent (`quorate agent URL`), so they always run; a result is
+            // reported as measured, never rewritten.
+            let exe = std::env::current_exe().map_err(|e| Exit {
+                code: 1,
+                message: format!("cannot find this executable: {e}"),
+            })?;
+            // SAFETY: set before the suite starts any thread that reads the environment.
+            std::env::set_var("QUORATE_AGENT", exe);
+            std::env::set_var("QUORATE_AGENT_SUBCOMMAND", "agent");
             let target = Target::new(config.scheme.clone(), url);
-            let mut report = runner::run_suite(&target, only.as_deref()).await?;
-            if !faults {
-                for case in &mut report.cases {
-                    if case.name.starts_with("holder_")
-                        && case.result != quorate_conformance::Verdict::NotApplicable
-                    {
-                        case.result = quorate_conformance::Verdict::Unverified;
-                        case.detail = "fault case not run (pass --faults)".into();
-                        case.figures.clear();
-                    }
-                }
-            }
+            let report = runner::run_suite(&target, only.as_deref()).await?;
             let report = quorate_conformance::Report::new(vec![report]);
             match format {
                 Format::Markdown => print!("{}", report.to_markdown()),

@@ -16,8 +16,26 @@ pub enum Verdict {
     /// case meaningless (e.g. a process fault on an in-process backend).
     NotApplicable,
     /// The case could not measure the guarantee here (e.g. it needs a
-    /// server harness this run does not have).
+    /// server harness or fault controller this run does not have). Never
+    /// counted as a pass.
     Unverified,
+    /// The guarantee was measured and broken, and the backend does not
+    /// declare it (`declared: no` beside it). Never counted as a pass; not a
+    /// failure of the suite, since the declaration is honest.
+    Violated,
+}
+
+impl Verdict {
+    /// The verdict's word in the report (`pass`, `fail`, …), as in the JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+            Verdict::NotApplicable => "not-applicable",
+            Verdict::Unverified => "unverified",
+            Verdict::Violated => "violated",
+        }
+    }
 }
 
 /// Named figures a case measured; the unit is in the key
@@ -31,6 +49,20 @@ pub enum CaseError {
     Fail(String),
     /// The case could not measure here; the message says why.
     Unverified(String),
+    /// The guarantee was measured and broken where the backend does not
+    /// declare it: the outcome in words and the figures measured.
+    Violated(String, Figures),
+}
+
+/// The error for a broken guarantee: a failure if the backend declares it,
+/// else a [`Verdict::Violated`] measurement carrying its figures. Never a
+/// pass either way.
+pub fn broken(declared: bool, detail: String, figures: Figures) -> CaseError {
+    if declared {
+        CaseError::Fail(detail)
+    } else {
+        CaseError::Violated(detail, figures)
+    }
 }
 
 impl From<quorate::Error> for CaseError {

@@ -14,7 +14,10 @@
 //!                               "duration_ms": 1234.5 } ] } ] }
 //! ```
 //!
-//! `result` is one of `pass`, `fail`, `not-applicable`, `unverified`;
+//! `result` is one of `pass`, `fail`, `violated`, `not-applicable`,
+//! `unverified`: `violated` is a guarantee measured broken that the backend
+//! does not declare (`declared` beside it says so); `unverified` a declared
+//! guarantee this run could not measure. Only `pass` is a kept guarantee;
 //! figure names carry their unit (`_us`, `_ms`, `_per_s`, or a count).
 
 use serde::{Deserialize, Serialize};
@@ -39,7 +42,7 @@ pub struct CaseReport {
     pub capability: Option<String>,
     /// The declared value of that capability.
     pub declared: Option<serde_json::Value>,
-    /// `pass`, `fail`, `not-applicable` or `unverified`.
+    /// `pass`, `fail`, `violated`, `not-applicable` or `unverified`.
     pub result: Verdict,
     /// Why it failed or does not apply; on a pass, empty, or the outcome
     /// in words for a case that reports one (a server fault case measuring
@@ -101,19 +104,21 @@ impl Report {
     pub fn to_markdown(&self) -> String {
         let mut md = String::new();
         md.push_str(
-            "| target | pass | fail | not applicable | unverified |\n|---|---|---|---|---|\n",
+            "| target | pass | fail | violated (not declared) | unverified | not applicable |\n|---|---|---|---|---|---|\n",
         );
         for t in &self.targets {
             let count = |v: Verdict| t.cases.iter().filter(|c| c.result == v).count();
             md.push_str(&format!(
-                "| {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} |\n",
                 t.target,
                 count(Verdict::Pass),
                 count(Verdict::Fail),
+                count(Verdict::Violated),
+                count(Verdict::Unverified),
                 count(Verdict::NotApplicable),
-                count(Verdict::Unverified)
             ));
         }
+        md.push_str(&self.matrix());
         for t in &self.targets {
             md.push_str(&format!("\n## {} (`{}`)\n\n", t.target, t.url));
             md.push_str("Declared capabilities:\n\n```json\n");
@@ -147,10 +152,58 @@ impl Report {
     }
 }
 
+impl Report {
+    /// One matrix, case × target, each cell the verdict's mark: the view a
+    /// user reads first. A broken guarantee is red whether it was declared
+    /// (fail) or not (violated).
+    fn matrix(&self) -> String {
+        let mut names: Vec<&str> = Vec::new();
+        for c in self.targets.iter().flat_map(|t| &t.cases) {
+            if !names.contains(&c.name.as_str()) {
+                names.push(&c.name);
+            }
+        }
+        let mut md = String::from("\n| case |");
+        for t in &self.targets {
+            md.push_str(&format!(" {} |", t.target));
+        }
+        md.push_str("\n|---|");
+        md.push_str(&"---|".repeat(self.targets.len()));
+        md.push('\n');
+        for name in names {
+            md.push_str(&format!("| `{name}` |"));
+            for t in &self.targets {
+                let cell = t
+                    .cases
+                    .iter()
+                    .find(|c| c.name == name)
+                    .map_or("", |c| verdict_mark(c.result));
+                md.push_str(&format!(" {cell} |"));
+            }
+            md.push('\n');
+        }
+        md.push_str(
+            "\n🟢 pass · 🔴 FAIL (declared, broken) · 🔴 VIOLATED (not declared, broken) · ⚪ unverified (declared, not measured here) · — not applicable\n",
+        );
+        md
+    }
+}
+
+fn verdict_mark(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Pass => "🟢 pass",
+        Verdict::Fail => "🔴 **FAIL**",
+        Verdict::Violated => "🔴 **VIOLATED**",
+        Verdict::NotApplicable => "—",
+        Verdict::Unverified => "⚪ unverified",
+    }
+}
+
 fn verdict_word(v: Verdict) -> &'static str {
     match v {
         Verdict::Pass => "pass",
-        Verdict::Fail => "FAIL",
+        Verdict::Fail => "🔴 FAIL",
+        Verdict::Violated => "🔴 VIOLATED (not declared)",
         Verdict::NotApplicable => "not applicable",
         Verdict::Unverified => "unverified",
     }

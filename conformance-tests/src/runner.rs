@@ -15,9 +15,11 @@ use crate::target::Target;
 
 /// The longest one case may run before it counts as hung.
 pub const CASE_LIMIT: Duration = Duration::from_secs(300);
-/// How long the leak check waits for background clean-up (dropped guards
-/// release in the background; a killed agent's lease expires after its TTL).
-pub const LEAK_WAIT: Duration = Duration::from_secs(12);
+/// The longest the leak check waits for background clean-up (dropped
+/// guards release in the background), as a fraction of the target's
+/// session TTL: shorter than the TTL, so that a `release()`, `close()` or
+/// drop-release that does nothing is never masked by the lease expiring.
+pub const LEAK_WAIT_OF_TTL: f64 = 0.75;
 
 /// Run one case on a fresh namespace of `base`, then check that nothing
 /// was left behind.
@@ -36,7 +38,7 @@ pub async fn run_case(case: &Case, base: &Target, caps: &Capabilities) -> CaseRe
         duration_ms: 0.0,
     };
     if let Err(reason) = case.applies_to(caps, base) {
-        report.result = Verdict::NotApplicable;
+        report.result = unrun_verdict(case, caps, &caps_json);
         reason.clone_into(&mut report.detail);
         return report;
     }
@@ -69,6 +71,7 @@ pub async fn run_case(case: &Case, base: &Target, caps: &Capabilities) -> CaseRe
         ))),
         Ok(Ok(r)) => r,
     };
+    let leak_wait = leak_wait(&target);
     match outcome {
         Ok(figures) => {
             if let Some(describe) = case.describe {
@@ -84,9 +87,14 @@ pub async fn run_case(case: &Case, base: &Target, caps: &Capabilities) -> CaseRe
             report.result = Verdict::Unverified;
             report.detail = m;
         }
+        Err(CaseError::Violated(m, figures)) => {
+            report.result = Verdict::Violated;
+            report.detail = m;
+            report.figures = figures;
+        }
     }
-    if report.result == Verdict::Pass {
-        if let Err(left) = wait_until_clean(&keeper).await {
+    if matches!(report.result, Verdict::Pass | Verdict::Violated) {
+        if let Err(left) = wait_until_clean(&keeper, leak_wait).await {
             report.result = Verdict::Fail;
             report.detail = left;
         }
@@ -99,18 +107,53 @@ pub async fn run_case(case: &Case, base: &Target, caps: &Capabilities) -> CaseRe
 /// fault case takes it alone.
 static ONE_AT_A_TIME: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
-async fn wait_until_clean(keeper: &quorate::Coordinator) -> Result<(), String> {
+/// The verdict of a case that does not apply to a target: `unverified`
+/// when the backend declares the guarantee but this run has no way to
+/// measure it (a fault controller the target lacks), else `not-applicable`.
+fn unrun_verdict(case: &Case, caps: &Capabilities, caps_json: &serde_json::Value) -> Verdict {
+    let declared = case
+        .capability
+        .and_then(|c| lookup(caps_json, c))
+        .is_some_and(declares);
+    // When the case applies to the backend, only the target's harness is
+    // missing.
+    if (case.applies)(caps).is_ok() && declared {
+        Verdict::Unverified
+    } else {
+        Verdict::NotApplicable
+    }
+}
+
+/// Whether a declared capability value claims the guarantee (`true`, or a
+/// non-empty value such as a scope).
+fn declares(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Bool(b) => *b,
+        serde_json::Value::Null => false,
+        _ => true,
+    }
+}
+
+/// How long the leak check may wait on `target`: a fraction of its TTL.
+fn leak_wait(target: &Target) -> Duration {
+    let ttl = quorate::Config::parse(target.url())
+        .map(|c| c.ttl)
+        .unwrap_or(Duration::from_secs(2));
+    ttl.mul_f64(LEAK_WAIT_OF_TTL)
+}
+
+async fn wait_until_clean(keeper: &quorate::Coordinator, wait: Duration) -> Result<(), String> {
     let start = Instant::now();
     loop {
         match keeper.leftovers().await {
             Ok(left) if left.is_empty() => return Ok(()),
-            Ok(left) if start.elapsed() > LEAK_WAIT => {
+            Ok(left) if start.elapsed() > wait => {
                 return Err(format!(
-                    "left behind {LEAK_WAIT:?} after the case: {}",
+                    "left behind {wait:?} after the case (shorter than the session TTL, so a release or close that does nothing is caught): {}",
                     left.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
                 ))
             }
-            Err(e) if start.elapsed() > LEAK_WAIT => {
+            Err(e) if start.elapsed() > wait => {
                 return Err(format!("the leak check failed: {e}"))
             }
             _ => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -212,15 +255,24 @@ where
             let target = target.clone();
             let caps = caps.clone();
             let results = results.clone();
-            let trial = libtest_mimic::Trial::test(name, move || {
+            // Only a measured, kept guarantee is a passed trial; a broken
+            // undeclared one (violated) and one this run could not measure
+            // (unverified) are ignored at run time with their verdict as
+            // the reason: never counted as passed.
+            let trial = libtest_mimic::Trial::ignorable_test(name, move || {
                 let report = runtime.block_on(run_case(&case, &target, &caps));
                 let verdict = report.result;
                 let detail = report.detail.clone();
                 results.lock().unwrap().push((ti, report));
                 match verdict {
-                    Verdict::Pass => Ok(()),
+                    Verdict::Pass => Ok(libtest_mimic::Completion::Completed),
                     Verdict::Fail => Err(detail.into()),
-                    Verdict::Unverified => Err(format!("unverified: {detail}").into()),
+                    Verdict::Violated | Verdict::Unverified => {
+                        Ok(libtest_mimic::Completion::ignored_with(format!(
+                            "{}: {detail}",
+                            verdict.as_str()
+                        )))
+                    }
                     Verdict::NotApplicable => {
                         Err(format!("not applicable at run time: {detail}").into())
                     }

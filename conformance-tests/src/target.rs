@@ -145,6 +145,17 @@ impl Target {
         format!("{base}{sep}{key}={value}")
     }
 
+    /// The same target (namespace, faults) with an option set on every
+    /// connection it makes (e.g. a long `ttl`).
+    pub fn with_option(&self, key: &str, value: &str) -> Target {
+        Target {
+            url: self.url_with(key, value),
+            base_url: self.base_url.clone(),
+            label: self.label.clone(),
+            faults: self.faults.clone(),
+        }
+    }
+
     /// Connect a new, independent coordinator to this target.
     ///
     /// # Errors

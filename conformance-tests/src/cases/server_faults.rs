@@ -19,7 +19,7 @@ use quorate::{Coordinator, LockGuard, Session};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::outcome::CaseError;
+use crate::outcome::{broken, CaseError};
 use crate::target::{ServerFaults, Target};
 
 /// The session TTL of the holder and the other client: short, so a lost
@@ -253,14 +253,22 @@ pub mod leader_failover {
         quietly(sa.close()).await;
         let f = measured?;
         healed?;
-        if declared {
-            ensure!(
-                f["holder_kept_lock"] == 1.0
-                    && f["double_grant"] == 0.0
-                    && f["fence_went_backwards"] == 0.0,
-                "the backend declares survives_failover, but after killing {what}: {}",
-                describe(&f)
-            );
+        // The guarantee is all three: the holder keeps the lock, nobody else
+        // is granted it, fences never go backwards. Broken, it fails a
+        // backend that declares survives_failover and is `violated` (never a
+        // pass) for one that does not; the detail says which part broke.
+        let broke = f["holder_kept_lock"] == 0.0
+            || f["double_grant"] == 1.0
+            || f["fence_went_backwards"] == 1.0;
+        if broke {
+            return Err(broken(
+                declared,
+                format!(
+                    "after killing {what} (survives_failover declared {declared}): {}",
+                    describe(&f)
+                ),
+                f,
+            ));
         }
         Ok(f)
     }
@@ -456,7 +464,6 @@ pub mod restart_without_persistence {
     use std::time::Instant;
 
     use super::*;
-    use crate::ensure;
     use crate::outcome::{CaseResult, Figures};
 
     const NAME: &str = "restart";
@@ -499,12 +506,19 @@ pub mod restart_without_persistence {
         f.insert("other_granted_ms".into(), ms(restarted, granted));
         f.insert("double_grant".into(), flag(granted < told));
         f.insert("fence_went_backwards".into(), flag(fb <= fa));
-        if declared {
-            ensure!(
-                granted >= told && fb > fa,
-                "the backend declares survives_failover, but after a restart without data: {}",
-                describe(&f)
-            );
+        // Telling the holder no later than another client is granted, and
+        // fences that never go backwards, are what the case measures: broken,
+        // they fail a backend that declares survives_failover and are
+        // `violated` (never a pass) for one that does not.
+        if granted < told || fb <= fa {
+            return Err(broken(
+                declared,
+                format!(
+                    "after a restart without data (survives_failover declared {declared}): {}",
+                    describe(&f)
+                ),
+                f,
+            ));
         }
         Ok(f)
     }

@@ -6,7 +6,13 @@ pub mod close_releases_everything {
     use crate::outcome::{within, CaseResult, Figures};
     use crate::target::Target;
 
+    /// A TTL far longer than every bound below: a `close()` that released
+    /// nothing would leave the grants held for a whole minute, not merely
+    /// until a short lease expired.
+    const LONG_TTL: &str = "60s";
+
     pub async fn run(t: Target) -> CaseResult {
+        let t = t.with_option("ttl", LONG_TTL);
         let (coord, sa) = client(&t).await?;
         let (_b, sb) = client(&t).await?;
         let caps = coord.capabilities();
@@ -154,10 +160,8 @@ pub mod lease_expiry_without_keepalive {
         .await??;
         let free = opened.elapsed();
         g2.release().await?;
-        ensure!(
-            told <= granted_ttl,
-            "lost() fired {told:?} after opening, later than the TTL {granted_ttl:?}"
-        );
+        // The safety ordering is the guarantee (told before the lock is
+        // free); how early the holder was told is a figure, not asserted.
         ensure!(
             told_before_free,
             "the lock was already free when the holder was told it was lost ({reason})"
