@@ -4,9 +4,15 @@
 //! Protocol: the agent is started with a URL, prints
 //! `{"event":"ready","session":ID}`, then reads one command per line:
 //! `lock NAME`, `release`, `write` (report the fence it would write with),
-//! `exit`. It answers each with one JSON line (`granted`, `released`,
-//! `write`, `error`) and prints `{"event":"lost",…}` on its own when its
-//! lock is lost.
+//! `guarded KEY VALUE` (the backend's guarded write, asked even if the
+//! agent already knows its lock is lost: the backend must refuse it),
+//! `fenced ADDR NAME VALUE` (write to the [fenced register] at ADDR with
+//! the fence of the grant it believes it holds), `exit`. It answers each
+//! with one JSON line (`granted`, `released`, `write`, `guarded`, `fenced`,
+//! `error`) and prints `{"event":"lost",…}` on its own when its lock is
+//! lost.
+//!
+//! [fenced register]: crate::harness::fenced
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -41,6 +47,23 @@ pub enum AgentEvent {
         /// Whether the agent's guard reports the lock lost.
         lost: bool,
     },
+    /// The answer to `guarded`: whether the backend applied the write,
+    /// and whether the agent already knew its lock was lost when it asked.
+    Guarded {
+        /// Whether the backend applied it.
+        applied: bool,
+        /// Whether the agent's guard reported the loss before the write.
+        lost_before: bool,
+    },
+    /// The answer to `fenced`: whether the register accepted the write.
+    Fenced {
+        /// The fence sent.
+        fence: u64,
+        /// Whether the register accepted it.
+        accepted: bool,
+        /// Whether the agent's guard reported the loss before the write.
+        lost_before: bool,
+    },
     /// The agent's lock was lost.
     Lost {
         /// Why.
@@ -73,6 +96,7 @@ pub fn agent_path() -> Option<PathBuf> {
 
 /// A running agent process. Killed (SIGKILL, by pid) when dropped.
 pub struct Agent {
+    session: String,
     child: Child,
     stdin: ChildStdin,
     stdout: Lines<BufReader<ChildStdout>>,
@@ -102,14 +126,23 @@ impl Agent {
         let stdin = child.stdin.take().expect("piped");
         let stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
         let mut agent = Agent {
+            session: String::new(),
             child,
             stdin,
             stdout,
         };
         match agent.next_event(Duration::from_secs(20)).await? {
-            AgentEvent::Ready { session } => Ok((agent, session)),
+            AgentEvent::Ready { session } => {
+                agent.session.clone_from(&session);
+                Ok((agent, session))
+            }
             other => Err(format!("the agent did not get ready: {other:?}")),
         }
+    }
+
+    /// The agent's session id (to revoke it from outside).
+    pub fn session(&self) -> &str {
+        &self.session
     }
 
     /// The agent's pid.
@@ -162,6 +195,48 @@ impl Agent {
         }
     }
 
+    /// Whether the agent process is stopped (state `T` in
+    /// `/proc/PID/stat`): proof that a SIGSTOP took effect.
+    pub fn is_stopped(&self) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()));
+        // The state follows the parenthesised command name.
+        stat.ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+            .unwrap_or(false)
+    }
+
+    /// SIGSTOP the agent and wait (up to a second) until the kernel shows
+    /// it stopped.
+    ///
+    /// # Errors
+    ///
+    /// When the signal cannot be sent or the process does not stop.
+    pub async fn pause(&self) -> Result<(), String> {
+        self.signal(libc::SIGSTOP)?;
+        for _ in 0..100 {
+            if self.is_stopped() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(format!("agent {} did not stop after SIGSTOP", self.pid()))
+    }
+
+    /// Ask the agent to exit (it closes its session first) and wait for it,
+    /// up to `timeout`; killed if it does not exit in time.
+    ///
+    /// # Errors
+    ///
+    /// When it did not exit by itself in time.
+    pub async fn exit(mut self, timeout: Duration) -> Result<(), String> {
+        let _ = self.send("exit").await;
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("waiting for the agent: {e}")),
+            Err(_) => Err(format!("the agent did not exit within {timeout:?}")),
+        }
+    }
+
     /// SIGKILL the agent and reap it.
     pub async fn kill(mut self) -> Result<(), String> {
         self.child.kill().await.map_err(|e| e.to_string())
@@ -190,7 +265,7 @@ fn emit(event: &AgentEvent) {
 /// Serve the agent protocol on stdin/stdout for a client of `url` until
 /// stdin closes or `exit` arrives. Exits the process if it cannot connect.
 pub async fn serve(url: &str) {
-    let session = match async { quorate::connect(url).await?.session().await }.await {
+    let session = match async { crate::connect(url).await?.session().await }.await {
         Ok(s) => s,
         Err(e) => {
             emit(&AgentEvent::Error {
@@ -236,9 +311,62 @@ pub async fn serve(url: &str) {
                     message: "no lock held".into(),
                 }),
             },
+            "guarded" => {
+                let (key, value) = arg.split_once(' ').unwrap_or((arg, ""));
+                match &guard {
+                    Some(g) => {
+                        let lost_before = g.is_lost();
+                        match g.write_if_held_at_backend(key, value.as_bytes()).await {
+                            Ok(applied) => emit(&AgentEvent::Guarded {
+                                applied,
+                                lost_before,
+                            }),
+                            Err(e) => emit(&AgentEvent::Error {
+                                message: e.to_string(),
+                            }),
+                        }
+                    }
+                    None => emit(&AgentEvent::Error {
+                        message: "no lock held".into(),
+                    }),
+                }
+            }
+            "fenced" => {
+                let parts: Vec<&str> = arg.splitn(3, ' ').collect();
+                match (&guard, parts.as_slice()) {
+                    (Some(g), [addr, name, value]) => {
+                        let lost_before = g.is_lost();
+                        let fence = g.fence().get();
+                        let written = crate::harness::fenced::write_to(
+                            addr,
+                            name,
+                            fence,
+                            session.id(),
+                            value,
+                        )
+                        .await;
+                        match written {
+                            Ok(accepted) => emit(&AgentEvent::Fenced {
+                                fence,
+                                accepted,
+                                lost_before,
+                            }),
+                            Err(e) => emit(&AgentEvent::Error {
+                                message: e.to_string(),
+                            }),
+                        }
+                    }
+                    _ => emit(&AgentEvent::Error {
+                        message: "usage: fenced ADDR NAME VALUE, with a lock held".into(),
+                    }),
+                }
+            }
             "release" => {
                 if let Some(w) = watcher.take() {
+                    // Wait for the aborted watcher to drop its share of
+                    // the guard.
                     w.abort();
+                    let _ = w.await;
                 }
                 match guard.take().map(std::sync::Arc::try_unwrap) {
                     Some(Ok(g)) => match g.release().await {

@@ -9,7 +9,10 @@
 //! - [`bench`]: benchmarks as ratios to raw operations in the same run;
 //! - [`agent`]: a client in a child process, for SIGSTOP/SIGKILL faults;
 //! - [`report`]: the guarantees report (JSON schema + Markdown);
-//! - [`harness`]: real servers on free loopback ports, and a TCP proxy.
+//! - [`harness`]: real servers on free loopback ports, a TCP proxy, and a
+//!   fenced register;
+//! - [`mutant`]: deliberately broken backends that show each verdict can
+//!   fail.
 #![warn(missing_docs)]
 
 pub mod agent;
@@ -17,6 +20,7 @@ pub mod bench;
 pub mod cases;
 pub mod harness;
 pub mod history;
+pub mod mutant;
 pub mod outcome;
 pub mod report;
 pub mod runner;
@@ -25,3 +29,17 @@ pub mod target;
 pub use outcome::{CaseError, CaseResult, Figures, Verdict};
 pub use report::Report;
 pub use target::Target;
+
+/// Connect to `url` as every client of the suite does: `quorate::connect`,
+/// with this process's [`mutant::Mutation`] applied if one is set.
+///
+/// # Errors
+///
+/// As `quorate::connect`.
+pub async fn connect(url: &str) -> quorate::Result<quorate::Coordinator> {
+    let coord = quorate::connect(url).await?;
+    Ok(match mutant::Mutation::from_env() {
+        Some(m) => mutant::wrap(coord, m),
+        None => coord,
+    })
+}

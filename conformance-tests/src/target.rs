@@ -128,6 +128,27 @@ impl Target {
         }
     }
 
+    /// One target per server of the URL, each reaching the deployment
+    /// through that server only (clients "on different members"); the
+    /// target itself when the URL names at most one.
+    pub fn members(&self) -> Vec<Target> {
+        let endpoints = quorate::Config::parse(&self.url)
+            .map(|c| c.endpoints)
+            .unwrap_or_default();
+        if endpoints.len() <= 1 {
+            return vec![self.clone()];
+        }
+        endpoints
+            .iter()
+            .map(|e| Target {
+                url: replace_endpoints(&self.url, e),
+                base_url: replace_endpoints(&self.base_url, e),
+                label: self.label.clone(),
+                faults: self.faults.clone(),
+            })
+            .collect()
+    }
+
     /// Whether the target's fault controller can inject `fault`.
     pub fn supports(&self, fault: Fault) -> bool {
         self.faults.as_ref().is_some_and(|f| f.supports(fault))
@@ -162,7 +183,7 @@ impl Target {
     ///
     /// As `quorate::connect`.
     pub async fn connect(&self) -> Result<Coordinator> {
-        quorate::connect(&self.url).await
+        crate::connect(&self.url).await
     }
 
     /// Connect with an option overridden.
@@ -171,7 +192,7 @@ impl Target {
     ///
     /// As `quorate::connect`.
     pub async fn connect_with_option(&self, key: &str, value: &str) -> Result<Coordinator> {
-        quorate::connect(&self.url_with(key, value)).await
+        crate::connect(&self.url_with(key, value)).await
     }
 
     /// The scheme of the URL.

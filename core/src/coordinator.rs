@@ -60,6 +60,14 @@ impl Coordinator {
         self.inner.backend.capabilities()
     }
 
+    /// The connected backend behind this coordinator, for layers that
+    /// decorate one (the conformance suite's deliberately broken
+    /// "mutants"); applications never need it.
+    #[doc(hidden)]
+    pub fn backend_handle(&self) -> Arc<dyn Backend> {
+        self.inner.backend.clone()
+    }
+
     pub(crate) fn backend(&self) -> &Arc<dyn Backend> {
         &self.inner.backend
     }

@@ -247,6 +247,26 @@ impl LockGuard {
         Ok(applied)
     }
 
+    /// The backend's guarded write, asked even when this guard already
+    /// knows its grant is lost: for the conformance suite, which must
+    /// exercise the backend's own atomic check as a stale holder that has
+    /// not heard of its loss would. Applications use
+    /// [`LockGuard::write_if_held`], which refuses locally first.
+    ///
+    /// # Errors
+    ///
+    /// As [`LockGuard::write_if_held`].
+    #[doc(hidden)]
+    pub async fn write_if_held_at_backend(&self, key: &str, value: &[u8]) -> Result<bool> {
+        name::validate("key", key)?;
+        let held = self.held()?;
+        self.session
+            .inner
+            .coordinator
+            .bounded("guarded write", held.write_if_held(key, value, false))
+            .await
+    }
+
     async fn guarded_write(&self, key: &str, value: &[u8], release: bool) -> Result<bool> {
         name::validate("key", key)?;
         if self.loss.is_lost() {

@@ -66,63 +66,98 @@ pub mod holder_crash_frees_lock {
 }
 
 pub mod holder_pause {
+    //! A holder process is paused (SIGSTOP, checked in /proc) past its TTL.
+    //! Lease backends: another client acquires and writes; the paused
+    //! holder's writes, queued while it is stopped so they are attempted
+    //! as it resumes (before or as it learns of its loss), go to the
+    //! *backend* (a guarded write asked of the backend itself) and to a
+    //! *fenced register* in its own server, with the holder's old fence.
+    //! Both must refuse them, and the case reads back what each holds.
+
     use std::time::{Duration, Instant};
 
     use super::{agent_holding, AGENT_TTL};
-    use crate::agent::AgentEvent;
+    use crate::agent::{Agent, AgentEvent};
     use crate::cases::client;
-    use crate::history::History;
+    use crate::harness::fenced::FencedRegister;
     use crate::outcome::{within, CaseError, CaseResult, Figures};
     use crate::target::Target;
     use crate::{ensure, fail};
 
+    const NAME: &str = "pause";
+    const KEY: &str = "pause-data";
+
     pub async fn run(t: Target) -> CaseResult {
         let url = t.url_with("ttl", AGENT_TTL);
         let ttl = quorate::config::parse_duration("ttl", AGENT_TTL)?;
-        let (mut agent, fence) = agent_holding(&url, "pause").await?;
-        let history = History::new();
+        let register = FencedRegister::start()
+            .await
+            .map_err(|e| CaseError::Unverified(format!("starting the fenced register: {e}")))?;
+        let reg = register.addr().to_string();
+        let history = register.history(NAME);
+        let (mut agent, fence) = agent_holding(&url, NAME).await?;
         let agent_hold = history.acquired("agent", fence);
-        ensure!(
-            history.write("agent", fence),
-            "the resource refused the first holder's write"
-        );
         let (coord, sb) = client(&t).await?;
         let exclusive = coord.capabilities().exclusive_under_pause;
+        let guarded = coord.capabilities().primitives.guarded_writes;
+        if guarded {
+            ensure!(
+                ask(&mut agent, &format!("guarded {KEY} agent-before-pause")).await?
+                    == Reply::Guarded(true),
+                "the holder's guarded write was refused while it held the lock"
+            );
+        }
+        ensure!(
+            ask(
+                &mut agent,
+                &format!("fenced {reg} {NAME} agent-before-pause")
+            )
+            .await?
+                == Reply::Fenced(true),
+            "the fenced register refused the holder's first write"
+        );
 
-        agent.signal(libc::SIGSTOP).map_err(CaseError::Fail)?;
+        agent.pause().await.map_err(CaseError::Fail)?;
         let paused = Instant::now();
         let mut f = Figures::new();
         f.insert("ttl_ms".into(), ttl.as_secs_f64() * 1000.0);
         // Wait well past the TTL.
         let window = ttl * 2 + Duration::from_secs(1);
-        let attempt = tokio::time::timeout(window, sb.mutex("pause").lock()).await;
+        let attempt = tokio::time::timeout(window, sb.mutex(NAME).lock()).await;
+        ensure!(
+            agent.is_stopped(),
+            "the holder process was not stopped for the whole pause"
+        );
         if exclusive {
             // Declared safe under pause: nobody may get the lock.
             ensure!(attempt.is_err(), "another client acquired the lock while its holder was paused, though the backend declares exclusive_under_pause");
             agent.signal(libc::SIGCONT).map_err(CaseError::Fail)?;
-            agent.send("write").await.map_err(CaseError::Fail)?;
-            match agent
-                .next_event(Duration::from_secs(10))
-                .await
-                .map_err(CaseError::Fail)?
-            {
-                AgentEvent::Write {
-                    fence: wf,
-                    lost: false,
-                } => {
-                    ensure!(
-                        history.write("agent", wf),
-                        "the resumed holder's write was refused"
-                    );
-                }
-                other => fail!("the resumed holder should still hold its lock, got {other:?}"),
+            if guarded {
+                ensure!(
+                    ask(&mut agent, &format!("guarded {KEY} agent-after-pause")).await?
+                        == Reply::Guarded(true),
+                    "the resumed holder's guarded write was refused"
+                );
+                ensure!(
+                    sb.read(KEY).await? == Some(b"agent-after-pause".to_vec()),
+                    "the backend does not hold the resumed holder's write"
+                );
             }
+            ensure!(
+                ask(
+                    &mut agent,
+                    &format!("fenced {reg} {NAME} agent-after-pause")
+                )
+                .await?
+                    == Reply::Fenced(true),
+                "the fenced register refused the resumed holder's write"
+            );
             history.released(agent_hold);
             agent.send("release").await.map_err(CaseError::Fail)?;
             let g = within(
                 10.0,
                 "the lock after the resumed holder released",
-                sb.mutex("pause").lock(),
+                sb.mutex(NAME).lock(),
             )
             .await??;
             g.release().await?;
@@ -133,53 +168,103 @@ pub mod holder_pause {
                 Err(_) => fail!("nobody got the lock within {window:?} of pausing a holder with a {ttl:?} lease"),
             };
             let taken_ms = paused.elapsed().as_secs_f64() * 1000.0;
-            let new_hold = history.acquired("other", g.fence().get());
+            let fb = g.fence().get();
+            let new_hold = history.acquired("other", fb);
             ensure!(
-                g.fence().get() > fence,
-                "the new holder's fence {} is not above the paused holder's {fence}",
-                g.fence()
+                fb > fence,
+                "the new holder's fence {fb} is not above the paused holder's {fence}"
             );
+            if guarded {
+                ensure!(
+                    g.write_if_held(KEY, b"other").await?,
+                    "the new holder's guarded write was refused"
+                );
+            }
             ensure!(
-                history.write("other", g.fence().get()),
-                "the resource refused the new holder's write"
+                register.write(NAME, fb, "other", "other"),
+                "the fenced register refused the new holder's write"
             );
+            // The paused holder's writes wait in its input while it is
+            // stopped: it attempts them as soon as it runs again.
+            if guarded {
+                agent
+                    .send(&format!("guarded {KEY} stale-agent"))
+                    .await
+                    .map_err(CaseError::Fail)?;
+            }
+            agent
+                .send(&format!("fenced {reg} {NAME} stale-agent"))
+                .await
+                .map_err(CaseError::Fail)?;
             agent.signal(libc::SIGCONT).map_err(CaseError::Fail)?;
             let resumed = Instant::now();
-            match agent
-                .next_event(Duration::from_secs(10))
-                .await
-                .map_err(CaseError::Fail)?
+            let mut told_ms = None;
+            let mut stale_guarded = None;
+            let mut stale_fenced = None;
+            while told_ms.is_none()
+                || (guarded && stale_guarded.is_none())
+                || stale_fenced.is_none()
             {
-                AgentEvent::Lost { .. } => {}
-                other => fail!("the resumed holder was not told it lost the lock: {other:?}"),
-            }
-            let told_ms = resumed.elapsed().as_secs_f64() * 1000.0;
-            history.released(agent_hold);
-            agent.send("write").await.map_err(CaseError::Fail)?;
-            let stale = match agent
-                .next_event(Duration::from_secs(10))
-                .await
-                .map_err(CaseError::Fail)?
-            {
-                AgentEvent::Write { fence: wf, lost } => {
-                    ensure!(lost, "the resumed holder's guard does not report the loss");
-                    wf
+                match agent
+                    .next_event(Duration::from_secs(10))
+                    .await
+                    .map_err(CaseError::Fail)?
+                {
+                    AgentEvent::Lost { .. } => {
+                        told_ms = Some(resumed.elapsed().as_secs_f64() * 1000.0);
+                        history.released(agent_hold);
+                    }
+                    AgentEvent::Guarded {
+                        applied,
+                        lost_before,
+                    } => stale_guarded = Some((applied, lost_before)),
+                    AgentEvent::Fenced {
+                        accepted,
+                        lost_before,
+                        ..
+                    } => stale_fenced = Some((accepted, lost_before)),
+                    other => fail!("unexpected agent reply after resuming: {other:?}"),
                 }
-                other => fail!("unexpected agent reply {other:?}"),
-            };
-            // The paused holder writes anyway (as a buggy client would): the
-            // fenced resource must reject it.
-            let accepted = history.write("agent", stale);
+            }
+            let (fenced_accepted, fenced_knew) = stale_fenced.unwrap_or((true, false));
+            if let Some((applied, knew)) = stale_guarded {
+                ensure!(
+                    !applied,
+                    "the backend applied the paused holder's guarded write after another client was granted the lock"
+                );
+                ensure!(
+                    sb.read(KEY).await? == Some(b"other".to_vec()),
+                    "the backend does not hold the new holder's value after the stale holder's write"
+                );
+                f.insert("guarded_write_refused_by_backend".into(), 1.0);
+                f.insert("holder_knew_before_guarded_write".into(), flag(knew));
+            }
+            ensure!(
+                !fenced_accepted,
+                "the fenced register accepted the paused holder's write with its old fence {fence}"
+            );
+            ensure!(
+                register.value(NAME) == Some((fb, "other".to_owned())),
+                "the fenced register does not hold the new holder's write: {:?}",
+                register.value(NAME)
+            );
             history.released(new_hold);
             g.release().await?;
             let v = history.check();
             ensure!(
-                !accepted && v.stale_writes_accepted == 0,
-                "the protected resource accepted the paused holder's stale write: {v:?}"
+                v.stale_writes_accepted == 0,
+                "the protected resource accepted a stale write: {v:?}"
             );
             ensure!(v.non_monotonic_fences == 0, "fences went backwards: {v:?}");
             f.insert("acquired_by_other_after_ms".into(), taken_ms);
-            f.insert("holder_told_after_resume_ms".into(), told_ms);
+            f.insert(
+                "holder_told_after_resume_ms".into(),
+                told_ms.unwrap_or(f64::NAN),
+            );
+            f.insert("holder_knew_before_fenced_write".into(), flag(fenced_knew));
+            // The paused holder believed it held the lock from the other's
+            // grant until it was told: a pause is exactly this overlap, and
+            // why the fence must protect the resource.
             f.insert("overlapping_beliefs".into(), v.overlapping_holds as f64);
             f.insert(
                 "stale_writes_rejected".into(),
@@ -189,5 +274,34 @@ pub mod holder_pause {
         drop(agent);
         sb.close().await?;
         Ok(f)
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Reply {
+        Guarded(bool),
+        Fenced(bool),
+    }
+
+    async fn ask(agent: &mut Agent, command: &str) -> Result<Reply, CaseError> {
+        agent.send(command).await.map_err(CaseError::Fail)?;
+        match agent
+            .next_event(Duration::from_secs(10))
+            .await
+            .map_err(CaseError::Fail)?
+        {
+            AgentEvent::Guarded { applied, .. } => Ok(Reply::Guarded(applied)),
+            AgentEvent::Fenced { accepted, .. } => Ok(Reply::Fenced(accepted)),
+            other => Err(CaseError::Fail(format!(
+                "unexpected agent reply to `{command}`: {other:?}"
+            ))),
+        }
+    }
+
+    fn flag(b: bool) -> f64 {
+        if b {
+            1.0
+        } else {
+            0.0
+        }
     }
 }

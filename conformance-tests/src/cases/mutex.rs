@@ -1,19 +1,67 @@
 //! Mutex cases.
 
 pub mod mutual_exclusion {
+    //! Mutual exclusion at the scope the backend declares. Always: tasks of
+    //! one process. Where the backend declares `processes` or `hosts`:
+    //! holder *processes* (agents), each connected through a different
+    //! server of the deployment where it has several, holding for varied
+    //! times and writing to a fenced register in its own server with the
+    //! fence they were granted. Holds are timed on this process's clock
+    //! from the grant's report to the release request (a sub-interval of
+    //! the real hold, so any overlap seen is real).
+
     use std::sync::Arc;
     use std::time::Duration;
 
+    use quorate::Scope;
+
+    use crate::agent::{Agent, AgentEvent};
     use crate::cases::client;
     use crate::ensure;
+    use crate::harness::fenced::FencedRegister;
     use crate::history::History;
-    use crate::outcome::{joined, CaseResult, Figures};
+    use crate::outcome::{joined, CaseError, CaseResult, Figures};
     use crate::target::Target;
 
     const CLIENTS: usize = 4;
     const ROUNDS: usize = 12;
+    const PROCESSES: usize = 3;
+    const PROCESS_ROUNDS: usize = 6;
 
     pub async fn run(t: Target) -> CaseResult {
+        let mut f = in_one_process(&t).await?;
+        let scope = t.connect().await?.capabilities().scope;
+        if scope != Scope::Threads {
+            f.extend(across_processes(&t).await?);
+        }
+        Ok(f)
+    }
+
+    fn check(history: &History, grants: usize, what: &str) -> Result<(), CaseError> {
+        let v = history.check();
+        ensure!(
+            history.holds().len() == grants,
+            "{what}: expected {grants} grants, recorded {}",
+            history.holds().len()
+        );
+        ensure!(
+            v.overlapping_holds == 0,
+            "{what}: {} overlapping holds: two clients held the lock at once",
+            v.overlapping_holds
+        );
+        ensure!(
+            v.non_monotonic_fences == 0,
+            "{what}: {} successive grants without a strictly greater fence",
+            v.non_monotonic_fences
+        );
+        ensure!(
+            v.stale_writes_accepted == 0 && v.stale_writes_rejected == 0,
+            "{what}: the protected resource saw stale writes: {v:?}"
+        );
+        Ok(())
+    }
+
+    async fn in_one_process(t: &Target) -> CaseResult {
         let history = Arc::new(History::new());
         let started = std::time::Instant::now();
         let mut tasks = Vec::new();
@@ -39,30 +87,77 @@ pub mod mutual_exclusion {
             joined(120.0, "all clients finish their rounds", task).await?
         }
         let elapsed = started.elapsed().as_secs_f64();
-        let v = history.check();
-        ensure!(
-            history.holds().len() == CLIENTS * ROUNDS,
-            "expected {} grants, recorded {}",
-            CLIENTS * ROUNDS,
-            history.holds().len()
-        );
-        ensure!(
-            v.overlapping_holds == 0,
-            "{} overlapping holds: two clients held the lock at once",
-            v.overlapping_holds
-        );
-        ensure!(
-            v.non_monotonic_fences == 0,
-            "{} successive grants without a strictly greater fence",
-            v.non_monotonic_fences
-        );
-        ensure!(
-            v.stale_writes_accepted == 0 && v.stale_writes_rejected == 0,
-            "the protected resource saw stale writes: {v:?}"
-        );
+        check(&history, CLIENTS * ROUNDS, "tasks of one process")?;
         let mut f = Figures::new();
         f.insert("grants".into(), (CLIENTS * ROUNDS) as f64);
         f.insert("grants_per_s".into(), (CLIENTS * ROUNDS) as f64 / elapsed);
+        Ok(f)
+    }
+
+    async fn across_processes(t: &Target) -> CaseResult {
+        let register = FencedRegister::start()
+            .await
+            .map_err(|e| CaseError::Unverified(format!("starting the fenced register: {e}")))?;
+        let history = register.history("shared");
+        let reg = register.addr().to_string();
+        let members = t.members();
+        let mut agents = Vec::new();
+        for i in 0..PROCESSES {
+            let member = &members[i % members.len()];
+            let (agent, _session) = Agent::start(member.url()).await.map_err(CaseError::Fail)?;
+            agents.push(agent);
+        }
+        let started = std::time::Instant::now();
+        let mut tasks = Vec::new();
+        for (i, mut agent) in agents.into_iter().enumerate() {
+            let history = history.clone();
+            let reg = reg.clone();
+            tasks.push(tokio::spawn(async move {
+                let name = format!("process-{i}");
+                for round in 0..PROCESS_ROUNDS {
+                    agent.send("lock shared").await?;
+                    let fence = match agent.next_event(Duration::from_secs(60)).await? {
+                        AgentEvent::Granted { fence } => fence,
+                        other => return Err(format!("{name} was not granted: {other:?}")),
+                    };
+                    let hold = history.acquired(&name, fence);
+                    agent
+                        .send(&format!("fenced {reg} shared {name}-{round}"))
+                        .await?;
+                    match agent.next_event(Duration::from_secs(10)).await? {
+                        AgentEvent::Fenced { .. } => {}
+                        other => return Err(format!("{name}'s fenced write: {other:?}")),
+                    }
+                    // Varied holds, up to 30 ms.
+                    tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 30)).await;
+                    history.released(hold);
+                    agent.send("release").await?;
+                    match agent.next_event(Duration::from_secs(10)).await? {
+                        AgentEvent::Released => {}
+                        other => return Err(format!("{name}'s release: {other:?}")),
+                    }
+                }
+                agent.exit(Duration::from_secs(10)).await
+            }));
+        }
+        for task in tasks {
+            match crate::outcome::within(120.0, "every holder process finishes its rounds", task)
+                .await?
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(CaseError::Fail(e)),
+                Err(e) => return Err(CaseError::Fail(format!("a driver panicked: {e}"))),
+            }
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        check(&history, PROCESSES * PROCESS_ROUNDS, "holder processes")?;
+        let mut f = Figures::new();
+        f.insert("process_grants".into(), (PROCESSES * PROCESS_ROUNDS) as f64);
+        f.insert(
+            "process_grants_per_s".into(),
+            (PROCESSES * PROCESS_ROUNDS) as f64 / elapsed,
+        );
+        f.insert("servers_used".into(), members.len().min(PROCESSES) as f64);
         Ok(f)
     }
 }
@@ -185,8 +280,16 @@ pub mod no_reentrancy {
 }
 
 pub mod fifo_order {
+    //! Every session is created first, so session age cannot stand in for
+    //! arrival order; the waiters then arrive in a shuffled order, each
+    //! only once the previous one is seen queued on the backend (a new
+    //! queue entry) where the backend shows its queue entries, else after
+    //! a settle time (counted in the figures).
+
     use std::sync::{Arc, Mutex};
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
+
+    use rand::seq::SliceRandom;
 
     use crate::cases::client;
     use crate::ensure;
@@ -194,24 +297,45 @@ pub mod fifo_order {
     use crate::target::Target;
 
     const WAITERS: usize = 5;
+    /// How long to look for a waiter's queue entry before settling for a
+    /// pause (a backend whose waiters leave no visible entry).
+    const SEEN_WITHIN: Duration = Duration::from_secs(2);
 
     pub async fn run(t: Target) -> CaseResult {
-        let (_h, holder) = client(&t).await?;
+        let (keeper, holder) = client(&t).await?;
+        let mut sessions = Vec::new();
+        for _ in 0..WAITERS {
+            sessions.push(client(&t).await?);
+        }
         let guard = holder.mutex("fifo").lock().await?;
+        let mut arrival: Vec<usize> = (0..WAITERS).collect();
+        arrival.shuffle(&mut rand::rng());
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
-        for i in 0..WAITERS {
-            let (_c, s) = client(&t).await?;
+        let mut confirmed = 0;
+        let mut sessions: Vec<Option<_>> = sessions.into_iter().map(Some).collect();
+        for &i in &arrival {
+            let before = keeper.leftovers().await?.len();
+            let (c, s) = sessions[i].take().expect("each session arrives once");
             let order = order.clone();
             tasks.push(tokio::spawn(async move {
-                let _keep = _c;
+                let _keep = c;
                 let g = s.mutex("fifo").lock().await?;
                 order.lock().unwrap().push(i);
                 g.release().await?;
                 s.close().await
             }));
-            // Let this waiter enqueue before the next one arrives.
-            tokio::time::sleep(Duration::from_millis(150)).await;
+            let start = Instant::now();
+            loop {
+                if keeper.leftovers().await?.len() > before {
+                    confirmed += 1;
+                    break;
+                }
+                if start.elapsed() > SEEN_WITHIN {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
         guard.release().await?;
         for task in tasks {
@@ -219,11 +343,14 @@ pub mod fifo_order {
         }
         let order = order.lock().unwrap().clone();
         ensure!(
-            order == (0..WAITERS).collect::<Vec<_>>(),
-            "grant order {order:?} is not the arrival order"
+            order == arrival,
+            "grant order {order:?} is not the arrival order {arrival:?}"
         );
         holder.close().await?;
-        Ok(Figures::new())
+        let mut f = Figures::new();
+        f.insert("waiters".into(), WAITERS as f64);
+        f.insert("arrivals_seen_queued".into(), confirmed as f64);
+        Ok(f)
     }
 }
 
@@ -352,13 +479,39 @@ pub mod lock_all_no_deadlock {
         // All or nothing.
         let (_x, sx) = client(&t).await?;
         let (_y, sy) = client(&t).await?;
+        let (_z, sz) = client(&t).await?;
         let b = sx.mutex("b").lock().await?;
-        let attempt =
-            tokio::time::timeout(Duration::from_millis(300), sy.lock_all(["b", "a"])).await;
+        // lock_all takes `a` (first in canonical order), then waits for `b`.
+        let attempt = {
+            let sy = sy.clone();
+            tokio::spawn(async move { sy.lock_all(["b", "a"]).await.map(drop) })
+        };
+        // Confirm it really took `a` before it is abandoned, so "releases
+        // what it took" is about something taken.
+        let start = std::time::Instant::now();
+        let mut took_a = false;
+        while start.elapsed() < Duration::from_secs(5) && !attempt.is_finished() {
+            match sz.mutex("a").try_lock().await? {
+                None => {
+                    took_a = true;
+                    break;
+                }
+                Some(g) => {
+                    g.release().await?;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
         ensure!(
-            attempt.is_err(),
-            "lock_all got `b` while another session held it"
+            !attempt.is_finished(),
+            "lock_all finished while another session held `b`"
         );
+        ensure!(
+            took_a,
+            "lock_all never took `a` while waiting for `b` (nothing to release)"
+        );
+        attempt.abort();
+        let _ = attempt.await;
         let start = std::time::Instant::now();
         let mut a = None;
         while start.elapsed() < Duration::from_secs(5) && a.is_none() {
@@ -375,6 +528,7 @@ pub mod lock_all_no_deadlock {
         b.release().await?;
         sx.close().await?;
         sy.close().await?;
+        sz.close().await?;
         Ok(Figures::new())
     }
 }

@@ -88,7 +88,7 @@ pub mod rwlock_writer_excludes {
 }
 
 pub mod rwlock_queued_writer_blocks_readers {
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     use crate::cases::client;
     use crate::ensure;
@@ -99,6 +99,7 @@ pub mod rwlock_queued_writer_blocks_readers {
         let (_a, sa) = client(&t).await?;
         let (_b, sb) = client(&t).await?;
         let (_c, sc) = client(&t).await?;
+        let (_d, sd) = client(&t).await?;
         let r1 = sa.rwlock("rw").read().await?;
         let writer = {
             let sb = sb.clone();
@@ -112,7 +113,10 @@ pub mod rwlock_queued_writer_blocks_readers {
         ensure!(sc.rwlock("rw").try_read().await?.is_none(), "a reader arriving after a waiting writer was granted before it (writer starvation possible)");
         let late_reader = {
             let sc = sc.clone();
-            tokio::spawn(async move { sc.rwlock("rw").read().await })
+            tokio::spawn(async move {
+                let r = sc.rwlock("rw").read().await;
+                r.map(|g| (g, Instant::now()))
+            })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
         ensure!(
@@ -126,19 +130,26 @@ pub mod rwlock_queued_writer_blocks_readers {
             writer,
         )
         .await?;
+        // While the writer holds, no reader of any session is granted.
         ensure!(
-            !late_reader.is_finished(),
-            "the late reader was granted together with the writer"
+            sd.rwlock("rw").try_read().await?.is_none(),
+            "a reader was granted while the writer held the lock"
         );
+        let writer_released = Instant::now();
         w.release().await?;
-        let r2 = joined(
+        let (r2, granted_at) = joined(
             10.0,
             "the late reader is granted after the writer",
             late_reader,
         )
         .await?;
+        ensure!(
+            granted_at >= writer_released,
+            "the late reader was granted {:?} before the writer released",
+            writer_released.saturating_duration_since(granted_at)
+        );
         r2.release().await?;
-        for s in [sa, sb, sc] {
+        for s in [sa, sb, sc, sd] {
             s.close().await?;
         }
         Ok(Figures::new())
@@ -155,22 +166,30 @@ pub mod rwlock_writer_timeout_unblocks_readers {
     use crate::target::Target;
     use crate::{ensure, fail};
 
+    /// How long the writer waits before it times out.
+    const WRITER_WAIT: Duration = Duration::from_millis(600);
+
     pub async fn run(t: Target) -> CaseResult {
         let (_a, sa) = client(&t).await?;
         let (_b, sb) = client(&t).await?;
         let (_c, sc) = client(&t).await?;
+        let (_d, sd) = client(&t).await?;
         let r1 = sa.rwlock("rw").read().await?;
+        let writer_started = Instant::now();
         let writer = {
             let sb = sb.clone();
             tokio::spawn(async move {
-                let r = sb
-                    .rwlock("rw")
-                    .write_timeout(Duration::from_millis(600))
-                    .await;
+                let r = sb.rwlock("rw").write_timeout(WRITER_WAIT).await;
                 (r.map(drop), Instant::now())
             })
         };
         tokio::time::sleep(Duration::from_millis(200)).await;
+        // The waiting writer blocks readers now: the reader below really
+        // queues behind it.
+        ensure!(
+            sd.rwlock("rw").try_read().await?.is_none(),
+            "a reader was granted while a writer waited (the reader would not be blocked)"
+        );
         let reader = {
             let sc = sc.clone();
             tokio::spawn(async move {
@@ -199,6 +218,11 @@ pub mod rwlock_writer_timeout_unblocks_readers {
             Err(e) => fail!("reader task panicked: {e}"),
         };
         let r2 = r2?;
+        ensure!(
+            granted_at >= writer_started + WRITER_WAIT,
+            "the reader was granted {:?} after the writer queued, before the writer's {WRITER_WAIT:?} timeout: it was never blocked by the writer",
+            granted_at.saturating_duration_since(writer_started)
+        );
         ensure!(r1.is_held().await?, "the first reader lost its grant");
         let delay_us = granted_at
             .saturating_duration_since(timed_out_at)
@@ -206,7 +230,7 @@ pub mod rwlock_writer_timeout_unblocks_readers {
             * 1e6;
         r2.release().await?;
         r1.release().await?;
-        for s in [sa, sb, sc] {
+        for s in [sa, sb, sc, sd] {
             s.close().await?;
         }
         let mut f = Figures::new();

@@ -175,7 +175,7 @@ fn contend(
         let deadline = tokio::time::Instant::now() + limit;
         while tokio::time::Instant::now() < deadline {
             let attempt = tokio::time::timeout_at(deadline, async {
-                let c = quorate::connect(&url).await?;
+                let c = crate::connect(&url).await?;
                 let s = c.session().await?;
                 match s.mutex(name).lock().await {
                     Ok(g) => Ok((c, s, g)),
@@ -226,7 +226,7 @@ pub mod leader_failover {
     pub async fn run(t: Target) -> CaseResult {
         let faults = controller(&t)?;
         let url = t.url_with("ttl", TTL);
-        let ca = quorate::connect(&url).await?;
+        let ca = crate::connect(&url).await?;
         let declared = ca.capabilities().survives_failover;
         let sa = ca.session().await?;
         let a = Watched::new(sa.mutex(NAME).lock().await?);
@@ -412,7 +412,7 @@ pub mod partition_loss_before_expiry {
         let proxy = TcpProxy::start(upstream)
             .await
             .map_err(|e| CaseError::Unverified(format!("starting the proxy: {e}")))?;
-        let ca = quorate::connect(&t.via(proxy.addr()).url_with("ttl", TTL)).await?;
+        let ca = crate::connect(&t.via(proxy.addr()).url_with("ttl", TTL)).await?;
         let sa = ca.session().await?;
         let mut a = Watched::new(sa.mutex(NAME).lock().await?);
         let fa = a.fence();
@@ -471,7 +471,7 @@ pub mod restart_without_persistence {
     pub async fn run(t: Target) -> CaseResult {
         let faults = controller(&t)?;
         let url = t.url_with("ttl", TTL);
-        let ca = quorate::connect(&url).await?;
+        let ca = crate::connect(&url).await?;
         let declared = ca.capabilities().survives_failover;
         let sa = ca.session().await?;
         let mut a = Watched::new(sa.mutex(NAME).lock().await?);

@@ -85,34 +85,71 @@ pub mod close_releases_everything {
 }
 
 pub mod revoke_from_outside {
-    use std::time::Instant;
+    //! An operator revokes a holder's session. Where the backend excludes
+    //! processes, the holder is another process (an agent), so the loss
+    //! must travel through the backend, not through shared client state.
 
+    use std::time::{Duration, Instant};
+
+    use quorate::Scope;
+
+    use crate::agent::AgentEvent;
     use crate::cases::client;
-    use crate::outcome::{within, CaseResult};
+    use crate::cases::faults::agent_holding;
+    use crate::outcome::{within, CaseError, CaseResult};
     use crate::target::Target;
+    use crate::{ensure, fail};
 
     pub async fn run(t: Target) -> CaseResult {
-        let (_a, sa) = client(&t).await?;
         let (operator, sb) = client(&t).await?;
-        let g = sa.mutex("m").lock().await?;
-        let start = Instant::now();
-        operator.revoke_session(sa.id()).await?;
-        within(
-            10.0,
-            "the holder's lost() after its session was revoked",
-            g.lost(),
-        )
-        .await?;
-        let told_ms = start.elapsed().as_secs_f64() * 1000.0;
-        within(10.0, "the session's lost()", sa.lost()).await?;
+        let cross_process = operator.capabilities().scope != Scope::Threads;
+        let start;
+        let told_ms;
+        if cross_process {
+            let (mut agent, _fence) = agent_holding(t.url(), "m").await?;
+            ensure!(
+                sb.mutex("m").try_lock().await?.is_none(),
+                "the agent's lock is free before the revoke"
+            );
+            start = Instant::now();
+            operator.revoke_session(agent.session()).await?;
+            match agent
+                .next_event(Duration::from_secs(10))
+                .await
+                .map_err(CaseError::Fail)?
+            {
+                AgentEvent::Lost { .. } => {}
+                other => {
+                    fail!("the holder process was not told its session was revoked: {other:?}")
+                }
+            }
+            told_ms = start.elapsed().as_secs_f64() * 1000.0;
+            drop(agent);
+        } else {
+            let (_a, sa) = client(&t).await?;
+            let g = sa.mutex("m").lock().await?;
+            start = Instant::now();
+            operator.revoke_session(sa.id()).await?;
+            within(
+                10.0,
+                "the holder's lost() after its session was revoked",
+                g.lost(),
+            )
+            .await?;
+            told_ms = start.elapsed().as_secs_f64() * 1000.0;
+            within(10.0, "the session's lost()", sa.lost()).await?;
+        }
         let g2 = within(10.0, "another session gets the lock", sb.mutex("m").lock()).await??;
         let free_ms = start.elapsed().as_secs_f64() * 1000.0;
         g2.release().await?;
-        drop(g);
         sb.close().await?;
         let mut f = crate::outcome::Figures::new();
         f.insert("holder_told_ms".into(), told_ms);
         f.insert("lock_free_ms".into(), free_ms);
+        f.insert(
+            "holder_in_another_process".into(),
+            if cross_process { 1.0 } else { 0.0 },
+        );
         Ok(f)
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod etcd;
 pub mod faults;
+pub mod fenced;
 pub mod process;
 pub mod proxy;
 pub mod redis;

@@ -1,0 +1,257 @@
+//! Deliberately broken backends ("mutants"), to show that the suite's
+//! verdicts can fail: each [`Mutation`] wraps a real connected backend and
+//! breaks one thing the guarantees rest on (the release, the revoke, the
+//! fence, the server-side guard, exclusion itself). `tests/mutants.rs` runs
+//! the suite against each mutant and requires the cases listed in
+//! [`Mutation::caught_by`] to fail; the list is in `docs/architecture.md`.
+//!
+//! A mutation is chosen for a whole process by the environment variable
+//! [`ENV`], which agent processes inherit, so a holder in another process
+//! is broken the same way. Every connection the suite makes goes through
+//! [`crate::connect`], which applies it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use quorate::loss::LossNotifier;
+use quorate::spi::{Backend, HeldLeadership, HeldLock, HeldMembership, LockKind, SessionBackend};
+use quorate::{Capabilities, Coordinator, FencingToken, GroupEvent, Leader, Member, Result};
+
+/// The environment variable naming the mutation of this process.
+pub const ENV: &str = "QUORATE_CONFORMANCE_MUTATION";
+
+/// One deliberate defect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mutation {
+    /// `release()` of a lock reports success and releases nothing.
+    SkipRelease,
+    /// Revoking (closing) a session does nothing on the backend.
+    SkipRevoke,
+    /// Every lock grant reports the same fence.
+    ConstantFence,
+    /// A guarded write the backend refused is reported as applied.
+    GuardedWriteLies,
+    /// A lock held elsewhere is granted anyway: no exclusion.
+    NoExclusion,
+}
+
+impl Mutation {
+    /// Every mutation.
+    pub const ALL: [Mutation; 5] = [
+        Mutation::SkipRelease,
+        Mutation::SkipRevoke,
+        Mutation::ConstantFence,
+        Mutation::GuardedWriteLies,
+        Mutation::NoExclusion,
+    ];
+
+    /// Its name (the value of [`ENV`]).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mutation::SkipRelease => "skip-release",
+            Mutation::SkipRevoke => "skip-revoke",
+            Mutation::ConstantFence => "constant-fence",
+            Mutation::GuardedWriteLies => "guarded-write-lies",
+            Mutation::NoExclusion => "no-exclusion",
+        }
+    }
+
+    /// The mutation named `s`.
+    pub fn parse(s: &str) -> Option<Mutation> {
+        Mutation::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+
+    /// The mutation of this process, if any.
+    pub fn from_env() -> Option<Mutation> {
+        std::env::var(ENV).ok().as_deref().and_then(Mutation::parse)
+    }
+
+    /// The cases that must fail against this mutant (on a backend where
+    /// they apply): each is a check shown able to fail.
+    pub fn caught_by(self) -> &'static [&'static str] {
+        match self {
+            Mutation::SkipRelease => &["try_and_timeout", "cancel_safety"],
+            Mutation::SkipRevoke => &["close_releases_everything"],
+            Mutation::ConstantFence => &["mutual_exclusion", "fencing_monotonic", "holder_pause"],
+            Mutation::GuardedWriteLies => &["guarded_writes", "holder_pause"],
+            Mutation::NoExclusion => &["mutual_exclusion", "try_and_timeout"],
+        }
+    }
+}
+
+/// `coord` with `m` applied to its backend.
+pub fn wrap(coord: Coordinator, m: Mutation) -> Coordinator {
+    let config = coord.config().clone();
+    Coordinator::new(
+        MutantBackend {
+            inner: coord.backend_handle(),
+            m,
+        },
+        config,
+    )
+}
+
+struct MutantBackend {
+    inner: Arc<dyn Backend>,
+    m: Mutation,
+}
+
+#[async_trait]
+impl Backend for MutantBackend {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn open_session(
+        &self,
+        ttl: Duration,
+        loss: LossNotifier,
+    ) -> Result<Box<dyn SessionBackend>> {
+        let inner = self.inner.open_session(ttl, loss).await?;
+        Ok(Box::new(MutantSession { inner, m: self.m }))
+    }
+
+    async fn revoke_session(&self, session_id: &str) -> Result<()> {
+        self.inner.revoke_session(session_id).await
+    }
+
+    async fn members(&self, group: &str) -> Result<Vec<Member>> {
+        self.inner.members(group).await
+    }
+
+    async fn watch_group(&self, group: &str) -> Result<BoxStream<'static, Result<GroupEvent>>> {
+        self.inner.watch_group(group).await
+    }
+
+    async fn leader(&self, election: &str) -> Result<Option<Leader>> {
+        self.inner.leader(election).await
+    }
+
+    async fn observe(&self, election: &str) -> Result<BoxStream<'static, Result<Option<Leader>>>> {
+        self.inner.observe(election).await
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.inner.read(key).await
+    }
+
+    async fn leftovers(&self) -> Result<Vec<String>> {
+        self.inner.leftovers().await
+    }
+}
+
+struct MutantSession {
+    inner: Box<dyn SessionBackend>,
+    m: Mutation,
+}
+
+#[async_trait]
+impl SessionBackend for MutantSession {
+    fn id(&self) -> String {
+        self.inner.id()
+    }
+
+    fn ttl(&self) -> Duration {
+        self.inner.ttl()
+    }
+
+    async fn keep_alive(&self) -> Result<()> {
+        self.inner.keep_alive().await
+    }
+
+    async fn revoke(&self) -> Result<()> {
+        match self.m {
+            Mutation::SkipRevoke => Ok(()),
+            _ => self.inner.revoke().await,
+        }
+    }
+
+    async fn lock(
+        &self,
+        name: &str,
+        kind: LockKind,
+        wait: bool,
+        loss: LossNotifier,
+    ) -> Result<Option<Box<dyn HeldLock>>> {
+        let wait = wait && self.m != Mutation::NoExclusion;
+        match self.inner.lock(name, kind, wait, loss).await? {
+            Some(inner) => Ok(Some(Box::new(MutantLock { inner, m: self.m }))),
+            None if self.m == Mutation::NoExclusion => Ok(Some(Box::new(FakeGrant))),
+            None => Ok(None),
+        }
+    }
+
+    async fn join(
+        &self,
+        group: &str,
+        member: &str,
+        capabilities: &serde_json::Value,
+        loss: LossNotifier,
+    ) -> Result<Box<dyn HeldMembership>> {
+        self.inner.join(group, member, capabilities, loss).await
+    }
+
+    async fn campaign(
+        &self,
+        election: &str,
+        value: &[u8],
+        loss: LossNotifier,
+    ) -> Result<Box<dyn HeldLeadership>> {
+        self.inner.campaign(election, value, loss).await
+    }
+}
+
+struct MutantLock {
+    inner: Box<dyn HeldLock>,
+    m: Mutation,
+}
+
+#[async_trait]
+impl HeldLock for MutantLock {
+    fn fence(&self) -> FencingToken {
+        match self.m {
+            Mutation::ConstantFence => FencingToken(1),
+            _ => self.inner.fence(),
+        }
+    }
+
+    async fn is_held(&self) -> Result<bool> {
+        self.inner.is_held().await
+    }
+
+    async fn release(&self) -> Result<()> {
+        match self.m {
+            Mutation::SkipRelease => Ok(()),
+            _ => self.inner.release().await,
+        }
+    }
+
+    async fn write_if_held(&self, key: &str, value: &[u8], release: bool) -> Result<bool> {
+        let applied = self.inner.write_if_held(key, value, release).await?;
+        Ok(applied || self.m == Mutation::GuardedWriteLies)
+    }
+}
+
+/// A grant of a lock that was not free (the no-exclusion mutant).
+struct FakeGrant;
+
+#[async_trait]
+impl HeldLock for FakeGrant {
+    fn fence(&self) -> FencingToken {
+        FencingToken(0)
+    }
+
+    async fn is_held(&self) -> Result<bool> {
+        Ok(true)
+    }
+
+    async fn release(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn write_if_held(&self, _key: &str, _value: &[u8], _release: bool) -> Result<bool> {
+        Ok(false)
+    }
+}
