@@ -115,9 +115,11 @@ fn unrun_verdict(case: &Case, caps: &Capabilities, caps_json: &serde_json::Value
         .capability
         .and_then(|c| lookup(caps_json, c))
         .is_some_and(declares);
+    // A server fault needs a server: an in-process backend has none.
+    let has_server = caps.scope == quorate::Scope::Hosts;
     // When the case applies to the backend, only the target's harness is
     // missing.
-    if (case.applies)(caps).is_ok() && declared {
+    if (case.applies)(caps).is_ok() && declared && (case.needs.is_none() || has_server) {
         Verdict::Unverified
     } else {
         Verdict::NotApplicable

@@ -65,6 +65,13 @@ pub trait ServerFaults: Send + Sync + std::fmt::Debug {
         Err(unsupported("killing the leader"))
     }
 
+    /// After [`ServerFaults::kill_leader`]: wait until another server leads
+    /// (a bounded wait) and describe it, proof that the fault really forced
+    /// a failover.
+    async fn new_leader(&self) -> std::io::Result<String> {
+        Err(unsupported("finding the new leader"))
+    }
+
     /// Start again what [`ServerFaults::kill_leader`] killed, on the same
     /// ports, and return once it serves (as a follower / replica). Does
     /// nothing if nothing is killed.

@@ -217,7 +217,14 @@ pub mod holder_pause {
                     AgentEvent::Guarded {
                         applied,
                         lost_before,
-                    } => stale_guarded = Some((applied, lost_before)),
+                    } => stale_guarded = Some((Some(applied), lost_before)),
+                    // The guarded write is answered first (commands run in
+                    // order); an error leaves it unknown whether it applied:
+                    // the read-back below decides.
+                    AgentEvent::Error { message } if guarded && stale_guarded.is_none() => {
+                        tracing::info!(%message, "the stale holder's guarded write failed");
+                        stale_guarded = Some((None, true));
+                    }
                     AgentEvent::Fenced {
                         accepted,
                         lost_before,
@@ -229,14 +236,17 @@ pub mod holder_pause {
             let (fenced_accepted, fenced_knew) = stale_fenced.unwrap_or((true, false));
             if let Some((applied, knew)) = stale_guarded {
                 ensure!(
-                    !applied,
+                    applied != Some(true),
                     "the backend applied the paused holder's guarded write after another client was granted the lock"
                 );
                 ensure!(
                     sb.read(KEY).await? == Some(b"other".to_vec()),
                     "the backend does not hold the new holder's value after the stale holder's write"
                 );
-                f.insert("guarded_write_refused_by_backend".into(), 1.0);
+                f.insert(
+                    "guarded_write_refused_by_backend".into(),
+                    flag(applied == Some(false)),
+                );
                 f.insert("holder_knew_before_guarded_write".into(), flag(knew));
             }
             ensure!(

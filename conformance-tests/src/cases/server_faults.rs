@@ -245,14 +245,23 @@ pub mod leader_failover {
             .map_err(harness("kill the leader"))?;
         let killed = Instant::now();
         tracing::info!(target = %t.label, killed = %what, "server fault injected");
-        let measured = measure(&url, a, killed).await;
+        // Measure, and meanwhile confirm that another server took over:
+        // without a new leader the case did not test a failover.
+        let (measured, successor) = tokio::join!(measure(&url, a, killed), faults.new_leader());
         let healed = faults
             .restart_killed()
             .await
             .map_err(harness("restart the killed server"));
         quietly(sa.close()).await;
-        let f = measured?;
-        healed?;
+        let successor = successor.map_err(harness("see another server take over"))?;
+        let mut f = measured?;
+        // Mending the deployment is for the cases after this one; it does
+        // not change what was measured.
+        if let Err(e) = &healed {
+            tracing::warn!(target = %t.label, error = ?e, "the killed server did not rejoin");
+        }
+        f.insert("killed_server_rejoined".into(), flag(healed.is_ok()));
+        tracing::info!(target = %t.label, successor = %successor, "failover confirmed");
         // The guarantee is all three: the holder keeps the lock, nobody else
         // is granted it, fences never go backwards. Broken, it fails a
         // backend that declares survives_failover and is `violated` (never a

@@ -80,6 +80,16 @@ impl ServerFaults for EtcdFaults {
         Ok(format!("etcd member {i} (the Raft leader)"))
     }
 
+    async fn new_leader(&self) -> io::Result<String> {
+        let killed = *self.killed.lock().unwrap();
+        // Only running members are asked, so the leader found is another.
+        let i = self.cluster.lock().await.leader().await?;
+        if Some(i) == killed {
+            return Err(io::Error::other("the killed member still leads"));
+        }
+        Ok(format!("etcd member {i}"))
+    }
+
     async fn restart_killed(&self) -> io::Result<()> {
         let killed = self.killed.lock().unwrap().take();
         match killed {
@@ -149,6 +159,29 @@ impl ServerFaults for ZkFaults {
         .await?;
         *self.killed.lock().unwrap() = Some(i);
         Ok(format!("ZooKeeper server {} (the leader)", i + 1))
+    }
+
+    async fn new_leader(&self) -> io::Result<String> {
+        let killed = *self.killed.lock().unwrap();
+        let cluster = self.cluster.clone();
+        blocking(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let leader = cluster.lock().unwrap().leader();
+                match leader {
+                    Some(i) if Some(i) != killed => {
+                        return Ok(format!("ZooKeeper server {}", i + 1))
+                    }
+                    _ if Instant::now() > deadline => {
+                        return Err(io::Error::other(
+                            "no other ZooKeeper server became the leader within 30 s",
+                        ))
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        })
+        .await
     }
 
     async fn restart_killed(&self) -> io::Result<()> {
@@ -251,6 +284,15 @@ impl ServerFaults for SentinelFaults {
         .await?;
         *self.killed.lock().unwrap() = Some(port);
         Ok(format!("the Redis primary on port {port}"))
+    }
+
+    async fn new_leader(&self) -> io::Result<String> {
+        let Some(old) = *self.killed.lock().unwrap() else {
+            return Err(io::Error::other("no primary was killed"));
+        };
+        let cluster = self.cluster.clone();
+        let new = blocking(move || cluster.lock().unwrap().wait_failover(old)).await?;
+        Ok(format!("the Redis replica on port {new}, promoted"))
     }
 
     /// Wait for the failover, start the old primary again (empty: no
