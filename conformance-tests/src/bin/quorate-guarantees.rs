@@ -44,8 +44,10 @@ fn main() {
          (`cargo test -p quorate-conformance` with `QUORATE_REPORT_DIR` set); do not edit by hand.\n\
          Each backend *declares* its capabilities; each case *measures* one guarantee on real\n\
          servers (or the real kernel) and names the declared capability it checks.\n\
-         `not applicable` means the backend does not declare the guarantee or its scope makes\n\
-         the case meaningless (the reason is given); it is never counted as a pass.\n\
+         Only `pass` is a kept guarantee. `FAIL`: declared and broken. `VIOLATED`: broken where\n\
+         the backend does not declare it (honest, but broken: read the detail). `unverified`:\n\
+         declared but not measurable in this run (no fault controller for it). `not applicable`:\n\
+         the backend does not declare the primitive, or its scope makes the case meaningless.\n\
          The JSON form is in `docs/guarantees.json` (schema in `docs/architecture.md`).\n\n",
     );
     md.push_str(&report.to_markdown());
