@@ -36,9 +36,18 @@ pub enum AgentEvent {
     Granted {
         /// Its fencing token.
         fence: u64,
+        /// When the grant returned, on the host's monotonic clock
+        /// ([`mono_ns`], comparable across processes).
+        #[serde(default)]
+        at_ns: u64,
     },
     /// The lock was released.
-    Released,
+    Released {
+        /// When the release began (the holder stopped believing), on the
+        /// host's monotonic clock.
+        #[serde(default)]
+        at_ns: u64,
+    },
     /// The fence the agent would write with now, and whether it knows its
     /// lock is lost.
     Write {
@@ -68,12 +77,28 @@ pub enum AgentEvent {
     Lost {
         /// Why.
         reason: String,
+        /// When `lost()` resolved, on the host's monotonic clock.
+        #[serde(default)]
+        at_ns: u64,
     },
     /// A command failed.
     Error {
         /// The error message.
         message: String,
     },
+}
+
+/// Now on the host's monotonic clock (`CLOCK_MONOTONIC`, the clock of
+/// `std::time::Instant`), in nanoseconds: one clock for every process of
+/// the host, so agents' event times and the driver's compare directly.
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Where the agent binary is: `$QUORATE_AGENT` (run with
@@ -265,7 +290,16 @@ fn emit(event: &AgentEvent) {
 /// Serve the agent protocol on stdin/stdout for a client of `url` until
 /// stdin closes or `exit` arrives. Exits the process if it cannot connect.
 pub async fn serve(url: &str) {
-    let session = match async { crate::connect(url).await?.session().await }.await {
+    let coord = match crate::connect(url).await {
+        Ok(c) => c,
+        Err(e) => {
+            emit(&AgentEvent::Error {
+                message: e.to_string(),
+            });
+            std::process::exit(1);
+        }
+    };
+    let mut session = match coord.session().await {
         Ok(s) => s,
         Err(e) => {
             emit(&AgentEvent::Error {
@@ -283,25 +317,47 @@ pub async fn serve(url: &str) {
     while let Ok(Some(line)) = lines.next_line().await {
         let (cmd, arg) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
         match cmd {
-            "lock" => match session.mutex(arg).lock().await {
-                Ok(g) => {
-                    emit(&AgentEvent::Granted {
-                        fence: g.fence().get(),
-                    });
-                    let g = std::sync::Arc::new(g);
-                    let w = g.clone();
-                    watcher = Some(tokio::spawn(async move {
-                        let reason = w.lost().await;
-                        emit(&AgentEvent::Lost {
-                            reason: reason.to_string(),
-                        });
-                    }));
-                    guard = Some(g);
+            "lock" => {
+                // A lost session is replaced (as a long-running client
+                // would), so an agent outlives faults that end sessions.
+                if session.is_lost() {
+                    if let Some(w) = watcher.take() {
+                        w.abort();
+                        let _ = w.await;
+                    }
+                    drop(guard.take());
+                    match coord.session().await {
+                        Ok(s) => session = s,
+                        Err(e) => {
+                            emit(&AgentEvent::Error {
+                                message: e.to_string(),
+                            });
+                            continue;
+                        }
+                    }
                 }
-                Err(e) => emit(&AgentEvent::Error {
-                    message: e.to_string(),
-                }),
-            },
+                match session.mutex(arg).lock().await {
+                    Ok(g) => {
+                        emit(&AgentEvent::Granted {
+                            fence: g.fence().get(),
+                            at_ns: mono_ns(),
+                        });
+                        let g = std::sync::Arc::new(g);
+                        let w = g.clone();
+                        watcher = Some(tokio::spawn(async move {
+                            let reason = w.lost().await;
+                            emit(&AgentEvent::Lost {
+                                reason: reason.to_string(),
+                                at_ns: mono_ns(),
+                            });
+                        }));
+                        guard = Some(g);
+                    }
+                    Err(e) => emit(&AgentEvent::Error {
+                        message: e.to_string(),
+                    }),
+                }
+            }
             "write" => match &guard {
                 Some(g) => emit(&AgentEvent::Write {
                     fence: g.fence().get(),
@@ -368,9 +424,10 @@ pub async fn serve(url: &str) {
                     w.abort();
                     let _ = w.await;
                 }
+                let at_ns = mono_ns();
                 match guard.take().map(std::sync::Arc::try_unwrap) {
                     Some(Ok(g)) => match g.release().await {
-                        Ok(()) => emit(&AgentEvent::Released),
+                        Ok(()) => emit(&AgentEvent::Released { at_ns }),
                         Err(e) => emit(&AgentEvent::Error {
                             message: e.to_string(),
                         }),

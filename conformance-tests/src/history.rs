@@ -86,7 +86,25 @@ impl History {
 
     /// Record that the hold `index` ended (call *before* releasing).
     pub fn released(&self, index: usize) {
-        self.holds.lock().unwrap()[index].end = Some(Instant::now());
+        self.released_at(index, Instant::now());
+    }
+
+    /// Record a grant that happened `at` (e.g. reported by the holder's
+    /// process on the host's monotonic clock); returns the hold's index.
+    pub fn acquired_at(&self, client: &str, fence: u64, at: Instant) -> usize {
+        let mut holds = self.holds.lock().unwrap();
+        holds.push(Hold {
+            client: client.to_owned(),
+            fence,
+            start: at,
+            end: None,
+        });
+        holds.len() - 1
+    }
+
+    /// Record that the hold `index` ended `at`.
+    pub fn released_at(&self, index: usize, at: Instant) {
+        self.holds.lock().unwrap()[index].end = Some(at);
     }
 
     /// The protected resource: accept a write unless its fence is lower

@@ -11,6 +11,8 @@
 //! - [`report`]: the guarantees report (JSON schema + Markdown);
 //! - [`harness`]: real servers on free loopback ports, a TCP proxy, and a
 //!   fenced register;
+//! - [`nemesis`]: random faults over a time budget, the whole history
+//!   checked;
 //! - [`mutant`]: deliberately broken backends that show each verdict can
 //!   fail.
 #![warn(missing_docs)]
@@ -21,6 +23,7 @@ pub mod cases;
 pub mod harness;
 pub mod history;
 pub mod mutant;
+pub mod nemesis;
 pub mod outcome;
 pub mod report;
 pub mod runner;

@@ -74,9 +74,14 @@ impl Mutation {
         match self {
             Mutation::SkipRelease => &["try_and_timeout", "cancel_safety"],
             Mutation::SkipRevoke => &["close_releases_everything"],
-            Mutation::ConstantFence => &["mutual_exclusion", "fencing_monotonic", "holder_pause"],
+            Mutation::ConstantFence => &[
+                "mutual_exclusion",
+                "fencing_monotonic",
+                "holder_pause",
+                "nemesis",
+            ],
             Mutation::GuardedWriteLies => &["guarded_writes", "holder_pause"],
-            Mutation::NoExclusion => &["mutual_exclusion", "try_and_timeout"],
+            Mutation::NoExclusion => &["mutual_exclusion", "try_and_timeout", "nemesis"],
         }
     }
 }

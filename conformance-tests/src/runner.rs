@@ -44,9 +44,10 @@ pub async fn run_case(case: &Case, base: &Target, caps: &Capabilities) -> CaseRe
     }
     // A case that breaks servers runs alone: it waits for the running
     // cases to finish, and holds the others back until it is done.
-    let (_alone, _shared) = match case.needs {
-        Some(_) => (Some(ONE_AT_A_TIME.write().await), None),
-        None => (None, Some(ONE_AT_A_TIME.read().await)),
+    let (_alone, _shared) = if case.runs_alone() {
+        (Some(ONE_AT_A_TIME.write().await), None)
+    } else {
+        (None, Some(ONE_AT_A_TIME.read().await))
     };
     let target = base.fresh();
     let started = Instant::now();

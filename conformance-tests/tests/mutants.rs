@@ -79,6 +79,8 @@ async fn child(m: Mutation, urls: &str) -> Report {
 fn caught(m: Mutation, urls: &str) -> Result<(), String> {
     let out = std::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
         .env(ENV, m.as_str())
+        // A short nemesis: a broken backend shows within seconds.
+        .env(quorate_conformance::nemesis::SECS_ENV, "6")
         .env(URLS_ENV, urls)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())

@@ -19,7 +19,7 @@ pub(crate) async fn agent_holding(url: &str, name: &str) -> Result<(Agent, u64),
         .await
         .map_err(CaseError::Fail)?
     {
-        AgentEvent::Granted { fence } => Ok((agent, fence)),
+        AgentEvent::Granted { fence, .. } => Ok((agent, fence)),
         other => Err(CaseError::Fail(format!(
             "the agent did not get the lock: {other:?}"
         ))),

@@ -14,6 +14,7 @@ mod group;
 mod guarded;
 mod mutex;
 mod names;
+mod nemesis_case;
 mod rwlock;
 mod server_faults;
 mod session;
@@ -44,6 +45,9 @@ pub struct Case {
     pub needs: Option<Fault>,
     /// The case itself.
     pub run: fn(Target) -> BoxFuture<'static, CaseResult>,
+    /// Whether the case shares the run with others or needs it alone
+    /// (server fault cases always run alone).
+    pub turn: Turn,
     /// For a case whose pass covers several real outcomes (a guarantee the
     /// backend does not declare, measured anyway): the outcome in words,
     /// derived from the figures so the two never disagree. It becomes the
@@ -51,7 +55,21 @@ pub struct Case {
     pub describe: Option<fn(&Figures) -> String>,
 }
 
+/// Whether a case may run beside others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// With the other cases (each on its own namespace).
+    Shared,
+    /// Alone: it disturbs servers or processes the others would notice.
+    Alone,
+}
+
 impl Case {
+    /// Whether the case runs alone.
+    pub fn runs_alone(&self) -> bool {
+        self.needs.is_some() || self.turn == Turn::Alone
+    }
+
     /// Whether the case applies to `target` (whose backend declares
     /// `caps`); `Err(reason)` if not. Decided before running anything.
     pub fn applies_to(&self, caps: &Capabilities, target: &Target) -> Result<(), &'static str> {
@@ -75,6 +93,7 @@ macro_rules! case {
             applies: $applies,
             needs: $needs,
             run: |t| Box::pin($name::run(t)),
+            turn: Turn::Shared,
             describe: $describe,
         }
     };
@@ -176,6 +195,16 @@ pub fn all() -> Vec<Case> {
         case!(leader_failover, "the leader (Raft leader, ZooKeeper leader, Redis primary) is killed while a lock is held: no double grant, the holder keeps the lock, fences never go backwards (times until is_held answers and a guarded write applies again measured; with survives_failover = false the real outcome is reported)", Some("survives_failover"), needs_guarded_writes, Some(Fault::KillLeader), Some(leader_failover::describe)),
         case!(partition_loss_before_expiry, "a holder partitioned from its server (black-holed through a proxy) is told lost() before another client can acquire the lock", Some("failure_detection"), needs_lease, Some(Fault::Partition), None),
         case!(restart_without_persistence, "the server restarts without its data while a lock is held: the holder is told it lost the lock no later than another client is granted it (no silent double grant)", Some("survives_failover"), always, Some(Fault::RestartWithoutPersistence), Some(restart_without_persistence::describe)),
+        Case {
+            name: "nemesis",
+            guarantee: "under random faults (client pause/kill/partition, and the server faults whose guarantee is declared) holder processes never believe they hold the lock at once, fences strictly increase, the fenced resource accepts no stale write, and every holder completes a round after the heal",
+            capability: Some("failure_detection"),
+            applies: needs_processes,
+            needs: None,
+            run: |t| Box::pin(nemesis_case::run(t)),
+            turn: Turn::Alone,
+            describe: None,
+        },
     ]
 }
 

@@ -117,7 +117,7 @@ pub mod mutual_exclusion {
                 for round in 0..PROCESS_ROUNDS {
                     agent.send("lock shared").await?;
                     let fence = match agent.next_event(Duration::from_secs(60)).await? {
-                        AgentEvent::Granted { fence } => fence,
+                        AgentEvent::Granted { fence, .. } => fence,
                         other => return Err(format!("{name} was not granted: {other:?}")),
                     };
                     let hold = history.acquired(&name, fence);
@@ -133,7 +133,7 @@ pub mod mutual_exclusion {
                     history.released(hold);
                     agent.send("release").await?;
                     match agent.next_event(Duration::from_secs(10)).await? {
-                        AgentEvent::Released => {}
+                        AgentEvent::Released { .. } => {}
                         other => return Err(format!("{name}'s release: {other:?}")),
                     }
                 }

@@ -1,0 +1,477 @@
+//! The randomized nemesis, in the spirit of Jepsen and etcd's robustness
+//! tests: holder processes (agents) loop lock → fenced write → release
+//! while a nemesis injects random faults from what the target can break —
+//! client SIGSTOP and SIGKILL, client partitions (a black-holing proxy per
+//! agent), and the server faults of the target's controller whose
+//! guarantee the backend declares (leader kill) — for a set time. Then
+//! everything is healed and every agent must complete a round again.
+//!
+//! The whole history is checked: grants and belief ends are reported by
+//! the agents on the host's monotonic clock ([`crate::agent::mono_ns`]),
+//! writes are judged by a [fenced register](crate::harness::fenced) in its
+//! own server. Violations: two agents *believing* they hold the lock at
+//! once (a belief ends when the agent releases or is told `lost()`; a
+//! holder told within [`EXCUSE`] of resuming from a SIGSTOP is excused for
+//! the time it was stopped, when it could not act), fences not strictly
+//! increasing in grant order, a stale write the register accepted, and an
+//! agent that cannot complete a round within [`liveness_bound`] after the
+//! heal.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+
+use crate::agent::{mono_ns, Agent, AgentEvent};
+use crate::harness::fenced::FencedRegister;
+use crate::harness::{ProxyMode, TcpProxy};
+use crate::history::History;
+use crate::outcome::{CaseError, Figures};
+use crate::target::{Fault, ServerFaults, Target};
+
+/// The lock every agent contends for.
+const NAME: &str = "nemesis";
+/// How many holder processes.
+const AGENTS: usize = 3;
+/// Their session TTL.
+const TTL: &str = "2s";
+/// A holder told within this of resuming from a SIGSTOP believed nothing
+/// while it was stopped.
+pub const EXCUSE: Duration = Duration::from_millis(100);
+/// The environment variable with the nemesis duration in seconds (the
+/// suite's short run; `quorate conformance --nemesis` sets it).
+pub const SECS_ENV: &str = "QUORATE_NEMESIS_SECS";
+/// The default duration of the suite's run.
+pub const DEFAULT_SECS: u64 = 20;
+
+/// The longest an agent may take to complete a round after the heal: a
+/// lost lease expiring, plus a generous bound.
+pub fn liveness_bound(ttl: Duration) -> Duration {
+    ttl * 3 + Duration::from_secs(20)
+}
+
+/// A fault the nemesis can inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Injected {
+    /// SIGSTOP one agent for a while.
+    ClientPause,
+    /// SIGKILL one agent (a new one takes its place).
+    ClientKill,
+    /// Black-hole one agent's connection for a while.
+    ClientPartition,
+    /// Kill the leader / primary, restart it later.
+    KillLeader,
+}
+
+impl Injected {
+    fn figure(self) -> &'static str {
+        match self {
+            Injected::ClientPause => "faults_client_pause",
+            Injected::ClientKill => "faults_client_kill",
+            Injected::ClientPartition => "faults_client_partition",
+            Injected::KillLeader => "faults_kill_leader",
+        }
+    }
+}
+
+/// A fault for one agent's driver.
+#[derive(Debug, Clone, Copy)]
+enum ClientFault {
+    Pause(Duration),
+    Kill,
+    Partition(Duration),
+}
+
+/// The host's monotonic clock and `Instant`, tied together once.
+#[derive(Clone, Copy)]
+struct Clock {
+    instant: Instant,
+    ns: u64,
+}
+
+impl Clock {
+    fn now() -> Clock {
+        Clock {
+            instant: Instant::now(),
+            ns: mono_ns(),
+        }
+    }
+
+    fn at(&self, ns: u64) -> Instant {
+        if ns >= self.ns {
+            self.instant + Duration::from_nanos(ns - self.ns)
+        } else {
+            self.instant - Duration::from_nanos(self.ns - ns)
+        }
+    }
+}
+
+/// Run the nemesis on `t` for `duration`; the figures, or a failure naming
+/// the violations.
+///
+/// # Errors
+///
+/// [`CaseError::Fail`] on any violation or a liveness failure after the
+/// heal; [`CaseError::Unverified`] when the harness cannot run it.
+pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
+    let caps = crate::connect(t.url()).await?.capabilities();
+    let ttl = quorate::config::parse_duration("ttl", TTL)?;
+    let register = FencedRegister::start()
+        .await
+        .map_err(|e| CaseError::Unverified(format!("starting the fenced register: {e}")))?;
+    let history = register.history(NAME);
+    let clock = Clock::now();
+    let controller: Option<Arc<dyn ServerFaults>> = t.faults.clone();
+    let upstream = controller.as_ref().and_then(|c| c.proxy_upstream());
+    let lease = !matches!(
+        caps.failure_detection,
+        quorate::FailureDetection::ProcessLifetime
+    );
+
+    let mut menu = vec![Injected::ClientPause, Injected::ClientKill];
+    if lease && upstream.is_some() {
+        menu.push(Injected::ClientPartition);
+    }
+    if caps.survives_failover && t.supports(Fault::KillLeader) {
+        menu.push(Injected::KillLeader);
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut fault_txs = Vec::new();
+    let mut drivers = Vec::new();
+    for i in 0..AGENTS {
+        let proxy = match (upstream, lease) {
+            (Some(up), true) => Some(
+                TcpProxy::start(up)
+                    .await
+                    .map_err(|e| CaseError::Unverified(format!("starting a proxy: {e}")))?,
+            ),
+            _ => None,
+        };
+        let url = match &proxy {
+            Some(p) => t.via(p.addr()).url_with("ttl", TTL),
+            None => t.url_with("ttl", TTL),
+        };
+        let (tx, rx) = mpsc::channel(4);
+        fault_txs.push(tx);
+        let driver = Driver {
+            name: format!("agent-{i}"),
+            url,
+            proxy,
+            agent: None,
+            history: history.clone(),
+            register: register.addr().to_string(),
+            clock,
+            hold: None,
+            pauses: Vec::new(),
+            excused: 0,
+            rounds: 0,
+        };
+        drivers.push(tokio::spawn(driver.drive(rx, stop_rx.clone(), ttl)));
+    }
+
+    // The nemesis itself.
+    let mut injected = Figures::new();
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        let pause = Duration::from_millis(rand::rng().random_range(300..1500));
+        tokio::time::sleep(pause).await;
+        let fault = menu[rand::rng().random_range(0..menu.len())];
+        *injected.entry(fault.figure().to_owned()).or_default() += 1.0;
+        let scale = || ttl.mul_f64(rand::rng().random_range(0.2..2.0));
+        let client = |f: ClientFault| {
+            let tx = &fault_txs[rand::rng().random_range(0..fault_txs.len())];
+            // A driver still busy with a fault skips this one.
+            let _ = tx.try_send(f);
+        };
+        match fault {
+            Injected::ClientPause => client(ClientFault::Pause(scale())),
+            Injected::ClientKill => client(ClientFault::Kill),
+            Injected::ClientPartition => client(ClientFault::Partition(scale())),
+            Injected::KillLeader => {
+                let c = controller
+                    .as_ref()
+                    .expect("the menu checked the controller");
+                match c.kill_leader().await {
+                    Ok(what) => tracing::info!(%what, "nemesis: killed"),
+                    Err(e) => {
+                        return Err(CaseError::Unverified(format!("killing the leader: {e}")))
+                    }
+                }
+                let down = Duration::from_millis(rand::rng().random_range(500..3000));
+                tokio::time::sleep(down).await;
+                c.restart_killed()
+                    .await
+                    .map_err(|e| CaseError::Unverified(format!("restarting the leader: {e}")))?;
+            }
+        }
+    }
+    // Heal: drivers finish their faults, then each must complete a round.
+    stop_tx.send_replace(true);
+    let mut f = injected;
+    let mut heal_max_ms: f64 = 0.0;
+    let mut rounds = 0u64;
+    let mut excused = 0u64;
+    let mut failures = Vec::new();
+    for d in drivers {
+        match d.await {
+            Ok(Ok(r)) => {
+                heal_max_ms = heal_max_ms.max(r.heal_round_ms);
+                rounds += r.rounds;
+                excused += r.excused;
+            }
+            Ok(Err(e)) => failures.push(e),
+            Err(e) => failures.push(format!("a driver panicked: {e}")),
+        }
+    }
+    let v = history.check();
+    f.insert("duration_s".into(), duration.as_secs_f64());
+    f.insert("agents".into(), AGENTS as f64);
+    f.insert("grants".into(), history.holds().len() as f64);
+    f.insert("rounds_completed".into(), rounds as f64);
+    f.insert("overlapping_beliefs".into(), v.overlapping_holds as f64);
+    f.insert("non_monotonic_fences".into(), v.non_monotonic_fences as f64);
+    f.insert(
+        "stale_writes_accepted".into(),
+        v.stale_writes_accepted as f64,
+    );
+    f.insert(
+        "stale_writes_rejected".into(),
+        v.stale_writes_rejected as f64,
+    );
+    f.insert("paused_beliefs_excused".into(), excused as f64);
+    f.insert("heal_round_max_ms".into(), heal_max_ms);
+    if !failures.is_empty() {
+        return Err(CaseError::Fail(format!(
+            "after the heal: {}; figures: {f:?}",
+            failures.join("; ")
+        )));
+    }
+    if !v.is_clean() {
+        return Err(CaseError::Fail(format!(
+            "violations under random faults: {v:?}; figures: {f:?}"
+        )));
+    }
+    if history.holds().is_empty() {
+        return Err(CaseError::Fail("no agent was ever granted the lock".into()));
+    }
+    Ok(f)
+}
+
+/// What a driver reports at the end.
+struct DriverReport {
+    rounds: u64,
+    excused: u64,
+    heal_round_ms: f64,
+}
+
+/// The protocol state of one agent.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum State {
+    Idle,
+    Waiting,
+    Writing,
+    Holding(tokio::time::Instant),
+    Releasing,
+}
+
+struct Driver {
+    name: String,
+    url: String,
+    proxy: Option<TcpProxy>,
+    agent: Option<Agent>,
+    history: Arc<History>,
+    register: String,
+    clock: Clock,
+    /// The open hold: its history index and start.
+    hold: Option<(usize, u64)>,
+    /// SIGSTOP windows of the current agent, host monotonic ns.
+    pauses: Vec<(u64, u64)>,
+    excused: u64,
+    rounds: u64,
+}
+
+impl Driver {
+    async fn drive(
+        mut self,
+        mut faults: mpsc::Receiver<ClientFault>,
+        mut stop: watch::Receiver<bool>,
+        ttl: Duration,
+    ) -> Result<DriverReport, String> {
+        let mut state = State::Idle;
+        let mut healed: Option<(Instant, u64)> = None;
+        loop {
+            if healed.is_none() && *stop.borrow() {
+                healed = Some((Instant::now(), self.rounds));
+            }
+            if let Some((at, rounds)) = healed {
+                if self.rounds > rounds && state == State::Idle {
+                    let heal_round_ms = at.elapsed().as_secs_f64() * 1000.0;
+                    if let Some(agent) = self.agent.take() {
+                        let _ = agent.exit(Duration::from_secs(10)).await;
+                    }
+                    return Ok(DriverReport {
+                        rounds: self.rounds,
+                        excused: self.excused,
+                        heal_round_ms,
+                    });
+                }
+                if at.elapsed() > liveness_bound(ttl) {
+                    return Err(format!(
+                        "{} completed no round within {:?} of the heal (state {state:?})",
+                        self.name,
+                        liveness_bound(ttl)
+                    ));
+                }
+            }
+            if self.agent.is_none() {
+                match Agent::start(&self.url).await {
+                    Ok((a, _)) => {
+                        self.agent = Some(a);
+                        self.pauses.clear();
+                        state = State::Idle;
+                    }
+                    Err(e) => {
+                        tracing::debug!(agent = %self.name, error = %e, "agent start failed");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                }
+            }
+            let agent = self.agent.as_mut().expect("started above");
+            if state == State::Idle {
+                if agent.send(&format!("lock {NAME}")).await.is_err() {
+                    self.agent = None;
+                    continue;
+                }
+                state = State::Waiting;
+            }
+            let hold_until = match state {
+                State::Holding(t) => t,
+                _ => tokio::time::Instant::now() + Duration::from_secs(3600),
+            };
+            tokio::select! {
+                ev = agent.next_event(Duration::from_secs(3600)) => match ev {
+                    Ok(ev) => state = self.on_event(ev, state).await,
+                    Err(_) => {
+                        // The agent died (killed, or crashed): it believes nothing.
+                        self.end_hold(mono_ns());
+                        self.agent = None;
+                        state = State::Idle;
+                    }
+                },
+                () = tokio::time::sleep_until(hold_until) => {
+                    let agent = self.agent.as_mut().expect("holding");
+                    if agent.send("release").await.is_err() {
+                        self.end_hold(mono_ns());
+                        self.agent = None;
+                        state = State::Idle;
+                    } else {
+                        state = State::Releasing;
+                    }
+                }
+                Some(fault) = faults.recv(), if healed.is_none() => self.inject(fault).await,
+                _ = stop.changed(), if healed.is_none() => {}
+            }
+        }
+    }
+
+    async fn on_event(&mut self, ev: AgentEvent, state: State) -> State {
+        match ev {
+            AgentEvent::Granted { fence, at_ns } => {
+                let i = self
+                    .history
+                    .acquired_at(&self.name, fence, self.clock.at(at_ns));
+                self.hold = Some((i, at_ns));
+                let value = format!("{}-{fence}", self.name);
+                let cmd = format!("fenced {} {NAME} {value}", self.register);
+                match self.agent.as_mut().expect("running").send(&cmd).await {
+                    Ok(()) => State::Writing,
+                    Err(_) => State::Idle,
+                }
+            }
+            AgentEvent::Fenced { .. } => {
+                let hold = Duration::from_millis(rand::rng().random_range(0..50));
+                State::Holding(tokio::time::Instant::now() + hold)
+            }
+            AgentEvent::Lost { at_ns, .. } => {
+                self.end_hold(at_ns);
+                state
+            }
+            AgentEvent::Released { at_ns } => {
+                self.end_hold(at_ns);
+                self.rounds += 1;
+                State::Idle
+            }
+            AgentEvent::Error { message } => {
+                tracing::debug!(agent = %self.name, %message, "agent error");
+                if state == State::Releasing {
+                    self.end_hold(mono_ns());
+                }
+                match state {
+                    // A failed fenced write (the register is ours; should
+                    // not happen) still lets the hold run its course.
+                    State::Writing => State::Holding(tokio::time::Instant::now()),
+                    _ => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        State::Idle
+                    }
+                }
+            }
+            other => {
+                tracing::debug!(agent = %self.name, event = ?other, "unexpected agent event");
+                state
+            }
+        }
+    }
+
+    /// End the open hold at `at_ns`, excusing the time the agent was
+    /// stopped if it was told within [`EXCUSE`] of resuming.
+    fn end_hold(&mut self, at_ns: u64) {
+        let Some((i, start)) = self.hold.take() else {
+            return;
+        };
+        let excuse = EXCUSE.as_nanos() as u64;
+        let end = self
+            .pauses
+            .iter()
+            .rev()
+            .find(|(s, c)| *s >= start && *c <= at_ns && at_ns - *c <= excuse)
+            .map_or(at_ns, |(s, _)| {
+                self.excused += 1;
+                *s
+            });
+        self.history.released_at(i, self.clock.at(end));
+    }
+
+    async fn inject(&mut self, fault: ClientFault) {
+        match fault {
+            ClientFault::Pause(d) => {
+                let Some(agent) = self.agent.as_ref() else {
+                    return;
+                };
+                let stopped = mono_ns();
+                if agent.pause().await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(d).await;
+                let _ = agent.signal(libc::SIGCONT);
+                self.pauses.push((stopped, mono_ns()));
+            }
+            ClientFault::Kill => {
+                if let Some(agent) = self.agent.take() {
+                    let _ = agent.kill().await;
+                    self.end_hold(mono_ns());
+                }
+            }
+            ClientFault::Partition(d) => {
+                if let Some(p) = &self.proxy {
+                    p.set_mode(ProxyMode::Blackhole);
+                    tokio::time::sleep(d).await;
+                    p.set_mode(ProxyMode::Pass);
+                }
+            }
+        }
+    }
+}
