@@ -152,7 +152,53 @@ impl Report {
     }
 }
 
+/// The faults of the fault matrix: (fault, the case that injects it).
+const FAULTS: &[(&str, &str)] = &[
+    ("client SIGSTOP past the TTL", "holder_pause"),
+    ("client SIGKILL", "holder_crash_frees_lock"),
+    ("client ↔ server partition", "partition_loss_before_expiry"),
+    ("member ↔ member partition", "member_partition_loss_before_regrant"),
+    ("reads on a cut-off member", "no_stale_reads"),
+    ("leader / primary killed", "leader_failover"),
+    ("failover to a lagging replica", "fence_after_lagging_failover"),
+    ("restart without data", "restart_without_persistence"),
+    ("server clock step", "server_clock_step"),
+    ("eviction configured", "eviction_refused"),
+    ("lock files removed", "lock_file_removed"),
+    ("release reply lost", "release_survives_lost_reply"),
+    ("random mix (nemesis)", "nemesis"),
+];
+
 impl Report {
+    /// The fault matrix, target × fault: what each deployment survives,
+    /// from the case that injects the fault. A held guarantee shows the
+    /// measured delays where the case has them.
+    pub fn fault_matrix(&self) -> String {
+        let mut md = String::from("| target |");
+        for (fault, _) in FAULTS {
+            md.push_str(&format!(" {fault} |"));
+        }
+        md.push_str("\n|---|");
+        md.push_str(&"---|".repeat(FAULTS.len()));
+        md.push('\n');
+        for t in &self.targets {
+            md.push_str(&format!("| {} |", t.target));
+            for (_, case) in FAULTS {
+                let cell = t
+                    .cases
+                    .iter()
+                    .find(|c| c.name == *case)
+                    .map_or_else(String::new, fault_cell);
+                md.push_str(&format!(" {cell} |"));
+            }
+            md.push('\n');
+        }
+        md.push_str(
+            "\nheld: the guarantee was kept (delays measured from the fault: *told* = the holder's `lost()`, *other* = another client granted) · 🔴 FAIL: declared, broken · 🔴 violated: broken, and declared not kept · ⚪ unverified: declared, not measurable here · —: not applicable · blank: not run\n",
+        );
+        md
+    }
+
     /// One matrix, case × target, each cell the verdict's mark: the view a
     /// user reads first. A broken guarantee is red whether it was declared
     /// (fail) or not (violated).
@@ -186,6 +232,21 @@ impl Report {
             "\n🟢 pass · 🔴 FAIL (declared, broken) · 🔴 VIOLATED (not declared, broken) · ⚪ unverified (declared, not measured here) · — not applicable\n",
         );
         md
+    }
+}
+
+fn fault_cell(c: &CaseReport) -> String {
+    let ms = |k: &str| c.figures.get(k).map(|v| format!("{:.1} s", v / 1000.0));
+    match c.result {
+        Verdict::Pass => match (ms("holder_told_ms"), ms("other_granted_ms")) {
+            (Some(t), Some(o)) => format!("held (told {t}, other {o})"),
+            (Some(t), None) => format!("held (told {t})"),
+            _ => "held".to_owned(),
+        },
+        Verdict::Fail => "🔴 **FAIL**".to_owned(),
+        Verdict::Violated => "🔴 **violated** (declared: no)".to_owned(),
+        Verdict::Unverified => "⚪ unverified".to_owned(),
+        Verdict::NotApplicable => "—".to_owned(),
     }
 }
 

@@ -50,6 +50,9 @@ fn main() {
          the backend does not declare the primitive, or its scope makes the case meaningless.\n\
          The JSON form is in `docs/guarantees.json` (schema in `docs/architecture.md`).\n\n",
     );
+    md.push_str("## What each deployment survives\n\n");
+    md.push_str(&report.fault_matrix());
+    md.push_str("\n## Every case\n\n");
     md.push_str(&report.to_markdown());
     for (path, text) in [(md_out, md), (json_out, report.to_json())] {
         if let Err(e) = std::fs::write(path, text) {
