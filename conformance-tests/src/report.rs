@@ -157,10 +157,16 @@ const FAULTS: &[(&str, &str)] = &[
     ("client SIGSTOP past the TTL", "holder_pause"),
     ("client SIGKILL", "holder_crash_frees_lock"),
     ("client ↔ server partition", "partition_loss_before_expiry"),
-    ("member ↔ member partition", "member_partition_loss_before_regrant"),
+    (
+        "member ↔ member partition",
+        "member_partition_loss_before_regrant",
+    ),
     ("reads on a cut-off member", "no_stale_reads"),
     ("leader / primary killed", "leader_failover"),
-    ("failover to a lagging replica", "fence_after_lagging_failover"),
+    (
+        "failover to a lagging replica",
+        "fence_after_lagging_failover",
+    ),
     ("restart without data", "restart_without_persistence"),
     ("server clock step", "server_clock_step"),
     ("eviction configured", "eviction_refused"),
