@@ -308,3 +308,76 @@ fn socket_inode(table: &str, local_port: u16, remote_port: u16) -> Option<u64> {
             .flatten()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// An echo server on a free loopback port.
+    async fn echo() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// Send a byte and wait (boundedly) for its echo.
+    async fn round_trip(s: &mut TcpStream) -> Option<u8> {
+        s.write_all(b"x").await.ok()?;
+        let mut b = [0u8; 1];
+        match tokio::time::timeout(Duration::from_millis(500), s.read(&mut b)).await {
+            Ok(Ok(1)) => Some(b[0]),
+            _ => None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn peer_links_attribute_black_hole_and_heal() {
+        let upstream = echo().await;
+        // This process plays member 1, dialing member 0's peer listener.
+        let mut links = PeerLinks::new(2);
+        links.pids().lock().unwrap()[1] = Some(std::process::id());
+        let port = links
+            .route(&tokio::runtime::Handle::current(), 0, upstream)
+            .unwrap();
+        let mut conn = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        assert_eq!(round_trip(&mut conn).await, Some(b'x'));
+
+        // Cutting off the dialer (found through /proc) black-holes the link.
+        links.isolate(1);
+        assert_eq!(links.isolated(), Some(1));
+        assert_eq!(round_trip(&mut conn).await, None);
+        // A link dialed during the partition is black-holed too.
+        let mut during = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        assert_eq!(round_trip(&mut during).await, None);
+
+        // Healing closes the black-holed connections; new ones pass.
+        links.heal();
+        let mut b = [0u8; 8];
+        let closed = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut b)).await;
+        assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+        let mut after = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        assert_eq!(round_trip(&mut after).await, Some(b'x'));
+
+        // Cutting off a member that is no end of the link changes nothing;
+        // cutting off the listening member black-holes it.
+        links.isolate(2);
+        assert_eq!(round_trip(&mut after).await, Some(b'x'));
+        links.isolate(0);
+        assert_eq!(round_trip(&mut after).await, None);
+        links.heal();
+    }
+}
