@@ -245,25 +245,37 @@ pub mod no_stale_reads {
             f.insert(format!("{name}_stale"), code(stale));
             f.insert(format!("{name}_answer_ms"), took);
         }
+        let mut stale = Vec::new();
+        if stale_held == Some(true) {
+            stale.push(format!(
+                "is_held() answered true after the lock was granted through the majority ({:.1} ms)",
+                held.1
+            ));
+        }
+        if stale_leader == Some(true) {
+            stale.push(format!(
+                "is_leader() answered true after another candidate became leader through the majority ({:.1} ms)",
+                leader.1
+            ));
+        }
+        if stale_read == Some(true) {
+            stale.push(format!(
+                "read() answered {:?} after the majority wrote \"new\" ({:.1} ms)",
+                read.0
+                    .as_ref()
+                    .map(|v| v.as_ref().map(|v| String::from_utf8_lossy(v).into_owned())),
+                read.1
+            ));
+        }
+        if stale_write == Some(true) {
+            stale.push(
+                "a guarded write applied after the lock was granted through the majority".into(),
+            );
+        }
         ensure!(
-            stale_held != Some(true),
-            "is_held() on the cut-off member answered true after the lock was granted through the majority ({:.1} ms)",
-            held.1
-        );
-        ensure!(
-            stale_leader != Some(true),
-            "is_leader() on the cut-off member answered true after another candidate became leader through the majority ({:.1} ms)",
-            leader.1
-        );
-        ensure!(
-            stale_read != Some(true),
-            "read() on the cut-off member answered {:?} after the majority wrote \"new\" ({:.1} ms)",
-            read.0.flatten().map(|v| String::from_utf8_lossy(&v).into_owned()),
-            read.1
-        );
-        ensure!(
-            stale_write != Some(true),
-            "a guarded write through the cut-off member applied after the lock was granted through the majority"
+            stale.is_empty(),
+            "on member {cut}, cut off from its peers: {}",
+            stale.join("; ")
         );
         match after_heal {
             Ok(Some(v)) if v == b"new" => {}
