@@ -1,7 +1,9 @@
 //! etcd servers for tests: one member or a three-member cluster, started
 //! from `/usr/bin/etcd` (or `$ETCD_BIN`) on free loopback ports, with data
 //! under `/dev/shm` when available, fast Raft timings, and fault injection
-//! (kill, pause, resume, restart a member; find and kill the leader).
+//! (kill, pause, resume, restart a member; find and kill the leader; with
+//! [`EtcdCluster::start_local_partitionable`], cut a member off from its
+//! peers while its client port stays up).
 //!
 //! Setting [`ENDPOINTS_ENV`] (`QUORATE_ETCD_ENDPOINTS=h1:2379,h2:2379`)
 //! points the tests at an external cluster instead; fault injection then

@@ -3,6 +3,10 @@
 //! manifest carries the rest of the classpath) on free loopback ports in a
 //! temporary directory, with short ticks so short sessions are allowed.
 //!
+//! [`ZkCluster::start_routed`] makes the servers dial each other's quorum
+//! and election ports at other ports (the harness's peer proxies, so one
+//! server can be cut off from the others while its client port stays up).
+//!
 //! Servers can be killed, paused (`SIGSTOP`), resumed and restarted; every
 //! process is stopped by its pid when the [`ZkCluster`] is dropped, and a
 //! small watchdog kills them if the test process dies without dropping it
