@@ -32,6 +32,11 @@ pub enum Fault {
     /// Restart the (only) server so that it comes back without any data:
     /// [`ServerFaults::restart_empty`].
     RestartWithoutPersistence,
+    /// Cut one member of a cluster off from its peers (server↔server
+    /// traffic black-holed) while its client port stays up:
+    /// [`ServerFaults::member_to_isolate`], [`ServerFaults::isolate_member`],
+    /// [`ServerFaults::heal_members`].
+    MemberPartition,
 }
 
 impl Fault {
@@ -41,6 +46,7 @@ impl Fault {
             Fault::KillLeader => "the target has no fault controller that can kill its leader or primary (an external or single-server deployment)",
             Fault::Partition => "the target has no fault controller offering one server's address to partition through a proxy",
             Fault::RestartWithoutPersistence => "the target has no fault controller that can restart a server keeping no data",
+            Fault::MemberPartition => "the target has no fault controller that can cut one member of a cluster off from its peers (a single server, an external deployment, or peer traffic not routed through the harness)",
         }
     }
 }
@@ -89,6 +95,31 @@ pub trait ServerFaults: Send + Sync + std::fmt::Debug {
     /// [`crate::harness::TcpProxy`] in front of (see [`Target::via`]).
     fn proxy_upstream(&self) -> Option<std::net::SocketAddr> {
         None
+    }
+
+    /// The client addresses of the members, by index (for
+    /// [`Fault::MemberPartition`]: a client on one member only, another on
+    /// the rest, see [`Target::via_all`]).
+    fn member_clients(&self) -> Vec<std::net::SocketAddr> {
+        Vec::new()
+    }
+
+    /// The member a member-partition case should cut off: one that does
+    /// not order writes (an etcd non-leader, a ZooKeeper follower), so the
+    /// majority keeps its leader.
+    async fn member_to_isolate(&self) -> std::io::Result<usize> {
+        Err(unsupported("choosing a member to cut off"))
+    }
+
+    /// Cut member `i` off from its peers (black-hole its server↔server
+    /// links) while its client port stays up; returns at once.
+    async fn isolate_member(&self, _i: usize) -> std::io::Result<()> {
+        Err(unsupported("cutting a member off from its peers"))
+    }
+
+    /// End a member partition and return once every member serves again.
+    async fn heal_members(&self) -> std::io::Result<()> {
+        Err(unsupported("healing a member partition"))
     }
 }
 
@@ -154,6 +185,22 @@ impl Target {
                 faults: self.faults.clone(),
             })
             .collect()
+    }
+
+    /// The same target reached through `endpoints` only (as
+    /// [`Target::via`], with several servers).
+    pub fn via_all(&self, endpoints: &[std::net::SocketAddr]) -> Target {
+        let list = endpoints
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        Target {
+            url: replace_endpoints(&self.url, &list),
+            base_url: replace_endpoints(&self.base_url, &list),
+            label: self.label.clone(),
+            faults: self.faults.clone(),
+        }
     }
 
     /// Whether the target's fault controller can inject `fault`.

@@ -1,8 +1,9 @@
 //! The conformance suite on real etcd: one member, and a three-member
 //! cluster, started from `/usr/bin/etcd` by the harness (or the external
 //! cluster named by `QUORATE_ETCD_ENDPOINTS`, as the one target). Both
-//! harness clusters carry a fault controller: partition (both) and leader
-//! kill (etcd-3).
+//! harness clusters carry a fault controller: partition (both), leader
+//! kill and member partition (etcd-3, whose peer traffic runs through the
+//! harness's proxies).
 
 use std::sync::Arc;
 
@@ -29,7 +30,7 @@ fn main() {
             return (vec![target], Vec::new());
         }
         let one = EtcdCluster::start_local(1).await.expect("start etcd");
-        let three = EtcdCluster::start_local(3)
+        let three = EtcdCluster::start_local_partitionable(3)
             .await
             .expect("start a 3-member etcd");
         let (one, three) = (

@@ -1,7 +1,8 @@
 //! The conformance suite on real ZooKeeper 3.8 servers started by the
 //! harness: a single server (`zookeeper`) and a three-server ensemble
-//! (`zookeeper-3`), each with a fault controller (partition; leader kill on
-//! the ensemble). With `QUORATE_ZOOKEEPER_ENDPOINTS` set, on those
+//! (`zookeeper-3`), each with a fault controller (partition; leader kill and
+//! member partition on the ensemble, whose quorum and election traffic runs
+//! through the harness's proxies). With `QUORATE_ZOOKEEPER_ENDPOINTS` set, on those
 //! endpoints instead (no server faults).
 
 use std::sync::{Arc, Mutex};
@@ -28,20 +29,24 @@ fn main() {
             let target = Target::new("zookeeper", format!("zookeeper://{e}?{OPTIONS}"));
             return (vec![target], Vec::new());
         }
-        let start = |n| tokio::task::spawn_blocking(move || ZkCluster::start(n));
-        let (single, ensemble) = (start(1), start(3));
+        let single = tokio::task::spawn_blocking(|| ZkCluster::start(1));
         let expect =
             "starting ZooKeeper (java and /usr/share/java/zookeeper.jar; see scripts/install-deps)";
+        // The ensemble's peer traffic runs through the harness's proxies
+        // (member partitions).
+        let (ensemble, ensemble_faults) = ZkFaults::start_partitionable(3).await.expect(expect);
         let single = Arc::new(Mutex::new(
             single.await.expect("the harness thread").expect(expect),
         ));
-        let ensemble = Arc::new(Mutex::new(
-            ensemble.await.expect("the harness thread").expect(expect),
-        ));
-        let targets = vec![
-            target("zookeeper", &single),
-            target("zookeeper-3", &ensemble),
-        ];
+        let mut three = Target::new(
+            "zookeeper-3",
+            format!(
+                "zookeeper://{}?{OPTIONS}",
+                ensemble.lock().unwrap().endpoints()
+            ),
+        );
+        three.faults = Some(Arc::new(ensemble_faults));
+        let targets = vec![target("zookeeper", &single), three];
         (targets, vec![single, ensemble])
     })
 }

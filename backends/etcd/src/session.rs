@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use etcd_client::{
-    Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, TxnResponse,
+    Compare, CompareOp, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp,
+    TxnResponse,
 };
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
@@ -502,9 +503,23 @@ impl HeldKey {
         ]
     }
 
-    /// Whether the key still exists as we created it (one round trip).
+    /// Whether the key still exists as we created it: one linearizable
+    /// round trip.
+    ///
+    /// etcd serves a read-only transaction as a *serializable* read, from
+    /// the contacted member's local state, unless one of its operations is
+    /// a linearizable range (`IsTxnSerializable` in etcd's
+    /// `server/etcdserver/txn`: vacuously true for a transaction without
+    /// operations). A compare-only transaction would therefore let a member
+    /// cut off from its peers answer "still held" long after the lease was
+    /// revoked through the majority. The count-only range on the key makes
+    /// the member confirm with the leader (ReadIndex) first; cut off, it
+    /// errors instead of answering.
     pub(crate) async fn exists(&self, op: &'static str) -> Result<bool> {
-        let txn = Txn::new().when(self.still_mine());
+        let txn = Txn::new().when(self.still_mine()).and_then([TxnOp::get(
+            self.key.clone(),
+            Some(GetOptions::new().with_count_only()),
+        )]);
         Ok(self.shared.txn(op, txn).await?.succeeded())
     }
 

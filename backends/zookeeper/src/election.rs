@@ -110,6 +110,11 @@ impl HeldLeadership for ZkLeadership {
         let Ok(client) = self.shared.client() else {
             return Ok(false); // the session is closed, and its nodes with it
         };
+        // Linearizable: a follower answers only once caught up with the
+        // leader.
+        if !crate::session::sync_with_leader(&client, &self.path).await? {
+            return Ok(false);
+        }
         match client.check_stat(&self.path).await {
             // Once the lowest, a node stays the lowest until deleted.
             Ok(Some(stat)) => {

@@ -70,6 +70,11 @@ impl HeldLock for ZkLock {
         let Ok(client) = self.shared.client() else {
             return Ok(false); // the session is closed, and its nodes with it
         };
+        // Linearizable: a follower answers only once caught up with the
+        // leader.
+        if !crate::session::sync_with_leader(&client, &self.path).await? {
+            return Ok(false);
+        }
         match client.check_stat(&self.path).await {
             Ok(Some(stat)) => {
                 Ok(stat.czxid == self.czxid && stat.ephemeral_owner == self.shared.id)

@@ -9,6 +9,23 @@
 //! holder hears of the loss first, and the locks become free at the lease
 //! end, as with any lease. An explicit close or revoke closes at once.
 //!
+//! **Only what the leader confirmed counts.** A follower answers reads
+//! (and the client library's pings) from its own state, even when it is cut
+//! off from the leader, and the leader — which alone expires sessions —
+//! hears of a client's activity only through the follower's next ping reply
+//! (it does not touch a session when it serves a follower's forwarded
+//! request). So a keep-alive is a `sync`, which the follower forwards to
+//! the leader and completes only once the leader answered: a cut-off
+//! follower cannot confirm it. And because the leader learns of keep-alive
+//! *k* only on a later ping reply, the confirmation of keep-alive *k*
+//! vouches for keep-alive *k − 1* (whose touch travelled on an earlier ping
+//! reply, ahead of sync *k* on the same follower→leader stream). The lease
+//! core counts is therefore three quarters of the negotiated session
+//! timeout ([`client_lease`]): core refreshes every quarter of the timeout,
+//! and its deadline, counted from the send time of keep-alive *k*, falls
+//! before the leader's expiry, counted from the arrival of keep-alive
+//! *k − 1*'s touch at the latest (see `docs/backends.md`).
+//!
 //! Every task and in-flight operation takes a short-lived clone of the
 //! client through [`SessionShared::client`]; once the session is closed
 //! that fails with `Lost`, and the library sends `closeSession` when the
@@ -135,10 +152,21 @@ impl ZkSession {
         tracing::debug!(session = %shared.id_string(), ?negotiated, "ZooKeeper session opened");
         Ok(ZkSession {
             shared,
-            ttl: negotiated,
+            ttl: client_lease(negotiated),
             loss,
         })
     }
+}
+
+/// The lease the client counts on for a negotiated session timeout: three
+/// quarters of it. Core refreshes every third of this (a quarter of the
+/// timeout), and a keep-alive confirmed by the leader vouches only for the
+/// previous one (see the module documentation), sent at most that much
+/// earlier: the client's deadline (this lease minus core's margin, from the
+/// last confirmed keep-alive's send time) falls before the leader can
+/// expire the session.
+pub(crate) fn client_lease(negotiated: Duration) -> Duration {
+    negotiated * 3 / 4
 }
 
 impl Drop for ZkSession {
@@ -268,17 +296,21 @@ impl SessionBackend for ZkSession {
         self.ttl
     }
 
+    /// One `sync`: the follower forwards it to the leader and answers only
+    /// once the leader did, so only a leader-confirmed keep-alive succeeds
+    /// (a plain read would be answered by a follower cut off from the
+    /// leader). One request per call.
     async fn keep_alive(&self) -> Result<()> {
         let client = self.shared.client()?;
         let base = self.shared.layout.base();
         let sent = Instant::now();
-        match client.check_stat(base).await {
-            Ok(_) => {
+        match client.sync(base).await {
+            Ok(()) => {
                 let mut renewed = self.shared.renewed.lock().unwrap();
                 *renewed = (*renewed).max(sent);
                 Ok(())
             }
-            Err(e) => Err(zk_error("keep-alive (exists)", base, e)),
+            Err(e) => Err(zk_error("keep-alive (sync)", base, e)),
         }
     }
 
@@ -322,6 +354,18 @@ impl SessionBackend for ZkSession {
         loss: LossNotifier,
     ) -> Result<Box<dyn HeldLeadership>> {
         election::campaign(&self.shared, name, value, loss).await
+    }
+}
+
+/// `sync` `path` before a read a guarantee depends on: the follower the
+/// client is connected to then answers only once it has caught up with the
+/// leader (a follower cut off from the leader errors instead of answering
+/// from its stale state). `Ok(false)` when the session is gone.
+pub(crate) async fn sync_with_leader(client: &Client, path: &str) -> Result<bool> {
+    match client.sync(path).await {
+        Ok(()) => Ok(true),
+        Err(e) if is_session_gone(&e) => Ok(false),
+        Err(e) => Err(zk_error("sync", path, e)),
     }
 }
 

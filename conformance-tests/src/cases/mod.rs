@@ -12,6 +12,7 @@ mod election;
 mod faults;
 mod group;
 mod guarded;
+mod member_faults;
 mod mutex;
 mod names;
 mod nemesis_case;
@@ -23,6 +24,7 @@ use election::*;
 use faults::*;
 use group::*;
 use guarded::*;
+use member_faults::*;
 use mutex::*;
 use names::*;
 use rwlock::*;
@@ -194,6 +196,8 @@ pub fn all() -> Vec<Case> {
         case!(holder_pause, "a holder process paused (SIGSTOP) past its TTL: nobody else acquires (process-lifetime backends), or another client acquires, the paused holder is told on resume and its stale fenced write is rejected (lease backends)", Some("exclusive_under_pause"), needs_processes),
         case!(leader_failover, "the leader (Raft leader, ZooKeeper leader, Redis primary) is killed while a lock is held: no double grant, the holder keeps the lock, fences never go backwards (times until is_held answers and a guarded write applies again measured; with survives_failover = false the real outcome is reported)", Some("survives_failover"), needs_guarded_writes, Some(Fault::KillLeader), Some(leader_failover::describe)),
         case!(partition_loss_before_expiry, "a holder partitioned from its server (black-holed through a proxy) is told lost() before another client can acquire the lock", Some("failure_detection"), needs_lease, Some(Fault::Partition), None),
+        case!(member_partition_loss_before_regrant, "a holder connected only to a member cut off from its peers (its client port up) is told lost() no later than a client on the majority is granted the lock", Some("failure_detection"), needs_lease, Some(Fault::MemberPartition), None),
+        case!(no_stale_reads, "is_held, is_leader, read and guarded writes asked on a member cut off from its peers never answer from its stale state after conflicting grants through the majority (an error, false, or the new value)", None, needs_external_revoke, Some(Fault::MemberPartition), None),
         case!(restart_without_persistence, "the server restarts without its data while a lock is held: the holder is told it lost the lock no later than another client is granted it (no silent double grant)", Some("survives_failover"), always, Some(Fault::RestartWithoutPersistence), Some(restart_without_persistence::describe)),
         Case {
             name: "nemesis",

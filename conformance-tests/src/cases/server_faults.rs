@@ -24,25 +24,25 @@ use crate::target::{ServerFaults, Target};
 
 /// The session TTL of the holder and the other client: short, so a lost
 /// lease frees the lock quickly.
-const TTL: &str = "2s";
+pub(super) const TTL: &str = "2s";
 /// The longest a server fault case waits for anything (a liveness bound).
-const LIMIT: f64 = 30.0;
+pub(super) const LIMIT: f64 = 30.0;
 
-fn ttl() -> Duration {
+pub(super) fn ttl() -> Duration {
     quorate::config::parse_duration("ttl", TTL).expect("a valid TTL")
 }
 
-fn controller(t: &Target) -> Result<Arc<dyn ServerFaults>, CaseError> {
+pub(super) fn controller(t: &Target) -> Result<Arc<dyn ServerFaults>, CaseError> {
     t.faults
         .clone()
         .ok_or_else(|| CaseError::Unverified("the target has no fault controller".into()))
 }
 
-fn harness(what: &str) -> impl FnOnce(std::io::Error) -> CaseError + '_ {
+pub(super) fn harness(what: &str) -> impl FnOnce(std::io::Error) -> CaseError + '_ {
     move |e| CaseError::Unverified(format!("the fault controller could not {what}: {e}"))
 }
 
-fn ms(since: Instant, at: Instant) -> f64 {
+pub(super) fn ms(since: Instant, at: Instant) -> f64 {
     at.saturating_duration_since(since).as_secs_f64() * 1000.0
 }
 
@@ -56,20 +56,20 @@ fn flag(b: bool) -> f64 {
 
 /// Run `f` with a bound, ignoring its result (clean-up of a client that
 /// may be partitioned or lost).
-async fn quietly<T>(f: impl std::future::Future<Output = T>) {
+pub(super) async fn quietly<T>(f: impl std::future::Future<Output = T>) {
     let _ = tokio::time::timeout(Duration::from_secs(5), f).await;
 }
 
 /// A held lock whose `lost()` is watched from the moment it is granted, so
 /// the instant the holder was told is known exactly.
-struct Watched {
+pub(super) struct Watched {
     guard: Arc<LockGuard>,
     told: watch::Receiver<Option<Instant>>,
     watcher: JoinHandle<()>,
 }
 
 impl Watched {
-    fn new(guard: LockGuard) -> Watched {
+    pub(super) fn new(guard: LockGuard) -> Watched {
         let guard = Arc::new(guard);
         let (tx, told) = watch::channel(None);
         let g = guard.clone();
@@ -84,7 +84,7 @@ impl Watched {
         }
     }
 
-    fn fence(&self) -> u64 {
+    pub(super) fn fence(&self) -> u64 {
         self.guard.fence().get()
     }
 
@@ -94,7 +94,7 @@ impl Watched {
     }
 
     /// Wait until the holder is told (a liveness bound of `secs`).
-    async fn told(&mut self, secs: f64, what: &str) -> Result<Instant, CaseError> {
+    pub(super) async fn told(&mut self, secs: f64, what: &str) -> Result<Instant, CaseError> {
         let at = crate::outcome::within(secs, what, self.told.wait_for(Option::is_some)).await?;
         at.ok()
             .and_then(|v| *v)
@@ -121,7 +121,7 @@ impl Watched {
     }
 
     /// Stop watching; release the lock if it is still believed held.
-    async fn finish(self) {
+    pub(super) async fn finish(self) {
         self.watcher.abort();
         let _ = self.watcher.await;
         if let Ok(guard) = Arc::try_unwrap(self.guard) {
@@ -135,23 +135,23 @@ impl Watched {
 }
 
 /// The other client's grant.
-struct Grant {
-    at: Instant,
-    fence: u64,
+pub(super) struct Grant {
+    pub(super) at: Instant,
+    pub(super) fence: u64,
     guard: LockGuard,
     session: Session,
     _coordinator: Coordinator,
 }
 
 impl Grant {
-    async fn finish(self) {
+    pub(super) async fn finish(self) {
         quietly(self.guard.release()).await;
         quietly(self.session.close()).await;
     }
 }
 
 /// Wait for the other client's grant (a liveness bound of `secs`).
-async fn granted(
+pub(super) async fn granted(
     secs: f64,
     what: &str,
     task: JoinHandle<Option<Grant>>,
@@ -165,7 +165,7 @@ async fn granted(
 /// Another client asking for lock `name` on `url` until `limit` from now:
 /// a fresh coordinator and session, replaced whenever they fail. `granted`
 /// is set the moment it is granted.
-fn contend(
+pub(super) fn contend(
     url: String,
     name: &'static str,
     limit: Duration,

@@ -1,7 +1,9 @@
 //! etcd servers for tests: one member or a three-member cluster, started
 //! from `/usr/bin/etcd` (or `$ETCD_BIN`) on free loopback ports, with data
 //! under `/dev/shm` when available, fast Raft timings, and fault injection
-//! (kill, pause, resume, restart a member; find and kill the leader).
+//! (kill, pause, resume, restart a member; find and kill the leader; with
+//! [`EtcdCluster::start_local_partitionable`], cut a member off from its
+//! peers while its client port stays up).
 //!
 //! Setting [`ENDPOINTS_ENV`] (`QUORATE_ETCD_ENDPOINTS=h1:2379,h2:2379`)
 //! points the tests at an external cluster instead; fault injection then
@@ -18,6 +20,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::process::{free_port, ServerProcess, TempDir};
+use super::proxy::PeerLinks;
 
 /// The environment variable naming external etcd endpoints
 /// (`host:port[,host:port...]`) to use instead of starting servers.
@@ -35,7 +38,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 struct Member {
     name: String,
     client_port: u16,
+    /// The peer port the other members dial (a proxy's, when routed).
     peer_port: u16,
+    /// The peer port the member listens on.
+    listen_peer_port: u16,
     process: Option<ServerProcess>,
     paused: bool,
 }
@@ -48,6 +54,10 @@ impl Member {
     fn peer_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.peer_port)
     }
+
+    fn listen_peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.listen_peer_port)
+    }
 }
 
 /// An etcd cluster for tests: started by the harness, or external.
@@ -57,6 +67,10 @@ pub struct EtcdCluster {
     token: String,
     external: Vec<String>,
     tls: Option<TestPki>,
+    /// The peer links, when peer traffic is routed through proxies
+    /// ([`EtcdCluster::start_local_partitionable`]). Dropped after the
+    /// members are killed (field order).
+    peers: Option<PeerLinks>,
     // Dropped after the members are killed (field order).
     dir: Option<TempDir>,
 }
@@ -159,6 +173,7 @@ impl EtcdCluster {
                 token: String::new(),
                 external: v.split(',').map(|s| s.trim().to_owned()).collect(),
                 tls: None,
+                peers: None,
                 dir: None,
             }),
             _ => Self::start_local(size).await,
@@ -186,13 +201,18 @@ impl EtcdCluster {
         Self::start_local_with(size, true).await
     }
 
-    async fn start_local_with(size: usize, tls: bool) -> io::Result<EtcdCluster> {
-        assert!(size >= 1, "a cluster has at least one member");
+    /// Like [`EtcdCluster::start_local`], with the peer traffic of every
+    /// member routed through a [`PeerLinks`] proxy, so that one member can
+    /// be cut off from the others while its client port stays up
+    /// ([`EtcdCluster::isolate`], [`EtcdCluster::heal`]).
+    ///
+    /// # Errors
+    ///
+    /// When the servers do not start or do not form the expected cluster.
+    pub async fn start_local_partitionable(size: usize) -> io::Result<EtcdCluster> {
         let mut last_error = None;
-        // A free port can be taken by someone else between our probe and
-        // etcd's bind: retry with new ports.
         for _ in 0..3 {
-            match Self::try_start_local(size, tls).await {
+            match Self::try_start_local(size, false, true).await {
                 Ok(c) => return Ok(c),
                 Err(e) => last_error = Some(e),
             }
@@ -200,7 +220,22 @@ impl EtcdCluster {
         Err(last_error.expect("at least one attempt"))
     }
 
-    async fn try_start_local(size: usize, tls: bool) -> io::Result<EtcdCluster> {
+    async fn start_local_with(size: usize, tls: bool) -> io::Result<EtcdCluster> {
+        assert!(size >= 1, "a cluster has at least one member");
+        let mut last_error = None;
+        // A free port can be taken by someone else between our probe and
+        // etcd's bind: retry with new ports.
+        for _ in 0..3 {
+            match Self::try_start_local(size, tls, false).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.expect("at least one attempt"))
+    }
+
+    async fn try_start_local(size: usize, tls: bool, routed: bool) -> io::Result<EtcdCluster> {
+        assert!(size >= 1, "a cluster has at least one member");
         let dir = TempDir::new("etcd")?;
         let tls = if tls {
             Some(TestPki::generate(dir.path())?)
@@ -209,11 +244,22 @@ impl EtcdCluster {
         };
         let token = format!("quorate-{:016x}", rand::random::<u64>());
         let mut members = Vec::with_capacity(size);
+        let mut peers = routed.then(|| PeerLinks::new(size));
         for i in 0..size {
+            let listen_peer_port = free_port();
+            let peer_port = match &mut peers {
+                Some(links) => links.route(
+                    &tokio::runtime::Handle::current(),
+                    i,
+                    std::net::SocketAddr::from(([127, 0, 0, 1], listen_peer_port)),
+                )?,
+                None => listen_peer_port,
+            };
             members.push(Member {
                 name: format!("{token}-m{i}"),
                 client_port: free_port(),
-                peer_port: free_port(),
+                peer_port,
+                listen_peer_port,
                 process: None,
                 paused: false,
             });
@@ -229,6 +275,7 @@ impl EtcdCluster {
             token,
             external: Vec::new(),
             tls,
+            peers,
             dir: Some(dir),
         };
         for i in 0..size {
@@ -253,7 +300,7 @@ impl EtcdCluster {
             "--advertise-client-urls",
             &client_url,
             "--listen-peer-urls",
-            &m.peer_url(),
+            &m.listen_peer_url(),
             "--initial-advertise-peer-urls",
             &m.peer_url(),
             "--initial-cluster",
@@ -294,7 +341,69 @@ impl EtcdCluster {
         )?;
         self.members[i].process = Some(process);
         self.members[i].paused = false;
+        self.note_pids();
         Ok(())
+    }
+
+    /// Keep the peer links' pid table current.
+    fn note_pids(&self) {
+        if let Some(links) = &self.peers {
+            let table = links.pids();
+            let mut table = table.lock().unwrap();
+            for (i, slot) in table.iter_mut().enumerate() {
+                *slot = self.pid(i);
+            }
+        }
+    }
+
+    /// Whether the peer traffic runs through [`PeerLinks`]
+    /// ([`EtcdCluster::start_local_partitionable`]).
+    pub fn is_partitionable(&self) -> bool {
+        self.peers.is_some()
+    }
+
+    /// Cut member `i` off from its peers (its client port stays up).
+    ///
+    /// # Errors
+    ///
+    /// When the cluster's peer traffic is not routed through proxies.
+    pub fn isolate(&self, i: usize) -> io::Result<()> {
+        let links = self.peers.as_ref().ok_or_else(|| {
+            io::Error::other("the cluster was not started with its peer traffic through proxies")
+        })?;
+        links.isolate(i);
+        Ok(())
+    }
+
+    /// End a partition made by [`EtcdCluster::isolate`] and wait until
+    /// every running member is healthy again.
+    ///
+    /// # Errors
+    ///
+    /// When the cluster does not recover within the start timeout.
+    pub async fn heal(&mut self) -> io::Result<()> {
+        if let Some(links) = &self.peers {
+            links.heal();
+        }
+        for i in 0..self.members.len() {
+            if self.pid(i).is_some() && !self.members[i].paused {
+                self.wait_healthy(Some(i)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The index of a running member that is not the Raft leader (the one
+    /// to cut off in a member partition, so the majority keeps its leader).
+    ///
+    /// # Errors
+    ///
+    /// As [`EtcdCluster::leader`]; when no other member runs.
+    pub async fn follower(&self) -> io::Result<usize> {
+        let leader = self.leader().await?;
+        (0..self.members.len())
+            .find(|&i| i != leader && self.pid(i).is_some() && !self.members[i].paused)
+            .ok_or_else(|| io::Error::other("no running etcd member besides the leader"))
     }
 
     /// Whether this is an external cluster (no fault injection).
@@ -392,6 +501,7 @@ impl EtcdCluster {
             p.kill()?;
         }
         self.members[i].paused = false;
+        self.note_pids();
         Ok(())
     }
 
@@ -436,6 +546,7 @@ impl EtcdCluster {
             None => self.spawn_member(i)?,
         }
         self.members[i].paused = false;
+        self.note_pids();
         self.wait_healthy(Some(i)).await
     }
 

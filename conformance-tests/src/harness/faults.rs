@@ -11,6 +11,11 @@
 //! | [`RedisFaults`] | — | the server | the server (no persistence) |
 //! | [`SentinelFaults`] | the primary (Sentinel fails over) | — | — |
 //!
+//! Member partitions ([`Fault::MemberPartition`]: one member cut off from
+//! its peers, its client port up) need a cluster whose peer traffic runs
+//! through [`super::PeerLinks`]: [`EtcdCluster::start_local_partitionable`]
+//! (3+ members), [`ZkFaults::start_partitionable`] (3+ servers).
+//!
 //! Every blocking harness call runs on tokio's blocking pool. Servers are
 //! only ever killed by their pid, through the harness handles.
 
@@ -20,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::etcd::EtcdCluster;
+use super::proxy::PeerLinks;
 use super::redis::{info_field, RedisServer, SentinelCluster};
 use super::zookeeper::ZkCluster;
 use crate::target::{Fault, ServerFaults};
@@ -43,6 +49,8 @@ pub struct EtcdFaults {
     cluster: Arc<tokio::sync::Mutex<EtcdCluster>>,
     size: usize,
     upstream: Option<SocketAddr>,
+    members: Vec<SocketAddr>,
+    partitionable: bool,
     killed: Mutex<Option<usize>>,
 }
 
@@ -54,11 +62,17 @@ impl EtcdFaults {
             return None;
         }
         let (size, upstream) = (c.size(), addr(&c.member_endpoint(0)));
+        let members = (0..size)
+            .filter_map(|i| addr(&c.member_endpoint(i)))
+            .collect();
+        let partitionable = c.is_partitionable();
         drop(c);
         Some(EtcdFaults {
             cluster,
             size,
             upstream,
+            members,
+            partitionable,
             killed: Mutex::new(None),
         })
     }
@@ -71,7 +85,24 @@ impl ServerFaults for EtcdFaults {
             Fault::KillLeader => self.size >= 3,
             Fault::Partition => self.upstream.is_some(),
             Fault::RestartWithoutPersistence => false,
+            Fault::MemberPartition => self.size >= 3 && self.partitionable,
         }
+    }
+
+    fn member_clients(&self) -> Vec<SocketAddr> {
+        self.members.clone()
+    }
+
+    async fn member_to_isolate(&self) -> io::Result<usize> {
+        self.cluster.lock().await.follower().await
+    }
+
+    async fn isolate_member(&self, i: usize) -> io::Result<()> {
+        self.cluster.lock().await.isolate(i)
+    }
+
+    async fn heal_members(&self) -> io::Result<()> {
+        self.cluster.lock().await.heal().await
     }
 
     async fn kill_leader(&self) -> io::Result<String> {
@@ -110,6 +141,10 @@ pub struct ZkFaults {
     cluster: Arc<Mutex<ZkCluster>>,
     size: usize,
     upstream: Option<SocketAddr>,
+    members: Vec<SocketAddr>,
+    /// The peer links, for an ensemble started by
+    /// [`ZkFaults::start_partitionable`].
+    peers: Option<PeerLinks>,
     killed: Mutex<Option<usize>>,
 }
 
@@ -118,13 +153,45 @@ impl ZkFaults {
     pub fn new(cluster: Arc<Mutex<ZkCluster>>) -> ZkFaults {
         let c = cluster.lock().unwrap();
         let (size, upstream) = (c.len(), addr(&c.endpoint(0)));
+        let members = (0..size).filter_map(|i| addr(&c.endpoint(i))).collect();
         drop(c);
         ZkFaults {
             cluster,
             size,
             upstream,
+            members,
+            peers: None,
             killed: Mutex::new(None),
         }
+    }
+
+    /// Start an ensemble of `n` servers whose quorum and election traffic
+    /// runs through [`PeerLinks`] (so one server can be cut off from the
+    /// others, [`Fault::MemberPartition`]), and its controller, which owns
+    /// the links.
+    ///
+    /// # Errors
+    ///
+    /// When the servers do not start.
+    pub async fn start_partitionable(n: usize) -> io::Result<(Arc<Mutex<ZkCluster>>, ZkFaults)> {
+        let runtime = tokio::runtime::Handle::current();
+        let (cluster, links) = blocking(move || {
+            let mut links = PeerLinks::new(n);
+            let pids = links.pids();
+            let cluster = ZkCluster::start_routed(n, pids, &mut |i, quorum, election| {
+                let to = |port| SocketAddr::from(([127, 0, 0, 1], port));
+                Ok((
+                    links.route(&runtime, i, to(quorum))?,
+                    links.route(&runtime, i, to(election))?,
+                ))
+            })?;
+            Ok((cluster, links))
+        })
+        .await?;
+        let cluster = Arc::new(Mutex::new(cluster));
+        let mut faults = ZkFaults::new(cluster.clone());
+        faults.peers = Some(links);
+        Ok((cluster, faults))
     }
 }
 
@@ -143,7 +210,54 @@ impl ServerFaults for ZkFaults {
             Fault::KillLeader => self.size >= 3,
             Fault::Partition => self.upstream.is_some(),
             Fault::RestartWithoutPersistence => false,
+            Fault::MemberPartition => self.size >= 3 && self.peers.is_some(),
         }
+    }
+
+    fn member_clients(&self) -> Vec<SocketAddr> {
+        self.members.clone()
+    }
+
+    async fn member_to_isolate(&self) -> io::Result<usize> {
+        let cluster = self.cluster.clone();
+        blocking(move || {
+            let c = cluster.lock().unwrap();
+            (0..c.len())
+                .find(|&i| c.mode(i).as_deref() == Some("follower"))
+                .ok_or_else(|| io::Error::other("no ZooKeeper server reports being a follower"))
+        })
+        .await
+    }
+
+    async fn isolate_member(&self, i: usize) -> io::Result<()> {
+        let links = self.peers.as_ref().ok_or_else(|| {
+            io::Error::other("the ensemble's peer traffic is not routed through proxies")
+        })?;
+        links.isolate(i);
+        Ok(())
+    }
+
+    async fn heal_members(&self) -> io::Result<()> {
+        if let Some(links) = &self.peers {
+            links.heal();
+        }
+        let cluster = self.cluster.clone();
+        blocking(move || {
+            let mut c = cluster.lock().unwrap();
+            // The cut-off server notices the closed links and rejoins: wait
+            // twice, so a mode reported just before it noticed is not taken
+            // for having rejoined.
+            for _ in 0..2 {
+                for i in 0..c.len() {
+                    if c.pid(i).is_some() {
+                        c.wait_serving(i)?;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn kill_leader(&self) -> io::Result<String> {
@@ -226,6 +340,7 @@ impl ServerFaults for RedisFaults {
             Fault::KillLeader => false,
             Fault::Partition => self.upstream.is_some(),
             Fault::RestartWithoutPersistence => true,
+            Fault::MemberPartition => false,
         }
     }
 

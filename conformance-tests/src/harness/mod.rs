@@ -11,4 +11,4 @@ pub mod redis;
 pub mod zookeeper;
 
 pub use process::{free_port, ServerProcess};
-pub use proxy::{ProxyMode, TcpProxy};
+pub use proxy::{PeerLinks, ProxyMode, TcpProxy};

@@ -3,6 +3,10 @@
 //! manifest carries the rest of the classpath) on free loopback ports in a
 //! temporary directory, with short ticks so short sessions are allowed.
 //!
+//! [`ZkCluster::start_routed`] makes the servers dial each other's quorum
+//! and election ports at other ports (the harness's peer proxies, so one
+//! server can be cut off from the others while its client port stays up).
+//!
 //! Servers can be killed, paused (`SIGSTOP`), resumed and restarted; every
 //! process is stopped by its pid when the [`ZkCluster`] is dropped, and a
 //! small watchdog kills them if the test process dies without dropping it
@@ -21,6 +25,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The environment variable naming external ZooKeeper endpoints.
@@ -67,7 +72,15 @@ struct Server {
 pub struct ZkCluster {
     dir: PathBuf,
     servers: Vec<Server>,
+    /// Kept current with the servers' pids when the peer traffic is routed
+    /// ([`ZkCluster::start_routed`]).
+    pid_table: Option<Arc<Mutex<Vec<Option<u32>>>>>,
 }
+
+/// Where the other servers reach one server's quorum and election ports:
+/// a `route` of [`ZkCluster::start_routed`] maps `(server index, quorum
+/// port, election port)` to the ports to dial instead.
+pub type Route<'a> = &'a mut dyn FnMut(usize, u16, u16) -> std::io::Result<(u16, u16)>;
 
 impl ZkCluster {
     /// Start `n` servers (1 = standalone, 3 = an ensemble) and wait until
@@ -77,6 +90,31 @@ impl ZkCluster {
     ///
     /// When java cannot be started or a server does not become ready.
     pub fn start(n: usize) -> std::io::Result<ZkCluster> {
+        Self::start_with(n, None, &mut |_, q, e| Ok((q, e)))
+    }
+
+    /// Like [`ZkCluster::start`], but every server reaches the others'
+    /// quorum and election ports at the ports `route` returns (proxies in
+    /// front of the real ones, so a server can be cut off from its peers
+    /// while its client port stays up). `pids` is kept current with the
+    /// servers' pids (`None` while one is not running).
+    ///
+    /// # Errors
+    ///
+    /// As [`ZkCluster::start`], and `route`'s.
+    pub fn start_routed(
+        n: usize,
+        pids: Arc<Mutex<Vec<Option<u32>>>>,
+        route: Route<'_>,
+    ) -> std::io::Result<ZkCluster> {
+        Self::start_with(n, Some(pids), route)
+    }
+
+    fn start_with(
+        n: usize,
+        pid_table: Option<Arc<Mutex<Vec<Option<u32>>>>>,
+        route: Route<'_>,
+    ) -> std::io::Result<ZkCluster> {
         assert!(n >= 1, "a cluster has at least one server");
         let dir = std::env::temp_dir().join(format!(
             "quorate-zk-{}-{}",
@@ -87,6 +125,16 @@ impl ZkCluster {
         let ports: Vec<(u16, u16, u16)> = (0..n)
             .map(|_| Ok((free_port()?, free_port()?, free_port()?)))
             .collect::<std::io::Result<_>>()?;
+        // The ports the other servers dial.
+        let dialed: Vec<(u16, u16)> = if n > 1 {
+            ports
+                .iter()
+                .enumerate()
+                .map(|(i, (_, p, e))| route(i, *p, *e))
+                .collect::<std::io::Result<_>>()?
+        } else {
+            Vec::new()
+        };
         let mut servers = Vec::new();
         for (i, (client, peer, election)) in ports.iter().enumerate() {
             let id = i + 1;
@@ -102,6 +150,9 @@ impl ZkCluster {
             );
             if n > 1 {
                 for (j, (_, p, e)) in ports.iter().enumerate() {
+                    // A server listens on its own ports, and dials the
+                    // others' through their routes.
+                    let (p, e) = if j == i { (*p, *e) } else { dialed[j] };
                     cfg.push_str(&format!("server.{}=127.0.0.1:{p}:{e}\n", j + 1));
                 }
             }
@@ -117,7 +168,11 @@ impl ZkCluster {
                 watchdog: None,
             });
         }
-        let mut cluster = ZkCluster { dir, servers };
+        let mut cluster = ZkCluster {
+            dir,
+            servers,
+            pid_table,
+        };
         for i in 0..n {
             cluster.spawn(i)?;
         }
@@ -167,6 +222,27 @@ impl ZkCluster {
             let _ = w.kill();
             let _ = w.wait();
         }
+        self.note_pids();
+    }
+
+    /// Keep the routed cluster's pid table current.
+    fn note_pids(&self) {
+        if let Some(table) = &self.pid_table {
+            let mut table = table.lock().unwrap();
+            for (i, slot) in table.iter_mut().enumerate() {
+                *slot = self.pid(i);
+            }
+        }
+    }
+
+    /// Wait until server `i` serves again (reports a mode), e.g. after a
+    /// partition healed.
+    ///
+    /// # Errors
+    ///
+    /// When it does not within the ready timeout.
+    pub fn wait_serving(&mut self, i: usize) -> std::io::Result<()> {
+        self.wait_ready(i)
     }
 
     /// Stop server `i` with `SIGSTOP` (it keeps its sockets but answers
@@ -277,6 +353,7 @@ impl ZkCluster {
             .spawn()?;
         server.process = Some(child);
         server.watchdog = Some(watchdog);
+        self.note_pids();
         Ok(())
     }
 
