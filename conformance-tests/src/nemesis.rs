@@ -2,8 +2,9 @@
 //! tests: holder processes (agents) loop lock → fenced write → release
 //! while a nemesis injects random faults from what the target can break —
 //! client SIGSTOP and SIGKILL, client partitions (a black-holing proxy per
-//! agent), and the server faults of the target's controller whose
-//! guarantee the backend declares (leader kill) — for a set time. Then
+//! agent, each in front of a different member where there are several),
+//! member partitions, and the server faults of the target's controller
+//! whose guarantee the backend declares (leader kill) — for a set time. Then
 //! everything is healed and every agent must complete a round again.
 //!
 //! The whole history is checked: grants and belief ends are reported by
@@ -62,6 +63,9 @@ pub enum Injected {
     ClientPartition,
     /// Kill the leader / primary, restart it later.
     KillLeader,
+    /// Cut a random member off from its peers (its client port up), heal
+    /// later.
+    MemberPartition,
 }
 
 impl Injected {
@@ -71,6 +75,7 @@ impl Injected {
             Injected::ClientKill => "faults_client_kill",
             Injected::ClientPartition => "faults_client_partition",
             Injected::KillLeader => "faults_kill_leader",
+            Injected::MemberPartition => "faults_member_partition",
         }
     }
 }
@@ -136,11 +141,21 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
     if caps.survives_failover && t.supports(Fault::KillLeader) {
         menu.push(Injected::KillLeader);
     }
+    let members = controller
+        .as_ref()
+        .map(|c| c.member_clients())
+        .unwrap_or_default();
+    if lease && t.supports(Fault::MemberPartition) && !members.is_empty() {
+        menu.push(Injected::MemberPartition);
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut fault_txs = Vec::new();
     let mut drivers = Vec::new();
     for i in 0..AGENTS {
+        // Agents reach the deployment through different members where it
+        // has several.
+        let upstream = members.get(i % members.len().max(1)).copied().or(upstream);
         let proxy = match (upstream, lease) {
             (Some(up), true) => Some(
                 TcpProxy::start(up)
@@ -204,6 +219,19 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
                 c.restart_killed()
                     .await
                     .map_err(|e| CaseError::Unverified(format!("restarting the leader: {e}")))?;
+            }
+            Injected::MemberPartition => {
+                let c = controller
+                    .as_ref()
+                    .expect("the menu checked the controller");
+                let i = rand::rng().random_range(0..members.len());
+                c.isolate_member(i)
+                    .await
+                    .map_err(|e| CaseError::Unverified(format!("cutting member {i} off: {e}")))?;
+                tokio::time::sleep(scale()).await;
+                c.heal_members()
+                    .await
+                    .map_err(|e| CaseError::Unverified(format!("healing members: {e}")))?;
             }
         }
     }
