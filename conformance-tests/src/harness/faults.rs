@@ -10,6 +10,7 @@
 //! | [`ZkFaults`] | 3+ servers: the ZooKeeper leader | one server | — |
 //! | [`RedisFaults`] | — | the server | the server (no persistence) |
 //! | [`SentinelFaults`] | the primary (Sentinel fails over) | — | — |
+//! | [`ExternalFaults`] (servers not started here) | — | the URL's first server | — |
 //!
 //! Member partitions ([`Fault::MemberPartition`]: one member cut off from
 //! its peers, its client port up) need a cluster whose peer traffic runs
@@ -446,5 +447,40 @@ impl ServerFaults for SentinelFaults {
             }
         })
         .await
+    }
+}
+
+/// Faults of a deployment this process did not start (servers run by the
+/// user's CI, e.g. as containers): only what needs no control of the
+/// servers — a proxy between one client and the URL's first endpoint, for
+/// the partition cases. The other server faults stay `unverified`.
+#[derive(Debug)]
+pub struct ExternalFaults {
+    upstream: SocketAddr,
+}
+
+impl ExternalFaults {
+    /// A controller for the servers of `url`, if its first endpoint
+    /// resolves to an address (`None` for `file://`, `memory://`).
+    pub async fn for_url(url: &str) -> Option<ExternalFaults> {
+        let config = quorate::Config::parse(url).ok()?;
+        // Behind Sentinel the endpoints are sentinels, not the data path.
+        if config.scheme.contains("sentinel") {
+            return None;
+        }
+        let first = config.endpoints.first()?.clone();
+        let upstream = tokio::net::lookup_host(first).await.ok()?.next()?;
+        Some(ExternalFaults { upstream })
+    }
+}
+
+#[async_trait::async_trait]
+impl ServerFaults for ExternalFaults {
+    fn supports(&self, fault: Fault) -> bool {
+        fault == Fault::Partition
+    }
+
+    fn proxy_upstream(&self) -> Option<SocketAddr> {
+        Some(self.upstream)
     }
 }
