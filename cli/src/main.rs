@@ -91,11 +91,25 @@ enum Format {
 /// Options shared by `lock`, `elect` and `join`.
 #[derive(Args, Clone)]
 struct HoldArgs {
-    /// Give up after this long (e.g. 500ms, 10s, 2m) and exit 75. Covers
-    /// connecting, opening the session and waiting. `0` makes exactly one
-    /// attempt (`lock` only; same as -n).
-    #[arg(long, value_parser = parse_duration)]
+    /// Give up after this long (e.g. 500ms, 10s, 2m; a bare number is
+    /// seconds, as flock's -w) and exit 75. Covers connecting, opening the
+    /// session and waiting. `0` makes exactly one attempt (`lock` only;
+    /// same as -n).
+    #[arg(short = 'w', long, value_parser = parse_duration)]
     timeout: Option<Duration>,
+    /// Exit status when not granted in time or busy, instead of 75 (as
+    /// flock's -E).
+    #[arg(short = 'E', long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
+    conflict_exit_code: Option<u8>,
+    /// Run this string with `sh -c` (as flock's -c), instead of a command
+    /// after `--`.
+    #[arg(
+        short = 'c',
+        long = "command",
+        id = "shell_command",
+        value_name = "STRING"
+    )]
+    shell_command: Option<String>,
     /// Session (lease) TTL, overriding the URL's `ttl` (100ms..1y).
     #[arg(long, value_parser = parse_duration)]
     ttl: Option<Duration>,
@@ -229,7 +243,13 @@ enum Command {
     ReapGroup,
 }
 
+/// A duration with a unit (`500ms`, `10s`, `2m`) or a bare number of
+/// seconds (`10`, `0.5`), as flock(1) takes it.
 fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.trim().parse::<f64>() {
+        return Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("`{s}` is not a duration (negative, or too large)"));
+    }
     quorate::config::parse_duration("duration", s).map_err(|e| e.message().to_owned())
 }
 
@@ -450,7 +470,31 @@ where
     F: FnOnce(Session) -> Fut,
     Fut: std::future::Future<Output = quorate::Result<Option<Grant>>>,
 {
+    let conflict = plan.args.conflict_exit_code.unwrap_or(EXIT_TEMPFAIL);
+    hold_inner(plan, acquire).await.map_err(|mut e| {
+        if e.code == EXIT_TEMPFAIL {
+            e.code = conflict;
+        }
+        e
+    })
+}
+
+async fn hold_inner<F, Fut>(plan: HoldPlan, acquire: F) -> Result<u8, Exit>
+where
+    F: FnOnce(Session) -> Fut,
+    Fut: std::future::Future<Output = quorate::Result<Option<Grant>>>,
+{
     let mut signals = Signals::install()?;
+    let command = match (&plan.args.shell_command, plan.command.is_empty()) {
+        (Some(c), true) => vec!["sh".to_owned(), "-c".to_owned(), c.clone()],
+        (Some(_), false) => {
+            return Err(Exit {
+                code: 2,
+                message: "give either -c STRING or a command after `--`, not both".into(),
+            })
+        }
+        (None, _) => plan.command.clone(),
+    };
     let mut config = quorate::Config::parse(&plan.url)?;
     if let Some(ttl) = plan.args.ttl {
         config.set_ttl("--ttl", ttl)?;
@@ -504,7 +548,7 @@ where
         announce: !plan.quiet,
     };
     let result = hold::run_while_held(
-        &plan.command,
+        &command,
         &env,
         grant.lost(),
         &mut signals,

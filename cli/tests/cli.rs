@@ -444,3 +444,39 @@ fn a_lost_lock_terminates_the_command_and_exits_79() {
     drop(zk);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// flock(1)'s spellings: `-w SECONDS`, `-E N`, `-c STRING`.
+#[test]
+fn flock_spellings_w_e_and_c() {
+    let dir = temp_dir("flock");
+    let url = format!("file://{}", dir.display());
+    let o = run(&["lock", &url, "j", "-c", "echo \"$QUORATE_LOCK\"; exit 5"]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "j");
+    let o = run(&["lock", &url, "j", "-c", "true", "--", "true"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+
+    let mut holder = quorate()
+        .args(["lock", &url, "j"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let o = run(&["lock", "-w", "0.2", "-E", "9", &url, "j", "--", "true"]);
+    assert_eq!(o.status.code(), Some(9), "{}", stderr(&o));
+    let o = run(&["lock", "-n", "-E", "9", &url, "j", "--", "true"]);
+    assert_eq!(o.status.code(), Some(9), "{}", stderr(&o));
+    let o = run(&["lock", "-w", "-1", &url, "j", "--", "true"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(holder.id() as i32, libc::SIGTERM) };
+    assert!(holder.wait().unwrap().success());
+    // The command's own status is passed through, -E or not.
+    let o = run(&["lock", "-E", "9", &url, "j", "-c", "exit 75"]);
+    assert_eq!(o.status.code(), Some(75), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
