@@ -132,7 +132,10 @@ enum Command {
     ///
     /// Without a command, prints "holding lock `NAME` (fence N)" and holds
     /// until SIGINT, SIGTERM or SIGHUP, then releases and exits 0.
-    #[command(after_help = EXIT_CODES_HELP)]
+    #[command(
+        after_help = EXIT_CODES_HELP,
+        override_usage = "quorate lock [OPTIONS] [URL] <NAME> [-- <COMMAND>...]\n       quorate lock [OPTIONS] [URL] <NAME> -c <STRING>"
+    )]
     Lock {
         /// [URL] NAME: backend URL (default: $QUORATE_URL), e.g.
         /// file:///var/lib/quorate or etcd://127.0.0.1:2379, and the lock name.
@@ -154,7 +157,10 @@ enum Command {
     },
     /// Campaign in an election; run a command while leader, or hold
     /// leadership until SIGINT/SIGTERM/SIGHUP.
-    #[command(after_help = EXIT_CODES_HELP)]
+    #[command(
+        after_help = EXIT_CODES_HELP,
+        override_usage = "quorate elect [OPTIONS] [URL] <ELECTION> <VALUE> [-- <COMMAND>...]"
+    )]
     Elect {
         /// [URL] ELECTION VALUE: backend URL (default: $QUORATE_URL), the
         /// election name and the value to publish as leader.
@@ -167,7 +173,10 @@ enum Command {
         command: Vec<String>,
     },
     /// Print the current leader's value (exit 3 if there is none).
-    #[command(after_help = EXIT_CODES_HELP)]
+    #[command(
+        after_help = EXIT_CODES_HELP,
+        override_usage = "quorate leader [OPTIONS] [URL] <ELECTION>"
+    )]
     Leader {
         /// [URL] ELECTION: backend URL (default: $QUORATE_URL) and election name.
         #[arg(value_name = "URL", num_args = 1..=2, required = true)]
@@ -178,7 +187,10 @@ enum Command {
     },
     /// Join a group; run a command while a member, or stay until
     /// SIGINT/SIGTERM/SIGHUP.
-    #[command(after_help = EXIT_CODES_HELP)]
+    #[command(
+        after_help = EXIT_CODES_HELP,
+        override_usage = "quorate join [OPTIONS] [URL] <GROUP> <MEMBER> [-- <COMMAND>...]"
+    )]
     Join {
         /// [URL] GROUP MEMBER: backend URL (default: $QUORATE_URL), group
         /// name and member id.
@@ -194,6 +206,7 @@ enum Command {
         command: Vec<String>,
     },
     /// List a group's members (one id per line, or JSON).
+    #[command(override_usage = "quorate members [OPTIONS] [URL] <GROUP>")]
     Members {
         /// [URL] GROUP: backend URL (default: $QUORATE_URL) and group name.
         #[arg(value_name = "URL", num_args = 1..=2, required = true)]
