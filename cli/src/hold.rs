@@ -24,6 +24,12 @@
 //!   quorate dies without disarming it (SIGKILL), the watchdog reads end of
 //!   file and SIGKILLs the command's whole group.
 //!
+//! When stdin is the terminal and quorate is in its foreground, the terminal
+//! is handed to the command's group while it runs (as a shell does) and
+//! taken back afterwards: an interactive command can read it, and Ctrl-C
+//! reaches the command directly. Stopping the command with Ctrl-Z is not
+//! supported (quorate does not do job control).
+//!
 //! A process that leaves the group (`setsid`, `setpgid`) escapes all of this;
 //! only a cgroup could follow it.
 
@@ -144,16 +150,64 @@ pub async fn run_while_held(
     };
 
     let watchdog = Watchdog::start();
-    let child = spawn_command(program, args, env)?;
+    let terminal = Terminal::foreground();
+    let child = spawn_command(program, args, env, terminal.is_some())?;
     let pgid = child.id() as i32;
     if let Some(w) = &watchdog {
         w.arm(pgid);
     }
+    if let Some(t) = &terminal {
+        t.give_to(pgid);
+    }
     let result = supervise(pgid, &mut lost, signals, what, options).await;
+    if let Some(t) = terminal {
+        t.take_back();
+    }
     if let Some(w) = watchdog {
         w.disarm();
     }
     result
+}
+
+/// The controlling terminal on stdin, when quorate is in its foreground
+/// process group: it is handed to the command's group for the command's
+/// lifetime (as a shell does), so an interactive command can read it and
+/// gets Ctrl-C itself, then taken back.
+struct Terminal {
+    own_pgrp: i32,
+}
+
+impl Terminal {
+    fn foreground() -> Option<Terminal> {
+        // SAFETY: isatty/tcgetpgrp/getpgrp only query.
+        unsafe {
+            if libc::isatty(0) != 1 {
+                return None;
+            }
+            let own = libc::getpgrp();
+            (libc::tcgetpgrp(0) == own).then_some(Terminal { own_pgrp: own })
+        }
+    }
+
+    fn give_to(&self, pgid: i32) {
+        set_foreground(pgid);
+    }
+
+    fn take_back(self) {
+        set_foreground(self.own_pgrp);
+    }
+}
+
+/// `tcsetpgrp(0, pgrp)` from a process that may be in the background:
+/// SIGTTOU is ignored around the call.
+fn set_foreground(pgrp: i32) {
+    // SAFETY: signal/tcsetpgrp on our own terminal; the previous SIGTTOU
+    // disposition is restored.
+    unsafe {
+        let old = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+        libc::tcsetpgrp(0, pgrp);
+        libc::signal(libc::SIGTTOU, old);
+    }
 }
 
 /// Spawn the command in its own process group with a parent-death signal.
@@ -161,6 +215,7 @@ fn spawn_command(
     program: &str,
     args: &[String],
     env: &[(&str, String)],
+    take_terminal: bool,
 ) -> Result<std::process::Child, Exit> {
     // SAFETY: plain syscalls without arguments.
     let on_main_thread = unsafe { libc::gettid() == libc::getpid() };
@@ -179,8 +234,8 @@ fn spawn_command(
     cmd.args(args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .process_group(0);
-    // SAFETY: only async-signal-safe calls (prctl, getppid, kill) between
-    // fork and exec.
+    // SAFETY: only async-signal-safe calls (prctl, getppid, kill, setpgid,
+    // signal, tcsetpgrp) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
@@ -189,6 +244,14 @@ fn spawn_command(
             // quorate died between fork and prctl: follow it now.
             if libc::getppid() != parent {
                 libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+            if take_terminal {
+                // Also done by the parent; whichever runs first wins the
+                // race against the command's first read of the terminal.
+                libc::setpgid(0, 0);
+                let old = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+                libc::tcsetpgrp(0, libc::getpid());
+                libc::signal(libc::SIGTTOU, old);
             }
             Ok(())
         });

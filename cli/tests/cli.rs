@@ -480,3 +480,46 @@ fn flock_spellings_w_e_and_c() {
     assert_eq!(o.status.code(), Some(75), "{}", stderr(&o));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// On a terminal, the command gets the terminal (foreground process group)
+/// while it runs: it can read it, where a background group would be stopped
+/// by SIGTTIN. `script(1)` provides the terminal.
+#[test]
+fn an_interactive_command_can_read_the_terminal() {
+    let dir = temp_dir("tty");
+    let inner = format!(
+        "{} lock file://{} t -- sh -c 'read l; echo got $l'",
+        env!("CARGO_BIN_EXE_quorate"),
+        dir.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("script(1) from util-linux");
+    use std::io::Write;
+    child.stdin.as_mut().unwrap().write_all(b"hello\n").unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("the command never read the terminal (stopped in the background?)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    use std::io::Read;
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(status.success(), "{out}");
+    assert!(out.contains("got hello"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
