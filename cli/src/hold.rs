@@ -382,7 +382,12 @@ fn reap(pgid: i32, status: &mut Option<u8>) {
     loop {
         let mut raw: libc::c_int = 0;
         // SAFETY: waitpid on our own children of this process group.
-        let pid = unsafe { libc::waitpid(-pgid, &mut raw, libc::WNOHANG) };
+        let mut pid = unsafe { libc::waitpid(-pgid, &mut raw, libc::WNOHANG) };
+        if pid <= 0 && status.is_none() {
+            // The command itself, should it have moved to another group.
+            // SAFETY: waitpid on our own child.
+            pid = unsafe { libc::waitpid(pgid, &mut raw, libc::WNOHANG) };
+        }
         if pid <= 0 {
             return;
         }

@@ -456,7 +456,12 @@ impl Grant {
         match self {
             Grant::Lock(g) if !g.is_lost() => g.release().await,
             Grant::Leadership(l) if !l.is_lost() => l.resign().await,
-            Grant::Membership(m) => m.leave().await,
+            Grant::Membership(m) => {
+                if futures::FutureExt::now_or_never(m.lost()).is_some() {
+                    return Ok(());
+                }
+                m.leave().await
+            }
             _ => Ok(()),
         }
     }

@@ -524,3 +524,34 @@ fn url_from_the_environment_and_unavailable_exit_code() {
     ]);
     assert_eq!(o.status.code(), Some(69), "{}", stderr(&o));
 }
+
+/// SIGTERM to quorate while the command runs is forwarded to the command's
+/// whole group: the command's child ends too, and the status is the
+/// command's (143 = killed by SIGTERM).
+#[test]
+fn signals_reach_the_whole_command_group() {
+    let (b, dir) = file_backend();
+    let mut q = spawn(&[
+        "lock",
+        &b.url,
+        "job",
+        "--",
+        "sh",
+        "-c",
+        "sleep 300 & echo $!; wait",
+    ]);
+    let out = Lines::of(&mut q);
+    let grandchild: i32 = out.next().parse().unwrap();
+    signal(&q, libc::SIGTERM);
+    let status = wait_bounded(&mut q, "quorate after SIGTERM");
+    assert_eq!(
+        status.code(),
+        Some(128 + libc::SIGTERM),
+        "{}",
+        stderr_of(&mut q)
+    );
+    assert!(is_dead(grandchild), "the command's child outlived the lock");
+    let o = run(&["lock", "-n", &b.url, "job", "--", "true"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(dir);
+}
