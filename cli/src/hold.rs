@@ -105,12 +105,20 @@ pub async fn interrupted() {
     }
 }
 
-/// How a hold ends when a command is run.
+/// What to print on stdout once granted, when there is no command.
+pub enum Announce {
+    /// Nothing (`-q`).
+    Nothing,
+    /// This line (`holding …`, or the grant as JSON with `--json`).
+    Line(String),
+}
+
+/// How a hold runs.
 pub struct Options {
     /// Grace between SIGTERM and SIGKILL to the command's group.
     pub kill_after: Duration,
-    /// Print the "holding …" line (no command only).
-    pub announce: bool,
+    /// The grant line (no command only).
+    pub announce: Announce,
 }
 
 /// Run `command` (or, if empty, wait for SIGINT/SIGTERM/SIGHUP) while `lost`
@@ -129,16 +137,12 @@ pub async fn run_while_held(
     lost: impl std::future::Future<Output = LossReason>,
     signals: &mut Signals,
     what: &str,
-    fence: Option<u64>,
     options: &Options,
 ) -> Result<u8, Exit> {
     tokio::pin!(lost);
     let Some((program, args)) = command.split_first() else {
-        if options.announce {
-            match fence {
-                Some(f) => println!("holding {what} (fence {f})"),
-                None => println!("holding {what}"),
-            }
+        if let Announce::Line(line) = &options.announce {
+            println!("{line}");
         }
         return tokio::select! {
             sig = signals.recv() => {
@@ -151,7 +155,16 @@ pub async fn run_while_held(
 
     let watchdog = Watchdog::start();
     let terminal = Terminal::foreground();
-    let child = spawn_command(program, args, env, terminal.is_some())?;
+    let child = match spawn_command(program, args, env, terminal.is_some()) {
+        Ok(c) => c,
+        Err(e) => {
+            // The failed child may have taken the terminal before exec failed.
+            if let Some(t) = terminal {
+                t.take_back();
+            }
+            return Err(e);
+        }
+    };
     let pgid = child.id() as i32;
     if let Some(w) = &watchdog {
         w.arm(pgid);

@@ -117,6 +117,10 @@ struct HoldArgs {
     /// when the lock is lost (and for processes the command leaves behind).
     #[arg(long, value_parser = parse_duration, default_value = DEFAULT_KILL_AFTER)]
     kill_after: Duration,
+    /// Without a command: print the grant as one JSON object (`kind`, the
+    /// name, `fence`, `session`) instead of the `holding …` line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -184,6 +188,9 @@ enum Command {
         /// Print one line per change until interrupted (`-` for no leader).
         #[arg(long)]
         watch: bool,
+        /// JSON: `{"value": …, "fence": N}`, or `null` for no leader.
+        #[arg(long)]
+        json: bool,
     },
     /// Join a group; run a command while a member, or stay until
     /// SIGINT/SIGTERM/SIGHUP.
@@ -476,6 +483,8 @@ struct HoldPlan {
     what: String,
     command: Vec<String>,
     env: Vec<(&'static str, String)>,
+    /// The grant line's fields for `--json` (session and fence are added).
+    grant_json: serde_json::Value,
     quiet: bool,
 }
 
@@ -561,20 +570,27 @@ where
         env.push(("QUORATE_FENCE", f.to_string()));
     }
     env.push(("QUORATE_SESSION", session.id().to_owned()));
+    let announce = match (plan.quiet, plan.args.json) {
+        (true, _) => hold::Announce::Nothing,
+        (false, false) => hold::Announce::Line(match grant.fence() {
+            Some(f) => format!("holding {what} (fence {f})"),
+            None => format!("holding {what}"),
+        }),
+        (false, true) => {
+            let mut grant_json = plan.grant_json;
+            grant_json["session"] = session.id().into();
+            if let Some(f) = grant.fence() {
+                grant_json["fence"] = f.into();
+            }
+            hold::Announce::Line(grant_json.to_string())
+        }
+    };
     let options = hold::Options {
         kill_after: plan.args.kill_after,
-        announce: !plan.quiet,
+        announce,
     };
-    let result = hold::run_while_held(
-        &command,
-        &env,
-        grant.lost(),
-        &mut signals,
-        what,
-        grant.fence(),
-        &options,
-    )
-    .await;
+    let result =
+        hold::run_while_held(&command, &env, grant.lost(), &mut signals, what, &options).await;
     if let Err(e) = grant.release().await {
         tracing::warn!(error = %e, "releasing {what}; closing the session instead");
     }
@@ -622,6 +638,10 @@ async fn run(command: Command, quiet: bool) -> Result<u8, Exit> {
                 what: format!("lock `{name}`"),
                 command,
                 env: vec![("QUORATE_LOCK", name.clone())],
+                grant_json: serde_json::json!({
+                    "kind": if shared { "read" } else { "lock" },
+                    "name": name,
+                }),
                 quiet,
             };
             hold_with(plan, |session| async move {
@@ -650,6 +670,11 @@ async fn run(command: Command, quiet: bool) -> Result<u8, Exit> {
                 what: format!("leadership of `{election}`"),
                 command,
                 env: vec![("QUORATE_ELECTION", election.clone())],
+                grant_json: serde_json::json!({
+                    "kind": "leadership",
+                    "election": election,
+                    "value": value,
+                }),
                 quiet,
             };
             hold_with(plan, |session| async move {
@@ -661,16 +686,19 @@ async fn run(command: Command, quiet: bool) -> Result<u8, Exit> {
             })
             .await
         }
-        Command::Leader { target, watch } => {
+        Command::Leader {
+            target,
+            watch,
+            json,
+        } => {
             let (url, rest) = split_target(target, 1)?;
             let election = rest[0].clone();
             let coord = connect(&url).await?;
             if !watch {
-                return match coord.leader(&election).await? {
-                    Some(l) => {
-                        println!("{}", String::from_utf8_lossy(&l.value));
-                        Ok(0)
-                    }
+                let leader = coord.leader(&election).await?;
+                print_leader(leader.as_ref(), json, None);
+                return match leader {
+                    Some(_) => Ok(0),
                     None => Err(Exit {
                         code: EXIT_NO_LEADER,
                         message: format!("election `{election}` has no leader"),
@@ -681,8 +709,7 @@ async fn run(command: Command, quiet: bool) -> Result<u8, Exit> {
             loop {
                 tokio::select! {
                     next = observe.next() => match next {
-                        Some(Ok(Some(l))) => println!("{}", String::from_utf8_lossy(&l.value)),
-                        Some(Ok(None)) => println!("-"),
+                        Some(Ok(l)) => print_leader(l.as_ref(), json, Some("-")),
                         Some(Err(e)) => return Err(e.into()),
                         None => return Ok(0),
                     },
@@ -714,6 +741,11 @@ async fn run(command: Command, quiet: bool) -> Result<u8, Exit> {
                     ("QUORATE_GROUP", group.clone()),
                     ("QUORATE_MEMBER", member.clone()),
                 ],
+                grant_json: serde_json::json!({
+                    "kind": "membership",
+                    "group": group,
+                    "member": member,
+                }),
                 quiet,
             };
             hold_with(plan, |session| async move {
@@ -817,6 +849,26 @@ async fn run(command: Command, quiet: bool) -> Result<u8, Exit> {
             quorate_conformance::agent::serve(&url).await;
             Ok(0)
         }
+    }
+}
+
+/// One line for `leader`: the value (`none` for no leader), or JSON.
+fn print_leader(leader: Option<&quorate::Leader>, json: bool, none: Option<&str>) {
+    match (leader, json) {
+        (Some(l), false) => println!("{}", String::from_utf8_lossy(&l.value)),
+        (None, false) => {
+            if let Some(none) = none {
+                println!("{none}");
+            }
+        }
+        (Some(l), true) => println!(
+            "{}",
+            serde_json::json!({
+                "value": String::from_utf8_lossy(&l.value),
+                "fence": l.fence.get(),
+            })
+        ),
+        (None, true) => println!("null"),
     }
 }
 

@@ -555,3 +555,38 @@ fn signals_reach_the_whole_command_group() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `--json` grant lines (`lock`, `elect`) and `leader --json` agree with
+/// each other and with the backend.
+#[test]
+fn json_grant_lines_etcd() {
+    let etcd = start_etcd();
+    let b = etcd_backend(&etcd);
+    let mut l = spawn(&["lock", "--json", &b.url, "job"]);
+    let grant: serde_json::Value = serde_json::from_str(&Lines::of(&mut l).next()).unwrap();
+    assert_eq!(grant["kind"], "lock");
+    assert_eq!(grant["name"], "job");
+    assert!(grant["fence"].as_u64().is_some_and(|f| f > 0), "{grant}");
+    let session = grant["session"].as_str().unwrap().to_owned();
+    assert!(!session.is_empty());
+
+    let mut e = spawn(&["elect", "--json", &b.url, "sched", "node-a"]);
+    let lead: serde_json::Value = serde_json::from_str(&Lines::of(&mut e).next()).unwrap();
+    assert_eq!(lead["kind"], "leadership");
+    assert_eq!(lead["value"], "node-a");
+    let o = run(&["leader", "--json", &b.url, "sched"]);
+    let seen: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(seen["value"], "node-a");
+    assert_eq!(seen["fence"], lead["fence"]);
+
+    // The session in the grant line is the one holding the lock.
+    b.revoke(&session);
+    let status = wait_bounded(&mut l, "the revoked holder");
+    assert_eq!(status.code(), Some(79), "{}", stderr_of(&mut l));
+    signal(&e, libc::SIGTERM);
+    assert_eq!(wait_bounded(&mut e, "the leader").code(), Some(0));
+    let o = run(&["leader", "--json", &b.url, "sched"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "null");
+    assert_eq!(b.leftovers(), Vec::<String>::new());
+}
