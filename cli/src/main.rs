@@ -111,7 +111,7 @@ struct HoldArgs {
     )]
     shell_command: Option<String>,
     /// Session (lease) TTL, overriding the URL's `ttl` (100ms..1y).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_any_duration)]
     ttl: Option<Duration>,
     /// Grace between SIGTERM and SIGKILL to the command's process group
     /// when the lock is lost (and for processes the command leaves behind).
@@ -263,14 +263,30 @@ enum Command {
     ReapGroup,
 }
 
-/// A duration with a unit (`500ms`, `10s`, `2m`) or a bare number of
-/// seconds (`10`, `0.5`), as flock(1) takes it.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    if let Ok(secs) = s.trim().parse::<f64>() {
-        return Duration::try_from_secs_f64(secs)
-            .map_err(|_| format!("`{s}` is not a duration (negative, or too large)"));
+/// A duration, unbounded: `--ttl`, which [`quorate::Config::set_ttl`]
+/// checks (an out-of-range TTL is `InvalidConfig`, as in the URL).
+fn parse_any_duration(s: &str) -> Result<Duration, String> {
+    match s.trim().parse::<f64>() {
+        Ok(secs) => Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("`{s}` is not a duration (negative, or too large)")),
+        Err(_) => {
+            quorate::config::parse_duration("duration", s).map_err(|e| e.message().to_owned())
+        }
     }
-    quorate::config::parse_duration("duration", s).map_err(|e| e.message().to_owned())
+}
+
+/// A duration with a unit (`500ms`, `10s`, `2m`) or a bare number of
+/// seconds (`10`, `0.5`), as flock(1) takes it, at most one year
+/// ([`quorate::config::MAX_DURATION`]; larger values would overflow the
+/// clock arithmetic). `--ttl` is checked further by the config's bounds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_any_duration(s)?;
+    let bounds = quorate::config::DurationBounds {
+        name: "duration",
+        min: Duration::ZERO,
+        max: quorate::config::MAX_DURATION,
+    };
+    bounds.check(d).map_err(|e| e.message().to_owned())
 }
 
 /// A failure that ends the program: the message for stderr and the status.

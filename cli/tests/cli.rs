@@ -278,6 +278,13 @@ fn invalid_config_is_a_clear_error_never_a_panic() {
     }
     let o = run(&["elect", "--timeout", "0", "memory://", "e", "v"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    for flag in ["--timeout", "--kill-after", "-w"] {
+        for value in ["18446744073709551615s", "2y", "1e300", "-1"] {
+            let o = run(&["lock", flag, value, "memory://", "x", "--", "true"]);
+            assert_eq!(o.status.code(), Some(2), "{flag} {value}: {}", stderr(&o));
+            assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+        }
+    }
 }
 
 #[test]
