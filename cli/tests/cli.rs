@@ -530,3 +530,23 @@ fn an_interactive_command_can_read_the_terminal() {
     assert!(out.contains("got hello"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `-v` adds log lines on stderr (no colour escapes when stderr is not a
+/// terminal); by default and with `-q` a successful run prints nothing there.
+#[test]
+fn verbosity_flags() {
+    let o = run(&["-vv", "lock", "memory://", "x", "--", "true"]);
+    assert_eq!(o.status.code(), Some(0));
+    let e = stderr(&o);
+    assert!(e.contains("DEBUG") && e.contains("granted"), "{e}");
+    assert!(!e.contains('\u{1b}'), "colour escapes on a pipe: {e:?}");
+    for quiet in [&["lock"][..], &["-q", "lock"][..]] {
+        let mut args = quiet.to_vec();
+        args.extend(["memory://", "x", "--", "true"]);
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(0));
+        assert!(o.stderr.is_empty(), "{args:?}: {}", stderr(&o));
+    }
+    let o = run(&["-q", "-v", "lock", "memory://", "x"]);
+    assert_eq!(o.status.code(), Some(2), "-q and -v conflict");
+}
