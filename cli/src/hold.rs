@@ -49,6 +49,10 @@ use crate::{Exit, EXIT_LOST, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND};
 /// reaped before it gives up waiting (the lock is released either way).
 const REAP_AFTER_KILL: Duration = Duration::from_secs(5);
 
+/// How long a disarmed watchdog is given to exit before quorate stops
+/// waiting to reap it.
+const WATCHDOG_EXIT: Duration = Duration::from_secs(1);
+
 /// Fallback period of the reaping loop, in case a SIGCHLD is coalesced.
 const REAP_POLL: Duration = Duration::from_millis(50);
 
@@ -177,7 +181,7 @@ pub async fn run_while_held(
         t.take_back();
     }
     if let Some(w) = watchdog {
-        w.disarm();
+        w.disarm().await;
     }
     result
 }
@@ -438,6 +442,7 @@ fn lost_exit(what: &str, reason: &LossReason) -> Exit {
 /// without disarming it.
 struct Watchdog {
     pipe: std::fs::File,
+    process: std::process::Child,
 }
 
 impl Watchdog {
@@ -467,8 +472,9 @@ impl Watchdog {
             .stdout(Stdio::null())
             .spawn()
         {
-            Ok(_) => Some(Watchdog {
+            Ok(process) => Some(Watchdog {
                 pipe: std::fs::File::from(write),
+                process,
             }),
             Err(e) => {
                 tracing::warn!(error = %e, "no watchdog: cannot start it");
@@ -482,9 +488,24 @@ impl Watchdog {
         let _ = (&self.pipe).write_all(format!("{pgid}\n").as_bytes());
     }
 
-    /// Tell the watchdog to exit without killing anything.
-    fn disarm(self) {
-        let _ = (&self.pipe).write_all(b"done\n");
+    /// Tell the watchdog to exit without killing anything, and reap it
+    /// (waiting at most [`WATCHDOG_EXIT`]; it exits at once on `done` or end
+    /// of file).
+    async fn disarm(self) {
+        let Watchdog { pipe, mut process } = self;
+        let _ = (&pipe).write_all(b"done\n");
+        drop(pipe);
+        let until = Instant::now() + WATCHDOG_EXIT;
+        while Instant::now() < until {
+            match process.try_wait() {
+                Ok(None) => tokio::time::sleep(Duration::from_millis(5)).await,
+                _ => return,
+            }
+        }
+        tracing::warn!(
+            pid = process.id(),
+            "the watchdog did not exit when disarmed"
+        );
     }
 }
 
