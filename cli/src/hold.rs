@@ -146,7 +146,11 @@ pub async fn run_while_held(
     tokio::pin!(lost);
     let Some((program, args)) = command.split_first() else {
         if let Announce::Line(line) = &options.announce {
-            println!("{line}");
+            // Not println!: a closed stdout must not panic past the clean-up.
+            let mut out = std::io::stdout().lock();
+            if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+                tracing::warn!(error = %e, "cannot print the grant line");
+            }
         }
         return tokio::select! {
             sig = signals.recv() => {
@@ -165,6 +169,9 @@ pub async fn run_while_held(
             // The failed child may have taken the terminal before exec failed.
             if let Some(t) = terminal {
                 t.take_back();
+            }
+            if let Some(w) = watchdog {
+                w.disarm().await;
             }
             return Err(e);
         }

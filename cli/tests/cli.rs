@@ -550,3 +550,48 @@ fn verbosity_flags() {
     let o = run(&["-q", "-v", "lock", "memory://", "x"]);
     assert_eq!(o.status.code(), Some(2), "-q and -v conflict");
 }
+
+/// With stdout closed, the grant line cannot be printed: `lock` still
+/// holds, and releases on SIGTERM (no panic past the clean-up).
+#[test]
+fn a_closed_stdout_does_not_break_holding() {
+    let dir = temp_dir("closed-stdout");
+    let url = format!("file://{}", dir.display());
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            &format!("exec {} lock {url} held >&-", env!("CARGO_BIN_EXE_quorate")),
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while run(&["lock", "-n", &url, "held", "--", "true"])
+        .status
+        .code()
+        != Some(75)
+    {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "exited instead of holding"
+        );
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "never held"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: kill(2) on our own child (sh exec'd quorate).
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let o = run(&["lock", "-n", &url, "held", "--", "true"]);
+    assert_eq!(o.status.code(), Some(0), "not released: {}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
