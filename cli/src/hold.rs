@@ -339,7 +339,7 @@ async fn supervise(
         }
         End::Lost(reason) => {
             eprintln!(
-                "quorate: lost {what}: {reason}; sending SIGTERM to the command's process group (SIGKILL after {})",
+                "quorate: lost {what}: sending SIGTERM to the command's process group (SIGKILL after {})",
                 humantime::format_duration(options.kill_after)
             );
             terminate_group(pgid, &mut status, options.kill_after, &mut sigchld).await;
