@@ -57,6 +57,7 @@ pub async fn connect(url: &str) -> Result<Coordinator> {
 ///
 /// As [`connect`].
 pub async fn connect_with(config: &Config) -> Result<Coordinator> {
+    config.validate()?;
     let limit = config.connect_timeout;
     let span = tracing::debug_span!("connect", url = %config);
     let _enter = span.enter();

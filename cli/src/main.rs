@@ -1,31 +1,83 @@
 //! `quorate`: locks, elections and group membership for scripts and
 //! operators, on every backend; plus the conformance suite and benchmarks.
 //!
-//! Exit codes: the command's own status for `lock`/`elect`/`join` with a
-//! command (128+N if it died of signal N); 75 (EX_TEMPFAIL) when a lock or
-//! leadership times out or is lost; 1 for any other error (one line on
-//! stderr); 2 for bad usage.
+//! Exit codes (also in `--help` and `docs/cli.md`): the command's own status
+//! for `lock`/`elect`/`join` with a command (128+N if it died of signal N);
+//! 75 (EX_TEMPFAIL) when not granted within `--timeout` or busy with
+//! `-n`; 79 when the lock, leadership or membership is lost while held;
+//! 69 (EX_UNAVAILABLE) when the backend cannot be reached; 126/127 when the
+//! command cannot be executed / is not found; 128+N when quorate itself is
+//! stopped by signal N while waiting; 3 when `leader` finds no leader; 2 for
+//! bad usage; 1 for any other error (one line on stderr).
 
 mod hold;
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
-use quorate::{Coordinator, ErrorKind, GroupEvent};
+use quorate::{Coordinator, ErrorKind, GroupEvent, LossReason, Session};
 use quorate_conformance::{bench, runner, Target};
+use tokio::time::Instant;
 
-/// Exit status for "try again later": timed out or lost.
+use hold::Signals;
+
+/// Exit status: not granted within `--timeout`, or busy with `-n`
+/// (sysexits' EX_TEMPFAIL: try again later).
 pub const EXIT_TEMPFAIL: u8 = 75;
+/// Exit status: what was held (lock, leadership, membership) was lost.
+pub const EXIT_LOST: u8 = 79;
+/// Exit status: the backend could not be reached (sysexits' EX_UNAVAILABLE).
+pub const EXIT_UNAVAILABLE: u8 = 69;
+/// Exit status: the command was found but could not be executed (as shells).
+pub const EXIT_NOT_EXECUTABLE: u8 = 126;
+/// Exit status: the command was not found (as shells).
+pub const EXIT_NOT_FOUND: u8 = 127;
+/// Exit status: `leader` found no leader.
+pub const EXIT_NO_LEADER: u8 = 3;
+/// Default grace between SIGTERM and SIGKILL to the command's group.
+const DEFAULT_KILL_AFTER: &str = "5s";
+/// Name of the environment variable holding the default URL.
+const URL_ENV: &str = "QUORATE_URL";
+
+const EXIT_CODES_HELP: &str = "\
+Exit status:
+  0        success (without a command: released after SIGINT/SIGTERM/SIGHUP)
+  N        with a command: the command's own status (128+N if it died of signal N)
+  1        any other error (one line on stderr)
+  2        bad usage
+  3        `leader`: the election has no leader
+  69       the backend could not be reached (connect_timeout)
+  75       not granted within --timeout (connecting included), or busy with -n
+  79       the lock / leadership / membership was lost while held
+           (the command's process group got SIGTERM, then SIGKILL after --kill-after)
+  126      the command could not be executed
+  127      the command was not found
+  128+N    quorate was stopped by signal N (SIGINT 130, SIGTERM 143) while waiting
+
+URL schemes (the URL argument may be left out when QUORATE_URL is set):
+  etcd://h1:2379,h2:2379/namespace?ttl=10s   etcds://… (TLS)
+  zookeeper://h1:2181,h2:2181/chroot?session_timeout=10s
+  redis://[user:pass@]h:6379/0?ttl=10s       rediss://…  redis+sentinel://…
+  file:///var/lib/quorate                    memory://name
+Common options: ttl (100ms..1y), connect_timeout (1ms..1y). See docs/cli.md.";
 
 #[derive(Parser)]
 #[command(
     name = "quorate",
     version,
-    about = "Distributed locks, elections and membership over etcd, ZooKeeper, Redis, files or memory"
+    about = "Distributed locks, elections and membership over etcd, ZooKeeper, Redis, files or memory",
+    after_help = EXIT_CODES_HELP
 )]
 struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace);
+    /// QUORATE_LOG (an env-filter) overrides.
+    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+    /// Only errors on stderr, and no "holding …" line on stdout.
+    #[arg(short, long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -36,82 +88,136 @@ enum Format {
     Json,
 }
 
+/// Options shared by `lock`, `elect` and `join`.
+#[derive(Args, Clone)]
+struct HoldArgs {
+    /// Give up after this long (e.g. 500ms, 10s, 2m; a bare number is
+    /// seconds, as flock's -w) and exit 75. Covers connecting, opening the
+    /// session and waiting. `0` makes exactly one attempt (`lock` only;
+    /// same as -n).
+    #[arg(short = 'w', long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Exit status when not granted in time or busy, instead of 75 (as
+    /// flock's -E).
+    #[arg(short = 'E', long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
+    conflict_exit_code: Option<u8>,
+    /// Run this string with `sh -c` (as flock's -c), instead of a command
+    /// after `--`.
+    #[arg(
+        short = 'c',
+        long = "command",
+        id = "shell_command",
+        value_name = "STRING"
+    )]
+    shell_command: Option<String>,
+    /// Session (lease) TTL, overriding the URL's `ttl` (100ms..1y).
+    #[arg(long, value_parser = parse_any_duration)]
+    ttl: Option<Duration>,
+    /// Grace between SIGTERM and SIGKILL to the command's process group
+    /// when the lock is lost (and for processes the command leaves behind).
+    #[arg(long, value_parser = parse_duration, default_value = DEFAULT_KILL_AFTER)]
+    kill_after: Duration,
+    /// Without a command: print the grant as one JSON object (`kind`, the
+    /// name, `fence`, `session`) instead of the `holding …` line.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Hold a lock while a command runs (like flock(1) / `etcdctl lock`).
     ///
-    /// The command gets QUORATE_FENCE (the fencing token) and QUORATE_LOCK in
-    /// its environment. If the lock is lost, the command gets SIGTERM and
-    /// quorate exits 75. Without a command, holds until stdin closes or a
-    /// signal arrives.
+    /// The command runs in its own process group with QUORATE_FENCE (the
+    /// fencing token), QUORATE_LOCK and QUORATE_SESSION in its environment;
+    /// SIGINT/SIGTERM/SIGHUP to quorate are forwarded to that group. If the
+    /// lock is lost, the group gets SIGTERM, then SIGKILL after --kill-after,
+    /// and quorate exits 79. If quorate dies (even by SIGKILL), the group is
+    /// killed. The lock is released only once nothing of the group is left.
+    ///
+    /// Without a command, prints "holding lock `NAME` (fence N)" and holds
+    /// until SIGINT, SIGTERM or SIGHUP, then releases and exits 0.
+    #[command(
+        after_help = EXIT_CODES_HELP,
+        override_usage = "quorate lock [OPTIONS] [URL] <NAME> [-- <COMMAND>...]\n       quorate lock [OPTIONS] [URL] <NAME> -c <STRING>"
+    )]
     Lock {
-        /// Backend URL, e.g. file:///var/lib/quorate or etcd://127.0.0.1:2379.
-        url: String,
-        /// Lock name.
-        name: String,
-        /// Give up after this long (e.g. 500ms, 10s, 2m) and exit 75.
-        #[arg(long, value_parser = parse_duration)]
-        timeout: Option<Duration>,
-        /// Session (lease) TTL, overriding the URL's `ttl`.
-        #[arg(long, value_parser = parse_duration)]
-        ttl: Option<Duration>,
+        /// [URL] NAME: backend URL (default: $QUORATE_URL), e.g.
+        /// file:///var/lib/quorate or etcd://127.0.0.1:2379, and the lock name.
+        #[arg(value_name = "URL", num_args = 1..=2, required = true)]
+        target: Vec<String>,
+        /// Fail at once (exit 75) if the lock is busy: one attempt; same as --timeout 0.
+        #[arg(short = 'n', long, conflicts_with = "timeout")]
+        nonblock: bool,
+        #[command(flatten)]
+        hold: HoldArgs,
         /// Take the read (shared) side of a read/write lock of this name.
-        #[arg(long)]
+        /// Note: shared and exclusive holders of one name do not yet exclude
+        /// each other (see docs/cli.md).
+        #[arg(short, long)]
         shared: bool,
         /// The command to run while holding the lock.
         #[arg(last = true)]
         command: Vec<String>,
     },
     /// Campaign in an election; run a command while leader, or hold
-    /// leadership until interrupted.
+    /// leadership until SIGINT/SIGTERM/SIGHUP.
+    #[command(
+        after_help = EXIT_CODES_HELP,
+        override_usage = "quorate elect [OPTIONS] [URL] <ELECTION> <VALUE> [-- <COMMAND>...]"
+    )]
     Elect {
-        /// Backend URL.
-        url: String,
-        /// Election name.
-        election: String,
-        /// The value to publish as leader.
-        value: String,
-        /// Session (lease) TTL, overriding the URL's `ttl`.
-        #[arg(long, value_parser = parse_duration)]
-        ttl: Option<Duration>,
-        /// The command to run while leader (gets QUORATE_FENCE and QUORATE_ELECTION).
+        /// [URL] ELECTION VALUE: backend URL (default: $QUORATE_URL), the
+        /// election name and the value to publish as leader.
+        #[arg(value_name = "URL", num_args = 2..=3, required = true)]
+        target: Vec<String>,
+        #[command(flatten)]
+        hold: HoldArgs,
+        /// The command to run while leader (gets QUORATE_FENCE, QUORATE_ELECTION, QUORATE_SESSION).
         #[arg(last = true)]
         command: Vec<String>,
     },
     /// Print the current leader's value (exit 3 if there is none).
+    #[command(
+        after_help = EXIT_CODES_HELP,
+        override_usage = "quorate leader [OPTIONS] [URL] <ELECTION>"
+    )]
     Leader {
-        /// Backend URL.
-        url: String,
-        /// Election name.
-        election: String,
+        /// [URL] ELECTION: backend URL (default: $QUORATE_URL) and election name.
+        #[arg(value_name = "URL", num_args = 1..=2, required = true)]
+        target: Vec<String>,
         /// Print one line per change until interrupted (`-` for no leader).
         #[arg(long)]
         watch: bool,
+        /// JSON: `{"value": …, "fence": N}`, or `null` for no leader.
+        #[arg(long)]
+        json: bool,
     },
-    /// Join a group; run a command while a member, or stay until interrupted.
+    /// Join a group; run a command while a member, or stay until
+    /// SIGINT/SIGTERM/SIGHUP.
+    #[command(
+        after_help = EXIT_CODES_HELP,
+        override_usage = "quorate join [OPTIONS] [URL] <GROUP> <MEMBER> [-- <COMMAND>...]"
+    )]
     Join {
-        /// Backend URL.
-        url: String,
-        /// Group name.
-        group: String,
-        /// Member id.
-        member: String,
+        /// [URL] GROUP MEMBER: backend URL (default: $QUORATE_URL), group
+        /// name and member id.
+        #[arg(value_name = "URL", num_args = 2..=3, required = true)]
+        target: Vec<String>,
         /// Capabilities as JSON.
         #[arg(long, default_value = "null")]
         capabilities: String,
-        /// Session (lease) TTL, overriding the URL's `ttl`.
-        #[arg(long, value_parser = parse_duration)]
-        ttl: Option<Duration>,
-        /// The command to run while a member.
+        #[command(flatten)]
+        hold: HoldArgs,
+        /// The command to run while a member (gets QUORATE_GROUP, QUORATE_MEMBER, QUORATE_SESSION).
         #[arg(last = true)]
         command: Vec<String>,
     },
     /// List a group's members (one id per line, or JSON).
+    #[command(override_usage = "quorate members [OPTIONS] [URL] <GROUP>")]
     Members {
-        /// Backend URL.
-        url: String,
-        /// Group name.
-        group: String,
+        /// [URL] GROUP: backend URL (default: $QUORATE_URL) and group name.
+        #[arg(value_name = "URL", num_args = 1..=2, required = true)]
+        target: Vec<String>,
         /// Print membership events until interrupted.
         #[arg(long)]
         watch: bool,
@@ -130,6 +236,9 @@ enum Command {
         /// Only cases whose name contains this.
         #[arg(long)]
         only: Option<String>,
+        /// How long the randomized nemesis case runs (default 20s).
+        #[arg(long, value_name = "D")]
+        nemesis: Option<String>,
     },
     /// Benchmark against the backend's raw operations in the same run.
     Bench {
@@ -148,22 +257,52 @@ enum Command {
         /// Backend URL.
         url: String,
     },
+    /// The watchdog that kills a command's process group if quorate dies
+    /// (internal; see cli/src/hold.rs).
+    #[command(hide = true)]
+    ReapGroup,
 }
 
+/// A duration, unbounded: `--ttl`, which [`quorate::Config::set_ttl`]
+/// checks (an out-of-range TTL is `InvalidConfig`, as in the URL).
+fn parse_any_duration(s: &str) -> Result<Duration, String> {
+    match s.trim().parse::<f64>() {
+        Ok(secs) => Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("`{s}` is not a duration (negative, or too large)")),
+        Err(_) => {
+            quorate::config::parse_duration("duration", s).map_err(|e| e.message().to_owned())
+        }
+    }
+}
+
+/// A duration with a unit (`500ms`, `10s`, `2m`) or a bare number of
+/// seconds (`10`, `0.5`), as flock(1) takes it, at most one year
+/// ([`quorate::config::MAX_DURATION`]; larger values would overflow the
+/// clock arithmetic). `--ttl` is checked further by the config's bounds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    quorate::config::parse_duration("duration", s).map_err(|e| e.message().to_owned())
+    let d = parse_any_duration(s)?;
+    let bounds = quorate::config::DurationBounds {
+        name: "duration",
+        min: Duration::ZERO,
+        max: quorate::config::MAX_DURATION,
+    };
+    bounds.check(d).map_err(|e| e.message().to_owned())
 }
 
 /// A failure that ends the program: the message for stderr and the status.
 pub struct Exit {
+    /// The exit status.
     pub code: u8,
+    /// One line for stderr.
     pub message: String,
 }
 
 impl From<quorate::Error> for Exit {
     fn from(e: quorate::Error) -> Self {
         let code = match e.kind() {
-            ErrorKind::Timeout | ErrorKind::Lost => EXIT_TEMPFAIL,
+            ErrorKind::Timeout => EXIT_TEMPFAIL,
+            ErrorKind::Lost => EXIT_LOST,
+            ErrorKind::Unavailable => EXIT_UNAVAILABLE,
             _ => 1,
         };
         Exit {
@@ -175,10 +314,10 @@ impl From<quorate::Error> for Exit {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("QUORATE_LOG"))
-        .with_writer(std::io::stderr)
-        .try_init();
+    if let Command::ReapGroup = cli.command {
+        return ExitCode::from(hold::reap_group_main());
+    }
+    init_tracing(cli.verbose, cli.quiet);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -186,7 +325,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    // The future runs on this (the main) thread: commands are spawned from
+    // it, which their parent-death signal depends on (see hold.rs).
+    let result = runtime.block_on(run(cli.command, cli.quiet));
+    // Every clean-up was awaited already; do not hang on a blocking thread.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("quorate: {}", e.message);
@@ -195,108 +339,384 @@ fn main() -> ExitCode {
     }
 }
 
-async fn connect(url: &str, ttl: Option<Duration>) -> Result<Coordinator, Exit> {
-    let mut config = quorate::Config::parse(url)?;
-    if let Some(ttl) = ttl {
-        config.ttl = ttl;
-    }
-    Ok(quorate::connect_with(&config).await?)
+fn init_tracing(verbose: u8, quiet: bool) {
+    use std::io::IsTerminal;
+    let filter = match std::env::var("QUORATE_LOG") {
+        Ok(f) if !f.trim().is_empty() => tracing_subscriber::EnvFilter::new(f),
+        _ => tracing_subscriber::EnvFilter::new(match (quiet, verbose) {
+            (true, _) => "error",
+            (false, 0) => "warn",
+            (false, 1) => "info",
+            (false, 2) => "debug",
+            (false, _) => "trace",
+        }),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
-async fn run(command: Command) -> Result<u8, Exit> {
+/// Split `[URL] ARGS…` into the URL (from `QUORATE_URL` when left out) and
+/// the `n` other arguments.
+fn split_target(mut target: Vec<String>, n: usize) -> Result<(String, Vec<String>), Exit> {
+    if target.len() == n + 1 {
+        let url = target.remove(0);
+        return Ok((url, target));
+    }
+    match std::env::var(URL_ENV) {
+        Ok(url) if !url.trim().is_empty() => Ok((url, target)),
+        _ => Err(Exit {
+            code: 2,
+            message: format!("no backend URL: give it as the first argument or set {URL_ENV}"),
+        }),
+    }
+}
+
+async fn connect(url: &str) -> Result<Coordinator, Exit> {
+    Ok(quorate::connect(url).await?)
+}
+
+/// How `lock` tries.
+#[derive(Clone, Copy)]
+enum Attempt {
+    /// Wait until granted, at most until the deadline.
+    Wait(Option<Instant>),
+    /// One attempt (`-n`, `--timeout 0`).
+    Once,
+}
+
+/// Why waiting stopped before a grant.
+enum Stop {
+    TimedOut,
+    Signal(i32),
+}
+
+impl Stop {
+    fn exit(&self, what: &str, phase: &str, timeout: Option<Duration>) -> Exit {
+        match self {
+            Stop::TimedOut => Exit {
+                code: EXIT_TEMPFAIL,
+                message: format!(
+                    "timed out after {} {phase} {what}",
+                    humantime::format_duration(timeout.unwrap_or_default())
+                ),
+            },
+            Stop::Signal(sig) => Exit {
+                code: (128 + sig).clamp(0, 255) as u8,
+                message: format!("interrupted by signal {sig} while {phase} {what}"),
+            },
+        }
+    }
+}
+
+/// Run `fut` until it finishes, the deadline passes or a signal arrives;
+/// `fut` is dropped in the two latter cases (it must be cancel safe).
+async fn race<T>(
+    fut: impl std::future::Future<Output = T>,
+    deadline: Option<Instant>,
+    signals: &mut Signals,
+) -> Result<T, Stop> {
+    tokio::select! {
+        biased;
+        sig = signals.recv() => Err(Stop::Signal(sig)),
+        _ = sleep_until(deadline) => Err(Stop::TimedOut),
+        r = fut => Ok(r),
+    }
+}
+
+/// Run `fut` to completion (it is bounded by `connect_timeout`), noting
+/// whether the deadline passed or a signal arrived meanwhile.
+async fn finish<T>(
+    fut: impl std::future::Future<Output = T>,
+    deadline: Option<Instant>,
+    signals: &mut Signals,
+) -> (T, Option<Stop>) {
+    tokio::pin!(fut);
+    let mut stop = None;
+    loop {
+        tokio::select! {
+            r = &mut fut => return (r, stop),
+            sig = signals.recv(), if stop.is_none() => stop = Some(Stop::Signal(sig)),
+            _ = sleep_until(deadline), if stop.is_none() => stop = Some(Stop::TimedOut),
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What `lock`, `elect` and `join` hold.
+enum Grant {
+    Lock(quorate::LockGuard),
+    Leadership(quorate::Leadership),
+    Membership(quorate::Membership),
+}
+
+impl Grant {
+    fn fence(&self) -> Option<u64> {
+        match self {
+            Grant::Lock(g) => Some(g.fence().get()),
+            Grant::Leadership(l) => Some(l.fence().get()),
+            Grant::Membership(_) => None,
+        }
+    }
+
+    async fn lost(&self) -> LossReason {
+        match self {
+            Grant::Lock(g) => g.lost().await,
+            Grant::Leadership(l) => l.lost().await,
+            Grant::Membership(m) => m.lost().await,
+        }
+    }
+
+    async fn release(self) -> quorate::Result<()> {
+        match self {
+            Grant::Lock(g) if !g.is_lost() => g.release().await,
+            Grant::Leadership(l) if !l.is_lost() => l.resign().await,
+            Grant::Membership(m) => {
+                if futures::FutureExt::now_or_never(m.lost()).is_some() {
+                    return Ok(());
+                }
+                m.leave().await
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What to hold and how: the common path of `lock`, `elect` and `join`.
+struct HoldPlan {
+    url: String,
+    args: HoldArgs,
+    attempt: Attempt,
+    /// "lock `x`", for messages.
+    what: String,
+    command: Vec<String>,
+    env: Vec<(&'static str, String)>,
+    /// The grant line's fields for `--json` (session and fence are added).
+    grant_json: serde_json::Value,
+    quiet: bool,
+}
+
+/// Connect, open a session, acquire (with `acquire`), run the command or
+/// hold, then release — and on *every* exit path (timeout, busy, signal,
+/// failed spawn, loss, error) close the session and wait for the backend to
+/// confirm before returning, so nothing of this process is left behind.
+async fn hold_with<F, Fut>(plan: HoldPlan, acquire: F) -> Result<u8, Exit>
+where
+    F: FnOnce(Session) -> Fut,
+    Fut: std::future::Future<Output = quorate::Result<Option<Grant>>>,
+{
+    let conflict = plan.args.conflict_exit_code.unwrap_or(EXIT_TEMPFAIL);
+    hold_inner(plan, acquire).await.map_err(|mut e| {
+        if e.code == EXIT_TEMPFAIL {
+            e.code = conflict;
+        }
+        e
+    })
+}
+
+async fn hold_inner<F, Fut>(plan: HoldPlan, acquire: F) -> Result<u8, Exit>
+where
+    F: FnOnce(Session) -> Fut,
+    Fut: std::future::Future<Output = quorate::Result<Option<Grant>>>,
+{
+    let mut signals = Signals::install()?;
+    let command = match (&plan.args.shell_command, plan.command.is_empty()) {
+        (Some(c), true) => vec!["sh".to_owned(), "-c".to_owned(), c.clone()],
+        (Some(_), false) => {
+            return Err(Exit {
+                code: 2,
+                message: "give either -c STRING or a command after `--`, not both".into(),
+            })
+        }
+        (None, _) => plan.command.clone(),
+    };
+    let mut config = quorate::Config::parse(&plan.url)?;
+    if let Some(ttl) = plan.args.ttl {
+        config.set_ttl("--ttl", ttl)?;
+    }
+    config.validate()?;
+    let deadline = match plan.attempt {
+        Attempt::Wait(d) => d,
+        Attempt::Once => None,
+    };
+    let what = plan.what.as_str();
+    let timeout = plan.args.timeout;
+    let coord = race(quorate::connect_with(&config), deadline, &mut signals)
+        .await
+        .map_err(|s| s.exit(what, "connecting for", timeout))??;
+    // Opening a session is not cut short (a half-open lease would outlive
+    // us until its TTL); it is bounded by connect_timeout.
+    let (session, stop) = finish(coord.session(), deadline, &mut signals).await;
+    let session = session?;
+    if let Some(stop) = stop {
+        close(&session).await;
+        return Err(stop.exit(what, "opening a session for", timeout));
+    }
+    let outcome = race(acquire(session.clone()), deadline, &mut signals).await;
+    let grant = match outcome {
+        Ok(Ok(Some(g))) => g,
+        Ok(Ok(None)) => {
+            close(&session).await;
+            return Err(Exit {
+                code: EXIT_TEMPFAIL,
+                message: format!("{what} is busy"),
+            });
+        }
+        Ok(Err(e)) => {
+            close(&session).await;
+            return Err(e.into());
+        }
+        Err(stop) => {
+            // The acquire future was dropped (cancel safe); closing the
+            // session removes anything a late grant might have left.
+            close(&session).await;
+            return Err(stop.exit(what, "waiting for", timeout));
+        }
+    };
+    let mut env = plan.env;
+    if let Some(f) = grant.fence() {
+        env.push(("QUORATE_FENCE", f.to_string()));
+    }
+    env.push(("QUORATE_SESSION", session.id().to_owned()));
+    let announce = match (plan.quiet, plan.args.json) {
+        (true, _) => hold::Announce::Nothing,
+        (false, false) => hold::Announce::Line(match grant.fence() {
+            Some(f) => format!("holding {what} (fence {f})"),
+            None => format!("holding {what}"),
+        }),
+        (false, true) => {
+            let mut grant_json = plan.grant_json;
+            grant_json["session"] = session.id().into();
+            if let Some(f) = grant.fence() {
+                grant_json["fence"] = f.into();
+            }
+            hold::Announce::Line(grant_json.to_string())
+        }
+    };
+    let options = hold::Options {
+        kill_after: plan.args.kill_after,
+        announce,
+    };
+    let result =
+        hold::run_while_held(&command, &env, grant.lost(), &mut signals, what, &options).await;
+    if let Err(e) = grant.release().await {
+        tracing::warn!(error = %e, "releasing {what}; closing the session instead");
+    }
+    close(&session).await;
+    result
+}
+
+/// Close (revoke) the session and wait for the backend to confirm, bounded
+/// by `connect_timeout`. A failure is reported, not fatal: the lease then
+/// runs out by its TTL.
+async fn close(session: &Session) {
+    if let Err(e) = session.close().await {
+        eprintln!(
+            "quorate: warning: could not close session {}: {e} (it expires after its TTL, {})",
+            session.id(),
+            humantime::format_duration(session.ttl())
+        );
+    }
+}
+
+fn deadline_of(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.map(|t| Instant::now() + t)
+}
+
+async fn run(command: Command, quiet: bool) -> Result<u8, Exit> {
     match command {
         Command::Lock {
-            url,
-            name,
-            timeout,
-            ttl,
+            target,
+            nonblock,
+            hold,
             shared,
             command,
         } => {
-            let coord = connect(&url, ttl).await?;
-            let session = coord.session().await?;
-            let acquire = async {
-                if shared {
-                    session.rwlock(&name).read().await
-                } else {
-                    session.mutex(&name).lock().await
-                }
+            let (url, rest) = split_target(target, 1)?;
+            let name = rest[0].clone();
+            let attempt = if nonblock || hold.timeout == Some(Duration::ZERO) {
+                Attempt::Once
+            } else {
+                Attempt::Wait(deadline_of(hold.timeout))
             };
-            let guard = match timeout {
-                Some(d) => match tokio::time::timeout(d, acquire).await {
-                    Ok(r) => r?,
-                    Err(_) => {
-                        return Err(Exit {
-                            code: EXIT_TEMPFAIL,
-                            message: format!("timed out after {d:?} waiting for lock `{name}`"),
-                        })
-                    }
-                },
-                None => acquire.await?,
+            let plan = HoldPlan {
+                url,
+                args: hold,
+                attempt,
+                what: format!("lock `{name}`"),
+                command,
+                env: vec![("QUORATE_LOCK", name.clone())],
+                grant_json: serde_json::json!({
+                    "kind": if shared { "read" } else { "lock" },
+                    "name": name,
+                }),
+                quiet,
             };
-            let env = [
-                ("QUORATE_FENCE", guard.fence().to_string()),
-                ("QUORATE_LOCK", name.clone()),
-            ];
-            let code = hold::run_while_held(
-                &command,
-                &env,
-                guard.lost(),
-                &format!("lock `{name}`"),
-                guard.fence().get(),
-            )
-            .await?;
-            if !guard.is_lost() {
-                guard.release().await?;
-            }
-            let _ = session.close().await;
-            Ok(code)
+            hold_with(plan, |session| async move {
+                let grant = match (shared, attempt) {
+                    (false, Attempt::Wait(_)) => session.mutex(&name).lock().await.map(Some),
+                    (false, Attempt::Once) => session.mutex(&name).try_lock().await,
+                    (true, Attempt::Wait(_)) => session.rwlock(&name).read().await.map(Some),
+                    (true, Attempt::Once) => session.rwlock(&name).try_read().await,
+                };
+                grant.map(|g| g.map(Grant::Lock))
+            })
+            .await
         }
         Command::Elect {
-            url,
-            election,
-            value,
-            ttl,
+            target,
+            hold,
             command,
         } => {
-            let coord = connect(&url, ttl).await?;
-            let session = coord.session().await?;
-            let leadership = session
-                .election(&election)
-                .campaign(value.as_bytes())
-                .await?;
-            let env = [
-                ("QUORATE_FENCE", leadership.fence().to_string()),
-                ("QUORATE_ELECTION", election.clone()),
-            ];
-            let code = hold::run_while_held(
-                &command,
-                &env,
-                leadership.lost(),
-                &format!("leadership of `{election}`"),
-                leadership.fence().get(),
-            )
-            .await?;
-            if !leadership.is_lost() {
-                leadership.resign().await?;
-            }
-            let _ = session.close().await;
-            Ok(code)
+            let (url, rest) = split_target(target, 2)?;
+            let (election, value) = (rest[0].clone(), rest[1].clone());
+            reject_zero_timeout(&hold, "elect")?;
+            let plan = HoldPlan {
+                url,
+                attempt: Attempt::Wait(deadline_of(hold.timeout)),
+                args: hold,
+                what: format!("leadership of `{election}`"),
+                command,
+                env: vec![("QUORATE_ELECTION", election.clone())],
+                grant_json: serde_json::json!({
+                    "kind": "leadership",
+                    "election": election,
+                    "value": value,
+                }),
+                quiet,
+            };
+            hold_with(plan, |session| async move {
+                session
+                    .election(&election)
+                    .campaign(value.as_bytes())
+                    .await
+                    .map(|l| Some(Grant::Leadership(l)))
+            })
+            .await
         }
         Command::Leader {
-            url,
-            election,
+            target,
             watch,
+            json,
         } => {
-            let coord = connect(&url, None).await?;
+            let (url, rest) = split_target(target, 1)?;
+            let election = rest[0].clone();
+            let coord = connect(&url).await?;
             if !watch {
-                return match coord.leader(&election).await? {
-                    Some(l) => {
-                        println!("{}", String::from_utf8_lossy(&l.value));
-                        Ok(0)
-                    }
+                let leader = coord.leader(&election).await?;
+                print_leader(leader.as_ref(), json, None);
+                return match leader {
+                    Some(_) => Ok(0),
                     None => Err(Exit {
-                        code: 3,
+                        code: EXIT_NO_LEADER,
                         message: format!("election `{election}` has no leader"),
                     }),
                 };
@@ -305,8 +725,7 @@ async fn run(command: Command) -> Result<u8, Exit> {
             loop {
                 tokio::select! {
                     next = observe.next() => match next {
-                        Some(Ok(Some(l))) => println!("{}", String::from_utf8_lossy(&l.value)),
-                        Some(Ok(None)) => println!("-"),
+                        Some(Ok(l)) => print_leader(l.as_ref(), json, Some("-")),
                         Some(Err(e)) => return Err(e.into()),
                         None => return Ok(0),
                     },
@@ -315,44 +734,53 @@ async fn run(command: Command) -> Result<u8, Exit> {
             }
         }
         Command::Join {
-            url,
-            group,
-            member,
+            target,
             capabilities,
-            ttl,
+            hold,
             command,
         } => {
+            let (url, rest) = split_target(target, 2)?;
+            let (group, member) = (rest[0].clone(), rest[1].clone());
+            reject_zero_timeout(&hold, "join")?;
             let caps: serde_json::Value =
                 serde_json::from_str(&capabilities).map_err(|e| Exit {
                     code: 2,
                     message: format!("--capabilities is not JSON: {e}"),
                 })?;
-            let coord = connect(&url, ttl).await?;
-            let session = coord.session().await?;
-            let membership = session.group(&group).join(&member, caps).await?;
-            let env = [
-                ("QUORATE_GROUP", group.clone()),
-                ("QUORATE_MEMBER", member.clone()),
-            ];
-            let code = hold::run_while_held(
-                &command,
-                &env,
-                membership.lost(),
-                &format!("membership `{member}` of `{group}`"),
-                0,
-            )
-            .await?;
-            let _ = membership.leave().await;
-            let _ = session.close().await;
-            Ok(code)
+            let plan = HoldPlan {
+                url,
+                attempt: Attempt::Wait(deadline_of(hold.timeout)),
+                args: hold,
+                what: format!("membership `{member}` of `{group}`"),
+                command,
+                env: vec![
+                    ("QUORATE_GROUP", group.clone()),
+                    ("QUORATE_MEMBER", member.clone()),
+                ],
+                grant_json: serde_json::json!({
+                    "kind": "membership",
+                    "group": group,
+                    "member": member,
+                }),
+                quiet,
+            };
+            hold_with(plan, |session| async move {
+                session
+                    .group(&group)
+                    .join(&member, caps)
+                    .await
+                    .map(|m| Some(Grant::Membership(m)))
+            })
+            .await
         }
         Command::Members {
-            url,
-            group,
+            target,
             watch,
             json,
         } => {
-            let coord = connect(&url, None).await?;
+            let (url, rest) = split_target(target, 1)?;
+            let group = rest[0].clone();
+            let coord = connect(&url).await?;
             if !watch {
                 let members = coord.members(&group).await?;
                 if json {
@@ -377,8 +805,21 @@ async fn run(command: Command) -> Result<u8, Exit> {
                 }
             }
         }
-        Command::Conformance { url, format, only } => {
+        Command::Conformance {
+            url,
+            format,
+            only,
+            nemesis,
+        } => {
             let config = quorate::Config::parse(&url)?;
+            if let Some(d) = nemesis {
+                let d = quorate::config::parse_duration("--nemesis", &d)?;
+                // SAFETY: set before the suite starts any thread that reads the environment.
+                std::env::set_var(
+                    quorate_conformance::nemesis::SECS_ENV,
+                    d.as_secs().max(1).to_string(),
+                );
+            }
             // The client-process fault cases run this executable as their
             // agent (`quorate agent URL`), so they always run; a result is
             // reported as measured, never rewritten.
@@ -389,7 +830,16 @@ async fn run(command: Command) -> Result<u8, Exit> {
             // SAFETY: set before the suite starts any thread that reads the environment.
             std::env::set_var("QUORATE_AGENT", exe);
             std::env::set_var("QUORATE_AGENT_SUBCOMMAND", "agent");
-            let target = Target::new(config.scheme.clone(), url);
+            let mut target = Target::new(config.scheme.clone(), url.clone());
+            // Servers this run did not start: only the partition cases can
+            // be injected (a proxy in front of the first server); the other
+            // server faults are reported unverified.
+            target.faults = quorate_conformance::harness::faults::ExternalFaults::for_url(&url)
+                .await
+                .map(|f| {
+                    std::sync::Arc::new(f)
+                        as std::sync::Arc<dyn quorate_conformance::target::ServerFaults>
+                });
             let report = runner::run_suite(&target, only.as_deref()).await?;
             let report = quorate_conformance::Report::new(vec![report]);
             match format {
@@ -417,11 +867,43 @@ async fn run(command: Command) -> Result<u8, Exit> {
             }
             Ok(0)
         }
+        Command::ReapGroup => Ok(hold::reap_group_main()),
         Command::Agent { url } => {
             quorate_conformance::agent::serve(&url).await;
             Ok(0)
         }
     }
+}
+
+/// One line for `leader`: the value (`none` for no leader), or JSON.
+fn print_leader(leader: Option<&quorate::Leader>, json: bool, none: Option<&str>) {
+    match (leader, json) {
+        (Some(l), false) => println!("{}", String::from_utf8_lossy(&l.value)),
+        (None, false) => {
+            if let Some(none) = none {
+                println!("{none}");
+            }
+        }
+        (Some(l), true) => println!(
+            "{}",
+            serde_json::json!({
+                "value": String::from_utf8_lossy(&l.value),
+                "fence": l.fence.get(),
+            })
+        ),
+        (None, true) => println!("null"),
+    }
+}
+
+/// `elect` and `join` have no single-attempt form.
+fn reject_zero_timeout(hold: &HoldArgs, command: &str) -> Result<(), Exit> {
+    if hold.timeout == Some(Duration::ZERO) {
+        return Err(Exit {
+            code: 2,
+            message: format!("`{command} --timeout 0`: there is no single-attempt {command}; give a timeout above zero"),
+        });
+    }
+    Ok(())
 }
 
 fn print_event(e: &GroupEvent) {

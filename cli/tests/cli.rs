@@ -1,10 +1,12 @@
 //! The real `quorate` binary, run as separate processes.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 
 fn quorate() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_quorate"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_quorate"));
+    c.env_remove("QUORATE_URL");
+    c
 }
 
 fn run(args: &[&str]) -> Output {
@@ -46,8 +48,36 @@ fn help_on_every_command() {
             "{cmd} --help does not name the URL: {text}"
         );
     }
+    for cmd in ["lock", "elect", "join"] {
+        let text = String::from_utf8_lossy(&run(&[cmd, "--help"]).stdout).into_owned();
+        for needle in [
+            "QUORATE_URL",
+            "--timeout",
+            "--kill-after",
+            "75 ",
+            "79 ",
+            "126 ",
+            "127 ",
+            "etcd://",
+            "zookeeper://",
+            "redis://",
+            "file://",
+            "memory://",
+        ] {
+            assert!(
+                text.contains(needle),
+                "{cmd} --help lacks `{needle}`: {text}"
+            );
+        }
+    }
+    let text = String::from_utf8_lossy(&run(&["lock", "--help"]).stdout).into_owned();
+    assert!(
+        text.contains("--nonblock") && text.contains("until SIGINT"),
+        "{text}"
+    );
     let o = run(&["--help"]);
     assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("Exit status"));
 }
 
 #[test]
@@ -106,25 +136,155 @@ fn errors_are_one_clear_line_and_never_show_secrets() {
     assert!(stderr(&o).contains("invalid name"), "{}", stderr(&o));
 }
 
+/// Without a command and without a terminal (stdin at end of file, as
+/// under cron or systemd), `lock` holds until a signal: another process
+/// finds the lock busy meanwhile.
 #[test]
-fn lock_without_command_holds_until_stdin_closes() {
-    let mut child = quorate()
-        .args(["lock", "memory://", "held"])
-        .stdin(Stdio::piped())
+fn lock_without_command_holds_until_a_signal() {
+    let dir = temp_dir("hold");
+    let url = format!("file://{}", dir.display());
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let mut child = quorate()
+            .args(["lock", &url, "held"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert!(line.starts_with("holding lock `held` (fence "), "{line}");
+        let o = run(&["lock", "-n", &url, "held", "--", "true"]);
+        assert_eq!(o.status.code(), Some(75), "not held: {}", stderr(&o));
+        assert!(child.try_wait().unwrap().is_none(), "released at once");
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        assert_eq!(child.wait().unwrap().code(), Some(0));
+        let o = run(&["lock", "-n", &url, "held", "--", "true"]);
+        assert_eq!(o.status.code(), Some(0), "not released: {}", stderr(&o));
+    }
+    let o = quorate()
+        .args(["-q", "lock", &url, "quiet"])
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert!(line.starts_with("holding lock `held` (fence "), "{line}");
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "exited while stdin was open"
-    );
-    child.stdin.take().unwrap().write_all(b"").unwrap();
-    let status = child.wait().unwrap();
-    assert!(status.success());
+    // Wait (bounded) until the quiet holder has the lock.
+    let start = std::time::Instant::now();
+    while run(&["lock", "-n", &url, "quiet", "--", "true"])
+        .status
+        .code()
+        != Some(75)
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "-q never held"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(o.id() as i32, libc::SIGTERM) };
+    let out = o.wait_with_output().unwrap();
+    assert!(out.stdout.is_empty(), "-q printed: {:?}", out.stdout);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Invalid values are clear `InvalidConfig` errors (exit 1), before any
+/// connection, never a panic (exit 101).
+#[test]
+fn invalid_config_is_a_clear_error_never_a_panic() {
+    for (args, needle) in [
+        (
+            vec![
+                "lock",
+                "memory://?ttl=18446744073709551615s",
+                "x",
+                "--",
+                "true",
+            ],
+            "`ttl`",
+        ),
+        (
+            vec![
+                "lock",
+                "memory://?connect_timeout=18446744073709551615s",
+                "x",
+                "--",
+                "true",
+            ],
+            "`connect_timeout`",
+        ),
+        (
+            vec!["lock", "memory://?connect_timeout=0s", "x", "--", "true"],
+            "`connect_timeout`",
+        ),
+        (
+            vec![
+                "lock",
+                "file:///tmp?ttl=99999999999999999999s",
+                "x",
+                "--",
+                "true",
+            ],
+            "`ttl`",
+        ),
+        (
+            vec!["lock", "--ttl", "0s", "memory://", "x", "--", "true"],
+            "`--ttl`",
+        ),
+        (
+            vec![
+                "lock",
+                "--ttl",
+                "18446744073709551615s",
+                "memory://",
+                "x",
+                "--",
+                "true",
+            ],
+            "`--ttl`",
+        ),
+        (
+            vec![
+                "elect",
+                "--ttl",
+                "50ms",
+                "memory://",
+                "e",
+                "v",
+                "--",
+                "true",
+            ],
+            "`--ttl`",
+        ),
+        (
+            vec!["lock", "etcd://127.0.0.1:99999", "x", "--", "true"],
+            "99999",
+        ),
+        (
+            vec!["lock", "zookeeper://127.0.0.1:0", "x", "--", "true"],
+            "port",
+        ),
+        (vec!["members", "redis://127.0.0.1:70000", "g"], "70000"),
+    ] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(
+            e.contains("invalid configuration") && e.contains(needle),
+            "{args:?}: {e}"
+        );
+        assert_eq!(e.trim().lines().count(), 1, "{e}");
+    }
+    let o = run(&["elect", "--timeout", "0", "memory://", "e", "v"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    for flag in ["--timeout", "--kill-after", "-w"] {
+        for value in ["18446744073709551615s", "2y", "1e300", "-1"] {
+            let o = run(&["lock", flag, value, "memory://", "x", "--", "true"]);
+            assert_eq!(o.status.code(), Some(2), "{flag} {value}: {}", stderr(&o));
+            assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+        }
+    }
 }
 
 #[test]
@@ -238,16 +398,18 @@ fn two_processes_exclude_each_other_on_file_locks() {
     let o = run(&["lock", &url, "busy", "--timeout", "300ms", "--", "true"]);
     assert_eq!(o.status.code(), Some(75), "{}", stderr(&o));
     assert!(stderr(&o).contains("timed out"), "{}", stderr(&o));
-    drop(holder.stdin.take());
+    // Without a command the holder holds until a signal.
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(holder.id() as i32, libc::SIGTERM) };
     assert!(holder.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A lock lost while its command runs: the command gets SIGTERM and
-/// `quorate lock` exits 75 with the reason. The loss is real: the
+/// `quorate lock` exits 79 with the reason. The loss is real: the
 /// ZooKeeper server is paused (SIGSTOP) past the session's TTL.
 #[test]
-fn a_lost_lock_terminates_the_command_and_exits_75() {
+fn a_lost_lock_terminates_the_command_and_exits_79() {
     use quorate_conformance::harness::zookeeper::ZkCluster;
     let zk = ZkCluster::start(1).expect("starting ZooKeeper (see scripts/install-deps)");
     let url = format!(
@@ -275,7 +437,7 @@ fn a_lost_lock_terminates_the_command_and_exits_75() {
     zk.resume(0);
     assert_eq!(
         output.status.code(),
-        Some(75),
+        Some(79),
         "stderr: {}",
         stderr(&output)
     );
@@ -287,5 +449,149 @@ fn a_lost_lock_terminates_the_command_and_exits_75() {
         "the command was not sent SIGTERM"
     );
     drop(zk);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// flock(1)'s spellings: `-w SECONDS`, `-E N`, `-c STRING`.
+#[test]
+fn flock_spellings_w_e_and_c() {
+    let dir = temp_dir("flock");
+    let url = format!("file://{}", dir.display());
+    let o = run(&["lock", &url, "j", "-c", "echo \"$QUORATE_LOCK\"; exit 5"]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "j");
+    let o = run(&["lock", &url, "j", "-c", "true", "--", "true"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+
+    let mut holder = quorate()
+        .args(["lock", &url, "j"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let o = run(&["lock", "-w", "0.2", "-E", "9", &url, "j", "--", "true"]);
+    assert_eq!(o.status.code(), Some(9), "{}", stderr(&o));
+    let o = run(&["lock", "-n", "-E", "9", &url, "j", "--", "true"]);
+    assert_eq!(o.status.code(), Some(9), "{}", stderr(&o));
+    let o = run(&["lock", "-w", "-1", &url, "j", "--", "true"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(holder.id() as i32, libc::SIGTERM) };
+    assert!(holder.wait().unwrap().success());
+    // The command's own status is passed through, -E or not.
+    let o = run(&["lock", "-E", "9", &url, "j", "-c", "exit 75"]);
+    assert_eq!(o.status.code(), Some(75), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// On a terminal, the command gets the terminal (foreground process group)
+/// while it runs: it can read it, where a background group would be stopped
+/// by SIGTTIN. `script(1)` provides the terminal.
+#[test]
+fn an_interactive_command_can_read_the_terminal() {
+    let dir = temp_dir("tty");
+    let inner = format!(
+        "{} lock file://{} t -- sh -c 'read l; echo got $l'",
+        env!("CARGO_BIN_EXE_quorate"),
+        dir.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("script(1) from util-linux");
+    use std::io::Write;
+    child.stdin.as_mut().unwrap().write_all(b"hello\n").unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("the command never read the terminal (stopped in the background?)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    use std::io::Read;
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(status.success(), "{out}");
+    assert!(out.contains("got hello"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `-v` adds log lines on stderr (no colour escapes when stderr is not a
+/// terminal); by default and with `-q` a successful run prints nothing there.
+#[test]
+fn verbosity_flags() {
+    let o = run(&["-vv", "lock", "memory://", "x", "--", "true"]);
+    assert_eq!(o.status.code(), Some(0));
+    let e = stderr(&o);
+    assert!(e.contains("DEBUG") && e.contains("granted"), "{e}");
+    assert!(!e.contains('\u{1b}'), "colour escapes on a pipe: {e:?}");
+    for quiet in [&["lock"][..], &["-q", "lock"][..]] {
+        let mut args = quiet.to_vec();
+        args.extend(["memory://", "x", "--", "true"]);
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(0));
+        assert!(o.stderr.is_empty(), "{args:?}: {}", stderr(&o));
+    }
+    let o = run(&["-q", "-v", "lock", "memory://", "x"]);
+    assert_eq!(o.status.code(), Some(2), "-q and -v conflict");
+}
+
+/// With stdout closed, the grant line cannot be printed: `lock` still
+/// holds, and releases on SIGTERM (no panic past the clean-up).
+#[test]
+fn a_closed_stdout_does_not_break_holding() {
+    let dir = temp_dir("closed-stdout");
+    let url = format!("file://{}", dir.display());
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            &format!("exec {} lock {url} held >&-", env!("CARGO_BIN_EXE_quorate")),
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while run(&["lock", "-n", &url, "held", "--", "true"])
+        .status
+        .code()
+        != Some(75)
+    {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "exited instead of holding"
+        );
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "never held"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: kill(2) on our own child (sh exec'd quorate).
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let o = run(&["lock", "-n", &url, "held", "--", "true"]);
+    assert_eq!(o.status.code(), Some(0), "not released: {}", stderr(&o));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -129,6 +129,40 @@ impl History {
         self.holds.lock().unwrap().clone()
     }
 
+    /// The overlapping pairs of holds, described relative to `origin`
+    /// (for a failure message): `client fence [start, end] ms` each.
+    pub fn overlaps(&self, origin: Instant, limit: usize) -> Vec<String> {
+        let now = Instant::now();
+        let mut holds = self.holds();
+        holds.sort_by_key(|h| h.start);
+        let ms = |t: Instant| {
+            if t >= origin {
+                t.duration_since(origin).as_secs_f64() * 1000.0
+            } else {
+                -(origin.duration_since(t).as_secs_f64() * 1000.0)
+            }
+        };
+        let show = |h: &Hold| {
+            format!(
+                "{} fence {} [{:.1}, {:.1}] ms",
+                h.client,
+                h.fence,
+                ms(h.start),
+                ms(h.end.unwrap_or(now))
+            )
+        };
+        let mut out = Vec::new();
+        for (i, a) in holds.iter().enumerate() {
+            let a_end = a.end.unwrap_or(now);
+            for b in &holds[i + 1..] {
+                if b.start < a_end && out.len() < limit {
+                    out.push(format!("{} overlaps {}", show(a), show(b)));
+                }
+            }
+        }
+        out
+    }
+
     /// Check the history.
     pub fn check(&self) -> Violations {
         let now = Instant::now();

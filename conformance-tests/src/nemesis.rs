@@ -188,12 +188,17 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
 
     // The nemesis itself.
     let mut injected = Figures::new();
+    let mut timeline = Vec::new();
     let started = Instant::now();
     while started.elapsed() < duration {
         let pause = Duration::from_millis(rand::rng().random_range(300..1500));
         tokio::time::sleep(pause).await;
         let fault = menu[rand::rng().random_range(0..menu.len())];
         *injected.entry(fault.figure().to_owned()).or_default() += 1.0;
+        timeline.push(format!(
+            "{:.0} ms {fault:?}",
+            clock.instant.elapsed().as_secs_f64() * 1000.0
+        ));
         let scale = || ttl.mul_f64(rand::rng().random_range(0.2..2.0));
         let client = |f: ClientFault| {
             let tx = &fault_txs[rand::rng().random_range(0..fault_txs.len())];
@@ -225,10 +230,16 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
                     .as_ref()
                     .expect("the menu checked the controller");
                 let i = rand::rng().random_range(0..members.len());
+                let leader = c.leader_member().await.ok();
                 c.isolate_member(i)
                     .await
                     .map_err(|e| CaseError::Unverified(format!("cutting member {i} off: {e}")))?;
-                tokio::time::sleep(scale()).await;
+                let d = scale();
+                timeline.push(format!(
+                    "  member {i} cut off for {} ms (leader was {leader:?})",
+                    d.as_millis()
+                ));
+                tokio::time::sleep(d).await;
                 c.heal_members()
                     .await
                     .map_err(|e| CaseError::Unverified(format!("healing members: {e}")))?;
@@ -278,7 +289,9 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
     }
     if !v.is_clean() {
         return Err(CaseError::Fail(format!(
-            "violations under random faults: {v:?}; figures: {f:?}"
+            "violations under random faults: {v:?}; first overlaps: {}; faults: {}; figures: {f:?}",
+            history.overlaps(clock.instant, 5).join("; "),
+            timeline.join(", ")
         )));
     }
     if history.holds().is_empty() {

@@ -111,6 +111,13 @@ pub trait ServerFaults: Send + Sync + std::fmt::Debug {
         Err(unsupported("choosing a member to cut off"))
     }
 
+    /// The member that orders writes now (the etcd Raft leader, the
+    /// ZooKeeper leader): cut off, it is the hardest case — it may go on
+    /// answering its clients as leader until it notices.
+    async fn leader_member(&self) -> std::io::Result<usize> {
+        Err(unsupported("finding the leader member"))
+    }
+
     /// Cut member `i` off from its peers (black-hole its server↔server
     /// links) while its client port stays up; returns at once.
     async fn isolate_member(&self, _i: usize) -> std::io::Result<()> {

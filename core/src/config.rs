@@ -16,6 +16,85 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
 /// Default time allowed to reach a backend before [`crate::ErrorKind::Unavailable`].
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The accepted range of a duration setting: one validated type for every
+/// duration a user can give (`ttl`, `connect_timeout`, the CLI's `--ttl`).
+/// Values outside the range, and values too large to represent, are
+/// [`crate::ErrorKind::InvalidConfig`] before anything connects, never a
+/// panic (an `Instant + ttl` overflow) later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationBounds {
+    /// The setting's name, as it appears in messages (`ttl`, `--ttl`).
+    pub name: &'static str,
+    /// The smallest accepted value (inclusive).
+    pub min: Duration,
+    /// The largest accepted value (inclusive).
+    pub max: Duration,
+}
+
+/// One year (365.25 days, `1y` in the duration syntax): the largest TTL or
+/// timeout quorate accepts.
+pub const MAX_DURATION: Duration = Duration::from_secs(31_557_600);
+
+/// Bounds of a lease / session TTL (`ttl=`, `session_timeout=`): 100 ms to
+/// one year.
+pub const TTL_BOUNDS: DurationBounds = DurationBounds {
+    name: "ttl",
+    min: Duration::from_millis(100),
+    max: MAX_DURATION,
+};
+
+/// Bounds of `connect_timeout=`: 1 ms to one year (zero is refused: it
+/// would fail every request).
+pub const CONNECT_TIMEOUT_BOUNDS: DurationBounds = DurationBounds {
+    name: "connect_timeout",
+    min: Duration::from_millis(1),
+    max: MAX_DURATION,
+};
+
+impl DurationBounds {
+    /// The same bounds under another name (e.g. `session_timeout`, `--ttl`).
+    pub const fn named(self, name: &'static str) -> DurationBounds {
+        DurationBounds { name, ..self }
+    }
+
+    /// Check a duration against the bounds.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::ErrorKind::InvalidConfig`] naming the setting, the value and
+    /// the accepted range.
+    pub fn check(&self, value: Duration) -> Result<Duration> {
+        if value < self.min || value > self.max {
+            return Err(Error::invalid_config(format!(
+                "`{}` must be between {} and {}, got {}",
+                self.name,
+                humantime::format_duration(self.min),
+                humantime::format_duration(self.max),
+                humantime::format_duration(value)
+            )));
+        }
+        Ok(value)
+    }
+
+    /// Parse a human duration (`500ms`, `10s`, `2m`) and check it.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::ErrorKind::InvalidConfig`] when the text is not a duration,
+    /// does not fit, or is out of bounds.
+    pub fn parse(&self, value: &str) -> Result<Duration> {
+        let d = parse_duration(self.name, value)?;
+        self.check(d).map_err(|_| {
+            Error::invalid_config(format!(
+                "`{}` must be between {} and {}, got `{value}`",
+                self.name,
+                humantime::format_duration(self.min),
+                humantime::format_duration(self.max),
+            ))
+        })
+    }
+}
+
 /// A secret string (a password). Its `Debug` and `Display` print `***`.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
@@ -182,17 +261,42 @@ impl Config {
         }
         for key in ["ttl", "session_timeout"] {
             if let Some(v) = self.options.remove(key) {
-                self.ttl = parse_duration(key, &v)?;
-                if self.ttl < Duration::from_millis(100) {
-                    return Err(Error::invalid_config(format!(
-                        "`{key}` must be at least 100ms, got `{v}`"
-                    )));
-                }
+                self.ttl = TTL_BOUNDS.named(key).parse(&v)?;
             }
         }
         if let Some(v) = self.options.remove("connect_timeout") {
-            self.connect_timeout = parse_duration("connect_timeout", &v)?;
+            self.connect_timeout = CONNECT_TIMEOUT_BOUNDS.parse(&v)?;
         }
+        self.validate()
+    }
+
+    /// Check what `parse` checks on a config whose public fields may have
+    /// been set by hand: `ttl` and `connect_timeout` within their bounds
+    /// ([`TTL_BOUNDS`], [`CONNECT_TIMEOUT_BOUNDS`]) and every endpoint's
+    /// port, where given, in 1..=65535. Connecting calls this first.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::ErrorKind::InvalidConfig`] naming the bad value.
+    pub fn validate(&self) -> Result<()> {
+        TTL_BOUNDS.check(self.ttl)?;
+        CONNECT_TIMEOUT_BOUNDS.check(self.connect_timeout)?;
+        if !matches!(self.scheme.as_str(), "file" | "memory") {
+            for e in &self.endpoints {
+                check_endpoint(e)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Set the TTL, with the same check as the URL's `ttl=` (`what` names
+    /// the setting in the error, e.g. `--ttl`).
+    ///
+    /// # Errors
+    ///
+    /// [`crate::ErrorKind::InvalidConfig`] when out of [`TTL_BOUNDS`].
+    pub fn set_ttl(&mut self, what: &'static str, ttl: Duration) -> Result<()> {
+        self.ttl = TTL_BOUNDS.named(what).check(ttl)?;
         Ok(())
     }
 
@@ -373,6 +477,33 @@ pub fn parse_duration(what: &str, value: &str) -> Result<Duration> {
     })
 }
 
+/// Check a `host[:port]` / `[v6]:port` endpoint: a port, where given, is
+/// a number in 1..=65535.
+fn check_endpoint(endpoint: &str) -> Result<()> {
+    let port = if let Some(rest) = endpoint.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((_, "")) => None,
+            Some((_, p)) => Some(p.strip_prefix(':').unwrap_or(p)),
+            None => {
+                return Err(Error::invalid_config(format!(
+                    "endpoint `{endpoint}`: `[` without `]`"
+                )))
+            }
+        }
+    } else {
+        endpoint.rsplit_once(':').map(|(_, p)| p)
+    };
+    match port {
+        None => Ok(()),
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => Ok(()),
+            _ => Err(Error::invalid_config(format!(
+                "endpoint `{endpoint}`: the port must be a number from 1 to 65535, got `{p}`"
+            ))),
+        },
+    }
+}
+
 /// Redact the password of a URL that may not even parse.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -440,9 +571,98 @@ mod tests {
             "etcd://h:1,,h:2",
             "etcd://h?ttl=1s&ttl=2s",
             "etcd://h?ttl=1ms",
+            "etcd://h?ttl=0s",
+            "etcd://h?ttl=18446744073709551615s",
+            "etcd://h?ttl=99999999999999999999999s",
+            "etcd://h?session_timeout=2y",
+            "etcd://h?connect_timeout=0s",
+            "etcd://h?connect_timeout=18446744073709551615s",
+            "memory://x?ttl=18446744073709551615s",
+            "file:///tmp/q?connect_timeout=0ms",
+            "etcd://127.0.0.1:99999",
+            "etcd://127.0.0.1:0",
+            "etcd://127.0.0.1:2379,127.0.0.1:65536",
+            "redis://h:-1",
+            "redis://h:port",
+            "zookeeper://h:",
+            "etcd://[::1]:70000",
+            "etcd://[::1",
         ] {
             let e = Config::parse(bad).unwrap_err();
             assert_eq!(e.kind(), crate::ErrorKind::InvalidConfig, "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn bounds_are_inclusive_and_named() {
+        let c = Config::parse("etcd://h?ttl=100ms&connect_timeout=1ms").unwrap();
+        assert_eq!(c.ttl, Duration::from_millis(100));
+        assert_eq!(c.connect_timeout, Duration::from_millis(1));
+        let c = Config::parse("etcd://h?ttl=1y").unwrap();
+        assert_eq!(c.ttl, MAX_DURATION);
+        let e = Config::parse("etcd://h?session_timeout=50ms").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("`session_timeout` must be between 100ms and 1year"),
+            "{e}"
+        );
+        for ok in [
+            "etcd://127.0.0.1:1",
+            "etcd://127.0.0.1:65535",
+            "etcd://h",
+            "etcd://[::1]:2379",
+            "etcd://[::1]",
+            "memory://a:b",
+        ] {
+            Config::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let e = Config::parse("etcd://127.0.0.1:99999").unwrap_err();
+        assert!(e.to_string().contains("`99999`"), "{e}");
+    }
+
+    #[test]
+    fn set_ttl_and_validate_apply_the_same_bounds() {
+        let mut c = Config::parse("memory://x").unwrap();
+        for bad in [
+            Duration::ZERO,
+            Duration::from_millis(99),
+            Duration::from_secs(u64::MAX),
+            Duration::MAX,
+        ] {
+            let e = c.set_ttl("--ttl", bad).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::InvalidConfig);
+            assert!(e.to_string().contains("`--ttl`"), "{e}");
+        }
+        c.set_ttl("--ttl", Duration::from_secs(3)).unwrap();
+        assert_eq!(c.ttl, Duration::from_secs(3));
+        c.validate().unwrap();
+        c.connect_timeout = Duration::ZERO;
+        assert_eq!(
+            c.validate().unwrap_err().kind(),
+            crate::ErrorKind::InvalidConfig
+        );
+        c.connect_timeout = Duration::from_secs(1);
+        c.ttl = Duration::MAX;
+        assert_eq!(
+            c.validate().unwrap_err().kind(),
+            crate::ErrorKind::InvalidConfig
+        );
+        let mut c = Config::parse("etcd://h:1").unwrap();
+        c.endpoints.push("h:99999".into());
+        assert_eq!(
+            c.validate().unwrap_err().kind(),
+            crate::ErrorKind::InvalidConfig
+        );
+    }
+
+    #[test]
+    fn deserialised_parts_are_validated() {
+        for bad in [
+            r#"{"backend":"etcd","endpoints":["a:99999"]}"#,
+            r#"{"backend":"etcd","ttl":"18446744073709551615s"}"#,
+            r#"{"backend":"etcd","connect_timeout":"0s"}"#,
+        ] {
+            assert!(serde_json::from_str::<Config>(bad).is_err(), "{bad}");
         }
     }
 

@@ -20,16 +20,27 @@ use super::server_faults::{controller, harness};
 use crate::outcome::CaseError;
 use crate::target::{ServerFaults, Target};
 
+/// Which member a case cuts off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Cut {
+    /// One that does not order writes (the majority keeps its leader).
+    Follower,
+    /// The leader itself (the majority must elect another).
+    Leader,
+}
+
 /// The member to cut off, the client address of that member, and those of
 /// the others (the majority).
 async fn split(
     faults: &Arc<dyn ServerFaults>,
+    which: Cut,
 ) -> Result<(usize, SocketAddr, Vec<SocketAddr>), CaseError> {
     let members = faults.member_clients();
-    let cut = faults
-        .member_to_isolate()
-        .await
-        .map_err(harness("choose a member to cut off"))?;
+    let cut = match which {
+        Cut::Follower => faults.member_to_isolate().await,
+        Cut::Leader => faults.leader_member().await,
+    }
+    .map_err(harness("choose a member to cut off"))?;
     let alone = *members.get(cut).ok_or_else(|| {
         CaseError::Unverified(format!(
             "the controller names no client address for member {cut}"
@@ -64,8 +75,13 @@ pub mod member_partition_loss_before_regrant {
     const NAME: &str = "member-partition";
 
     pub async fn run(t: Target) -> CaseResult {
+        run_cutting(t, Cut::Follower).await
+    }
+
+    /// The case, cutting off the member `which`.
+    pub(in crate::cases) async fn run_cutting(t: Target, which: Cut) -> CaseResult {
         let faults = controller(&t)?;
-        let (cut, alone, majority) = split(&faults).await?;
+        let (cut, alone, majority) = split(&faults, which).await?;
         let ca = crate::connect(&t.via(alone).url_with("ttl", TTL)).await?;
         let sa = ca.session().await?;
         let mut a = Watched::new(sa.mutex(NAME).lock().await?);
@@ -104,7 +120,7 @@ pub mod member_partition_loss_before_regrant {
         f.insert("other_granted_ms".into(), ms(partitioned, granted_at));
         ensure!(
             told <= granted_at,
-            "a client on the majority was granted the lock {:.0} ms after member {cut} was cut off, before the holder connected to that member was told ({:.0} ms): a double grant",
+            "a client on the majority was granted the lock {:.0} ms after member {cut} ({which:?}) was cut off, before the holder connected to that member was told ({:.0} ms): a double grant",
             ms(partitioned, granted_at),
             ms(partitioned, told)
         );
@@ -113,6 +129,21 @@ pub mod member_partition_loss_before_regrant {
             "the new grant's fence {fb} is not above the cut-off holder's {fa}"
         );
         Ok(f)
+    }
+}
+
+pub mod leader_partition_loss_before_regrant {
+    //! As `member_partition_loss_before_regrant`, with the *leader* cut off
+    //! from its peers: the holder's member may go on renewing leases as
+    //! leader until it notices it lost its quorum.
+
+    use super::member_partition_loss_before_regrant::run_cutting;
+    use super::Cut;
+    use crate::outcome::CaseResult;
+    use crate::target::Target;
+
+    pub async fn run(t: Target) -> CaseResult {
+        run_cutting(t, Cut::Leader).await
     }
 }
 
@@ -170,7 +201,7 @@ pub mod no_stale_reads {
 
     pub async fn run(t: Target) -> CaseResult {
         let faults = controller(&t)?;
-        let (cut, alone, majority) = split(&faults).await?;
+        let (cut, alone, majority) = split(&faults, Cut::Follower).await?;
         let ca = crate::connect(&t.via(alone).url_with("ttl", HOLDER_TTL)).await?;
         let sa = ca.session().await?;
         let g = sa.mutex(LOCK).lock().await?;

@@ -98,6 +98,10 @@ impl ServerFaults for EtcdFaults {
         self.cluster.lock().await.follower().await
     }
 
+    async fn leader_member(&self) -> io::Result<usize> {
+        self.cluster.lock().await.leader().await
+    }
+
     async fn isolate_member(&self, i: usize) -> io::Result<()> {
         self.cluster.lock().await.isolate(i)
     }
@@ -226,6 +230,18 @@ impl ServerFaults for ZkFaults {
             (0..c.len())
                 .find(|&i| c.mode(i).as_deref() == Some("follower"))
                 .ok_or_else(|| io::Error::other("no ZooKeeper server reports being a follower"))
+        })
+        .await
+    }
+
+    async fn leader_member(&self) -> io::Result<usize> {
+        let cluster = self.cluster.clone();
+        blocking(move || {
+            cluster
+                .lock()
+                .unwrap()
+                .leader()
+                .ok_or_else(|| io::Error::other("no ZooKeeper server reports being the leader"))
         })
         .await
     }
