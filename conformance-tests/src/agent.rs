@@ -73,6 +73,15 @@ pub enum AgentEvent {
         /// Whether the agent's guard reported the loss before the write.
         lost_before: bool,
     },
+    /// A release failed (the lock may still be held on the backend until
+    /// the clean-up or the lease ends it); the holder stopped believing it
+    /// held the lock when the release began.
+    ReleaseFailed {
+        /// When the release began, on the host's monotonic clock.
+        at_ns: u64,
+        /// The error.
+        message: String,
+    },
     /// The agent's lock was lost.
     Lost {
         /// Why.
@@ -428,7 +437,8 @@ pub async fn serve(url: &str) {
                 match guard.take().map(std::sync::Arc::try_unwrap) {
                     Some(Ok(g)) => match g.release().await {
                         Ok(()) => emit(&AgentEvent::Released { at_ns }),
-                        Err(e) => emit(&AgentEvent::Error {
+                        Err(e) => emit(&AgentEvent::ReleaseFailed {
+                            at_ns,
                             message: e.to_string(),
                         }),
                     },

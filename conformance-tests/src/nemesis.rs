@@ -264,6 +264,13 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
             Err(e) => failures.push(format!("a driver panicked: {e}")),
         }
     }
+    // A killed agent's session ends when its lease expires: wait for that
+    // (a bounded wait), so the leak check judges only what should be gone.
+    let keeper = crate::connect(t.url()).await?;
+    let deadline = Instant::now() + ttl * 2 + Duration::from_secs(5);
+    while Instant::now() < deadline && !keeper.leftovers().await?.is_empty() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let v = history.check();
     f.insert("duration_s".into(), duration.as_secs_f64());
     f.insert("agents".into(), AGENTS as f64);
@@ -443,6 +450,12 @@ impl Driver {
             AgentEvent::Released { at_ns } => {
                 self.end_hold(at_ns);
                 self.rounds += 1;
+                State::Idle
+            }
+            AgentEvent::ReleaseFailed { at_ns, message } => {
+                // The holder stopped believing when it began releasing.
+                tracing::debug!(agent = %self.name, %message, "release failed");
+                self.end_hold(at_ns);
                 State::Idle
             }
             AgentEvent::Error { message } => {
