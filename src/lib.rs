@@ -102,3 +102,8 @@ async fn dispatch(config: &Config) -> Result<Coordinator> {
             .join(", ")
     )))
 }
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
