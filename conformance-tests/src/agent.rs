@@ -72,6 +72,9 @@ pub enum AgentEvent {
         accepted: bool,
         /// Whether the agent's guard reported the loss before the write.
         lost_before: bool,
+        /// When the write was sent, on the host's monotonic clock.
+        #[serde(default)]
+        at_ns: u64,
     },
     /// A release failed (the lock may still be held on the backend until
     /// the clean-up or the lease ends it); the holder stopped believing it
@@ -402,6 +405,7 @@ pub async fn serve(url: &str) {
                     (Some(g), [addr, name, value]) => {
                         let lost_before = g.is_lost();
                         let fence = g.fence().get();
+                        let at_ns = mono_ns();
                         let written = crate::harness::fenced::write_to(
                             addr,
                             name,
@@ -415,6 +419,7 @@ pub async fn serve(url: &str) {
                                 fence,
                                 accepted,
                                 lost_before,
+                                at_ns,
                             }),
                             Err(e) => emit(&AgentEvent::Error {
                                 message: e.to_string(),

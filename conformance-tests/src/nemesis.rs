@@ -12,8 +12,9 @@
 //! writes are judged by a [fenced register](crate::harness::fenced) in its
 //! own server. Violations: two agents *believing* they hold the lock at
 //! once (a belief ends when the agent releases or is told `lost()`; a
-//! holder told within [`EXCUSE`] of resuming from a SIGSTOP is excused for
-//! the time it was stopped, when it could not act), fences not strictly
+//! holder whose first act after resuming from a SIGSTOP is to learn of its
+//! loss or to release is excused for the time it was stopped, when it
+//! could not act on the belief), fences not strictly
 //! increasing in grant order, a stale write the register accepted, and an
 //! agent that cannot complete a round within [`liveness_bound`] after the
 //! heal.
@@ -37,9 +38,6 @@ const NAME: &str = "nemesis";
 const AGENTS: usize = 3;
 /// Their session TTL.
 const TTL: &str = "2s";
-/// A holder told within this of resuming from a SIGSTOP believed nothing
-/// while it was stopped.
-pub const EXCUSE: Duration = Duration::from_millis(100);
 /// The environment variable with the nemesis duration in seconds (the
 /// suite's short run; `quorate conformance --nemesis` sets it).
 pub const SECS_ENV: &str = "QUORATE_NEMESIS_SECS";
@@ -179,7 +177,9 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
             register: register.addr().to_string(),
             clock,
             hold: None,
-            pauses: Vec::new(),
+            resumed: None,
+            stopped: None,
+            last_ended: None,
             excused: 0,
             rounds: 0,
         };
@@ -334,8 +334,13 @@ struct Driver {
     clock: Clock,
     /// The open hold: its history index and start.
     hold: Option<(usize, u64)>,
-    /// SIGSTOP windows of the current agent, host monotonic ns.
-    pauses: Vec<(u64, u64)>,
+    /// The last SIGSTOP window of the current agent (host monotonic ns),
+    /// until the agent's first act after it.
+    resumed: Option<(u64, u64)>,
+    /// The last SIGSTOP window, kept for the excuse.
+    stopped: Option<(u64, u64)>,
+    /// The hold that ended last (index, start), for the excuse.
+    last_ended: Option<(usize, u64)>,
     excused: u64,
     rounds: u64,
 }
@@ -377,7 +382,7 @@ impl Driver {
                 match Agent::start(&self.url).await {
                     Ok((a, _)) => {
                         self.agent = Some(a);
-                        self.pauses.clear();
+                        self.resumed = None;
                         state = State::Idle;
                     }
                     Err(e) => {
@@ -426,6 +431,41 @@ impl Driver {
     }
 
     async fn on_event(&mut self, ev: AgentEvent, state: State) -> State {
+        // The agent's first act after a SIGSTOP decides whether its belief
+        // is excused for the stopped time: learning of the loss or
+        // releasing is; anything else (a write) is not.
+        let acted_at = match &ev {
+            AgentEvent::Granted { at_ns, .. }
+            | AgentEvent::Fenced { at_ns, .. }
+            | AgentEvent::Lost { at_ns, .. }
+            | AgentEvent::Released { at_ns }
+            | AgentEvent::ReleaseFailed { at_ns, .. } => Some(*at_ns),
+            _ => None,
+        };
+        let excuse = match (self.resumed, acted_at) {
+            (Some((_, c)), Some(at)) if at >= c => {
+                self.resumed = None;
+                matches!(
+                    ev,
+                    AgentEvent::Lost { .. }
+                        | AgentEvent::Released { .. }
+                        | AgentEvent::ReleaseFailed { .. }
+                )
+                .then_some(self.resumed_window(c))
+                .flatten()
+            }
+            _ => None,
+        };
+        // Only a hold this very event ends can be excused.
+        self.last_ended = None;
+        let state = self.on_event_inner(ev, state).await;
+        if let Some(stopped) = excuse {
+            self.excuse_last(stopped);
+        }
+        state
+    }
+
+    async fn on_event_inner(&mut self, ev: AgentEvent, state: State) -> State {
         match ev {
             AgentEvent::Granted { fence, at_ns } => {
                 let i = self
@@ -480,23 +520,29 @@ impl Driver {
         }
     }
 
-    /// End the open hold at `at_ns`, excusing the time the agent was
-    /// stopped if it was told within [`EXCUSE`] of resuming.
+    /// End the open hold at `at_ns`.
     fn end_hold(&mut self, at_ns: u64) {
-        let Some((i, start)) = self.hold.take() else {
-            return;
-        };
-        let excuse = EXCUSE.as_nanos() as u64;
-        let end = self
-            .pauses
-            .iter()
-            .rev()
-            .find(|(s, c)| *s >= start && *c <= at_ns && at_ns - *c <= excuse)
-            .map_or(at_ns, |(s, _)| {
+        if let Some((i, start)) = self.hold.take() {
+            self.last_ended = Some((i, start));
+            self.history.released_at(i, self.clock.at(at_ns));
+        }
+    }
+
+    /// The start of the stopped window that ended at `c`, kept aside when
+    /// the pause was recorded.
+    fn resumed_window(&self, c: u64) -> Option<u64> {
+        self.stopped.filter(|(_, end)| *end == c).map(|(s, _)| s)
+    }
+
+    /// The hold that just ended began before the agent was stopped at
+    /// `stopped`: its belief ends there (the agent could not act since).
+    fn excuse_last(&mut self, stopped: u64) {
+        if let Some((i, start)) = self.last_ended.take() {
+            if start <= stopped {
                 self.excused += 1;
-                *s
-            });
-        self.history.released_at(i, self.clock.at(end));
+                self.history.released_at(i, self.clock.at(stopped));
+            }
+        }
     }
 
     async fn inject(&mut self, fault: ClientFault) {
@@ -511,7 +557,9 @@ impl Driver {
                 }
                 tokio::time::sleep(d).await;
                 let _ = agent.signal(libc::SIGCONT);
-                self.pauses.push((stopped, mono_ns()));
+                let resumed = mono_ns();
+                self.stopped = Some((stopped, resumed));
+                self.resumed = Some((stopped, resumed));
             }
             ClientFault::Kill => {
                 if let Some(agent) = self.agent.take() {
