@@ -12,6 +12,7 @@ mod election;
 mod faults;
 mod group;
 mod guarded;
+mod lifecycle;
 mod mutex;
 mod names;
 mod rwlock;
@@ -22,6 +23,7 @@ use election::*;
 use faults::*;
 use group::*;
 use guarded::*;
+use lifecycle::*;
 use mutex::*;
 use names::*;
 use rwlock::*;
@@ -175,6 +177,9 @@ pub fn all() -> Vec<Case> {
         case!(holder_pause, "a holder process paused (SIGSTOP) past its TTL: nobody else acquires (process-lifetime backends), or another client acquires, the paused holder is told on resume and its stale fenced write is rejected (lease backends)", Some("exclusive_under_pause"), needs_processes),
         case!(leader_failover, "the leader (Raft leader, ZooKeeper leader, Redis primary) is killed while a lock is held: no double grant, the holder keeps the lock, fences never go backwards (times until is_held answers and a guarded write applies again measured; with survives_failover = false the real outcome is reported)", Some("survives_failover"), needs_guarded_writes, Some(Fault::KillLeader), Some(leader_failover::describe)),
         case!(partition_loss_before_expiry, "a holder partitioned from its server (black-holed through a proxy) is told lost() before another client can acquire the lock", Some("failure_detection"), needs_lease, Some(Fault::Partition), None),
+        case!(release_survives_lost_reply, "a release whose reply is lost (connection black-holed during release(), a dropped release() future, a dropped guard; then healed) frees the lock within a bounded time after the heal, while the session stays alive", None, needs_lease, Some(Fault::Partition), None),
+        case!(resign_survives_lost_reply, "a resign whose reply is lost (connection black-holed, then healed) hands leadership over within a bounded time after the heal, while the session stays alive", Some("primitives.election"), needs_lease_and_election, Some(Fault::Partition), None),
+        case!(leave_survives_lost_reply, "a leave whose reply is lost (connection black-holed, then healed) removes the member within a bounded time after the heal, while the session stays alive", Some("primitives.group"), needs_lease_and_group, Some(Fault::Partition), None),
         case!(restart_without_persistence, "the server restarts without its data while a lock is held: the holder is told it lost the lock no later than another client is granted it (no silent double grant)", Some("survives_failover"), always, Some(Fault::RestartWithoutPersistence), Some(restart_without_persistence::describe)),
     ]
 }
