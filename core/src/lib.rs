@@ -8,12 +8,14 @@
 //! lease deadline, loss fan-out, drop-release) lives here, once.
 #![warn(missing_docs)]
 
+pub mod backoff;
 pub mod capabilities;
 pub mod config;
 mod coordinator;
 mod election;
 pub mod error;
 mod fence;
+mod grant;
 mod group;
 pub mod loss;
 mod mutex;

@@ -7,9 +7,10 @@ use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::fence::FencingToken;
+use crate::grant::{GiveBack, Grant};
 use crate::loss::{GuardLoss, LossReason};
 use crate::name;
-use crate::session::{Claim, ClaimKey, Session};
+use crate::session::{ClaimKey, Session};
 use crate::spi::{HeldLock, LockKind};
 
 /// A named mutual-exclusion lock owned by a [`Session`]. Waiters are
@@ -126,31 +127,27 @@ pub(crate) async fn acquire(
     Ok(held.map(|held| {
         let fence = held.fence();
         tracing::debug!(name = lock_name, ?kind, %fence, "granted");
+        let held: Arc<dyn HeldLock> = Arc::from(held);
         LockGuard {
-            held: Some(Arc::from(held)),
+            grant: Grant::new(session, held, claim, loss, GiveBack::Release),
             name: lock_name.to_owned(),
             kind,
             fence,
-            loss,
-            claim: Some(claim),
-            session: session.clone(),
         }
     }))
 }
 
 /// A held lock (mutex, read or write). Dropping it releases in the
-/// background; [`LockGuard::release`] releases and waits.
+/// background (the session's clean-up retries until the backend confirms);
+/// [`LockGuard::release`] releases and waits.
 ///
 /// Trust the guard only until [`LockGuard::lost`] resolves, and pass
 /// [`LockGuard::fence`] to the resources you protect.
 pub struct LockGuard {
-    held: Option<Arc<dyn HeldLock>>,
+    grant: Grant<Arc<dyn HeldLock>>,
     name: String,
     kind: LockKind,
     fence: FencingToken,
-    loss: GuardLoss,
-    claim: Option<Claim>,
-    session: Session,
 }
 
 impl std::fmt::Debug for LockGuard {
@@ -159,7 +156,7 @@ impl std::fmt::Debug for LockGuard {
             .field("name", &self.name)
             .field("kind", &self.kind)
             .field("fence", &self.fence)
-            .field("lost", &self.loss.is_lost())
+            .field("lost", &self.grant.loss().is_lost())
             .finish()
     }
 }
@@ -187,12 +184,12 @@ impl LockGuard {
     ///
     /// Cancel safe.
     pub async fn lost(&self) -> LossReason {
-        self.loss.lost().await
+        self.grant.loss().lost().await
     }
 
     /// Whether the loss is already known (no round trip).
     pub fn is_lost(&self) -> bool {
-        self.loss.is_lost()
+        self.grant.loss().is_lost()
     }
 
     /// Ask the backend whether the grant still stands (one round trip).
@@ -202,20 +199,22 @@ impl LockGuard {
     ///
     /// The backend's error (the answer is then unknown).
     pub async fn is_held(&self) -> Result<bool> {
-        if self.loss.is_lost() {
+        let loss = self.grant.loss();
+        if loss.is_lost() {
             return Ok(false);
         }
-        let held = self.held()?;
+        let held = self.grant.handle(&self.name)?;
         let answer = self
-            .session
+            .grant
+            .session()
             .inner
             .coordinator
             .bounded("is held", held.is_held())
             .await?;
         if !answer {
-            self.loss.own.fire("the backend no longer has the grant");
+            loss.own.fire("the backend no longer has the grant");
         }
-        Ok(answer && !self.loss.is_lost())
+        Ok(answer && !loss.is_lost())
     }
 
     /// Store `value` under `key` in one atomic backend step that applies
@@ -240,27 +239,30 @@ impl LockGuard {
     /// As [`LockGuard::write_if_held`].
     pub async fn write_and_release(mut self, key: &str, value: &[u8]) -> Result<bool> {
         let applied = self.guarded_write(key, value, true).await?;
-        if applied {
-            self.held = None;
-            self.loss.own.fire("released");
-        }
+        // Applied: the same step released the grant. Not applied: the
+        // backend no longer has it. Either way nothing is left to give back.
+        self.grant.settle();
         Ok(applied)
     }
 
     async fn guarded_write(&self, key: &str, value: &[u8], release: bool) -> Result<bool> {
         name::validate("key", key)?;
-        if self.loss.is_lost() {
+        let loss = self.grant.loss();
+        if loss.is_lost() {
             return Ok(false);
         }
-        let held = self.held()?;
+        let held = self.grant.handle(&self.name)?;
         let applied = self
-            .session
+            .grant
+            .session()
             .inner
             .coordinator
             .bounded("guarded write", held.write_if_held(key, value, release))
             .await?;
         if !applied {
-            self.loss.own.fire("the backend no longer has the grant");
+            loss.own.fire("the backend no longer has the grant");
+        } else if release {
+            loss.own.fire(GiveBack::Release.done());
         }
         Ok(applied)
     }
@@ -269,41 +271,17 @@ impl LockGuard {
     ///
     /// # Errors
     ///
-    /// The backend's error; the lease will free the lock when it expires.
-    pub async fn release(mut self) -> Result<()> {
-        let held = self.held.take();
-        self.loss.own.fire("released");
-        let result = match held {
-            Some(h) => {
-                self.session
-                    .inner
-                    .coordinator
-                    .bounded("release", h.release())
-                    .await
-            }
-            None => Ok(()),
-        };
-        drop(self.claim.take());
-        result
-    }
-
-    fn held(&self) -> Result<&Arc<dyn HeldLock>> {
-        self.held
-            .as_ref()
-            .ok_or_else(|| Error::not_held(format!("`{}` was released", self.name)))
-    }
-}
-
-impl Drop for LockGuard {
-    fn drop(&mut self) {
-        if let Some(held) = self.held.take() {
-            self.loss.own.fire("released");
-            if let Some(claim) = self.claim.take() {
-                self.session
-                    .spawn_cleanup("release dropped lock", claim, async move {
-                        held.release().await
-                    });
-            }
-        }
+    /// The backend's error, or [`crate::ErrorKind::Unavailable`] when it
+    /// does not answer within `connect_timeout`. The release is then not
+    /// confirmed, and the session's background clean-up retries it until
+    /// the backend confirms or the session ends; meanwhile this session
+    /// cannot acquire the name again (`AlreadyHeld`).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future hands the release to the session's
+    /// background clean-up, as dropping the guard does.
+    pub async fn release(self) -> Result<()> {
+        self.grant.give_back().await
     }
 }

@@ -21,6 +21,7 @@ use crate::capabilities::FailureDetection;
 use crate::coordinator::Coordinator;
 use crate::election::Election;
 use crate::error::{Error, ErrorKind, Result};
+use crate::grant::Cleanup;
 use crate::group::Group;
 use crate::loss::{LossNotifier, LossReason};
 use crate::mutex::{LockGuard, Mutex};
@@ -74,7 +75,10 @@ pub(crate) struct SessionInner {
     id: String,
     ttl: Duration,
     clock: Arc<LeaseClock>,
-    claims: StdMutex<HashSet<ClaimKey>>,
+    claims: Claims,
+    /// Gives back, in the background, every grant whose give-back was not
+    /// confirmed (see [`crate::grant`]).
+    pub(crate) cleanup: Cleanup,
     lease_task: JoinHandle<()>,
     /// Whether the session is a lease with a client-side deadline (false
     /// for process-lifetime backends).
@@ -160,6 +164,7 @@ impl Session {
             coordinator.request_timeout(),
             leased,
         ));
+        let cleanup = Cleanup::start(id.clone(), loss.clone(), coordinator.request_timeout());
         tracing::debug!(session = %id, ?ttl, "session opened");
         Ok(Session {
             inner: Arc::new(SessionInner {
@@ -170,7 +175,8 @@ impl Session {
                 id,
                 ttl,
                 clock,
-                claims: StdMutex::new(HashSet::new()),
+                claims: Claims::default(),
+                cleanup,
                 lease_task,
                 leased,
             }),
@@ -370,7 +376,7 @@ impl Session {
             )));
         }
         Ok(Claim {
-            session: self.inner.clone(),
+            claims: self.inner.claims.clone(),
             key: Some(key),
         })
     }
@@ -384,36 +390,23 @@ impl Session {
             _ = self.inner.loss.lost() => Err(self.lost_error()),
         }
     }
-
-    /// Run a clean-up (release, leave, resign) in the background, keeping
-    /// `claim` until it finished so the same session cannot re-acquire
-    /// while the old grant is still being removed.
-    pub(crate) fn spawn_cleanup<F>(&self, what: &'static str, claim: Claim, fut: F)
-    where
-        F: Future<Output = Result<()>> + Send + 'static,
-    {
-        let limit = self.inner.coordinator.request_timeout();
-        self.inner.runtime.spawn(async move {
-            match tokio::time::timeout(limit, fut).await {
-                Ok(Ok(())) => tracing::debug!(op = what, "background clean-up done"),
-                Ok(Err(e)) => tracing::warn!(op = what, error = %e, "background clean-up failed"),
-                Err(_) => tracing::warn!(op = what, "background clean-up timed out"),
-            }
-            drop(claim);
-        });
-    }
 }
+
+/// The names a session holds or is acquiring. Shared with its [`Claim`]s
+/// only (not the whole session), so a claim kept by the background clean-up
+/// never keeps a dropped session alive.
+type Claims = Arc<StdMutex<HashSet<ClaimKey>>>;
 
 /// An entry in the session's set of held names; removed on drop.
 pub(crate) struct Claim {
-    session: Arc<SessionInner>,
+    claims: Claims,
     key: Option<ClaimKey>,
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
         if let Some(k) = self.key.take() {
-            self.session.claims.lock().unwrap().remove(&k);
+            self.claims.lock().unwrap().remove(&k);
         }
     }
 }

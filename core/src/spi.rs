@@ -1,8 +1,9 @@
 //! The backend service-provider interface: the small, object-safe set of
 //! traits each backend implements. Users never call these; they use the
 //! concrete types of this crate ([`crate::Coordinator`], [`crate::Session`],
-//! …), which add name validation, timeouts, re-entrancy checks,
-//! drop-release and loss fan-out once for all backends.
+//! …), which add name validation, timeouts, re-entrancy checks, the grant
+//! lifecycle (a grant is released until the backend confirms; see below)
+//! and loss fan-out once for all backends.
 //!
 //! # Contract every implementation keeps
 //!
@@ -16,6 +17,21 @@
 //! - A grant returned from `lock`/`campaign` must have been valid when
 //!   returned; the backend fires the given [`LossNotifier`] when it learns
 //!   the grant is gone (key deleted, session expired).
+//! - **Core owns a grant's lifecycle; backends never release on drop.**
+//!   Core keeps every grant handle ([`HeldLock`], [`HeldMembership`],
+//!   [`HeldLeadership`]) until a call of its `release`/`leave`/`resign`
+//!   returned `Ok`: that `Ok` is the backend's confirmation that the grant
+//!   is gone. A give-back that errs, finds no answer within
+//!   `connect_timeout`, or whose future is dropped, and a dropped guard,
+//!   hand the handle to the session's background clean-up, which calls it
+//!   again (with back-off) until confirmed or the session ends. So a
+//!   handle's `Drop` must not release anything, and its give-back must be
+//!   idempotent and address exactly its own grant (never a later grant of
+//!   the same name by the same session), because it may run again after a
+//!   lost reply. A handle dropped by core is either confirmed released or
+//!   belongs to an ended session, whose lease frees it. (Dropped
+//!   *acquisitions* are the backend's to clean up, as above: core never saw
+//!   a handle for them.)
 //! - Blocking waits are woken by the backend (watch, pub/sub, kernel);
 //!   polling only as a bounded fallback.
 
@@ -192,7 +208,8 @@ pub trait HeldLock: Send + Sync + 'static {
     fn fence(&self) -> FencingToken;
     /// Ask the backend whether the grant still stands.
     async fn is_held(&self) -> Result<bool>;
-    /// Release the grant. Idempotent.
+    /// Release the grant; `Ok` confirms it is gone. Idempotent: core calls
+    /// it again after an error or a lost reply (see the module contract).
     async fn release(&self) -> Result<()>;
     /// Atomically store `value` under `key` if and only if the grant still
     /// stands, optionally releasing in the same step. Returns whether the
@@ -205,7 +222,8 @@ pub trait HeldLock: Send + Sync + 'static {
 pub trait HeldMembership: Send + Sync + 'static {
     /// Replace the member's capabilities.
     async fn update(&self, capabilities: &serde_json::Value) -> Result<()>;
-    /// Leave the group. Idempotent.
+    /// Leave the group; `Ok` confirms the member is gone. Idempotent (see
+    /// the module contract).
     async fn leave(&self) -> Result<()>;
 }
 
@@ -218,6 +236,7 @@ pub trait HeldLeadership: Send + Sync + 'static {
     async fn proclaim(&self, value: &[u8]) -> Result<()>;
     /// Ask the backend whether this is still the leader.
     async fn is_leader(&self) -> Result<bool>;
-    /// Give up leadership. Idempotent.
+    /// Give up leadership; `Ok` confirms the candidacy is gone. Idempotent
+    /// (see the module contract).
     async fn resign(&self) -> Result<()>;
 }

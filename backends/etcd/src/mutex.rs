@@ -20,11 +20,12 @@ use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp};
 use quorate_core::backend::async_trait;
+use quorate_core::backoff::Backoff;
 use quorate_core::loss::LossNotifier;
 use quorate_core::spi::{HeldLock, LockKind};
 use quorate_core::{Error, FencingToken, Result};
 
-use crate::client::{txn_range, Backoff};
+use crate::client::txn_range;
 use crate::keys::lease_hex;
 use crate::session::{Created, EtcdSession, HeldKey, OwnKey};
 use crate::{rwlock, watch};
@@ -124,7 +125,7 @@ async fn wait_for_turn(session: &EtcdSession, entry: &Entry<'_>, rev: i64) -> Re
         .with_max_create_revision(rev - 1)
         .with_sort(SortTarget::Create, SortOrder::Descend)
         .with_limit(1);
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::default();
     loop {
         let txn = Txn::new()
             .when([Compare::create_revision(

@@ -22,13 +22,14 @@ use etcd_client::{
     Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, TxnResponse,
 };
 use quorate_core::backend::async_trait;
+use quorate_core::backoff::Backoff;
 use quorate_core::loss::LossNotifier;
 use quorate_core::spi::{HeldLeadership, HeldLock, HeldMembership, LockKind, SessionBackend};
 use quorate_core::{Error, Result};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 use tokio::task::JoinHandle;
 
-use crate::client::{revision, txn_range, Backoff, Shared};
+use crate::client::{revision, txn_range, Shared};
 use crate::error;
 use crate::keys::lease_hex;
 
@@ -156,7 +157,7 @@ impl SessionBackend for EtcdSession {
         let attempt_limit =
             (self.ttl / 6).clamp(Duration::from_millis(100), self.shared.request_timeout);
         let mut slot = self.keeper.lock().await;
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::default();
         loop {
             let (endpoint, failure) = match slot.take() {
                 None => {

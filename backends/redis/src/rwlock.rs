@@ -12,9 +12,7 @@
 //! As for mutexes: a [`Cleanup`] guard armed from the first script call
 //! removes this call's entry when the future is dropped.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
@@ -60,8 +58,6 @@ pub(crate) async fn lock(
             enc,
             member,
             fence,
-            released: AtomicBool::new(false),
-            ttl: session.ttl(),
             _registration: registration,
         }) as Box<dyn HeldLock>
     }))
@@ -73,8 +69,6 @@ struct RedisRwLock {
     enc: String,
     member: String,
     fence: FencingToken,
-    released: AtomicBool,
-    ttl: Duration,
     _registration: Registration,
 }
 
@@ -105,7 +99,6 @@ impl HeldLock for RedisRwLock {
                 &[self.enc.as_bytes(), self.member.as_bytes()],
             )
             .await?;
-        self.released.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -126,22 +119,6 @@ impl HeldLock for RedisRwLock {
                 ],
             )
             .await?;
-        if applied == 1 && release {
-            self.released.store(true, Ordering::Release);
-        }
         Ok(applied == 1)
-    }
-}
-
-impl Drop for RedisRwLock {
-    fn drop(&mut self) {
-        if !self.released.load(Ordering::Acquire) {
-            let _ = Cleanup::new(
-                &self.ctx,
-                &scripts::RW_RELEASE,
-                vec![self.enc.clone().into(), self.member.clone().into()],
-                self.ttl,
-            );
-        }
     }
 }
