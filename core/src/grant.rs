@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::backoff::Backoff;
 use crate::error::{Error, ErrorKind, Result};
-use crate::loss::{GuardLoss, LossNotifier};
+use crate::loss::{GuardLoss, LossNotifier, LossReason};
 use crate::session::{Claim, Session};
 use crate::spi::{HeldLeadership, HeldLock, HeldMembership};
 
@@ -52,11 +52,20 @@ impl GiveBack {
         }
     }
 
-    pub(crate) fn done(self) -> &'static str {
+    fn done(self) -> &'static str {
         match self {
             GiveBack::Release => "released",
             GiveBack::Resign => "resigned",
             GiveBack::Leave => "left",
+        }
+    }
+
+    /// The loss reason of a guard given back this way.
+    pub(crate) fn reason(self) -> LossReason {
+        match self {
+            GiveBack::Release => LossReason::Released,
+            GiveBack::Resign => LossReason::Resigned,
+            GiveBack::Leave => LossReason::Left,
         }
     }
 }
@@ -135,7 +144,7 @@ impl<H: Handle + Clone> Grant<H> {
     /// `connect_timeout`. Anything but a confirmation (an error, no answer,
     /// this future dropped) leaves the grant to the session's clean-up.
     pub(crate) async fn give_back(mut self) -> Result<()> {
-        self.loss.own.fire(self.how.done());
+        self.loss.own.fire(self.how.reason());
         let Some(handle) = self.handle.clone() else {
             return Ok(());
         };
@@ -170,7 +179,7 @@ impl<H: Handle + Clone> Drop for Grant<H> {
         let Some(handle) = self.handle.take() else {
             return;
         };
-        self.loss.own.fire(self.how.done());
+        self.loss.own.fire(self.how.reason());
         self.session.inner.cleanup.hand_over(Pending {
             handle: Box::new(handle),
             _claim: self.claim.take(),

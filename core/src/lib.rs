@@ -35,7 +35,7 @@ pub use loss::LossReason;
 pub use mutex::{LockGuard, Mutex};
 pub use rwlock::RwLock;
 pub use session::{safety_margin, KeepAlive, Session, SessionOptions};
-pub use spi::{GroupEvent, Leader, LockKind, Member};
+pub use spi::{Acquire, AfterWrite, GroupEvent, Leader, LockKind, Member};
 
 /// Re-exports for backend crates.
 pub mod backend {

@@ -11,7 +11,7 @@ use crate::grant::{GiveBack, Grant};
 use crate::loss::{GuardLoss, LossReason};
 use crate::name;
 use crate::session::{ClaimKey, Session};
-use crate::spi::{HeldLock, LockKind};
+use crate::spi::{Acquire, Acquired, AfterWrite, HeldLock, LockKind};
 
 /// A named mutual-exclusion lock owned by a [`Session`]. Waiters are
 /// granted in arrival order where the backend declares `fifo`.
@@ -48,9 +48,7 @@ impl Mutex {
     /// lost while waiting; [`crate::ErrorKind::InvalidName`]; the backend's
     /// error.
     pub async fn lock(&self) -> Result<LockGuard> {
-        acquire(&self.session, &self.name, LockKind::Mutex, true)
-            .await
-            .map(|g| g.expect("a waiting acquire returns a grant"))
+        wait_for(&self.session, &self.name, LockKind::Mutex).await
     }
 
     /// Take the lock only if it is free now.
@@ -63,7 +61,7 @@ impl Mutex {
     ///
     /// As [`Mutex::lock`]; `Ok(None)` when the lock is held by someone else.
     pub async fn try_lock(&self) -> Result<Option<LockGuard>> {
-        acquire(&self.session, &self.name, LockKind::Mutex, false).await
+        acquire(&self.session, &self.name, LockKind::Mutex, Acquire::Try).await
     }
 
     /// Wait at most `timeout` for the lock.
@@ -95,13 +93,29 @@ pub(crate) async fn with_timeout<T>(
     }
 }
 
+/// [`acquire`] with [`Acquire::Wait`]: a grant, or an error.
+pub(crate) async fn wait_for(
+    session: &Session,
+    lock_name: &str,
+    kind: LockKind,
+) -> Result<LockGuard> {
+    acquire(session, lock_name, kind, Acquire::Wait)
+        .await?
+        .ok_or_else(|| {
+            Error::backend(format!(
+                "the backend answered `{lock_name}` is busy to a waiting acquire (a backend bug)"
+            ))
+        })
+}
+
 /// The acquisition path of every lock kind: validation, re-entrancy check,
-/// loss wiring, waiting or bounded try, tracing.
+/// loss wiring, waiting or bounded try, tracing. `None` only for
+/// [`Acquire::Try`] when the lock is not free.
 pub(crate) async fn acquire(
     session: &Session,
     lock_name: &str,
     kind: LockKind,
-    wait: bool,
+    mode: Acquire,
 ) -> Result<Option<LockGuard>> {
     name::validate("lock", lock_name)?;
     session.check_usable()?;
@@ -111,18 +125,23 @@ pub(crate) async fn acquire(
     };
     let claim = session.claim(claim_key)?;
     let loss = GuardLoss::new(&session.inner.loss);
-    let span = tracing::debug_span!("lock", name = lock_name, ?kind, wait);
+    let span = tracing::debug_span!("lock", name = lock_name, ?kind, ?mode);
     let request = session
         .inner
         .backend
-        .lock(lock_name, kind, wait, loss.own.clone());
-    let held = if wait {
-        session.wait_or_lost(request).instrument(span).await?
-    } else {
-        session
-            .wait_or_lost(session.inner.coordinator.bounded("try lock", request))
-            .instrument(span)
-            .await?
+        .lock(lock_name, kind, mode, loss.own.clone());
+    let acquired = match mode {
+        Acquire::Wait => session.wait_or_lost(request).instrument(span).await?,
+        Acquire::Try => {
+            session
+                .wait_or_lost(session.inner.coordinator.bounded("try lock", request))
+                .instrument(span)
+                .await?
+        }
+    };
+    let held = match acquired {
+        Acquired::Granted(held) => Some(held),
+        Acquired::Busy => None,
     };
     Ok(held.map(|held| {
         let fence = held.fence();
@@ -226,7 +245,7 @@ impl LockGuard {
     /// [`crate::ErrorKind::InvalidName`] for a bad key; the backend's error
     /// (whether it applied is then unknown: read it back).
     pub async fn write_if_held(&self, key: &str, value: &[u8]) -> Result<bool> {
-        self.guarded_write(key, value, false).await
+        self.guarded_write(key, value, AfterWrite::Keep).await
     }
 
     /// Like [`LockGuard::write_if_held`], and release the lock in the same
@@ -238,14 +257,14 @@ impl LockGuard {
     ///
     /// As [`LockGuard::write_if_held`].
     pub async fn write_and_release(mut self, key: &str, value: &[u8]) -> Result<bool> {
-        let applied = self.guarded_write(key, value, true).await?;
+        let applied = self.guarded_write(key, value, AfterWrite::Release).await?;
         // Applied: the same step released the grant. Not applied: the
         // backend no longer has it. Either way nothing is left to give back.
         self.grant.settle();
         Ok(applied)
     }
 
-    async fn guarded_write(&self, key: &str, value: &[u8], release: bool) -> Result<bool> {
+    async fn guarded_write(&self, key: &str, value: &[u8], then: AfterWrite) -> Result<bool> {
         name::validate("key", key)?;
         let loss = self.grant.loss();
         if loss.is_lost() {
@@ -257,12 +276,12 @@ impl LockGuard {
             .session()
             .inner
             .coordinator
-            .bounded("guarded write", held.write_if_held(key, value, release))
+            .bounded("guarded write", held.write_if_held(key, value, then))
             .await?;
         if !applied {
             loss.own.fire("the backend no longer has the grant");
-        } else if release {
-            loss.own.fire(GiveBack::Release.done());
+        } else if then == AfterWrite::Release {
+            loss.own.fire(LossReason::Released);
         }
         Ok(applied)
     }

@@ -269,7 +269,7 @@ impl Session {
     ///
     /// The backend's error; the session is unusable afterwards either way.
     pub async fn close(&self) -> Result<()> {
-        self.inner.loss.fire("session closed");
+        self.inner.loss.fire(LossReason::Closed);
         self.inner.lease_task.abort();
         self.inner
             .coordinator
@@ -351,7 +351,7 @@ impl Session {
     pub(crate) fn check_usable(&self) -> Result<()> {
         match self.inner.loss.reason() {
             None => Ok(()),
-            Some(r) if &*r.0 == "session closed" => {
+            Some(LossReason::Closed) => {
                 Err(Error::new(ErrorKind::Closed, "the session was closed"))
             }
             Some(_) => Err(self.lost_error()),
@@ -417,7 +417,7 @@ impl Drop for SessionInner {
         if self.loss.is_lost() {
             return;
         }
-        self.loss.fire("session dropped");
+        self.loss.fire(LossReason::Dropped);
         let backend = self.backend.clone();
         let limit = self.coordinator.request_timeout();
         let id = self.id.clone();
@@ -452,9 +452,7 @@ async fn lease_task(
             biased;
             _ = tokio::time::sleep_until(deadline), if leased => {
                 if Instant::now() >= clock.deadline() {
-                    loss.fire(format!(
-                        "no successful keep-alive within the TTL ({ttl:?}) minus the safety margin"
-                    ));
+                    loss.fire(LossReason::Deadline { ttl });
                     return;
                 }
             }

@@ -68,6 +68,58 @@ impl LockKind {
     }
 }
 
+/// How a [`SessionBackend::lock`] call waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Acquire {
+    /// Wait in FIFO order until granted.
+    Wait,
+    /// Take the lock only if it is free now; never queue.
+    Try,
+}
+
+impl Acquire {
+    /// Whether this mode waits for the grant.
+    pub fn waits(self) -> bool {
+        self == Acquire::Wait
+    }
+}
+
+/// The outcome of a [`SessionBackend::lock`] call.
+pub enum Acquired {
+    /// The lock was granted.
+    Granted(Box<dyn HeldLock>),
+    /// The lock is not free now (only for [`Acquire::Try`]).
+    Busy,
+}
+
+impl std::fmt::Debug for Acquired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Acquired::Granted(held) => write!(f, "Granted(fence {})", held.fence()),
+            Acquired::Busy => f.write_str("Busy"),
+        }
+    }
+}
+
+/// `Some` grant is [`Acquired::Granted`], `None` is [`Acquired::Busy`].
+impl From<Option<Box<dyn HeldLock>>> for Acquired {
+    fn from(held: Option<Box<dyn HeldLock>>) -> Self {
+        held.map_or(Acquired::Busy, Acquired::Granted)
+    }
+}
+
+/// What a guarded write ([`HeldLock::write_if_held`]) does with the grant
+/// once the write applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AfterWrite {
+    /// Keep holding the lock (`LockGuard::write_if_held`).
+    Keep,
+    /// Release the lock in the same atomic step
+    /// (`LockGuard::write_and_release`).
+    Release,
+}
+
 /// A member of a group, as listed or reported by events.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Member {
@@ -171,16 +223,16 @@ pub trait SessionBackend: Send + Sync + 'static {
     /// session is released.
     async fn revoke(&self) -> Result<()>;
 
-    /// Acquire a lock. With `wait == false` return `Ok(None)` at once if it
-    /// is not free; with `wait == true` wait in FIFO order until granted.
-    /// `loss` is this grant's own notifier.
+    /// Acquire a lock. With [`Acquire::Try`] return [`Acquired::Busy`] at
+    /// once if it is not free; with [`Acquire::Wait`] wait in FIFO order
+    /// until granted (never `Busy`). `loss` is this grant's own notifier.
     async fn lock(
         &self,
         name: &str,
         kind: LockKind,
-        wait: bool,
+        mode: Acquire,
         loss: LossNotifier,
-    ) -> Result<Option<Box<dyn HeldLock>>>;
+    ) -> Result<Acquired>;
 
     /// Join a group as `member`. [`crate::ErrorKind::AlreadyHeld`] when the
     /// id is taken by a live member.
@@ -212,9 +264,10 @@ pub trait HeldLock: Send + Sync + 'static {
     /// it again after an error or a lost reply (see the module contract).
     async fn release(&self) -> Result<()>;
     /// Atomically store `value` under `key` if and only if the grant still
-    /// stands, optionally releasing in the same step. Returns whether the
-    /// grant stood (and so whether the write applied).
-    async fn write_if_held(&self, key: &str, value: &[u8], release: bool) -> Result<bool>;
+    /// stands, and then keep or release the grant in the same step
+    /// (`then`). Returns whether the grant stood (and so whether the write
+    /// applied).
+    async fn write_if_held(&self, key: &str, value: &[u8], then: AfterWrite) -> Result<bool>;
 }
 
 /// A membership in a group.

@@ -22,7 +22,7 @@ use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTar
 use quorate_core::backend::async_trait;
 use quorate_core::backoff::Backoff;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{HeldLock, LockKind};
+use quorate_core::spi::{AfterWrite, HeldLock, LockKind};
 use quorate_core::{Error, FencingToken, Result};
 
 use crate::client::txn_range;
@@ -198,7 +198,8 @@ impl HeldLock for EtcdLock {
         self.held.delete("release").await
     }
 
-    async fn write_if_held(&self, key: &str, value: &[u8], release: bool) -> Result<bool> {
+    async fn write_if_held(&self, key: &str, value: &[u8], then: AfterWrite) -> Result<bool> {
+        let release = then == AfterWrite::Release;
         let data = self.held.shared.layout.data(key);
         let mut ops = vec![TxnOp::put(data, value, None::<PutOptions>)];
         if release {

@@ -24,7 +24,9 @@ use etcd_client::{
 use quorate_core::backend::async_trait;
 use quorate_core::backoff::Backoff;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{HeldLeadership, HeldLock, HeldMembership, LockKind, SessionBackend};
+use quorate_core::spi::{
+    Acquire, Acquired, HeldLeadership, HeldMembership, LockKind, SessionBackend,
+};
 use quorate_core::{Error, Result};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 use tokio::task::JoinHandle;
@@ -219,10 +221,13 @@ impl SessionBackend for EtcdSession {
         &self,
         name: &str,
         kind: LockKind,
-        wait: bool,
+        mode: Acquire,
         loss: LossNotifier,
-    ) -> Result<Option<Box<dyn HeldLock>>> {
-        crate::mutex::lock(self, name, kind, wait, loss).await
+    ) -> Result<Acquired> {
+        let wait = mode.waits();
+        crate::mutex::lock(self, name, kind, wait, loss)
+            .await
+            .map(Acquired::from)
     }
 
     async fn join(

@@ -26,7 +26,7 @@ use quorate_core::backend::async_trait;
 use quorate_core::backoff::Backoff;
 use quorate_core::loss::LossNotifier;
 use quorate_core::name::encode;
-use quorate_core::spi::HeldLock;
+use quorate_core::spi::{AfterWrite, HeldLock};
 use quorate_core::{Error, FencingToken, Result};
 use redis::Script;
 
@@ -365,7 +365,8 @@ impl HeldLock for RedisLock {
         self.0.release().await
     }
 
-    async fn write_if_held(&self, key: &str, value: &[u8], release: bool) -> Result<bool> {
+    async fn write_if_held(&self, key: &str, value: &[u8], then: AfterWrite) -> Result<bool> {
+        let release = then == AfterWrite::Release;
         self.0.write_if_held(key, value, release).await
     }
 }

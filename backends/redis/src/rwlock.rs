@@ -17,7 +17,7 @@ use std::sync::Arc;
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
 use quorate_core::name::encode;
-use quorate_core::spi::{HeldLock, LockKind};
+use quorate_core::spi::{AfterWrite, HeldLock, LockKind};
 use quorate_core::{FencingToken, Result};
 
 use crate::mutex::{grant_loop, Cleanup};
@@ -102,7 +102,8 @@ impl HeldLock for RedisRwLock {
         Ok(())
     }
 
-    async fn write_if_held(&self, key: &str, value: &[u8], release: bool) -> Result<bool> {
+    async fn write_if_held(&self, key: &str, value: &[u8], then: AfterWrite) -> Result<bool> {
+        let release = then == AfterWrite::Release;
         let data = encode(key);
         let applied: i64 = self
             .ctx
