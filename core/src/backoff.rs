@@ -66,3 +66,31 @@ impl Backoff {
         self.current = self.initial;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doubles_up_to_the_cap_and_resets() {
+        let mut b = Backoff::default();
+        let delays: Vec<u64> = (0..8).map(|_| b.next_delay().as_millis() as u64).collect();
+        assert_eq!(delays, [20, 40, 80, 160, 320, 640, 1000, 1000]);
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_millis(20));
+    }
+
+    #[test]
+    fn a_cap_below_the_start_is_the_start() {
+        let mut b = Backoff::new(Duration::from_millis(50), Duration::from_millis(10));
+        assert_eq!(b.next_delay(), Duration::from_millis(50));
+        assert_eq!(b.next_delay(), Duration::from_millis(50));
+    }
+
+    #[test]
+    fn huge_delays_saturate_instead_of_overflowing() {
+        let mut b = Backoff::new(Duration::MAX / 2 + Duration::from_secs(1), Duration::MAX);
+        b.next_delay();
+        assert_eq!(b.next_delay(), Duration::MAX);
+    }
+}
