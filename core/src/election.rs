@@ -10,7 +10,7 @@ use crate::fence::FencingToken;
 use crate::grant::{GiveBack, Grant};
 use crate::loss::{GuardLoss, LossReason};
 use crate::name;
-use crate::session::{ClaimKey, Session};
+use crate::session::{ClaimKey, Session, WhileGivingBack};
 use crate::spi::{HeldLeadership, Leader};
 
 /// A named election, seen through a [`Session`].
@@ -48,7 +48,14 @@ impl Election {
     pub async fn campaign(&self, value: impl AsRef<[u8]>) -> Result<Leadership> {
         name::validate("election", &self.name)?;
         self.session.check_usable()?;
-        let claim = self.session.claim(ClaimKey::Candidate(self.name.clone()))?;
+        let claim = self
+            .session
+            .claim(
+                ClaimKey::Candidate(self.name.clone()),
+                WhileGivingBack::Wait,
+            )
+            .await?
+            .ok_or_else(|| Error::backend("a waiting claim returned no claim"))?;
         let loss = GuardLoss::new(&self.session.inner.loss);
         let span = tracing::debug_span!("campaign", election = %self.name);
         let held = self

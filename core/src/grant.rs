@@ -15,7 +15,10 @@
 //! The clean-up retries with a [`Backoff`] until the backend confirms, or
 //! the session ends (closed, lost, dropped), after which the lease (revoked
 //! or expiring) frees whatever is left. The claim is kept meanwhile, so the
-//! session cannot re-acquire the name while its old grant may still exist.
+//! session cannot re-acquire the name while its old grant may still exist:
+//! a waiting acquire or campaign of the same name waits for the
+//! confirmation, a try-acquire finds the name busy, a join of the same
+//! member id is `AlreadyHeld`.
 //! Backends never release on drop themselves (see [`crate::spi`]): their
 //! give-back calls are idempotent and address exactly one grant, so a retry
 //! after a lost reply is harmless.
@@ -180,6 +183,9 @@ impl<H: Handle + Clone> Drop for Grant<H> {
             return;
         };
         self.loss.own.fire(self.how.reason());
+        if let Some(claim) = &self.claim {
+            claim.giving_back();
+        }
         self.session.inner.cleanup.hand_over(Pending {
             handle: Box::new(handle),
             _claim: self.claim.take(),

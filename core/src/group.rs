@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::grant::{GiveBack, Grant};
 use crate::loss::{GuardLoss, LossReason};
 use crate::name;
-use crate::session::{ClaimKey, Session};
+use crate::session::{ClaimKey, Session, WhileGivingBack};
 use crate::spi::{GroupEvent, HeldMembership, Member};
 
 /// A named group of members, seen through a [`Session`].
@@ -50,7 +50,12 @@ impl Group {
         self.session.check_usable()?;
         let claim = self
             .session
-            .claim(ClaimKey::Member(self.name.clone(), member.to_owned()))?;
+            .claim(
+                ClaimKey::Member(self.name.clone(), member.to_owned()),
+                WhileGivingBack::Refuse,
+            )
+            .await?
+            .ok_or_else(|| Error::backend("a refusing claim returned no claim"))?;
         let loss = GuardLoss::new(&self.session.inner.loss);
         let span = tracing::debug_span!("join", group = %self.name, member);
         let held = self

@@ -10,7 +10,7 @@ use crate::fence::FencingToken;
 use crate::grant::{GiveBack, Grant};
 use crate::loss::{GuardLoss, LossReason};
 use crate::name;
-use crate::session::{ClaimKey, Session};
+use crate::session::{ClaimKey, Session, WhileGivingBack};
 use crate::spi::{Acquire, Acquired, AfterWrite, HeldLock, LockKind};
 
 /// A named mutual-exclusion lock owned by a [`Session`]. Waiters are
@@ -123,7 +123,13 @@ pub(crate) async fn acquire(
         LockKind::Mutex => ClaimKey::Mutex(lock_name.to_owned()),
         LockKind::Read | LockKind::Write => ClaimKey::RwLock(lock_name.to_owned()),
     };
-    let claim = session.claim(claim_key)?;
+    let pending = match mode {
+        Acquire::Wait => WhileGivingBack::Wait,
+        Acquire::Try => WhileGivingBack::Busy,
+    };
+    let Some(claim) = session.claim(claim_key, pending).await? else {
+        return Ok(None);
+    };
     let loss = GuardLoss::new(&session.inner.loss);
     let span = tracing::debug_span!("lock", name = lock_name, ?kind, ?mode);
     let request = session
@@ -293,8 +299,9 @@ impl LockGuard {
     /// The backend's error, or [`crate::ErrorKind::Unavailable`] when it
     /// does not answer within `connect_timeout`. The release is then not
     /// confirmed, and the session's background clean-up retries it until
-    /// the backend confirms or the session ends; meanwhile this session
-    /// cannot acquire the name again (`AlreadyHeld`).
+    /// the backend confirms or the session ends; meanwhile this session's
+    /// `lock()` of the name waits for that confirmation and `try_lock()`
+    /// finds it busy.
     ///
     /// # Cancel safety
     ///

@@ -7,7 +7,7 @@
 //! clock. The server cannot have expired the lease before then, so a holder
 //! hears of the loss before anybody else can be granted its locks.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
@@ -368,17 +368,53 @@ impl Session {
     }
 
     /// Register that this session holds (or is acquiring) `key`.
-    pub(crate) fn claim(&self, key: ClaimKey) -> Result<Claim> {
-        let mut claims = self.inner.claims.lock().unwrap();
-        if !claims.insert(key.clone()) {
-            return Err(Error::already_held(format!(
-                "this session already holds or is acquiring {key:?}; quorate locks are not re-entrant"
-            )));
+    /// [`ErrorKind::AlreadyHeld`] while a guard of this session holds it or
+    /// an acquisition is under way; while its previous grant is still being
+    /// given back in the background, do as `pending` says. `Ok(None)` only
+    /// for [`WhileGivingBack::Busy`].
+    ///
+    /// Cancel safe: a dropped wait registers nothing.
+    pub(crate) async fn claim(
+        &self,
+        key: ClaimKey,
+        pending: WhileGivingBack,
+    ) -> Result<Option<Claim>> {
+        let set = &self.inner.claims;
+        loop {
+            let freed = set.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let mut entries = set.entries.lock().unwrap();
+                match entries.get(&key) {
+                    None => {
+                        entries.insert(key.clone(), ClaimState::Held);
+                        return Ok(Some(Claim {
+                            claims: set.clone(),
+                            key: Some(key),
+                        }));
+                    }
+                    Some(ClaimState::Held) => {
+                        return Err(Error::already_held(format!(
+                            "this session already holds or is acquiring {key:?}; quorate locks are not re-entrant"
+                        )))
+                    }
+                    Some(ClaimState::GivingBack) => match pending {
+                        WhileGivingBack::Wait => {}
+                        WhileGivingBack::Busy => return Ok(None),
+                        WhileGivingBack::Refuse => {
+                            return Err(Error::already_held(format!(
+                                "this session's previous grant of {key:?} is still being given back in the background"
+                            )))
+                        }
+                    },
+                }
+            }
+            tokio::select! {
+                () = &mut freed => {}
+                _ = self.inner.loss.lost() => return Err(self.lost_error()),
+            }
         }
-        Ok(Claim {
-            claims: self.inner.claims.clone(),
-            key: Some(key),
-        })
     }
 
     /// Run a wait for a grant, ending it with `Lost` if the session is lost
@@ -392,10 +428,41 @@ impl Session {
     }
 }
 
+/// What a new claim does while the session's previous grant of the same
+/// name is still being given back in the background (see
+/// [`crate::grant`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WhileGivingBack {
+    /// Wait until the backend confirmed the give-back (or the session
+    /// ends): a waiting acquire or campaign.
+    Wait,
+    /// The name is busy now (`Ok(None)`): a try-acquire.
+    Busy,
+    /// [`ErrorKind::AlreadyHeld`] at once: a join (the old member is still
+    /// in the group).
+    Refuse,
+}
+
+/// Where a claimed name stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClaimState {
+    /// A guard holds it, or an acquisition is under way.
+    Held,
+    /// Its grant is with the background clean-up, not yet confirmed gone.
+    GivingBack,
+}
+
 /// The names a session holds or is acquiring. Shared with its [`Claim`]s
 /// only (not the whole session), so a claim kept by the background clean-up
 /// never keeps a dropped session alive.
-type Claims = Arc<StdMutex<HashSet<ClaimKey>>>;
+#[derive(Default)]
+pub(crate) struct ClaimSet {
+    entries: StdMutex<HashMap<ClaimKey, ClaimState>>,
+    /// Notified whenever a claim goes.
+    freed: Notify,
+}
+
+type Claims = Arc<ClaimSet>;
 
 /// An entry in the session's set of held names; removed on drop.
 pub(crate) struct Claim {
@@ -403,10 +470,23 @@ pub(crate) struct Claim {
     key: Option<ClaimKey>,
 }
 
+impl Claim {
+    /// The grant went to the background clean-up: a waiting acquire of the
+    /// same name may wait for it instead of failing.
+    pub(crate) fn giving_back(&self) {
+        if let Some(k) = &self.key {
+            if let Some(state) = self.claims.entries.lock().unwrap().get_mut(k) {
+                *state = ClaimState::GivingBack;
+            }
+        }
+    }
+}
+
 impl Drop for Claim {
     fn drop(&mut self) {
         if let Some(k) = self.key.take() {
-            self.claims.lock().unwrap().remove(&k);
+            self.claims.entries.lock().unwrap().remove(&k);
+            self.claims.freed.notify_waiters();
         }
     }
 }

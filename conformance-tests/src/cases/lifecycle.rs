@@ -193,6 +193,14 @@ pub mod release_survives_lost_reply {
         other.close().await?;
         drop(c);
         holder.still_alive()?;
+        // Once confirmed, the holder's session may take the lock again: its
+        // claim on the name went with the confirmation.
+        match s.mutex(FAILED).lock_timeout(secs(FREED_LIMIT)).await {
+            Ok(g) => g.release().await?,
+            Err(e) => fail!(
+                "the holder's session could not take `{FAILED}` again after its release was confirmed in the background: {e}"
+            ),
+        }
         Ok(f)
     }
 }
