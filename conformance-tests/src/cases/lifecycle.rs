@@ -19,6 +19,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use quorate::{Capabilities, Coordinator, Session};
 
 use crate::fail;
@@ -115,6 +116,18 @@ impl Holder {
     }
 }
 
+/// Run `measure` with a [`Holder`] of `t`; its session is closed afterwards,
+/// whatever the outcome.
+async fn with_holder(
+    t: &Target,
+    measure: impl for<'a> FnOnce(&'a Target, &'a Holder) -> BoxFuture<'a, CaseResult>,
+) -> CaseResult {
+    let holder = Holder::start(t).await?;
+    let measured = measure(t, &holder).await;
+    holder.close().await;
+    measured
+}
+
 /// A release that was confirmed through a black-holed connection means the
 /// fault did not take: nothing was measured.
 fn unconfirmed<T>(r: &quorate::Result<T>, what: &str) -> Result<(), CaseError> {
@@ -139,13 +152,11 @@ pub mod release_survives_lost_reply {
     const DROPPED: &str = "guard-dropped";
 
     pub async fn run(t: Target) -> CaseResult {
-        let holder = Holder::start(&t).await?;
-        let measured = measure(&t, &holder).await;
-        holder.close().await;
-        measured
+        with_holder(&t, |t, h| Box::pin(measure(t, h))).await
     }
 
     async fn measure(t: &Target, holder: &Holder) -> CaseResult {
+        let (c, other) = crate::cases::client(t).await?;
         let s = &holder.session;
         let failed = s.mutex(FAILED).lock().await?;
         let cancelled = s.mutex(CANCELLED).lock().await?;
@@ -166,7 +177,6 @@ pub mod release_survives_lost_reply {
             )));
         }
 
-        let (c, other) = crate::cases::client(t).await?;
         let other = &other;
         let attempts = [FAILED, CANCELLED, DROPPED].map(|name| async move {
             let granted = other.mutex(name).lock_timeout(secs(FREED_LIMIT)).await;
@@ -213,20 +223,17 @@ pub mod resign_survives_lost_reply {
     const NAME: &str = "resign";
 
     pub async fn run(t: Target) -> CaseResult {
-        let holder = Holder::start(&t).await?;
-        let measured = measure(&t, &holder).await;
-        holder.close().await;
-        measured
+        with_holder(&t, |t, h| Box::pin(measure(t, h))).await
     }
 
     async fn measure(t: &Target, holder: &Holder) -> CaseResult {
+        let (c, other) = crate::cases::client(t).await?;
         let leadership = holder.session.election(NAME).campaign(b"holder").await?;
         let (resigned, healed) = holder
             .lose_reply("resign() returns while partitioned", leadership.resign())
             .await?;
         unconfirmed(&resigned, "resign()")?;
 
-        let (c, other) = crate::cases::client(t).await?;
         let elected =
             tokio::time::timeout(secs(FREED_LIMIT), other.election(NAME).campaign(b"other")).await;
         let at = Instant::now();
@@ -263,13 +270,11 @@ pub mod leave_survives_lost_reply {
     const MEMBER: &str = "holder";
 
     pub async fn run(t: Target) -> CaseResult {
-        let holder = Holder::start(&t).await?;
-        let measured = measure(&t, &holder).await;
-        holder.close().await;
-        measured
+        with_holder(&t, |t, h| Box::pin(measure(t, h))).await
     }
 
     async fn measure(t: &Target, holder: &Holder) -> CaseResult {
+        let (c, other) = crate::cases::client(t).await?;
         let membership = holder
             .session
             .group(GROUP)
@@ -280,7 +285,6 @@ pub mod leave_survives_lost_reply {
             .await?;
         unconfirmed(&left, "leave()")?;
 
-        let (c, other) = crate::cases::client(t).await?;
         // Observe until the member is gone (a bounded look, not a timing).
         let gone = within(FREED_LIMIT, "the member is gone after the heal", async {
             loop {
