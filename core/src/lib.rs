@@ -10,6 +10,7 @@
 
 pub mod backoff;
 pub mod capabilities;
+pub mod cleanup;
 pub mod config;
 mod coordinator;
 mod election;

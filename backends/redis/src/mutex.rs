@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use quorate_core::backend::async_trait;
 use quorate_core::backoff::Backoff;
+use quorate_core::cleanup::{spawn_retrying, GiveUp};
 use quorate_core::loss::LossNotifier;
 use quorate_core::name::encode;
 use quorate_core::spi::{AfterWrite, HeldLock};
@@ -81,26 +82,11 @@ impl CleanupJob {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let Some(job) = self.job.take() else { return };
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!("no tokio runtime to clean up a dropped redis wait");
-            return;
-        };
-        rt.spawn(async move {
-            let deadline = tokio::time::Instant::now() + job.limit;
-            let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
-            loop {
-                match job.run().await {
-                    Ok(_) => return,
-                    Err(e) if tokio::time::Instant::now() < deadline => {
-                        tracing::debug!(error = %e, "clean-up failed; retrying");
-                        backoff.wait().await;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "clean-up gave up; the session's TTL frees it");
-                        return;
-                    }
-                }
-            }
+        let job = Arc::new(job);
+        let give_up = GiveUp::After(job.limit);
+        spawn_retrying("clean up a dropped redis wait", give_up, move || {
+            let job = job.clone();
+            async move { job.run().await.map(drop) }
         });
     }
 }
