@@ -17,8 +17,9 @@ use crate::error::{ErrorKind, Result};
 /// session is gone, and what it created with it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GiveUp {
-    /// After this long (e.g. the session's TTL: by then its lease frees
-    /// what is left).
+    /// After this long, counted from the first attempt and bounding every
+    /// attempt (e.g. the session's TTL: by then its lease frees what is
+    /// left).
     After(Duration),
     /// Only when the session is gone.
     WithSession,
@@ -46,7 +47,19 @@ where
         let started = Instant::now();
         let mut backoff = Backoff::default();
         loop {
-            let e = match attempt().await {
+            let outcome = match give_up {
+                GiveUp::After(limit) => {
+                    match tokio::time::timeout_at(started + limit, attempt()).await {
+                        Ok(outcome) => outcome,
+                        Err(_) => {
+                            tracing::warn!(op = what, ?limit, "clean-up gave up; the session's end frees what is left");
+                            return;
+                        }
+                    }
+                }
+                GiveUp::WithSession => attempt().await,
+            };
+            let e = match outcome {
                 Ok(()) => {
                     tracing::debug!(op = what, "clean-up done");
                     return;
