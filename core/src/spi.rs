@@ -12,8 +12,9 @@
 //! - **Cancel safety.** Every `async fn` here may be dropped at any await
 //!   point. A dropped acquire (`lock`, `campaign`, `join`) must leave no
 //!   queue entry, node, key or grant behind: clean up synchronously in a
-//!   `Drop` guard, or spawn the clean-up from `Drop` (the clean-up must then
-//!   be idempotent and must not release a grant that a *later* call made).
+//!   `Drop` guard, or spawn the clean-up from `Drop` with
+//!   [`crate::cleanup::spawn_retrying`] (the clean-up must then be
+//!   idempotent and must not release a grant that a *later* call made).
 //! - A grant returned from `lock`/`campaign` must have been valid when
 //!   returned; the backend fires the given [`LossNotifier`] when it learns
 //!   the grant is gone (key deleted, session expired).
