@@ -16,7 +16,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use quorate::loss::LossNotifier;
-use quorate::spi::{Backend, HeldLeadership, HeldLock, HeldMembership, LockKind, SessionBackend};
+use quorate::spi::{
+    Acquire, Acquired, AfterWrite, Backend, HeldLeadership, HeldLock, HeldMembership, LockKind,
+    SessionBackend,
+};
 use quorate::{Capabilities, Coordinator, FencingToken, GroupEvent, Leader, Member, Result};
 
 /// The environment variable naming the mutation of this process.
@@ -177,14 +180,21 @@ impl SessionBackend for MutantSession {
         &self,
         name: &str,
         kind: LockKind,
-        wait: bool,
+        mode: Acquire,
         loss: LossNotifier,
-    ) -> Result<Option<Box<dyn HeldLock>>> {
-        let wait = wait && self.m != Mutation::NoExclusion;
-        match self.inner.lock(name, kind, wait, loss).await? {
-            Some(inner) => Ok(Some(Box::new(MutantLock { inner, m: self.m }))),
-            None if self.m == Mutation::NoExclusion => Ok(Some(Box::new(FakeGrant))),
-            None => Ok(None),
+    ) -> Result<Acquired> {
+        let mode = match self.m {
+            Mutation::NoExclusion => Acquire::Try,
+            _ => mode,
+        };
+        match self.inner.lock(name, kind, mode, loss).await? {
+            Acquired::Granted(inner) => {
+                Ok(Acquired::Granted(Box::new(MutantLock { inner, m: self.m })))
+            }
+            Acquired::Busy if self.m == Mutation::NoExclusion => {
+                Ok(Acquired::Granted(Box::new(FakeGrant)))
+            }
+            Acquired::Busy => Ok(Acquired::Busy),
         }
     }
 
@@ -233,8 +243,8 @@ impl HeldLock for MutantLock {
         }
     }
 
-    async fn write_if_held(&self, key: &str, value: &[u8], release: bool) -> Result<bool> {
-        let applied = self.inner.write_if_held(key, value, release).await?;
+    async fn write_if_held(&self, key: &str, value: &[u8], then: AfterWrite) -> Result<bool> {
+        let applied = self.inner.write_if_held(key, value, then).await?;
         Ok(applied || self.m == Mutation::GuardedWriteLies)
     }
 }
@@ -256,7 +266,7 @@ impl HeldLock for FakeGrant {
         Ok(())
     }
 
-    async fn write_if_held(&self, _key: &str, _value: &[u8], _release: bool) -> Result<bool> {
+    async fn write_if_held(&self, _key: &str, _value: &[u8], _then: AfterWrite) -> Result<bool> {
         Ok(false)
     }
 }

@@ -1,13 +1,16 @@
 //! Leader election: campaign, observe, resign, with fencing.
 
+use std::sync::Arc;
+
 use futures::stream::BoxStream;
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::fence::FencingToken;
+use crate::grant::{GiveBack, Grant};
 use crate::loss::{GuardLoss, LossReason};
 use crate::name;
-use crate::session::{Claim, ClaimKey, Session};
+use crate::session::{ClaimKey, Session, WhileGivingBack};
 use crate::spi::{HeldLeadership, Leader};
 
 /// A named election, seen through a [`Session`].
@@ -45,7 +48,14 @@ impl Election {
     pub async fn campaign(&self, value: impl AsRef<[u8]>) -> Result<Leadership> {
         name::validate("election", &self.name)?;
         self.session.check_usable()?;
-        let claim = self.session.claim(ClaimKey::Candidate(self.name.clone()))?;
+        let claim = self
+            .session
+            .claim(
+                ClaimKey::Candidate(self.name.clone()),
+                WhileGivingBack::Wait,
+            )
+            .await?
+            .ok_or_else(|| Error::backend("a waiting claim returned no claim"))?;
         let loss = GuardLoss::new(&self.session.inner.loss);
         let span = tracing::debug_span!("campaign", election = %self.name);
         let held = self
@@ -59,13 +69,11 @@ impl Election {
             .await?;
         let fence = held.fence();
         tracing::debug!(election = %self.name, %fence, "elected");
+        let held: Arc<dyn HeldLeadership> = held.into();
         Ok(Leadership {
-            held: Some(held.into()),
+            grant: Grant::new(&self.session, held, claim, loss, GiveBack::Resign),
             name: self.name.clone(),
             fence,
-            loss,
-            claim: Some(claim),
-            session: self.session.clone(),
         })
     }
 
@@ -85,14 +93,12 @@ impl Election {
     }
 }
 
-/// Leadership of an election. Dropping it resigns in the background.
+/// Leadership of an election. Dropping it resigns in the background (the
+/// session's clean-up retries until the backend confirms).
 pub struct Leadership {
-    held: Option<std::sync::Arc<dyn HeldLeadership>>,
+    grant: Grant<Arc<dyn HeldLeadership>>,
     name: String,
     fence: FencingToken,
-    loss: GuardLoss,
-    claim: Option<Claim>,
-    session: Session,
 }
 
 impl std::fmt::Debug for Leadership {
@@ -122,14 +128,15 @@ impl Leadership {
     /// [`crate::ErrorKind::Lost`] / [`crate::ErrorKind::NotHeld`] when no
     /// longer leader; the backend's error.
     pub async fn proclaim(&self, value: impl AsRef<[u8]>) -> Result<()> {
-        if let Some(r) = self.loss.reason() {
+        if let Some(r) = self.grant.loss().reason() {
             return Err(Error::lost(format!(
                 "leadership of `{}` is lost: {r}",
                 self.name
             )));
         }
-        let held = self.held.as_ref().expect("held until resign");
-        self.session
+        let held = self.grant.handle(&self.name)?;
+        self.grant
+            .session()
             .inner
             .coordinator
             .bounded("proclaim", held.proclaim(value.as_ref()))
@@ -143,20 +150,22 @@ impl Leadership {
     ///
     /// The backend's error.
     pub async fn is_leader(&self) -> Result<bool> {
-        if self.loss.is_lost() {
+        let loss = self.grant.loss();
+        if loss.is_lost() {
             return Ok(false);
         }
-        let held = self.held.as_ref().expect("held until resign");
+        let held = self.grant.handle(&self.name)?;
         let answer = self
-            .session
+            .grant
+            .session()
             .inner
             .coordinator
             .bounded("is leader", held.is_leader())
             .await?;
         if !answer {
-            self.loss.own.fire("the backend no longer has this leader");
+            loss.own.fire("the backend no longer has this leader");
         }
-        Ok(answer && !self.loss.is_lost())
+        Ok(answer && !loss.is_lost())
     }
 
     /// Resolves when leadership can no longer be trusted.
@@ -165,44 +174,29 @@ impl Leadership {
     ///
     /// Cancel safe.
     pub async fn lost(&self) -> LossReason {
-        self.loss.lost().await
+        self.grant.loss().lost().await
     }
 
     /// Whether the loss is already known (no round trip).
     pub fn is_lost(&self) -> bool {
-        self.loss.is_lost()
+        self.grant.loss().is_lost()
     }
 
-    /// Give up leadership; the next candidate is elected.
+    /// Give up leadership and wait for the backend to confirm; the next
+    /// candidate is elected.
     ///
     /// # Errors
     ///
-    /// The backend's error.
-    pub async fn resign(mut self) -> Result<()> {
-        self.loss.own.fire("resigned");
-        let result = match self.held.take() {
-            Some(h) => {
-                self.session
-                    .inner
-                    .coordinator
-                    .bounded("resign", h.resign())
-                    .await
-            }
-            None => Ok(()),
-        };
-        drop(self.claim.take());
-        result
-    }
-}
-
-impl Drop for Leadership {
-    fn drop(&mut self) {
-        if let (Some(held), Some(claim)) = (self.held.take(), self.claim.take()) {
-            self.loss.own.fire("resigned");
-            self.session
-                .spawn_cleanup("resign dropped leadership", claim, async move {
-                    held.resign().await
-                });
-        }
+    /// The backend's error, or [`crate::ErrorKind::Unavailable`] when it
+    /// does not answer within `connect_timeout`. The resignation is then
+    /// not confirmed, and the session's background clean-up retries it
+    /// until the backend confirms or the session ends.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future hands the resignation to the
+    /// session's background clean-up, as dropping the guard does.
+    pub async fn resign(self) -> Result<()> {
+        self.grant.give_back().await
     }
 }

@@ -1,12 +1,15 @@
 //! Group membership: join with capabilities, list, watch changes.
 
+use std::sync::Arc;
+
 use futures::stream::BoxStream;
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
+use crate::grant::{GiveBack, Grant};
 use crate::loss::{GuardLoss, LossReason};
 use crate::name;
-use crate::session::{Claim, ClaimKey, Session};
+use crate::session::{ClaimKey, Session, WhileGivingBack};
 use crate::spi::{GroupEvent, HeldMembership, Member};
 
 /// A named group of members, seen through a [`Session`].
@@ -47,7 +50,12 @@ impl Group {
         self.session.check_usable()?;
         let claim = self
             .session
-            .claim(ClaimKey::Member(self.name.clone(), member.to_owned()))?;
+            .claim(
+                ClaimKey::Member(self.name.clone(), member.to_owned()),
+                WhileGivingBack::Refuse,
+            )
+            .await?
+            .ok_or_else(|| Error::backend("a refusing claim returned no claim"))?;
         let loss = GuardLoss::new(&self.session.inner.loss);
         let span = tracing::debug_span!("join", group = %self.name, member);
         let held = self
@@ -63,13 +71,11 @@ impl Group {
             ))
             .instrument(span)
             .await?;
+        let held: Arc<dyn HeldMembership> = held.into();
         Ok(Membership {
-            held: Some(held.into()),
+            grant: Grant::new(&self.session, held, claim, loss, GiveBack::Leave),
             group: self.name.clone(),
             id: member.to_owned(),
-            loss,
-            claim: Some(claim),
-            session: self.session.clone(),
         })
     }
 
@@ -89,14 +95,12 @@ impl Group {
     }
 }
 
-/// A membership in a group. Dropping it leaves in the background.
+/// A membership in a group. Dropping it leaves in the background (the
+/// session's clean-up retries until the backend confirms).
 pub struct Membership {
-    held: Option<std::sync::Arc<dyn HeldMembership>>,
+    grant: Grant<Arc<dyn HeldMembership>>,
     group: String,
     id: String,
-    loss: GuardLoss,
-    claim: Option<Claim>,
-    session: Session,
 }
 
 impl std::fmt::Debug for Membership {
@@ -126,14 +130,15 @@ impl Membership {
     /// [`crate::ErrorKind::Lost`] when the membership is gone; the backend's
     /// error.
     pub async fn update(&self, capabilities: serde_json::Value) -> Result<()> {
-        if let Some(r) = self.loss.reason() {
+        if let Some(r) = self.grant.loss().reason() {
             return Err(Error::lost(format!(
                 "membership `{}` is lost: {r}",
                 self.id
             )));
         }
-        let held = self.held.as_ref().expect("held until leave");
-        self.session
+        let held = self.grant.handle(&self.id)?;
+        self.grant
+            .session()
             .inner
             .coordinator
             .bounded("update member", held.update(&capabilities))
@@ -146,39 +151,23 @@ impl Membership {
     ///
     /// Cancel safe.
     pub async fn lost(&self) -> LossReason {
-        self.loss.lost().await
+        self.grant.loss().lost().await
     }
 
     /// Leave the group and wait for the backend to confirm.
     ///
     /// # Errors
     ///
-    /// The backend's error.
-    pub async fn leave(mut self) -> Result<()> {
-        self.loss.own.fire("left");
-        let result = match self.held.take() {
-            Some(h) => {
-                self.session
-                    .inner
-                    .coordinator
-                    .bounded("leave", h.leave())
-                    .await
-            }
-            None => Ok(()),
-        };
-        drop(self.claim.take());
-        result
-    }
-}
-
-impl Drop for Membership {
-    fn drop(&mut self) {
-        if let (Some(held), Some(claim)) = (self.held.take(), self.claim.take()) {
-            self.loss.own.fire("left");
-            self.session
-                .spawn_cleanup("leave dropped membership", claim, async move {
-                    held.leave().await
-                });
-        }
+    /// The backend's error, or [`crate::ErrorKind::Unavailable`] when it
+    /// does not answer within `connect_timeout`. Leaving is then not
+    /// confirmed, and the session's background clean-up retries it until
+    /// the backend confirms or the session ends.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future hands the leave to the session's
+    /// background clean-up, as dropping the guard does.
+    pub async fn leave(self) -> Result<()> {
+        self.grant.give_back().await
     }
 }

@@ -8,12 +8,15 @@
 //! lease deadline, loss fan-out, drop-release) lives here, once.
 #![warn(missing_docs)]
 
+pub mod backoff;
 pub mod capabilities;
+pub mod cleanup;
 pub mod config;
 mod coordinator;
 mod election;
 pub mod error;
 mod fence;
+mod grant;
 mod group;
 pub mod loss;
 mod mutex;
@@ -33,7 +36,7 @@ pub use loss::LossReason;
 pub use mutex::{LockGuard, Mutex};
 pub use rwlock::RwLock;
 pub use session::{safety_margin, KeepAlive, Session, SessionOptions};
-pub use spi::{GroupEvent, Leader, LockKind, Member};
+pub use spi::{Acquire, AfterWrite, GroupEvent, Leader, LockKind, Member};
 
 /// Re-exports for backend crates.
 pub mod backend {

@@ -2,16 +2,65 @@
 //! tied to it learn that they can no longer be trusted.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 
-/// Why something was lost, for messages and logs.
+/// Why a session or a guard was lost. Match on the variant (keep a wildcard
+/// arm: new reasons may be added); `Display` gives the words for messages.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LossReason(pub Arc<str>);
+pub enum LossReason {
+    /// The session's owner closed it ([`crate::Session::close`]).
+    Closed,
+    /// The last handle to the session was dropped (its lease is revoked in
+    /// the background).
+    Dropped,
+    /// No keep-alive succeeded within the TTL minus the safety margin: the
+    /// client-side deadline passed.
+    Deadline {
+        /// The session's TTL.
+        ttl: Duration,
+    },
+    /// The guard's lock was released by its owner.
+    Released,
+    /// The guard's leadership was resigned by its owner.
+    Resigned,
+    /// The guard's membership was left by its owner.
+    Left,
+    /// The backend said the lease, key or node is gone (expired, revoked,
+    /// deleted, no longer granted); its words.
+    Gone(Arc<str>),
+}
 
 impl std::fmt::Display for LossReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            LossReason::Closed => f.write_str("session closed"),
+            LossReason::Dropped => f.write_str("session dropped"),
+            LossReason::Deadline { ttl } => write!(
+                f,
+                "no successful keep-alive within the TTL ({ttl:?}) minus the safety margin"
+            ),
+            LossReason::Released => f.write_str("released"),
+            LossReason::Resigned => f.write_str("resigned"),
+            LossReason::Left => f.write_str("left"),
+            LossReason::Gone(words) => f.write_str(words),
+        }
+    }
+}
+
+/// A backend's own words: [`LossReason::Gone`].
+impl From<&str> for LossReason {
+    fn from(words: &str) -> Self {
+        LossReason::Gone(words.into())
+    }
+}
+
+/// A backend's own words: [`LossReason::Gone`].
+impl From<String> for LossReason {
+    fn from(words: String) -> Self {
+        LossReason::Gone(words.into())
     }
 }
 
@@ -40,14 +89,16 @@ impl LossNotifier {
     }
 
     /// Mark as lost. The first reason wins; later calls do nothing.
-    pub fn fire(&self, reason: impl Into<String>) {
+    /// Backends pass their own words (a `&str` or `String`, which become
+    /// [`LossReason::Gone`]).
+    pub fn fire(&self, reason: impl Into<LossReason>) {
         let reason = reason.into();
         self.tx.send_if_modified(|current| {
             if current.is_some() {
                 return false;
             }
             tracing::debug!(%reason, "lost");
-            *current = Some(LossReason(reason.into()));
+            *current = Some(reason);
             true
         });
     }
@@ -131,8 +182,8 @@ mod tests {
         assert!(!n.is_lost());
         n.fire("first");
         n.fire("second");
-        assert_eq!(&*waiter.await.unwrap().0, "first");
-        assert_eq!(&*n.lost().await.0, "first");
+        assert_eq!(waiter.await.unwrap(), LossReason::Gone("first".into()));
+        assert_eq!(n.lost().await.to_string(), "first");
     }
 
     #[tokio::test]
@@ -140,8 +191,8 @@ mod tests {
         let session = LossNotifier::new();
         let g = GuardLoss::new(&session);
         assert!(!g.is_lost());
-        session.fire("lease expired");
+        session.fire(LossReason::Closed);
         assert!(g.is_lost());
-        assert_eq!(&*g.lost().await.0, "lease expired");
+        assert_eq!(g.lost().await, LossReason::Closed);
     }
 }

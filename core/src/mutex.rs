@@ -7,10 +7,11 @@ use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::fence::FencingToken;
+use crate::grant::{GiveBack, Grant};
 use crate::loss::{GuardLoss, LossReason};
 use crate::name;
-use crate::session::{Claim, ClaimKey, Session};
-use crate::spi::{HeldLock, LockKind};
+use crate::session::{ClaimKey, Session, WhileGivingBack};
+use crate::spi::{Acquire, Acquired, AfterWrite, HeldLock, LockKind};
 
 /// A named mutual-exclusion lock owned by a [`Session`]. Waiters are
 /// granted in arrival order where the backend declares `fifo`.
@@ -47,9 +48,7 @@ impl Mutex {
     /// lost while waiting; [`crate::ErrorKind::InvalidName`]; the backend's
     /// error.
     pub async fn lock(&self) -> Result<LockGuard> {
-        acquire(&self.session, &self.name, LockKind::Mutex, true)
-            .await
-            .map(|g| g.expect("a waiting acquire returns a grant"))
+        wait_for(&self.session, &self.name, LockKind::Mutex).await
     }
 
     /// Take the lock only if it is free now.
@@ -62,7 +61,7 @@ impl Mutex {
     ///
     /// As [`Mutex::lock`]; `Ok(None)` when the lock is held by someone else.
     pub async fn try_lock(&self) -> Result<Option<LockGuard>> {
-        acquire(&self.session, &self.name, LockKind::Mutex, false).await
+        acquire(&self.session, &self.name, LockKind::Mutex, Acquire::Try).await
     }
 
     /// Wait at most `timeout` for the lock.
@@ -94,13 +93,29 @@ pub(crate) async fn with_timeout<T>(
     }
 }
 
+/// [`acquire`] with [`Acquire::Wait`]: a grant, or an error.
+pub(crate) async fn wait_for(
+    session: &Session,
+    lock_name: &str,
+    kind: LockKind,
+) -> Result<LockGuard> {
+    acquire(session, lock_name, kind, Acquire::Wait)
+        .await?
+        .ok_or_else(|| {
+            Error::backend(format!(
+                "the backend answered `{lock_name}` is busy to a waiting acquire (a backend bug)"
+            ))
+        })
+}
+
 /// The acquisition path of every lock kind: validation, re-entrancy check,
-/// loss wiring, waiting or bounded try, tracing.
+/// loss wiring, waiting or bounded try, tracing. `None` only for
+/// [`Acquire::Try`] when the lock is not free.
 pub(crate) async fn acquire(
     session: &Session,
     lock_name: &str,
     kind: LockKind,
-    wait: bool,
+    mode: Acquire,
 ) -> Result<Option<LockGuard>> {
     name::validate("lock", lock_name)?;
     session.check_usable()?;
@@ -108,49 +123,56 @@ pub(crate) async fn acquire(
         LockKind::Mutex => ClaimKey::Mutex(lock_name.to_owned()),
         LockKind::Read | LockKind::Write => ClaimKey::RwLock(lock_name.to_owned()),
     };
-    let claim = session.claim(claim_key)?;
+    let pending = match mode {
+        Acquire::Wait => WhileGivingBack::Wait,
+        Acquire::Try => WhileGivingBack::Busy,
+    };
+    let Some(claim) = session.claim(claim_key, pending).await? else {
+        return Ok(None);
+    };
     let loss = GuardLoss::new(&session.inner.loss);
-    let span = tracing::debug_span!("lock", name = lock_name, ?kind, wait);
+    let span = tracing::debug_span!("lock", name = lock_name, ?kind, ?mode);
     let request = session
         .inner
         .backend
-        .lock(lock_name, kind, wait, loss.own.clone());
-    let held = if wait {
-        session.wait_or_lost(request).instrument(span).await?
-    } else {
-        session
-            .wait_or_lost(session.inner.coordinator.bounded("try lock", request))
-            .instrument(span)
-            .await?
+        .lock(lock_name, kind, mode, loss.own.clone());
+    let acquired = match mode {
+        Acquire::Wait => session.wait_or_lost(request).instrument(span).await?,
+        Acquire::Try => {
+            session
+                .wait_or_lost(session.inner.coordinator.bounded("try lock", request))
+                .instrument(span)
+                .await?
+        }
+    };
+    let held = match acquired {
+        Acquired::Granted(held) => Some(held),
+        Acquired::Busy => None,
     };
     Ok(held.map(|held| {
         let fence = held.fence();
         tracing::debug!(name = lock_name, ?kind, %fence, "granted");
+        let held: Arc<dyn HeldLock> = Arc::from(held);
         LockGuard {
-            held: Some(Arc::from(held)),
+            grant: Grant::new(session, held, claim, loss, GiveBack::Release),
             name: lock_name.to_owned(),
             kind,
             fence,
-            loss,
-            claim: Some(claim),
-            session: session.clone(),
         }
     }))
 }
 
 /// A held lock (mutex, read or write). Dropping it releases in the
-/// background; [`LockGuard::release`] releases and waits.
+/// background (the session's clean-up retries until the backend confirms);
+/// [`LockGuard::release`] releases and waits.
 ///
 /// Trust the guard only until [`LockGuard::lost`] resolves, and pass
 /// [`LockGuard::fence`] to the resources you protect.
 pub struct LockGuard {
-    held: Option<Arc<dyn HeldLock>>,
+    grant: Grant<Arc<dyn HeldLock>>,
     name: String,
     kind: LockKind,
     fence: FencingToken,
-    loss: GuardLoss,
-    claim: Option<Claim>,
-    session: Session,
 }
 
 impl std::fmt::Debug for LockGuard {
@@ -159,7 +181,7 @@ impl std::fmt::Debug for LockGuard {
             .field("name", &self.name)
             .field("kind", &self.kind)
             .field("fence", &self.fence)
-            .field("lost", &self.loss.is_lost())
+            .field("lost", &self.grant.loss().is_lost())
             .finish()
     }
 }
@@ -187,12 +209,12 @@ impl LockGuard {
     ///
     /// Cancel safe.
     pub async fn lost(&self) -> LossReason {
-        self.loss.lost().await
+        self.grant.loss().lost().await
     }
 
     /// Whether the loss is already known (no round trip).
     pub fn is_lost(&self) -> bool {
-        self.loss.is_lost()
+        self.grant.loss().is_lost()
     }
 
     /// Ask the backend whether the grant still stands (one round trip).
@@ -202,20 +224,22 @@ impl LockGuard {
     ///
     /// The backend's error (the answer is then unknown).
     pub async fn is_held(&self) -> Result<bool> {
-        if self.loss.is_lost() {
+        let loss = self.grant.loss();
+        if loss.is_lost() {
             return Ok(false);
         }
-        let held = self.held()?;
+        let held = self.grant.handle(&self.name)?;
         let answer = self
-            .session
+            .grant
+            .session()
             .inner
             .coordinator
             .bounded("is held", held.is_held())
             .await?;
         if !answer {
-            self.loss.own.fire("the backend no longer has the grant");
+            loss.own.fire("the backend no longer has the grant");
         }
-        Ok(answer && !self.loss.is_lost())
+        Ok(answer && !loss.is_lost())
     }
 
     /// Store `value` under `key` in one atomic backend step that applies
@@ -227,7 +251,7 @@ impl LockGuard {
     /// [`crate::ErrorKind::InvalidName`] for a bad key; the backend's error
     /// (whether it applied is then unknown: read it back).
     pub async fn write_if_held(&self, key: &str, value: &[u8]) -> Result<bool> {
-        self.guarded_write(key, value, false).await
+        self.guarded_write(key, value, AfterWrite::Keep).await
     }
 
     /// Like [`LockGuard::write_if_held`], and release the lock in the same
@@ -239,11 +263,10 @@ impl LockGuard {
     ///
     /// As [`LockGuard::write_if_held`].
     pub async fn write_and_release(mut self, key: &str, value: &[u8]) -> Result<bool> {
-        let applied = self.guarded_write(key, value, true).await?;
-        if applied {
-            self.held = None;
-            self.loss.own.fire("released");
-        }
+        let applied = self.guarded_write(key, value, AfterWrite::Release).await?;
+        // Applied: the same step released the grant. Not applied: the
+        // backend no longer has it. Either way nothing is left to give back.
+        self.grant.settle();
         Ok(applied)
     }
 
@@ -259,28 +282,36 @@ impl LockGuard {
     #[doc(hidden)]
     pub async fn write_if_held_at_backend(&self, key: &str, value: &[u8]) -> Result<bool> {
         name::validate("key", key)?;
-        let held = self.held()?;
-        self.session
+        let held = self.grant.handle(&self.name)?;
+        self.grant
+            .session()
             .inner
             .coordinator
-            .bounded("guarded write", held.write_if_held(key, value, false))
+            .bounded(
+                "guarded write",
+                held.write_if_held(key, value, AfterWrite::Keep),
+            )
             .await
     }
 
-    async fn guarded_write(&self, key: &str, value: &[u8], release: bool) -> Result<bool> {
+    async fn guarded_write(&self, key: &str, value: &[u8], then: AfterWrite) -> Result<bool> {
         name::validate("key", key)?;
-        if self.loss.is_lost() {
+        let loss = self.grant.loss();
+        if loss.is_lost() {
             return Ok(false);
         }
-        let held = self.held()?;
+        let held = self.grant.handle(&self.name)?;
         let applied = self
-            .session
+            .grant
+            .session()
             .inner
             .coordinator
-            .bounded("guarded write", held.write_if_held(key, value, release))
+            .bounded("guarded write", held.write_if_held(key, value, then))
             .await?;
         if !applied {
-            self.loss.own.fire("the backend no longer has the grant");
+            loss.own.fire("the backend no longer has the grant");
+        } else if then == AfterWrite::Release {
+            loss.own.fire(LossReason::Released);
         }
         Ok(applied)
     }
@@ -289,41 +320,18 @@ impl LockGuard {
     ///
     /// # Errors
     ///
-    /// The backend's error; the lease will free the lock when it expires.
-    pub async fn release(mut self) -> Result<()> {
-        let held = self.held.take();
-        self.loss.own.fire("released");
-        let result = match held {
-            Some(h) => {
-                self.session
-                    .inner
-                    .coordinator
-                    .bounded("release", h.release())
-                    .await
-            }
-            None => Ok(()),
-        };
-        drop(self.claim.take());
-        result
-    }
-
-    fn held(&self) -> Result<&Arc<dyn HeldLock>> {
-        self.held
-            .as_ref()
-            .ok_or_else(|| Error::not_held(format!("`{}` was released", self.name)))
-    }
-}
-
-impl Drop for LockGuard {
-    fn drop(&mut self) {
-        if let Some(held) = self.held.take() {
-            self.loss.own.fire("released");
-            if let Some(claim) = self.claim.take() {
-                self.session
-                    .spawn_cleanup("release dropped lock", claim, async move {
-                        held.release().await
-                    });
-            }
-        }
+    /// The backend's error, or [`crate::ErrorKind::Unavailable`] when it
+    /// does not answer within `connect_timeout`. The release is then not
+    /// confirmed, and the session's background clean-up retries it until
+    /// the backend confirms or the session ends; meanwhile this session's
+    /// `lock()` of the name waits for that confirmation and `try_lock()`
+    /// finds it busy.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future hands the release to the session's
+    /// background clean-up, as dropping the guard does.
+    pub async fn release(self) -> Result<()> {
+        self.grant.give_back().await
     }
 }

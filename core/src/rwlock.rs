@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use crate::error::Result;
-use crate::mutex::{acquire, with_timeout, LockGuard};
+use crate::mutex::{acquire, wait_for, with_timeout, LockGuard};
 use crate::session::Session;
-use crate::spi::LockKind;
+use crate::spi::{Acquire, LockKind};
 
 /// A named read/write lock owned by a [`Session`]. A read/write lock and a
 /// [`crate::Mutex`] of the same name are different locks.
@@ -70,7 +70,7 @@ impl RwLock {
     ///
     /// As [`crate::Mutex::try_lock`].
     pub async fn try_read(&self) -> Result<Option<LockGuard>> {
-        acquire(&self.session, &self.name, LockKind::Read, false).await
+        acquire(&self.session, &self.name, LockKind::Read, Acquire::Try).await
     }
 
     /// A write grant only if the lock is free now.
@@ -83,7 +83,7 @@ impl RwLock {
     ///
     /// As [`crate::Mutex::try_lock`].
     pub async fn try_write(&self) -> Result<Option<LockGuard>> {
-        acquire(&self.session, &self.name, LockKind::Write, false).await
+        acquire(&self.session, &self.name, LockKind::Write, Acquire::Try).await
     }
 
     /// Wait at most `timeout` for a read grant.
@@ -114,8 +114,6 @@ impl RwLock {
     }
 
     async fn wait(&self, kind: LockKind) -> Result<LockGuard> {
-        acquire(&self.session, &self.name, kind, true)
-            .await
-            .map(|g| g.expect("a waiting acquire returns a grant"))
+        wait_for(&self.session, &self.name, kind).await
     }
 }

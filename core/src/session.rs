@@ -7,7 +7,7 @@
 //! clock. The server cannot have expired the lease before then, so a holder
 //! hears of the loss before anybody else can be granted its locks.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
@@ -21,6 +21,7 @@ use crate::capabilities::FailureDetection;
 use crate::coordinator::Coordinator;
 use crate::election::Election;
 use crate::error::{Error, ErrorKind, Result};
+use crate::grant::Cleanup;
 use crate::group::Group;
 use crate::loss::{LossNotifier, LossReason};
 use crate::mutex::{LockGuard, Mutex};
@@ -74,7 +75,10 @@ pub(crate) struct SessionInner {
     id: String,
     ttl: Duration,
     clock: Arc<LeaseClock>,
-    claims: StdMutex<HashSet<ClaimKey>>,
+    claims: Claims,
+    /// Gives back, in the background, every grant whose give-back was not
+    /// confirmed (see [`crate::grant`]).
+    pub(crate) cleanup: Cleanup,
     lease_task: JoinHandle<()>,
     /// Whether the session is a lease with a client-side deadline (false
     /// for process-lifetime backends).
@@ -160,6 +164,7 @@ impl Session {
             coordinator.request_timeout(),
             leased,
         ));
+        let cleanup = Cleanup::start(id.clone(), loss.clone(), coordinator.request_timeout());
         tracing::debug!(session = %id, ?ttl, "session opened");
         Ok(Session {
             inner: Arc::new(SessionInner {
@@ -170,7 +175,8 @@ impl Session {
                 id,
                 ttl,
                 clock,
-                claims: StdMutex::new(HashSet::new()),
+                claims: Claims::default(),
+                cleanup,
                 lease_task,
                 leased,
             }),
@@ -263,7 +269,7 @@ impl Session {
     ///
     /// The backend's error; the session is unusable afterwards either way.
     pub async fn close(&self) -> Result<()> {
-        self.inner.loss.fire("session closed");
+        self.inner.loss.fire(LossReason::Closed);
         self.inner.lease_task.abort();
         self.inner
             .coordinator
@@ -345,7 +351,7 @@ impl Session {
     pub(crate) fn check_usable(&self) -> Result<()> {
         match self.inner.loss.reason() {
             None => Ok(()),
-            Some(r) if &*r.0 == "session closed" => {
+            Some(LossReason::Closed) => {
                 Err(Error::new(ErrorKind::Closed, "the session was closed"))
             }
             Some(_) => Err(self.lost_error()),
@@ -362,17 +368,53 @@ impl Session {
     }
 
     /// Register that this session holds (or is acquiring) `key`.
-    pub(crate) fn claim(&self, key: ClaimKey) -> Result<Claim> {
-        let mut claims = self.inner.claims.lock().unwrap();
-        if !claims.insert(key.clone()) {
-            return Err(Error::already_held(format!(
-                "this session already holds or is acquiring {key:?}; quorate locks are not re-entrant"
-            )));
+    /// [`ErrorKind::AlreadyHeld`] while a guard of this session holds it or
+    /// an acquisition is under way; while its previous grant is still being
+    /// given back in the background, do as `pending` says. `Ok(None)` only
+    /// for [`WhileGivingBack::Busy`].
+    ///
+    /// Cancel safe: a dropped wait registers nothing.
+    pub(crate) async fn claim(
+        &self,
+        key: ClaimKey,
+        pending: WhileGivingBack,
+    ) -> Result<Option<Claim>> {
+        let set = &self.inner.claims;
+        loop {
+            let freed = set.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let mut entries = set.entries.lock().unwrap();
+                match entries.get(&key) {
+                    None => {
+                        entries.insert(key.clone(), ClaimState::Held);
+                        return Ok(Some(Claim {
+                            claims: set.clone(),
+                            key: Some(key),
+                        }));
+                    }
+                    Some(ClaimState::Held) => {
+                        return Err(Error::already_held(format!(
+                            "this session already holds or is acquiring {key:?}; quorate locks are not re-entrant"
+                        )))
+                    }
+                    Some(ClaimState::GivingBack) => match pending {
+                        WhileGivingBack::Wait => {}
+                        WhileGivingBack::Busy => return Ok(None),
+                        WhileGivingBack::Refuse => {
+                            return Err(Error::already_held(format!(
+                                "this session's previous grant of {key:?} is still being given back in the background"
+                            )))
+                        }
+                    },
+                }
+            }
+            tokio::select! {
+                () = &mut freed => {}
+                _ = self.inner.loss.lost() => return Err(self.lost_error()),
+            }
         }
-        Ok(Claim {
-            session: self.inner.clone(),
-            key: Some(key),
-        })
     }
 
     /// Run a wait for a grant, ending it with `Lost` if the session is lost
@@ -384,36 +426,67 @@ impl Session {
             _ = self.inner.loss.lost() => Err(self.lost_error()),
         }
     }
-
-    /// Run a clean-up (release, leave, resign) in the background, keeping
-    /// `claim` until it finished so the same session cannot re-acquire
-    /// while the old grant is still being removed.
-    pub(crate) fn spawn_cleanup<F>(&self, what: &'static str, claim: Claim, fut: F)
-    where
-        F: Future<Output = Result<()>> + Send + 'static,
-    {
-        let limit = self.inner.coordinator.request_timeout();
-        self.inner.runtime.spawn(async move {
-            match tokio::time::timeout(limit, fut).await {
-                Ok(Ok(())) => tracing::debug!(op = what, "background clean-up done"),
-                Ok(Err(e)) => tracing::warn!(op = what, error = %e, "background clean-up failed"),
-                Err(_) => tracing::warn!(op = what, "background clean-up timed out"),
-            }
-            drop(claim);
-        });
-    }
 }
+
+/// What a new claim does while the session's previous grant of the same
+/// name is still being given back in the background (see
+/// [`crate::grant`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WhileGivingBack {
+    /// Wait until the backend confirmed the give-back (or the session
+    /// ends): a waiting acquire or campaign.
+    Wait,
+    /// The name is busy now (`Ok(None)`): a try-acquire.
+    Busy,
+    /// [`ErrorKind::AlreadyHeld`] at once: a join (the old member is still
+    /// in the group).
+    Refuse,
+}
+
+/// Where a claimed name stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClaimState {
+    /// A guard holds it, or an acquisition is under way.
+    Held,
+    /// Its grant is with the background clean-up, not yet confirmed gone.
+    GivingBack,
+}
+
+/// The names a session holds or is acquiring. Shared with its [`Claim`]s
+/// only (not the whole session), so a claim kept by the background clean-up
+/// never keeps a dropped session alive.
+#[derive(Default)]
+pub(crate) struct ClaimSet {
+    entries: StdMutex<HashMap<ClaimKey, ClaimState>>,
+    /// Notified whenever a claim goes.
+    freed: Notify,
+}
+
+type Claims = Arc<ClaimSet>;
 
 /// An entry in the session's set of held names; removed on drop.
 pub(crate) struct Claim {
-    session: Arc<SessionInner>,
+    claims: Claims,
     key: Option<ClaimKey>,
+}
+
+impl Claim {
+    /// The grant went to the background clean-up: a waiting acquire of the
+    /// same name may wait for it instead of failing.
+    pub(crate) fn giving_back(&self) {
+        if let Some(k) = &self.key {
+            if let Some(state) = self.claims.entries.lock().unwrap().get_mut(k) {
+                *state = ClaimState::GivingBack;
+            }
+        }
+    }
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
         if let Some(k) = self.key.take() {
-            self.session.claims.lock().unwrap().remove(&k);
+            self.claims.entries.lock().unwrap().remove(&k);
+            self.claims.freed.notify_waiters();
         }
     }
 }
@@ -424,7 +497,7 @@ impl Drop for SessionInner {
         if self.loss.is_lost() {
             return;
         }
-        self.loss.fire("session dropped");
+        self.loss.fire(LossReason::Dropped);
         let backend = self.backend.clone();
         let limit = self.coordinator.request_timeout();
         let id = self.id.clone();
@@ -459,9 +532,7 @@ async fn lease_task(
             biased;
             _ = tokio::time::sleep_until(deadline), if leased => {
                 if Instant::now() >= clock.deadline() {
-                    loss.fire(format!(
-                        "no successful keep-alive within the TTL ({ttl:?}) minus the safety margin"
-                    ));
+                    loss.fire(LossReason::Deadline { ttl });
                     return;
                 }
             }

@@ -1,8 +1,9 @@
 //! The backend service-provider interface: the small, object-safe set of
 //! traits each backend implements. Users never call these; they use the
 //! concrete types of this crate ([`crate::Coordinator`], [`crate::Session`],
-//! …), which add name validation, timeouts, re-entrancy checks,
-//! drop-release and loss fan-out once for all backends.
+//! …), which add name validation, timeouts, re-entrancy checks, the grant
+//! lifecycle (a grant is released until the backend confirms; see below)
+//! and loss fan-out once for all backends.
 //!
 //! # Contract every implementation keeps
 //!
@@ -11,11 +12,27 @@
 //! - **Cancel safety.** Every `async fn` here may be dropped at any await
 //!   point. A dropped acquire (`lock`, `campaign`, `join`) must leave no
 //!   queue entry, node, key or grant behind: clean up synchronously in a
-//!   `Drop` guard, or spawn the clean-up from `Drop` (the clean-up must then
-//!   be idempotent and must not release a grant that a *later* call made).
+//!   `Drop` guard, or spawn the clean-up from `Drop` with
+//!   [`crate::cleanup::spawn_retrying`] (the clean-up must then be
+//!   idempotent and must not release a grant that a *later* call made).
 //! - A grant returned from `lock`/`campaign` must have been valid when
 //!   returned; the backend fires the given [`LossNotifier`] when it learns
 //!   the grant is gone (key deleted, session expired).
+//! - **Core owns a grant's lifecycle; backends never release on drop.**
+//!   Core keeps every grant handle ([`HeldLock`], [`HeldMembership`],
+//!   [`HeldLeadership`]) until a call of its `release`/`leave`/`resign`
+//!   returned `Ok`: that `Ok` is the backend's confirmation that the grant
+//!   is gone. A give-back that errs, finds no answer within
+//!   `connect_timeout`, or whose future is dropped, and a dropped guard,
+//!   hand the handle to the session's background clean-up, which calls it
+//!   again (with back-off) until confirmed or the session ends. So a
+//!   handle's `Drop` must not release anything, and its give-back must be
+//!   idempotent and address exactly its own grant (never a later grant of
+//!   the same name by the same session), because it may run again after a
+//!   lost reply. A handle dropped by core is either confirmed released or
+//!   belongs to an ended session, whose lease frees it. (Dropped
+//!   *acquisitions* are the backend's to clean up, as above: core never saw
+//!   a handle for them.)
 //! - Blocking waits are woken by the backend (watch, pub/sub, kernel);
 //!   polling only as a bounded fallback.
 
@@ -50,6 +67,58 @@ impl LockKind {
     pub fn is_exclusive(self) -> bool {
         !matches!(self, LockKind::Read)
     }
+}
+
+/// How a [`SessionBackend::lock`] call waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Acquire {
+    /// Wait in FIFO order until granted.
+    Wait,
+    /// Take the lock only if it is free now; never queue.
+    Try,
+}
+
+impl Acquire {
+    /// Whether this mode waits for the grant.
+    pub fn waits(self) -> bool {
+        self == Acquire::Wait
+    }
+}
+
+/// The outcome of a [`SessionBackend::lock`] call.
+pub enum Acquired {
+    /// The lock was granted.
+    Granted(Box<dyn HeldLock>),
+    /// The lock is not free now (only for [`Acquire::Try`]).
+    Busy,
+}
+
+impl std::fmt::Debug for Acquired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Acquired::Granted(held) => write!(f, "Granted(fence {})", held.fence()),
+            Acquired::Busy => f.write_str("Busy"),
+        }
+    }
+}
+
+/// `Some` grant is [`Acquired::Granted`], `None` is [`Acquired::Busy`].
+impl From<Option<Box<dyn HeldLock>>> for Acquired {
+    fn from(held: Option<Box<dyn HeldLock>>) -> Self {
+        held.map_or(Acquired::Busy, Acquired::Granted)
+    }
+}
+
+/// What a guarded write ([`HeldLock::write_if_held`]) does with the grant
+/// once the write applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AfterWrite {
+    /// Keep holding the lock (`LockGuard::write_if_held`).
+    Keep,
+    /// Release the lock in the same atomic step
+    /// (`LockGuard::write_and_release`).
+    Release,
 }
 
 /// A member of a group, as listed or reported by events.
@@ -155,16 +224,16 @@ pub trait SessionBackend: Send + Sync + 'static {
     /// session is released.
     async fn revoke(&self) -> Result<()>;
 
-    /// Acquire a lock. With `wait == false` return `Ok(None)` at once if it
-    /// is not free; with `wait == true` wait in FIFO order until granted.
-    /// `loss` is this grant's own notifier.
+    /// Acquire a lock. With [`Acquire::Try`] return [`Acquired::Busy`] at
+    /// once if it is not free; with [`Acquire::Wait`] wait in FIFO order
+    /// until granted (never `Busy`). `loss` is this grant's own notifier.
     async fn lock(
         &self,
         name: &str,
         kind: LockKind,
-        wait: bool,
+        mode: Acquire,
         loss: LossNotifier,
-    ) -> Result<Option<Box<dyn HeldLock>>>;
+    ) -> Result<Acquired>;
 
     /// Join a group as `member`. [`crate::ErrorKind::AlreadyHeld`] when the
     /// id is taken by a live member.
@@ -192,12 +261,14 @@ pub trait HeldLock: Send + Sync + 'static {
     fn fence(&self) -> FencingToken;
     /// Ask the backend whether the grant still stands.
     async fn is_held(&self) -> Result<bool>;
-    /// Release the grant. Idempotent.
+    /// Release the grant; `Ok` confirms it is gone. Idempotent: core calls
+    /// it again after an error or a lost reply (see the module contract).
     async fn release(&self) -> Result<()>;
     /// Atomically store `value` under `key` if and only if the grant still
-    /// stands, optionally releasing in the same step. Returns whether the
-    /// grant stood (and so whether the write applied).
-    async fn write_if_held(&self, key: &str, value: &[u8], release: bool) -> Result<bool>;
+    /// stands, and then keep or release the grant in the same step
+    /// (`then`). Returns whether the grant stood (and so whether the write
+    /// applied).
+    async fn write_if_held(&self, key: &str, value: &[u8], then: AfterWrite) -> Result<bool>;
 }
 
 /// A membership in a group.
@@ -205,7 +276,8 @@ pub trait HeldLock: Send + Sync + 'static {
 pub trait HeldMembership: Send + Sync + 'static {
     /// Replace the member's capabilities.
     async fn update(&self, capabilities: &serde_json::Value) -> Result<()>;
-    /// Leave the group. Idempotent.
+    /// Leave the group; `Ok` confirms the member is gone. Idempotent (see
+    /// the module contract).
     async fn leave(&self) -> Result<()>;
 }
 
@@ -218,6 +290,7 @@ pub trait HeldLeadership: Send + Sync + 'static {
     async fn proclaim(&self, value: &[u8]) -> Result<()>;
     /// Ask the backend whether this is still the leader.
     async fn is_leader(&self) -> Result<bool>;
-    /// Give up leadership. Idempotent.
+    /// Give up leadership; `Ok` confirms the candidacy is gone. Idempotent
+    /// (see the module contract).
     async fn resign(&self) -> Result<()>;
 }

@@ -17,6 +17,7 @@ use etcd_client::{
     Client, ConnectOptions, GetOptions, GetResponse, KeyValue, ResponseHeader, Txn, TxnOpResponse,
     TxnResponse, WatchOptions, WatchStream,
 };
+use quorate_core::backoff::Backoff;
 use quorate_core::{Error, Result};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
@@ -206,7 +207,7 @@ impl Shared {
     /// repeat harmless, inside waits and clean-ups, which are bounded
     /// elsewhere (the session's loss, the clean-up's time limit).
     pub(crate) async fn txn_retrying(&self, op: &'static str, txn: Txn) -> Result<TxnResponse> {
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::default();
         loop {
             match self.txn(op, txn.clone()).await {
                 Ok(v) => return Ok(v),
@@ -263,23 +264,5 @@ pub(crate) fn txn_range(resp: &TxnResponse, i: usize) -> Vec<KeyValue> {
     match resp.op_responses().into_iter().nth(i) {
         Some(TxnOpResponse::Get(mut g)) => g.take_kvs(),
         _ => Vec::new(),
-    }
-}
-
-/// A capped exponential back-off: 20 ms doubling to 1 s.
-pub(crate) struct Backoff(Duration);
-
-impl Backoff {
-    pub(crate) fn new() -> Self {
-        Backoff(Duration::from_millis(20))
-    }
-
-    pub(crate) async fn wait(&mut self) {
-        tokio::time::sleep(self.0).await;
-        self.0 = (self.0 * 2).min(Duration::from_secs(1));
-    }
-
-    pub(crate) fn reset(&mut self) {
-        *self = Backoff::new();
     }
 }

@@ -20,11 +20,12 @@ use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp};
 use quorate_core::backend::async_trait;
+use quorate_core::backoff::Backoff;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{HeldLock, LockKind};
+use quorate_core::spi::{AfterWrite, HeldLock, LockKind};
 use quorate_core::{Error, FencingToken, Result};
 
-use crate::client::{txn_range, Backoff};
+use crate::client::txn_range;
 use crate::keys::lease_hex;
 use crate::session::{Created, EtcdSession, HeldKey, OwnKey};
 use crate::{rwlock, watch};
@@ -124,7 +125,7 @@ async fn wait_for_turn(session: &EtcdSession, entry: &Entry<'_>, rev: i64) -> Re
         .with_max_create_revision(rev - 1)
         .with_sort(SortTarget::Create, SortOrder::Descend)
         .with_limit(1);
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::default();
     loop {
         let txn = Txn::new()
             .when([Compare::create_revision(
@@ -197,7 +198,8 @@ impl HeldLock for EtcdLock {
         self.held.delete("release").await
     }
 
-    async fn write_if_held(&self, key: &str, value: &[u8], release: bool) -> Result<bool> {
+    async fn write_if_held(&self, key: &str, value: &[u8], then: AfterWrite) -> Result<bool> {
+        let release = then == AfterWrite::Release;
         let data = self.held.shared.layout.data(key);
         let mut ops = vec![TxnOp::put(data, value, None::<PutOptions>)];
         if release {

@@ -23,13 +23,17 @@ use etcd_client::{
     TxnResponse,
 };
 use quorate_core::backend::async_trait;
+use quorate_core::backoff::Backoff;
+use quorate_core::cleanup::{spawn_retrying, GiveUp};
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{HeldLeadership, HeldLock, HeldMembership, LockKind, SessionBackend};
+use quorate_core::spi::{
+    Acquire, Acquired, HeldLeadership, HeldMembership, LockKind, SessionBackend,
+};
 use quorate_core::{Error, Result};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 use tokio::task::JoinHandle;
 
-use crate::client::{revision, txn_range, Backoff, Shared};
+use crate::client::{revision, txn_range, Shared};
 use crate::error;
 use crate::keys::lease_hex;
 
@@ -134,9 +138,14 @@ impl Drop for RevokeOnDrop {
             return;
         };
         let lease = self.lease;
-        spawn_cleanup("revoke the lease of an abandoned session", async move {
-            revoke_lease(&shared, lease).await
-        });
+        spawn_retrying(
+            "revoke the lease of an abandoned session",
+            GiveUp::After(CLEANUP_LIMIT),
+            move || {
+                let shared = shared.clone();
+                async move { revoke_lease(&shared, lease).await }
+            },
+        );
     }
 }
 
@@ -157,7 +166,7 @@ impl SessionBackend for EtcdSession {
         let attempt_limit =
             (self.ttl / 6).clamp(Duration::from_millis(100), self.shared.request_timeout);
         let mut slot = self.keeper.lock().await;
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::default();
         loop {
             let (endpoint, failure) = match slot.take() {
                 None => {
@@ -219,10 +228,13 @@ impl SessionBackend for EtcdSession {
         &self,
         name: &str,
         kind: LockKind,
-        wait: bool,
+        mode: Acquire,
         loss: LossNotifier,
-    ) -> Result<Option<Box<dyn HeldLock>>> {
-        crate::mutex::lock(self, name, kind, wait, loss).await
+    ) -> Result<Acquired> {
+        let wait = mode.waits();
+        crate::mutex::lock(self, name, kind, wait, loss)
+            .await
+            .map(Acquired::from)
     }
 
     async fn join(
@@ -467,7 +479,11 @@ impl Drop for OwnKey {
         let guard = self.guard.take();
         let in_flight = self.in_flight.take();
         tracing::debug!(%key, "abandoned acquisition: deleting its key in the background");
-        spawn_cleanup("delete the key of an abandoned acquisition", async move {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(%key, "no runtime to clean up in; the lease TTL will");
+            return;
+        };
+        runtime.spawn(async move {
             if let Some(mut request) = in_flight {
                 // Let the create finish first, so the delete is applied
                 // after it.
@@ -477,9 +493,17 @@ impl Drop for OwnKey {
                     Err(_) => request.abort(),
                 }
             }
-            let r = delete_own(&shared, &key, lease, rev).await;
-            drop(guard);
-            r
+            spawn_retrying(
+                "delete the key of an abandoned acquisition",
+                GiveUp::After(CLEANUP_LIMIT),
+                move || {
+                    // The key's lock is held until the clean-up ends, so a
+                    // new acquisition of the key waits for it.
+                    let _key_lock = &guard;
+                    let (shared, key) = (shared.clone(), key.clone());
+                    async move { delete_own(&shared, &key, lease, rev).await }
+                },
+            );
         });
     }
 }
@@ -550,23 +574,6 @@ async fn delete_own(shared: &Shared, key: &str, lease: i64, rev: Option<i64>) ->
     shared.txn_retrying("delete key", txn).await.map(|_| ())
 }
 
-/// Run a clean-up in the background, bounded in time, logging failures.
-/// Without a runtime (dropped outside one) the lease TTL is the clean-up.
-pub(crate) fn spawn_cleanup<F>(what: &'static str, fut: F)
-where
-    F: std::future::Future<Output = Result<()>> + Send + 'static,
-{
-    let Ok(handle) = tokio::runtime::Handle::try_current() else {
-        tracing::warn!(op = what, "no runtime to clean up in; the lease TTL will");
-        return;
-    };
-    handle.spawn(async move {
-        match tokio::time::timeout(Duration::from_secs(30), fut).await {
-            Ok(Ok(())) => tracing::debug!(op = what, "clean-up done"),
-            Ok(Err(e)) => {
-                tracing::warn!(op = what, error = %e, "clean-up failed; the lease TTL will")
-            }
-            Err(_) => tracing::warn!(op = what, "clean-up timed out; the lease TTL will"),
-        }
-    });
-}
+/// How long a clean-up of an abandoned session or acquisition keeps trying;
+/// after that the lease TTL frees what is left.
+const CLEANUP_LIMIT: Duration = Duration::from_secs(30);

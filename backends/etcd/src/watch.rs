@@ -10,9 +10,10 @@ use etcd_client::{
     Event, EventType, GetOptions, KeyValue, WatchFilterType, WatchOptions, WatchResponse,
     WatchStream,
 };
+use quorate_core::backoff::Backoff;
 use quorate_core::Result;
 
-use crate::client::{revision, Backoff, Shared};
+use crate::client::{revision, Shared};
 
 /// Wait until `key` is deleted, or until `fallback` passes, or the watch
 /// breaks (after a back-off): the caller checks the state again in every
@@ -163,7 +164,7 @@ impl PrefixWatch {
                 rev,
                 stream: None,
                 pending: VecDeque::new(),
-                backoff: Backoff::new(),
+                backoff: Backoff::default(),
             },
             kvs,
         ))

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{HeldLock, LockKind};
+use quorate_core::spi::{AfterWrite, HeldLock, LockKind};
 use quorate_core::{FencingToken, Result};
 
 use crate::layout::{bump_fence, open_lock_file, same_file, write_atomic, Space};
@@ -147,7 +147,8 @@ impl HeldLock for FileLock {
         Ok(())
     }
 
-    async fn write_if_held(&self, key: &str, value: &[u8], release: bool) -> Result<bool> {
+    async fn write_if_held(&self, key: &str, value: &[u8], then: AfterWrite) -> Result<bool> {
+        let release = then == AfterWrite::Release;
         let state = self.0.clone();
         let data = state.layout.data_path(key);
         let value = value.to_vec();

@@ -359,7 +359,7 @@ async fn closing_a_session_releases_everything_it_holds() {
         member.lost().await,
         leader.lost().await,
     ] {
-        assert!(!what.0.is_empty());
+        assert!(!what.to_string().is_empty());
     }
     assert!(!lock.is_held().await.unwrap());
     assert!(!leader.is_leader().await.unwrap());

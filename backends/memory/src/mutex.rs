@@ -3,7 +3,7 @@
 
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{HeldLock, LockKind};
+use quorate_core::spi::{AfterWrite, HeldLock, LockKind};
 use quorate_core::{Error, FencingToken, Result};
 
 use crate::queue::{enqueue, remove};
@@ -130,7 +130,8 @@ impl HeldLock for MemoryLock {
         Ok(())
     }
 
-    async fn write_if_held(&self, key: &str, value: &[u8], release: bool) -> Result<bool> {
+    async fn write_if_held(&self, key: &str, value: &[u8], then: AfterWrite) -> Result<bool> {
+        let release = then == AfterWrite::Release;
         let mut inner = self.state.lock().unwrap();
         let held = inner
             .queues

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{HeldLeadership, HeldLock, HeldMembership, LockKind, SessionBackend};
+use quorate_core::spi::{
+    Acquire, Acquired, HeldLeadership, HeldMembership, LockKind, SessionBackend,
+};
 use quorate_core::{Error, Result};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -158,10 +160,13 @@ impl SessionBackend for MemorySession {
         &self,
         name: &str,
         kind: LockKind,
-        wait: bool,
+        mode: Acquire,
         loss: LossNotifier,
-    ) -> Result<Option<Box<dyn HeldLock>>> {
-        mutex::lock(self, name, kind, wait, loss).await
+    ) -> Result<Acquired> {
+        let wait = mode.waits();
+        mutex::lock(self, name, kind, wait, loss)
+            .await
+            .map(Acquired::from)
     }
 
     async fn join(

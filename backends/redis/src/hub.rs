@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex as StdMutex, Weak};
 use std::time::Duration;
 
 use futures::StreamExt;
+use quorate_core::backoff::Backoff;
 use quorate_core::{Error, Result};
 use redis::aio::PubSubSink;
 use tokio::sync::mpsc;
@@ -190,7 +191,7 @@ fn broadcast(inner: &HubInner, channel: Option<&str>, wake: &Wake) {
 /// The connection task: connect, (re)subscribe, dispatch, health-check,
 /// reconnect; ends when the hub is dropped.
 async fn run(weak: Weak<HubInner>, switched: Arc<tokio::sync::Notify>) {
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let (client, timeout) = (inner.client.lock().unwrap().clone(), inner.timeout);
@@ -200,8 +201,7 @@ async fn run(weak: Weak<HubInner>, switched: Arc<tokio::sync::Notify>) {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "pub/sub connection failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                backoff.wait().await;
                 continue;
             }
             Err(_) => {
@@ -232,7 +232,7 @@ async fn run(weak: Weak<HubInner>, switched: Arc<tokio::sync::Notify>) {
             tracing::debug!(channels = channels.len(), "pub/sub connected");
             broadcast(&inner, None, &Wake::Reconnected);
         }
-        backoff = Duration::from_millis(50);
+        backoff.reset();
         let mut ping = tokio::time::interval(timeout.max(Duration::from_millis(200)));
         ping.tick().await;
         loop {

@@ -19,14 +19,15 @@
 //! removes the queue entry or the grant (the reply may have been lost) and
 //! never touches another call's token.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use quorate_core::backend::async_trait;
+use quorate_core::backoff::Backoff;
+use quorate_core::cleanup::{spawn_retrying, GiveUp};
 use quorate_core::loss::LossNotifier;
 use quorate_core::name::encode;
-use quorate_core::spi::HeldLock;
+use quorate_core::spi::{AfterWrite, HeldLock};
 use quorate_core::{Error, FencingToken, Result};
 use redis::Script;
 
@@ -81,27 +82,11 @@ impl CleanupJob {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let Some(job) = self.job.take() else { return };
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!("no tokio runtime to clean up a dropped redis wait");
-            return;
-        };
-        rt.spawn(async move {
-            let deadline = tokio::time::Instant::now() + job.limit;
-            let mut pause = Duration::from_millis(20);
-            loop {
-                match job.run().await {
-                    Ok(_) => return,
-                    Err(e) if tokio::time::Instant::now() + pause < deadline => {
-                        tracing::debug!(error = %e, "clean-up failed; retrying");
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_millis(500));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "clean-up gave up; the session's TTL frees it");
-                        return;
-                    }
-                }
-            }
+        let job = Arc::new(job);
+        let give_up = GiveUp::After(job.limit);
+        spawn_retrying("clean up a dropped redis wait", give_up, move || {
+            let job = job.clone();
+            async move { job.run().await.map(drop) }
         });
     }
 }
@@ -170,8 +155,6 @@ pub(crate) struct ExGrant {
     pub(crate) enc: String,
     pub(crate) token: String,
     pub(crate) fence: FencingToken,
-    released: AtomicBool,
-    ttl: Duration,
     _registration: Registration,
 }
 
@@ -221,8 +204,6 @@ pub(crate) async fn acquire(
         enc,
         token,
         fence,
-        released: AtomicBool::new(false),
-        ttl: session.ttl(),
         _registration: registration,
     }))
 }
@@ -252,19 +233,18 @@ where
     Fut: std::future::Future<Output = Result<Vec<i64>>>,
 {
     let mut sub: Option<Subscription> = None;
-    let mut backoff = Duration::from_millis(20);
+    let mut backoff = Backoff::default();
     loop {
         let reply = match attempt().await {
             Ok(r) => r,
             Err(e) if e.is_retryable() && channel.is_some() => {
                 tracing::debug!(error = %e, "acquire attempt failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                backoff.wait().await;
                 continue;
             }
             Err(e) => return Err(e),
         };
-        backoff = Duration::from_millis(20);
+        backoff.reset();
         match (reply.first(), reply.get(1), channel) {
             (Some(1), Some(&fence), _) => return Ok(Some(FencingToken(fence as u64))),
             (Some(-1), _, _) => {
@@ -313,7 +293,6 @@ impl ExGrant {
             .ctx
             .eval("release", &scripts::EX_RELEASE, &self.args())
             .await?;
-        self.released.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -339,26 +318,7 @@ impl ExGrant {
                 ],
             )
             .await?;
-        if applied == 1 && release {
-            self.released.store(true, Ordering::Release);
-        }
         Ok(applied == 1)
-    }
-}
-
-impl Drop for ExGrant {
-    fn drop(&mut self) {
-        // Core releases every guard; if that failed (server unreachable),
-        // keep trying in the background, or keep-alive would extend the
-        // orphaned grant for as long as the session lives.
-        if !self.released.load(Ordering::Acquire) {
-            let _ = Cleanup::new(
-                &self.ctx,
-                &scripts::EX_RELEASE,
-                self.args().iter().map(|a| a.to_vec()).collect(),
-                self.ttl,
-            );
-        }
     }
 }
 
@@ -391,7 +351,8 @@ impl HeldLock for RedisLock {
         self.0.release().await
     }
 
-    async fn write_if_held(&self, key: &str, value: &[u8], release: bool) -> Result<bool> {
+    async fn write_if_held(&self, key: &str, value: &[u8], then: AfterWrite) -> Result<bool> {
+        let release = then == AfterWrite::Release;
         self.0.write_if_held(key, value, release).await
     }
 }

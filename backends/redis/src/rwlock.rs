@@ -12,14 +12,12 @@
 //! As for mutexes: a [`Cleanup`] guard armed from the first script call
 //! removes this call's entry when the future is dropped.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
 use quorate_core::name::encode;
-use quorate_core::spi::{HeldLock, LockKind};
+use quorate_core::spi::{AfterWrite, HeldLock, LockKind};
 use quorate_core::{FencingToken, Result};
 
 use crate::mutex::{grant_loop, Cleanup};
@@ -60,8 +58,6 @@ pub(crate) async fn lock(
             enc,
             member,
             fence,
-            released: AtomicBool::new(false),
-            ttl: session.ttl(),
             _registration: registration,
         }) as Box<dyn HeldLock>
     }))
@@ -73,8 +69,6 @@ struct RedisRwLock {
     enc: String,
     member: String,
     fence: FencingToken,
-    released: AtomicBool,
-    ttl: Duration,
     _registration: Registration,
 }
 
@@ -105,11 +99,11 @@ impl HeldLock for RedisRwLock {
                 &[self.enc.as_bytes(), self.member.as_bytes()],
             )
             .await?;
-        self.released.store(true, Ordering::Release);
         Ok(())
     }
 
-    async fn write_if_held(&self, key: &str, value: &[u8], release: bool) -> Result<bool> {
+    async fn write_if_held(&self, key: &str, value: &[u8], then: AfterWrite) -> Result<bool> {
+        let release = then == AfterWrite::Release;
         let data = encode(key);
         let applied: i64 = self
             .ctx
@@ -126,22 +120,6 @@ impl HeldLock for RedisRwLock {
                 ],
             )
             .await?;
-        if applied == 1 && release {
-            self.released.store(true, Ordering::Release);
-        }
         Ok(applied == 1)
-    }
-}
-
-impl Drop for RedisRwLock {
-    fn drop(&mut self) {
-        if !self.released.load(Ordering::Acquire) {
-            let _ = Cleanup::new(
-                &self.ctx,
-                &scripts::RW_RELEASE,
-                vec![self.enc.clone().into(), self.member.clone().into()],
-                self.ttl,
-            );
-        }
     }
 }

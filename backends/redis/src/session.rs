@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{HeldLeadership, HeldLock, HeldMembership, LockKind, SessionBackend};
+use quorate_core::spi::{
+    Acquire, Acquired, HeldLeadership, HeldMembership, LockKind, SessionBackend,
+};
 use quorate_core::{Error, Result};
 use redis::Value;
 
@@ -189,13 +191,15 @@ impl SessionBackend for RedisSession {
         &self,
         name: &str,
         kind: LockKind,
-        wait: bool,
+        mode: Acquire,
         loss: LossNotifier,
-    ) -> Result<Option<Box<dyn HeldLock>>> {
-        match kind {
+    ) -> Result<Acquired> {
+        let wait = mode.waits();
+        let held = match kind {
             LockKind::Mutex => mutex::lock(self, name, wait, loss).await,
             LockKind::Read | LockKind::Write => rwlock::lock(self, name, kind, wait, loss).await,
-        }
+        };
+        held.map(Acquired::from)
     }
 
     async fn join(

@@ -17,6 +17,7 @@ use std::time::Duration;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use quorate_core::backend::async_trait;
+use quorate_core::cleanup::{spawn_retrying, GiveUp};
 use quorate_core::loss::LossNotifier;
 use quorate_core::spi::{GroupEvent, HeldMembership, Member};
 use quorate_core::{name, Error, Result};
@@ -194,18 +195,29 @@ impl Drop for DeleteOnDrop {
         let shared = self.shared.clone();
         let path = std::mem::take(&mut self.path);
         tokio::spawn(async move {
-            if let Ok(Ok(Some(stat))) = create.await {
-                if let Ok(client) = shared.client() {
-                    match client.delete(&path, Some(stat.version)).await {
-                        Ok(()) | Err(zk::Error::NoNode) => {
-                            tracing::debug!(%path, "removed a dropped join's member node")
-                        }
-                        Err(e) => {
-                            tracing::warn!(%path, error = %e, "removing a dropped join's member node")
+            let Ok(Ok(Some(stat))) = create.await else {
+                return;
+            };
+            // Retried until done or the session is closed (`client()` is
+            // then `Lost`, and the ephemeral node went with the session).
+            spawn_retrying(
+                "remove a dropped join's member node",
+                GiveUp::WithSession,
+                move || {
+                    let (shared, path) = (shared.clone(), path.clone());
+                    async move {
+                        let client = shared.client()?;
+                        match client.delete(&path, Some(stat.version)).await {
+                            Ok(()) | Err(zk::Error::NoNode) => {
+                                tracing::debug!(%path, "removed a dropped join's member node");
+                                Ok(())
+                            }
+                            Err(e) if is_session_gone(&e) => Ok(()),
+                            Err(e) => Err(zk_error("remove a dropped join's member", &path, e)),
                         }
                     }
-                }
-            }
+                },
+            );
         });
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{HeldLock, LockKind};
+use quorate_core::spi::{AfterWrite, HeldLock, LockKind};
 use quorate_core::{Error, FencingToken, Result};
 use zookeeper_client as zk;
 use zookeeper_client::{CreateMode, MultiWriteError};
@@ -92,7 +92,8 @@ impl HeldLock for ZkLock {
         queue::delete_quietly(&client, &self.path).await
     }
 
-    async fn write_if_held(&self, key: &str, value: &[u8], release: bool) -> Result<bool> {
+    async fn write_if_held(&self, key: &str, value: &[u8], then: AfterWrite) -> Result<bool> {
+        let release = then == AfterWrite::Release;
         let data_path = self.shared.layout.data_path(key);
         for _ in 0..PARENT_RETRIES {
             // A closed or expired session holds nothing: the write is refused.

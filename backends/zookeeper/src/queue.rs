@@ -15,6 +15,7 @@
 
 use std::sync::Arc;
 
+use quorate_core::cleanup::{spawn_retrying, GiveUp};
 use quorate_core::{Error, Result};
 use zookeeper_client as zk;
 use zookeeper_client::{Client, CreateMode, EventType, Stat};
@@ -236,31 +237,37 @@ impl Drop for RemoveOnDrop {
         if !self.armed {
             return;
         }
-        let Ok(client) = self.shared.client() else {
-            return; // the session is closed: its ephemeral nodes went with it
-        };
+        let shared = self.shared.clone();
         let dir = std::mem::take(&mut self.dir);
         let prefix = std::mem::take(&mut self.prefix);
         let name = self.name.take();
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(%dir, "no runtime to remove a dropped waiter's node; the session end will");
-            return;
-        };
-        runtime.spawn(async move {
-            // Requests of one session are applied in order, so this lookup
-            // sees the create even if its reply never came.
-            let name = match name {
-                Some(n) => Some(n),
-                None => find_by_prefix(&client, &dir, &prefix).await.ok().flatten(),
-            };
-            if let Some(name) = name {
-                let path = format!("{dir}/{name}");
-                match delete_quietly(&client, &path).await {
-                    Ok(()) => tracing::debug!(%path, "removed a dropped waiter's node"),
-                    Err(e) => tracing::warn!(%path, error = %e, "removing a dropped waiter's node"),
+        // Retried until done or the session is closed (`client()` is then
+        // `Lost`, and the ephemeral node went with the session).
+        spawn_retrying(
+            "remove a dropped waiter's node",
+            GiveUp::WithSession,
+            move || {
+                let (shared, dir, prefix, name) =
+                    (shared.clone(), dir.clone(), prefix.clone(), name.clone());
+                async move {
+                    let client = shared.client()?;
+                    // Requests of one session are applied in order, so this
+                    // lookup sees the create even if its reply never came.
+                    let name = match name {
+                        Some(n) => Some(n),
+                        None => find_by_prefix(&client, &dir, &prefix)
+                            .await
+                            .map_err(|e| zk_error("list contenders of", &dir, e))?,
+                    };
+                    if let Some(name) = name {
+                        let path = format!("{dir}/{name}");
+                        delete_quietly(&client, &path).await?;
+                        tracing::debug!(%path, "removed a dropped waiter's node");
+                    }
+                    Ok(())
                 }
-            }
-        });
+            },
+        );
     }
 }
 

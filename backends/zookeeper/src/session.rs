@@ -37,7 +37,9 @@ use std::time::Duration;
 
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{HeldLeadership, HeldLock, HeldMembership, LockKind, SessionBackend};
+use quorate_core::spi::{
+    Acquire, Acquired, HeldLeadership, HeldMembership, LockKind, SessionBackend,
+};
 use quorate_core::{Error, Result};
 use tokio::time::Instant;
 use zookeeper_client as zk;
@@ -331,10 +333,13 @@ impl SessionBackend for ZkSession {
         &self,
         name: &str,
         kind: LockKind,
-        wait: bool,
+        mode: Acquire,
         loss: LossNotifier,
-    ) -> Result<Option<Box<dyn HeldLock>>> {
-        mutex::lock(&self.shared, name, kind, wait, loss).await
+    ) -> Result<Acquired> {
+        let wait = mode.waits();
+        mutex::lock(&self.shared, name, kind, wait, loss)
+            .await
+            .map(Acquired::from)
     }
 
     async fn join(

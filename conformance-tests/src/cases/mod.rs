@@ -12,6 +12,7 @@ mod election;
 mod faults;
 mod group;
 mod guarded;
+mod lifecycle;
 mod member_faults;
 mod mutex;
 mod names;
@@ -24,6 +25,7 @@ use election::*;
 use faults::*;
 use group::*;
 use guarded::*;
+use lifecycle::*;
 use member_faults::*;
 use mutex::*;
 use names::*;
@@ -199,6 +201,9 @@ pub fn all() -> Vec<Case> {
         case!(member_partition_loss_before_regrant, "a holder connected only to a member cut off from its peers (its client port up) is told lost() no later than a client on the majority is granted the lock", Some("failure_detection"), needs_lease, Some(Fault::MemberPartition), None),
         case!(leader_partition_loss_before_regrant, "a holder connected only to the LEADER, cut off from its peers (its client port up), is told lost() no later than a client on the majority is granted the lock", Some("failure_detection"), needs_lease, Some(Fault::MemberPartition), None),
         case!(no_stale_reads, "is_held, is_leader, read and guarded writes asked on a member cut off from its peers never answer from its stale state after conflicting grants through the majority (an error, false, or the new value)", None, needs_external_revoke, Some(Fault::MemberPartition), None),
+        case!(release_survives_lost_reply, "a release whose reply is lost (connection black-holed during release(), a dropped release() future, a dropped guard; then healed) frees the lock within a bounded time after the heal, while the session stays alive", None, needs_lease, Some(Fault::Partition), None),
+        case!(resign_survives_lost_reply, "a resign whose reply is lost (connection black-holed, then healed) hands leadership over within a bounded time after the heal, while the session stays alive", Some("primitives.election"), needs_lease_and_election, Some(Fault::Partition), None),
+        case!(leave_survives_lost_reply, "a leave whose reply is lost (connection black-holed, then healed) removes the member within a bounded time after the heal, while the session stays alive", Some("primitives.group"), needs_lease_and_group, Some(Fault::Partition), None),
         case!(restart_without_persistence, "the server restarts without its data while a lock is held: the holder is told it lost the lock no later than another client is granted it (no silent double grant)", Some("survives_failover"), always, Some(Fault::RestartWithoutPersistence), Some(restart_without_persistence::describe)),
         Case {
             name: "nemesis",
