@@ -137,7 +137,7 @@ fn nemesis(args: &[String]) {
         }
     }
     if !details.is_empty() {
-        md.push_str("\n");
+        md.push('\n');
         md.push_str(&details);
     }
     if let Err(e) = std::fs::write(md_out, md) {
