@@ -563,8 +563,11 @@ impl Driver {
             }
             ClientFault::Kill => {
                 if let Some(agent) = self.agent.take() {
+                    // It believes nothing from the SIGKILL on: the lock is
+                    // freed (process lifetime) only after it is dead.
+                    let sent = mono_ns();
                     let _ = agent.kill().await;
-                    self.end_hold(mono_ns());
+                    self.end_hold(sent);
                 }
             }
             ClientFault::Partition(d) => {
