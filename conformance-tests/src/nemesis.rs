@@ -558,6 +558,9 @@ impl Driver {
                 tokio::time::sleep(d).await;
                 let _ = agent.signal(libc::SIGCONT);
                 let resumed = mono_ns();
+                // Stopped again before it did anything since the last
+                // resume: one window from the first stop.
+                let stopped = self.resumed.map_or(stopped, |(first, _)| first);
                 self.stopped = Some((stopped, resumed));
                 self.resumed = Some((stopped, resumed));
             }
