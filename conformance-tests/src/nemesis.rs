@@ -11,13 +11,17 @@
 //! the agents on the host's monotonic clock ([`crate::agent::mono_ns`]),
 //! writes are judged by a [fenced register](crate::harness::fenced) in its
 //! own server. Violations: two agents *believing* they hold the lock at
-//! once (a belief ends when the agent releases or is told `lost()`; a
-//! holder whose first act after resuming from a SIGSTOP is to learn of its
-//! loss or to release is excused for the time it was stopped, when it
-//! could not act on the belief), fences not strictly
-//! increasing in grant order, a stale write the register accepted, and an
-//! agent that cannot complete a round within [`liveness_bound`] after the
-//! heal.
+//! once (a belief ends when the agent releases or is told `lost()`),
+//! fences not strictly increasing in grant order, a stale write the
+//! register accepted, and an agent that cannot complete a round within
+//! [`liveness_bound`] after the heal. A SIGSTOP is the one fault a lease
+//! cannot survive: where the backend declares `exclusive_under_pause =
+//! false`, a hold during which its agent was stopped counts as a belief only
+//! until the stop (the agent could not act; fencing is what protects the
+//! resource from it afterwards), and its writes with the old fence are
+//! counted apart (`stale_writes_accepted_after_pause`, a figure: the
+//! register accepts them until the newer holder has written). Where the
+//! backend declares `exclusive_under_pause = true` nothing is excused.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -177,10 +181,10 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
             register: register.addr().to_string(),
             clock,
             hold: None,
-            resumed: None,
-            stopped: None,
-            last_ended: None,
+            excuse_pauses: !caps.exclusive_under_pause,
+            stopped_in_hold: None,
             excused: 0,
+            writes_after_pause: Vec::new(),
             rounds: 0,
         };
         drivers.push(tokio::spawn(driver.drive(rx, stop_rx.clone(), ttl)));
@@ -252,6 +256,7 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
     let mut heal_max_ms: f64 = 0.0;
     let mut rounds = 0u64;
     let mut excused = 0u64;
+    let mut after_pause = Vec::new();
     let mut failures = Vec::new();
     for d in drivers {
         match d.await {
@@ -259,6 +264,7 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
                 heal_max_ms = heal_max_ms.max(r.heal_round_ms);
                 rounds += r.rounds;
                 excused += r.excused;
+                after_pause.extend(r.writes_after_pause);
             }
             Ok(Err(e)) => failures.push(e),
             Err(e) => failures.push(format!("a driver panicked: {e}")),
@@ -271,7 +277,23 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
     while Instant::now() < deadline && !keeper.leftovers().await?.is_empty() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let v = history.check();
+    let mut v = history.check();
+    // Writes of a holder stopped during its hold, accepted after a newer
+    // grant: what a pause allows (the register accepts them until the newer
+    // holder writes), counted apart where the backend declares it.
+    let holds = history.holds();
+    let stale_after_pause = after_pause
+        .iter()
+        .filter(|(fence, at)| {
+            let at = clock.at(*at);
+            holds.iter().any(|h| h.fence > *fence && h.start <= at)
+        })
+        .count();
+    v.stale_writes_accepted = v.stale_writes_accepted.saturating_sub(stale_after_pause);
+    f.insert(
+        "stale_writes_accepted_after_pause".into(),
+        stale_after_pause as f64,
+    );
     f.insert("duration_s".into(), duration.as_secs_f64());
     f.insert("agents".into(), AGENTS as f64);
     f.insert("grants".into(), history.holds().len() as f64);
@@ -311,6 +333,7 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
 struct DriverReport {
     rounds: u64,
     excused: u64,
+    writes_after_pause: Vec<(u64, u64)>,
     heal_round_ms: f64,
 }
 
@@ -334,14 +357,15 @@ struct Driver {
     clock: Clock,
     /// The open hold: its history index and start.
     hold: Option<(usize, u64)>,
-    /// The last SIGSTOP window of the current agent (host monotonic ns),
-    /// until the agent's first act after it.
-    resumed: Option<(u64, u64)>,
-    /// The last SIGSTOP window, kept for the excuse.
-    stopped: Option<(u64, u64)>,
-    /// The hold that ended last (index, start), for the excuse.
-    last_ended: Option<(usize, u64)>,
+    /// Whether a hold spanning a SIGSTOP ends, as a belief, at the stop
+    /// (the backend declares it does not survive pauses).
+    excuse_pauses: bool,
+    /// When the agent was first stopped during the open hold.
+    stopped_in_hold: Option<u64>,
     excused: u64,
+    /// Writes with the fence of a hold during which the agent was stopped,
+    /// accepted after a newer grant: `(fence, at)`.
+    writes_after_pause: Vec<(u64, u64)>,
     rounds: u64,
 }
 
@@ -367,6 +391,7 @@ impl Driver {
                     return Ok(DriverReport {
                         rounds: self.rounds,
                         excused: self.excused,
+                        writes_after_pause: std::mem::take(&mut self.writes_after_pause),
                         heal_round_ms,
                     });
                 }
@@ -382,7 +407,6 @@ impl Driver {
                 match Agent::start(&self.url).await {
                     Ok((a, _)) => {
                         self.agent = Some(a);
-                        self.resumed = None;
                         state = State::Idle;
                     }
                     Err(e) => {
@@ -431,41 +455,6 @@ impl Driver {
     }
 
     async fn on_event(&mut self, ev: AgentEvent, state: State) -> State {
-        // The agent's first act after a SIGSTOP decides whether its belief
-        // is excused for the stopped time: learning of the loss or
-        // releasing is; anything else (a write) is not.
-        let acted_at = match &ev {
-            AgentEvent::Granted { at_ns, .. }
-            | AgentEvent::Fenced { at_ns, .. }
-            | AgentEvent::Lost { at_ns, .. }
-            | AgentEvent::Released { at_ns }
-            | AgentEvent::ReleaseFailed { at_ns, .. } => Some(*at_ns),
-            _ => None,
-        };
-        let excuse = match (self.resumed, acted_at) {
-            (Some((_, c)), Some(at)) if at >= c => {
-                self.resumed = None;
-                matches!(
-                    ev,
-                    AgentEvent::Lost { .. }
-                        | AgentEvent::Released { .. }
-                        | AgentEvent::ReleaseFailed { .. }
-                )
-                .then_some(self.resumed_window(c))
-                .flatten()
-            }
-            _ => None,
-        };
-        // Only a hold this very event ends can be excused.
-        self.last_ended = None;
-        let state = self.on_event_inner(ev, state).await;
-        if let Some(stopped) = excuse {
-            self.excuse_last(stopped);
-        }
-        state
-    }
-
-    async fn on_event_inner(&mut self, ev: AgentEvent, state: State) -> State {
         match ev {
             AgentEvent::Granted { fence, at_ns } => {
                 let i = self
@@ -479,7 +468,15 @@ impl Driver {
                     Err(_) => State::Idle,
                 }
             }
-            AgentEvent::Fenced { .. } => {
+            AgentEvent::Fenced {
+                fence,
+                accepted,
+                at_ns,
+                ..
+            } => {
+                if accepted && self.excuse_pauses && self.stopped_in_hold.is_some() {
+                    self.writes_after_pause.push((fence, at_ns));
+                }
                 let hold = Duration::from_millis(rand::rng().random_range(0..50));
                 State::Holding(tokio::time::Instant::now() + hold)
             }
@@ -520,28 +517,19 @@ impl Driver {
         }
     }
 
-    /// End the open hold at `at_ns`.
+    /// End the open hold at `at_ns` — at the agent's first stop during
+    /// it, where pauses are excused.
     fn end_hold(&mut self, at_ns: u64) {
-        if let Some((i, start)) = self.hold.take() {
-            self.last_ended = Some((i, start));
-            self.history.released_at(i, self.clock.at(at_ns));
-        }
-    }
-
-    /// The start of the stopped window that ended at `c`, kept aside when
-    /// the pause was recorded.
-    fn resumed_window(&self, c: u64) -> Option<u64> {
-        self.stopped.filter(|(_, end)| *end == c).map(|(s, _)| s)
-    }
-
-    /// The hold that just ended began before the agent was stopped at
-    /// `stopped`: its belief ends there (the agent could not act since).
-    fn excuse_last(&mut self, stopped: u64) {
-        if let Some((i, start)) = self.last_ended.take() {
-            if start <= stopped {
-                self.excused += 1;
-                self.history.released_at(i, self.clock.at(stopped));
-            }
+        let stopped = self.stopped_in_hold.take();
+        if let Some((i, _)) = self.hold.take() {
+            let end = match stopped {
+                Some(s) if self.excuse_pauses && s < at_ns => {
+                    self.excused += 1;
+                    s
+                }
+                _ => at_ns,
+            };
+            self.history.released_at(i, self.clock.at(end));
         }
     }
 
@@ -557,12 +545,9 @@ impl Driver {
                 }
                 tokio::time::sleep(d).await;
                 let _ = agent.signal(libc::SIGCONT);
-                let resumed = mono_ns();
-                // Stopped again before it did anything since the last
-                // resume: one window from the first stop.
-                let stopped = self.resumed.map_or(stopped, |(first, _)| first);
-                self.stopped = Some((stopped, resumed));
-                self.resumed = Some((stopped, resumed));
+                if self.hold.is_some() && self.stopped_in_hold.is_none() {
+                    self.stopped_in_hold = Some(stopped);
+                }
             }
             ClientFault::Kill => {
                 if let Some(agent) = self.agent.take() {
