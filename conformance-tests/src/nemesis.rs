@@ -48,6 +48,16 @@ pub const SECS_ENV: &str = "QUORATE_NEMESIS_SECS";
 /// The default duration of the suite's run.
 pub const DEFAULT_SECS: u64 = 20;
 
+/// How long the nemesis injects faults: `QUORATE_NEMESIS_SECS`, else
+/// [`DEFAULT_SECS`].
+pub fn duration() -> Duration {
+    let secs = std::env::var(SECS_ENV)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(DEFAULT_SECS);
+    Duration::from_secs(secs)
+}
+
 /// The longest an agent may take to complete a round after the heal: a
 /// lost lease expiring, plus a generous bound.
 pub fn liveness_bound(ttl: Duration) -> Duration {

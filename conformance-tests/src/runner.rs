@@ -62,9 +62,10 @@ pub async fn run_case(case: &Case, base: &Target, caps: &Capabilities) -> CaseRe
         }
     };
     let run = AssertUnwindSafe((case.run)(target.clone())).catch_unwind();
-    let outcome = match tokio::time::timeout(CASE_LIMIT, run).await {
+    let limit = CASE_LIMIT + case.budget.map_or(Duration::ZERO, |b| b());
+    let outcome = match tokio::time::timeout(limit, run).await {
         Err(_) => Err(CaseError::Fail(format!(
-            "the case did not finish within {CASE_LIMIT:?}"
+            "the case did not finish within {limit:?}"
         ))),
         Ok(Err(panic)) => Err(CaseError::Fail(format!(
             "the case panicked: {}",

@@ -52,6 +52,9 @@ pub struct Case {
     /// Whether the case shares the run with others or needs it alone
     /// (server fault cases always run alone).
     pub turn: Turn,
+    /// Time the case spends by design (a nemesis's fault budget), added to
+    /// the runner's limit for a hung case.
+    pub budget: Option<fn() -> std::time::Duration>,
     /// For a case whose pass covers several real outcomes (a guarantee the
     /// backend does not declare, measured anyway): the outcome in words,
     /// derived from the figures so the two never disagree. It becomes the
@@ -98,6 +101,7 @@ macro_rules! case {
             needs: $needs,
             run: |t| Box::pin($name::run(t)),
             turn: Turn::Shared,
+            budget: None,
             describe: $describe,
         }
     };
@@ -213,6 +217,7 @@ pub fn all() -> Vec<Case> {
             needs: None,
             run: |t| Box::pin(nemesis_case::run(t)),
             turn: Turn::Alone,
+            budget: Some(crate::nemesis::duration),
             describe: None,
         },
     ]
