@@ -1246,3 +1246,59 @@ async fn redis_py_tokens_of_every_shape_are_never_taken_over() {
     s.close().await.unwrap();
     assert_eq!(coord.leftovers().await.unwrap(), Vec::<String>::new());
 }
+
+/// A server whose configuration can evict quorate's keys (`maxmemory` with
+/// a policy other than `noeviction`) is refused at connect with an
+/// `InvalidConfig` naming the setting; `allow_eviction=true` opts in; a
+/// `noeviction` server is accepted; a user that may not run `CONFIG GET`
+/// connects (the check is then unverified, a warning is logged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_can_evict_is_refused_unless_allowed() {
+    let env = Env::start_with(
+        RedisOptions {
+            extra_config: vec![
+                "maxmemory 8mb".into(),
+                "maxmemory-policy volatile-lru".into(),
+                "user noconfig on >pw ~* &* +@all -config".into(),
+            ],
+            ..RedisOptions::default()
+        },
+        "2s",
+    );
+    let refused = quorate_redis::connect(&Config::parse(&env.url).unwrap())
+        .await
+        .err()
+        .expect("an evicting server is refused");
+    assert_eq!(refused.kind(), ErrorKind::InvalidConfig, "{refused}");
+    let msg = refused.to_string();
+    assert!(
+        msg.contains("maxmemory-policy volatile-lru") && msg.contains("allow_eviction=true"),
+        "{msg}"
+    );
+    let allowed = format!("{}&allow_eviction=true", env.url);
+    let coord = quorate_redis::connect(&Config::parse(&allowed).unwrap())
+        .await
+        .expect("allow_eviction=true connects");
+    let s = coord.session().await.unwrap();
+    s.mutex("m").lock().await.unwrap().release().await.unwrap();
+    s.close().await.unwrap();
+
+    // CONFIG GET denied by the ACL: connect, unverified.
+    let port = env.server.port();
+    let noconfig = format!(
+        "redis://noconfig:pw@127.0.0.1:{port}?ttl=2s&namespace={}",
+        env.ns
+    );
+    let coord = quorate_redis::connect(&Config::parse(&noconfig).unwrap())
+        .await
+        .expect("a user without CONFIG connects");
+    coord.session().await.unwrap().close().await.unwrap();
+
+    // The same server set to noeviction is accepted.
+    env.server
+        .command(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])
+        .unwrap();
+    quorate_redis::connect(&Config::parse(&env.url).unwrap())
+        .await
+        .expect("a noeviction server is accepted");
+}
