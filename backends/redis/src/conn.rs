@@ -250,33 +250,6 @@ async fn check(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::eviction_risk;
-
-    #[test]
-    fn only_noeviction_or_no_limit_is_safe() {
-        assert_eq!(eviction_risk("0", "allkeys-lru"), None);
-        assert_eq!(eviction_risk("1048576", "noeviction"), None);
-        for policy in [
-            "volatile-lru",
-            "volatile-lfu",
-            "volatile-ttl",
-            "volatile-random",
-            "allkeys-lru",
-            "allkeys-lfu",
-            "allkeys-random",
-        ] {
-            let why = eviction_risk("1048576", policy).expect(policy);
-            assert!(
-                why.contains("maxmemory-policy") && why.contains(policy),
-                "{why}"
-            );
-            assert!(why.contains("allow_eviction=true"), "{why}");
-        }
-    }
-}
-
 /// Ask the sentinels, in order, for the primary of `service`.
 async fn resolve_primary(
     sentinels: &[(String, u16)],
@@ -316,4 +289,31 @@ async fn resolve_primary(
         "no sentinel named the primary of `{service}`: {}",
         failures.join("; ")
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::eviction_risk;
+
+    #[test]
+    fn only_noeviction_or_no_limit_is_safe() {
+        assert_eq!(eviction_risk("0", "allkeys-lru"), None);
+        assert_eq!(eviction_risk("1048576", "noeviction"), None);
+        for policy in [
+            "volatile-lru",
+            "volatile-lfu",
+            "volatile-ttl",
+            "volatile-random",
+            "allkeys-lru",
+            "allkeys-lfu",
+            "allkeys-random",
+        ] {
+            let why = eviction_risk("1048576", policy).expect(policy);
+            assert!(
+                why.contains("maxmemory-policy") && why.contains(policy),
+                "{why}"
+            );
+            assert!(why.contains("allow_eviction=true"), "{why}");
+        }
+    }
 }
