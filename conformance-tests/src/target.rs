@@ -45,9 +45,10 @@ pub enum Fault {
     /// (libfaketime): [`ServerFaults::clock_server`],
     /// [`ServerFaults::step_server_clock`].
     ServerClockStep,
-    /// A dedicated primary + replica, the replica's clock behind, whose
-    /// replication can be paused before the primary is killed and the
-    /// replica promoted: [`ServerFaults::lagging_pair`],
+    /// A dedicated primary + replica, the replica's clock behind and its
+    /// replication link through a proxy that can black-hole it, so the
+    /// replica misses the primary's last writes before the primary is
+    /// killed and the replica promoted: [`ServerFaults::lagging_pair`],
     /// [`ServerFaults::pause_replication`],
     /// [`ServerFaults::fail_over_to_replica`].
     LaggingFailover,

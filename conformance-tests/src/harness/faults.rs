@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::etcd::EtcdCluster;
-use super::proxy::PeerLinks;
+use super::proxy::{PeerLinks, ProxyMode, TcpProxy};
 use super::redis::{info_field, RedisOptions, RedisServer, Resp, SentinelCluster};
 use super::zookeeper::ZkCluster;
 use crate::target::{Fault, ServerFaults};
@@ -356,6 +356,9 @@ struct DataServers {
     clock: Option<(RedisServer, i64)>,
     primary: Option<RedisServer>,
     replica: Option<RedisServer>,
+    /// The replica's link to the primary runs through it, so replication
+    /// can be black-holed (the primary's writes never reach the replica).
+    replication: Option<TcpProxy>,
 }
 
 /// `maxmemory` of the evicting server, in bytes.
@@ -483,13 +486,20 @@ impl ServerFaults for RedisFaults {
 
     async fn lagging_pair(&self, behind_secs: u64) -> io::Result<String> {
         let data = self.data.clone();
-        blocking(move || {
+        let primary = blocking(move || {
             let mut d = data.lock().unwrap();
+            d.replication = None;
             d.replica = None;
             d.primary = None;
-            let primary = RedisServer::start()?;
+            RedisServer::start()
+        })
+        .await?;
+        let proxy = TcpProxy::start(SocketAddr::from(([127, 0, 0, 1], primary.port()))).await?;
+        let via = proxy.addr().port();
+        let data = self.data.clone();
+        blocking(move || {
             let replica = RedisServer::start_with(RedisOptions {
-                replica_of: Some(primary.port()),
+                replica_of: Some(via),
                 fake_clock: Some(-(behind_secs as i64)),
                 ..RedisOptions::default()
             })?;
@@ -503,24 +513,25 @@ impl ServerFaults for RedisFaults {
                 std::thread::sleep(Duration::from_millis(50));
             }
             let url = primary.url();
+            let mut d = data.lock().unwrap();
             d.primary = Some(primary);
             d.replica = Some(replica);
+            d.replication = Some(proxy);
             Ok(url)
         })
         .await
     }
 
     async fn pause_replication(&self) -> io::Result<()> {
-        let data = self.data.clone();
-        blocking(move || {
-            let d = data.lock().unwrap();
-            let replica = d.replica.as_ref().ok_or_else(|| missing("replica"))?;
-            // SIGSTOP: the replica receives nothing more; the primary keeps
-            // serving (replication is asynchronous).
-            replica.pause();
-            Ok(())
-        })
-        .await
+        let d = self.data.lock().unwrap();
+        let proxy = d
+            .replication
+            .as_ref()
+            .ok_or_else(|| missing("replication link"))?;
+        // Black-hole the link: the primary keeps serving and sending, the
+        // replica receives nothing more (and still believes the link up).
+        proxy.set_mode(ProxyMode::Blackhole);
+        Ok(())
     }
 
     async fn fail_over_to_replica(&self) -> io::Result<String> {
@@ -530,8 +541,9 @@ impl ServerFaults for RedisFaults {
             if let Some(mut primary) = d.primary.take() {
                 primary.kill();
             }
+            // Dropping the proxy cuts the link: what it held back is lost.
+            d.replication = None;
             let replica = d.replica.as_ref().ok_or_else(|| missing("replica"))?;
-            replica.resume();
             expect_ok(
                 "REPLICAOF NO ONE",
                 replica.command(&["REPLICAOF", "NO", "ONE"])?,
