@@ -11,7 +11,9 @@
 //!   exclude each other. Waiters queue FIFO in `<ns>:queue:<enc(name)>`; a
 //!   release grants the next waiter on its behalf and tells it over pub/sub.
 //!   Every multi-key step is one Lua script; the fencing token is an `INCR`
-//!   (floored at the server clock) in the granting script.
+//!   (floored at the server clock) in the granting script. Owner tokens are
+//!   `quorate:<sid>:<n>`; a value without that prefix (a redis-py token of
+//!   any shape) is never voided or taken over.
 //! - **RwLock**: one FIFO queue of `r`/`w` entries per lock; a waiting writer
 //!   blocks later readers.
 //! - **Election**: an exclusive lock in its own key space plus the leader's
@@ -19,6 +21,10 @@
 //! - **Group**: a hash per group plus a TTL key per member, stale members
 //!   swept atomically, versioned events over pub/sub with a re-list and
 //!   diff after every reconnect.
+//!
+//! At connect, a server whose configuration can evict keys (`maxmemory`
+//! with a policy other than `noeviction`) is refused unless the URL says
+//! `allow_eviction=true`.
 //!
 //! The full key layout is in `keys.rs`. A single Redis does not keep mutual
 //! exclusion across a failover or a restart without persistence (locks are
@@ -62,8 +68,12 @@ pub const DEFAULT_NAMESPACE: &str = "quorate";
 /// What the Redis backend declares.
 ///
 /// A single Redis (or a Sentinel failover, with asynchronous replication)
-/// can lose a granted lock: `survives_failover` is `false`. Dead holders
-/// are detected by their lease TTL.
+/// can lose a granted lock: `survives_failover` is `false`, and it covers
+/// every server-side fault: after a failover to a replica that missed the
+/// last grants, fences can go backwards (they are monotonic only without
+/// failover); a forward step of the server's wall clock (Redis expires keys
+/// by it) can grant a lock to another client before its holder is told.
+/// Dead holders are detected by their lease TTL.
 pub fn capabilities() -> Capabilities {
     Capabilities {
         backend: "redis",
