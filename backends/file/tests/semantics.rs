@@ -673,3 +673,27 @@ async fn removed_lock_files_are_noticed_and_fences_never_repeat() {
     soon("the holder told the root was removed", other.lost()).await;
     again.release().await.unwrap();
 }
+
+/// A membership and a leadership whose files are removed (the member file,
+/// then the election's lock file) are told (`lost()`) by the keep-alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_member_and_election_files_are_noticed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let url = format!("file://{}?ttl=600ms", root.display());
+    let c = quorate_file::connect(&Config::parse(&url).unwrap())
+        .await
+        .unwrap();
+    let s = c.session().await.unwrap();
+    let member = s.group("g").join("m", json!({})).await.unwrap();
+    let leader = s.election("e").campaign(b"v").await.unwrap();
+    std::fs::remove_dir_all(root.join("group")).unwrap();
+    soon("the member told its file was removed", member.lost()).await;
+    assert!(
+        leader.is_leader().await.unwrap(),
+        "the leadership is intact"
+    );
+    std::fs::remove_dir_all(root.join("election")).unwrap();
+    soon("the leader told its file was removed", leader.lost()).await;
+    assert!(!s.is_lost(), "the root is there: the session lives on");
+}
