@@ -20,6 +20,9 @@ use crate::settings::{Endpoint, EvictionPolicy, Settings};
 /// The data connection of one coordinator.
 pub(crate) struct Conn {
     manager: StdRwLock<ConnectionManager>,
+    /// A second connection for `WAIT` (`wait_replicas`): `WAIT` blocks the
+    /// connection it runs on, which must not stall every other command.
+    waiter: StdRwLock<ConnectionManager>,
     follow: Option<Follow>,
 }
 
@@ -62,6 +65,7 @@ impl Conn {
         )
         .await?;
         let manager = manager(&client, timeout)?;
+        let waiter = self::manager(&client, timeout)?;
         let follow = match &settings.endpoint {
             Endpoint::Direct(..) => None,
             Endpoint::Sentinel { sentinels, service } => Some(Follow {
@@ -76,6 +80,7 @@ impl Conn {
         Ok((
             Conn {
                 manager: StdRwLock::new(manager),
+                waiter: StdRwLock::new(waiter),
                 follow,
             },
             client,
@@ -85,6 +90,11 @@ impl Conn {
     /// The current manager (a cheap clone).
     pub(crate) fn manager(&self) -> ConnectionManager {
         self.manager.read().unwrap().clone()
+    }
+
+    /// The connection `WAIT` runs on (a cheap clone).
+    pub(crate) fn waiter(&self) -> ConnectionManager {
+        self.waiter.read().unwrap().clone()
     }
 
     /// After a failed command: when following a primary and the error says
@@ -120,7 +130,9 @@ impl Conn {
         }
         let client = follow.settings.client(&host, port).ok()?;
         let manager = manager(&client, follow.timeout).ok()?;
+        let waiter = self::manager(&client, follow.timeout).ok()?;
         *self.manager.write().unwrap() = manager;
+        *self.waiter.write().unwrap() = waiter;
         *follow.primary.lock().unwrap() = (host.clone(), port);
         tracing::info!(%host, port, service = %follow.service, "following the new redis primary");
         Some(client)

@@ -9,10 +9,13 @@
 //!   for the primary of `<service>`, and follow it when they fail over. The
 //!   credentials are the data nodes'.
 //!
-//! Options of every form: `namespace`, and `allow_eviction=true|false`
+//! Options of every form: `namespace`; `allow_eviction=true|false`
 //! (default `false`: a server whose configuration can evict quorate's keys
 //! — `maxmemory` > 0 with any `maxmemory-policy` but `noeviction` — is
-//! refused at connect; see `conn.rs`). Unknown options are refused.
+//! refused at connect; see `conn.rs`); `wait_replicas=N` (default 0: a
+//! grant returns only once N replicas acknowledged it, `WAIT`, so a
+//! failover to one of them cannot hand out a smaller fence). Unknown
+//! options are refused.
 
 use quorate_core::{Config, Error, Result};
 
@@ -51,6 +54,8 @@ pub(crate) struct Settings {
     pub(crate) namespace: String,
     /// What to do with a server whose configuration can evict keys.
     pub(crate) eviction: EvictionPolicy,
+    /// Replicas that must acknowledge a grant before it returns (0: none).
+    pub(crate) wait_replicas: u32,
     /// `Some` for `rediss://`.
     tls: Option<TlsSettings>,
     /// The URL, redacted, for messages.
@@ -65,11 +70,12 @@ struct TlsSettings {
 }
 
 /// The options every redis URL accepts.
-const OPTIONS: &[&str] = &["namespace", "allow_eviction"];
+const OPTIONS: &[&str] = &["namespace", "allow_eviction", "wait_replicas"];
 /// The options of `rediss://` URLs.
 const TLS_OPTIONS: &[&str] = &[
     "namespace",
     "allow_eviction",
+    "wait_replicas",
     "tls_ca",
     "tls_cert",
     "tls_key",
@@ -206,6 +212,14 @@ impl Settings {
                 )))
             }
         };
+        let wait_replicas = match config.option("wait_replicas") {
+            None => 0,
+            Some(n) => n.parse::<u32>().ok().filter(|n| *n <= 64).ok_or_else(|| {
+                bad(format!(
+                    "`wait_replicas` is a number of replicas (0 to 64), got `{n}`"
+                ))
+            })?,
+        };
         Ok(Settings {
             endpoint,
             db,
@@ -213,6 +227,7 @@ impl Settings {
             password: config.password.as_ref().map(|p| p.expose().to_owned()),
             namespace,
             eviction,
+            wait_replicas,
             tls,
             shown: config.redacted(),
         })
@@ -335,6 +350,9 @@ mod tests {
         assert_eq!(s.eviction, EvictionPolicy::Allow);
         let s = settings("redis://h:1?allow_eviction=false").unwrap();
         assert_eq!(s.eviction, EvictionPolicy::Refuse);
+        assert_eq!(s.wait_replicas, 0);
+        let s = settings("redis://h:1?wait_replicas=2").unwrap();
+        assert_eq!(s.wait_replicas, 2);
     }
 
     #[test]
@@ -351,6 +369,9 @@ mod tests {
             "redis://h:1?namespace=",
             "redis://h:1?allow_eviction=yes",
             "redis://h:1?allow_eviction=",
+            "redis://h:1?wait_replicas=-1",
+            "redis://h:1?wait_replicas=x",
+            "redis://h:1?wait_replicas=1000",
             "redis://h:1?tls_ca=/x",
             "rediss://h:1?tls_cert=/x",
             "rediss://h:1?tls_insecure=true",

@@ -1301,3 +1301,62 @@ async fn a_server_that_can_evict_is_refused_unless_allowed() {
         .await
         .expect("a noeviction server is accepted");
 }
+
+/// `wait_replicas=1`: a grant returns only once the replica acknowledged
+/// it; while the replica is stopped a grant is given up (`Unavailable`)
+/// and leaves nothing behind; once it is back, grants work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_replicas_gives_up_unacknowledged_grants() {
+    init_tracing();
+    let primary = RedisServer::start().expect("start the primary");
+    let replica = RedisServer::start_with(RedisOptions {
+        replica_of: Some(primary.port()),
+        ..RedisOptions::default()
+    })
+    .expect("start the replica");
+    within("the replica syncs", async {
+        loop {
+            let link = tokio::task::block_in_place(|| {
+                harness::info_field(&replica, "replication", "master_link_status")
+            });
+            if matches!(link, Ok(Some(ref s)) if s == "up") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let url = format!(
+        "{}?ttl=2s&connect_timeout=1s&wait_replicas=1&namespace={}",
+        primary.url(),
+        namespace()
+    );
+    let coord = quorate_redis::connect(&Config::parse(&url).unwrap())
+        .await
+        .unwrap();
+    let s = coord.session().await.unwrap();
+    let g = s.mutex("m").lock().await.unwrap();
+    let f1 = g.fence();
+    g.release().await.unwrap();
+
+    replica.pause();
+    let refused = s.mutex("m").try_lock().await;
+    replica.resume();
+    assert_eq!(
+        refused.err().map(|e| e.kind()),
+        Some(ErrorKind::Unavailable),
+        "an unacknowledged grant is given up"
+    );
+    let g = within("a grant once the replica is back", s.mutex("m").lock())
+        .await
+        .unwrap();
+    assert!(g.fence() > f1);
+    g.release().await.unwrap();
+    s.close().await.unwrap();
+    within("nothing left behind", async {
+        while !coord.leftovers().await.unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}

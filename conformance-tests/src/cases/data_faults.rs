@@ -352,25 +352,68 @@ pub mod server_clock_step {
 }
 
 pub mod fence_after_lagging_failover {
-    //! Primary + replica (clock 5 s behind); grant 1 replicated; replication
-    //! paused; grant 2 on the primary only; primary killed, replica
-    //! promoted; grant 3 on it.
+    //! Primary + replica (clock 5 s behind, replication through a proxy);
+    //! grant 1 replicated; replication black-holed; grant 2 on the primary
+    //! only; primary killed, replica promoted; grant 3 on it. Run twice: as
+    //! the target is configured, then with the Redis opt-in `wait_replicas=1`
+    //! (a grant returns only once a replica acknowledged it), whose cost on
+    //! an uncontended lock is measured too.
 
     use super::*;
 
     const NAME: &str = "fenced";
     const BEHIND_S: u64 = 5;
+    /// The opt-in that makes fences survive the failover (Redis).
+    const OPT_IN: (&str, &str) = ("wait_replicas", "1");
+    /// Uncontended lock + release rounds timed for the cost figures.
+    const ROUNDS: usize = 30;
 
-    pub async fn run(t: Target) -> CaseResult {
-        let faults = controller(&t)?;
+    /// What one run measured.
+    struct Run {
+        fences: [Option<u64>; 3],
+        failover_ms: f64,
+        grant_p50_us: f64,
+    }
+
+    impl Run {
+        /// The largest fence handed out before the failover.
+        fn before(&self) -> u64 {
+            self.fences[0].max(self.fences[1]).unwrap_or(0)
+        }
+
+        fn backwards(&self) -> bool {
+            self.fences[2].is_some_and(|f3| f3 <= self.before())
+        }
+    }
+
+    async fn p50_us(s: &Session) -> quorate::Result<f64> {
+        let mut times = Vec::with_capacity(ROUNDS);
+        for _ in 0..ROUNDS {
+            let started = Instant::now();
+            s.mutex("cost").lock().await?.release().await?;
+            times.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times[ROUNDS / 2])
+    }
+
+    async fn scenario(
+        t: &Target,
+        faults: &Arc<dyn ServerFaults>,
+        option: Option<(&str, &str)>,
+    ) -> Result<Run, CaseError> {
         let base = faults
             .lagging_pair(BEHIND_S)
             .await
             .map_err(harness("start a primary with a lagging replica"))?;
-        let target = dedicated(&t, base);
-        let ca = target.connect().await?;
-        let declared = ca.capabilities().survives_failover;
+        let target = dedicated(t, base);
+        let url = match option {
+            Some((k, v)) => target.url_with(k, v),
+            None => target.url().to_owned(),
+        };
+        let ca = quorate::connect(&url).await?;
         let sa = ca.session().await?;
+        let grant_p50_us = p50_us(&sa).await?;
         let g1 = sa.mutex(NAME).lock().await?;
         let f1 = g1.fence().get();
         g1.release().await?;
@@ -380,14 +423,20 @@ pub mod fence_after_lagging_failover {
             .pause_replication()
             .await
             .map_err(harness("pause replication"))?;
-        let g2 = sa.mutex(NAME).lock().await?;
-        let f2 = g2.fence().get();
+        // With the opt-in, this grant is not acknowledged and given up.
+        let g2 = crate::outcome::within(
+            LIMIT.as_secs_f64(),
+            "a grant while replication is cut",
+            sa.mutex(NAME).lock(),
+        )
+        .await?;
+        let f2 = g2.as_ref().ok().map(|g| g.fence().get());
         let killed = Instant::now();
         let promoted = faults
             .fail_over_to_replica()
             .await
             .map_err(harness("fail over to the replica"))?;
-        let failover = Instant::now();
+        let failover_ms = ms(killed, Instant::now());
         drop(g2);
         drop(sa);
         drop(ca);
@@ -396,6 +445,8 @@ pub mod fence_after_lagging_failover {
             .next()
             .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
             .ok_or_else(|| CaseError::Unverified(format!("unexpected replica URL {promoted}")))?;
+        // The promoted replica has no replica of its own: the next client
+        // connects without the opt-in.
         let cb = target.via(addr).connect().await?;
         let sb = cb.session().await?;
         let g3 = crate::outcome::within(
@@ -404,20 +455,48 @@ pub mod fence_after_lagging_failover {
             sb.mutex(NAME).lock(),
         )
         .await??;
-        let granted = Instant::now();
         let f3 = g3.fence().get();
         quietly(g3.release()).await;
         quietly(sb.close()).await;
+        Ok(Run {
+            fences: [Some(f1), f2, Some(f3)],
+            failover_ms,
+            grant_p50_us,
+        })
+    }
 
+    fn record(f: &mut Figures, suffix: &str, run: &Run) {
+        for (i, fence) in run.fences.iter().enumerate() {
+            if let Some(fence) = fence {
+                f.insert(format!("fence_{}{suffix}", i + 1), *fence as f64);
+            }
+        }
+        f.insert(format!("failover_ms{suffix}"), run.failover_ms);
+        f.insert(format!("grant_release_p50_us{suffix}"), run.grant_p50_us);
+        f.insert(
+            format!("fence_went_backwards{suffix}"),
+            flag(run.backwards()),
+        );
+    }
+
+    pub async fn run(t: Target) -> CaseResult {
+        let faults = controller(&t)?;
+        let declared = t.connect().await?.capabilities().survives_failover;
+        let plain = scenario(&t, &faults, None).await?;
+        let opted = scenario(&t, &faults, Some(OPT_IN)).await?;
         let mut f = Figures::new();
         f.insert("replica_clock_behind_s".into(), BEHIND_S as f64);
-        f.insert("failover_ms".into(), ms(killed, failover));
-        f.insert("granted_after_failover_ms".into(), ms(killed, granted));
-        f.insert("fence_1".into(), f1 as f64);
-        f.insert("fence_2".into(), f2 as f64);
-        f.insert("fence_3".into(), f3 as f64);
-        f.insert("fence_went_backwards".into(), flag(f3 <= f2));
-        if f3 <= f2 {
+        record(&mut f, "", &plain);
+        record(&mut f, "_wait", &opted);
+        if opted.backwards() {
+            return Err(CaseError::Fail(format!(
+                "with {}={}, fences still went backwards: {}",
+                OPT_IN.0,
+                OPT_IN.1,
+                describe(&f)
+            )));
+        }
+        if plain.backwards() {
             return Err(broken(
                 declared,
                 format!(
@@ -432,18 +511,30 @@ pub mod fence_after_lagging_failover {
 
     /// The outcome in words, from the figures.
     pub fn describe(f: &Figures) -> String {
-        let at = |k: &str| f.get(k).copied().unwrap_or(f64::NAN);
-        format!(
-            "fences {:.0} (replicated), {:.0} (primary only), then {:.0} on the promoted replica (clock {:.0} s behind): {}",
-            at("fence_1"),
-            at("fence_2"),
-            at("fence_3"),
-            at("replica_clock_behind_s"),
-            if f.get("fence_went_backwards") == Some(&1.0) {
-                "FENCES WENT BACKWARDS: the new grant's fence is not above the last one handed out"
+        let at = |k: &str| f.get(k).copied();
+        let fence = |k: &str| at(k).map_or("none (refused)".to_owned(), |v| format!("{v:.0}"));
+        let verdict = |k: &str| {
+            if at(k) == Some(1.0) {
+                "FENCES WENT BACKWARDS"
             } else {
                 "fences kept increasing"
             }
+        };
+        format!(
+            "as configured: fences {} (replicated), {} (primary only), then {} on the promoted replica (clock {:.0} s behind): {}; with {}={}: {}, {}, then {}: {} (uncontended lock+release p50 {:.0} us without, {:.0} us with)",
+            fence("fence_1"),
+            fence("fence_2"),
+            fence("fence_3"),
+            at("replica_clock_behind_s").unwrap_or(f64::NAN),
+            verdict("fence_went_backwards"),
+            OPT_IN.0,
+            OPT_IN.1,
+            fence("fence_1_wait"),
+            fence("fence_2_wait"),
+            fence("fence_3_wait"),
+            verdict("fence_went_backwards_wait"),
+            at("grant_release_p50_us").unwrap_or(f64::NAN),
+            at("grant_release_p50_us_wait").unwrap_or(f64::NAN),
         )
     }
 }
