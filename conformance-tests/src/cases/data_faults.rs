@@ -550,7 +550,19 @@ pub mod lock_file_removed {
 
     pub async fn run(t: Target) -> CaseResult {
         let config = quorate::Config::parse(t.url())?;
-        let root = std::path::PathBuf::from(format!("/{}", config.path.trim_start_matches('/')));
+        let root = std::path::PathBuf::from(&config.path);
+        // Only ever remove this case's own fresh namespace directory.
+        let own = root.is_absolute()
+            && root
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("conformance-"));
+        if !own {
+            return Err(CaseError::Unverified(format!(
+                "`{}` is not this case's own namespace directory: not removing it",
+                root.display()
+            )));
+        }
         let ca = t.connect().await?;
         let sa = ca.session().await?;
         let mut holder = Holder::new(sa.mutex(NAME).lock().await?);
