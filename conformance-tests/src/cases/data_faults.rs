@@ -213,16 +213,19 @@ pub mod eviction_refused {
         let grant = grant_of(other).await?;
         let told = holder.told_within(Duration::from_secs(6)).await;
         let mut f = Figures::new();
-        f.insert("evicted_keys".into(), evicted as f64);
-        f.insert("fill_ms".into(), ms(filling, filled));
-        f.insert("lock_lost".into(), flag(grant.is_some()));
+        f.insert("optin_evicted_keys".into(), evicted as f64);
+        f.insert("optin_fill_ms".into(), ms(filling, filled));
+        f.insert("optin_lock_lost".into(), flag(grant.is_some()));
         if let Some(g) = &grant {
-            f.insert("other_granted_ms".into(), ms(filling, g.at));
-            f.insert("double_grant".into(), flag(told.is_none_or(|t| g.at < t)));
-            f.insert("fence_went_backwards".into(), flag(g.fence <= fa));
+            f.insert("optin_other_granted_ms".into(), ms(filling, g.at));
+            f.insert(
+                "optin_double_grant".into(),
+                flag(told.is_none_or(|t| g.at < t)),
+            );
+            f.insert("optin_fence_went_backwards".into(), flag(g.fence <= fa));
         }
         if let Some(told) = told {
-            f.insert("holder_told_ms".into(), ms(filling, told));
+            f.insert("optin_holder_told_ms".into(), ms(filling, told));
         }
         holder.finish().await;
         quietly(sa.close()).await;
@@ -232,24 +235,25 @@ pub mod eviction_refused {
         Ok(f)
     }
 
-    /// The outcome in words, from the figures.
+    /// The outcome in words, from the figures (the opt-in run's are
+    /// `optin_*`: the case's own guarantee is the refusal).
     pub fn describe(f: &Figures) -> String {
         let at = |k: &str| f.get(k).copied();
         let mut out = format!(
             "refused at connect (InvalidConfig naming maxmemory-policy); with allow_eviction=true, {:.0} keys were evicted while a lock was held: ",
-            at("evicted_keys").unwrap_or(f64::NAN)
+            at("optin_evicted_keys").unwrap_or(f64::NAN)
         );
-        match at("other_granted_ms") {
+        match at("optin_other_granted_ms") {
             None => out.push_str("the lock key survived (no other client was granted it)"),
             Some(granted) => {
                 out.push_str(&format!(
                     "another client was granted the lock {granted:.0} ms after filling began, "
                 ));
-                match at("holder_told_ms") {
+                match at("optin_holder_told_ms") {
                     Some(told) => out.push_str(&format!("the holder was told at {told:.0} ms")),
                     None => out.push_str("the holder was not told"),
                 }
-                if at("double_grant") == Some(1.0) {
+                if at("optin_double_grant") == Some(1.0) {
                     out.push_str(" (DOUBLE GRANT: before the holder was told)");
                 }
             }
