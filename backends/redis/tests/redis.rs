@@ -1335,6 +1335,44 @@ async fn wait_replicas_gives_up_unacknowledged_grants() {
         .await
         .unwrap();
     let s = coord.session().await.unwrap();
+    // Figures (never asserted): an uncontended lock + release with and
+    // without the acknowledgement, on the same primary and replica.
+    let plain_url = url.replace("&wait_replicas=1", "");
+    let plain = quorate_redis::connect(&Config::parse(&plain_url).unwrap())
+        .await
+        .unwrap();
+    let ps = plain.session().await.unwrap();
+    let p50 = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..50 {
+        let t = Instant::now();
+        s.mutex("cost")
+            .lock()
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+        with.push(t.elapsed());
+        let t = Instant::now();
+        ps.mutex("cost")
+            .lock()
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+        without.push(t.elapsed());
+    }
+    eprintln!(
+        "figure: uncontended lock+release p50 {:?} with wait_replicas=1, {:?} without",
+        p50(with),
+        p50(without)
+    );
+    ps.close().await.unwrap();
     let g = s.mutex("m").lock().await.unwrap();
     let f1 = g.fence();
     g.release().await.unwrap();

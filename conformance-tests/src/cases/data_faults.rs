@@ -360,8 +360,9 @@ pub mod fence_after_lagging_failover {
     //! grant 1 replicated; replication black-holed; grant 2 on the primary
     //! only; primary killed, replica promoted; grant 3 on it. Run twice: as
     //! the target is configured, then with the Redis opt-in `wait_replicas=1`
-    //! (a grant returns only once a replica acknowledged it), whose cost on
-    //! an uncontended lock is measured too.
+    //! (a grant returns only once a replica acknowledged it). Its cost is
+    //! measured by the backend's own tests, on a replica without a proxy
+    //! (through this harness proxy, Nagle's algorithm would dominate it).
 
     use super::*;
 
@@ -369,14 +370,11 @@ pub mod fence_after_lagging_failover {
     const BEHIND_S: u64 = 5;
     /// The opt-in that makes fences survive the failover (Redis).
     const OPT_IN: (&str, &str) = ("wait_replicas", "1");
-    /// Uncontended lock + release rounds timed for the cost figures.
-    const ROUNDS: usize = 30;
 
     /// What one run measured.
     struct Run {
         fences: [Option<u64>; 3],
         failover_ms: f64,
-        grant_p50_us: f64,
     }
 
     impl Run {
@@ -388,17 +386,6 @@ pub mod fence_after_lagging_failover {
         fn backwards(&self) -> bool {
             self.fences[2].is_some_and(|f3| f3 <= self.before())
         }
-    }
-
-    async fn p50_us(s: &Session) -> quorate::Result<f64> {
-        let mut times = Vec::with_capacity(ROUNDS);
-        for _ in 0..ROUNDS {
-            let started = Instant::now();
-            s.mutex("cost").lock().await?.release().await?;
-            times.push(started.elapsed().as_secs_f64() * 1e6);
-        }
-        times.sort_by(f64::total_cmp);
-        Ok(times[ROUNDS / 2])
     }
 
     async fn scenario(
@@ -417,7 +404,6 @@ pub mod fence_after_lagging_failover {
         };
         let ca = quorate::connect(&url).await?;
         let sa = ca.session().await?;
-        let grant_p50_us = p50_us(&sa).await?;
         let g1 = sa.mutex(NAME).lock().await?;
         let f1 = g1.fence().get();
         g1.release().await?;
@@ -465,7 +451,6 @@ pub mod fence_after_lagging_failover {
         Ok(Run {
             fences: [Some(f1), f2, Some(f3)],
             failover_ms,
-            grant_p50_us,
         })
     }
 
@@ -476,7 +461,6 @@ pub mod fence_after_lagging_failover {
             }
         }
         f.insert(format!("failover_ms{suffix}"), run.failover_ms);
-        f.insert(format!("grant_release_p50_us{suffix}"), run.grant_p50_us);
         f.insert(
             format!("fence_went_backwards{suffix}"),
             flag(run.backwards()),
@@ -525,7 +509,7 @@ pub mod fence_after_lagging_failover {
             }
         };
         format!(
-            "as configured: fences {} (replicated), {} (primary only), then {} on the promoted replica (clock {:.0} s behind): {}; with {}={}: {}, {}, then {}: {} (uncontended lock+release p50 {:.0} us without, {:.0} us with)",
+            "as configured: fences {} (replicated), {} (primary only), then {} on the promoted replica (clock {:.0} s behind): {}; with {}={}: {}, {}, then {}: {}",
             fence("fence_1"),
             fence("fence_2"),
             fence("fence_3"),
@@ -537,8 +521,6 @@ pub mod fence_after_lagging_failover {
             fence("fence_2_wait"),
             fence("fence_3_wait"),
             verdict("fence_went_backwards_wait"),
-            at("grant_release_p50_us").unwrap_or(f64::NAN),
-            at("grant_release_p50_us_wait").unwrap_or(f64::NAN),
         )
     }
 }

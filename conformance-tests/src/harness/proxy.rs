@@ -73,10 +73,6 @@ async fn relay(client: TcpStream, upstream: SocketAddr, mut mode: watch::Receive
     let Ok(server) = TcpStream::connect(upstream).await else {
         return;
     };
-    // Forward each write at once: Nagle's algorithm against the peer's
-    // delayed ACK would add ~40 ms to small request/reply exchanges.
-    let _ = client.set_nodelay(true);
-    let _ = server.set_nodelay(true);
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
     let mut cbuf = vec![0u8; 16 * 1024];
