@@ -37,6 +37,21 @@ pub enum Fault {
     /// [`ServerFaults::member_to_isolate`], [`ServerFaults::isolate_member`],
     /// [`ServerFaults::heal_members`].
     MemberPartition,
+    /// A dedicated server configured to evict keys under memory pressure
+    /// (`maxmemory` + `volatile-lru`), and filler data that makes it evict:
+    /// [`ServerFaults::evicting_server`], [`ServerFaults::fill_memory`].
+    Eviction,
+    /// A dedicated server whose wall clock can be stepped while it runs
+    /// (libfaketime): [`ServerFaults::clock_server`],
+    /// [`ServerFaults::step_server_clock`].
+    ServerClockStep,
+    /// A dedicated primary + replica, the replica's clock behind and its
+    /// replication link through a proxy that can black-hole it, so the
+    /// replica misses the primary's last writes before the primary is
+    /// killed and the replica promoted: [`ServerFaults::lagging_pair`],
+    /// [`ServerFaults::pause_replication`],
+    /// [`ServerFaults::fail_over_to_replica`].
+    LaggingFailover,
 }
 
 impl Fault {
@@ -47,6 +62,9 @@ impl Fault {
             Fault::Partition => "the target has no fault controller offering one server's address to partition through a proxy",
             Fault::RestartWithoutPersistence => "the target has no fault controller that can restart a server keeping no data",
             Fault::MemberPartition => "the target has no fault controller that can cut one member of a cluster off from its peers (a single server, an external deployment, or peer traffic not routed through the harness)",
+            Fault::Eviction => "the target has no fault controller that can start a server configured to evict keys",
+            Fault::ServerClockStep => "the target has no fault controller that can step a server's wall clock (libfaketime)",
+            Fault::LaggingFailover => "the target has no fault controller that can fail over to a lagging replica",
         }
     }
 }
@@ -127,6 +145,55 @@ pub trait ServerFaults: Send + Sync + std::fmt::Debug {
     /// End a member partition and return once every member serves again.
     async fn heal_members(&self) -> std::io::Result<()> {
         Err(unsupported("healing a member partition"))
+    }
+
+    /// [`Fault::Eviction`]: start a fresh dedicated server configured to
+    /// evict keys (`maxmemory` + `volatile-lru`; any earlier one is
+    /// stopped) and return its base URL (no namespace, no options).
+    async fn evicting_server(&self) -> std::io::Result<String> {
+        Err(unsupported("starting an evicting server"))
+    }
+
+    /// [`Fault::Eviction`]: write filler keys (with a TTL) to the evicting
+    /// server, well past its `maxmemory`; returns how many keys it evicted
+    /// meanwhile.
+    async fn fill_memory(&self) -> std::io::Result<u64> {
+        Err(unsupported("filling a server's memory"))
+    }
+
+    /// [`Fault::ServerClockStep`]: start a fresh dedicated server whose
+    /// wall clock can be stepped (any earlier one is stopped) and return
+    /// its base URL.
+    async fn clock_server(&self) -> std::io::Result<String> {
+        Err(unsupported("starting a server with a fake clock"))
+    }
+
+    /// [`Fault::ServerClockStep`]: step the clock server's wall clock by
+    /// `secs` seconds (forward when positive) from where it is.
+    async fn step_server_clock(&self, secs: i64) -> std::io::Result<()> {
+        let _ = secs;
+        Err(unsupported("stepping a server's clock"))
+    }
+
+    /// [`Fault::LaggingFailover`]: start a fresh dedicated primary and a
+    /// replica whose wall clock is `behind_secs` behind, wait until the
+    /// replica is in sync, and return the primary's base URL.
+    async fn lagging_pair(&self, behind_secs: u64) -> std::io::Result<String> {
+        let _ = behind_secs;
+        Err(unsupported("starting a primary with a lagging replica"))
+    }
+
+    /// [`Fault::LaggingFailover`]: stop replication (the replica stops
+    /// receiving the primary's writes; the primary keeps serving).
+    async fn pause_replication(&self) -> std::io::Result<()> {
+        Err(unsupported("pausing replication"))
+    }
+
+    /// [`Fault::LaggingFailover`]: kill the primary, promote the replica
+    /// (with whatever it had received) and return its base URL once it
+    /// serves as the primary.
+    async fn fail_over_to_replica(&self) -> std::io::Result<String> {
+        Err(unsupported("failing over to the replica"))
     }
 }
 

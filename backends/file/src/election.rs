@@ -258,6 +258,18 @@ impl Revocable for LeaderState {
             tracing::warn!(error = %e, "resigning on revoke");
         }
     }
+
+    fn gone(&self) -> Option<String> {
+        let leader = self.leader.lock().unwrap();
+        leader.file.as_ref()?;
+        match leader.held() {
+            Ok(None) => Some(format!(
+                "the election file `{}` was removed or replaced",
+                leader.lock_path.display()
+            )),
+            Ok(Some(_)) | Err(_) => None,
+        }
+    }
 }
 
 struct FileLeadership(Arc<LeaderState>);

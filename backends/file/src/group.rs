@@ -418,6 +418,17 @@ impl Revocable for MemberState {
             tracing::warn!(error = %e, "leaving a group on revoke");
         }
     }
+
+    fn gone(&self) -> Option<String> {
+        let held = self.file.lock().unwrap();
+        match same_file(held.file.as_ref()?, &held.path) {
+            Ok(false) => Some(format!(
+                "the member file `{}` was removed or replaced",
+                held.path.display()
+            )),
+            Ok(true) | Err(_) => None,
+        }
+    }
 }
 
 struct FileMembership(Arc<MemberState>);

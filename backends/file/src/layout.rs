@@ -268,13 +268,26 @@ pub(crate) fn read_fence(file: &File, path: &Path) -> Result<u64> {
 /// Bump the fencing counter of a lock file under its lock, make it durable,
 /// and return the new value. The caller must hold a lock that excludes every
 /// other bump of this file.
+///
+/// A file without a counter (new, or created empty by another program)
+/// starts it at the wall clock in microseconds, not at 1: if an operator
+/// removes a lock file (or the whole root) while it is in use, the file
+/// created next starts above every fence the removed one handed out (each
+/// grant takes well over a microsecond), so fences never repeat — provided
+/// the wall clock has not been stepped back by more than the time since the
+/// removed file was created.
 pub(crate) fn bump_fence(file: &File, path: &Path) -> Result<u64> {
     let fresh = file
         .metadata()
         .map_err(|e| io_error(format!("reading `{}`", path.display()), e))?
         .len()
         == 0;
-    let next = read_fence(file, path)?
+    let current = if fresh {
+        wall_clock_us()
+    } else {
+        read_fence(file, path)?
+    };
+    let next = current
         .checked_add(1)
         .ok_or_else(|| Error::backend(format!("the counter of `{}` overflowed", path.display())))?;
     let text = format!("{next:020}\n");
@@ -287,6 +300,13 @@ pub(crate) fn bump_fence(file: &File, path: &Path) -> Result<u64> {
         sync_parent(path)?;
     }
     Ok(next)
+}
+
+/// Microseconds since the Unix epoch (0 if the clock is before it).
+fn wall_clock_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
 }
 
 fn sync_parent(path: &Path) -> Result<()> {

@@ -9,7 +9,11 @@
 //! Under the lock, the fencing counter at the start of the file is bumped
 //! and `fdatasync`ed before the grant is returned. Lock files are never
 //! removed: they are where the counter lives (and removing a lock file
-//! races with anyone about to lock it).
+//! races with anyone about to lock it). If an operator removes one anyway
+//! (or the whole root) under a holder, the session's keep-alive and
+//! `is_held()` notice (the held description is no longer the file at the
+//! path) and fire the holder's loss; a new file's counter starts at the
+//! wall clock (see `layout::bump_fence`), so fences do not repeat.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -114,6 +118,17 @@ impl Revocable for LockState {
     fn revoke(&self, reason: &str) {
         self.loss.fire(reason);
         drop(self.file.lock().unwrap().take());
+    }
+
+    fn gone(&self) -> Option<String> {
+        let file = self.file.lock().unwrap();
+        match same_file(file.as_ref()?, &self.path) {
+            Ok(false) => Some(format!(
+                "the lock file `{}` was removed or replaced",
+                self.path.display()
+            )),
+            Ok(true) | Err(_) => None,
+        }
     }
 }
 

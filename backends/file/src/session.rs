@@ -4,7 +4,11 @@
 //! backend declares `FailureDetection::ProcessLifetime`, so core keeps no
 //! client-side lease deadline for its sessions (a holder paused by `SIGSTOP`
 //! still holds its kernel locks when it resumes, and is right to trust
-//! them). `keep_alive` only checks that the root directory is still there.
+//! them). `keep_alive` checks that every held grant's file is still the one
+//! at its path (fires the grant's loss when an operator removed or replaced
+//! it) and that the root directory is still there (the session is lost when
+//! it is not). Core calls it every TTL/3 with automatic keep-alive, so the
+//! TTL is how often a removal is noticed.
 //!
 //! A session keeps a registry of what it holds (locks, memberships,
 //! leaderships) so that [`SessionBackend::revoke`] (and the loss of the
@@ -31,6 +35,15 @@ pub(crate) trait Revocable: Send + Sync {
     /// Fire the holder's loss and release (synchronously; quick file
     /// operations only).
     fn revoke(&self, reason: &str);
+
+    /// Why the grant can no longer be trusted, when a cheap local check
+    /// (an `fstat` of the held description and a `stat` of its path) shows
+    /// it: its file was removed or replaced (an operator's `rm`), so anyone
+    /// can now create and lock a new file of that name. `None` when it looks
+    /// intact, is already released, or cannot be checked.
+    fn gone(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The state of a session shared with everything it holds.
@@ -105,6 +118,24 @@ impl SessionShared {
     fn is_revoked(&self) -> bool {
         self.items.lock().unwrap().revoked
     }
+
+    /// Check every held item ([`Revocable::gone`]) and revoke (fire the
+    /// loss of) those whose file was removed or replaced. Returns how many.
+    pub(crate) fn check_held(&self) -> usize {
+        let live: Vec<_> = {
+            let items = self.items.lock().unwrap();
+            items.live.values().filter_map(Weak::upgrade).collect()
+        };
+        let mut lost = 0;
+        for item in live {
+            if let Some(reason) = item.gone() {
+                tracing::warn!(session = %self.id, %reason, "a held grant's file is gone");
+                item.revoke(&reason);
+                lost += 1;
+            }
+        }
+        lost
+    }
 }
 
 /// One session of the file backend.
@@ -160,15 +191,33 @@ impl SessionBackend for FileSession {
         self.ttl
     }
 
+    /// Check that everything the session holds is still there: a grant
+    /// whose file was removed or replaced has its loss fired at once. If
+    /// the root directory itself is gone, everything the session held went
+    /// with it: the session is `Lost`. Other errors reading the root are
+    /// `Unavailable` (core retries).
     async fn keep_alive(&self) -> Result<()> {
         if self.shared.is_revoked() {
             return Err(self.shared.revoked_error());
         }
-        let layout = self.shared.layout.clone();
+        let shared = self.shared.clone();
         blocking(move || {
+            shared.check_held();
+            let layout = &shared.layout;
             layout.check_root().map_err(|e| {
+                let gone = matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                );
                 let e = io_error(format!("root directory `{}`", layout.root().display()), e);
-                Error::unavailable(e.message().to_owned())
+                if gone {
+                    Error::lost(format!(
+                        "{}: the root directory was removed, and everything the session held with it",
+                        e.message()
+                    ))
+                } else {
+                    Error::unavailable(e.message().to_owned())
+                }
             })
         })
         .await

@@ -211,7 +211,11 @@ async fn a_python_lockf_holder_excludes_quorate() {
     let g = soon("quorate's grant after Python unlocked", waiter)
         .await
         .unwrap();
-    assert_eq!(g.fence().get(), 1);
+    // Python's lockf created the file empty: quorate's counter starts there
+    // (at the wall clock in microseconds, so a re-created file never repeats
+    // a fence), and is written at the start of the file.
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text, format!("{:020}\n", g.fence().get()));
     // Python's lock was released while its process lives on: quorate's
     // grant really is exclusive against it again.
     assert!(python_try(&path).starts_with("result busy"));

@@ -561,9 +561,11 @@ async fn keep_alive_checks_the_directory_and_revoke_from_outside_is_unsupported(
     let e = c.revoke_session(s.id()).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unsupported);
     assert!(!c.capabilities().external_revoke);
+    // The root moved away (or removed): everything the session held went
+    // with it, the session is lost.
     std::fs::rename(&root, dir.path().join("moved")).unwrap();
     let e = s.keep_alive().await.unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert_eq!(e.kind(), ErrorKind::Lost, "{e}");
 }
 
 #[tokio::test]
@@ -617,12 +619,81 @@ async fn concurrent_readers_share_and_get_distinct_fences() {
     let mut fences: Vec<u64> = held.iter().map(|(_, g)| g.fence().get()).collect();
     fences.sort();
     fences.dedup();
-    assert_eq!(fences, (1..=20).collect::<Vec<u64>>());
+    let first = fences[0];
+    assert_eq!(fences, (first..first + 20).collect::<Vec<u64>>());
     let w = c.session().await.unwrap();
     assert!(w.rwlock("r").try_write().await.unwrap().is_none());
     drop(held);
     let g = soon("the writer after the readers", w.rwlock("r").write())
         .await
         .unwrap();
-    assert_eq!(g.fence().get(), 21);
+    assert_eq!(g.fence().get(), first + 20);
+}
+
+/// An operator removes a held lock file, then the whole root: the holder's
+/// `lost()` fires (the keep-alive sees its description is no longer the
+/// file at the path), and the grant made on the new file has a larger
+/// fence than the removed file's (fences never repeat).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_lock_files_are_noticed_and_fences_never_repeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let url = format!("file://{}?ttl=600ms", root.display());
+    let connect = || async {
+        quorate_file::connect(&Config::parse(&url).unwrap())
+            .await
+            .unwrap()
+    };
+    let (c1, c2) = (connect().await, connect().await);
+
+    // One lock file removed.
+    let s1 = c1.session().await.unwrap();
+    let held = s1.mutex("m").lock().await.unwrap();
+    let f1 = held.fence();
+    std::fs::remove_file(quorate_file::mutex_path(&root, "m")).unwrap();
+    let s2 = c2.session().await.unwrap();
+    let other = s2
+        .mutex("m")
+        .try_lock()
+        .await
+        .unwrap()
+        .expect("a new file is free");
+    assert!(other.fence() > f1, "{} after {f1}", other.fence());
+    soon("the holder told its lock file was removed", held.lost()).await;
+    assert!(!held.is_held().await.unwrap());
+    assert!(!s1.is_lost(), "only the grant is lost, not the session");
+    let f2 = other.fence();
+    drop(held);
+
+    // The whole root removed under a holder.
+    std::fs::remove_dir_all(&root).unwrap();
+    let s3 = c1.session().await.unwrap();
+    let again = s3.mutex("m").lock().await.unwrap();
+    assert!(again.fence() > f2, "{} after {f2}", again.fence());
+    soon("the holder told the root was removed", other.lost()).await;
+    again.release().await.unwrap();
+}
+
+/// A membership and a leadership whose files are removed (the member file,
+/// then the election's lock file) are told (`lost()`) by the keep-alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_member_and_election_files_are_noticed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let url = format!("file://{}?ttl=600ms", root.display());
+    let c = quorate_file::connect(&Config::parse(&url).unwrap())
+        .await
+        .unwrap();
+    let s = c.session().await.unwrap();
+    let member = s.group("g").join("m", json!({})).await.unwrap();
+    let leader = s.election("e").campaign(b"v").await.unwrap();
+    std::fs::remove_dir_all(root.join("group")).unwrap();
+    soon("the member told its file was removed", member.lost()).await;
+    assert!(
+        leader.is_leader().await.unwrap(),
+        "the leadership is intact"
+    );
+    std::fs::remove_dir_all(root.join("election")).unwrap();
+    soon("the leader told its file was removed", leader.lost()).await;
+    assert!(!s.is_lost(), "the root is there: the session lives on");
 }

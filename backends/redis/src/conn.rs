@@ -1,5 +1,7 @@
 //! The connection to the data node: a `redis` `ConnectionManager` (it
 //! reconnects by itself) and, for `redis+sentinel://`, following the
+//! primary; at connect, a check that the server cannot evict quorate's
+//! keys (see [`eviction_risk`]). Following the
 //! primary: when a command fails as if the node were gone or demoted
 //! (connection errors, `READONLY`, `MASTERDOWN`), the sentinels are asked
 //! again (at most every 100 ms) and, if they name another primary, the
@@ -13,11 +15,14 @@ use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 
 use crate::redis_error;
-use crate::settings::{Endpoint, Settings};
+use crate::settings::{Endpoint, EvictionPolicy, Settings};
 
 /// The data connection of one coordinator.
 pub(crate) struct Conn {
     manager: StdRwLock<ConnectionManager>,
+    /// A second connection for `WAIT` (`wait_replicas`): `WAIT` blocks the
+    /// connection it runs on, which must not stall every other command.
+    waiter: StdRwLock<ConnectionManager>,
     follow: Option<Follow>,
 }
 
@@ -56,9 +61,11 @@ impl Conn {
             &client,
             left,
             &format!("connecting to {config} ({host}:{port})"),
+            settings.eviction,
         )
         .await?;
         let manager = manager(&client, timeout)?;
+        let waiter = self::manager(&client, timeout)?;
         let follow = match &settings.endpoint {
             Endpoint::Direct(..) => None,
             Endpoint::Sentinel { sentinels, service } => Some(Follow {
@@ -73,6 +80,7 @@ impl Conn {
         Ok((
             Conn {
                 manager: StdRwLock::new(manager),
+                waiter: StdRwLock::new(waiter),
                 follow,
             },
             client,
@@ -82,6 +90,11 @@ impl Conn {
     /// The current manager (a cheap clone).
     pub(crate) fn manager(&self) -> ConnectionManager {
         self.manager.read().unwrap().clone()
+    }
+
+    /// The connection `WAIT` runs on (a cheap clone).
+    pub(crate) fn waiter(&self) -> ConnectionManager {
+        self.waiter.read().unwrap().clone()
     }
 
     /// After a failed command: when following a primary and the error says
@@ -117,7 +130,9 @@ impl Conn {
         }
         let client = follow.settings.client(&host, port).ok()?;
         let manager = manager(&client, follow.timeout).ok()?;
+        let waiter = self::manager(&client, follow.timeout).ok()?;
         *self.manager.write().unwrap() = manager;
+        *self.waiter.write().unwrap() = waiter;
         *follow.primary.lock().unwrap() = (host.clone(), port);
         tracing::info!(%host, port, service = %follow.service, "following the new redis primary");
         Some(client)
@@ -134,9 +149,76 @@ fn manager(client: &redis::Client, timeout: Duration) -> Result<ConnectionManage
         .map_err(|e| redis_error("creating the connection manager", e))
 }
 
-/// One direct connection and a `PING`: a clear `Unavailable` or
-/// `Unauthenticated` within `timeout`, rather than the manager's retries.
-async fn check(client: &redis::Client, timeout: Duration, what: &str) -> Result<()> {
+/// What `CONFIG GET` said about the server's eviction settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum EvictionSettings {
+    /// `maxmemory` and `maxmemory-policy` as the server reported them.
+    Known {
+        /// `maxmemory` in bytes (0: no limit).
+        maxmemory: String,
+        /// `maxmemory-policy`.
+        policy: String,
+    },
+    /// `CONFIG GET` is not allowed (an ACL without `+config`, a renamed
+    /// command on a managed Redis): the reason.
+    Unknown(String),
+}
+
+/// Why a server with these eviction settings can drop quorate's keys
+/// (`None`: it cannot). Every lock, session and member key has a TTL, so
+/// even the `volatile-*` policies can evict them; only `noeviction` (or no
+/// `maxmemory`) keeps them.
+pub(crate) fn eviction_risk(maxmemory: &str, policy: &str) -> Option<String> {
+    let limited = maxmemory.trim().parse::<u64>().map_or(true, |m| m > 0);
+    (limited && policy.trim() != "noeviction").then(|| {
+        format!(
+            "the server can evict quorate's keys (maxmemory {maxmemory} with maxmemory-policy {policy}): \
+             a lock key evicted under memory pressure is granted to another client before its \
+             holder is told. Set `maxmemory-policy noeviction` (or `maxmemory 0`) on the server, \
+             or add `allow_eviction=true` to the URL to accept that risk"
+        )
+    })
+}
+
+/// Read `maxmemory` and `maxmemory-policy` on connection `c`.
+async fn eviction_settings(
+    c: &mut redis::aio::MultiplexedConnection,
+) -> redis::RedisResult<EvictionSettings> {
+    let mut found = Vec::new();
+    for name in ["maxmemory", "maxmemory-policy"] {
+        let reply = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg(name)
+            .query_async::<std::collections::HashMap<String, String>>(c)
+            .await;
+        match reply {
+            Ok(map) => found.push(map.get(name).cloned().unwrap_or_default()),
+            Err(e)
+                if e.code() == Some("NOPERM")
+                    || e.to_string()
+                        .to_ascii_lowercase()
+                        .contains("unknown command") =>
+            {
+                return Ok(EvictionSettings::Unknown(e.to_string()))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let policy = found.pop().unwrap_or_default();
+    let maxmemory = found.pop().unwrap_or_default();
+    Ok(EvictionSettings::Known { maxmemory, policy })
+}
+
+/// One direct connection, a `PING` and the eviction check: a clear
+/// `Unavailable` or `Unauthenticated` within `timeout`, rather than the
+/// manager's retries, and `InvalidConfig` for a server that can evict
+/// quorate's keys unless `eviction` allows it.
+async fn check(
+    client: &redis::Client,
+    timeout: Duration,
+    what: &str,
+    eviction: EvictionPolicy,
+) -> Result<()> {
     let direct = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout));
@@ -144,14 +226,39 @@ async fn check(client: &redis::Client, timeout: Duration, what: &str) -> Result<
         let mut c = client
             .get_multiplexed_async_connection_with_config(&direct)
             .await?;
-        redis::cmd("PING").query_async::<()>(&mut c).await
+        redis::cmd("PING").query_async::<()>(&mut c).await?;
+        eviction_settings(&mut c).await
     };
-    match tokio::time::timeout(timeout, ping).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(redis_error(what, e)),
-        Err(_) => Err(Error::unavailable(format!(
-            "{what}: no answer within {timeout:?} (connect_timeout)"
-        ))),
+    let settings = match tokio::time::timeout(timeout, ping).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(redis_error(what, e)),
+        Err(_) => {
+            return Err(Error::unavailable(format!(
+                "{what}: no answer within {timeout:?} (connect_timeout)"
+            )))
+        }
+    };
+    match (settings, eviction) {
+        (EvictionSettings::Known { maxmemory, policy }, EvictionPolicy::Refuse) => {
+            match eviction_risk(&maxmemory, &policy) {
+                Some(why) => Err(Error::invalid_config(format!("{what}: {why}"))),
+                None => Ok(()),
+            }
+        }
+        (EvictionSettings::Known { maxmemory, policy }, EvictionPolicy::Allow) => {
+            if let Some(why) = eviction_risk(&maxmemory, &policy) {
+                tracing::warn!("{what}: allow_eviction=true: {why}");
+            }
+            Ok(())
+        }
+        (EvictionSettings::Unknown(why), _) => {
+            tracing::warn!(
+                "{what}: cannot read the server's eviction settings ({why}): whether it can \
+                 evict quorate's keys is unverified; make sure `maxmemory-policy` is \
+                 `noeviction` (or `maxmemory` is 0)"
+            );
+            Ok(())
+        }
     }
 }
 
@@ -194,4 +301,31 @@ async fn resolve_primary(
         "no sentinel named the primary of `{service}`: {}",
         failures.join("; ")
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::eviction_risk;
+
+    #[test]
+    fn only_noeviction_or_no_limit_is_safe() {
+        assert_eq!(eviction_risk("0", "allkeys-lru"), None);
+        assert_eq!(eviction_risk("1048576", "noeviction"), None);
+        for policy in [
+            "volatile-lru",
+            "volatile-lfu",
+            "volatile-ttl",
+            "volatile-random",
+            "allkeys-lru",
+            "allkeys-lfu",
+            "allkeys-random",
+        ] {
+            let why = eviction_risk("1048576", policy).expect(policy);
+            assert!(
+                why.contains("maxmemory-policy") && why.contains(policy),
+                "{why}"
+            );
+            assert!(why.contains("allow_eviction=true"), "{why}");
+        }
+    }
 }

@@ -25,12 +25,17 @@
 //! `<ns>:chan:election:<enc>`, `<ns>:chan:group:<enc>`, and
 //! `<ns>:chan:session:<sid>` (a revoke is announced there).
 //!
-//! Tokens are `<sid>:<n>` (hex session id, per-session counter): scripts
-//! derive the owner's session from a token and treat a grant whose session
-//! key is gone as void. Foreign tokens (a redis-py `Lock`'s) live by their
-//! key's TTL alone.
+//! Tokens are `quorate:<sid>:<n>` (hex session id, per-session counter):
+//! scripts derive the owner's session from a token and treat a grant whose
+//! session key is gone as void. Only a value with the `quorate:` prefix is
+//! read as a quorate token; any other value (a redis-py `Lock`'s token of
+//! any shape — uuid hex, `pid:thread`, text, bytes) is foreign: quorate
+//! never deletes or takes it over, it lives by its key's TTL alone.
 
 use quorate_core::name::encode;
+
+/// The prefix of every owner token quorate writes (`quorate:<sid>:<n>`).
+pub(crate) const TOKEN_PREFIX: &str = "quorate:";
 
 /// Kinds whose keys are documented persistent state, not leftovers.
 pub(crate) const PERSISTENT_KINDS: &[&str] = &["fence", "rwfence", "efence", "gver", "data"];

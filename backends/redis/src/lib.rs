@@ -11,7 +11,9 @@
 //!   exclude each other. Waiters queue FIFO in `<ns>:queue:<enc(name)>`; a
 //!   release grants the next waiter on its behalf and tells it over pub/sub.
 //!   Every multi-key step is one Lua script; the fencing token is an `INCR`
-//!   (floored at the server clock) in the granting script.
+//!   (floored at the server clock) in the granting script. Owner tokens are
+//!   `quorate:<sid>:<n>`; a value without that prefix (a redis-py token of
+//!   any shape) is never voided or taken over.
 //! - **RwLock**: one FIFO queue of `r`/`w` entries per lock; a waiting writer
 //!   blocks later readers.
 //! - **Election**: an exclusive lock in its own key space plus the leader's
@@ -19,6 +21,10 @@
 //! - **Group**: a hash per group plus a TTL key per member, stale members
 //!   swept atomically, versioned events over pub/sub with a re-list and
 //!   diff after every reconnect.
+//!
+//! At connect, a server whose configuration can evict keys (`maxmemory`
+//! with a policy other than `noeviction`) is refused unless the URL says
+//! `allow_eviction=true`.
 //!
 //! The full key layout is in `keys.rs`. A single Redis does not keep mutual
 //! exclusion across a failover or a restart without persistence (locks are
@@ -62,8 +68,12 @@ pub const DEFAULT_NAMESPACE: &str = "quorate";
 /// What the Redis backend declares.
 ///
 /// A single Redis (or a Sentinel failover, with asynchronous replication)
-/// can lose a granted lock: `survives_failover` is `false`. Dead holders
-/// are detected by their lease TTL.
+/// can lose a granted lock: `survives_failover` is `false`, and it covers
+/// every server-side fault: after a failover to a replica that missed the
+/// last grants, fences can go backwards (they are monotonic only without
+/// failover); a forward step of the server's wall clock (Redis expires keys
+/// by it) can grant a lock to another client before its holder is told.
+/// Dead holders are detected by their lease TTL.
 pub fn capabilities() -> Capabilities {
     Capabilities {
         backend: "redis",
@@ -102,6 +112,7 @@ pub fn capabilities() -> Capabilities {
 pub async fn connect(config: &Config) -> Result<Coordinator> {
     let settings = Settings::from_config(config)?;
     let namespace = settings.namespace.clone();
+    let wait_replicas = settings.wait_replicas;
     let (conn, client) = Conn::open(settings, config).await?;
     let hub = Hub::start(client, config.connect_timeout);
     tracing::debug!(url = %config, %namespace, "connected to redis");
@@ -112,6 +123,8 @@ pub async fn connect(config: &Config) -> Result<Coordinator> {
                 ns: namespace,
                 hub,
                 ttl: config.ttl,
+                wait_replicas,
+                wait_timeout: config.connect_timeout / 2,
             }),
         },
         config.clone(),
@@ -168,6 +181,11 @@ pub(crate) struct Ctx {
     pub(crate) hub: Hub,
     /// The configured TTL (fallback re-check interval of watchers).
     pub(crate) ttl: Duration,
+    /// `wait_replicas`: replicas that must acknowledge a grant (0: none).
+    pub(crate) wait_replicas: u32,
+    /// How long `WAIT` waits for them (half the connect timeout, so the
+    /// answer comes before the client gives up on the connection).
+    pub(crate) wait_timeout: Duration,
 }
 
 impl Ctx {
@@ -188,6 +206,44 @@ impl Ctx {
             Ok(v) => Ok(v),
             Err(e) => Err(self.failed(what, e).await),
         }
+    }
+
+    /// With `wait_replicas=N`: return once N replicas have acknowledged
+    /// every write made so far — in particular the grant (ours, or made on
+    /// our behalf by a release) the caller has just learnt of. A `PUBLISH`
+    /// (replicated, no key) on the `WAIT` connection followed by `WAIT`, in
+    /// one pipeline on one connection: the replication stream is ordered,
+    /// so acknowledging the later `PUBLISH` acknowledges the grant.
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` when fewer replicas acknowledged within the wait
+    /// timeout (the caller then releases the grant instead of returning
+    /// it), or the server could not be reached.
+    pub(crate) async fn replicated(&self) -> Result<()> {
+        if self.wait_replicas == 0 {
+            return Ok(());
+        }
+        let timeout_ms = self.wait_timeout.as_millis().max(1) as u64;
+        let mut conn = self.conn.waiter();
+        let (acked,): (i64,) = redis::pipe()
+            .cmd("PUBLISH")
+            .arg(self.key("chan", "replicated"))
+            .arg("1")
+            .ignore()
+            .cmd("WAIT")
+            .arg(self.wait_replicas)
+            .arg(timeout_ms)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| redis_error("waiting for replicas", e))?;
+        if acked < i64::from(self.wait_replicas) {
+            return Err(Error::unavailable(format!(
+                "the grant was acknowledged by {acked} of the {} replicas `wait_replicas` asks for within {:?}; it was given up",
+                self.wait_replicas, self.wait_timeout
+            )));
+        }
+        Ok(())
     }
 
     /// Run one command.

@@ -197,6 +197,11 @@ pub(crate) async fn acquire(
         ctx.eval("acquire", &scripts::EX_ACQUIRE, &args)
     })
     .await?;
+    if granted.is_some() {
+        // Not acknowledged by the replicas asked for: the armed clean-up
+        // gives the grant up.
+        ctx.replicated().await?;
+    }
     cleanup.disarm();
     Ok(granted.map(|fence| ExGrant {
         ctx: ctx.clone(),

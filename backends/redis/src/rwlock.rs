@@ -51,6 +51,11 @@ pub(crate) async fn lock(
         ctx.eval("acquire", &scripts::RW_ACQUIRE, &args)
     })
     .await?;
+    if granted.is_some() {
+        // Not acknowledged by the replicas asked for: the armed clean-up
+        // gives the grant up.
+        ctx.replicated().await?;
+    }
     cleanup.disarm();
     Ok(granted.map(|fence| {
         Box::new(RedisRwLock {

@@ -98,10 +98,13 @@ impl RedisSession {
         }
     }
 
-    /// A fresh owner token `<sid>:<n>`, unique to one acquire call.
+    /// A fresh owner token `quorate:<sid>:<n>`, unique to one acquire call.
+    /// The `quorate:` prefix marks the values quorate wrote: scripts only
+    /// ever void a grant whose value has it (see `keys.rs`).
     pub(crate) fn token(&self) -> String {
         format!(
-            "{}:{}",
+            "{}{}:{}",
+            keys::TOKEN_PREFIX,
             self.id,
             self.next_token.fetch_add(1, Ordering::Relaxed)
         )

@@ -9,7 +9,13 @@
 //!   for the primary of `<service>`, and follow it when they fail over. The
 //!   credentials are the data nodes'.
 //!
-//! Unknown options are refused.
+//! Options of every form: `namespace`; `allow_eviction=true|false`
+//! (default `false`: a server whose configuration can evict quorate's keys
+//! — `maxmemory` > 0 with any `maxmemory-policy` but `noeviction` — is
+//! refused at connect; see `conn.rs`); `wait_replicas=N` (default 0: a
+//! grant returns only once N replicas acknowledged it, `WAIT`, so a
+//! failover to one of them cannot hand out a smaller fence). Unknown
+//! options are refused.
 
 use quorate_core::{Config, Error, Result};
 
@@ -29,6 +35,16 @@ pub(crate) enum Endpoint {
     },
 }
 
+/// Whether a server that can evict quorate's keys is accepted
+/// (`allow_eviction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EvictionPolicy {
+    /// Refuse it at connect (the default).
+    Refuse,
+    /// Accept it: the user opted in to lock keys that may be evicted.
+    Allow,
+}
+
 /// The parsed, Redis-specific part of a [`Config`].
 pub(crate) struct Settings {
     pub(crate) endpoint: Endpoint,
@@ -36,6 +52,10 @@ pub(crate) struct Settings {
     username: Option<String>,
     password: Option<String>,
     pub(crate) namespace: String,
+    /// What to do with a server whose configuration can evict keys.
+    pub(crate) eviction: EvictionPolicy,
+    /// Replicas that must acknowledge a grant before it returns (0: none).
+    pub(crate) wait_replicas: u32,
     /// `Some` for `rediss://`.
     tls: Option<TlsSettings>,
     /// The URL, redacted, for messages.
@@ -50,9 +70,16 @@ struct TlsSettings {
 }
 
 /// The options every redis URL accepts.
-const OPTIONS: &[&str] = &["namespace"];
+const OPTIONS: &[&str] = &["namespace", "allow_eviction", "wait_replicas"];
 /// The options of `rediss://` URLs.
-const TLS_OPTIONS: &[&str] = &["namespace", "tls_ca", "tls_cert", "tls_key"];
+const TLS_OPTIONS: &[&str] = &[
+    "namespace",
+    "allow_eviction",
+    "wait_replicas",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
+];
 
 impl Settings {
     /// Read `config`; reads the TLS files it names.
@@ -176,12 +203,31 @@ impl Settings {
                 "namespace `{namespace}` must be non-empty and use only letters, digits, `.`, `_`, `-`, `/`"
             )));
         }
+        let eviction = match config.option("allow_eviction") {
+            None | Some("false") => EvictionPolicy::Refuse,
+            Some("true") => EvictionPolicy::Allow,
+            Some(other) => {
+                return Err(bad(format!(
+                    "`allow_eviction` is `true` or `false`, got `{other}`"
+                )))
+            }
+        };
+        let wait_replicas = match config.option("wait_replicas") {
+            None => 0,
+            Some(n) => n.parse::<u32>().ok().filter(|n| *n <= 64).ok_or_else(|| {
+                bad(format!(
+                    "`wait_replicas` is a number of replicas (0 to 64), got `{n}`"
+                ))
+            })?,
+        };
         Ok(Settings {
             endpoint,
             db,
             username: config.username.clone(),
             password: config.password.as_ref().map(|p| p.expose().to_owned()),
             namespace,
+            eviction,
+            wait_replicas,
             tls,
             shown: config.redacted(),
         })
@@ -299,6 +345,14 @@ mod tests {
             }
         );
         assert_eq!(s.db, 2);
+        assert_eq!(s.eviction, EvictionPolicy::Refuse);
+        let s = settings("redis://h:1?allow_eviction=true").unwrap();
+        assert_eq!(s.eviction, EvictionPolicy::Allow);
+        let s = settings("redis://h:1?allow_eviction=false").unwrap();
+        assert_eq!(s.eviction, EvictionPolicy::Refuse);
+        assert_eq!(s.wait_replicas, 0);
+        let s = settings("redis://h:1?wait_replicas=2").unwrap();
+        assert_eq!(s.wait_replicas, 2);
     }
 
     #[test]
@@ -313,6 +367,11 @@ mod tests {
             "redis://",
             "redis://h:1?namespace=a:b",
             "redis://h:1?namespace=",
+            "redis://h:1?allow_eviction=yes",
+            "redis://h:1?allow_eviction=",
+            "redis://h:1?wait_replicas=-1",
+            "redis://h:1?wait_replicas=x",
+            "redis://h:1?wait_replicas=1000",
             "redis://h:1?tls_ca=/x",
             "rediss://h:1?tls_cert=/x",
             "rediss://h:1?tls_insecure=true",

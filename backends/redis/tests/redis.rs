@@ -123,7 +123,10 @@ async fn mutex_excludes_and_fences_increase() {
         .query_async(&mut raw)
         .await
         .unwrap();
-    assert!(holder.starts_with(s1.id()), "{holder}");
+    assert!(
+        holder.starts_with(&format!("quorate:{}:", s1.id())),
+        "{holder}"
+    );
     let pttl: i64 = redis::cmd("PTTL")
         .arg(&key)
         .query_async(&mut raw)
@@ -616,8 +619,15 @@ for line in sys.stdin:
 
 impl PyLock {
     fn start(url: &str, key: &str) -> PyLock {
+        Self::run(PY_AGENT, &[url, key])
+    }
+
+    /// Run a python `script` with redis-py and `args`.
+    fn run(script: &str, args: &[&str]) -> PyLock {
         let mut child = Command::new("/opt/quorate-venv/bin/python")
-            .args(["-c", PY_AGENT, url, key])
+            .arg("-c")
+            .arg(script)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -1136,4 +1146,255 @@ async fn waiter_dropped_while_being_handed_the_lock_leaves_nothing() {
         s.close().await.unwrap();
     }
     assert_eq!(coord.leftovers().await.unwrap(), Vec::<String>::new());
+}
+
+/// redis-py takes `key` with `token` (hex-encoded; empty: redis-py's own
+/// default, a uuid1 hex) and reports `acquired`/`busy`, then `owned` and
+/// `released` on request.
+const PY_TOKEN_AGENT: &str = r#"
+import sys, binascii, redis
+url, key, tok = sys.argv[1], sys.argv[2], binascii.unhexlify(sys.argv[3])
+r = redis.Redis.from_url(url)
+lock = r.lock(key, timeout=60)
+for line in sys.stdin:
+    cmd = line.strip()
+    if cmd == "try":
+        ok = lock.acquire(blocking=False, token=tok if tok else None)
+        print("acquired" if ok else "busy", flush=True)
+    elif cmd == "owned":
+        print("owned" if lock.owned() else "not-owned", flush=True)
+    elif cmd == "release":
+        lock.release()
+        print("released", flush=True)
+    elif cmd == "quit":
+        break
+"#;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// quorate never deletes (or takes over) a lock value it did not write:
+/// redis-py tokens of every shape redis-py accepts — its default (uuid1
+/// hex), `<hex>:<digits>` (a `pid:thread` token, which looks like a token
+/// of a dead quorate session), arbitrary text, and arbitrary bytes — stay
+/// in place while quorate tries, waits and times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_py_tokens_of_every_shape_are_never_taken_over() {
+    let env = Env::start("1s");
+    let coord = env.coord().await;
+    let s = coord.session().await.unwrap();
+    let shapes: &[(&str, &[u8])] = &[
+        ("redis-py default (uuid1 hex)", b""),
+        ("pid:thread", b"12345:140201"),
+        ("hex:digits", b"00ff00ff00ff00ff:1"),
+        ("text", b"my worker #3 (host a)"),
+        ("bytes", b"\xff\x00\x01quorate\xfe"),
+    ];
+    let mut raw = env.raw().await;
+    for (i, (shape, token)) in shapes.iter().enumerate() {
+        let name = format!("interop/{i}");
+        let key = env.key("lock", &name);
+        let url = env.server.url();
+        let mut py = tokio::task::block_in_place(|| {
+            PyLock::run(PY_TOKEN_AGENT, &[url.as_str(), key.as_str(), &hex(token)])
+        });
+        assert_eq!(tokio::task::block_in_place(|| py.call("try")), "acquired");
+        let held: Vec<u8> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        if !token.is_empty() {
+            assert_eq!(&held, token, "{shape}: redis-py wrote its token");
+        }
+        // quorate neither takes it at once, nor while waiting past its TTL
+        // (a dead quorate session's grant would be voided within that).
+        let tried = s.mutex(&name).try_lock().await.unwrap();
+        assert!(tried.is_none(), "{shape}: quorate took a redis-py lock");
+        let waited = s
+            .mutex(&name)
+            .lock_timeout(Duration::from_millis(1500))
+            .await;
+        assert_eq!(
+            waited.err().map(|e| e.kind()),
+            Some(ErrorKind::Timeout),
+            "{shape}: quorate was granted a lock redis-py holds"
+        );
+        let still: Vec<u8> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(still, held, "{shape}: the redis-py value was changed");
+        assert_eq!(
+            tokio::task::block_in_place(|| py.call("owned")),
+            "owned",
+            "{shape}"
+        );
+        assert_eq!(
+            tokio::task::block_in_place(|| py.call("release")),
+            "released",
+            "{shape}"
+        );
+        tokio::task::block_in_place(|| py.call("quit"));
+        // Free again: quorate takes it.
+        let g = s.mutex(&name).try_lock().await.unwrap();
+        assert!(g.is_some(), "{shape}: free after redis-py released");
+        g.unwrap().release().await.unwrap();
+    }
+    s.close().await.unwrap();
+    assert_eq!(coord.leftovers().await.unwrap(), Vec::<String>::new());
+}
+
+/// A server whose configuration can evict quorate's keys (`maxmemory` with
+/// a policy other than `noeviction`) is refused at connect with an
+/// `InvalidConfig` naming the setting; `allow_eviction=true` opts in; a
+/// `noeviction` server is accepted; a user that may not run `CONFIG GET`
+/// connects (the check is then unverified, a warning is logged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_can_evict_is_refused_unless_allowed() {
+    let env = Env::start_with(
+        RedisOptions {
+            extra_config: vec![
+                "maxmemory 8mb".into(),
+                "maxmemory-policy volatile-lru".into(),
+                "user noconfig on >pw ~* &* +@all -config".into(),
+            ],
+            ..RedisOptions::default()
+        },
+        "2s",
+    );
+    let Err(refused) = quorate_redis::connect(&Config::parse(&env.url).unwrap()).await else {
+        panic!("an evicting server was accepted");
+    };
+    assert_eq!(refused.kind(), ErrorKind::InvalidConfig, "{refused}");
+    let msg = refused.to_string();
+    assert!(
+        msg.contains("maxmemory-policy volatile-lru") && msg.contains("allow_eviction=true"),
+        "{msg}"
+    );
+    let allowed = format!("{}&allow_eviction=true", env.url);
+    let coord = quorate_redis::connect(&Config::parse(&allowed).unwrap())
+        .await
+        .expect("allow_eviction=true connects");
+    let s = coord.session().await.unwrap();
+    s.mutex("m").lock().await.unwrap().release().await.unwrap();
+    s.close().await.unwrap();
+
+    // CONFIG GET denied by the ACL: connect, unverified.
+    let port = env.server.port();
+    let noconfig = format!(
+        "redis://noconfig:pw@127.0.0.1:{port}?ttl=2s&namespace={}",
+        env.ns
+    );
+    let coord = quorate_redis::connect(&Config::parse(&noconfig).unwrap())
+        .await
+        .expect("a user without CONFIG connects");
+    coord.session().await.unwrap().close().await.unwrap();
+
+    // The same server set to noeviction is accepted.
+    env.server
+        .command(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])
+        .unwrap();
+    quorate_redis::connect(&Config::parse(&env.url).unwrap())
+        .await
+        .expect("a noeviction server is accepted");
+}
+
+/// `wait_replicas=1`: a grant returns only once the replica acknowledged
+/// it; while the replica is stopped a grant is given up (`Unavailable`)
+/// and leaves nothing behind; once it is back, grants work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_replicas_gives_up_unacknowledged_grants() {
+    init_tracing();
+    let primary = RedisServer::start().expect("start the primary");
+    let replica = RedisServer::start_with(RedisOptions {
+        replica_of: Some(primary.port()),
+        ..RedisOptions::default()
+    })
+    .expect("start the replica");
+    within("the replica syncs", async {
+        loop {
+            let link = tokio::task::block_in_place(|| {
+                harness::info_field(&replica, "replication", "master_link_status")
+            });
+            if matches!(link, Ok(Some(ref s)) if s == "up") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let url = format!(
+        "{}?ttl=2s&connect_timeout=1s&wait_replicas=1&namespace={}",
+        primary.url(),
+        namespace()
+    );
+    let coord = quorate_redis::connect(&Config::parse(&url).unwrap())
+        .await
+        .unwrap();
+    let s = coord.session().await.unwrap();
+    // Figures (never asserted): an uncontended lock + release with and
+    // without the acknowledgement, on the same primary and replica.
+    let plain_url = url.replace("&wait_replicas=1", "");
+    let plain = quorate_redis::connect(&Config::parse(&plain_url).unwrap())
+        .await
+        .unwrap();
+    let ps = plain.session().await.unwrap();
+    let p50 = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..50 {
+        let t = Instant::now();
+        s.mutex("cost")
+            .lock()
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+        with.push(t.elapsed());
+        let t = Instant::now();
+        ps.mutex("cost")
+            .lock()
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+        without.push(t.elapsed());
+    }
+    eprintln!(
+        "figure: uncontended lock+release p50 {:?} with wait_replicas=1, {:?} without",
+        p50(with),
+        p50(without)
+    );
+    ps.close().await.unwrap();
+    let g = s.mutex("m").lock().await.unwrap();
+    let f1 = g.fence();
+    g.release().await.unwrap();
+
+    replica.pause();
+    let refused = s.mutex("m").try_lock().await;
+    replica.resume();
+    assert_eq!(
+        refused.err().map(|e| e.kind()),
+        Some(ErrorKind::Unavailable),
+        "an unacknowledged grant is given up"
+    );
+    let g = within("a grant once the replica is back", s.mutex("m").lock())
+        .await
+        .unwrap();
+    assert!(g.fence() > f1);
+    g.release().await.unwrap();
+    s.close().await.unwrap();
+    within("nothing left behind", async {
+        while !coord.leftovers().await.unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
 }

@@ -8,6 +8,7 @@ use quorate::{Capabilities, Coordinator, FailureDetection, Scope, Session};
 use crate::outcome::{CaseResult, Figures};
 use crate::target::{Fault, Target};
 
+mod data_faults;
 mod election;
 mod faults;
 mod group;
@@ -21,6 +22,7 @@ mod rwlock;
 mod server_faults;
 mod session;
 
+use data_faults::*;
 use election::*;
 use faults::*;
 use group::*;
@@ -166,6 +168,12 @@ fn needs_lease(c: &Capabilities) -> Result<(), &'static str> {
     }
 }
 
+fn needs_lock_files(c: &Capabilities) -> Result<(), &'static str> {
+    (c.backend == "file")
+        .then_some(())
+        .ok_or("the backend keeps no lock files in a directory")
+}
+
 fn needs_processes(c: &Capabilities) -> Result<(), &'static str> {
     match c.scope {
         Scope::Threads => Err("the backend excludes only threads of one process"),
@@ -208,6 +216,10 @@ pub fn all() -> Vec<Case> {
         case!(release_survives_lost_reply, "a release whose reply is lost (connection black-holed during release(), a dropped release() future, a dropped guard; then healed) frees the lock within a bounded time after the heal, while the session stays alive", None, needs_lease, Some(Fault::Partition), None),
         case!(resign_survives_lost_reply, "a resign whose reply is lost (connection black-holed, then healed) hands leadership over within a bounded time after the heal, while the session stays alive", Some("primitives.election"), needs_lease_and_election, Some(Fault::Partition), None),
         case!(leave_survives_lost_reply, "a leave whose reply is lost (connection black-holed, then healed) removes the member within a bounded time after the heal, while the session stays alive", Some("primitives.group"), needs_lease_and_group, Some(Fault::Partition), None),
+        case!(eviction_refused, "a server configured to evict keys (maxmemory + volatile-lru) is refused at connect with an InvalidConfig naming the setting; with the explicit opt-in (allow_eviction=true), what eviction does to a held lock is measured", None, always, Some(Fault::Eviction), Some(eviction_refused::describe)),
+        case!(server_clock_step, "the server's wall clock steps forward (+15 s) while a lock is held: the holder is told no later than another client is granted it, and fences never go backwards (declared by survives_failover: a lock kept across server faults)", Some("survives_failover"), needs_lease, Some(Fault::ServerClockStep), Some(server_clock_step::describe)),
+        case!(fence_after_lagging_failover, "the primary is killed and a replica that missed the last grant (its clock 5 s behind) is promoted: the next grant's fence is above every fence handed out before (measured as configured, and with the opt-in wait_replicas=1, which must keep it)", Some("survives_failover"), needs_fencing, Some(Fault::LaggingFailover), Some(fence_after_lagging_failover::describe)),
+        case!(lock_file_removed, "the lock files (the whole root) are removed under a holder: the holder is told (lost()), and the grant made on the new file has a larger fence (fences never repeat)", Some("fencing"), needs_lock_files, None, Some(lock_file_removed::describe)),
         case!(restart_without_persistence, "the server restarts without its data while a lock is held: the holder is told it lost the lock no later than another client is granted it (no silent double grant)", Some("survives_failover"), always, Some(Fault::RestartWithoutPersistence), Some(restart_without_persistence::describe)),
         Case {
             name: "nemesis",

@@ -17,6 +17,14 @@
 //! through [`super::PeerLinks`]: [`EtcdCluster::start_local_partitionable`]
 //! (3+ members), [`ZkFaults::start_partitionable`] (3+ servers).
 //!
+//! [`RedisFaults`] (on a plain, non-TLS server) also starts dedicated
+//! servers for the data faults of `cases/data_faults.rs`: an evicting
+//! server ([`Fault::Eviction`]), a server whose wall clock is stepped with
+//! libfaketime ([`Fault::ServerClockStep`]), and a primary + replica whose
+//! clock is behind, for a failover to a lagging replica
+//! ([`Fault::LaggingFailover`]). Each is started fresh by the case and
+//! killed when replaced or when the controller is dropped.
+//!
 //! Every blocking harness call runs on tokio's blocking pool. Servers are
 //! only ever killed by their pid, through the harness handles.
 
@@ -26,8 +34,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::etcd::EtcdCluster;
-use super::proxy::PeerLinks;
-use super::redis::{info_field, RedisServer, SentinelCluster};
+use super::proxy::{PeerLinks, ProxyMode, TcpProxy};
+use super::redis::{info_field, RedisOptions, RedisServer, Resp, SentinelCluster};
 use super::zookeeper::ZkCluster;
 use crate::target::{Fault, ServerFaults};
 
@@ -87,6 +95,7 @@ impl ServerFaults for EtcdFaults {
             Fault::Partition => self.upstream.is_some(),
             Fault::RestartWithoutPersistence => false,
             Fault::MemberPartition => self.size >= 3 && self.partitionable,
+            Fault::Eviction | Fault::ServerClockStep | Fault::LaggingFailover => false,
         }
     }
 
@@ -216,6 +225,7 @@ impl ServerFaults for ZkFaults {
             Fault::Partition => self.upstream.is_some(),
             Fault::RestartWithoutPersistence => false,
             Fault::MemberPartition => self.size >= 3 && self.peers.is_some(),
+            Fault::Eviction | Fault::ServerClockStep | Fault::LaggingFailover => false,
         }
     }
 
@@ -329,11 +339,48 @@ impl ServerFaults for ZkFaults {
 }
 
 /// Faults of a single [`RedisServer`] (no persistence): restart it empty;
-/// partition it (its TLS port when `tls`).
+/// partition it (its TLS port when `tls`); without TLS, the data faults on
+/// dedicated servers (see the module documentation).
 #[derive(Debug)]
 pub struct RedisFaults {
     server: Arc<Mutex<RedisServer>>,
     upstream: Option<SocketAddr>,
+    data_faults: bool,
+    data: Arc<Mutex<DataServers>>,
+}
+
+/// The dedicated servers of the data faults (killed by pid when dropped).
+#[derive(Debug, Default)]
+struct DataServers {
+    evicting: Option<RedisServer>,
+    clock: Option<(RedisServer, i64)>,
+    primary: Option<RedisServer>,
+    replica: Option<RedisServer>,
+    /// The replica's link to the primary runs through it, so replication
+    /// can be black-holed (the primary's writes never reach the replica).
+    replication: Option<TcpProxy>,
+}
+
+/// `maxmemory` of the evicting server, in bytes.
+const EVICTING_MAXMEMORY: u64 = 4 << 20;
+
+fn evicted_keys(server: &RedisServer) -> io::Result<u64> {
+    Ok(info_field(server, "stats", "evicted_keys")?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
+}
+
+fn expect_ok(what: &str, reply: Resp) -> io::Result<()> {
+    match reply {
+        Resp::Simple(_) => Ok(()),
+        other => Err(io::Error::other(format!("{what}: {other:?}"))),
+    }
+}
+
+fn missing(what: &str) -> io::Error {
+    io::Error::other(format!(
+        "no {what} was started (call its start method first)"
+    ))
 }
 
 impl RedisFaults {
@@ -346,6 +393,8 @@ impl RedisFaults {
         RedisFaults {
             server,
             upstream: port.map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
+            data_faults: !tls,
+            data: Arc::default(),
         }
     }
 }
@@ -358,7 +407,157 @@ impl ServerFaults for RedisFaults {
             Fault::Partition => self.upstream.is_some(),
             Fault::RestartWithoutPersistence => true,
             Fault::MemberPartition => false,
+            Fault::Eviction | Fault::ServerClockStep | Fault::LaggingFailover => self.data_faults,
         }
+    }
+
+    async fn evicting_server(&self) -> io::Result<String> {
+        let data = self.data.clone();
+        blocking(move || {
+            let mut d = data.lock().unwrap();
+            d.evicting = None;
+            let server = RedisServer::start_with(RedisOptions {
+                extra_config: vec![
+                    format!("maxmemory {EVICTING_MAXMEMORY}"),
+                    "maxmemory-policy volatile-lru".into(),
+                ],
+                ..RedisOptions::default()
+            })?;
+            let url = server.url();
+            d.evicting = Some(server);
+            Ok(url)
+        })
+        .await
+    }
+
+    async fn fill_memory(&self) -> io::Result<u64> {
+        let data = self.data.clone();
+        blocking(move || {
+            let d = data.lock().unwrap();
+            let server = d
+                .evicting
+                .as_ref()
+                .ok_or_else(|| missing("evicting server"))?;
+            let before = evicted_keys(server)?;
+            let mut conn = super::redis::RespConn::connect(server.port())?;
+            let value = "x".repeat(8 << 10);
+            // Four times maxmemory of 8 KiB values with a TTL: the
+            // volatile-lru policy evicts among keys with a TTL, quorate's
+            // included.
+            let n = 4 * EVICTING_MAXMEMORY / (8 << 10);
+            for i in 0..n {
+                let key = format!("filler:{i}");
+                match conn.call(&["SET", &key, &value, "EX", "600"])? {
+                    Resp::Simple(_) => {}
+                    other => return Err(io::Error::other(format!("filler SET: {other:?}"))),
+                }
+            }
+            Ok(evicted_keys(server)? - before)
+        })
+        .await
+    }
+
+    async fn clock_server(&self) -> io::Result<String> {
+        let data = self.data.clone();
+        blocking(move || {
+            let mut d = data.lock().unwrap();
+            d.clock = None;
+            let server = RedisServer::start_with(RedisOptions {
+                fake_clock: Some(0),
+                ..RedisOptions::default()
+            })?;
+            let url = server.url();
+            d.clock = Some((server, 0));
+            Ok(url)
+        })
+        .await
+    }
+
+    async fn step_server_clock(&self, secs: i64) -> io::Result<()> {
+        let data = self.data.clone();
+        blocking(move || {
+            let mut d = data.lock().unwrap();
+            let (server, offset) = d.clock.as_mut().ok_or_else(|| missing("clock server"))?;
+            *offset += secs;
+            server.set_clock_offset(*offset)
+        })
+        .await
+    }
+
+    async fn lagging_pair(&self, behind_secs: u64) -> io::Result<String> {
+        let data = self.data.clone();
+        let primary = blocking(move || {
+            let mut d = data.lock().unwrap();
+            d.replication = None;
+            d.replica = None;
+            d.primary = None;
+            RedisServer::start()
+        })
+        .await?;
+        let proxy = TcpProxy::start(SocketAddr::from(([127, 0, 0, 1], primary.port()))).await?;
+        let via = proxy.addr().port();
+        let data = self.data.clone();
+        blocking(move || {
+            let replica = RedisServer::start_with(RedisOptions {
+                replica_of: Some(via),
+                fake_clock: Some(-(behind_secs as i64)),
+                ..RedisOptions::default()
+            })?;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while info_field(&replica, "replication", "master_link_status")?.as_deref()
+                != Some("up")
+            {
+                if Instant::now() > deadline {
+                    return Err(io::Error::other("the replica did not sync within 20 s"));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let url = primary.url();
+            let mut d = data.lock().unwrap();
+            d.primary = Some(primary);
+            d.replica = Some(replica);
+            d.replication = Some(proxy);
+            Ok(url)
+        })
+        .await
+    }
+
+    async fn pause_replication(&self) -> io::Result<()> {
+        let d = self.data.lock().unwrap();
+        let proxy = d
+            .replication
+            .as_ref()
+            .ok_or_else(|| missing("replication link"))?;
+        // Black-hole the link: the primary keeps serving and sending, the
+        // replica receives nothing more (and still believes the link up).
+        proxy.set_mode(ProxyMode::Blackhole);
+        Ok(())
+    }
+
+    async fn fail_over_to_replica(&self) -> io::Result<String> {
+        let data = self.data.clone();
+        blocking(move || {
+            let mut d = data.lock().unwrap();
+            if let Some(mut primary) = d.primary.take() {
+                primary.kill();
+            }
+            // Dropping the proxy cuts the link: what it held back is lost.
+            d.replication = None;
+            let replica = d.replica.as_ref().ok_or_else(|| missing("replica"))?;
+            expect_ok(
+                "REPLICAOF NO ONE",
+                replica.command(&["REPLICAOF", "NO", "ONE"])?,
+            )?;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while info_field(replica, "replication", "role")?.as_deref() != Some("master") {
+                if Instant::now() > deadline {
+                    return Err(io::Error::other("the replica was not promoted within 20 s"));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(replica.url())
+        })
+        .await
     }
 
     async fn restart_empty(&self) -> io::Result<()> {

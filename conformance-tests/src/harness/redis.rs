@@ -51,6 +51,26 @@ pub struct RedisOptions {
     pub replica_of: Option<u16>,
     /// Start `redis-sentinel` instead, monitoring `(service, port)`.
     pub sentinel_of: Option<(String, u16)>,
+    /// Run the server under libfaketime (Debian's `libfaketime`) with its
+    /// wall clock this many seconds off the real one; the offset can be
+    /// changed while it runs ([`RedisServer::set_clock_offset`]).
+    pub fake_clock: Option<i64>,
+}
+
+/// Debian's libfaketime, and the glibc malloc shim preloaded before it: the
+/// server's jemalloc calls `clock_gettime` while libfaketime initializes
+/// (a recursion libfaketime cannot recover from: the server hangs at
+/// start), so malloc is routed to glibc's allocator for faked servers.
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+const GLIBC_MALLOC_SHIM: &str = "/lib/x86_64-linux-gnu/libc_malloc_debug.so.0";
+
+/// `+N` / `-N`: a libfaketime relative offset in seconds.
+fn faketime_offset(secs: i64) -> String {
+    if secs < 0 {
+        format!("{secs}")
+    } else {
+        format!("+{secs}")
+    }
 }
 
 /// A `redis-server` process started by this harness.
@@ -168,7 +188,30 @@ impl RedisServer {
         } else {
             "redis-server"
         };
-        let child = Command::new(program)
+        let mut command = Command::new(program);
+        if let Some(offset) = self.options.fake_clock {
+            for lib in [LIBFAKETIME, GLIBC_MALLOC_SHIM] {
+                if !Path::new(lib).exists() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("{lib} is missing (scripts/install-deps installs faketime)"),
+                    ));
+                }
+            }
+            let file = self.clock_file();
+            if !file.exists() {
+                std::fs::write(&file, faketime_offset(offset))?;
+            }
+            // The file is read on every clock call (NO_CACHE), so writing a
+            // new offset steps the running server's wall clock; its
+            // monotonic clock (event loop timers) stays real.
+            command
+                .env("LD_PRELOAD", format!("{GLIBC_MALLOC_SHIM} {LIBFAKETIME}"))
+                .env("FAKETIME_TIMESTAMP_FILE", &file)
+                .env("FAKETIME_NO_CACHE", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
+        let child = command
             .arg(&conf)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -224,6 +267,42 @@ impl RedisServer {
         let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(5)..].join(" | ")
+    }
+
+    /// The libfaketime offset file of a server with a fake clock.
+    fn clock_file(&self) -> PathBuf {
+        self.dir.join(format!("faketime-{}", self.port))
+    }
+
+    /// Set the wall-clock offset (seconds from the real clock) of a server
+    /// started with [`RedisOptions::fake_clock`]: its clock steps at once.
+    pub fn set_clock_offset(&self, secs: i64) -> io::Result<()> {
+        if self.options.fake_clock.is_none() {
+            return Err(io::Error::other(
+                "the server was not started with a fake clock",
+            ));
+        }
+        // Write then rename: libfaketime never reads a half-written file.
+        let tmp = self.dir.join(format!("faketime-{}.tmp", self.port));
+        std::fs::write(&tmp, faketime_offset(secs))?;
+        std::fs::rename(&tmp, self.clock_file())
+    }
+
+    /// The server's `TIME`, in microseconds since the epoch.
+    pub fn server_time_us(&self) -> io::Result<u64> {
+        match self.command(&["TIME"])? {
+            Resp::Array(Some(parts)) if parts.len() == 2 => {
+                let num = |r: &Resp| match r {
+                    Resp::Bulk(Some(b)) => String::from_utf8_lossy(b).parse::<u64>().ok(),
+                    _ => None,
+                };
+                match (num(&parts[0]), num(&parts[1])) {
+                    (Some(s), Some(us)) => Ok(s * 1_000_000 + us),
+                    _ => Err(io::Error::other("unexpected TIME reply")),
+                }
+            }
+            other => Err(io::Error::other(format!("unexpected TIME reply {other:?}"))),
+        }
     }
 
     /// The port the server listens on.

@@ -9,10 +9,12 @@ local function k(kind, rest)
   return NS .. ':' .. kind .. ':' .. rest
 end
 
--- The session id of a quorate token `<sid>:<n>`; nil for a foreign token
--- (a redis-py Lock's token, for instance).
+-- The session id of a quorate token `quorate:<sid>:<n>`; nil for any other
+-- value (a redis-py Lock's token of whatever shape, an older quorate's
+-- `<sid>:<n>`): quorate never voids, deletes or takes over a value it did
+-- not write; such a value lives by its key's own TTL.
 local function sid_of(tok)
-  return string.match(tok, '^(%x+):%d+$')
+  return string.match(tok, '^quorate:(%x+):%d+$')
 end
 
 -- true/false for a quorate token whose session key exists or not; nil for
