@@ -95,6 +95,10 @@ fn nemesis(args: &[String]) {
         ("non_monotonic_fences", "non-monotonic fences"),
         ("stale_writes_accepted", "stale writes accepted"),
         ("stale_writes_rejected", "stale writes rejected"),
+        (
+            "stale_writes_accepted_after_pause",
+            "stale writes of a paused holder accepted (declared)",
+        ),
         ("paused_beliefs_excused", "paused beliefs excused"),
         ("heal_round_max_ms", "slowest round after heal (ms)"),
     ];
