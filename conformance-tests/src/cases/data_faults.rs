@@ -136,7 +136,7 @@ fn poll_for(url: String, name: &'static str, limit: Duration) -> JoinHandle<Opti
     tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + limit;
         while tokio::time::Instant::now() < deadline {
-            let Ok(Ok(c)) = tokio::time::timeout(LIMIT, quorate::connect(&url)).await else {
+            let Ok(Ok(c)) = tokio::time::timeout(LIMIT, crate::connect(&url)).await else {
                 tokio::time::sleep(POLL).await;
                 continue;
             };
@@ -199,7 +199,7 @@ pub mod eviction_refused {
 
         // Opted in: measure what eviction does to a held lock.
         let url = target.url_with("allow_eviction", "true");
-        let ca = quorate::connect(&url).await?;
+        let ca = crate::connect(&url).await?;
         let sa = ca.session().await?;
         let mut holder = Holder::new(sa.mutex(NAME).lock().await?);
         let fa = holder.fence();
@@ -402,7 +402,7 @@ pub mod fence_after_lagging_failover {
             Some((k, v)) => target.url_with(k, v),
             None => target.url().to_owned(),
         };
-        let ca = quorate::connect(&url).await?;
+        let ca = crate::connect(&url).await?;
         let sa = ca.session().await?;
         let g1 = sa.mutex(NAME).lock().await?;
         let f1 = g1.fence().get();
