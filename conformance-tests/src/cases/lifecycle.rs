@@ -72,7 +72,7 @@ impl Holder {
             .map_err(|e| CaseError::Unverified(format!("starting the proxy: {e}")))?;
         let url = Target::new(&t.label, t.via(proxy.addr()).url_with("ttl", TTL))
             .url_with("connect_timeout", CONNECT_TIMEOUT);
-        let coordinator = quorate::connect(&url).await?;
+        let coordinator = crate::connect(&url).await?;
         let session = coordinator.session().await?;
         Ok(Holder {
             proxy,
