@@ -192,7 +192,7 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
             clock,
             hold: None,
             excuse_pauses: !caps.exclusive_under_pause,
-            stopped_in_hold: None,
+            pauses: Vec::new(),
             excused: 0,
             writes_after_pause: Vec::new(),
             rounds: 0,
@@ -370,8 +370,10 @@ struct Driver {
     /// Whether a hold spanning a SIGSTOP ends, as a belief, at the stop
     /// (the backend declares it does not survive pauses).
     excuse_pauses: bool,
-    /// When the agent was first stopped during the open hold.
-    stopped_in_hold: Option<u64>,
+    /// The SIGSTOP windows of the current agent (host monotonic ns),
+    /// judged against the grant times the agent reports — the driver may
+    /// read a grant only after a pause that began after it.
+    pauses: Vec<(u64, u64)>,
     excused: u64,
     /// Writes with the fence of a hold during which the agent was stopped,
     /// accepted after a newer grant: `(fence, at)`.
@@ -417,6 +419,7 @@ impl Driver {
                 match Agent::start(&self.url).await {
                     Ok((a, _)) => {
                         self.agent = Some(a);
+                        self.pauses.clear();
                         state = State::Idle;
                     }
                     Err(e) => {
@@ -484,7 +487,7 @@ impl Driver {
                 at_ns,
                 ..
             } => {
-                if accepted && self.excuse_pauses && self.stopped_in_hold.is_some() {
+                if accepted && self.excuse_pauses && self.first_stop_in_hold(at_ns).is_some() {
                     self.writes_after_pause.push((fence, at_ns));
                 }
                 let hold = Duration::from_millis(rand::rng().random_range(0..50));
@@ -530,10 +533,10 @@ impl Driver {
     /// End the open hold at `at_ns` — at the agent's first stop during
     /// it, where pauses are excused.
     fn end_hold(&mut self, at_ns: u64) {
-        let stopped = self.stopped_in_hold.take();
+        let stopped = self.first_stop_in_hold(at_ns);
         if let Some((i, _)) = self.hold.take() {
             let end = match stopped {
-                Some(s) if self.excuse_pauses && s < at_ns => {
+                Some(s) if self.excuse_pauses => {
                     self.excused += 1;
                     s
                 }
@@ -543,21 +546,31 @@ impl Driver {
         }
     }
 
+    /// The first SIGSTOP of the agent after the open hold's grant and
+    /// before `before`.
+    fn first_stop_in_hold(&self, before: u64) -> Option<u64> {
+        let (_, start) = self.hold?;
+        self.pauses
+            .iter()
+            .map(|(s, _)| *s)
+            .filter(|s| *s >= start && *s < before)
+            .min()
+    }
+
     async fn inject(&mut self, fault: ClientFault) {
         match fault {
             ClientFault::Pause(d) => {
                 let Some(agent) = self.agent.as_ref() else {
                     return;
                 };
-                let stopped = mono_ns();
                 if agent.pause().await.is_err() {
                     return;
                 }
+                // Confirmed stopped: every event it stamped is earlier.
+                let stopped = mono_ns();
                 tokio::time::sleep(d).await;
                 let _ = agent.signal(libc::SIGCONT);
-                if self.hold.is_some() && self.stopped_in_hold.is_none() {
-                    self.stopped_in_hold = Some(stopped);
-                }
+                self.pauses.push((stopped, mono_ns()));
             }
             ClientFault::Kill => {
                 if let Some(agent) = self.agent.take() {
