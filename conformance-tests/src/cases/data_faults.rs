@@ -20,113 +20,24 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quorate::{Coordinator, ErrorKind, LockGuard, Session};
-use tokio::sync::watch;
+use quorate::ErrorKind;
 use tokio::task::JoinHandle;
 
+use super::server_faults::{controller, flag, harness, ms, quietly, Grant, Watched, TTL};
 use crate::outcome::{broken, CaseError, CaseResult, Figures};
 use crate::target::{ServerFaults, Target};
 
-/// The session TTL of the clients of these cases.
-const TTL: &str = "2s";
 /// The longest a case waits for anything (a liveness bound).
 const LIMIT: Duration = Duration::from_secs(30);
 /// How often the other client asks for the lock (try_lock), so the instant
 /// it could first be granted is measured closely.
 const POLL: Duration = Duration::from_millis(10);
 
-fn controller(t: &Target) -> Result<Arc<dyn ServerFaults>, CaseError> {
-    t.faults
-        .clone()
-        .ok_or_else(|| CaseError::Unverified("the target has no fault controller".into()))
-}
-
-fn harness(what: &str) -> impl FnOnce(std::io::Error) -> CaseError + '_ {
-    move |e| CaseError::Unverified(format!("the fault controller could not {what}: {e}"))
-}
-
 /// A target for a dedicated server of the controller, on a fresh namespace.
 fn dedicated(t: &Target, base_url: String) -> Target {
     Target::new(t.label.clone(), base_url)
         .fresh()
         .with_option("ttl", TTL)
-}
-
-fn ms(since: Instant, at: Instant) -> f64 {
-    at.saturating_duration_since(since).as_secs_f64() * 1000.0
-}
-
-fn flag(b: bool) -> f64 {
-    if b {
-        1.0
-    } else {
-        0.0
-    }
-}
-
-/// Run `f` with a bound, ignoring its result (clean-up).
-async fn quietly<T>(f: impl std::future::Future<Output = T>) {
-    let _ = tokio::time::timeout(Duration::from_secs(5), f).await;
-}
-
-/// A held lock whose `lost()` is watched from the grant on.
-struct Holder {
-    guard: Arc<LockGuard>,
-    told: watch::Receiver<Option<Instant>>,
-    watcher: JoinHandle<()>,
-}
-
-impl Holder {
-    fn new(guard: LockGuard) -> Holder {
-        let guard = Arc::new(guard);
-        let (tx, told) = watch::channel(None);
-        let g = guard.clone();
-        let watcher = tokio::spawn(async move {
-            g.lost().await;
-            tx.send_replace(Some(Instant::now()));
-        });
-        Holder {
-            guard,
-            told,
-            watcher,
-        }
-    }
-
-    fn fence(&self) -> u64 {
-        self.guard.fence().get()
-    }
-
-    /// When the holder was told, waiting at most `wait` for it.
-    async fn told_within(&mut self, wait: Duration) -> Option<Instant> {
-        let _ = tokio::time::timeout(wait, self.told.wait_for(Option::is_some)).await;
-        *self.told.borrow()
-    }
-
-    async fn finish(self) {
-        self.watcher.abort();
-        let _ = self.watcher.await;
-        if let Ok(guard) = Arc::try_unwrap(self.guard) {
-            if !guard.is_lost() {
-                quietly(guard.release()).await;
-            }
-        }
-    }
-}
-
-/// The other client's grant.
-struct Grant {
-    at: Instant,
-    fence: u64,
-    guard: LockGuard,
-    session: Session,
-    _coordinator: Coordinator,
-}
-
-impl Grant {
-    async fn finish(self) {
-        quietly(self.guard.release()).await;
-        quietly(self.session.close()).await;
-    }
 }
 
 /// Another client asking for lock `name` on `url` every [`POLL`] until
@@ -201,7 +112,7 @@ pub mod eviction_refused {
         let url = target.url_with("allow_eviction", "true");
         let ca = crate::connect(&url).await?;
         let sa = ca.session().await?;
-        let mut holder = Holder::new(sa.mutex(NAME).lock().await?);
+        let mut holder = Watched::new(sa.mutex(NAME).lock().await?);
         let fa = holder.fence();
         let other = poll_for(url, NAME, Duration::from_secs(8));
         let filling = Instant::now();
@@ -282,7 +193,7 @@ pub mod server_clock_step {
         let ca = target.connect().await?;
         let declared = ca.capabilities().survives_failover;
         let sa = ca.session().await?;
-        let mut holder = Holder::new(sa.mutex(NAME).lock().await?);
+        let mut holder = Watched::new(sa.mutex(NAME).lock().await?);
         let fa = holder.fence();
         let other = poll_for(target.url().to_owned(), NAME, Duration::from_secs(10));
         // Let the other client find the lock held first.
@@ -551,7 +462,7 @@ pub mod lock_file_removed {
         }
         let ca = t.connect().await?;
         let sa = ca.session().await?;
-        let mut holder = Holder::new(sa.mutex(NAME).lock().await?);
+        let mut holder = Watched::new(sa.mutex(NAME).lock().await?);
         let fa = holder.fence();
         let removed = Instant::now();
         if let Err(e) = std::fs::remove_dir_all(&root) {

@@ -46,7 +46,7 @@ pub(super) fn ms(since: Instant, at: Instant) -> f64 {
     at.saturating_duration_since(since).as_secs_f64() * 1000.0
 }
 
-fn flag(b: bool) -> f64 {
+pub(super) fn flag(b: bool) -> f64 {
     if b {
         1.0
     } else {
@@ -101,6 +101,13 @@ impl Watched {
             .ok_or_else(|| CaseError::Fail(format!("{what}: the watcher stopped")))
     }
 
+    /// When the holder was told, waiting at most `wait` for it (`None` if
+    /// it was not told by then).
+    pub(super) async fn told_within(&mut self, wait: Duration) -> Option<Instant> {
+        let _ = tokio::time::timeout(wait, self.told.wait_for(Option::is_some)).await;
+        *self.told.borrow()
+    }
+
     /// Whether the backend still has the grant (one bounded round trip;
     /// `None` when it does not answer).
     async fn is_held(&self) -> Option<bool> {
@@ -138,9 +145,9 @@ impl Watched {
 pub(super) struct Grant {
     pub(super) at: Instant,
     pub(super) fence: u64,
-    guard: LockGuard,
-    session: Session,
-    _coordinator: Coordinator,
+    pub(super) guard: LockGuard,
+    pub(super) session: Session,
+    pub(super) _coordinator: Coordinator,
 }
 
 impl Grant {
