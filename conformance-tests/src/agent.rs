@@ -3,7 +3,9 @@
 //!
 //! Protocol: the agent is started with a URL, prints
 //! `{"event":"ready","session":ID}`, then reads one command per line:
-//! `lock NAME`, `release`, `write` (report the fence it would write with),
+//! `lock NAME`, `lead NAME` (campaign in election NAME; a leadership is
+//! reported and released like a lock: `granted`, `lost`, and `release`
+//! resigns), `release`, `write` (report the fence it would write with),
 //! `guarded KEY VALUE` (the backend's guarded write, asked even if the
 //! agent already knows its lock is lost: the backend must refuse it),
 //! `fenced ADDR NAME VALUE` (write to the [fenced register] at ADDR with
@@ -17,6 +19,7 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -278,6 +281,23 @@ impl Agent {
     pub async fn kill(mut self) -> Result<(), String> {
         self.child.kill().await.map_err(|e| e.to_string())
     }
+
+    /// SIGKILL the agent, reap it, and return the events it had written
+    /// but the caller had not read yet (a `lost` it reported before the
+    /// kill must not be mistaken for a belief that lasted until the kill).
+    ///
+    /// # Errors
+    ///
+    /// When the kill fails.
+    pub async fn kill_collect(mut self) -> Result<Vec<AgentEvent>, String> {
+        self.child.kill().await.map_err(|e| e.to_string())?;
+        let mut events = Vec::new();
+        // The process is dead: what is left in the pipe, then end of file.
+        while let Ok(ev) = self.next_event(Duration::from_secs(2)).await {
+            events.push(ev);
+        }
+        Ok(events)
+    }
 }
 
 impl Drop for Agent {
@@ -285,6 +305,51 @@ impl Drop for Agent {
         // Resume first in case it is stopped, so the kill is delivered.
         let _ = self.signal(libc::SIGCONT);
         let _ = self.child.start_kill();
+    }
+}
+
+/// What an agent holds: a lock or a leadership.
+#[derive(Clone)]
+enum Held {
+    Lock(Arc<quorate::LockGuard>),
+    Lead(Arc<quorate::Leadership>),
+}
+
+impl Held {
+    fn fence(&self) -> u64 {
+        match self {
+            Held::Lock(g) => g.fence().get(),
+            Held::Lead(l) => l.fence().get(),
+        }
+    }
+
+    fn is_lost(&self) -> bool {
+        match self {
+            Held::Lock(g) => g.is_lost(),
+            Held::Lead(l) => l.is_lost(),
+        }
+    }
+
+    async fn lost(&self) -> quorate::LossReason {
+        match self {
+            Held::Lock(g) => g.lost().await,
+            Held::Lead(l) => l.lost().await,
+        }
+    }
+
+    /// Release the lock or resign the leadership (the watcher holding the
+    /// other share must be gone).
+    async fn give_back(self) -> Result<(), String> {
+        match self {
+            Held::Lock(g) => match Arc::try_unwrap(g) {
+                Ok(g) => g.release().await.map_err(|e| e.to_string()),
+                Err(_) => Err("guard still shared".into()),
+            },
+            Held::Lead(l) => match Arc::try_unwrap(l) {
+                Ok(l) => l.resign().await.map_err(|e| e.to_string()),
+                Err(_) => Err("leadership still shared".into()),
+            },
+        }
     }
 }
 
@@ -324,12 +389,12 @@ pub async fn serve(url: &str) {
         session: session.id().to_owned(),
     });
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let mut guard: Option<std::sync::Arc<quorate::LockGuard>> = None;
+    let mut guard: Option<Held> = None;
     let mut watcher: Option<tokio::task::JoinHandle<()>> = None;
     while let Ok(Some(line)) = lines.next_line().await {
         let (cmd, arg) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
         match cmd {
-            "lock" => {
+            "lock" | "lead" => {
                 // A lost session is replaced (as a long-running client
                 // would), so an agent outlives faults that end sessions.
                 if session.is_lost() {
@@ -348,13 +413,26 @@ pub async fn serve(url: &str) {
                         }
                     }
                 }
-                match session.mutex(arg).lock().await {
+                let granted = if cmd == "lock" {
+                    session
+                        .mutex(arg)
+                        .lock()
+                        .await
+                        .map(|g| Held::Lock(Arc::new(g)))
+                } else {
+                    let value = format!("agent-{}", std::process::id());
+                    session
+                        .election(arg)
+                        .campaign(value)
+                        .await
+                        .map(|l| Held::Lead(Arc::new(l)))
+                };
+                match granted {
                     Ok(g) => {
                         emit(&AgentEvent::Granted {
-                            fence: g.fence().get(),
+                            fence: g.fence(),
                             at_ns: mono_ns(),
                         });
-                        let g = std::sync::Arc::new(g);
                         let w = g.clone();
                         watcher = Some(tokio::spawn(async move {
                             let reason = w.lost().await;
@@ -372,7 +450,7 @@ pub async fn serve(url: &str) {
             }
             "write" => match &guard {
                 Some(g) => emit(&AgentEvent::Write {
-                    fence: g.fence().get(),
+                    fence: g.fence(),
                     lost: g.is_lost(),
                 }),
                 None => emit(&AgentEvent::Error {
@@ -382,7 +460,7 @@ pub async fn serve(url: &str) {
             "guarded" => {
                 let (key, value) = arg.split_once(' ').unwrap_or((arg, ""));
                 match &guard {
-                    Some(g) => {
+                    Some(Held::Lock(g)) => {
                         let lost_before = g.is_lost();
                         match g.write_if_held_at_backend(key, value.as_bytes()).await {
                             Ok(applied) => emit(&AgentEvent::Guarded {
@@ -394,7 +472,7 @@ pub async fn serve(url: &str) {
                             }),
                         }
                     }
-                    None => emit(&AgentEvent::Error {
+                    _ => emit(&AgentEvent::Error {
                         message: "no lock held".into(),
                     }),
                 }
@@ -404,7 +482,7 @@ pub async fn serve(url: &str) {
                 match (&guard, parts.as_slice()) {
                     (Some(g), [addr, name, value]) => {
                         let lost_before = g.is_lost();
-                        let fence = g.fence().get();
+                        let fence = g.fence();
                         let at_ns = mono_ns();
                         let written = crate::harness::fenced::write_to(
                             addr,
@@ -439,17 +517,14 @@ pub async fn serve(url: &str) {
                     let _ = w.await;
                 }
                 let at_ns = mono_ns();
-                match guard.take().map(std::sync::Arc::try_unwrap) {
-                    Some(Ok(g)) => match g.release().await {
+                match guard.take() {
+                    Some(g) => match g.give_back().await {
                         Ok(()) => emit(&AgentEvent::Released { at_ns }),
                         Err(e) => emit(&AgentEvent::ReleaseFailed {
                             at_ns,
                             message: e.to_string(),
                         }),
                     },
-                    Some(Err(_)) => emit(&AgentEvent::Error {
-                        message: "guard still shared".into(),
-                    }),
                     None => emit(&AgentEvent::Error {
                         message: "no lock held".into(),
                     }),

@@ -38,16 +38,20 @@ pub enum Mutation {
     GuardedWriteLies,
     /// A lock held elsewhere is granted anyway: no exclusion.
     NoExclusion,
+    /// A campaign not elected within 20 ms is told it leads anyway: two
+    /// leaders at once.
+    TwoLeaders,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 5] = [
+    pub const ALL: [Mutation; 6] = [
         Mutation::SkipRelease,
         Mutation::SkipRevoke,
         Mutation::ConstantFence,
         Mutation::GuardedWriteLies,
         Mutation::NoExclusion,
+        Mutation::TwoLeaders,
     ];
 
     /// Its name (the value of [`ENV`]).
@@ -58,6 +62,7 @@ impl Mutation {
             Mutation::ConstantFence => "constant-fence",
             Mutation::GuardedWriteLies => "guarded-write-lies",
             Mutation::NoExclusion => "no-exclusion",
+            Mutation::TwoLeaders => "two-leaders",
         }
     }
 
@@ -85,6 +90,7 @@ impl Mutation {
             ],
             Mutation::GuardedWriteLies => &["guarded_writes", "holder_pause"],
             Mutation::NoExclusion => &["mutual_exclusion", "try_and_timeout", "nemesis"],
+            Mutation::TwoLeaders => &["election_handover", "nemesis"],
         }
     }
 }
@@ -214,7 +220,14 @@ impl SessionBackend for MutantSession {
         value: &[u8],
         loss: LossNotifier,
     ) -> Result<Box<dyn HeldLeadership>> {
-        self.inner.campaign(election, value, loss).await
+        if self.m != Mutation::TwoLeaders {
+            return self.inner.campaign(election, value, loss).await;
+        }
+        let wait = self.inner.campaign(election, value, loss);
+        match tokio::time::timeout(Duration::from_millis(20), wait).await {
+            Ok(r) => r,
+            Err(_) => Ok(Box::new(FakeLeadership)),
+        }
     }
 }
 
@@ -250,6 +263,28 @@ impl HeldLock for MutantLock {
 }
 
 /// A grant of a lock that was not free (the no-exclusion mutant).
+/// A leadership the backend never granted.
+struct FakeLeadership;
+
+#[async_trait]
+impl HeldLeadership for FakeLeadership {
+    fn fence(&self) -> FencingToken {
+        FencingToken(0)
+    }
+
+    async fn proclaim(&self, _value: &[u8]) -> Result<()> {
+        Ok(())
+    }
+
+    async fn is_leader(&self) -> Result<bool> {
+        Ok(true)
+    }
+
+    async fn resign(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
 struct FakeGrant;
 
 #[async_trait]

@@ -1,6 +1,9 @@
 //! The randomized nemesis, in the spirit of Jepsen and etcd's robustness
-//! tests: holder processes (agents) loop lock → fenced write → release
-//! while a nemesis injects random faults from what the target can break —
+//! tests: holder processes (agents) loop lock → fenced write → release —
+//! each round, at random, either the lock `nemesis` or, where the backend
+//! has elections, leadership of the election `nemesis-leader` (campaign →
+//! fenced write → resign; its own history: one leader at a time, fences
+//! increasing per term) — while a nemesis injects random faults from what the target can break —
 //! client SIGSTOP and SIGKILL, client partitions (a black-holing proxy per
 //! agent, each in front of a different member where there are several),
 //! member partitions, and the server faults of the target's controller
@@ -38,6 +41,51 @@ use crate::target::{Fault, ServerFaults, Target};
 
 /// The lock every agent contends for.
 const NAME: &str = "nemesis";
+/// The election every agent campaigns in (where the backend has elections).
+const ELECTION: &str = "nemesis-leader";
+
+/// What one round of an agent takes: the lock, or the leadership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Round {
+    /// `lock nemesis` … `release`.
+    Lock,
+    /// `lead nemesis-leader` (campaign) … `release` (resign).
+    Lead,
+}
+
+impl Round {
+    /// The lock or election name, also the fenced register's name.
+    fn name(self) -> &'static str {
+        match self {
+            Round::Lock => NAME,
+            Round::Lead => ELECTION,
+        }
+    }
+
+    /// The agent command that acquires it.
+    fn command(self) -> &'static str {
+        match self {
+            Round::Lock => "lock",
+            Round::Lead => "lead",
+        }
+    }
+}
+
+/// The lock's and the election's histories.
+#[derive(Clone)]
+struct Histories {
+    lock: Arc<History>,
+    lead: Arc<History>,
+}
+
+impl Histories {
+    fn of(&self, round: Round) -> &History {
+        match round {
+            Round::Lock => &self.lock,
+            Round::Lead => &self.lead,
+        }
+    }
+}
 /// How many holder processes.
 const AGENTS: usize = 3;
 /// Their session TTL.
@@ -115,6 +163,11 @@ impl Clock {
         }
     }
 
+    /// `ns` in ms since the start (for traces).
+    fn ms(&self, ns: u64) -> f64 {
+        (ns as f64 - self.ns as f64) / 1e6
+    }
+
     fn at(&self, ns: u64) -> Instant {
         if ns >= self.ns {
             self.instant + Duration::from_nanos(ns - self.ns)
@@ -137,7 +190,14 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
     let register = FencedRegister::start()
         .await
         .map_err(|e| CaseError::Unverified(format!("starting the fenced register: {e}")))?;
-    let history = register.history(NAME);
+    let histories = Histories {
+        lock: register.history(NAME),
+        lead: register.history(ELECTION),
+    };
+    let mut kinds = vec![Round::Lock];
+    if caps.primitives.election {
+        kinds.push(Round::Lead);
+    }
     let clock = Clock::now();
     let controller: Option<Arc<dyn ServerFaults>> = t.faults.clone();
     let upstream = controller.as_ref().and_then(|c| c.proxy_upstream());
@@ -187,7 +247,9 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
             url,
             proxy,
             agent: None,
-            history: history.clone(),
+            histories: histories.clone(),
+            kinds: kinds.clone(),
+            round: Round::Lock,
             register: register.addr().to_string(),
             clock,
             hold: None,
@@ -287,19 +349,29 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
     while Instant::now() < deadline && !keeper.leftovers().await?.is_empty() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut v = history.check();
     // Writes of a holder stopped during its hold, accepted after a newer
     // grant: what a pause allows (the register accepts them until the newer
     // holder writes), counted apart where the backend declares it.
-    let holds = history.holds();
-    let stale_after_pause = after_pause
-        .iter()
-        .filter(|(fence, at)| {
-            let at = clock.at(*at);
-            holds.iter().any(|h| h.fence > *fence && h.start <= at)
-        })
-        .count();
-    v.stale_writes_accepted = v.stale_writes_accepted.saturating_sub(stale_after_pause);
+    let stale_after_pause = |round: Round| {
+        let holds = histories.of(round).holds();
+        after_pause
+            .iter()
+            .filter(|(r, fence, at)| {
+                let at = clock.at(*at);
+                *r == round && holds.iter().any(|h| h.fence > *fence && h.start <= at)
+            })
+            .count()
+    };
+    let mut v = histories.lock.check();
+    v.stale_writes_accepted = v
+        .stale_writes_accepted
+        .saturating_sub(stale_after_pause(Round::Lock));
+    let mut vl = histories.lead.check();
+    vl.stale_writes_accepted = vl
+        .stale_writes_accepted
+        .saturating_sub(stale_after_pause(Round::Lead));
+    let stale_after_pause = stale_after_pause(Round::Lock) + stale_after_pause(Round::Lead);
+    let history = &histories.lock;
     f.insert(
         "stale_writes_accepted_after_pause".into(),
         stale_after_pause as f64,
@@ -319,6 +391,18 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
         v.stale_writes_rejected as f64,
     );
     f.insert("paused_beliefs_excused".into(), excused as f64);
+    if kinds.contains(&Round::Lead) {
+        f.insert("leader_terms".into(), histories.lead.holds().len() as f64);
+        f.insert("overlapping_leaders".into(), vl.overlapping_holds as f64);
+        f.insert(
+            "non_monotonic_leader_fences".into(),
+            vl.non_monotonic_fences as f64,
+        );
+        f.insert(
+            "stale_leader_writes_accepted".into(),
+            vl.stale_writes_accepted as f64,
+        );
+    }
     f.insert("heal_round_max_ms".into(), heal_max_ms);
     if !failures.is_empty() {
         return Err(CaseError::Fail(format!(
@@ -333,6 +417,13 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
             timeline.join(", ")
         )));
     }
+    if !vl.is_clean() {
+        return Err(CaseError::Fail(format!(
+            "election violations under random faults (two leaders at once, or leadership fences not increasing): {vl:?}; first overlaps: {}; faults: {}; figures: {f:?}",
+            histories.lead.overlaps(clock.instant, 5).join("; "),
+            timeline.join(", ")
+        )));
+    }
     if history.holds().is_empty() {
         return Err(CaseError::Fail("no agent was ever granted the lock".into()));
     }
@@ -343,7 +434,7 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
 struct DriverReport {
     rounds: u64,
     excused: u64,
-    writes_after_pause: Vec<(u64, u64)>,
+    writes_after_pause: Vec<(Round, u64, u64)>,
     heal_round_ms: f64,
 }
 
@@ -362,11 +453,15 @@ struct Driver {
     url: String,
     proxy: Option<TcpProxy>,
     agent: Option<Agent>,
-    history: Arc<History>,
+    histories: Histories,
+    /// The kinds of round to pick from.
+    kinds: Vec<Round>,
+    /// The kind of the current round.
+    round: Round,
     register: String,
     clock: Clock,
-    /// The open hold: its history index and start.
-    hold: Option<(usize, u64)>,
+    /// The open hold: its kind, history index and start.
+    hold: Option<(Round, usize, u64)>,
     /// Whether a hold spanning a SIGSTOP ends, as a belief, at the stop
     /// (the backend declares it does not survive pauses).
     excuse_pauses: bool,
@@ -376,8 +471,8 @@ struct Driver {
     pauses: Vec<(u64, u64)>,
     excused: u64,
     /// Writes with the fence of a hold during which the agent was stopped,
-    /// accepted after a newer grant: `(fence, at)`.
-    writes_after_pause: Vec<(u64, u64)>,
+    /// accepted after a newer grant: `(round, fence, at)`.
+    writes_after_pause: Vec<(Round, u64, u64)>,
     rounds: u64,
 }
 
@@ -431,7 +526,9 @@ impl Driver {
             }
             let agent = self.agent.as_mut().expect("started above");
             if state == State::Idle {
-                if agent.send(&format!("lock {NAME}")).await.is_err() {
+                self.round = self.kinds[rand::rng().random_range(0..self.kinds.len())];
+                let cmd = format!("{} {}", self.round.command(), self.round.name());
+                if agent.send(&cmd).await.is_err() {
                     self.agent = None;
                     continue;
                 }
@@ -468,14 +565,17 @@ impl Driver {
     }
 
     async fn on_event(&mut self, ev: AgentEvent, state: State) -> State {
+        tracing::info!(agent = %self.name, event = ?ev, now_ms = self.clock.ms(mono_ns()), ?state, "nemesis: agent event");
         match ev {
             AgentEvent::Granted { fence, at_ns } => {
-                let i = self
-                    .history
-                    .acquired_at(&self.name, fence, self.clock.at(at_ns));
-                self.hold = Some((i, at_ns));
+                let i = self.histories.of(self.round).acquired_at(
+                    &self.name,
+                    fence,
+                    self.clock.at(at_ns),
+                );
+                self.hold = Some((self.round, i, at_ns));
                 let value = format!("{}-{fence}", self.name);
-                let cmd = format!("fenced {} {NAME} {value}", self.register);
+                let cmd = format!("fenced {} {} {value}", self.register, self.round.name());
                 match self.agent.as_mut().expect("running").send(&cmd).await {
                     Ok(()) => State::Writing,
                     Err(_) => State::Idle,
@@ -488,7 +588,7 @@ impl Driver {
                 ..
             } => {
                 if accepted && self.excuse_pauses && self.first_stop_in_hold(at_ns).is_some() {
-                    self.writes_after_pause.push((fence, at_ns));
+                    self.writes_after_pause.push((self.round, fence, at_ns));
                 }
                 let hold = Duration::from_millis(rand::rng().random_range(0..50));
                 State::Holding(tokio::time::Instant::now() + hold)
@@ -530,11 +630,39 @@ impl Driver {
         }
     }
 
+    /// An event a killed agent wrote before it died, read only after the
+    /// kill: it updates the history, and nothing is sent back.
+    fn on_unread_event(&mut self, ev: AgentEvent) {
+        tracing::info!(agent = %self.name, event = ?ev, now_ms = self.clock.ms(mono_ns()), "nemesis: event of a killed agent");
+        match ev {
+            AgentEvent::Granted { fence, at_ns } => {
+                let i = self.histories.of(self.round).acquired_at(
+                    &self.name,
+                    fence,
+                    self.clock.at(at_ns),
+                );
+                self.hold = Some((self.round, i, at_ns));
+            }
+            AgentEvent::Lost { at_ns, .. }
+            | AgentEvent::Released { at_ns }
+            | AgentEvent::ReleaseFailed { at_ns, .. } => self.end_hold(at_ns),
+            AgentEvent::Fenced {
+                fence,
+                accepted: true,
+                at_ns,
+                ..
+            } if self.excuse_pauses && self.first_stop_in_hold(at_ns).is_some() => {
+                self.writes_after_pause.push((self.round, fence, at_ns));
+            }
+            _ => {}
+        }
+    }
+
     /// End the open hold at `at_ns` — at the agent's first stop during
     /// it, where pauses are excused.
     fn end_hold(&mut self, at_ns: u64) {
         let stopped = self.first_stop_in_hold(at_ns);
-        if let Some((i, _)) = self.hold.take() {
+        if let Some((round, i, _)) = self.hold.take() {
             let end = match stopped {
                 Some(s) if self.excuse_pauses => {
                     self.excused += 1;
@@ -542,14 +670,14 @@ impl Driver {
                 }
                 _ => at_ns,
             };
-            self.history.released_at(i, self.clock.at(end));
+            self.histories.of(round).released_at(i, self.clock.at(end));
         }
     }
 
     /// The first SIGSTOP of the agent after the open hold's grant and
     /// before `before`.
     fn first_stop_in_hold(&self, before: u64) -> Option<u64> {
-        let (_, start) = self.hold?;
+        let (_, _, start) = self.hold?;
         self.pauses
             .iter()
             .map(|(s, _)| *s)
@@ -558,6 +686,7 @@ impl Driver {
     }
 
     async fn inject(&mut self, fault: ClientFault) {
+        tracing::info!(agent = %self.name, ?fault, now_ms = self.clock.ms(mono_ns()), "nemesis: client fault");
         match fault {
             ClientFault::Pause(d) => {
                 let Some(agent) = self.agent.as_ref() else {
@@ -575,9 +704,13 @@ impl Driver {
             ClientFault::Kill => {
                 if let Some(agent) = self.agent.take() {
                     // It believes nothing from the SIGKILL on: the lock is
-                    // freed (process lifetime) only after it is dead.
+                    // freed (process lifetime) only after it is dead. What
+                    // it reported before dying and the driver had not read
+                    // yet (a grant, a loss, a release) still counts.
                     let sent = mono_ns();
-                    let _ = agent.kill().await;
+                    for ev in agent.kill_collect().await.unwrap_or_default() {
+                        self.on_unread_event(ev);
+                    }
                     self.end_hold(sent);
                 }
             }

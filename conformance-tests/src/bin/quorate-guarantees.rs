@@ -99,6 +99,13 @@ fn nemesis(args: &[String]) {
             "stale_writes_accepted_after_pause",
             "stale writes of a paused holder accepted (declared)",
         ),
+        ("leader_terms", "leader terms"),
+        ("overlapping_leaders", "two leaders at once"),
+        ("non_monotonic_leader_fences", "non-monotonic leader fences"),
+        (
+            "stale_leader_writes_accepted",
+            "stale leader writes accepted",
+        ),
         ("paused_beliefs_excused", "paused beliefs excused"),
         ("heal_round_max_ms", "slowest round after heal (ms)"),
     ];

@@ -474,6 +474,92 @@ pub mod partition_loss_before_expiry {
     }
 }
 
+pub mod handoff_partition_loss_before_expiry {
+    //! The holder got the lock by a *hand-off* — it was waiting behind
+    //! another holder, whose release granted it — and its only connection is
+    //! black-holed at once: it must be told before a third client can be
+    //! granted the lock. (A grant made on the waiter's behalf, by another
+    //! client's request, must start the waiter's clock no later than the
+    //! backend's.)
+
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::ensure;
+    use crate::harness::{ProxyMode, TcpProxy};
+    use crate::outcome::{CaseError, CaseResult, Figures};
+
+    const NAME: &str = "handoff-partition";
+
+    pub async fn run(t: Target) -> CaseResult {
+        let faults = controller(&t)?;
+        let upstream = faults.proxy_upstream().ok_or_else(|| {
+            CaseError::Unverified("the controller names no server to proxy".into())
+        })?;
+        let proxy = TcpProxy::start(upstream)
+            .await
+            .map_err(|e| CaseError::Unverified(format!("starting the proxy: {e}")))?;
+        let cb = crate::connect(&t.url_with("ttl", TTL)).await?;
+        let sb = cb.session().await?;
+        let first = sb.mutex(NAME).lock().await?;
+        let ca = crate::connect(&t.via(proxy.addr()).url_with("ttl", TTL)).await?;
+        let sa = ca.session().await?;
+        let waiter = sa.mutex(NAME);
+        let waiting = tokio::spawn(async move { waiter.lock().await });
+        // Let the waiter queue (a waiter that had not queued yet is granted
+        // directly: the case then measures a plain partition).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        ensure!(
+            !waiting.is_finished(),
+            "the waiter was granted while the first holder held the lock"
+        );
+        // Age the waiter's session a little, so a grant that started the
+        // waiter's clock late would show.
+        tokio::time::sleep(ttl() / 3).await;
+        first.release().await?;
+        let g = crate::outcome::within(LIMIT, "the waiter is granted by the hand-off", waiting)
+            .await?
+            .map_err(|e| CaseError::Fail(format!("the waiting task failed: {e}")))??;
+        proxy.set_mode(ProxyMode::Blackhole);
+        let cut = Instant::now();
+        let mut a = Watched::new(g);
+        let fa = a.fence();
+        let (other, _) = contend(t.url_with("ttl", TTL), NAME, Duration::from_secs_f64(LIMIT));
+        let told = a
+            .told(LIMIT, "the partitioned holder is told it lost the lock")
+            .await;
+        let grant = granted(
+            LIMIT,
+            "another client gets the lock of the partitioned holder",
+            other,
+        )
+        .await;
+        proxy.set_mode(ProxyMode::Pass);
+        a.finish().await;
+        quietly(sa.close()).await;
+        quietly(sb.close()).await;
+        let (told, grant) = (told?, grant?);
+        let (granted, fb) = (grant.at, grant.fence);
+        grant.finish().await;
+
+        let mut f = Figures::new();
+        f.insert("ttl_ms".into(), ttl().as_secs_f64() * 1000.0);
+        f.insert("holder_told_ms".into(), ms(cut, told));
+        f.insert("other_granted_ms".into(), ms(cut, granted));
+        ensure!(
+            told < granted,
+            "another client was granted the lock {:.0} ms after the partition, before the partitioned holder (granted by a hand-off) was told ({:.0} ms): a double grant",
+            ms(cut, granted),
+            ms(cut, told)
+        );
+        ensure!(
+            fb > fa,
+            "the new grant's fence {fb} is not above the partitioned holder's {fa}"
+        );
+        Ok(f)
+    }
+}
+
 pub mod restart_without_persistence {
     //! Restart the server without its data while A holds a lock.
 
