@@ -346,9 +346,17 @@ fn shared_and_exclusive_exclude_each_other(b: &Backend) {
         stderr(&o)
     );
     let o = run(&["lock", "-n", "--shared", url, "one", "--", "true"]);
-    assert_eq!(o.status.code(), Some(0), "shared holders share: {}", stderr(&o));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "shared holders share: {}",
+        stderr(&o)
+    );
     signal(&reader, libc::SIGTERM);
-    assert_eq!(wait_bounded(&mut reader, "the shared holder").code(), Some(0));
+    assert_eq!(
+        wait_bounded(&mut reader, "the shared holder").code(),
+        Some(0)
+    );
 
     // An exclusive holder: shared is refused, and a shared waiter runs its
     // command only once the exclusive command is done.
@@ -373,10 +381,22 @@ fn shared_and_exclusive_exclude_each_other(b: &Backend) {
     );
     let baseline = b.leftovers();
     let shared_script = format!("echo shared >> {}", log.display());
-    let mut waiter = spawn(&["lock", "--shared", url, "one", "--", "sh", "-c", &shared_script]);
+    let mut waiter = spawn(&[
+        "lock",
+        "--shared",
+        url,
+        "one",
+        "--",
+        "sh",
+        "-c",
+        &shared_script,
+    ]);
     b.wait_queued(&baseline);
     std::fs::write(&go, "").unwrap();
-    assert_eq!(wait_bounded(&mut writer, "the exclusive holder").code(), Some(0));
+    assert_eq!(
+        wait_bounded(&mut writer, "the exclusive holder").code(),
+        Some(0)
+    );
     assert_eq!(
         wait_bounded(&mut waiter, "the shared waiter").code(),
         Some(0),

@@ -57,7 +57,8 @@ impl Mutex {
         wait_for(&self.session, &self.name, LockKind::Mutex).await
     }
 
-    /// Take the lock only if it is free now.
+    /// Take the lock only if it is free now (no mutex holder, reader or
+    /// writer of the name holds it or waits for it).
     ///
     /// # Cancel safety
     ///

@@ -38,7 +38,8 @@ impl RwLock {
     }
 
     /// Wait for a shared (read) grant. Readers share with readers, and wait
-    /// behind any writer that arrived before them.
+    /// behind any writer or mutex holder of the same name, and any that
+    /// arrived before them.
     ///
     /// # Cancel safety
     ///
@@ -51,7 +52,8 @@ impl RwLock {
         self.wait(LockKind::Read).await
     }
 
-    /// Wait for an exclusive (write) grant.
+    /// Wait for an exclusive (write) grant: the same grant as
+    /// [`crate::Mutex::lock`] of this name.
     ///
     /// # Cancel safety
     ///
@@ -65,7 +67,8 @@ impl RwLock {
         self.wait(LockKind::Write).await
     }
 
-    /// A read grant only if available now (no writer holds or waits).
+    /// A read grant only if available now (no writer or mutex holder of the
+    /// name holds or waits).
     ///
     /// # Cancel safety
     ///

@@ -39,7 +39,10 @@ pub(crate) fn entry(session: &EtcdSession, name: &str, kind: LockKind) -> Entry<
             // and [end of P + "read/", end of P).
             let blockers = vec![
                 (prefix.clone().into_bytes(), readers.clone().into_bytes()),
-                (prefix_end(readers.as_bytes()), prefix_end(prefix.as_bytes())),
+                (
+                    prefix_end(readers.as_bytes()),
+                    prefix_end(prefix.as_bytes()),
+                ),
             ];
             Entry {
                 key: format!("{readers}{lease}"),

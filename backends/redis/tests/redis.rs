@@ -664,7 +664,10 @@ impl Drop for PyLock {
 async fn redis_py_lock_and_quorate_readers_exclude_each_other() {
     let env = Env::start("2s");
     let coord = env.coord().await;
-    let (s1, s2) = (coord.session().await.unwrap(), coord.session().await.unwrap());
+    let (s1, s2) = (
+        coord.session().await.unwrap(),
+        coord.session().await.unwrap(),
+    );
     let key = env.key("lock", "shared/job");
     let mut py = tokio::task::block_in_place(|| PyLock::start(&env.server.url(), &key));
 

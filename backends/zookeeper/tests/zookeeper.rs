@@ -230,13 +230,19 @@ async fn kazoo_rwlock_and_quorate_rwlock_follow_the_same_rules() {
     let (kazoo, got) = kazoo.ask(format!("try write {path}")).await;
     assert_eq!(got, "false", "kazoo wrote while quorate read");
     let (kazoo, got) = kazoo.ask(format!("try lock+r {path}")).await;
-    assert_eq!(got, "false", "kazoo Lock(extra_lock_patterns) locked while quorate read");
+    assert_eq!(
+        got, "false",
+        "kazoo Lock(extra_lock_patterns) locked while quorate read"
+    );
     // kazoo's plain `Lock` is blocked by `__lock__` nodes only (its
     // `_EXCLUDE_NAMES`, the same as its `ReadLock`'s): it does not see
     // readers, kazoo's or quorate's. Pinned here because docs/backends.md
     // says so.
     let (kazoo, got) = kazoo.ask(format!("try lock {path}")).await;
-    assert_eq!(got, "true", "kazoo's plain Lock now sees __rlock__ readers: update docs/backends.md");
+    assert_eq!(
+        got, "true",
+        "kazoo's plain Lock now sees __rlock__ readers: update docs/backends.md"
+    );
     let (kazoo, _) = kazoo.ask("release".into()).await;
     r.release().await.unwrap();
 
