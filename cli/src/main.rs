@@ -150,9 +150,11 @@ enum Command {
         nonblock: bool,
         #[command(flatten)]
         hold: HoldArgs,
-        /// Take the read (shared) side of a read/write lock of this name.
-        /// Note: shared and exclusive holders of one name do not yet exclude
-        /// each other (see docs/cli.md).
+        /// Take the shared (read) side of the lock, as flock -s: shared
+        /// holders of a name share; they and the exclusive holder (the
+        /// default, as flock -x) of the same name exclude each other, in
+        /// arrival order. Native exclusive locks on the name (etcdctl lock,
+        /// redis-py Lock, lockf; kazoo WriteLock) exclude shared holders too.
         #[arg(short, long)]
         shared: bool,
         /// The command to run while holding the lock.

@@ -327,6 +327,122 @@ fn nothing_stranded_zookeeper() {
     nothing_stranded(&Backend::new(url, true));
 }
 
+/// `--shared` and exclusive on one name are one lock, as flock(1)'s `-s`
+/// and `-x` on one file: shared holders share, and each side keeps the
+/// other out (one attempt with `-n`: exit 75 when busy), and a shared
+/// waiter queued behind an exclusive holder's command runs only after it.
+fn shared_and_exclusive_exclude_each_other(b: &Backend) {
+    let url = b.url.as_str();
+    // A shared holder (no command: holds until a signal).
+    let mut reader = spawn(&["lock", "--shared", url, "one"]);
+    let reader_out = Lines::of(&mut reader);
+    let line = reader_out.next();
+    assert!(line.starts_with("holding lock `one` (fence "), "{line}");
+    let o = run(&["lock", "-n", url, "one", "--", "true"]);
+    assert_eq!(
+        o.status.code(),
+        Some(75),
+        "exclusive while shared was held: {}",
+        stderr(&o)
+    );
+    let o = run(&["lock", "-n", "--shared", url, "one", "--", "true"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "shared holders share: {}",
+        stderr(&o)
+    );
+    signal(&reader, libc::SIGTERM);
+    assert_eq!(
+        wait_bounded(&mut reader, "the shared holder").code(),
+        Some(0)
+    );
+
+    // An exclusive holder: shared is refused, and a shared waiter runs its
+    // command only once the exclusive command is done.
+    let dir = std::env::temp_dir().join(unique("order"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("log");
+    let go = dir.join("go");
+    let exclusive_script = format!(
+        "echo x-start >> {log}; echo started; while [ ! -e {go} ]; do sleep 0.05; done; echo x-end >> {log}",
+        log = log.display(),
+        go = go.display()
+    );
+    let mut writer = spawn(&["lock", url, "one", "--", "sh", "-c", &exclusive_script]);
+    let writer_out = Lines::of(&mut writer);
+    assert_eq!(writer_out.next(), "started");
+    let o = run(&["lock", "-n", "--shared", url, "one", "--", "true"]);
+    assert_eq!(
+        o.status.code(),
+        Some(75),
+        "shared while exclusive was held: {}",
+        stderr(&o)
+    );
+    let baseline = b.leftovers();
+    let shared_script = format!("echo shared >> {}", log.display());
+    let mut waiter = spawn(&[
+        "lock",
+        "--shared",
+        url,
+        "one",
+        "--",
+        "sh",
+        "-c",
+        &shared_script,
+    ]);
+    b.wait_queued(&baseline);
+    std::fs::write(&go, "").unwrap();
+    assert_eq!(
+        wait_bounded(&mut writer, "the exclusive holder").code(),
+        Some(0)
+    );
+    assert_eq!(
+        wait_bounded(&mut waiter, "the shared waiter").code(),
+        Some(0),
+        "{}",
+        stderr_of(&mut waiter)
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        text, "x-start\nx-end\nshared\n",
+        "the shared command ran while the exclusive one held the lock"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(b.leftovers(), Vec::<String>::new(), "left after release");
+}
+
+#[test]
+fn shared_and_exclusive_exclude_each_other_file() {
+    let (b, dir) = file_backend();
+    shared_and_exclusive_exclude_each_other(&b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn shared_and_exclusive_exclude_each_other_etcd() {
+    let etcd = start_etcd();
+    shared_and_exclusive_exclude_each_other(&etcd_backend(&etcd));
+}
+
+#[test]
+fn shared_and_exclusive_exclude_each_other_redis() {
+    let redis = RedisServer::start().expect("starting redis-server");
+    let url = format!("{}?ttl={TTL}&namespace={}", redis.url(), unique("ns"));
+    shared_and_exclusive_exclude_each_other(&Backend::new(url, true));
+}
+
+#[test]
+fn shared_and_exclusive_exclude_each_other_zookeeper() {
+    let zk = ZkCluster::start(1).expect("starting ZooKeeper (see scripts/install-deps)");
+    let url = format!(
+        "zookeeper://{}?session_timeout={TTL}&namespace={}",
+        zk.endpoints(),
+        unique("ns")
+    );
+    shared_and_exclusive_exclude_each_other(&Backend::new(url, true));
+}
+
 /// On loss (the session revoked from outside, as an operator would), the
 /// command's whole process group gets SIGTERM: a grandchild (`sleep 300`
 /// started by `sh`) is gone too, and quorate exits 79.

@@ -15,6 +15,11 @@ use crate::spi::{Acquire, Acquired, AfterWrite, HeldLock, LockKind};
 
 /// A named mutual-exclusion lock owned by a [`Session`]. Waiters are
 /// granted in arrival order where the backend declares `fifo`.
+///
+/// One name, one lock: the mutex of a name *is* the exclusive (write) side
+/// of that name's [`crate::RwLock`], on every backend (one queue, one
+/// fence counter), as `flock -x` and `flock -s` on one file. A mutex holder
+/// excludes the name's readers and writers and the other way round.
 #[derive(Debug, Clone)]
 pub struct Mutex {
     session: Session,
@@ -44,14 +49,16 @@ impl Mutex {
     /// # Errors
     ///
     /// [`crate::ErrorKind::AlreadyHeld`] if this session holds or is
-    /// acquiring it already; [`crate::ErrorKind::Lost`] if the session is
+    /// acquiring it already (as a mutex or either side of the name's
+    /// read/write lock); [`crate::ErrorKind::Lost`] if the session is
     /// lost while waiting; [`crate::ErrorKind::InvalidName`]; the backend's
     /// error.
     pub async fn lock(&self) -> Result<LockGuard> {
         wait_for(&self.session, &self.name, LockKind::Mutex).await
     }
 
-    /// Take the lock only if it is free now.
+    /// Take the lock only if it is free now (no mutex holder, reader or
+    /// writer of the name holds it or waits for it).
     ///
     /// # Cancel safety
     ///
@@ -119,10 +126,9 @@ pub(crate) async fn acquire(
 ) -> Result<Option<LockGuard>> {
     name::validate("lock", lock_name)?;
     session.check_usable()?;
-    let claim_key = match kind {
-        LockKind::Mutex => ClaimKey::Mutex(lock_name.to_owned()),
-        LockKind::Read | LockKind::Write => ClaimKey::RwLock(lock_name.to_owned()),
-    };
+    // One name, one lock: the mutex is the write side of the name's
+    // read/write lock, so a session holds at most one of them.
+    let claim_key = ClaimKey::Lock(lock_name.to_owned());
     let pending = match mode {
         Acquire::Wait => WhileGivingBack::Wait,
         Acquire::Try => WhileGivingBack::Busy,

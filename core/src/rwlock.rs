@@ -8,11 +8,16 @@ use crate::mutex::{acquire, wait_for, with_timeout, LockGuard};
 use crate::session::Session;
 use crate::spi::{Acquire, LockKind};
 
-/// A named read/write lock owned by a [`Session`]. A read/write lock and a
-/// [`crate::Mutex`] of the same name are different locks.
+/// A named read/write lock owned by a [`Session`]. One name, one lock: the
+/// write side is the [`crate::Mutex`] of the same name (one FIFO queue and
+/// one fence counter per name, on every backend), so a mutex holder
+/// excludes readers and writers of the name and is excluded by them, as
+/// `flock -x`/`flock -s` on one file. Native exclusive recipes that
+/// interoperate with quorate's mutex (`etcdctl lock`, kazoo `Lock`,
+/// redis-py `Lock`, `lockf`) also exclude quorate's readers.
 ///
-/// A session holds at most one mode of one rwlock at a time (no upgrade,
-/// no re-entrancy).
+/// A session holds at most one mode of one name at a time, mutex included
+/// (no upgrade, no re-entrancy).
 #[derive(Debug, Clone)]
 pub struct RwLock {
     session: Session,
@@ -33,7 +38,8 @@ impl RwLock {
     }
 
     /// Wait for a shared (read) grant. Readers share with readers, and wait
-    /// behind any writer that arrived before them.
+    /// behind any writer or mutex holder of the same name, and any that
+    /// arrived before them.
     ///
     /// # Cancel safety
     ///
@@ -46,7 +52,8 @@ impl RwLock {
         self.wait(LockKind::Read).await
     }
 
-    /// Wait for an exclusive (write) grant.
+    /// Wait for an exclusive (write) grant: the same grant as
+    /// [`crate::Mutex::lock`] of this name.
     ///
     /// # Cancel safety
     ///
@@ -60,7 +67,8 @@ impl RwLock {
         self.wait(LockKind::Write).await
     }
 
-    /// A read grant only if available now (no writer holds or waits).
+    /// A read grant only if available now (no writer or mutex holder of the
+    /// name holds or waits).
     ///
     /// # Cancel safety
     ///

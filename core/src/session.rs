@@ -52,8 +52,8 @@ pub struct SessionOptions {
 /// What a session may hold at most once (no re-entrancy).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum ClaimKey {
-    Mutex(String),
-    RwLock(String),
+    /// A mutex or either side of a read/write lock: one lock per name.
+    Lock(String),
     Member(String, String),
     Candidate(String),
 }

@@ -49,8 +49,9 @@ use crate::loss::LossNotifier;
 
 /// Which lock a [`SessionBackend::lock`] call asks for.
 ///
-/// `Mutex` and the `RwLock` modes live in separate namespaces: a mutex and a
-/// read/write lock of the same name are different locks.
+/// One name, one lock: `Mutex` and `Write` are the same exclusive side of the
+/// name's lock (a backend may treat them alike), `Read` its shared side; all
+/// three wait in one queue and share one fence counter per name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LockKind {

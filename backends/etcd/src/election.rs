@@ -25,7 +25,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::client::Shared;
 use crate::keys::lease_hex;
-use crate::mutex::{enqueue_and_wait, Entry};
+use crate::mutex::{enqueue_and_wait, Blockers, Entry};
 use crate::not_held;
 use crate::session::{EtcdSession, HeldKey};
 use crate::watch::{Batch, PrefixWatch};
@@ -41,7 +41,7 @@ pub(crate) async fn campaign(
     let entry = Entry {
         key: format!("{prefix}{}", lease_hex(session.lease)),
         value,
-        blockers: prefix,
+        blockers: Blockers::prefix(&prefix),
     };
     let held = enqueue_and_wait(session, &entry).await?;
     tracing::debug!(key = %held.key, fence = held.rev, "elected");

@@ -4,8 +4,8 @@
 //! | what | key | value |
 //! | --- | --- | --- |
 //! | session marker | `<ns>/session/<lease hex>` | empty, under the lease |
-//! | mutex queue entry | `<ns>/lock/<enc(name)>/<lease hex>` | empty, under the lease |
-//! | rwlock queue entry | `<ns>/rwlock/<enc(name)>/{read,write}/<lease hex>` | empty, under the lease |
+//! | mutex / write queue entry | `<ns>/lock/<enc(name)>/<lease hex>` | empty, under the lease |
+//! | read queue entry | `<ns>/lock/<enc(name)>/read/<lease hex>` | empty, under the lease |
 //! | election candidate | `<ns>/election/<enc(name)>/<lease hex>` | campaign value, under the lease |
 //! | group member | `<ns>/group/<enc(group)>/<enc(member)>` | capabilities (JSON), under the lease |
 //! | guarded-write value | `<ns>/data/<enc(key)>` | the value (persistent) |
@@ -53,11 +53,6 @@ impl Layout {
         format!("{}/lock/{}/", self.ns, encode(name))
     }
 
-    /// The queue prefix of a read/write lock.
-    pub(crate) fn rwlock(&self, name: &str) -> String {
-        format!("{}/rwlock/{}/", self.ns, encode(name))
-    }
-
     /// The candidate prefix of an election, as `etcdctl elect
     /// <ns>/election/<enc(name)>` builds it.
     pub(crate) fn election(&self, name: &str) -> String {
@@ -78,6 +73,21 @@ impl Layout {
     }
 }
 
+/// The end of the key range of every key starting with `prefix` (etcd's
+/// `GetPrefixRangeEnd`): the prefix with its last byte below 0xff
+/// incremented and what follows dropped; `\0` (to the end of the key space)
+/// when every byte is 0xff.
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 /// A lease id as Go's `%x` writes it.
 pub(crate) fn lease_hex(lease: i64) -> String {
     format!("{lease:x}")
@@ -96,6 +106,9 @@ mod tests {
         assert_eq!(l.data(".."), "quorate/data/%2E%2E");
         assert_eq!(lease_hex(0x694d_7a0b_1c2d_3e4f), "694d7a0b1c2d3e4f");
         assert_eq!(lease_hex(0xab), "ab");
+        assert_eq!(prefix_end(b"p/read/"), b"p/read0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff"), b"\0");
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Mutexes, in the layout of etcd's Go `concurrency.Mutex`, and the FIFO
 //! queue machinery that read/write locks and elections share.
 //!
-//! A lock `name` is the prefix `<ns>/lock/<enc(name)>/`. To queue, a
-//! session puts `<prefix><lease hex>` (empty value, under its lease) in a
+//! A lock `name` is the prefix `<ns>/lock/<enc(name)>/` (its read/write
+//! lock's readers queue there too, see `rwlock`). To queue, a session
+//! puts `<prefix><lease hex>` (empty value, under its lease) in a
 //! transaction that checks the key's create revision is 0. The holder is the
 //! key with the lowest create revision; every other entry waits for the
 //! deletion of its immediate predecessor only (the last key created before
@@ -26,7 +27,7 @@ use quorate_core::spi::{AfterWrite, HeldLock, LockKind};
 use quorate_core::{Error, FencingToken, Result};
 
 use crate::client::txn_range;
-use crate::keys::lease_hex;
+use crate::keys::prefix_end;
 use crate::session::{Created, EtcdSession, HeldKey, OwnKey};
 use crate::{rwlock, watch};
 
@@ -36,18 +37,21 @@ pub(crate) struct Entry<'a> {
     pub(crate) key: String,
     /// Its value: empty for locks, the campaign value for elections.
     pub(crate) value: &'a [u8],
-    /// The prefix of the keys that block this entry when created before it.
-    pub(crate) blockers: String,
+    /// The keys that block this entry when created before it.
+    pub(crate) blockers: Blockers,
 }
 
-/// The entry of a mutex: `<ns>/lock/<enc(name)>/<lease hex>`, blocked by
-/// every earlier key of the same prefix.
-fn mutex_entry(session: &EtcdSession, name: &str) -> Entry<'static> {
-    let prefix = session.shared.layout.mutex(name);
-    Entry {
-        key: format!("{prefix}{}", lease_hex(session.lease)),
-        value: b"",
-        blockers: prefix,
+/// Key ranges `[start, end)`: the keys that block an entry when created
+/// before it.
+pub(crate) struct Blockers(pub(crate) Vec<(Vec<u8>, Vec<u8>)>);
+
+impl Blockers {
+    /// Every key starting with `prefix`.
+    pub(crate) fn prefix(prefix: &str) -> Blockers {
+        Blockers(vec![(
+            prefix.as_bytes().to_vec(),
+            prefix_end(prefix.as_bytes()),
+        )])
     }
 }
 
@@ -59,10 +63,8 @@ pub(crate) async fn lock(
     wait: bool,
     loss: LossNotifier,
 ) -> Result<Option<Box<dyn HeldLock>>> {
-    let entry = match kind {
-        LockKind::Mutex => mutex_entry(session, name),
-        LockKind::Read | LockKind::Write => rwlock::entry(session, name, kind),
-    };
+    // One name, one lock: the mutex is the write side (see `rwlock`).
+    let entry = rwlock::entry(session, name, kind);
     let held = if wait {
         Some(enqueue_and_wait(session, &entry).await?)
     } else {
@@ -75,16 +77,22 @@ pub(crate) async fn lock(
 }
 
 /// Take the lock only if no blocker exists now: one transaction that puts
-/// our key only if the blocker prefix is empty, so nothing is queued when
+/// our key only if the blocker ranges are empty, so nothing is queued when
 /// the lock is busy.
 async fn try_take(session: &EtcdSession, entry: &Entry<'_>) -> Result<Option<HeldKey>> {
     let mut own = OwnKey::claim(session, entry.key.clone()).await;
     // A range compare holds when it holds for every key in the range, and
     // compares an empty range as one absent key (create revision 0).
-    let nobody_ahead =
-        Compare::create_revision(entry.blockers.clone(), CompareOp::Equal, 0).with_prefix();
+    let nobody_ahead: Vec<Compare> = entry
+        .blockers
+        .0
+        .iter()
+        .map(|(start, end)| {
+            Compare::create_revision(start.clone(), CompareOp::Equal, 0).with_range(end.clone())
+        })
+        .collect();
     match own
-        .create(session, entry.value, &[nobody_ahead], false)
+        .create(session, entry.value, &nobody_ahead, false)
         .await?
     {
         Created::Yes => Ok(Some(own.keep())),
@@ -120,11 +128,20 @@ pub(crate) async fn enqueue_and_wait(session: &EtcdSession, entry: &Entry<'_>) -
 /// watching only the last such key each time (no herd, no polling; a
 /// re-check every lease TTL guards against a lost notification).
 async fn wait_for_turn(session: &EtcdSession, entry: &Entry<'_>, rev: i64) -> Result<()> {
-    let predecessor = GetOptions::new()
-        .with_prefix()
-        .with_max_create_revision(rev - 1)
-        .with_sort(SortTarget::Create, SortOrder::Descend)
-        .with_limit(1);
+    // The last key created before ours in each blocker range.
+    let gets: Vec<TxnOp> = entry
+        .blockers
+        .0
+        .iter()
+        .map(|(start, end)| {
+            let predecessor = GetOptions::new()
+                .with_range(end.clone())
+                .with_max_create_revision(rev - 1)
+                .with_sort(SortTarget::Create, SortOrder::Descend)
+                .with_limit(1);
+            TxnOp::get(start.clone(), Some(predecessor))
+        })
+        .collect();
     let mut backoff = Backoff::default();
     loop {
         let txn = Txn::new()
@@ -133,10 +150,7 @@ async fn wait_for_turn(session: &EtcdSession, entry: &Entry<'_>, rev: i64) -> Re
                 CompareOp::Equal,
                 rev,
             )])
-            .and_then([TxnOp::get(
-                entry.blockers.clone(),
-                Some(predecessor.clone()),
-            )]);
+            .and_then(gets.clone());
         let resp = session
             .shared
             .txn_retrying("check queue", txn)
@@ -148,7 +162,10 @@ async fn wait_for_turn(session: &EtcdSession, entry: &Entry<'_>, rev: i64) -> Re
                 entry.key
             )));
         }
-        let Some(ahead) = txn_range(&resp, 0).into_iter().next() else {
+        let Some(ahead) = (0..entry.blockers.0.len())
+            .filter_map(|i| txn_range(&resp, i).into_iter().next())
+            .max_by_key(|kv| kv.create_revision())
+        else {
             return Ok(());
         };
         tracing::debug!(

@@ -3,8 +3,9 @@
 //! counter, atomic replacement of small files, identity checks).
 //!
 //! ```text
-//! <root>/lock/<stem>.lock        mutex: whole-file lock; fencing counter inside
-//! <root>/rwlock/<stem>.lock      read/write lock: turnstile and data bytes; counter
+//! <root>/lock/<stem>.lock        lock N (mutex = write side, read side):
+//!                                whole-file lock; fencing counter inside
+//! <root>/lock/<stem>.turn        lock N's turnstile and reader-counter bytes
 //! <root>/election/<stem>.lock    election: leadership and "published" bytes; counter
 //! <root>/election/<stem>.value   the leader's fence and value
 //! <root>/group/<stem>/<stem>.member   one locked file per live member
@@ -80,18 +81,17 @@ pub fn stem(name: &str) -> String {
 /// Which lock-file directory a lock lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Space {
+    /// Mutexes and read/write locks (one lock per name).
     Mutex,
-    RwLock,
     Election,
 }
 
 impl Space {
-    pub(crate) const ALL: [Space; 3] = [Space::Mutex, Space::RwLock, Space::Election];
+    pub(crate) const ALL: [Space; 2] = [Space::Mutex, Space::Election];
 
     pub(crate) fn dir(self) -> &'static str {
         match self {
             Space::Mutex => "lock",
-            Space::RwLock => "rwlock",
             Space::Election => "election",
         }
     }

@@ -22,7 +22,8 @@
 //! - **Fencing tokens** are a counter in each lock file, bumped and
 //!   `fdatasync`ed under the lock.
 //! - **Order**: the kernel does not queue waiters in arrival order, so
-//!   mutexes and elections are not FIFO; read/write locks are
+//!   mutexes and elections are not FIFO; read/write locks (whose write
+//!   side is the mutex of the same name: one lock file per name) are
 //!   writer-preferring through a turnstile byte.
 #![warn(missing_docs)]
 

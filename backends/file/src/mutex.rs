@@ -1,10 +1,12 @@
-//! Mutexes, and the granted-lock type shared with read/write locks.
+//! Mutexes and read/write locks: the granted-lock type.
 //!
 //! A mutex named N is an exclusive OFD lock on the *whole* of
 //! `<root>/lock/<stem(N)>.lock` (offset 0, length 0 = to the end of the file
-//! and beyond). That is exactly the range Python's `fcntl.lockf(fd,
-//! fcntl.LOCK_EX)` locks, so such a process and quorate exclude each other
-//! (fasteners, oslo.concurrency and tooz's file driver lock this way).
+//! and beyond); the read side of N's read/write lock is a shared lock on
+//! the same range, the write side is the mutex (see `rwlock`). That is
+//! exactly the range Python's `fcntl.lockf(fd, fcntl.LOCK_EX)` locks, so
+//! such a process and quorate's mutex, readers and writers exclude each
+//! other (fasteners, oslo.concurrency and tooz's file driver lock this way).
 //!
 //! Under the lock, the fencing counter at the start of the file is bumped
 //! and `fdatasync`ed before the grant is returned. Lock files are never
@@ -24,8 +26,8 @@ use quorate_core::loss::LossNotifier;
 use quorate_core::spi::{AfterWrite, HeldLock, LockKind};
 use quorate_core::{FencingToken, Result};
 
-use crate::layout::{bump_fence, open_lock_file, same_file, write_atomic, Space};
-use crate::ofd::{acquire, blocking, io_error, Mode, Range, Wait};
+use crate::layout::{open_lock_file, same_file, write_atomic, Space};
+use crate::ofd::{acquire, blocking, io_error, Wait};
 use crate::rwlock;
 use crate::session::{Registration, Revocable, SessionShared};
 
@@ -57,16 +59,6 @@ pub(crate) fn lock_file(
     }
 }
 
-/// The acquisition job of a mutex.
-fn lock_mutex(path: &Path, wait: Wait<'_>) -> Result<Option<Grant>> {
-    let Some(file) = lock_file(path, wait, |f, w| w.lock(f, Mode::Exclusive, Range::WHOLE))? else {
-        return Ok(None);
-    };
-    wait.check()?;
-    let fence = bump_fence(&file, path)?;
-    Ok(Some(Grant { file, fence }))
-}
-
 /// Acquire a lock of any kind for a session.
 pub(crate) async fn lock(
     session: &Arc<SessionShared>,
@@ -75,16 +67,15 @@ pub(crate) async fn lock(
     wait: bool,
     loss: LossNotifier,
 ) -> Result<Option<Box<dyn HeldLock>>> {
-    let space = match kind {
-        LockKind::Mutex => Space::Mutex,
-        LockKind::Read | LockKind::Write => Space::RwLock,
-    };
-    let path = session.layout.lock_path(space, name);
+    // One lock per name: a mutex is the write side of the name's
+    // read/write lock (see `rwlock`).
+    let path = session.layout.lock_path(Space::Mutex, name);
     let job_path = path.clone();
     let granted = match kind {
-        LockKind::Mutex => acquire(wait, move |w| lock_mutex(&job_path, w)).await?,
+        LockKind::Mutex | LockKind::Write => {
+            acquire(wait, move |w| rwlock::lock_write(&job_path, w)).await?
+        }
         LockKind::Read => acquire(wait, move |w| rwlock::lock_read(&job_path, w)).await?,
-        LockKind::Write => acquire(wait, move |w| rwlock::lock_write(&job_path, w)).await?,
     };
     let Some(grant) = granted else {
         return Ok(None);

@@ -1,75 +1,87 @@
-//! Read/write locks, with a turnstile so that writers are not starved.
+//! One lock per name: the mutex of a name is the exclusive side of that
+//! name's read/write lock, as `flock -x`/`-s` on one file.
 //!
-//! A read/write lock named N lives in `<root>/rwlock/<stem(N)>.lock` (a
-//! different file from the mutex of the same name) and uses three bytes of
-//! it:
+//! Both sides lock the *whole* of `<root>/lock/<stem(N)>.lock` (offset 0,
+//! length 0): a writer (or mutex holder) exclusively, a reader shared. That
+//! is the range Python's `fcntl.lockf(fd, LOCK_EX)` (fasteners,
+//! oslo.concurrency, tooz's file driver) locks, so such a process excludes
+//! quorate's readers and writers and is excluded by them; fasteners'
+//! reader/writer lock (whole file, shared/exclusive) shares with quorate's
+//! readers.
 //!
-//! - the *turnstile*, byte 0: every acquirer, reader or writer, takes it
-//!   exclusively on the way in;
-//! - the *data* byte, byte 1: readers hold it shared, writers exclusively,
-//!   for as long as they hold the lock;
-//! - the *counter* byte, byte 2: a reader holds it exclusively while it
-//!   bumps the fencing counter.
+//! The kernel does not keep lock waiters in order, and a shared lock is
+//! granted over a waiting exclusive one, so quorate's acquirers also pass a
+//! *turnstile*: byte 0 of the companion file `<root>/lock/<stem(N)>.turn`,
+//! taken exclusively by every acquirer (reader, writer, mutex) from its
+//! arrival until it holds the lock file. While a writer waits, every reader
+//! that arrives after it is stopped at the turnstile: no writer starvation.
+//! A writer that times out or whose future is dropped closes its
+//! descriptions, which frees the turnstile at once, so the readers behind it
+//! proceed immediately. Waiters racing for the turnstile itself are served in
+//! no promised order: *writer-preferring*, not FIFO. Foreign `lockf` users
+//! do not pass the turnstile; they contend for the lock file only.
 //!
-//! Every acquirer keeps the turnstile from its arrival until it holds the
-//! data byte, so while a writer waits, every reader that arrives after it is
-//! stopped at the turnstile: no writer starvation. A writer that times out
-//! or whose future is dropped closes its description, which frees the
-//! turnstile at once, so the readers behind it proceed immediately.
-//!
-//! The kernel does not queue waiters in order: when the turnstile frees,
-//! whichever waiter the scheduler runs first takes it. So the ordering is
-//! *writer-preferring* (a writer that holds the turnstile blocks every later
-//! reader), not FIFO.
-//!
-//! Fencing: a reader bumps the counter after leaving the turnstile, holding
-//! the data byte shared (so no writer is bumping) and the counter byte (so
-//! no other reader is); a writer bumps while it holds the data byte
-//! exclusively. Every grant, read or write, gets a strictly larger token,
-//! and the turnstile is held only for the instant of passing it, never
-//! across an `fdatasync`. The counter byte is held for one bump only, so
-//! even a `try_read` waits for it rather than report a busy lock.
+//! Fencing: one counter per name, at the start of the lock file. A writer
+//! bumps it while it holds the lock file exclusively; a reader bumps it
+//! after leaving the turnstile, holding the lock file shared (so no writer
+//! is bumping) and byte 1 of the companion file exclusively (so no other
+//! reader is). Every grant, read or write, gets a strictly larger token,
+//! and the turnstile is held only while passing it, never across an
+//! `fdatasync`. The counter byte is held for one bump only, so even a
+//! `try_read` waits for it rather than report a busy lock.
 
+use std::fs::File;
 use std::path::Path;
 
 use quorate_core::Result;
 
-use crate::layout::bump_fence;
+use crate::layout::{bump_fence, open_lock_file};
 use crate::mutex::{lock_file, Grant};
 use crate::ofd::{io_error, unlock, Mode, Range, Wait};
 
-/// Taken exclusively by every acquirer on its way in.
+/// Taken exclusively by every acquirer on its way in (companion file).
 const TURNSTILE: Range = Range::byte(0);
-/// Held shared by readers, exclusively by writers.
-const DATA: Range = Range::byte(1);
-/// Held exclusively by a reader while it bumps the counter.
-const COUNTER: Range = Range::byte(2);
+/// Held exclusively by a reader while it bumps the counter (companion file).
+const COUNTER: Range = Range::byte(1);
+
+/// The turnstile (companion) file of the lock file `path`.
+pub(crate) fn turnstile_path(path: &Path) -> std::path::PathBuf {
+    path.with_extension("turn")
+}
+
+/// Pass the turnstile into the lock file `path` in `mode`: returns the lock
+/// file's description holding the whole file in `mode`, and the turnstile
+/// file's description (the turnstile already released).
+fn enter(path: &Path, mode: Mode, wait: Wait<'_>) -> Result<Option<(File, File)>> {
+    let turn = open_lock_file(&turnstile_path(path))?;
+    if !wait.lock(&turn, Mode::Exclusive, TURNSTILE)? {
+        return Ok(None);
+    }
+    let Some(file) = lock_file(path, wait, |f, w| w.lock(f, mode, Range::WHOLE))? else {
+        return Ok(None);
+    };
+    unlock(&turn, TURNSTILE).map_err(|e| io_error("leaving the turnstile", e))?;
+    Ok(Some((file, turn)))
+}
 
 /// The acquisition job of a read grant.
 pub(crate) fn lock_read(path: &Path, wait: Wait<'_>) -> Result<Option<Grant>> {
-    let Some(file) = lock_file(path, wait, |f, w| {
-        Ok(w.lock(f, Mode::Exclusive, TURNSTILE)? && w.lock(f, Mode::Shared, DATA)?)
-    })?
-    else {
+    let Some((file, turn)) = enter(path, Mode::Shared, wait)? else {
         return Ok(None);
     };
-    unlock(&file, TURNSTILE).map_err(|e| io_error("leaving the turnstile", e))?;
     wait.check()?;
-    wait.lock_brief(&file, Mode::Exclusive, COUNTER)?;
+    wait.lock_brief(&turn, Mode::Exclusive, COUNTER)?;
     let fence = bump_fence(&file, path)?;
-    unlock(&file, COUNTER).map_err(|e| io_error("releasing the counter byte", e))?;
+    drop(turn);
     Ok(Some(Grant { file, fence }))
 }
 
-/// The acquisition job of a write grant.
+/// The acquisition job of a write grant or a mutex.
 pub(crate) fn lock_write(path: &Path, wait: Wait<'_>) -> Result<Option<Grant>> {
-    let Some(file) = lock_file(path, wait, |f, w| {
-        Ok(w.lock(f, Mode::Exclusive, TURNSTILE)? && w.lock(f, Mode::Exclusive, DATA)?)
-    })?
-    else {
+    let Some((file, turn)) = enter(path, Mode::Exclusive, wait)? else {
         return Ok(None);
     };
-    unlock(&file, TURNSTILE).map_err(|e| io_error("leaving the turnstile", e))?;
+    drop(turn);
     wait.check()?;
     let fence = bump_fence(&file, path)?;
     Ok(Some(Grant { file, fence }))

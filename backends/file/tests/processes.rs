@@ -234,11 +234,47 @@ async fn a_quorate_holder_excludes_python_lockf() {
     );
     g.release().await.unwrap();
     assert_eq!(python_try(&path), "result acquired");
-    // Read grants conflict with lockf too (shared vs exclusive).
+    // One name, one lock: the read side of the name's read/write lock is a
+    // shared lock on the same file, so it conflicts with lockf too, and so
+    // does the write side (the mutex).
     let r = s.rwlock("shared/job").read().await.unwrap();
-    let rpath = dir.path().join("rwlock").join("shared%2Fjob.lock");
-    assert!(python_try(&rpath).starts_with("result busy"));
-    drop(r);
+    assert!(
+        python_try(&path).starts_with("result busy"),
+        "Python got the lock while a quorate reader held it"
+    );
+    r.release().await.unwrap();
+    let w = s.rwlock("shared/job").write().await.unwrap();
+    assert!(
+        python_try(&path).starts_with("result busy"),
+        "Python got the lock while a quorate writer held it"
+    );
+    w.release().await.unwrap();
+    assert_eq!(python_try(&path), "result acquired");
+}
+
+#[tokio::test]
+async fn a_python_lockf_holder_excludes_quorate_readers_and_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = connect(dir.path()).await;
+    let (s1, s2) = (c.session().await.unwrap(), c.session().await.unwrap());
+    let path = quorate_file::mutex_path(dir.path(), "shared/job");
+    let mut py = Proc::spawn(python(PY_HOLD, &[path.to_str().unwrap()]));
+    py.line("locked");
+    assert!(s1.rwlock("shared/job").try_read().await.unwrap().is_none());
+    assert!(s1.rwlock("shared/job").try_write().await.unwrap().is_none());
+    let reader = tokio::spawn(async move { s2.rwlock("shared/job").read().await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !reader.is_finished(),
+        "a reader was granted while Python holds lockf"
+    );
+    py.send("unlock");
+    py.line("unlocked");
+    let r = soon("quorate's read grant after Python unlocked", reader)
+        .await
+        .unwrap();
+    assert!(python_try(&path).starts_with("result busy"));
+    r.release().await.unwrap();
 }
 
 #[tokio::test]

@@ -34,11 +34,12 @@ fn byte_locked(path: &Path, offset: i64) -> bool {
     fl.l_type != libc::F_UNLCK as libc::c_short
 }
 
-/// Wait (bounded) until a writer of rwlock `name` holds the turnstile.
+/// Wait (bounded) until a writer of rwlock `name` holds the turnstile
+/// (byte 0 of the lock's companion `.turn` file).
 async fn until_turnstile_taken(dir: &Path, name: &str) {
     let path = dir
-        .join("rwlock")
-        .join(format!("{}.lock", quorate_file::stem(name)));
+        .join("lock")
+        .join(format!("{}.turn", quorate_file::stem(name)));
     soon("a writer at the turnstile", async {
         while !byte_locked(&path, 0) {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -66,14 +67,21 @@ async fn mutex_excludes_sessions_of_one_and_of_two_coordinators() {
     let g = s1.mutex("jobs/nightly").lock().await.unwrap();
     assert!(s2.mutex("jobs/nightly").try_lock().await.unwrap().is_none());
     assert!(s3.mutex("jobs/nightly").try_lock().await.unwrap().is_none());
-    // A different name, and a rwlock of the same name, are different locks.
+    // A different name is a different lock; the rwlock of the same name is
+    // the same lock (the mutex is its write side).
     assert!(s2.mutex("jobs/other").try_lock().await.unwrap().is_some());
     assert!(s2
         .rwlock("jobs/nightly")
         .try_write()
         .await
         .unwrap()
-        .is_some());
+        .is_none());
+    assert!(s2
+        .rwlock("jobs/nightly")
+        .try_read()
+        .await
+        .unwrap()
+        .is_none());
     assert!(g.is_held().await.unwrap());
     let f1 = g.fence();
     g.release().await.unwrap();
@@ -305,10 +313,11 @@ async fn hostile_and_long_names_map_to_distinct_safe_files() {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(files.len(), names.len(), "{files:?}");
+    // One lock file and one turnstile file per name.
+    assert_eq!(files.len(), 2 * names.len(), "{files:?}");
     for f in &files {
         assert!(
-            f.len() <= 255 && f.ends_with(".lock") && !f.contains('/'),
+            f.len() <= 255 && (f.ends_with(".lock") || f.ends_with(".turn")) && !f.contains('/'),
             "{f}"
         );
     }
@@ -319,7 +328,7 @@ async fn hostile_and_long_names_map_to_distinct_safe_files() {
         .collect();
     let mut top_sorted = top.clone();
     top_sorted.sort();
-    assert_eq!(top_sorted, ["data", "election", "group", "lock", "rwlock"]);
+    assert_eq!(top_sorted, ["data", "election", "group", "lock"]);
     let mut held = c.leftovers().await.unwrap();
     held.sort();
     assert_eq!(held.len(), names.len(), "{held:?}");
@@ -349,7 +358,7 @@ async fn closing_a_session_releases_everything_it_holds() {
             "election/e.lock",
             "group/g/m1.member",
             "lock/a.lock",
-            "rwlock/b.lock"
+            "lock/b.lock"
         ]
     );
     s1.close().await.unwrap();

@@ -2,8 +2,10 @@
 //!
 //! It is the executable model of quorate's semantics: the conformance
 //! suite's expected behaviour is what this backend does. Locks, read/write
-//! locks and elections share one FIFO grant queue (`queue.rs`): readers are
-//! shared entries, writers and mutex holders exclusive ones.
+//! locks and elections use one FIFO grant queue (`queue.rs`): readers are
+//! shared entries, writers and mutex holders exclusive ones. One name, one
+//! lock: the mutex and both sides of the read/write lock of a name are
+//! entries of the same queue, with one fence counter.
 //!
 //! `memory://NAME` coordinators in one process share state while any of them
 //! lives, so multi-client cases run in one test; `memory://` alone is

@@ -1,5 +1,5 @@
-//! Mutexes (and, through the same queue, the modes of read/write locks):
-//! waiting, cancel-safe dequeue, release, guarded writes.
+//! Mutexes and read/write locks of one name share one queue: the mutex is
+//! the exclusive (write) side of the name's read/write lock. Waiting, cancel-safe dequeue, release, guarded writes.
 
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
@@ -76,10 +76,9 @@ pub(crate) async fn lock(
     wait: bool,
     loss: LossNotifier,
 ) -> Result<Option<Box<dyn HeldLock>>> {
-    let space = match kind {
-        LockKind::Mutex => Space::Mutex,
-        LockKind::Read | LockKind::Write => Space::RwLock,
-    };
+    // One name, one lock: mutexes and both sides of read/write locks
+    // share one queue (and one fence counter) per name.
+    let space = Space::Mutex;
     let granted = wait_for_grant(
         session,
         space,

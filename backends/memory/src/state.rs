@@ -14,8 +14,8 @@ use crate::queue::LockQueue;
 /// Which queue namespace a lock lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum Space {
+    /// Mutexes and read/write locks: one queue per name.
     Mutex,
-    RwLock,
     Election,
 }
 
@@ -23,7 +23,6 @@ impl Space {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Space::Mutex => "lock",
-            Space::RwLock => "rwlock",
             Space::Election => "election",
         }
     }

@@ -6,12 +6,10 @@
 //! | --- | --- | --- |
 //! | `<ns>:session:<sid>` | string, PX ttl | a live session |
 //! | `<ns>:held:<sid>` | hash | what the session holds or waits for (key → token) |
-//! | `<ns>:lock:<enc>` | string, PX ttl | mutex holder's token (redis-py `Lock` layout) |
-//! | `<ns>:queue:<enc>` | zset | mutex waiters, score = arrival |
-//! | `<ns>:fence:<enc>` | counter | mutex fencing tokens (persistent) |
-//! | `<ns>:rwlock:<enc>` | zset | read/write entries `r<token>`/`w<token>`, granted and waiting |
-//! | `<ns>:rwgrant:<enc>` | hash | granted read/write entries → fence |
-//! | `<ns>:rwfence:<enc>` | counter | read/write fencing tokens (persistent) |
+//! | `<ns>:lock:<enc>` | string, PX ttl | mutex / writer holder's token (redis-py `Lock` layout), or `quorate:shared` while readers hold |
+//! | `<ns>:queue:<enc>` | zset | waiters of the name: exclusive `<token>`, readers `r<token>`; score = arrival |
+//! | `<ns>:readers:<enc>` | hash, PX ttl | granted readers `r<token>` → fence |
+//! | `<ns>:fence:<enc>` | counter | the name's fencing tokens, mutex, write and read grants (persistent) |
 //! | `<ns>:election:<enc>` | string, PX ttl | leader's token |
 //! | `<ns>:equeue:<enc>` | zset | candidates waiting |
 //! | `<ns>:efence:<enc>` | counter | leadership fencing tokens (persistent) |
@@ -21,7 +19,11 @@
 //! | `<ns>:gver:<enc>` | counter | group event version (persistent) |
 //! | `<ns>:data:<enc(key)>` | string | guarded-write values (persistent) |
 //!
-//! Pub/sub channels: `<ns>:chan:lock:<enc>`, `<ns>:chan:rwlock:<enc>`,
+//! One name, one lock: a mutex is the write side of the name's read/write
+//! lock, so mutex, writers and readers share the lock key, the queue and
+//! the fence counter.
+//!
+//! Pub/sub channels: `<ns>:chan:lock:<enc>`,
 //! `<ns>:chan:election:<enc>`, `<ns>:chan:group:<enc>`, and
 //! `<ns>:chan:session:<sid>` (a revoke is announced there).
 //!
@@ -38,7 +40,7 @@ use quorate_core::name::encode;
 pub(crate) const TOKEN_PREFIX: &str = "quorate:";
 
 /// Kinds whose keys are documented persistent state, not leftovers.
-pub(crate) const PERSISTENT_KINDS: &[&str] = &["fence", "rwfence", "efence", "gver", "data"];
+pub(crate) const PERSISTENT_KINDS: &[&str] = &["fence", "efence", "gver", "data"];
 
 /// The key or channel `<ns>:<kind>:<enc(name)>`.
 pub(crate) fn key(ns: &str, kind: &str, name: &str) -> String {

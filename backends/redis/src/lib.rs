@@ -14,8 +14,11 @@
 //!   (floored at the server clock) in the granting script. Owner tokens are
 //!   `quorate:<sid>:<n>`; a value without that prefix (a redis-py token of
 //!   any shape) is never voided or taken over.
-//! - **RwLock**: one FIFO queue of `r`/`w` entries per lock; a waiting writer
-//!   blocks later readers.
+//! - **RwLock**: one name, one lock: the write side is the mutex; readers
+//!   wait in the mutex's queue as `r<token>` and, once granted, mark the
+//!   lock key `quorate:shared` (so a redis-py `Lock` cannot take it) and
+//!   draw fences from the same counter; a waiting writer blocks later
+//!   readers.
 //! - **Election**: an exclusive lock in its own key space plus the leader's
 //!   value; observers follow pub/sub.
 //! - **Group**: a hash per group plus a TTL key per member, stale members

@@ -1,44 +1,52 @@
-//! Read/write locks: one FIFO queue per lock, `<ns>:rwlock:<enc(name)>`
-//! (a zset by arrival), holds granted and waiting entries `r<token>` and
-//! `w<token>`; `<ns>:rwgrant:<enc(name)>` maps the granted ones to their
-//! fence. A writer is granted only at the head of the queue, a reader when
-//! no writer is ahead of it: a waiting writer blocks every later reader (no
-//! writer starvation), and an entry leaving the queue (release, timeout,
-//! dropped waiter) lets the ones behind it proceed at once, woken by a
-//! publish on `<ns>:chan:rwlock:<enc(name)>` naming them.
+//! The read side of a name's lock. One name, one lock: the write side of a
+//! read/write lock is the name's mutex (`mutex.rs`, the redis-py `Lock`
+//! key `<ns>:lock:<enc(name)>`), and readers wait in the same queue
+//! `<ns>:queue:<enc(name)>` as members `r<token>`. A granted reader is
+//! recorded in the hash `<ns>:readers:<enc(name)>` (member → fence, the
+//! name's one fence counter), and while any reader holds, the lock key
+//! holds the mark `quorate:shared` (no token) with a PX TTL that the
+//! readers' keep-alives extend: a redis-py `Lock` (`SET NX`) and quorate's
+//! mutex and writers are kept out, and the last reader to leave removes
+//! it. A reader is granted while the lock key is free or shared and no
+//! exclusive waiter is ahead of it in the queue, so a waiting writer
+//! blocks later readers (no writer starvation), and an entry leaving the
+//! queue (release, timeout, dropped waiter) lets the ones behind it
+//! proceed at once, woken by a publish on `<ns>:chan:lock:<enc(name)>`
+//! naming them. A reader waits for a redis-py holder as for any
+//! exclusive holder (the fallback re-check at its key's expiry: redis-py
+//! publishes nothing).
 //!
 //! # Cancel safety
 //!
 //! As for mutexes: a [`Cleanup`] guard armed from the first script call
-//! removes this call's entry when the future is dropped.
+//! removes this call's entry (queued or granted) when the future is
+//! dropped.
 
 use std::sync::Arc;
 
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
 use quorate_core::name::encode;
-use quorate_core::spi::{AfterWrite, HeldLock, LockKind};
+use quorate_core::spi::{AfterWrite, HeldLock};
 use quorate_core::{FencingToken, Result};
 
 use crate::mutex::{grant_loop, Cleanup};
 use crate::session::{RedisSession, Registration};
 use crate::{scripts, Ctx};
 
-/// Acquire the read (`LockKind::Read`) or write mode of a read/write lock.
-pub(crate) async fn lock(
+/// Acquire the read side of lock `name` (the write side is the mutex).
+pub(crate) async fn read(
     session: &RedisSession,
     name: &str,
-    kind: LockKind,
     wait: bool,
     loss: LossNotifier,
 ) -> Result<Option<Box<dyn HeldLock>>> {
     let ctx = &session.ctx;
     let enc = encode(name);
-    let mode = if kind.is_exclusive() { 'w' } else { 'r' };
-    let member = format!("{mode}{}", session.token());
+    let member = format!("r{}", session.token());
     let ttl = session.ttl_ms();
-    let registration = session.register(ctx.key("rwlock", name), member.clone(), loss);
-    let channel = wait.then(|| ctx.key("chan:rwlock", name));
+    let registration = session.register(ctx.key("readers", name), member.clone(), loss);
+    let channel = wait.then(|| ctx.key("chan:lock", name));
     let mut cleanup = Cleanup::new(
         ctx,
         &scripts::RW_RELEASE,
@@ -68,7 +76,7 @@ pub(crate) async fn lock(
     }))
 }
 
-/// A granted read or write mode.
+/// A granted reader.
 struct RedisRwLock {
     ctx: Arc<Ctx>,
     enc: String,
@@ -116,7 +124,7 @@ impl HeldLock for RedisRwLock {
                 "guarded write",
                 &scripts::GUARDED_WRITE,
                 &[
-                    b"rwlock",
+                    b"readers",
                     self.enc.as_bytes(),
                     self.member.as_bytes(),
                     data.as_bytes(),

@@ -199,8 +199,9 @@ impl SessionBackend for RedisSession {
     ) -> Result<Acquired> {
         let wait = mode.waits();
         let held = match kind {
-            LockKind::Mutex => mutex::lock(self, name, wait, loss).await,
-            LockKind::Read | LockKind::Write => rwlock::lock(self, name, kind, wait, loss).await,
+            // One name, one lock: the write side is the mutex.
+            LockKind::Mutex | LockKind::Write => mutex::lock(self, name, wait, loss).await,
+            LockKind::Read => rwlock::read(self, name, wait, loss).await,
         };
         held.map(Acquired::from)
     }

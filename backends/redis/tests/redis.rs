@@ -109,12 +109,19 @@ async fn mutex_excludes_and_fences_increase() {
     let g1 = s1.mutex("jobs/nightly").lock().await.unwrap();
     assert!(g1.is_held().await.unwrap());
     assert!(s2.mutex("jobs/nightly").try_lock().await.unwrap().is_none());
+    // One name, one lock: the mutex is the rwlock's write side.
     assert!(s2
         .rwlock("jobs/nightly")
         .try_write()
         .await
         .unwrap()
-        .is_some());
+        .is_none());
+    assert!(s2
+        .rwlock("jobs/nightly")
+        .try_read()
+        .await
+        .unwrap()
+        .is_none());
     // The lock key is the plain token string with a TTL (redis-py layout).
     let mut raw = env.raw().await;
     let key = env.key("lock", "jobs/nightly");
@@ -246,7 +253,9 @@ async fn rwlock_readers_share_and_a_waiting_writer_blocks_later_readers() {
         .await
         .unwrap()
         .is_none());
-    let queue = env.key("rwlock", "cfg");
+    // One name, one lock: waiting readers and writers share the mutex's
+    // queue (granted entries leave it).
+    let queue = env.key("queue", "cfg");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let writer = tokio::spawn({
         let s = sessions[2].clone();
@@ -258,7 +267,7 @@ async fn rwlock_readers_share_and_a_waiting_writer_blocks_later_readers() {
             w.release().await.unwrap();
         }
     });
-    until_queued(&env, &queue, 3).await;
+    until_queued(&env, &queue, 1).await;
     // A reader arriving after the waiting writer must wait behind it.
     assert!(sessions[3]
         .rwlock("cfg")
@@ -274,7 +283,7 @@ async fn rwlock_readers_share_and_a_waiting_writer_blocks_later_readers() {
             r.release().await.unwrap();
         }
     });
-    until_queued(&env, &queue, 4).await;
+    until_queued(&env, &queue, 2).await;
     r1.release().await.unwrap();
     r2.release().await.unwrap();
     let first = within("writer", rx.recv()).await.unwrap();
@@ -298,17 +307,17 @@ async fn dropped_writer_lets_readers_behind_it_proceed() {
         coord.session().await.unwrap(),
     );
     let r1 = s1.rwlock("x").read().await.unwrap();
-    let queue = env.key("rwlock", "x");
+    let queue = env.key("queue", "x");
     let writer = tokio::spawn({
         let s2 = s2.clone();
         async move { s2.rwlock("x").write().await.map(drop) }
     });
-    until_queued(&env, &queue, 2).await;
+    until_queued(&env, &queue, 1).await;
     let reader = tokio::spawn({
         let s3 = s3.clone();
         async move { s3.rwlock("x").read().await.map(|g| g.fence()) }
     });
-    until_queued(&env, &queue, 3).await;
+    until_queued(&env, &queue, 2).await;
     writer.abort();
     // The reader behind the dropped writer is granted while r1 still holds.
     let fence = within("reader", reader).await.unwrap().unwrap();
@@ -649,6 +658,96 @@ impl Drop for PyLock {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_py_lock_and_quorate_readers_exclude_each_other() {
+    let env = Env::start("2s");
+    let coord = env.coord().await;
+    let (s1, s2) = (
+        coord.session().await.unwrap(),
+        coord.session().await.unwrap(),
+    );
+    let key = env.key("lock", "shared/job");
+    let mut py = tokio::task::block_in_place(|| PyLock::start(&env.server.url(), &key));
+
+    // redis-py holds: quorate readers and writers are kept out; a reader
+    // waits.
+    assert_eq!(tokio::task::block_in_place(|| py.call("try")), "acquired");
+    assert!(s1.rwlock("shared/job").try_read().await.unwrap().is_none());
+    assert!(s1.rwlock("shared/job").try_write().await.unwrap().is_none());
+    let reader = tokio::spawn({
+        let s1 = s1.clone();
+        async move { s1.rwlock("shared/job").read().await }
+    });
+    until_queued(&env, &env.key("queue", "shared/job"), 1).await;
+    assert_eq!(
+        tokio::task::block_in_place(|| py.call("release")),
+        "released"
+    );
+    let r1 = within("quorate reader after redis-py", reader)
+        .await
+        .unwrap()
+        .unwrap();
+
+    // quorate readers hold (two of them share): redis-py cannot lock.
+    let r2 = s2
+        .rwlock("shared/job")
+        .try_read()
+        .await
+        .unwrap()
+        .expect("readers share");
+    assert_eq!(tokio::task::block_in_place(|| py.call("try")), "busy");
+    assert!(r2.fence() > r1.fence());
+    r1.release().await.unwrap();
+    assert_eq!(
+        tokio::task::block_in_place(|| py.call("try")),
+        "busy",
+        "redis-py locked while a quorate reader still held"
+    );
+    r2.release().await.unwrap();
+    // The last reader gone, the key is free again.
+    assert_eq!(tokio::task::block_in_place(|| py.call("try")), "acquired");
+    assert_eq!(
+        tokio::task::block_in_place(|| py.call("release")),
+        "released"
+    );
+    tokio::task::block_in_place(|| py.call("quit"));
+    s1.close().await.unwrap();
+    s2.close().await.unwrap();
+    assert_eq!(coord.leftovers().await.unwrap(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_keep_the_shared_mark_alive_past_the_ttl() {
+    let env = Env::start("1s");
+    let coord = env.coord().await;
+    let s = coord.session().await.unwrap();
+    let r = s.rwlock("kept").read().await.unwrap();
+    // Three TTLs: only the session's keep-alives keep the mark.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(r.is_held().await.unwrap());
+    let mut raw = env.raw().await;
+    let key = env.key("lock", "kept");
+    let mark: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(mark, "quorate:shared");
+    let mut py = tokio::task::block_in_place(|| PyLock::start(&env.server.url(), &key));
+    assert_eq!(tokio::task::block_in_place(|| py.call("try")), "busy");
+    assert!(r.write_if_held("kept-value", b"v").await.unwrap());
+    r.release().await.unwrap();
+    let gone: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(gone, None, "the last reader leaves no mark behind");
+    tokio::task::block_in_place(|| py.call("quit"));
+    s.close().await.unwrap();
+    assert_eq!(coord.leftovers().await.unwrap(), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,9 +34,10 @@
 //! - Mutex `name`: `<ns>/lock/<enc(name)>/<uuidhex>__lock__<10-digit seq>`,
 //!   ephemeral sequential: kazoo's `Lock` on the same path and quorate
 //!   exclude each other.
-//! - RwLock `name`: `<ns>/rwlock/<enc(name)>/` with `__lock__` nodes for
-//!   writers and `__rlock__` nodes for readers: kazoo's `WriteLock` and
-//!   `ReadLock`. A mutex and a rwlock of the same name are different locks.
+//! - RwLock `name`: one lock per name, in the same directory: the mutex is
+//!   the write side (`__lock__` nodes, kazoo's `WriteLock`), readers are
+//!   `__rlock__` nodes (kazoo's `ReadLock`). kazoo's plain `Lock` ignores
+//!   `__rlock__` nodes by design; its `WriteLock` does not.
 //! - Election `name`: `<ns>/election/<enc(name)>/<uuidhex>__lock__<seq>`
 //!   with the candidate's value as data (kazoo's `Election` can compete).
 //! - Group `g`: ephemeral `<ns>/group/<enc(g)>/<enc(member)>` holding the
@@ -245,15 +246,15 @@ impl Backend for ZkBackend {
     }
 }
 
-/// Every node under the namespace that belongs to a session: lock and
-/// read/write lock contenders, election candidates, group members (the
-/// grandchildren of `<ns>/{lock,rwlock,election,group}`), with their stat.
+/// Every node under the namespace that belongs to a session: lock
+/// contenders (mutex, writers, readers), election candidates, group members
+/// (the grandchildren of `<ns>/{lock,election,group}`), with their stat.
 async fn owned_nodes(
     client: &zookeeper_client::Client,
     layout: &Layout,
 ) -> Result<Vec<(String, zookeeper_client::Stat)>> {
     let mut out = Vec::new();
-    for kind in ["lock", "rwlock", "election", "group"] {
+    for kind in ["lock", "election", "group"] {
         let dir = format!("{}/{kind}", layout.base());
         for name in node::children(client, &dir).await? {
             let sub = format!("{dir}/{name}");

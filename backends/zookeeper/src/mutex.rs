@@ -1,5 +1,5 @@
-//! Mutexes (kazoo `Lock` layout) and the held-lock type shared with
-//! read/write locks: release, `is_held`, and guarded writes in one `multi`.
+//! Mutexes (kazoo `Lock` layout; the write side of the name's read/write
+//! lock) and the held-lock type shared with read/write locks: release, `is_held`, and guarded writes in one `multi`.
 
 use std::sync::Arc;
 
@@ -11,12 +11,12 @@ use zookeeper_client as zk;
 use zookeeper_client::{CreateMode, MultiWriteError};
 
 use crate::node::{ensure_dir, parent, zk_error, PARENT_RETRIES};
-use crate::queue::{self, Spec, EXCLUSIVE};
+use crate::queue;
 use crate::rwlock;
 use crate::session::{is_session_gone, watch_own_node, SessionShared};
 
-/// Acquire a lock of any kind: a mutex here, a read or write lock through
-/// [`rwlock::spec`].
+/// Acquire a lock of any kind (mutex = write side, or read side) with the
+/// queue rules of [`rwlock::spec`].
 ///
 /// # Cancel safety
 ///
@@ -28,14 +28,7 @@ pub(crate) async fn lock(
     wait: bool,
     loss: LossNotifier,
 ) -> Result<Option<Box<dyn HeldLock>>> {
-    let spec = match kind {
-        LockKind::Mutex => Spec {
-            dir: shared.layout.lock_dir(name),
-            marker: EXCLUSIVE,
-            blocked_by: &[EXCLUSIVE],
-        },
-        LockKind::Read | LockKind::Write => rwlock::spec(&shared.layout, name, kind),
-    };
+    let spec = rwlock::spec(&shared.layout, name, kind);
     // kazoo stores the contender's identifier as data; ours is the session.
     let identifier = format!("quorate session {}", shared.id_string());
     let Some(grant) = queue::acquire(shared, &spec, identifier.as_bytes(), wait).await? else {

@@ -218,14 +218,10 @@ impl Layout {
         mode.with_acls(self.acls())
     }
 
-    /// The contender directory of mutex `name`.
+    /// The contender directory of lock `name`: its mutex / writers
+    /// (`__lock__`) and its readers (`__rlock__`).
     pub(crate) fn lock_dir(&self, name: &str) -> String {
         format!("{}/lock/{}", self.base, name::encode(name))
-    }
-
-    /// The contender directory of read/write lock `name`.
-    pub(crate) fn rwlock_dir(&self, name: &str) -> String {
-        format!("{}/rwlock/{}", self.base, name::encode(name))
     }
 
     /// The candidate directory of election `name`.

@@ -18,6 +18,7 @@ mod member_faults;
 mod mutex;
 mod names;
 mod nemesis_case;
+mod onelock;
 mod rwlock;
 mod server_faults;
 mod session;
@@ -31,6 +32,7 @@ use lifecycle::*;
 use member_faults::*;
 use mutex::*;
 use names::*;
+use onelock::*;
 use rwlock::*;
 use server_faults::*;
 use session::*;
@@ -195,6 +197,8 @@ pub fn all() -> Vec<Case> {
         case!(rwlock_writer_excludes, "a write grant excludes readers and writers; a read grant excludes writers", Some("primitives.rwlock"), needs_rwlock),
         case!(rwlock_queued_writer_blocks_readers, "a waiting writer blocks readers that arrive after it (no writer starvation)", Some("rwlock_ordering"), needs_rwlock),
         case!(rwlock_writer_timeout_unblocks_readers, "a writer that times out leaves the queue at once: readers queued behind it proceed while the first reader still holds", Some("rwlock_ordering"), needs_rwlock),
+        case!(mutex_is_rwlock_write_side, "one name, one lock: a mutex holder excludes readers and writers of the same name and the other way round; mutex, read and write waiters share one queue (arrival order where fifo is declared) and fences strictly increase across mutex and read/write grants", Some("primitives.rwlock"), needs_rwlock),
+        case!(mutex_timeout_unblocks_readers, "one name, one lock: a mutex waiter queued behind a reader blocks later readers, and when it times out it leaves the queue at once, so they proceed while the first reader still holds", Some("rwlock_ordering"), needs_rwlock),
         case!(close_releases_everything, "closing a session releases its locks, memberships and candidacies, and resolves every guard's lost()", None, always),
         case!(revoke_from_outside, "a session revoked from outside resolves its holder's lost() and frees the lock", Some("external_revoke"), needs_external_revoke),
         case!(lease_expiry_without_keepalive, "a session whose keep-alive stops is reported lost before its lease expires on the backend, and its locks become free", Some("failure_detection"), needs_lease),

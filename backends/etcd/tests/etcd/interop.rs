@@ -93,6 +93,65 @@ async fn etcdctl_lock_and_quorate_exclude_each_other() {
 }
 
 #[tokio::test]
+async fn etcdctl_lock_excludes_quorate_readers_both_ways() {
+    let (cluster, coord, ns) = single("").await;
+    let lock_name = format!("{ns}/lock/shared");
+    let (s1, s2) = (
+        coord.session().await.unwrap(),
+        coord.session().await.unwrap(),
+    );
+
+    // etcdctl holds; a quorate reader is kept out, queues behind it, and
+    // gets in once etcdctl lets go.
+    let (mut holder, mut out) = spawn_etcdctl(&cluster, &["lock", &lock_name]);
+    let key = next_line(&mut out, "etcdctl lock").await;
+    let ctl_rev = create_revision(&cluster, &key).await;
+    assert!(s1.rwlock("shared").try_read().await.unwrap().is_none());
+    let rw = s1.rwlock("shared");
+    let mut reading = Box::pin(rw.read());
+    assert!(
+        still_pending(&mut reading, BLOCKED).await,
+        "a quorate reader got in beside etcdctl"
+    );
+    signal(holder.id().unwrap(), libc::SIGTERM); // etcdctl unlocks on SIGTERM
+    soon("etcdctl exit", holder.wait()).await.unwrap();
+    let r = soon("quorate reader after etcdctl", reading).await.unwrap();
+    assert!(
+        r.fence().get() > ctl_rev,
+        "fence {} after etcdctl's {ctl_rev}",
+        r.fence()
+    );
+
+    // A quorate reader holds; etcdctl waits (the reader's key is in the
+    // prefix), while a second quorate reader shares.
+    let (mut waiter, mut out) =
+        spawn_etcdctl(&cluster, &["lock", &lock_name, "echo", "ctl-acquired"]);
+    let mut line = Box::pin(out.next_line());
+    assert!(
+        still_pending(&mut line, BLOCKED).await,
+        "etcdctl got in beside a quorate reader"
+    );
+    // etcdctl now waits in the queue: a reader arriving after it waits too.
+    assert!(s2.rwlock("shared").try_read().await.unwrap().is_none());
+    r.release().await.unwrap();
+    let got = soon("etcdctl after the quorate reader", line)
+        .await
+        .unwrap();
+    assert_eq!(got.as_deref(), Some("ctl-acquired"));
+    assert!(soon("etcdctl exit", waiter.wait()).await.unwrap().success());
+    let r2 = s2
+        .rwlock("shared")
+        .try_read()
+        .await
+        .unwrap()
+        .expect("free again");
+    r2.release().await.unwrap();
+    s1.close().await.unwrap();
+    s2.close().await.unwrap();
+    assert!(coord.leftovers().await.unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn etcdctl_elect_observes_and_competes_with_quorate() {
     let (cluster, coord, ns) = single("").await;
     let election = format!("{ns}/election/sched");

@@ -121,7 +121,8 @@ async fn abandoned_waiters_leave_the_queue() {
 #[tokio::test]
 async fn rwlock_readers_share_and_a_waiting_writer_blocks_later_readers() {
     let (cluster, coord, ns) = single("").await;
-    let prefix = format!("{ns}/rwlock/cfg/");
+    // One name, one lock: readers and writers queue in the mutex's prefix.
+    let prefix = format!("{ns}/lock/cfg/");
     let s: Vec<_> = futures::future::try_join_all((0..4).map(|_| coord.session()))
         .await
         .unwrap();

@@ -1,4 +1,5 @@
--- Acquire an exclusive lock (mutex or election) for a token, in FIFO order.
+-- Acquire an exclusive lock (a mutex, which is also the write side of the
+-- name's read/write lock, or an election) for a token, in FIFO order.
 -- ARGV: ns, space ('lock'|'election'), enc(name), token, ttl ms,
 --       wait ('1'|'0'), value (elections: the candidate's value).
 -- Returns {1, fence} when granted, {0, ms} when not (ms: the remaining TTL
@@ -14,7 +15,11 @@ if holder == tok then
   -- Granted by an earlier call whose reply was lost: the newest fence is ours.
   return { 1, tonumber(redis.call('GET', k(sp.fence, enc))) }
 end
-if holder and alive(holder) == false then
+if space == 'lock' then
+  -- One name, one lock: quorate readers (the SHARED mark) block a mutex
+  -- or writer as a holder does; dead grants are voided.
+  holder = lock_state(enc)
+elseif holder and alive(holder) == false then
   -- The holder's session is gone (revoked or expired): the grant is void.
   redis.call('DEL', lk)
   holder = false

@@ -21,13 +21,18 @@ for i = 1, #all, 2 do
         redis.call('PEXPIRE', k('leader', rest), ttl)
       end
     end
-  elseif kind == 'queue' or kind == 'equeue' or kind == 'rwlock' then
+  elseif kind == 'readers' then
+    -- A granted reader: its entry, and the lock key's SHARED mark.
+    ok = redis.call('HEXISTS', field, desc) == 1
+      and redis.call('GET', k('lock', rest)) == SHARED
+    if ok then
+      extend(field, ttl)
+      extend(k('lock', rest), ttl)
+    end
+  elseif kind == 'queue' or kind == 'equeue' then
     ok = redis.call('ZSCORE', field, desc) ~= false
     if ok then
       extend(field, ttl)
-      if kind == 'rwlock' then
-        extend(k('rwgrant', rest), ttl)
-      end
     end
   end
   if not ok then

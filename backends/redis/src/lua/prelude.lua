@@ -41,8 +41,8 @@ local function extend(key, ttl)
 end
 
 -- The session's held hash records everything the session owns or waits
--- for: field = the key holding the entry, value = the token (or rwlock
--- queue member). Keep-alive extends them; revoke releases them.
+-- for: field = the key holding the entry, value = the token (or reader
+-- member 'r' .. token). Keep-alive extends them; revoke releases them.
 local function held(tok, field, desc, ttl)
   local hk = k('held', sid_of(tok))
   redis.call('HSET', hk, field, desc)
@@ -93,6 +93,21 @@ local function append(qk, member)
   end
 end
 
+-- One name, one lock: the mutex of a name is the write side of its
+-- read/write lock. Its queue holds exclusive waiters as their token and
+-- readers as 'r' .. token; the token of a queue member:
+local function member_tok(m)
+  if string.sub(m, 1, 1) == 'r' then
+    return string.sub(m, 2)
+  end
+  return m
+end
+
+-- The value of a lock key while quorate readers hold the lock (granted
+-- readers are in `<ns>:readers:<enc>`): not a token, so no session owns it,
+-- and a redis-py Lock's `SET NX` fails on it (readers exclude it).
+local SHARED = 'quorate:shared'
+
 -- The first waiter of a queue whose session lives; dead ones are removed.
 local function queue_head(qk)
   while true do
@@ -100,7 +115,7 @@ local function queue_head(qk)
     if not h then
       return nil
     end
-    if alive(h) then
+    if alive(member_tok(h)) then
       return h
     end
     redis.call('ZREM', qk, h)
@@ -129,12 +144,128 @@ local function ex_grant(space, enc, tok, ttl)
   return next_fence(k(sp.fence, enc))
 end
 
+-- The number of live granted readers of lock `enc` (dead ones removed).
+-- With none left, the lock key's SHARED mark goes too.
+local function readers_live(enc)
+  local rk = k('readers', enc)
+  local n = 0
+  for _, m in ipairs(redis.call('HKEYS', rk)) do
+    if alive(member_tok(m)) then
+      n = n + 1
+    else
+      redis.call('HDEL', rk, m)
+    end
+  end
+  if n == 0 and redis.call('GET', k('lock', enc)) == SHARED then
+    redis.call('DEL', k('lock', enc))
+  end
+  return n
+end
+
+-- The state of lock `enc` once dead grants are voided: false (free),
+-- SHARED (live quorate readers hold it), or the exclusive holder's value
+-- (a live quorate token, or a foreign value living by its TTL). A lock
+-- key gone while live readers remain (expired early) gets its mark back,
+-- so that no exclusive holder is granted over them.
+local function lock_state(enc)
+  local lk = k('lock', enc)
+  local v = redis.call('GET', lk)
+  if v and v ~= SHARED and alive(v) == false then
+    redis.call('DEL', lk)
+    v = false
+  end
+  if v and v ~= SHARED then
+    return v
+  end
+  if readers_live(enc) == 0 then
+    return false
+  end
+  if not v then
+    local p = redis.call('PTTL', k('readers', enc))
+    if p < 1 then
+      p = 1
+    end
+    redis.call('SET', lk, SHARED, 'PX', p)
+  end
+  return SHARED
+end
+
+-- Grant reader `m` ('r' .. token) of lock `enc`: recorded with its fence
+-- (the name's one counter), the lock key marked SHARED, out of the queue.
+local function reader_grant(enc, m, ttl)
+  local lk, rk, qk = k('lock', enc), k('readers', enc), k('queue', enc)
+  local tok = member_tok(m)
+  local fence = next_fence(k('fence', enc))
+  redis.call('HSET', rk, m, string.format('%d', fence))
+  extend(rk, ttl)
+  if redis.call('GET', lk) == SHARED then
+    extend(lk, ttl)
+  else
+    redis.call('SET', lk, SHARED, 'PX', ttl)
+  end
+  redis.call('ZREM', qk, m)
+  unheld(tok, qk, m)
+  held(tok, rk, m, ttl)
+  return fence
+end
+
+-- Grant, on their behalf, what lock `enc`'s queue may now be granted, in
+-- order: the readers at its head while it is free or shared, or its first
+-- exclusive waiter once it is free; publish `<member>=<fence>` items.
+local function lock_wake(enc)
+  local state = lock_state(enc)
+  if state and state ~= SHARED then
+    return
+  end
+  local qk = k('queue', enc)
+  local out = {}
+  while true do
+    local h = queue_head(qk)
+    if not h then
+      break
+    end
+    if string.sub(h, 1, 1) == 'r' then
+      local fence = reader_grant(enc, h, session_pttl(member_tok(h)))
+      state = SHARED
+      table.insert(out, h .. '=' .. string.format('%d', fence))
+    else
+      if not state then
+        local fence = ex_grant('lock', enc, h, session_pttl(h))
+        table.insert(out, h .. '=' .. string.format('%d', fence))
+      end
+      break
+    end
+  end
+  if #out > 0 then
+    redis.call('PUBLISH', k('chan:lock', enc), table.concat(out, ' '))
+  end
+end
+
+-- Withdraw reader `m` of lock `enc`, granted or waiting; idempotent.
+-- Returns 1 if a grant was released.
+local function reader_release(enc, m)
+  local rk, qk = k('readers', enc), k('queue', enc)
+  local tok = member_tok(m)
+  local granted = redis.call('HDEL', rk, m)
+  unheld(tok, rk, m)
+  local queued = redis.call('ZREM', qk, m)
+  unheld(tok, qk, m)
+  if granted == 1 or queued == 1 then
+    lock_wake(enc)
+  end
+  return granted
+end
+
 -- If the lock is free, hand it to the first live waiter. A mutex is granted
 -- here, on the waiter's behalf (its session's TTL), and the payload
 -- `<token>=<fence>` tells it so; an election candidate (whose value this
 -- script does not have) is only told to try again (payload `<token>`).
 local function ex_wake(space, enc)
   local sp = SPACES[space]
+  if space == 'lock' then
+    lock_wake(enc)
+    return
+  end
   if redis.call('EXISTS', k(space, enc)) == 1 then
     return
   end
@@ -176,59 +307,6 @@ local function ex_release(space, enc, tok)
   return released
 end
 
--- Read/write locks: one queue (zset) per lock holds granted and waiting
--- entries in arrival order, members `r<token>` / `w<token>`; the grant hash
--- maps granted members to their fence.
-local function rw_scan(enc)
-  local qk, gk = k('rwlock', enc), k('rwgrant', enc)
-  local grantable, n = {}, 0
-  for _, m in ipairs(redis.call('ZRANGE', qk, 0, -1)) do
-    if alive(string.sub(m, 2)) then
-      n = n + 1
-      if string.sub(m, 1, 1) == 'w' then
-        if n == 1 then
-          table.insert(grantable, m)
-        end
-        return grantable, true, n
-      end
-      table.insert(grantable, m)
-    else
-      redis.call('ZREM', qk, m)
-      redis.call('HDEL', gk, m)
-    end
-  end
-  return grantable, false, n
-end
-
--- Grant, on their behalf, the entries that may now be granted but are not
--- yet, and tell them (payload: `<member>=<fence>` items, space-separated).
-local function rw_wake(enc, except)
-  local gk = k('rwgrant', enc)
-  local out = {}
-  for _, m in ipairs((rw_scan(enc))) do
-    if m ~= except and redis.call('HEXISTS', gk, m) == 0 then
-      local fence = string.format('%d', next_fence(k('rwfence', enc)))
-      redis.call('HSET', gk, m, fence)
-      extend(gk, session_pttl(string.sub(m, 2)))
-      table.insert(out, m .. '=' .. fence)
-    end
-  end
-  if #out > 0 then
-    redis.call('PUBLISH', k('chan:rwlock', enc), table.concat(out, ' '))
-  end
-end
-
-local function rw_release(enc, m)
-  local qk, gk = k('rwlock', enc), k('rwgrant', enc)
-  local granted = redis.call('HDEL', gk, m)
-  local queued = redis.call('ZREM', qk, m)
-  unheld(string.sub(m, 2), qk, m)
-  if granted == 1 or queued == 1 then
-    rw_wake(enc, nil)
-  end
-  return granted
-end
-
 -- Groups: a hash per group (encoded member id -> capabilities JSON), a TTL
 -- key per member holding its token, and a version counter; every change
 -- bumps the version and is published with it.
@@ -255,12 +333,12 @@ end
 -- Release whatever a held-hash entry describes.
 local function release_entry(field, desc)
   local kind, rest = split_key(field)
-  if kind == 'lock' or kind == 'queue' then
+  if kind == 'readers' or (kind == 'queue' and string.sub(desc, 1, 1) == 'r') then
+    reader_release(rest, desc)
+  elseif kind == 'lock' or kind == 'queue' then
     ex_release('lock', rest, desc)
   elseif kind == 'election' or kind == 'equeue' then
     ex_release('election', rest, desc)
-  elseif kind == 'rwlock' then
-    rw_release(rest, desc)
   elseif kind == 'member' then
     member_leave(rest, desc)
   end

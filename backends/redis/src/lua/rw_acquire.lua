@@ -1,48 +1,53 @@
--- Acquire a read/write lock mode, FIFO: a writer only at the head of the
--- queue, a reader when no writer is ahead of it (so a waiting writer blocks
--- later readers). ARGV: ns, enc(name), member ('r'|'w' .. token), ttl ms,
--- wait ('1'|'0'). Returns as ex_acquire.
+-- Acquire the read side of lock `enc` (one name, one lock: the write side
+-- is the mutex, ex_acquire.lua), FIFO: granted while the lock key is free
+-- or SHARED and no exclusive waiter is ahead in the name's one queue (so a
+-- waiting writer blocks later readers). ARGV: ns, enc(name), member
+-- ('r' .. token), ttl ms, wait ('1'|'0'). Returns as ex_acquire.
 local enc, m, ttl, wait = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local tok = string.sub(m, 2)
+local tok = member_tok(m)
 if not session_exists(tok) then
   return { -1 }
 end
-local qk, gk = k('rwlock', enc), k('rwgrant', enc)
-local f = redis.call('HGET', gk, m)
+local lk, qk, rk = k('lock', enc), k('queue', enc), k('readers', enc)
+local f = redis.call('HGET', rk, m)
 if f then
+  -- Granted by an earlier call (or on our behalf) whose reply was lost.
   return { 1, tonumber(f) }
 end
-if not redis.call('ZSCORE', qk, m) then
-  if wait ~= '1' then
-    local _, writer, n = rw_scan(enc)
-    local free
-    if string.sub(m, 1, 1) == 'w' then
-      free = n == 0
-    else
-      free = not writer
+local state = lock_state(enc)
+local blocked = state and state ~= SHARED
+if not blocked then
+  -- An exclusive waiter ahead of us (anywhere, if we are not queued yet).
+  for _, x in ipairs(redis.call('ZRANGE', qk, 0, -1)) do
+    if x == m then
+      break
     end
-    if not free then
-      return { 0, 0 }
+    if string.sub(x, 1, 1) ~= 'r' then
+      if alive(x) then
+        blocked = true
+        break
+      end
+      redis.call('ZREM', qk, x)
     end
   end
+end
+if not blocked then
+  local fence = reader_grant(enc, m, ttl)
+  lock_wake(enc)
+  return { 1, fence }
+end
+if wait == '1' then
   append(qk, m)
+  extend(qk, ttl)
+  held(tok, qk, m, ttl)
 end
-extend(qk, ttl)
-held(tok, qk, m, ttl)
-for _, x in ipairs((rw_scan(enc))) do
-  if x == m then
-    local fence = next_fence(k('rwfence', enc))
-    redis.call('HSET', gk, m, string.format('%d', fence))
-    extend(gk, ttl)
-    rw_wake(enc, m)
-    return { 1, fence }
-  end
+if not state then
+  -- Free, but an exclusive waiter goes first: hand it over now.
+  lock_wake(enc)
 end
--- Make sure whoever may be granted now knows it.
-rw_wake(enc, m)
-local head = redis.call('ZRANGE', qk, 0, 0)[1]
-local blocker = -1
-if head then
-  blocker = redis.call('PTTL', k('session', sid_of(string.sub(head, 2))))
+local blocker = redis.call('PTTL', lk)
+if blocker == -2 then
+  local head = queue_head(qk)
+  blocker = head and session_pttl(member_tok(head)) or -1
 end
 return { 0, blocker }

@@ -1,3 +1,3 @@
--- Release a read/write grant or withdraw a waiter. Idempotent.
--- ARGV: ns, enc(name), member. Returns 1 if a grant was released.
-return rw_release(ARGV[2], ARGV[3])
+-- Release a read grant or withdraw a waiting reader. Idempotent.
+-- ARGV: ns, enc(name), reader member. Returns 1 if a grant was released.
+return reader_release(ARGV[2], ARGV[3])
