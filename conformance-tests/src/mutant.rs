@@ -14,13 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::stream::BoxStream;
 use quorate::loss::LossNotifier;
 use quorate::spi::{
     Acquire, Acquired, AfterWrite, Backend, HeldLeadership, HeldLock, HeldMembership, LockKind,
-    SessionBackend,
+    RawGroupWatch, RawObserve, SessionBackend,
 };
-use quorate::{Capabilities, Coordinator, FencingToken, GroupEvent, Leader, Member, Result};
+use quorate::{Capabilities, Coordinator, FencingToken, Leader, Member, Result};
 
 /// The environment variable naming the mutation of this process.
 pub const ENV: &str = "QUORATE_CONFORMANCE_MUTATION";
@@ -129,7 +128,7 @@ impl Backend for MutantBackend {
         self.inner.members(group).await
     }
 
-    async fn watch_group(&self, group: &str) -> Result<BoxStream<'static, Result<GroupEvent>>> {
+    async fn watch_group(&self, group: &str) -> Result<RawGroupWatch> {
         self.inner.watch_group(group).await
     }
 
@@ -137,7 +136,7 @@ impl Backend for MutantBackend {
         self.inner.leader(election).await
     }
 
-    async fn observe(&self, election: &str) -> Result<BoxStream<'static, Result<Option<Leader>>>> {
+    async fn observe(&self, election: &str) -> Result<RawObserve> {
         self.inner.observe(election).await
     }
 

@@ -14,6 +14,11 @@ use serde::Serialize;
 pub struct FencingToken(pub u64);
 
 impl FencingToken {
+    /// A token of value `n`.
+    pub const fn new(n: u64) -> Self {
+        FencingToken(n)
+    }
+
     /// The number itself.
     pub fn get(self) -> u64 {
         self.0

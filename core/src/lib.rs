@@ -24,6 +24,7 @@ pub mod name;
 mod rwlock;
 mod session;
 pub mod spi;
+pub mod watch;
 
 pub use capabilities::{Capabilities, FailureDetection, Primitives, RwOrdering, Scope};
 pub use config::{Config, Secret};
@@ -37,6 +38,7 @@ pub use mutex::{LockGuard, Mutex};
 pub use rwlock::RwLock;
 pub use session::{safety_margin, KeepAlive, Session, SessionOptions};
 pub use spi::{Acquire, AfterWrite, GroupEvent, Leader, LockKind, Member};
+pub use watch::{GroupView, LeaderView};
 
 /// Re-exports for backend crates.
 pub mod backend {

@@ -14,14 +14,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use etcd_client::{EventType, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget, Txn, TxnOp};
-use futures::stream::BoxStream;
 use futures::StreamExt;
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{HeldLeadership, Leader};
+use quorate_core::spi::{HeldLeadership, Leader, RawObserve};
 use quorate_core::{FencingToken, Result};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::client::Shared;
 use crate::keys::lease_hex;
@@ -66,35 +63,23 @@ pub(crate) async fn leader(shared: &Shared, name: &str) -> Result<Option<Leader>
     }))
 }
 
-/// The current leader, then every change.
-pub(crate) async fn observe(
-    shared: Arc<Shared>,
-    name: &str,
-) -> Result<BoxStream<'static, Result<Option<Leader>>>> {
+/// The current leader, then the leader after every change of the
+/// candidates.
+pub(crate) async fn observe(shared: Arc<Shared>, name: &str) -> Result<RawObserve> {
     let prefix = shared.layout.election(name);
-    let (mut watch, kvs) = PrefixWatch::start(shared, prefix).await?;
+    let (watch, kvs) = PrefixWatch::start(shared, prefix).await?;
     let mut candidates = Candidates::default();
     candidates.reset(&kvs);
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut last = candidates.leader();
-    let _ = tx.send(Ok(last.clone()));
-    tokio::spawn(async move {
-        loop {
-            let batch = tokio::select! {
-                b = watch.next() => b,
-                () = tx.closed() => return,
-            };
-            candidates.apply(batch);
-            let now = candidates.leader();
-            if now != last {
-                last = now.clone();
-                if tx.send(Ok(now)).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    Ok(UnboundedReceiverStream::new(rx).boxed())
+    let leader = candidates.leader();
+    let changes = futures::stream::unfold(
+        (watch, candidates),
+        |(mut watch, mut candidates)| async move {
+            candidates.apply(watch.next().await);
+            Some((Ok(candidates.leader()), (watch, candidates)))
+        },
+    )
+    .boxed();
+    Ok(RawObserve { leader, changes })
 }
 
 /// An observer's view of the candidates: key → (create revision, value).

@@ -37,10 +37,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Certificate, ConnectOptions, GetOptions, Identity, TlsOptions};
-use futures::stream::BoxStream;
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{Backend, GroupEvent, Leader, Member, SessionBackend};
+use quorate_core::spi::{Backend, Leader, Member, RawGroupWatch, RawObserve, SessionBackend};
 use quorate_core::{
     Capabilities, Config, Coordinator, Error, ErrorKind, FailureDetection, Primitives, Result,
     RwOrdering, Scope,
@@ -318,7 +317,7 @@ impl Backend for EtcdBackend {
         group::members(&self.shared, group).await
     }
 
-    async fn watch_group(&self, group: &str) -> Result<BoxStream<'static, Result<GroupEvent>>> {
+    async fn watch_group(&self, group: &str) -> Result<RawGroupWatch> {
         group::watch(self.shared.clone(), group).await
     }
 
@@ -326,7 +325,7 @@ impl Backend for EtcdBackend {
         election::leader(&self.shared, election).await
     }
 
-    async fn observe(&self, election: &str) -> Result<BoxStream<'static, Result<Option<Leader>>>> {
+    async fn observe(&self, election: &str) -> Result<RawObserve> {
         election::observe(self.shared.clone(), election).await
     }
 

@@ -39,10 +39,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::BoxStream;
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{Backend, GroupEvent, Leader, Member, SessionBackend};
+use quorate_core::spi::{Backend, Leader, Member, RawGroupWatch, RawObserve, SessionBackend};
 use quorate_core::{
     Capabilities, Config, Coordinator, Error, FailureDetection, Primitives, Result, RwOrdering,
     Scope,
@@ -194,7 +193,7 @@ impl Backend for FileBackend {
         group::members(&self.layout, group).await
     }
 
-    async fn watch_group(&self, group: &str) -> Result<BoxStream<'static, Result<GroupEvent>>> {
+    async fn watch_group(&self, group: &str) -> Result<RawGroupWatch> {
         group::watch(&self.layout, group).await
     }
 
@@ -202,7 +201,7 @@ impl Backend for FileBackend {
         election::leader(&self.layout, election).await
     }
 
-    async fn observe(&self, election: &str) -> Result<BoxStream<'static, Result<Option<Leader>>>> {
+    async fn observe(&self, election: &str) -> Result<RawObserve> {
         election::observe(&self.layout, election).await
     }
 

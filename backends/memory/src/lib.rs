@@ -19,10 +19,9 @@ mod state;
 
 use std::time::Duration;
 
-use futures::stream::BoxStream;
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{Backend, GroupEvent, Leader, Member, SessionBackend};
+use quorate_core::spi::{Backend, Leader, Member, RawGroupWatch, RawObserve, SessionBackend};
 use quorate_core::{
     Capabilities, Config, Coordinator, Error, FailureDetection, Primitives, Result, RwOrdering,
     Scope,
@@ -119,7 +118,7 @@ impl Backend for MemoryBackend {
         Ok(group::list(&self.state.lock().unwrap(), group))
     }
 
-    async fn watch_group(&self, group: &str) -> Result<BoxStream<'static, Result<GroupEvent>>> {
+    async fn watch_group(&self, group: &str) -> Result<RawGroupWatch> {
         Ok(group::watch(&self.state, group))
     }
 
@@ -127,7 +126,7 @@ impl Backend for MemoryBackend {
         Ok(election::leader(&self.state, name))
     }
 
-    async fn observe(&self, name: &str) -> Result<BoxStream<'static, Result<Option<Leader>>>> {
+    async fn observe(&self, name: &str) -> Result<RawObserve> {
         Ok(election::observe(&self.state, name))
     }
 

@@ -45,10 +45,9 @@ mod settings;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::BoxStream;
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{Backend, GroupEvent, Leader, Member, SessionBackend};
+use quorate_core::spi::{Backend, Leader, Member, RawGroupWatch, RawObserve, SessionBackend};
 use quorate_core::{
     Capabilities, Config, Coordinator, Error, ErrorKind, FailureDetection, Primitives, Result,
     RwOrdering, Scope,
@@ -280,14 +279,6 @@ impl Ctx {
     }
 }
 
-/// A stream over an unbounded receiver (ends when every sender is gone).
-pub(crate) fn receiver_stream<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
-) -> BoxStream<'static, T> {
-    use futures::StreamExt;
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
-}
-
 struct RedisBackend {
     ctx: Arc<Ctx>,
 }
@@ -325,7 +316,7 @@ impl Backend for RedisBackend {
         Ok(group::list(&self.ctx, group).await?.members)
     }
 
-    async fn watch_group(&self, group: &str) -> Result<BoxStream<'static, Result<GroupEvent>>> {
+    async fn watch_group(&self, group: &str) -> Result<RawGroupWatch> {
         group::watch(self.ctx.clone(), group).await
     }
 
@@ -333,7 +324,7 @@ impl Backend for RedisBackend {
         Ok(election::leader(&self.ctx, name).await?.0)
     }
 
-    async fn observe(&self, name: &str) -> Result<BoxStream<'static, Result<Option<Leader>>>> {
+    async fn observe(&self, name: &str) -> Result<RawObserve> {
         election::observe(self.ctx.clone(), name).await
     }
 

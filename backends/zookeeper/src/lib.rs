@@ -93,10 +93,9 @@ mod session;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::BoxStream;
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{Backend, GroupEvent, Leader, Member, SessionBackend};
+use quorate_core::spi::{Backend, Leader, Member, RawGroupWatch, RawObserve, SessionBackend};
 use quorate_core::{
     Capabilities, Config, Coordinator, FailureDetection, Primitives, Result, RwOrdering, Scope,
 };
@@ -201,7 +200,7 @@ impl Backend for ZkBackend {
         Ok(listed.into_values().map(|m| m.member).collect())
     }
 
-    async fn watch_group(&self, group: &str) -> Result<BoxStream<'static, Result<GroupEvent>>> {
+    async fn watch_group(&self, group: &str) -> Result<RawGroupWatch> {
         group::watch(self.reads.clone(), self.layout.group_dir(group)).await
     }
 
@@ -211,7 +210,7 @@ impl Backend for ZkBackend {
         election::leader(&client, &self.layout.election_dir(name)).await
     }
 
-    async fn observe(&self, name: &str) -> Result<BoxStream<'static, Result<Option<Leader>>>> {
+    async fn observe(&self, name: &str) -> Result<RawObserve> {
         election::observe(self.reads.clone(), self.layout.election_dir(name)).await
     }
 
