@@ -3,6 +3,48 @@
 
 use crate::error::{Error, Result};
 
+/// The key space a name lives in: the same name in two spaces is two
+/// different things (a mutex and a read/write lock of one name are different
+/// locks). Every backend derives its key, path or node prefix for a space
+/// from [`Space::as_str`], and the Redis scripts receive it as an argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Space {
+    /// Mutexes: `lock`.
+    Mutex,
+    /// Read/write locks: `rwlock`.
+    RwLock,
+    /// Elections: `election`.
+    Election,
+}
+
+impl Space {
+    /// Every space.
+    pub const ALL: [Space; 3] = [Space::Mutex, Space::RwLock, Space::Election];
+
+    /// The space's segment in keys and paths: `lock`, `rwlock`, `election`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Space::Mutex => "lock",
+            Space::RwLock => "rwlock",
+            Space::Election => "election",
+        }
+    }
+
+    /// The space of a lock of this kind.
+    pub const fn of_lock(kind: crate::spi::LockKind) -> Space {
+        match kind {
+            crate::spi::LockKind::Mutex => Space::Mutex,
+            crate::spi::LockKind::Read | crate::spi::LockKind::Write => Space::RwLock,
+        }
+    }
+}
+
+impl std::fmt::Display for Space {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The longest accepted name, in bytes of UTF-8.
 ///
 /// Longer names are refused with [`crate::ErrorKind::InvalidName`]. 1024

@@ -93,7 +93,7 @@ pub fn capabilities() -> Capabilities {
 /// `fcntl.lockf(fd, fcntl.LOCK_EX)`) to exclude, and be excluded by,
 /// quorate's mutex of that name.
 pub fn mutex_path(root: &Path, name: &str) -> PathBuf {
-    root.join(Space::Mutex.dir())
+    root.join(Space::Mutex.as_str())
         .join(format!("{}.lock", stem(name)))
 }
 
@@ -145,7 +145,7 @@ struct FileBackend {
 fn leftovers(layout: &Layout) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for space in Space::ALL {
-        let dir = layout.root().join(space.dir());
+        let dir = layout.root().join(space.as_str());
         for name in list(&dir, ".lock")? {
             let path = dir.join(&name);
             let file = match std::fs::File::open(&path) {
@@ -156,7 +156,7 @@ fn leftovers(layout: &Layout) -> Result<Vec<String>> {
             if is_locked(&file, Mode::Exclusive, Range::WHOLE)
                 .map_err(|e| io_error(format!("probing `{}`", path.display()), e))?
             {
-                out.push(format!("{}/{name}", space.dir()));
+                out.push(format!("{}/{name}", space.as_str()));
             }
         }
     }

@@ -15,23 +15,8 @@ use tokio::time::Instant;
 
 use crate::queue::LockQueue;
 
-/// Which queue namespace a lock lives in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) enum Space {
-    Mutex,
-    RwLock,
-    Election,
-}
-
-impl Space {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Space::Mutex => "lock",
-            Space::RwLock => "rwlock",
-            Space::Election => "election",
-        }
-    }
-}
+/// Which queue namespace a lock lives in (core's one definition).
+pub(crate) use quorate_core::name::Space;
 
 pub(crate) type SessionId = u64;
 
