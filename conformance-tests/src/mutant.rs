@@ -226,7 +226,7 @@ struct MutantLock {
 impl HeldLock for MutantLock {
     fn fence(&self) -> FencingToken {
         match self.m {
-            Mutation::ConstantFence => FencingToken(1),
+            Mutation::ConstantFence => FencingToken::FIRST,
             _ => self.inner.fence(),
         }
     }
@@ -254,7 +254,7 @@ struct FakeGrant;
 #[async_trait]
 impl HeldLock for FakeGrant {
     fn fence(&self) -> FencingToken {
-        FencingToken(0)
+        FencingToken::FIRST
     }
 
     async fn is_held(&self) -> Result<bool> {

@@ -539,6 +539,33 @@ mod tests {
     }
 
     #[test]
+    fn a_resync_is_reported_as_its_difference() {
+        let (mut v, _) =
+            GroupView::new(&[seen("a", 1, None), seen("b", 1, None), seen("c", 1, None)]);
+        v.apply(GroupChange::Resync(vec![
+            seen("a", 2, None),
+            seen("c", 1, None),
+            seen("d", 1, None),
+        ]));
+        assert_eq!(
+            drain(&mut v),
+            vec![
+                left("b"),
+                GroupEvent::Updated {
+                    member: seen("a", 2, None).member
+                },
+                joined("d", 1),
+            ]
+        );
+        v.apply(GroupChange::Resync(vec![
+            seen("a", 2, None),
+            seen("c", 1, None),
+            seen("d", 1, None),
+        ]));
+        assert_eq!(drain(&mut v), vec![]);
+    }
+
+    #[test]
     fn a_new_incarnation_is_left_then_joined() {
         let (mut v, _) = GroupView::new(&[seen("a", 1, Some(5))]);
         v.apply(GroupChange::Resync(vec![seen("a", 1, Some(9))]));
@@ -621,7 +648,7 @@ mod tests {
     fn leader(fence: u64, value: &str) -> Option<Leader> {
         Some(Leader {
             value: value.as_bytes().to_vec(),
-            fence: FencingToken::new(fence),
+            fence: FencingToken::new(fence).unwrap(),
         })
     }
 

@@ -45,10 +45,6 @@ pub(crate) async fn campaign(
     Ok(Box::new(EtcdLeadership { held, loss }))
 }
 
-fn fence(rev: i64) -> FencingToken {
-    FencingToken(u64::try_from(rev).unwrap_or(0))
-}
-
 /// The current leader: the candidate with the lowest create revision.
 pub(crate) async fn leader(shared: &Shared, name: &str) -> Result<Option<Leader>> {
     let prefix = shared.layout.election(name);
@@ -57,10 +53,15 @@ pub(crate) async fn leader(shared: &Shared, name: &str) -> Result<Option<Leader>
         .with_sort(SortTarget::Create, SortOrder::Ascend)
         .with_limit(1);
     let resp = shared.get("get leader", &prefix, Some(first)).await?;
-    Ok(resp.kvs().first().map(|kv| Leader {
-        value: kv.value().to_vec(),
-        fence: fence(kv.create_revision()),
-    }))
+    resp.kvs()
+        .first()
+        .map(|kv| {
+            Ok(Leader {
+                value: kv.value().to_vec(),
+                fence: FencingToken::try_from(kv.create_revision())?,
+            })
+        })
+        .transpose()
 }
 
 /// The current leader, then the leader after every change of the
@@ -70,12 +71,12 @@ pub(crate) async fn observe(shared: Arc<Shared>, name: &str) -> Result<RawObserv
     let (watch, kvs) = PrefixWatch::start(shared, prefix).await?;
     let mut candidates = Candidates::default();
     candidates.reset(&kvs);
-    let leader = candidates.leader();
+    let leader = candidates.leader()?;
     let changes = futures::stream::unfold(
         (watch, candidates),
         |(mut watch, mut candidates)| async move {
             candidates.apply(watch.next().await);
-            Some((Ok(candidates.leader()), (watch, candidates)))
+            Some((candidates.leader(), (watch, candidates)))
         },
     )
     .boxed();
@@ -121,14 +122,17 @@ impl Candidates {
         }
     }
 
-    fn leader(&self) -> Option<Leader> {
+    fn leader(&self) -> Result<Option<Leader>> {
         self.0
             .values()
             .min_by_key(|(rev, _)| *rev)
-            .map(|(rev, value)| Leader {
-                value: value.clone(),
-                fence: fence(*rev),
+            .map(|(rev, value)| {
+                Ok(Leader {
+                    value: value.clone(),
+                    fence: FencingToken::try_from(*rev)?,
+                })
             })
+            .transpose()
     }
 }
 
@@ -141,7 +145,7 @@ struct EtcdLeadership {
 #[async_trait]
 impl HeldLeadership for EtcdLeadership {
     fn fence(&self) -> FencingToken {
-        fence(self.held.rev)
+        self.held.fence
     }
 
     async fn proclaim(&self, value: &[u8]) -> Result<()> {

@@ -45,9 +45,11 @@ fn encode_value(fence: u64, value: &[u8]) -> Vec<u8> {
 fn decode_value(bytes: &[u8]) -> Option<Leader> {
     let nl = bytes.iter().position(|&b| b == b'\n')?;
     let fence = std::str::from_utf8(&bytes[..nl]).ok()?.parse().ok()?;
+    // A value file whose token is not one (0) is not a leader's.
+    let fence = FencingToken::new(fence).ok()?;
     Some(Leader {
         value: bytes[nl + 1..].to_vec(),
-        fence: FencingToken(fence),
+        fence,
     })
 }
 
@@ -155,7 +157,7 @@ pub(crate) async fn campaign(
     tracing::debug!(election, fence, "elected");
     let state = Arc::new(LeaderState {
         election: election.to_owned(),
-        fence: FencingToken(fence),
+        fence: FencingToken::new(fence)?,
         leader: StdMutex::new(leader),
         loss,
         registration: session.reserve(),

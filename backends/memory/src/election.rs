@@ -15,12 +15,10 @@ use crate::state::{feed, Inner, Space, State};
 pub(crate) fn current_leader(inner: &Inner, name: &str) -> Option<Leader> {
     let queue = inner.queues.get(&(Space::Election, name.to_owned()))?;
     let head = queue.entries.front()?;
-    let fence = head.fence?;
+    // Counters start at 1, so a granted head always has a token.
+    let fence = FencingToken::new(head.fence?).ok()?;
     let value = inner.elections.get(name)?.values.get(&head.id)?.clone();
-    Some(Leader {
-        value,
-        fence: FencingToken::new(fence),
-    })
+    Some(Leader { value, fence })
 }
 
 /// Tell observers if the leader (or its value) changed; forget the values

@@ -52,7 +52,7 @@ pub(crate) async fn leader(ctx: &Ctx, name: &str) -> Result<(Option<Leader>, i64
             Ok((
                 Some(Leader {
                     value,
-                    fence: FencingToken(*fence as u64),
+                    fence: FencingToken::try_from(*fence)?,
                 }),
                 *pttl,
             ))

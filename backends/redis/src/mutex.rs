@@ -112,7 +112,12 @@ pub(crate) async fn wait_wake(
                         match item.split_once('=') {
                             None if item == token => return None,
                             Some((t, fence)) if t == token => {
-                                return fence.parse().ok().map(FencingToken);
+                                // A token that does not parse or is out of
+                                // range: re-check instead.
+                                return fence
+                                    .parse::<u64>()
+                                    .ok()
+                                    .and_then(|f| FencingToken::new(f).ok());
                             }
                             _ => {}
                         }
@@ -231,7 +236,7 @@ where
         };
         backoff.reset();
         match (reply.first(), reply.get(1), channel) {
-            (Some(1), Some(&fence), _) => return Ok(Some(FencingToken(fence as u64))),
+            (Some(1), Some(&fence), _) => return Ok(Some(FencingToken::try_from(fence)?)),
             (Some(-1), _, _) => {
                 return Err(Error::lost(
                     "the redis session expired or was revoked while acquiring",

@@ -46,11 +46,13 @@ pub(crate) async fn campaign(
     let grant = queue::acquire(shared, &spec, value, true)
         .await?
         .ok_or_else(|| Error::backend("a waiting campaign returned without a grant"))?;
+    let fence = FencingToken::try_from(grant.stat.czxid)?;
     watch_own_node(shared, grant.path.clone(), loss);
     Ok(Box::new(ZkLeadership {
         shared: shared.clone(),
         path: grant.path,
         czxid: grant.stat.czxid,
+        fence,
         version: StdMutex::new(grant.stat.version),
     }))
 }
@@ -67,7 +69,7 @@ pub(crate) async fn leader(client: &Client, dir: &str) -> Result<Option<Leader>>
             Ok((value, stat)) => {
                 return Ok(Some(Leader {
                     value,
-                    fence: FencingToken(stat.czxid as u64),
+                    fence: FencingToken::try_from(stat.czxid)?,
                 }))
             }
             Err(zk::Error::NoNode) => continue, // resigned meanwhile: look again
@@ -80,13 +82,15 @@ struct ZkLeadership {
     shared: Arc<SessionShared>,
     path: String,
     czxid: i64,
+    /// The leadership's token: `czxid`, checked.
+    fence: FencingToken,
     version: StdMutex<i32>,
 }
 
 #[async_trait]
 impl HeldLeadership for ZkLeadership {
     fn fence(&self) -> FencingToken {
-        FencingToken(self.czxid as u64)
+        self.fence
     }
 
     async fn proclaim(&self, value: &[u8]) -> Result<()> {
