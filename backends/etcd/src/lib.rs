@@ -64,25 +64,16 @@ const OPTIONS: &[&str] = &["ca", "cert", "key"];
 /// survive the failover of a cluster member, and a paused holder loses its
 /// locks after the lease TTL.
 pub fn capabilities() -> Capabilities {
-    Capabilities {
-        backend: "etcd",
-        scope: Scope::Hosts,
-        failure_detection: FailureDetection::LeaseTtl,
-        fencing: true,
-        fifo: true,
-        rwlock_ordering: RwOrdering::Fifo,
-        push_wakeups: true,
-        exclusive_under_pause: false,
-        survives_failover: true,
-        external_revoke: true,
-        primitives: Primitives {
-            mutex: true,
-            rwlock: true,
-            group: true,
-            election: true,
-            guarded_writes: true,
-        },
-    }
+    let mut c = Capabilities::new("etcd", Scope::Hosts, FailureDetection::LeaseTtl);
+    c.fencing = true;
+    c.fifo = true;
+    c.rwlock_ordering = RwOrdering::Fifo;
+    c.push_wakeups = true;
+    c.exclusive_under_pause = false;
+    c.survives_failover = true;
+    c.external_revoke = true;
+    c.primitives = Primitives::ALL;
+    c
 }
 
 /// Connect to etcd and check, within `connect_timeout`, that it answers and

@@ -67,25 +67,16 @@ pub const SCHEMES: &[&str] = &["file"];
 /// - `external_revoke: false`: another process cannot take away a kernel
 ///   lock.
 pub fn capabilities() -> Capabilities {
-    Capabilities {
-        backend: "file",
-        scope: Scope::Processes,
-        failure_detection: FailureDetection::ProcessLifetime,
-        fencing: true,
-        fifo: false,
-        rwlock_ordering: RwOrdering::WriterPreferring,
-        push_wakeups: true,
-        exclusive_under_pause: true,
-        survives_failover: false,
-        external_revoke: false,
-        primitives: Primitives {
-            mutex: true,
-            rwlock: true,
-            group: true,
-            election: true,
-            guarded_writes: true,
-        },
-    }
+    let mut c = Capabilities::new("file", Scope::Processes, FailureDetection::ProcessLifetime);
+    c.fencing = true;
+    c.fifo = false;
+    c.rwlock_ordering = RwOrdering::WriterPreferring;
+    c.push_wakeups = true;
+    c.exclusive_under_pause = true;
+    c.survives_failover = false;
+    c.external_revoke = false;
+    c.primitives = Primitives::ALL;
+    c
 }
 
 /// The lock file of the mutex `name` under the root directory `root`: the

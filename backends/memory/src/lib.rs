@@ -35,25 +35,16 @@ pub const SCHEMES: &[&str] = &["memory"];
 
 /// What `memory://` declares.
 pub fn capabilities() -> Capabilities {
-    Capabilities {
-        backend: "memory",
-        scope: Scope::Threads,
-        failure_detection: FailureDetection::LeaseTtl,
-        fencing: true,
-        fifo: true,
-        rwlock_ordering: RwOrdering::Fifo,
-        push_wakeups: true,
-        exclusive_under_pause: false,
-        survives_failover: false,
-        external_revoke: true,
-        primitives: Primitives {
-            mutex: true,
-            rwlock: true,
-            group: true,
-            election: true,
-            guarded_writes: true,
-        },
-    }
+    let mut c = Capabilities::new("memory", Scope::Threads, FailureDetection::LeaseTtl);
+    c.fencing = true;
+    c.fifo = true;
+    c.rwlock_ordering = RwOrdering::Fifo;
+    c.push_wakeups = true;
+    c.exclusive_under_pause = false;
+    c.survives_failover = false;
+    c.external_revoke = true;
+    c.primitives = Primitives::ALL;
+    c
 }
 
 /// Connect to `memory://[NAME]`.

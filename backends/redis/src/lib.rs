@@ -74,25 +74,16 @@ pub const DEFAULT_NAMESPACE: &str = "quorate";
 /// by it) can grant a lock to another client before its holder is told.
 /// Dead holders are detected by their lease TTL.
 pub fn capabilities() -> Capabilities {
-    Capabilities {
-        backend: "redis",
-        scope: Scope::Hosts,
-        failure_detection: FailureDetection::LeaseTtl,
-        fencing: true,
-        fifo: true,
-        rwlock_ordering: RwOrdering::Fifo,
-        push_wakeups: true,
-        exclusive_under_pause: false,
-        survives_failover: false,
-        external_revoke: true,
-        primitives: Primitives {
-            mutex: true,
-            rwlock: true,
-            group: true,
-            election: true,
-            guarded_writes: true,
-        },
-    }
+    let mut c = Capabilities::new("redis", Scope::Hosts, FailureDetection::LeaseTtl);
+    c.fencing = true;
+    c.fifo = true;
+    c.rwlock_ordering = RwOrdering::Fifo;
+    c.push_wakeups = true;
+    c.exclusive_under_pause = false;
+    c.survives_failover = false;
+    c.external_revoke = true;
+    c.primitives = Primitives::ALL;
+    c
 }
 
 /// Connect to the Redis named by `config`, and check that it answers and

@@ -108,31 +108,22 @@ const OPTIONS: &[&str] = &["namespace"];
 
 /// What `zookeeper://` declares.
 pub fn capabilities() -> Capabilities {
-    Capabilities {
-        backend: "zookeeper",
-        scope: Scope::Hosts,
-        failure_detection: FailureDetection::Session,
-        fencing: true,
-        fifo: true,
-        rwlock_ordering: RwOrdering::Fifo,
-        push_wakeups: true,
-        exclusive_under_pause: false,
-        // A keep-alive is a sync only the leader completes, so while the
-        // ensemble elects a new leader none succeeds; the client lease (¾ of
-        // the session timeout) runs out first unless the election is
-        // quicker. Measured (`leader_failover`, zookeeper-3, ttl 2 s): the
-        // holder was told it lost the lock ~1.2 s after the leader kill, with
-        // no double grant. Declared not kept; see docs/backends.md.
-        survives_failover: false,
-        external_revoke: true,
-        primitives: Primitives {
-            mutex: true,
-            rwlock: true,
-            group: true,
-            election: true,
-            guarded_writes: true,
-        },
-    }
+    let mut c = Capabilities::new("zookeeper", Scope::Hosts, FailureDetection::Session);
+    c.fencing = true;
+    c.fifo = true;
+    c.rwlock_ordering = RwOrdering::Fifo;
+    c.push_wakeups = true;
+    c.exclusive_under_pause = false;
+    // A keep-alive is a sync only the leader completes, so while the
+    // ensemble elects a new leader none succeeds; the client lease (¾ of
+    // the session timeout) runs out first unless the election is
+    // quicker. Measured (`leader_failover`, zookeeper-3, ttl 2 s): the
+    // holder was told it lost the lock ~1.2 s after the leader kill, with
+    // no double grant. Declared not kept; see docs/backends.md.
+    c.survives_failover = false;
+    c.external_revoke = true;
+    c.primitives = Primitives::ALL;
+    c
 }
 
 /// Connect to a ZooKeeper ensemble.
