@@ -35,6 +35,17 @@
 //!   a handle for them.)
 //! - Blocking waits are woken by the backend (watch, pub/sub, kernel);
 //!   polling only as a bounded fallback.
+//! - **Core owns the watch view; backends only observe.**
+//!   [`Backend::watch_group`] returns a listing and a stream of raw
+//!   [`GroupChange`]s, [`Backend::observe`] the leader and a stream of
+//!   readings; core's [`crate::watch`] turns them into the user's events
+//!   (exactly once, never a `Left` before its `Joined`, never a lower fence
+//!   after a higher one), buffers them in a bounded channel, and re-opens a
+//!   raw stream that errs or ends. A raw stream must not miss a change
+//!   after its listing (repeats are harmless), is pulled promptly, and
+//!   keeps no unbounded buffer of its own: where the platform pushes
+//!   changes, buffer boundedly and report a [`GroupChange::Resync`] (or a
+//!   fresh reading) after an overflow.
 
 use std::time::Duration;
 
