@@ -38,7 +38,6 @@ pub use mutex::{LockGuard, Mutex};
 pub use rwlock::RwLock;
 pub use session::{safety_margin, KeepAlive, Session, SessionOptions};
 pub use spi::{Acquire, AfterWrite, GroupEvent, Leader, LockKind, Member};
-pub use watch::{GroupView, LeaderView};
 
 /// Re-exports for backend crates.
 pub mod backend {

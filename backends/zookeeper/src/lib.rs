@@ -243,7 +243,8 @@ async fn owned_nodes(
     layout: &Layout,
 ) -> Result<Vec<(String, zookeeper_client::Stat)>> {
     let mut out = Vec::new();
-    for kind in ["lock", "rwlock", "election", "group"] {
+    let spaces = quorate_core::name::Space::ALL.map(|s| s.as_str());
+    for kind in spaces.into_iter().chain(["group"]) {
         let dir = format!("{}/{kind}", layout.base());
         for name in node::children(client, &dir).await? {
             let sub = format!("{dir}/{name}");

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use quorate_core::name::Space;
 use quorate_core::{name, Config, Error, Result, Secret};
 use zookeeper_client as zk;
 use zookeeper_client::{Acl, Acls, Client, CreateMode, CreateOptions, Permission, Stat};
@@ -220,17 +221,17 @@ impl Layout {
 
     /// The contender directory of mutex `name`.
     pub(crate) fn lock_dir(&self, name: &str) -> String {
-        format!("{}/lock/{}", self.base, name::encode(name))
+        format!("{}/{}/{}", self.base, Space::Mutex, name::encode(name))
     }
 
     /// The contender directory of read/write lock `name`.
     pub(crate) fn rwlock_dir(&self, name: &str) -> String {
-        format!("{}/rwlock/{}", self.base, name::encode(name))
+        format!("{}/{}/{}", self.base, Space::RwLock, name::encode(name))
     }
 
     /// The candidate directory of election `name`.
     pub(crate) fn election_dir(&self, name: &str) -> String {
-        format!("{}/election/{}", self.base, name::encode(name))
+        format!("{}/{}/{}", self.base, Space::Election, name::encode(name))
     }
 
     /// The member directory of group `name`.
