@@ -37,16 +37,20 @@ pub enum Mutation {
     GuardedWriteLies,
     /// A lock held elsewhere is granted anyway: no exclusion.
     NoExclusion,
+    /// A group watch's listing omits every member (a watch whose snapshot
+    /// and later changes disagree, as a Redis group watch once did).
+    GroupSnapshotLies,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 5] = [
+    pub const ALL: [Mutation; 6] = [
         Mutation::SkipRelease,
         Mutation::SkipRevoke,
         Mutation::ConstantFence,
         Mutation::GuardedWriteLies,
         Mutation::NoExclusion,
+        Mutation::GroupSnapshotLies,
     ];
 
     /// Its name (the value of [`ENV`]).
@@ -57,6 +61,7 @@ impl Mutation {
             Mutation::ConstantFence => "constant-fence",
             Mutation::GuardedWriteLies => "guarded-write-lies",
             Mutation::NoExclusion => "no-exclusion",
+            Mutation::GroupSnapshotLies => "group-snapshot-lies",
         }
     }
 
@@ -84,6 +89,7 @@ impl Mutation {
             ],
             Mutation::GuardedWriteLies => &["guarded_writes", "holder_pause"],
             Mutation::NoExclusion => &["mutual_exclusion", "try_and_timeout", "nemesis"],
+            Mutation::GroupSnapshotLies => &["membership_events", "membership_view_consistent"],
         }
     }
 }
@@ -129,7 +135,11 @@ impl Backend for MutantBackend {
     }
 
     async fn watch_group(&self, group: &str) -> Result<RawGroupWatch> {
-        self.inner.watch_group(group).await
+        let mut raw = self.inner.watch_group(group).await?;
+        if self.m == Mutation::GroupSnapshotLies {
+            raw.snapshot.clear();
+        }
+        Ok(raw)
     }
 
     async fn leader(&self, election: &str) -> Result<Option<Leader>> {
