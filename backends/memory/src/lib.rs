@@ -146,3 +146,75 @@ impl Backend for MemoryBackend {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use futures::StreamExt;
+    use quorate_core::{Config, GroupEvent};
+
+    /// A watcher that does not read while thousands of changes happen
+    /// (its feed overflows, its view coalesces) then reads: every event is
+    /// consistent with what it was told, and it converges to the members.
+    #[tokio::test]
+    async fn a_slow_watcher_gets_a_consistent_coalesced_stream() {
+        let coord = super::connect(&Config::parse("memory://slow-watcher").unwrap())
+            .await
+            .unwrap();
+        let session = coord.session().await.unwrap();
+        let keep = session
+            .group("g")
+            .join("keep", serde_json::json!(0))
+            .await
+            .unwrap();
+        let mut events = coord.watch_group("g");
+        let mut view: BTreeMap<String, serde_json::Value> = match events.next().await {
+            Some(Ok(GroupEvent::Snapshot { members })) => members
+                .into_iter()
+                .map(|m| (m.id, m.capabilities))
+                .collect(),
+            other => panic!("{other:?}"),
+        };
+        let mut kept = Vec::new();
+        for i in 0..3000 {
+            let m = session
+                .group("g")
+                .join(&format!("m{i}"), serde_json::json!(i))
+                .await
+                .unwrap();
+            if i % 1000 == 999 {
+                kept.push(m);
+            } else {
+                m.leave().await.unwrap();
+            }
+        }
+        keep.update(serde_json::json!(1)).await.unwrap();
+        let want: BTreeMap<String, serde_json::Value> = coord
+            .members("g")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.id, m.capabilities))
+            .collect();
+        assert_eq!(want.len(), 4, "{want:?}");
+        let mut seen = 0;
+        while view != want {
+            let event = events.next().await.unwrap().unwrap();
+            seen += 1;
+            match event {
+                GroupEvent::Joined { member } => {
+                    assert!(view.insert(member.id, member.capabilities).is_none());
+                }
+                GroupEvent::Updated { member } => {
+                    assert!(view.insert(member.id, member.capabilities).is_some());
+                }
+                GroupEvent::Left { id } => assert!(view.remove(&id).is_some(), "Left {id}"),
+                GroupEvent::Snapshot { .. } => panic!("a second snapshot"),
+            }
+        }
+        // 6000 changes happened; a coalesced stream carries far fewer.
+        assert!(seen < 6000, "{seen} events");
+        drop((kept, keep));
+    }
+}
