@@ -14,13 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::stream::BoxStream;
 use quorate::loss::LossNotifier;
 use quorate::spi::{
     Acquire, Acquired, AfterWrite, Backend, HeldLeadership, HeldLock, HeldMembership, LockKind,
-    SessionBackend,
+    RawGroupWatch, RawObserve, SessionBackend,
 };
-use quorate::{Capabilities, Coordinator, FencingToken, GroupEvent, Leader, Member, Result};
+use quorate::{Capabilities, Coordinator, FencingToken, Leader, Member, Result};
 
 /// The environment variable naming the mutation of this process.
 pub const ENV: &str = "QUORATE_CONFORMANCE_MUTATION";
@@ -41,6 +40,9 @@ pub enum Mutation {
     /// A campaign not elected within 20 ms is told it leads anyway: two
     /// leaders at once.
     TwoLeaders,
+    /// A group watch's listing omits every member (a watch whose snapshot
+    /// and later changes disagree, as a Redis group watch once did).
+    GroupSnapshotLies,
 }
 
 impl Mutation {
@@ -52,6 +54,7 @@ impl Mutation {
         Mutation::GuardedWriteLies,
         Mutation::NoExclusion,
         Mutation::TwoLeaders,
+        Mutation::GroupSnapshotLies,
     ];
 
     /// Its name (the value of [`ENV`]).
@@ -63,6 +66,7 @@ impl Mutation {
             Mutation::GuardedWriteLies => "guarded-write-lies",
             Mutation::NoExclusion => "no-exclusion",
             Mutation::TwoLeaders => "two-leaders",
+            Mutation::GroupSnapshotLies => "group-snapshot-lies",
         }
     }
 
@@ -91,6 +95,7 @@ impl Mutation {
             Mutation::GuardedWriteLies => &["guarded_writes", "holder_pause"],
             Mutation::NoExclusion => &["mutual_exclusion", "try_and_timeout", "nemesis"],
             Mutation::TwoLeaders => &["election_handover", "nemesis"],
+            Mutation::GroupSnapshotLies => &["membership_events", "membership_view_consistent"],
         }
     }
 }
@@ -135,15 +140,19 @@ impl Backend for MutantBackend {
         self.inner.members(group).await
     }
 
-    async fn watch_group(&self, group: &str) -> Result<BoxStream<'static, Result<GroupEvent>>> {
-        self.inner.watch_group(group).await
+    async fn watch_group(&self, group: &str) -> Result<RawGroupWatch> {
+        let mut raw = self.inner.watch_group(group).await?;
+        if self.m == Mutation::GroupSnapshotLies {
+            raw.snapshot.clear();
+        }
+        Ok(raw)
     }
 
     async fn leader(&self, election: &str) -> Result<Option<Leader>> {
         self.inner.leader(election).await
     }
 
-    async fn observe(&self, election: &str) -> Result<BoxStream<'static, Result<Option<Leader>>>> {
+    async fn observe(&self, election: &str) -> Result<RawObserve> {
         self.inner.observe(election).await
     }
 
@@ -240,7 +249,7 @@ struct MutantLock {
 impl HeldLock for MutantLock {
     fn fence(&self) -> FencingToken {
         match self.m {
-            Mutation::ConstantFence => FencingToken(1),
+            Mutation::ConstantFence => FencingToken::FIRST,
             _ => self.inner.fence(),
         }
     }
@@ -290,7 +299,7 @@ struct FakeGrant;
 #[async_trait]
 impl HeldLock for FakeGrant {
     fn fence(&self) -> FencingToken {
-        FencingToken(0)
+        FencingToken::FIRST
     }
 
     async fn is_held(&self) -> Result<bool> {

@@ -40,8 +40,11 @@ pub enum RwOrdering {
     WriterPreferring,
 }
 
-/// Which primitives the backend implements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Which primitives the backend implements. Non-exhaustive: start from
+/// [`Primitives::ALL`] or [`Primitives::NONE`] (the `Default`) and set
+/// fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[non_exhaustive]
 pub struct Primitives {
     /// `Mutex`.
     pub mutex: bool,
@@ -55,9 +58,34 @@ pub struct Primitives {
     pub guarded_writes: bool,
 }
 
+impl Primitives {
+    /// Every primitive.
+    pub const ALL: Primitives = Primitives {
+        mutex: true,
+        rwlock: true,
+        group: true,
+        election: true,
+        guarded_writes: true,
+    };
+
+    /// No primitive.
+    pub const NONE: Primitives = Primitives {
+        mutex: false,
+        rwlock: false,
+        group: false,
+        election: false,
+        guarded_writes: false,
+    };
+}
+
 /// The guarantees a backend declares. Every field is checked by the
 /// conformance suite (see `docs/guarantees.md`).
+///
+/// Non-exhaustive, so that a new guarantee is not a breaking change: a
+/// backend starts from [`Capabilities::new`], which declares nothing beyond
+/// its name, scope and failure detection, and sets what it guarantees.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Capabilities {
     /// The backend's name (`memory`, `file`, `etcd`, …).
     pub backend: &'static str,
@@ -83,4 +111,31 @@ pub struct Capabilities {
     pub external_revoke: bool,
     /// Which primitives are implemented.
     pub primitives: Primitives,
+}
+
+impl Capabilities {
+    /// The capabilities of backend `backend` with this scope and failure
+    /// detection, declaring nothing else: no fencing, no FIFO order
+    /// (`rwlock_ordering: WriterPreferring`), no push wake-ups, no
+    /// exclusion under pause, no failover survival, no external revoke, no
+    /// primitive. Set the fields the backend guarantees.
+    pub const fn new(
+        backend: &'static str,
+        scope: Scope,
+        failure_detection: FailureDetection,
+    ) -> Capabilities {
+        Capabilities {
+            backend,
+            scope,
+            failure_detection,
+            fencing: false,
+            fifo: false,
+            rwlock_ordering: RwOrdering::WriterPreferring,
+            push_wakeups: false,
+            exclusive_under_pause: false,
+            survives_failover: false,
+            external_revoke: false,
+            primitives: Primitives::NONE,
+        }
+    }
 }

@@ -118,14 +118,27 @@ impl Coordinator {
     }
 
     /// Watch a group without needing a session: a [`GroupEvent::Snapshot`],
-    /// then every change.
+    /// then every change, each exactly once (a member's `Left` always after
+    /// its `Joined` or its place in the snapshot).
+    ///
+    /// The stream never ends on its own: a broken watch is re-opened with
+    /// back-off and the difference reported as events; a consumer that falls
+    /// behind gets the changes coalesced per member (see [`crate::watch`]).
+    /// An invalid name or a failure to open the first watch is the stream's
+    /// only item.
     pub fn watch_group(&self, group: &str) -> BoxStream<'static, Result<GroupEvent>> {
         let this = self.clone();
         let group = group.to_owned();
-        lazy_stream(async move {
-            name::validate("group", &group)?;
-            this.bounded("watch group", this.inner.backend.watch_group(&group))
-                .await
+        if let Err(e) = name::validate("group", &group) {
+            return futures::stream::once(async move { Err(e) }).boxed();
+        }
+        crate::watch::group_events(format!("group `{group}`"), move || {
+            let this = this.clone();
+            let group = group.clone();
+            async move {
+                this.bounded("watch group", this.inner.backend.watch_group(&group))
+                    .await
+            }
         })
     }
 
@@ -141,14 +154,22 @@ impl Coordinator {
     }
 
     /// Observe an election without needing a session: the current leader,
-    /// then every change.
+    /// then every change, never a lower fence after a higher one. A consumer
+    /// that falls behind gets the latest leader; broken observations are
+    /// re-opened as for [`Coordinator::watch_group`].
     pub fn observe(&self, election: &str) -> BoxStream<'static, Result<Option<Leader>>> {
         let this = self.clone();
         let election = election.to_owned();
-        lazy_stream(async move {
-            name::validate("election", &election)?;
-            this.bounded("observe election", this.inner.backend.observe(&election))
-                .await
+        if let Err(e) = name::validate("election", &election) {
+            return futures::stream::once(async move { Err(e) }).boxed();
+        }
+        crate::watch::leader_events(format!("election `{election}`"), move || {
+            let this = this.clone();
+            let election = election.clone();
+            async move {
+                this.bounded("observe election", this.inner.backend.observe(&election))
+                    .await
+            }
         })
     }
 
@@ -195,17 +216,4 @@ impl Coordinator {
             ))),
         }
     }
-}
-
-/// A stream whose first step is an async call producing the real stream;
-/// an error of that call becomes the stream's only item.
-fn lazy_stream<T: Send + 'static>(
-    start: impl Future<Output = Result<BoxStream<'static, Result<T>>>> + Send + 'static,
-) -> BoxStream<'static, Result<T>> {
-    futures::stream::once(start)
-        .flat_map(|r| match r {
-            Ok(s) => s,
-            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
-        })
-        .boxed()
 }

@@ -86,8 +86,9 @@ impl Election {
         self.session.inner.coordinator.leader(&self.name).await
     }
 
-    /// The current leader, then every change (never a stale leader after a
-    /// newer one).
+    /// The current leader, then every change (never a lower fence after a
+    /// higher one). A consumer that falls behind gets the latest leader; a
+    /// broken observation is re-opened with back-off (see [`crate::watch`]).
     pub fn observe(&self) -> BoxStream<'static, Result<Option<Leader>>> {
         self.session.inner.coordinator.observe(&self.name)
     }

@@ -89,7 +89,12 @@ impl Group {
     }
 
     /// A stream of events: first [`GroupEvent::Snapshot`], then every change
-    /// after it, with no gap and no duplicate.
+    /// after it, with no gap and no duplicate (a member's `Left` always after
+    /// its `Joined` or its place in the snapshot). A consumer that falls
+    /// behind gets the changes coalesced per member; a broken watch is
+    /// re-opened with back-off and the difference reported as events (see
+    /// [`crate::watch`]). An invalid name, or a failure to open the first
+    /// watch, is the stream's only item.
     pub fn watch(&self) -> BoxStream<'static, Result<GroupEvent>> {
         self.session.inner.coordinator.watch_group(&self.name)
     }

@@ -24,6 +24,7 @@ pub mod name;
 mod rwlock;
 mod session;
 pub mod spi;
+pub mod watch;
 
 pub use capabilities::{Capabilities, FailureDetection, Primitives, RwOrdering, Scope};
 pub use config::{Config, Secret};

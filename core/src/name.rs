@@ -3,6 +3,38 @@
 
 use crate::error::{Error, Result};
 
+/// The key space a name lives in: the same name in two spaces is two
+/// different things (a lock and an election of one name are different; a
+/// mutex and a read/write lock of one name are one lock, in [`Space::Mutex`]). Every backend derives its key, path or node prefix for a space
+/// from [`Space::as_str`], and the Redis scripts receive it as an argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Space {
+    /// Mutexes and read/write locks (one lock per name): `lock`.
+    Mutex,
+    /// Elections: `election`.
+    Election,
+}
+
+impl Space {
+    /// Every space.
+    pub const ALL: [Space; 2] = [Space::Mutex, Space::Election];
+
+    /// The space's segment in keys and paths: `lock`, `election`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Space::Mutex => "lock",
+            Space::Election => "election",
+        }
+    }
+
+}
+
+impl std::fmt::Display for Space {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The longest accepted name, in bytes of UTF-8.
 ///
 /// Longer names are refused with [`crate::ErrorKind::InvalidName`]. 1024

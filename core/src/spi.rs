@@ -35,6 +35,17 @@
 //!   a handle for them.)
 //! - Blocking waits are woken by the backend (watch, pub/sub, kernel);
 //!   polling only as a bounded fallback.
+//! - **Core owns the watch view; backends only observe.**
+//!   [`Backend::watch_group`] returns a listing and a stream of raw
+//!   [`GroupChange`]s, [`Backend::observe`] the leader and a stream of
+//!   readings; core's [`crate::watch`] turns them into the user's events
+//!   (exactly once, never a `Left` before its `Joined`, never a lower fence
+//!   after a higher one), buffers them in a bounded channel, and re-opens a
+//!   raw stream that errs or ends. A raw stream must not miss a change
+//!   after its listing (repeats are harmless), is pulled promptly, and
+//!   keeps no unbounded buffer of its own: where the platform pushes
+//!   changes, buffer boundedly and report a [`GroupChange::Resync`] (or a
+//!   fresh reading) after an overflow.
 
 use std::time::Duration;
 
@@ -158,6 +169,90 @@ pub enum GroupEvent {
     },
 }
 
+/// A member as a backend sees it in a raw change ([`GroupChange`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenMember {
+    /// The member (id and capabilities).
+    pub member: Member,
+    /// Which incarnation of the member's record this is, where the backend
+    /// can tell (ZooKeeper: the node's czxid): when it differs from the one
+    /// seen before, the member left and joined again in between, and the
+    /// view reports `Left` then `Joined`. `None` where it cannot tell.
+    pub incarnation: Option<i64>,
+}
+
+impl SeenMember {
+    /// A member whose incarnation the backend cannot tell.
+    pub fn new(member: Member) -> Self {
+        SeenMember {
+            member,
+            incarnation: None,
+        }
+    }
+}
+
+/// A raw change a backend reports for a group. Core's watch view
+/// ([`crate::watch`]) turns these into [`GroupEvent`]s; a backend never
+/// builds `GroupEvent`s itself, and may report a change the view already
+/// reflects (the view drops it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupChange {
+    /// The member's record exists now with these capabilities (created or
+    /// changed).
+    Put(SeenMember),
+    /// The member's record is gone.
+    Delete {
+        /// The member id.
+        id: String,
+    },
+    /// Every member now (after a re-list: a reconnection, compacted
+    /// history, a gap in the backend's events, a bounded buffer that
+    /// overflowed).
+    Resync(Vec<SeenMember>),
+}
+
+/// What [`Backend::watch_group`] returns: a listing, and every raw change
+/// after it (no change after the listing may be missed; repeats are
+/// harmless).
+pub struct RawGroupWatch {
+    /// Every member at the moment the watch started.
+    pub snapshot: Vec<SeenMember>,
+    /// The changes after the snapshot. An `Err` item, or the end of the
+    /// stream, means the watch broke and may have missed changes: core
+    /// opens a new one (with back-off) and treats its snapshot as a
+    /// [`GroupChange::Resync`].
+    pub changes: BoxStream<'static, Result<GroupChange>>,
+}
+
+impl std::fmt::Debug for RawGroupWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawGroupWatch")
+            .field("snapshot", &self.snapshot)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Backend::observe`] returns: the leader now, and the leader as
+/// read after every change the backend noticed (readings may repeat, and
+/// may be stale: core drops repeats and any leader with a lower fence than
+/// one already seen).
+pub struct RawObserve {
+    /// The leader at the moment the observation started.
+    pub leader: Option<Leader>,
+    /// Later readings. An `Err` item, or the end of the stream, means the
+    /// observation broke: core opens a new one (with back-off) and treats
+    /// its first leader as one more reading.
+    pub changes: BoxStream<'static, Result<Option<Leader>>>,
+}
+
+impl std::fmt::Debug for RawObserve {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawObserve")
+            .field("leader", &self.leader)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The current leader of an election.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Leader {
@@ -188,15 +283,16 @@ pub trait Backend: Send + Sync + 'static {
     /// The members of a group, sorted by id.
     async fn members(&self, group: &str) -> Result<Vec<Member>>;
 
-    /// A stream of group events, starting with a [`GroupEvent::Snapshot`].
-    async fn watch_group(&self, group: &str) -> Result<BoxStream<'static, Result<GroupEvent>>>;
+    /// List a group and follow its raw changes from that listing. Core's
+    /// watch view turns them into the user's [`GroupEvent`]s.
+    async fn watch_group(&self, group: &str) -> Result<RawGroupWatch>;
 
     /// The current leader of an election, if any.
     async fn leader(&self, election: &str) -> Result<Option<Leader>>;
 
-    /// A stream of leaders: first the current one, then every change, never
-    /// a stale leader after a newer one.
-    async fn observe(&self, election: &str) -> Result<BoxStream<'static, Result<Option<Leader>>>>;
+    /// Read the current leader and follow its changes as raw readings.
+    /// Core de-duplicates them (never a lower fence after a higher one).
+    async fn observe(&self, election: &str) -> Result<RawObserve>;
 
     /// Read a value stored by a guarded write.
     async fn read(&self, key: &str) -> Result<Option<Vec<u8>>>;

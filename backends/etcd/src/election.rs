@@ -14,14 +14,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use etcd_client::{EventType, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget, Txn, TxnOp};
-use futures::stream::BoxStream;
 use futures::StreamExt;
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{HeldLeadership, Leader};
+use quorate_core::spi::{HeldLeadership, Leader, RawObserve};
 use quorate_core::{FencingToken, Result};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::client::Shared;
 use crate::keys::lease_hex;
@@ -48,10 +45,6 @@ pub(crate) async fn campaign(
     Ok(Box::new(EtcdLeadership { held, loss }))
 }
 
-fn fence(rev: i64) -> FencingToken {
-    FencingToken(u64::try_from(rev).unwrap_or(0))
-}
-
 /// The current leader: the candidate with the lowest create revision.
 pub(crate) async fn leader(shared: &Shared, name: &str) -> Result<Option<Leader>> {
     let prefix = shared.layout.election(name);
@@ -60,41 +53,34 @@ pub(crate) async fn leader(shared: &Shared, name: &str) -> Result<Option<Leader>
         .with_sort(SortTarget::Create, SortOrder::Ascend)
         .with_limit(1);
     let resp = shared.get("get leader", &prefix, Some(first)).await?;
-    Ok(resp.kvs().first().map(|kv| Leader {
-        value: kv.value().to_vec(),
-        fence: fence(kv.create_revision()),
-    }))
+    resp.kvs()
+        .first()
+        .map(|kv| {
+            Ok(Leader {
+                value: kv.value().to_vec(),
+                fence: FencingToken::try_from(kv.create_revision())?,
+            })
+        })
+        .transpose()
 }
 
-/// The current leader, then every change.
-pub(crate) async fn observe(
-    shared: Arc<Shared>,
-    name: &str,
-) -> Result<BoxStream<'static, Result<Option<Leader>>>> {
+/// The current leader, then the leader after every change of the
+/// candidates.
+pub(crate) async fn observe(shared: Arc<Shared>, name: &str) -> Result<RawObserve> {
     let prefix = shared.layout.election(name);
-    let (mut watch, kvs) = PrefixWatch::start(shared, prefix).await?;
+    let (watch, kvs) = PrefixWatch::start(shared, prefix).await?;
     let mut candidates = Candidates::default();
     candidates.reset(&kvs);
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut last = candidates.leader();
-    let _ = tx.send(Ok(last.clone()));
-    tokio::spawn(async move {
-        loop {
-            let batch = tokio::select! {
-                b = watch.next() => b,
-                () = tx.closed() => return,
-            };
-            candidates.apply(batch);
-            let now = candidates.leader();
-            if now != last {
-                last = now.clone();
-                if tx.send(Ok(now)).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    Ok(UnboundedReceiverStream::new(rx).boxed())
+    let leader = candidates.leader()?;
+    let changes = futures::stream::unfold(
+        (watch, candidates),
+        |(mut watch, mut candidates)| async move {
+            candidates.apply(watch.next().await);
+            Some((candidates.leader(), (watch, candidates)))
+        },
+    )
+    .boxed();
+    Ok(RawObserve { leader, changes })
 }
 
 /// An observer's view of the candidates: key → (create revision, value).
@@ -136,14 +122,17 @@ impl Candidates {
         }
     }
 
-    fn leader(&self) -> Option<Leader> {
+    fn leader(&self) -> Result<Option<Leader>> {
         self.0
             .values()
             .min_by_key(|(rev, _)| *rev)
-            .map(|(rev, value)| Leader {
-                value: value.clone(),
-                fence: fence(*rev),
+            .map(|(rev, value)| {
+                Ok(Leader {
+                    value: value.clone(),
+                    fence: FencingToken::try_from(*rev)?,
+                })
             })
+            .transpose()
     }
 }
 
@@ -156,7 +145,7 @@ struct EtcdLeadership {
 #[async_trait]
 impl HeldLeadership for EtcdLeadership {
     fn fence(&self) -> FencingToken {
-        fence(self.held.rev)
+        self.held.fence
     }
 
     async fn proclaim(&self, value: &[u8]) -> Result<()> {

@@ -12,15 +12,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use etcd_client::{EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp};
-use futures::stream::BoxStream;
 use futures::StreamExt;
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
 use quorate_core::name::decode;
-use quorate_core::spi::{GroupEvent, HeldMembership, Member};
+use quorate_core::spi::{GroupChange, HeldMembership, Member, RawGroupWatch, SeenMember};
 use quorate_core::{Error, Result};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::client::Shared;
 use crate::not_held;
@@ -40,7 +37,7 @@ pub(crate) async fn join(
     let mut own = OwnKey::claim(session, key).await;
     match own.create(session, &value, &[], false).await? {
         Created::Yes => Ok(Box::new(EtcdMembership {
-            held: own.keep(),
+            held: own.keep()?,
             group: group.to_owned(),
             member: member.to_owned(),
             loss,
@@ -94,106 +91,58 @@ fn to_map(prefix: &str, kvs: &[KeyValue]) -> BTreeMap<String, serde_json::Value>
         .collect()
 }
 
-/// A snapshot of `group`, then every change.
-pub(crate) async fn watch(
-    shared: Arc<Shared>,
-    group: &str,
-) -> Result<BoxStream<'static, Result<GroupEvent>>> {
+/// A listing of `group`, then its raw changes (see the module doc).
+pub(crate) async fn watch(shared: Arc<Shared>, group: &str) -> Result<RawGroupWatch> {
     let prefix = shared.layout.group(group);
-    let (mut watch, kvs) = PrefixWatch::start(shared, prefix.clone()).await?;
-    let mut members = to_map(&prefix, &kvs);
-    let (tx, rx) = mpsc::unbounded_channel();
-    let snapshot = members
-        .iter()
-        .map(|(id, c)| Member {
-            id: id.clone(),
-            capabilities: c.clone(),
+    let (watch, kvs) = PrefixWatch::start(shared, prefix.clone()).await?;
+    let snapshot = seen(&prefix, &kvs);
+    let changes = futures::stream::unfold((watch, prefix), |(mut watch, prefix)| async move {
+        let changes = raw_changes(&prefix, watch.next().await);
+        Some((changes, (watch, prefix)))
+    })
+    .flat_map(|changes| futures::stream::iter(changes.into_iter().map(Ok)))
+    .boxed();
+    Ok(RawGroupWatch { snapshot, changes })
+}
+
+/// The members among `kvs`, each with its key's create revision as its
+/// incarnation.
+fn seen(prefix: &str, kvs: &[KeyValue]) -> Vec<SeenMember> {
+    kvs.iter()
+        .filter_map(|kv| {
+            Some(SeenMember {
+                member: Member {
+                    id: member_id(prefix, kv.key())?,
+                    capabilities: capabilities(kv.value()),
+                },
+                incarnation: Some(kv.create_revision()),
+            })
         })
-        .collect();
-    let _ = tx.send(Ok(GroupEvent::Snapshot { members: snapshot }));
-    tokio::spawn(async move {
-        loop {
-            let batch = tokio::select! {
-                b = watch.next() => b,
-                () = tx.closed() => return,
-            };
-            for event in apply(&prefix, &mut members, batch) {
-                if tx.send(Ok(event)).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    Ok(UnboundedReceiverStream::new(rx).boxed())
+        .collect()
 }
 
-/// Apply a batch to the local view of the group; return the events.
-fn apply(
-    prefix: &str,
-    members: &mut BTreeMap<String, serde_json::Value>,
-    batch: Batch,
-) -> Vec<GroupEvent> {
-    let mut out = Vec::new();
+/// The raw changes of one batch.
+fn raw_changes(prefix: &str, batch: Batch) -> Vec<GroupChange> {
     match batch {
-        Batch::Changes(events) => {
-            for e in events {
-                let Some(kv) = e.kv() else { continue };
-                let Some(id) = member_id(prefix, kv.key()) else {
-                    continue;
-                };
-                match e.event_type() {
-                    EventType::Put => {
-                        let c = capabilities(kv.value());
-                        let member = Member {
-                            id: id.clone(),
-                            capabilities: c.clone(),
-                        };
-                        if members.insert(id, c).is_some() {
-                            out.push(GroupEvent::Updated { member });
-                        } else {
-                            out.push(GroupEvent::Joined { member });
-                        }
-                    }
-                    EventType::Delete => {
-                        if members.remove(&id).is_some() {
-                            out.push(GroupEvent::Left { id });
-                        }
-                    }
-                }
-            }
-        }
-        Batch::Resync(kvs) => {
-            let now = to_map(prefix, &kvs);
-            out = diff(members, &now);
-            *members = now;
-        }
+        Batch::Changes(events) => events
+            .iter()
+            .filter_map(|e| {
+                let kv = e.kv()?;
+                let id = member_id(prefix, kv.key())?;
+                Some(match e.event_type() {
+                    EventType::Put => GroupChange::Put(SeenMember {
+                        member: Member {
+                            id,
+                            capabilities: capabilities(kv.value()),
+                        },
+                        incarnation: Some(kv.create_revision()),
+                    }),
+                    EventType::Delete => GroupChange::Delete { id },
+                })
+            })
+            .collect(),
+        Batch::Resync(kvs) => vec![GroupChange::Resync(seen(prefix, &kvs))],
     }
-    out
-}
-
-/// The events that turn `old` into `new` (after a re-list): members that
-/// left first, then members that joined or changed, by id.
-fn diff(
-    old: &BTreeMap<String, serde_json::Value>,
-    new: &BTreeMap<String, serde_json::Value>,
-) -> Vec<GroupEvent> {
-    let mut out: Vec<GroupEvent> = old
-        .keys()
-        .filter(|id| !new.contains_key(*id))
-        .map(|id| GroupEvent::Left { id: id.clone() })
-        .collect();
-    for (id, c) in new {
-        let member = Member {
-            id: id.clone(),
-            capabilities: c.clone(),
-        };
-        match old.get(id) {
-            None => out.push(GroupEvent::Joined { member }),
-            Some(before) if before != c => out.push(GroupEvent::Updated { member }),
-            Some(_) => {}
-        }
-    }
-    out
 }
 
 /// A membership: our member key.
@@ -249,35 +198,5 @@ mod tests {
         assert_eq!(member_id("ns/group/g/", b"ns/group/g/a/b"), None);
         assert_eq!(capabilities(b"{\"x\":1}")["x"], 1);
         assert_eq!(capabilities(b"plain"), serde_json::json!("plain"));
-    }
-
-    #[test]
-    fn a_relisted_group_is_reported_as_its_difference() {
-        use serde_json::json;
-        let map = |pairs: &[(&str, serde_json::Value)]| -> BTreeMap<String, serde_json::Value> {
-            pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.clone()))
-                .collect()
-        };
-        let old = map(&[("a", json!(1)), ("b", json!(1)), ("c", json!(1))]);
-        let new = map(&[("a", json!(2)), ("c", json!(1)), ("d", json!(1))]);
-        let m = |id: &str, c| Member {
-            id: id.into(),
-            capabilities: c,
-        };
-        assert_eq!(
-            diff(&old, &new),
-            vec![
-                GroupEvent::Left { id: "b".into() },
-                GroupEvent::Updated {
-                    member: m("a", json!(2))
-                },
-                GroupEvent::Joined {
-                    member: m("d", json!(1))
-                },
-            ]
-        );
-        assert!(diff(&new, &new).is_empty());
     }
 }

@@ -15,7 +15,7 @@
 //! written in lower-case hexadecimal without padding, exactly as Go's
 //! `fmt.Sprintf("%x", lease)`.
 
-use quorate_core::name::encode;
+use quorate_core::name::{encode, Space};
 
 /// The keys of one namespace.
 #[derive(Debug, Clone)]
@@ -50,13 +50,13 @@ impl Layout {
     /// The queue prefix of a mutex, as `etcdctl lock <ns>/lock/<enc(name)>`
     /// builds it (the Go `concurrency.NewMutex` adds the trailing `/`).
     pub(crate) fn mutex(&self, name: &str) -> String {
-        format!("{}/lock/{}/", self.ns, encode(name))
+        format!("{}/{}/{}/", self.ns, Space::Mutex, encode(name))
     }
 
     /// The candidate prefix of an election, as `etcdctl elect
     /// <ns>/election/<enc(name)>` builds it.
     pub(crate) fn election(&self, name: &str) -> String {
-        format!("{}/election/{}/", self.ns, encode(name))
+        format!("{}/{}/{}/", self.ns, Space::Election, encode(name))
     }
 
     /// The member prefix of a group.

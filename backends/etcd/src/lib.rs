@@ -37,10 +37,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Certificate, ConnectOptions, GetOptions, Identity, TlsOptions};
-use futures::stream::BoxStream;
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{Backend, GroupEvent, Leader, Member, SessionBackend};
+use quorate_core::spi::{Backend, Leader, Member, RawGroupWatch, RawObserve, SessionBackend};
 use quorate_core::{
     Capabilities, Config, Coordinator, Error, ErrorKind, FailureDetection, Primitives, Result,
     RwOrdering, Scope,
@@ -65,25 +64,16 @@ const OPTIONS: &[&str] = &["ca", "cert", "key"];
 /// survive the failover of a cluster member, and a paused holder loses its
 /// locks after the lease TTL.
 pub fn capabilities() -> Capabilities {
-    Capabilities {
-        backend: "etcd",
-        scope: Scope::Hosts,
-        failure_detection: FailureDetection::LeaseTtl,
-        fencing: true,
-        fifo: true,
-        rwlock_ordering: RwOrdering::Fifo,
-        push_wakeups: true,
-        exclusive_under_pause: false,
-        survives_failover: true,
-        external_revoke: true,
-        primitives: Primitives {
-            mutex: true,
-            rwlock: true,
-            group: true,
-            election: true,
-            guarded_writes: true,
-        },
-    }
+    let mut c = Capabilities::new("etcd", Scope::Hosts, FailureDetection::LeaseTtl);
+    c.fencing = true;
+    c.fifo = true;
+    c.rwlock_ordering = RwOrdering::Fifo;
+    c.push_wakeups = true;
+    c.exclusive_under_pause = false;
+    c.survives_failover = true;
+    c.external_revoke = true;
+    c.primitives = Primitives::ALL;
+    c
 }
 
 /// Connect to etcd and check, within `connect_timeout`, that it answers and
@@ -318,7 +308,7 @@ impl Backend for EtcdBackend {
         group::members(&self.shared, group).await
     }
 
-    async fn watch_group(&self, group: &str) -> Result<BoxStream<'static, Result<GroupEvent>>> {
+    async fn watch_group(&self, group: &str) -> Result<RawGroupWatch> {
         group::watch(self.shared.clone(), group).await
     }
 
@@ -326,7 +316,7 @@ impl Backend for EtcdBackend {
         election::leader(&self.shared, election).await
     }
 
-    async fn observe(&self, election: &str) -> Result<BoxStream<'static, Result<Option<Leader>>>> {
+    async fn observe(&self, election: &str) -> Result<RawObserve> {
         election::observe(self.shared.clone(), election).await
     }
 

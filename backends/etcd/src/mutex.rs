@@ -95,7 +95,7 @@ async fn try_take(session: &EtcdSession, entry: &Entry<'_>) -> Result<Option<Hel
         .create(session, entry.value, &nobody_ahead, false)
         .await?
     {
-        Created::Yes => Ok(Some(own.keep())),
+        Created::Yes => Ok(Some(own.keep()?)),
         Created::Refused => {
             own.forget();
             Ok(None)
@@ -121,7 +121,7 @@ pub(crate) async fn enqueue_and_wait(session: &EtcdSession, entry: &Entry<'_>) -
     let rev = own.rev();
     tracing::debug!(key = %own.key(), rev, "queued");
     wait_for_turn(session, entry, rev).await?;
-    Ok(own.keep())
+    own.keep()
 }
 
 /// Wait until no key of `entry.blockers` has a create revision below `rev`,
@@ -198,7 +198,7 @@ struct EtcdLock {
 #[async_trait]
 impl HeldLock for EtcdLock {
     fn fence(&self) -> FencingToken {
-        FencingToken(u64::try_from(self.held.rev).unwrap_or(0))
+        self.held.fence
     }
 
     async fn is_held(&self) -> Result<bool> {

@@ -29,7 +29,7 @@ use quorate_core::loss::LossNotifier;
 use quorate_core::spi::{
     Acquire, Acquired, HeldLeadership, HeldMembership, LockKind, SessionBackend,
 };
-use quorate_core::{Error, Result};
+use quorate_core::{Error, FencingToken, Result};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 use tokio::task::JoinHandle;
 
@@ -457,15 +457,23 @@ impl OwnKey {
     }
 
     /// The key stays: hand it to a grant, candidacy or membership.
-    pub(crate) fn keep(mut self) -> HeldKey {
+    ///
+    /// # Errors
+    ///
+    /// [`quorate_core::ErrorKind::Backend`] when the create revision is not
+    /// a fencing token (not positive); the key is then removed as if the
+    /// acquisition had been dropped.
+    pub(crate) fn keep(mut self) -> Result<HeldKey> {
+        let fence = FencingToken::try_from(self.rev())?;
         self.armed = false;
-        HeldKey {
+        Ok(HeldKey {
             shared: self.shared.clone(),
             key: self.key.clone(),
             lease: self.lease,
             rev: self.rev(),
+            fence,
             guard: StdMutex::new(self.guard.take()),
-        }
+        })
     }
 }
 
@@ -513,8 +521,10 @@ pub(crate) struct HeldKey {
     pub(crate) shared: Arc<Shared>,
     pub(crate) key: String,
     pub(crate) lease: i64,
-    /// The create revision: the fencing token of what this key grants.
+    /// The create revision.
     pub(crate) rev: i64,
+    /// The fencing token of what this key grants: `rev`, checked.
+    pub(crate) fence: FencingToken,
     guard: StdMutex<Option<OwnedMutexGuard<()>>>,
 }
 

@@ -18,13 +18,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex};
 
-use futures::stream::BoxStream;
 use futures::StreamExt;
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{HeldLeadership, Leader};
+use quorate_core::spi::{HeldLeadership, Leader, RawObserve};
 use quorate_core::{Error, FencingToken, Result};
-use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::layout::{bump_fence, read_optional, same_file, stem, write_atomic, Layout, Space};
 use crate::mutex::lock_file;
@@ -47,9 +45,11 @@ fn encode_value(fence: u64, value: &[u8]) -> Vec<u8> {
 fn decode_value(bytes: &[u8]) -> Option<Leader> {
     let nl = bytes.iter().position(|&b| b == b'\n')?;
     let fence = std::str::from_utf8(&bytes[..nl]).ok()?.parse().ok()?;
+    // A value file whose token is not one (0) is not a leader's.
+    let fence = FencingToken::new(fence).ok()?;
     Some(Leader {
         value: bytes[nl + 1..].to_vec(),
-        fence: FencingToken(fence),
+        fence,
     })
 }
 
@@ -157,7 +157,7 @@ pub(crate) async fn campaign(
     tracing::debug!(election, fence, "elected");
     let state = Arc::new(LeaderState {
         election: election.to_owned(),
-        fence: FencingToken(fence),
+        fence: FencingToken::new(fence)?,
         leader: StdMutex::new(leader),
         loss,
         registration: session.reserve(),
@@ -188,59 +188,34 @@ pub(crate) async fn leader(layout: &Layout, election: &str) -> Result<Option<Lea
     blocking(move || read_leader(&lock_path, &value_path)).await
 }
 
-/// The current leader, then every change, re-read on inotify events.
-pub(crate) async fn observe(
-    layout: &Layout,
-    election: &str,
-) -> Result<BoxStream<'static, Result<Option<Leader>>>> {
+/// The current leader, then the leader as re-read on every inotify event.
+/// An inotify error (the directory was removed) ends the raw stream with
+/// it; core re-opens the observation.
+pub(crate) async fn observe(layout: &Layout, election: &str) -> Result<RawObserve> {
     let lock_path = layout.lock_path(Space::Election, election);
     let value_path = layout.value_path(election);
     let dir = lock_path.parent().expect("under the root").to_owned();
     let s = stem(election);
     let (lock_name, value_name) = (format!("{s}.lock"), format!("{s}.value"));
     // Watch first, then read: no change can fall between the two.
-    let mut changes = Changes::new(&dir, move |name| name == lock_name || name == value_name)?;
+    let changes = Changes::new(&dir, move |name| name == lock_name || name == value_name)?;
     let (lp, vp) = (lock_path.clone(), value_path.clone());
-    let mut last = blocking(move || read_leader(&lp, &vp)).await?;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let _ = tx.send(Ok(last.clone()));
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tx.closed() => return,
-                r = changes.next() => {
-                    let read = match r {
-                        Ok(_) => {
-                            let (lp, vp) = (lock_path.clone(), value_path.clone());
-                            blocking(move || read_leader(&lp, &vp)).await
-                        }
-                        Err(e) => Err(e),
-                    };
-                    let now = match read {
-                        Ok(l) => l,
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    if now == last {
-                        continue;
-                    }
-                    // Never a stale leader after a newer one.
-                    if let (Some(old), Some(new)) = (&last, &now) {
-                        if new.fence < old.fence {
-                            continue;
-                        }
-                    }
-                    if tx.send(Ok(now.clone())).is_err() {
-                        return;
-                    }
-                    last = now;
+    let leader = blocking(move || read_leader(&lp, &vp)).await?;
+    let changes =
+        futures::stream::unfold(Some((changes, lock_path, value_path)), |state| async move {
+            let (mut changes, lock_path, value_path) = state?;
+            let read = match changes.next().await {
+                Ok(_) => {
+                    let (lp, vp) = (lock_path.clone(), value_path.clone());
+                    blocking(move || read_leader(&lp, &vp)).await
                 }
-            }
-        }
-    });
-    Ok(UnboundedReceiverStream::new(rx).boxed())
+                Err(e) => Err(e),
+            };
+            let next = read.is_ok().then_some((changes, lock_path, value_path));
+            Some((read, next))
+        })
+        .boxed();
+    Ok(RawObserve { leader, changes })
 }
 
 struct LeaderState {

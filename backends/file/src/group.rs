@@ -19,7 +19,8 @@
 //!
 //! Watching uses inotify on the group's directory: the member's `link`,
 //! `rename` and `unlink`, and the close of its file when it leaves or dies,
-//! each trigger a re-scan that is diffed against the last one.
+//! each trigger a look at that file (or a re-scan), reported to core's
+//! watch view as raw changes.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -29,13 +30,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use futures::stream::BoxStream;
 use futures::StreamExt;
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{GroupEvent, HeldMembership, Member};
+use quorate_core::spi::{GroupChange, HeldMembership, Member, RawGroupWatch, SeenMember};
 use quorate_core::{Error, Result};
-use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::layout::{list, member_file_name, same_file, tmp_name, Layout};
 use crate::ofd::{blocking, io_error, is_locked, try_lock, Mode, Range};
@@ -269,13 +268,12 @@ pub(crate) async fn members(layout: &Layout, group: &str) -> Result<Vec<Member>>
     blocking(move || scan(&dir, true)).await
 }
 
-/// Watch a group: a snapshot, then, for every inotify event on a member
-/// file (in event order), that member's change; after the follow-up
-/// re-scans, whatever changed that no event showed yet (a crashed member).
-pub(crate) async fn watch(
-    layout: &Layout,
-    group: &str,
-) -> Result<BoxStream<'static, Result<GroupEvent>>> {
+/// Watch a group: a listing, then, for every inotify event on a member
+/// file (in event order), that member's raw change; after the follow-up
+/// re-scans, a resync (which shows a crashed member no event showed yet).
+/// An inotify error (the directory was removed) ends the raw stream with
+/// it; core re-opens the watch.
+pub(crate) async fn watch(layout: &Layout, group: &str) -> Result<RawGroupWatch> {
     let dir = layout.group_dir(group);
     let job_dir = dir.clone();
     blocking(move || {
@@ -284,89 +282,76 @@ pub(crate) async fn watch(
     })
     .await?;
     // Watch first, then scan: no change can fall between the two.
-    let mut changes = Changes::new(&dir, |name| name.ends_with(".member"))?;
+    let changes = Changes::new(&dir, |name| name.ends_with(".member"))?;
     let scan_dir = dir.clone();
-    let mut known = blocking(move || scan_files(&scan_dir, false)).await?;
-    let mut members: Vec<Member> = known.values().cloned().collect();
-    members.sort_by(|a, b| a.id.cmp(&b.id));
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let _ = tx.send(Ok(GroupEvent::Snapshot { members }));
-    tokio::spawn(async move {
-        loop {
-            let change = tokio::select! {
-                _ = tx.closed() => return,
-                r = changes.next() => r,
-            };
-            let d = dir.clone();
-            // The current state of each file to look at, in order.
-            let looked = match change {
-                Ok(Change::Files(names)) => {
-                    blocking(move || {
-                        names
-                            .into_iter()
-                            .map(|n| {
-                                let state = probe(&d.join(&n))?.live();
-                                Ok((n, state))
-                            })
-                            .collect::<Result<Vec<_>>>()
-                    })
-                    .await
-                }
-                Ok(Change::Everything) => {
-                    blocking(move || scan_files(&d, false)).await.map(|now| {
-                        let mut all: Vec<String> =
-                            known.keys().chain(now.keys()).cloned().collect();
-                        all.sort();
-                        all.dedup();
-                        all.into_iter()
-                            .map(|n| {
-                                let state = now.get(&n).cloned();
-                                (n, state)
-                            })
-                            .collect()
-                    })
-                }
-                Err(e) => Err(e),
-            };
-            let looked = match looked {
-                Ok(l) => l,
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            };
-            for (file, now) in looked {
-                if let Some(event) = apply(&mut known, file, now) {
-                    if tx.send(Ok(event)).is_err() {
-                        return;
-                    }
-                }
-            }
+    let known = blocking(move || scan_files(&scan_dir, false)).await?;
+    let snapshot = known.values().cloned().map(SeenMember::new).collect();
+    let follow = Follow {
+        dir,
+        changes,
+        ids: known.into_iter().map(|(file, m)| (file, m.id)).collect(),
+        broken: false,
+    };
+    let changes = futures::stream::unfold(follow, |mut f| async move {
+        if f.broken {
+            return None;
         }
-    });
-    Ok(UnboundedReceiverStream::new(rx).boxed())
+        let changes = f.next().await;
+        f.broken = changes.is_err();
+        Some((changes, f))
+    })
+    .flat_map(|changes| match changes {
+        Ok(changes) => futures::stream::iter(changes.into_iter().map(Ok)).boxed(),
+        Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+    })
+    .boxed();
+    Ok(RawGroupWatch { snapshot, changes })
 }
 
-/// Record the current state of one member file; the event it makes, if any.
-fn apply(
-    known: &mut BTreeMap<String, Member>,
-    file: String,
-    now: Option<Member>,
-) -> Option<GroupEvent> {
-    match (known.get(&file), now) {
-        (None, None) => None,
-        (None, Some(m)) => {
-            known.insert(file, m.clone());
-            Some(GroupEvent::Joined { member: m })
+/// A watch's state: the inotify watch and the member id of each live
+/// member file seen (a file name does not tell its id).
+struct Follow {
+    dir: PathBuf,
+    changes: Changes,
+    ids: BTreeMap<String, String>,
+    broken: bool,
+}
+
+impl Follow {
+    /// The raw changes after the next inotify wake-up.
+    async fn next(&mut self) -> Result<Vec<GroupChange>> {
+        let d = self.dir.clone();
+        match self.changes.next().await? {
+            Change::Files(names) => {
+                let looked = blocking(move || {
+                    names
+                        .into_iter()
+                        .map(|n| {
+                            let state = probe(&d.join(&n))?.live();
+                            Ok((n, state))
+                        })
+                        .collect::<Result<Vec<_>>>()
+                })
+                .await?;
+                Ok(looked
+                    .into_iter()
+                    .filter_map(|(file, now)| match now {
+                        Some(m) => {
+                            self.ids.insert(file, m.id.clone());
+                            Some(GroupChange::Put(SeenMember::new(m)))
+                        }
+                        None => self.ids.remove(&file).map(|id| GroupChange::Delete { id }),
+                    })
+                    .collect())
+            }
+            Change::Everything => {
+                let now = blocking(move || scan_files(&d, false)).await?;
+                self.ids = now.iter().map(|(f, m)| (f.clone(), m.id.clone())).collect();
+                Ok(vec![GroupChange::Resync(
+                    now.into_values().map(SeenMember::new).collect(),
+                )])
+            }
         }
-        (Some(_), None) => known
-            .remove(&file)
-            .map(|old| GroupEvent::Left { id: old.id }),
-        (Some(old), Some(m)) if *old != m => {
-            known.insert(file, m.clone());
-            Some(GroupEvent::Updated { member: m })
-        }
-        (Some(_), Some(_)) => None,
     }
 }
 

@@ -78,24 +78,8 @@ pub fn stem(name: &str) -> String {
     out
 }
 
-/// Which lock-file directory a lock lives in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Space {
-    /// Mutexes and read/write locks (one lock per name).
-    Mutex,
-    Election,
-}
-
-impl Space {
-    pub(crate) const ALL: [Space; 2] = [Space::Mutex, Space::Election];
-
-    pub(crate) fn dir(self) -> &'static str {
-        match self {
-            Space::Mutex => "lock",
-            Space::Election => "election",
-        }
-    }
-}
+/// The directory of each key space (core's one definition).
+pub(crate) use quorate_core::name::Space;
 
 /// The root directory and the paths under it.
 #[derive(Debug)]
@@ -123,7 +107,7 @@ impl Layout {
         }
         let layout = Layout { root };
         for space in Space::ALL {
-            fs::create_dir_all(layout.root.join(space.dir()))
+            fs::create_dir_all(layout.root.join(space.as_str()))
                 .map_err(|e| unusable("is not writable", e))?;
         }
         for dir in ["group", "data"] {
@@ -160,14 +144,14 @@ impl Layout {
     /// The lock file of `name` in `space`.
     pub(crate) fn lock_path(&self, space: Space, name: &str) -> PathBuf {
         self.root
-            .join(space.dir())
+            .join(space.as_str())
             .join(format!("{}.lock", stem(name)))
     }
 
     /// The file holding the leader's fence and value of `election`.
     pub(crate) fn value_path(&self, election: &str) -> PathBuf {
         self.root
-            .join(Space::Election.dir())
+            .join(Space::Election.as_str())
             .join(format!("{}.value", stem(election)))
     }
 

@@ -40,10 +40,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::BoxStream;
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{Backend, GroupEvent, Leader, Member, SessionBackend};
+use quorate_core::spi::{Backend, Leader, Member, RawGroupWatch, RawObserve, SessionBackend};
 use quorate_core::{
     Capabilities, Config, Coordinator, Error, FailureDetection, Primitives, Result, RwOrdering,
     Scope,
@@ -69,25 +68,16 @@ pub const SCHEMES: &[&str] = &["file"];
 /// - `external_revoke: false`: another process cannot take away a kernel
 ///   lock.
 pub fn capabilities() -> Capabilities {
-    Capabilities {
-        backend: "file",
-        scope: Scope::Processes,
-        failure_detection: FailureDetection::ProcessLifetime,
-        fencing: true,
-        fifo: false,
-        rwlock_ordering: RwOrdering::WriterPreferring,
-        push_wakeups: true,
-        exclusive_under_pause: true,
-        survives_failover: false,
-        external_revoke: false,
-        primitives: Primitives {
-            mutex: true,
-            rwlock: true,
-            group: true,
-            election: true,
-            guarded_writes: true,
-        },
-    }
+    let mut c = Capabilities::new("file", Scope::Processes, FailureDetection::ProcessLifetime);
+    c.fencing = true;
+    c.fifo = false;
+    c.rwlock_ordering = RwOrdering::WriterPreferring;
+    c.push_wakeups = true;
+    c.exclusive_under_pause = true;
+    c.survives_failover = false;
+    c.external_revoke = false;
+    c.primitives = Primitives::ALL;
+    c
 }
 
 /// The lock file of the mutex `name` under the root directory `root`: the
@@ -95,7 +85,7 @@ pub fn capabilities() -> Capabilities {
 /// `fcntl.lockf(fd, fcntl.LOCK_EX)`) to exclude, and be excluded by,
 /// quorate's mutex of that name.
 pub fn mutex_path(root: &Path, name: &str) -> PathBuf {
-    root.join(Space::Mutex.dir())
+    root.join(Space::Mutex.as_str())
         .join(format!("{}.lock", stem(name)))
 }
 
@@ -147,7 +137,7 @@ struct FileBackend {
 fn leftovers(layout: &Layout) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for space in Space::ALL {
-        let dir = layout.root().join(space.dir());
+        let dir = layout.root().join(space.as_str());
         for name in list(&dir, ".lock")? {
             let path = dir.join(&name);
             let file = match std::fs::File::open(&path) {
@@ -158,7 +148,7 @@ fn leftovers(layout: &Layout) -> Result<Vec<String>> {
             if is_locked(&file, Mode::Exclusive, Range::WHOLE)
                 .map_err(|e| io_error(format!("probing `{}`", path.display()), e))?
             {
-                out.push(format!("{}/{name}", space.dir()));
+                out.push(format!("{}/{name}", space.as_str()));
             }
         }
     }
@@ -195,7 +185,7 @@ impl Backend for FileBackend {
         group::members(&self.layout, group).await
     }
 
-    async fn watch_group(&self, group: &str) -> Result<BoxStream<'static, Result<GroupEvent>>> {
+    async fn watch_group(&self, group: &str) -> Result<RawGroupWatch> {
         group::watch(&self.layout, group).await
     }
 
@@ -203,7 +193,7 @@ impl Backend for FileBackend {
         election::leader(&self.layout, election).await
     }
 
-    async fn observe(&self, election: &str) -> Result<BoxStream<'static, Result<Option<Leader>>>> {
+    async fn observe(&self, election: &str) -> Result<RawObserve> {
         election::observe(&self.layout, election).await
     }
 

@@ -84,7 +84,7 @@ pub(crate) async fn lock(
     let state = Arc::new(LockState {
         layout: session.layout.clone(),
         path,
-        fence: FencingToken(grant.fence),
+        fence: FencingToken::new(grant.fence)?,
         file: StdMutex::new(Some(grant.file)),
         loss,
         registration: session.reserve(),

@@ -706,3 +706,43 @@ async fn removed_member_and_election_files_are_noticed() {
     soon("the leader told its file was removed", leader.lost()).await;
     assert!(!s.is_lost(), "the root is there: the session lives on");
 }
+
+/// A broken watch (its directory removed) is re-opened by core with a new
+/// listing: the stream goes on, and reports the difference.
+#[tokio::test]
+async fn a_group_watch_goes_on_after_its_directory_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let url = format!("file://{}", root.display());
+    let c = quorate_file::connect(&Config::parse(&url).unwrap())
+        .await
+        .unwrap();
+    let s = c.session().await.unwrap();
+    let mut events = c.watch_group("g");
+    assert_eq!(
+        soon("snapshot", events.next()).await.unwrap().unwrap(),
+        GroupEvent::Snapshot { members: vec![] }
+    );
+    let a = s.group("g").join("a", json!(1)).await.unwrap();
+    match soon("joined a", events.next()).await.unwrap().unwrap() {
+        GroupEvent::Joined { member } => assert_eq!(member.id, "a"),
+        other => panic!("{other:?}"),
+    }
+    std::fs::remove_dir_all(root.join("group")).unwrap();
+    soon("the member told its file was removed", a.lost()).await;
+    match soon("a left", events.next()).await.unwrap().unwrap() {
+        GroupEvent::Left { id } => assert_eq!(id, "a"),
+        other => panic!("{other:?}"),
+    }
+    drop(a);
+    let b = s.group("g").join("b", json!(2)).await.unwrap();
+    match soon("joined b", events.next()).await.unwrap().unwrap() {
+        GroupEvent::Joined { member } => assert_eq!(member.id, "b"),
+        other => panic!("{other:?}"),
+    }
+    b.leave().await.unwrap();
+    match soon("b left", events.next()).await.unwrap().unwrap() {
+        GroupEvent::Left { id } => assert_eq!(id, "b"),
+        other => panic!("{other:?}"),
+    }
+}

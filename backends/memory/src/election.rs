@@ -1,30 +1,24 @@
 //! Elections: candidates queue as exclusive entries in the election
 //! namespace; the head of the queue is the leader.
 
-use futures::stream::BoxStream;
-use futures::StreamExt;
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{HeldLeadership, Leader};
+use quorate_core::spi::{HeldLeadership, Leader, RawObserve};
 use quorate_core::{Error, FencingToken, Result};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::mutex::wait_for_grant;
 use crate::queue::remove;
 use crate::session::MemorySession;
-use crate::state::{Inner, Space, State};
+use crate::state::{feed, Inner, Space, State};
 
 /// The leader of `name` now: the granted head of its queue.
 pub(crate) fn current_leader(inner: &Inner, name: &str) -> Option<Leader> {
     let queue = inner.queues.get(&(Space::Election, name.to_owned()))?;
     let head = queue.entries.front()?;
-    let fence = head.fence?;
+    // Counters start at 1, so a granted head always has a token.
+    let fence = FencingToken::new(head.fence?).ok()?;
     let value = inner.elections.get(name)?.values.get(&head.id)?.clone();
-    Some(Leader {
-        value,
-        fence: FencingToken(fence),
-    })
+    Some(Leader { value, fence })
 }
 
 /// Tell observers if the leader (or its value) changed; forget the values
@@ -42,7 +36,7 @@ pub(crate) fn publish_leader(inner: &mut Inner, name: &str) {
     state.values.retain(|id, _| live.contains(id));
     if state.last_published != leader {
         state.last_published = leader.clone();
-        state.observers.retain(|o| o.send(leader.clone()).is_ok());
+        state.observers.retain(|o| o.send(leader.clone()));
     }
     if state.values.is_empty() && state.observers.is_empty() {
         inner.elections.remove(name);
@@ -87,15 +81,19 @@ pub(crate) fn leader(state: &State, name: &str) -> Option<Leader> {
     current_leader(&state.lock().unwrap(), name)
 }
 
-pub(crate) fn observe(state: &State, name: &str) -> BoxStream<'static, Result<Option<Leader>>> {
-    let (tx, rx) = mpsc::unbounded_channel();
+/// Read the leader and register a feed of later readings, under one lock.
+pub(crate) fn observe(state: &State, name: &str) -> RawObserve {
+    let n = name.to_owned();
+    let (feed, changes) = feed(state, move |inner| current_leader(inner, &n));
     let mut inner = state.lock().unwrap();
     let now = current_leader(&inner, name);
-    let _ = tx.send(now.clone());
     let election = inner.elections.entry(name.to_owned()).or_default();
-    election.last_published = now;
-    election.observers.push(tx);
-    UnboundedReceiverStream::new(rx).map(Ok).boxed()
+    election.last_published = now.clone();
+    election.observers.push(feed);
+    RawObserve {
+        leader: now,
+        changes,
+    }
 }
 
 struct MemoryLeadership {

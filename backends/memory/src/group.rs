@@ -2,17 +2,13 @@
 //! the same lock as the change, so a watcher's snapshot and its events never
 //! overlap or leave a gap.
 
-use futures::stream::BoxStream;
-use futures::StreamExt;
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{GroupEvent, HeldMembership, Member};
+use quorate_core::spi::{GroupChange, HeldMembership, Member, RawGroupWatch, SeenMember};
 use quorate_core::{Error, Result};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::session::MemorySession;
-use crate::state::{GroupState, Inner, MemberRecord, State};
+use crate::state::{feed, GroupState, Inner, MemberRecord, State};
 
 pub(crate) fn list(inner: &Inner, group: &str) -> Vec<Member> {
     inner
@@ -53,12 +49,10 @@ pub(crate) fn join(
             loss,
         },
     );
-    g.publish(GroupEvent::Joined {
-        member: Member {
-            id: member.to_owned(),
-            capabilities: capabilities.clone(),
-        },
-    });
+    g.publish(GroupChange::Put(SeenMember::new(Member {
+        id: member.to_owned(),
+        capabilities: capabilities.clone(),
+    })));
     Ok(Box::new(MemoryMembership {
         state: session.state.clone(),
         session: session.id,
@@ -67,18 +61,24 @@ pub(crate) fn join(
     }))
 }
 
-pub(crate) fn watch(state: &State, group: &str) -> BoxStream<'static, Result<GroupEvent>> {
-    let (tx, rx) = mpsc::unbounded_channel();
+/// List the group and register a feed of its changes, under one lock.
+pub(crate) fn watch(state: &State, group: &str) -> RawGroupWatch {
+    let g = group.to_owned();
+    let (feed, changes) = feed(state, move |inner| {
+        GroupChange::Resync(list(inner, &g).into_iter().map(SeenMember::new).collect())
+    });
     let mut inner = state.lock().unwrap();
-    let members = list(&inner, group);
-    let _ = tx.send(GroupEvent::Snapshot { members });
+    let snapshot = list(&inner, group)
+        .into_iter()
+        .map(SeenMember::new)
+        .collect();
     inner
         .groups
         .entry(group.to_owned())
         .or_default()
         .watchers
-        .push(tx);
-    UnboundedReceiverStream::new(rx).map(Ok).boxed()
+        .push(feed);
+    RawGroupWatch { snapshot, changes }
 }
 
 /// Remove `member` if it belongs to `session`; publishes `Left`.
@@ -90,7 +90,7 @@ pub(crate) fn remove_member(inner: &mut Inner, group: &str, member: &str, sessio
         if let Some(m) = g.members.remove(member) {
             m.loss.fire("left the group");
         }
-        g.publish(GroupEvent::Left {
+        g.publish(GroupChange::Delete {
             id: member.to_owned(),
         });
     }
@@ -131,12 +131,10 @@ impl HeldMembership for MemoryMembership {
         if let Some(m) = g.members.get_mut(&self.member) {
             m.capabilities = capabilities.clone();
         }
-        g.publish(GroupEvent::Updated {
-            member: Member {
-                id: self.member.clone(),
-                capabilities: capabilities.clone(),
-            },
-        });
+        g.publish(GroupChange::Put(SeenMember::new(Member {
+            id: self.member.clone(),
+            capabilities: capabilities.clone(),
+        })));
         Ok(())
     }
 

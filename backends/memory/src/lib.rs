@@ -21,10 +21,9 @@ mod state;
 
 use std::time::Duration;
 
-use futures::stream::BoxStream;
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{Backend, GroupEvent, Leader, Member, SessionBackend};
+use quorate_core::spi::{Backend, Leader, Member, RawGroupWatch, RawObserve, SessionBackend};
 use quorate_core::{
     Capabilities, Config, Coordinator, Error, FailureDetection, Primitives, Result, RwOrdering,
     Scope,
@@ -38,25 +37,16 @@ pub const SCHEMES: &[&str] = &["memory"];
 
 /// What `memory://` declares.
 pub fn capabilities() -> Capabilities {
-    Capabilities {
-        backend: "memory",
-        scope: Scope::Threads,
-        failure_detection: FailureDetection::LeaseTtl,
-        fencing: true,
-        fifo: true,
-        rwlock_ordering: RwOrdering::Fifo,
-        push_wakeups: true,
-        exclusive_under_pause: false,
-        survives_failover: false,
-        external_revoke: true,
-        primitives: Primitives {
-            mutex: true,
-            rwlock: true,
-            group: true,
-            election: true,
-            guarded_writes: true,
-        },
-    }
+    let mut c = Capabilities::new("memory", Scope::Threads, FailureDetection::LeaseTtl);
+    c.fencing = true;
+    c.fifo = true;
+    c.rwlock_ordering = RwOrdering::Fifo;
+    c.push_wakeups = true;
+    c.exclusive_under_pause = false;
+    c.survives_failover = false;
+    c.external_revoke = true;
+    c.primitives = Primitives::ALL;
+    c
 }
 
 /// Connect to `memory://[NAME]`.
@@ -121,7 +111,7 @@ impl Backend for MemoryBackend {
         Ok(group::list(&self.state.lock().unwrap(), group))
     }
 
-    async fn watch_group(&self, group: &str) -> Result<BoxStream<'static, Result<GroupEvent>>> {
+    async fn watch_group(&self, group: &str) -> Result<RawGroupWatch> {
         Ok(group::watch(&self.state, group))
     }
 
@@ -129,7 +119,7 @@ impl Backend for MemoryBackend {
         Ok(election::leader(&self.state, name))
     }
 
-    async fn observe(&self, name: &str) -> Result<BoxStream<'static, Result<Option<Leader>>>> {
+    async fn observe(&self, name: &str) -> Result<RawObserve> {
         Ok(election::observe(&self.state, name))
     }
 
@@ -156,5 +146,77 @@ impl Backend for MemoryBackend {
         }
         out.sort();
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use futures::StreamExt;
+    use quorate_core::{Config, GroupEvent};
+
+    /// A watcher that does not read while thousands of changes happen
+    /// (its feed overflows, its view coalesces) then reads: every event is
+    /// consistent with what it was told, and it converges to the members.
+    #[tokio::test]
+    async fn a_slow_watcher_gets_a_consistent_coalesced_stream() {
+        let coord = super::connect(&Config::parse("memory://slow-watcher").unwrap())
+            .await
+            .unwrap();
+        let session = coord.session().await.unwrap();
+        let keep = session
+            .group("g")
+            .join("keep", serde_json::json!(0))
+            .await
+            .unwrap();
+        let mut events = coord.watch_group("g");
+        let mut view: BTreeMap<String, serde_json::Value> = match events.next().await {
+            Some(Ok(GroupEvent::Snapshot { members })) => members
+                .into_iter()
+                .map(|m| (m.id, m.capabilities))
+                .collect(),
+            other => panic!("{other:?}"),
+        };
+        let mut kept = Vec::new();
+        for i in 0..3000 {
+            let m = session
+                .group("g")
+                .join(&format!("m{i}"), serde_json::json!(i))
+                .await
+                .unwrap();
+            if i % 1000 == 999 {
+                kept.push(m);
+            } else {
+                m.leave().await.unwrap();
+            }
+        }
+        keep.update(serde_json::json!(1)).await.unwrap();
+        let want: BTreeMap<String, serde_json::Value> = coord
+            .members("g")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.id, m.capabilities))
+            .collect();
+        assert_eq!(want.len(), 4, "{want:?}");
+        let mut seen = 0;
+        while view != want {
+            let event = events.next().await.unwrap().unwrap();
+            seen += 1;
+            match event {
+                GroupEvent::Joined { member } => {
+                    assert!(view.insert(member.id, member.capabilities).is_none());
+                }
+                GroupEvent::Updated { member } => {
+                    assert!(view.insert(member.id, member.capabilities).is_some());
+                }
+                GroupEvent::Left { id } => assert!(view.remove(&id).is_some(), "Left {id}"),
+                GroupEvent::Snapshot { .. } => panic!("a second snapshot"),
+            }
+        }
+        // 6000 changes happened; a coalesced stream carries far fewer.
+        assert!(seen < 6000, "{seen} events");
+        drop((kept, keep));
     }
 }

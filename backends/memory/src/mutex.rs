@@ -65,7 +65,7 @@ pub(crate) async fn wait_for_grant(
             .map_err(|_| Error::lost("the session ended while waiting"))?,
     };
     dequeue.armed = false;
-    Ok(Some((id, FencingToken(fence))))
+    Ok(Some((id, FencingToken::new(fence)?)))
 }
 
 /// Acquire a lock of any kind.

@@ -10,18 +10,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::BoxStream;
+use futures::StreamExt;
 use quorate_core::backend::async_trait;
+use quorate_core::backoff::Backoff;
 use quorate_core::loss::LossNotifier;
 use quorate_core::name::encode;
-use quorate_core::spi::{HeldLeadership, Leader};
+use quorate_core::spi::{HeldLeadership, Leader, RawObserve};
 use quorate_core::{Error, FencingToken, Result};
 use redis::Value;
-use tokio::sync::mpsc;
 
+use crate::hub::Subscription;
 use crate::mutex::{acquire, ExGrant, Space};
 use crate::session::RedisSession;
-use crate::{receiver_stream, scripts, Ctx};
+use crate::{scripts, Ctx};
 
 /// Campaign and wait until elected.
 pub(crate) async fn campaign(
@@ -51,7 +52,7 @@ pub(crate) async fn leader(ctx: &Ctx, name: &str) -> Result<(Option<Leader>, i64
             Ok((
                 Some(Leader {
                     value,
-                    fence: FencingToken(*fence as u64),
+                    fence: FencingToken::try_from(*fence)?,
                 }),
                 *pttl,
             ))
@@ -63,49 +64,72 @@ pub(crate) async fn leader(ctx: &Ctx, name: &str) -> Result<(Option<Leader>, i64
     }
 }
 
-/// The current leader, then every change.
-pub(crate) async fn observe(
+/// The current leader, then the leader as read after every publish, every
+/// reconnect, and when the leader's key is due to expire.
+pub(crate) async fn observe(ctx: Arc<Ctx>, name: &str) -> Result<RawObserve> {
+    let sub = ctx.hub.subscribe(&ctx.key("chan:election", name)).await?;
+    let (now, pttl) = leader(&ctx, name).await?;
+    let follow = Follow {
+        ctx,
+        name: name.to_owned(),
+        sub,
+        leader_known: now.is_some(),
+        pttl,
+        backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(1)),
+    };
+    let changes = futures::stream::unfold(follow, |mut f| async move {
+        let reading = f.next().await;
+        Some((reading, f))
+    })
+    .filter_map(|reading| async move { reading.map(Ok) })
+    .boxed();
+    Ok(RawObserve {
+        leader: now,
+        changes,
+    })
+}
+
+/// An observer's state.
+struct Follow {
     ctx: Arc<Ctx>,
-    name: &str,
-) -> Result<BoxStream<'static, Result<Option<Leader>>>> {
-    let mut sub = ctx.hub.subscribe(&ctx.key("chan:election", name)).await?;
-    let (mut last, mut pttl) = leader(&ctx, name).await?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    let _ = tx.send(Ok(last.clone()));
-    let name = name.to_owned();
-    tokio::spawn(async move {
-        loop {
-            // A live leader's key is extended before it expires; re-read
-            // when it is due, in case the leader died without a word.
-            let recheck = if last.is_some() && pttl >= 0 {
-                ctx.recheck_after(ctx.ttl * 2, pttl)
-            } else {
-                ctx.ttl
-            };
-            tokio::select! {
-                _ = tx.closed() => return,
-                _ = sub.next() => {}
-                _ = tokio::time::sleep(recheck) => {}
+    name: String,
+    sub: Subscription,
+    /// Whether the last reading had a leader.
+    leader_known: bool,
+    /// The remaining TTL of the leader's key at the last reading (-1: none).
+    pttl: i64,
+    backoff: Backoff,
+}
+
+impl Follow {
+    /// The leader after the next wake-up, if the read succeeded.
+    async fn next(&mut self) -> Option<Option<Leader>> {
+        // A live leader's key is extended before it expires; re-read when
+        // it is due, in case the leader died without a word.
+        let recheck = if self.leader_known && self.pttl >= 0 {
+            self.ctx.recheck_after(self.ctx.ttl * 2, self.pttl)
+        } else {
+            self.ctx.ttl
+        };
+        tokio::select! {
+            _ = self.sub.next() => {}
+            _ = tokio::time::sleep(recheck) => {}
+        }
+        match leader(&self.ctx, &self.name).await {
+            Ok((now, p)) => {
+                self.backoff.reset();
+                self.pttl = p;
+                self.leader_known = now.is_some();
+                Some(now)
             }
-            match leader(&ctx, &name).await {
-                Ok((now, p)) => {
-                    pttl = p;
-                    if now != last {
-                        if tx.send(Ok(now.clone())).is_err() {
-                            return;
-                        }
-                        last = now;
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, election = %name, "observe: re-reading the leader failed");
-                    pttl = -1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+            Err(e) => {
+                tracing::debug!(error = %e, election = %self.name, "observe: re-reading the leader failed");
+                self.pttl = -1;
+                self.backoff.wait().await;
+                None
             }
         }
-    });
-    Ok(receiver_stream(rx))
+    }
 }
 
 /// Leadership: the election's exclusive grant.

@@ -9,25 +9,25 @@
 //! members atomically): events at or below the listed version are already
 //! in the snapshot and dropped, the next ones applied in order. A gap in
 //! versions, a reconnect, or the fallback timer (when the first member key
-//! is due to expire) makes it re-list and emit the difference.
+//! is due to expire) makes it re-list and report a resync; core's watch view
+//! turns the raw changes into events.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::BoxStream;
+use futures::StreamExt;
 use quorate_core::backend::async_trait;
+use quorate_core::backoff::Backoff;
 use quorate_core::loss::LossNotifier;
 use quorate_core::name::{decode, encode};
-use quorate_core::spi::{GroupEvent, HeldMembership, Member};
+use quorate_core::spi::{GroupChange, HeldMembership, Member, RawGroupWatch, SeenMember};
 use quorate_core::{Error, Result};
 use redis::Value;
-use tokio::sync::mpsc;
 
-use crate::hub::Wake;
+use crate::hub::{Subscription, Wake};
 use crate::mutex::Cleanup;
 use crate::session::{RedisSession, Registration};
-use crate::{receiver_stream, scripts, Ctx};
+use crate::{scripts, Ctx};
 
 /// A group's members at one version.
 pub(crate) struct Listing {
@@ -173,8 +173,8 @@ impl HeldMembership for RedisMembership {
     }
 }
 
-/// One published event: (version, event).
-fn parse_event(payload: &str) -> Option<(i64, GroupEvent)> {
+/// One published event: (version, raw change).
+fn parse_event(payload: &str) -> Option<(i64, GroupChange)> {
     let v: serde_json::Value = serde_json::from_str(payload).ok()?;
     let version = v.get("v")?.as_i64()?;
     let id = decode(v.get("id")?.as_str()?)?;
@@ -186,167 +186,99 @@ fn parse_event(payload: &str) -> Option<(i64, GroupEvent)> {
                 .as_bytes(),
         )
     };
-    let event = match v.get("e")?.as_str()? {
-        "joined" => GroupEvent::Joined {
-            member: Member {
-                id,
-                capabilities: caps(),
-            },
-        },
-        "updated" => GroupEvent::Updated {
-            member: Member {
-                id,
-                capabilities: caps(),
-            },
-        },
-        "left" => GroupEvent::Left { id },
+    let change = match v.get("e")?.as_str()? {
+        "joined" | "updated" => GroupChange::Put(SeenMember::new(Member {
+            id,
+            capabilities: caps(),
+        })),
+        "left" => GroupChange::Delete { id },
         _ => return None,
     };
-    Some((version, event))
+    Some((version, change))
 }
 
-/// The watcher's view of the group, which turns events and re-lists into
-/// the stream's events.
-struct View {
-    members: BTreeMap<String, serde_json::Value>,
-    version: i64,
-}
-
-impl View {
-    /// Apply one event; returns it if it changes the view.
-    fn apply(&mut self, event: GroupEvent) -> Option<GroupEvent> {
-        match &event {
-            GroupEvent::Joined { member } | GroupEvent::Updated { member } => {
-                let old = self
-                    .members
-                    .insert(member.id.clone(), member.capabilities.clone());
-                match (old, &event) {
-                    (Some(c), _) if c == member.capabilities => None,
-                    (Some(_), GroupEvent::Joined { member }) => Some(GroupEvent::Updated {
-                        member: member.clone(),
-                    }),
-                    (None, GroupEvent::Updated { member }) => Some(GroupEvent::Joined {
-                        member: member.clone(),
-                    }),
-                    _ => Some(event),
-                }
-            }
-            GroupEvent::Left { id } => self.members.remove(id).map(|_| event),
-            GroupEvent::Snapshot { .. } => None,
-        }
-    }
-
-    /// Replace the view by a listing; returns the differences as events.
-    fn reset(&mut self, listing: Listing) -> Vec<GroupEvent> {
-        let mut out = Vec::new();
-        let new: BTreeMap<String, serde_json::Value> = listing
-            .members
-            .into_iter()
-            .map(|m| (m.id, m.capabilities))
-            .collect();
-        for id in self.members.keys() {
-            if !new.contains_key(id) {
-                out.push(GroupEvent::Left { id: id.clone() });
-            }
-        }
-        for (id, caps) in &new {
-            match self.members.get(id) {
-                None => out.push(GroupEvent::Joined {
-                    member: Member {
-                        id: id.clone(),
-                        capabilities: caps.clone(),
-                    },
-                }),
-                Some(old) if old != caps => out.push(GroupEvent::Updated {
-                    member: Member {
-                        id: id.clone(),
-                        capabilities: caps.clone(),
-                    },
-                }),
-                Some(_) => {}
-            }
-        }
-        self.members = new;
-        self.version = listing.version;
-        out
-    }
-}
-
-/// A snapshot, then every change.
-pub(crate) async fn watch(
+/// A watch's state: the subscription, the version of the last change
+/// reported, and when to re-list in case a member expired silently.
+struct Follow {
     ctx: Arc<Ctx>,
-    group: &str,
-) -> Result<BoxStream<'static, Result<GroupEvent>>> {
-    let mut sub = ctx.hub.subscribe(&ctx.key("chan:group", group)).await?;
-    let listing = list(&ctx, group).await?;
-    let mut next_check =
-        tokio::time::Instant::now() + ctx.recheck_after(ctx.ttl * 2, listing.first_expiry_ms);
-    let (tx, rx) = mpsc::unbounded_channel();
-    let _ = tx.send(Ok(GroupEvent::Snapshot {
-        members: listing.members.clone(),
-    }));
-    let mut view = View {
-        members: BTreeMap::new(),
-        version: 0,
-    };
-    view.reset(listing);
-    let group = group.to_owned();
-    tokio::spawn(async move {
-        loop {
-            let relist = tokio::select! {
-                _ = tx.closed() => return,
-                wake = sub.next() => match wake {
-                    Wake::Reconnected => true,
-                    Wake::Message(p) => match parse_event(&p) {
-                        Some((v, _)) if v <= view.version => false,
-                        Some((v, event)) if v == view.version + 1 => {
-                            view.version = v;
-                            if let Some(e) = view.apply(event) {
-                                if tx.send(Ok(e)).is_err() {
-                                    return;
-                                }
-                            }
-                            false
-                        }
-                        // A gap (a lost message) or an unreadable one.
-                        _ => true,
-                    },
+    group: String,
+    sub: Subscription,
+    version: i64,
+    next_check: tokio::time::Instant,
+    backoff: Backoff,
+}
+
+impl Follow {
+    /// The next raw change, if the next wake-up makes one.
+    async fn next(&mut self) -> Option<GroupChange> {
+        let relist = tokio::select! {
+            wake = self.sub.next() => match wake {
+                Wake::Reconnected => true,
+                Wake::Message(p) => match parse_event(&p) {
+                    Some((v, _)) if v <= self.version => false,
+                    Some((v, change)) if v == self.version + 1 => {
+                        self.version = v;
+                        return Some(change);
+                    }
+                    // A gap (a lost message) or an unreadable one.
+                    _ => true,
                 },
-                _ = tokio::time::sleep_until(next_check) => true,
-            };
-            if relist {
-                match list(&ctx, &group).await {
-                    Ok(l) => {
-                        next_check = tokio::time::Instant::now()
-                            + ctx.recheck_after(ctx.ttl * 2, l.first_expiry_ms);
-                        for e in view.reset(l) {
-                            if tx.send(Ok(e)).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, %group, "watch: re-listing failed");
-                        next_check = tokio::time::Instant::now() + Duration::from_millis(100);
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
+            },
+            _ = tokio::time::sleep_until(self.next_check) => true,
+        };
+        if !relist {
+            return None;
+        }
+        match list(&self.ctx, &self.group).await {
+            Ok(l) => {
+                self.backoff.reset();
+                self.next_check = tokio::time::Instant::now()
+                    + self.ctx.recheck_after(self.ctx.ttl * 2, l.first_expiry_ms);
+                self.version = l.version;
+                Some(GroupChange::Resync(
+                    l.members.into_iter().map(SeenMember::new).collect(),
+                ))
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, group = %self.group, "watch: re-listing failed");
+                let delay = self.backoff.next_delay();
+                self.next_check = tokio::time::Instant::now() + delay;
+                None
             }
         }
-    });
-    Ok(receiver_stream(rx))
+    }
+}
+
+/// A listing, then the raw changes: subscribe first, then list, so no
+/// change after the listing is missed.
+pub(crate) async fn watch(ctx: Arc<Ctx>, group: &str) -> Result<RawGroupWatch> {
+    let sub = ctx.hub.subscribe(&ctx.key("chan:group", group)).await?;
+    let listing = list(&ctx, group).await?;
+    let next_check =
+        tokio::time::Instant::now() + ctx.recheck_after(ctx.ttl * 2, listing.first_expiry_ms);
+    let follow = Follow {
+        group: group.to_owned(),
+        sub,
+        version: listing.version,
+        next_check,
+        backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(1)),
+        ctx,
+    };
+    let changes = futures::stream::unfold(follow, |mut f| async move {
+        let change = f.next().await;
+        Some((change, f))
+    })
+    .filter_map(|change| async move { change.map(Ok) })
+    .boxed();
+    Ok(RawGroupWatch {
+        snapshot: listing.members.into_iter().map(SeenMember::new).collect(),
+        changes,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn m(id: &str, caps: i64) -> Member {
-        Member {
-            id: id.into(),
-            capabilities: serde_json::json!(caps),
-        }
-    }
 
     #[test]
     fn events_are_parsed_with_their_version() {
@@ -355,48 +287,14 @@ mod tests {
         assert_eq!(v, 7);
         assert_eq!(
             e,
-            GroupEvent::Joined {
-                member: Member {
-                    id: "node/a".into(),
-                    capabilities: serde_json::json!({"x": 1})
-                }
-            }
+            GroupChange::Put(SeenMember::new(Member {
+                id: "node/a".into(),
+                capabilities: serde_json::json!({"x": 1})
+            }))
         );
+        let (_, e) = parse_event(r#"{"v":8,"e":"left","id":"a"}"#).unwrap();
+        assert_eq!(e, GroupChange::Delete { id: "a".into() });
         assert!(parse_event(r#"{"v":1,"e":"left","id":"%zz"}"#).is_none());
         assert!(parse_event("garbage").is_none());
-    }
-
-    #[test]
-    fn a_relist_emits_exactly_the_difference() {
-        let mut view = View {
-            members: BTreeMap::new(),
-            version: 0,
-        };
-        view.reset(Listing {
-            version: 3,
-            first_expiry_ms: -1,
-            members: vec![m("a", 1), m("b", 1)],
-        });
-        let diff = view.reset(Listing {
-            version: 9,
-            first_expiry_ms: -1,
-            members: vec![m("b", 2), m("c", 1)],
-        });
-        assert_eq!(
-            diff,
-            vec![
-                GroupEvent::Left { id: "a".into() },
-                GroupEvent::Updated { member: m("b", 2) },
-                GroupEvent::Joined { member: m("c", 1) },
-            ]
-        );
-        assert_eq!(view.version, 9);
-        // Applying an event that the view already reflects emits nothing.
-        assert_eq!(view.apply(GroupEvent::Joined { member: m("c", 1) }), None);
-        assert_eq!(view.apply(GroupEvent::Left { id: "a".into() }), None);
-        assert_eq!(
-            view.apply(GroupEvent::Left { id: "c".into() }),
-            Some(GroupEvent::Left { id: "c".into() })
-        );
     }
 }

@@ -8,9 +8,15 @@
 //! again and sends [`Wake::Reconnected`] to every subscriber, which then
 //! re-checks (waiters run their script again, watchers re-list and diff):
 //! messages published while disconnected are never relied upon.
+//!
+//! Each subscriber's queue is bounded ([`QUEUE`] wake-ups). A subscriber
+//! that falls that far behind is not waited for: its queue is marked
+//! lagged, and its next [`Subscription::next`] drops what is queued and
+//! returns [`Wake::Reconnected`] — re-check everything — so memory never
+//! grows with a slow subscriber.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, Weak};
 use std::time::Duration;
 
@@ -30,7 +36,24 @@ pub(crate) enum Wake {
     Reconnected,
 }
 
-type Subscribers = HashMap<String, HashMap<u64, mpsc::UnboundedSender<Wake>>>;
+/// How many wake-ups a subscriber's queue holds before it lags.
+const QUEUE: usize = 64;
+
+/// The hub's end of one subscriber's bounded queue.
+struct Slot {
+    tx: mpsc::Sender<Wake>,
+    lagged: Arc<AtomicBool>,
+}
+
+impl Slot {
+    fn send(&self, wake: &Wake) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(wake.clone()) {
+            self.lagged.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+type Subscribers = HashMap<String, HashMap<u64, Slot>>;
 
 struct HubInner {
     /// The server to connect to (replaced when a sentinel primary moves).
@@ -58,7 +81,8 @@ pub(crate) struct Subscription {
     hub: Weak<HubInner>,
     channel: String,
     id: u64,
-    rx: mpsc::UnboundedReceiver<Wake>,
+    rx: mpsc::Receiver<Wake>,
+    lagged: Arc<AtomicBool>,
 }
 
 impl Hub {
@@ -92,7 +116,8 @@ impl Hub {
     ///
     /// `Unavailable` when the server does not confirm in time.
     pub(crate) async fn subscribe(&self, channel: &str) -> Result<Subscription> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let lagged = Arc::new(AtomicBool::new(false));
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let mut sink = self.inner.sink.lock().await;
         self.inner
@@ -101,12 +126,19 @@ impl Hub {
             .unwrap()
             .entry(channel.to_owned())
             .or_default()
-            .insert(id, tx);
+            .insert(
+                id,
+                Slot {
+                    tx,
+                    lagged: lagged.clone(),
+                },
+            );
         let sub = Subscription {
             hub: Arc::downgrade(&self.inner),
             channel: channel.to_owned(),
             id,
             rx,
+            lagged,
         };
         if let Some(s) = sink.as_mut() {
             match tokio::time::timeout(self.inner.timeout, s.subscribe(channel)).await {
@@ -127,8 +159,19 @@ impl Hub {
 }
 
 impl Subscription {
-    /// The next wake-up. Never ends while the hub lives.
+    /// The next wake-up. Never ends while the hub lives. After the queue
+    /// overflowed, what it holds is dropped and the wake-up is
+    /// [`Wake::Reconnected`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
     pub(crate) async fn next(&mut self) -> Wake {
+        if self.lagged.swap(false, Ordering::SeqCst) {
+            while self.rx.try_recv().is_ok() {}
+            tracing::debug!(channel = %self.channel, "subscriber lagged; re-checking");
+            return Wake::Reconnected;
+        }
         match self.rx.recv().await {
             Some(w) => w,
             None => std::future::pending().await,
@@ -176,14 +219,13 @@ impl Drop for Subscription {
 
 fn broadcast(inner: &HubInner, channel: Option<&str>, wake: &Wake) {
     let subs = inner.subscribers.lock().unwrap();
-    let targets: Box<dyn Iterator<Item = &HashMap<u64, mpsc::UnboundedSender<Wake>>>> =
-        match channel {
-            Some(c) => Box::new(subs.get(c).into_iter()),
-            None => Box::new(subs.values()),
-        };
+    let targets: Box<dyn Iterator<Item = &HashMap<u64, Slot>>> = match channel {
+        Some(c) => Box::new(subs.get(c).into_iter()),
+        None => Box::new(subs.values()),
+    };
     for m in targets {
-        for tx in m.values() {
-            let _ = tx.send(wake.clone());
+        for slot in m.values() {
+            slot.send(wake);
         }
     }
 }

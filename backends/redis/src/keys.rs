@@ -34,7 +34,29 @@
 //! any shape — uuid hex, `pid:thread`, text, bytes) is foreign: quorate
 //! never deletes or takes it over, it lives by its key's TTL alone.
 
-use quorate_core::name::encode;
+use quorate_core::name::{encode, Space};
+
+/// The Redis key kinds of a key space ([`Space::as_str`] is the kind; the
+/// scripts receive it as their `space` argument).
+pub(crate) trait SpaceKeys {
+    /// The key kind of the space's holders: `lock`, `election`.
+    fn kind(self) -> &'static str;
+    /// The pub/sub channel kind of the space: `chan:<kind>`.
+    fn channel(self) -> &'static str;
+}
+
+impl SpaceKeys for Space {
+    fn kind(self) -> &'static str {
+        self.as_str()
+    }
+
+    fn channel(self) -> &'static str {
+        match self {
+            Space::Mutex => "chan:lock",
+            Space::Election => "chan:election",
+        }
+    }
+}
 
 /// The prefix of every owner token quorate writes (`quorate:<sid>:<n>`).
 pub(crate) const TOKEN_PREFIX: &str = "quorate:";
@@ -68,6 +90,17 @@ pub(crate) fn is_session_id(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The scripts spell the spaces' key kinds as literals (`keep_alive`
+    /// dispatches on them): they must be core's.
+    #[test]
+    fn the_scripts_name_the_spaces_as_core_does() {
+        let lua = include_str!("lua/keep_alive.lua");
+        for space in Space::ALL {
+            assert!(lua.contains(&format!("'{}'", space.kind())), "{space}");
+            assert_eq!(space.channel(), format!("chan:{}", space.kind()));
+        }
+    }
 
     #[test]
     fn layout() {

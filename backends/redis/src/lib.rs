@@ -48,10 +48,9 @@ mod settings;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::BoxStream;
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{Backend, GroupEvent, Leader, Member, SessionBackend};
+use quorate_core::spi::{Backend, Leader, Member, RawGroupWatch, RawObserve, SessionBackend};
 use quorate_core::{
     Capabilities, Config, Coordinator, Error, ErrorKind, FailureDetection, Primitives, Result,
     RwOrdering, Scope,
@@ -78,25 +77,16 @@ pub const DEFAULT_NAMESPACE: &str = "quorate";
 /// by it) can grant a lock to another client before its holder is told.
 /// Dead holders are detected by their lease TTL.
 pub fn capabilities() -> Capabilities {
-    Capabilities {
-        backend: "redis",
-        scope: Scope::Hosts,
-        failure_detection: FailureDetection::LeaseTtl,
-        fencing: true,
-        fifo: true,
-        rwlock_ordering: RwOrdering::Fifo,
-        push_wakeups: true,
-        exclusive_under_pause: false,
-        survives_failover: false,
-        external_revoke: true,
-        primitives: Primitives {
-            mutex: true,
-            rwlock: true,
-            group: true,
-            election: true,
-            guarded_writes: true,
-        },
-    }
+    let mut c = Capabilities::new("redis", Scope::Hosts, FailureDetection::LeaseTtl);
+    c.fencing = true;
+    c.fifo = true;
+    c.rwlock_ordering = RwOrdering::Fifo;
+    c.push_wakeups = true;
+    c.exclusive_under_pause = false;
+    c.survives_failover = false;
+    c.external_revoke = true;
+    c.primitives = Primitives::ALL;
+    c
 }
 
 /// Connect to the Redis named by `config`, and check that it answers and
@@ -283,14 +273,6 @@ impl Ctx {
     }
 }
 
-/// A stream over an unbounded receiver (ends when every sender is gone).
-pub(crate) fn receiver_stream<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
-) -> BoxStream<'static, T> {
-    use futures::StreamExt;
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
-}
-
 struct RedisBackend {
     ctx: Arc<Ctx>,
 }
@@ -328,7 +310,7 @@ impl Backend for RedisBackend {
         Ok(group::list(&self.ctx, group).await?.members)
     }
 
-    async fn watch_group(&self, group: &str) -> Result<BoxStream<'static, Result<GroupEvent>>> {
+    async fn watch_group(&self, group: &str) -> Result<RawGroupWatch> {
         group::watch(self.ctx.clone(), group).await
     }
 
@@ -336,7 +318,7 @@ impl Backend for RedisBackend {
         Ok(election::leader(&self.ctx, name).await?.0)
     }
 
-    async fn observe(&self, name: &str) -> Result<BoxStream<'static, Result<Option<Leader>>>> {
+    async fn observe(&self, name: &str) -> Result<RawObserve> {
         election::observe(self.ctx.clone(), name).await
     }
 

@@ -32,6 +32,7 @@ use quorate_core::{Error, FencingToken, Result};
 use redis::Script;
 
 use crate::hub::{Subscription, Wake};
+use crate::keys::SpaceKeys;
 use crate::session::{RedisSession, Registration};
 use crate::{scripts, Ctx};
 
@@ -111,7 +112,12 @@ pub(crate) async fn wait_wake(
                         match item.split_once('=') {
                             None if item == token => return None,
                             Some((t, fence)) if t == token => {
-                                return fence.parse().ok().map(FencingToken);
+                                // A token that does not parse or is out of
+                                // range: re-check instead.
+                                return fence
+                                    .parse::<u64>()
+                                    .ok()
+                                    .and_then(|f| FencingToken::new(f).ok());
                             }
                             _ => {}
                         }
@@ -123,30 +129,9 @@ pub(crate) async fn wait_wake(
     }
 }
 
-/// The key spaces of exclusive locks.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Space {
-    /// Mutexes: `<ns>:lock:…`.
-    Lock,
-    /// Elections: `<ns>:election:…`.
-    Election,
-}
-
-impl Space {
-    fn kind(self) -> &'static str {
-        match self {
-            Space::Lock => "lock",
-            Space::Election => "election",
-        }
-    }
-
-    fn channel(self) -> &'static str {
-        match self {
-            Space::Lock => "chan:lock",
-            Space::Election => "chan:election",
-        }
-    }
-}
+/// The key spaces of exclusive locks: [`Space::Mutex`] (`<ns>:lock:…`)
+/// and [`Space::Election`] (`<ns>:election:…`), core's one definition.
+pub(crate) use quorate_core::name::Space;
 
 /// A granted exclusive lock (a mutex, or an election's leadership).
 pub(crate) struct ExGrant {
@@ -251,7 +236,7 @@ where
         };
         backoff.reset();
         match (reply.first(), reply.get(1), channel) {
-            (Some(1), Some(&fence), _) => return Ok(Some(FencingToken(fence as u64))),
+            (Some(1), Some(&fence), _) => return Ok(Some(FencingToken::try_from(fence)?)),
             (Some(-1), _, _) => {
                 return Err(Error::lost(
                     "the redis session expired or was revoked while acquiring",
@@ -334,7 +319,7 @@ pub(crate) async fn lock(
     wait: bool,
     loss: LossNotifier,
 ) -> Result<Option<Box<dyn HeldLock>>> {
-    Ok(acquire(session, Space::Lock, name, wait, b"", loss)
+    Ok(acquire(session, Space::Mutex, name, wait, b"", loss)
         .await?
         .map(|g| Box::new(RedisLock(g)) as Box<dyn HeldLock>))
 }

@@ -229,7 +229,7 @@ async fn dropped_and_timed_out_waiters_leave_the_queue() {
     until_queued(&env, &queue, 1).await;
     g.release().await.unwrap();
     let fence = within("grant", behind).await.unwrap().unwrap();
-    assert!(fence.0 >= 2);
+    assert!(fence.get() >= 2);
     for s in [s1, s2, s3] {
         s.close().await.unwrap();
     }
@@ -943,7 +943,7 @@ async fn killed_holder_is_released_after_the_ttl() {
     child.wait().unwrap();
     let g = within("takeover", s.mutex("crash").lock()).await.unwrap();
     let waited = killed_at.elapsed();
-    assert!(g.fence().0 > agent_fence);
+    assert!(g.fence().get() > agent_fence);
     eprintln!("figure: lock of a SIGKILLed holder acquired {waited:?} after the kill (ttl 1s)");
     g.release().await.unwrap();
     s.close().await.unwrap();

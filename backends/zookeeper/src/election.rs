@@ -14,13 +14,12 @@
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use futures::stream::BoxStream;
 use futures::StreamExt;
 use quorate_core::backend::async_trait;
+use quorate_core::backoff::Backoff;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{HeldLeadership, Leader};
+use quorate_core::spi::{HeldLeadership, Leader, RawObserve};
 use quorate_core::{Error, FencingToken, Result};
-use tokio::sync::mpsc;
 use zookeeper_client as zk;
 use zookeeper_client::{Client, EventType, SessionState};
 
@@ -47,11 +46,13 @@ pub(crate) async fn campaign(
     let grant = queue::acquire(shared, &spec, value, true)
         .await?
         .ok_or_else(|| Error::backend("a waiting campaign returned without a grant"))?;
+    let fence = FencingToken::try_from(grant.stat.czxid)?;
     watch_own_node(shared, grant.path.clone(), loss);
     Ok(Box::new(ZkLeadership {
         shared: shared.clone(),
         path: grant.path,
         czxid: grant.stat.czxid,
+        fence,
         version: StdMutex::new(grant.stat.version),
     }))
 }
@@ -68,7 +69,7 @@ pub(crate) async fn leader(client: &Client, dir: &str) -> Result<Option<Leader>>
             Ok((value, stat)) => {
                 return Ok(Some(Leader {
                     value,
-                    fence: FencingToken(stat.czxid as u64),
+                    fence: FencingToken::try_from(stat.czxid)?,
                 }))
             }
             Err(zk::Error::NoNode) => continue, // resigned meanwhile: look again
@@ -81,13 +82,15 @@ struct ZkLeadership {
     shared: Arc<SessionShared>,
     path: String,
     czxid: i64,
+    /// The leadership's token: `czxid`, checked.
+    fence: FencingToken,
     version: StdMutex<i32>,
 }
 
 #[async_trait]
 impl HeldLeadership for ZkLeadership {
     fn fence(&self) -> FencingToken {
-        FencingToken(self.czxid as u64)
+        self.fence
     }
 
     async fn proclaim(&self, value: &[u8]) -> Result<()> {
@@ -134,54 +137,62 @@ impl HeldLeadership for ZkLeadership {
     }
 }
 
-type Leaders = mpsc::UnboundedSender<Result<Option<Leader>>>;
-
-/// Observe the election at `dir`: the current leader, then every change.
-pub(crate) async fn observe(
-    reads: Arc<SharedClient>,
-    dir: String,
-) -> Result<BoxStream<'static, Result<Option<Leader>>>> {
+/// Observe the election at `dir`: the current leader, then the leader as
+/// read after every change.
+pub(crate) async fn observe(reads: Arc<SharedClient>, dir: String) -> Result<RawObserve> {
     let client = reads.client().await?;
     let watcher = crate::node::persistent_watch(&client, &dir).await?;
     crate::node::sync(&client, &dir).await?;
     let current = leader(&client, &dir).await?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    let _ = tx.send(Ok(current.clone()));
-    tokio::spawn(follow(reads, dir, client, watcher, current, tx));
-    Ok(
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
-            .boxed(),
-    )
+    let follow = Follow {
+        reads,
+        dir,
+        client,
+        watcher,
+        disconnected: false,
+    };
+    let changes = futures::stream::unfold(follow, |mut f| async move {
+        let reading = f.next().await;
+        Some((reading, f))
+    })
+    .filter_map(|reading| async move { reading.map(Ok) })
+    .boxed();
+    Ok(RawObserve {
+        leader: current,
+        changes,
+    })
 }
 
-/// The observer task; ends when the stream is dropped.
-async fn follow(
+/// The observer's state.
+struct Follow {
     reads: Arc<SharedClient>,
     dir: String,
-    mut client: Client,
-    mut watcher: zk::PersistentWatcher,
-    mut last: Option<Leader>,
-    tx: Leaders,
-) {
-    let mut disconnected = false;
-    loop {
-        let event = tokio::select! {
-            e = watcher.changed() => e,
-            _ = tx.closed() => return,
-        };
+    client: Client,
+    watcher: zk::PersistentWatcher,
+    disconnected: bool,
+}
+
+impl Follow {
+    /// The leader as read after the next event, if that event called for a
+    /// look and the read succeeded.
+    async fn next(&mut self) -> Option<Option<Leader>> {
+        let event = self.watcher.changed().await;
+        let dir = &self.dir;
         let look = match event.event_type {
             EventType::Session => match event.session_state {
                 SessionState::Disconnected => {
-                    disconnected = true;
+                    self.disconnected = true;
                     false
                 }
-                SessionState::SyncConnected | SessionState::ConnectedReadOnly if disconnected => {
+                SessionState::SyncConnected | SessionState::ConnectedReadOnly
+                    if self.disconnected =>
+                {
                     // zookeeper-client 0.11.2 does not re-register persistent
                     // watches on reconnection: add ours again before looking.
-                    match crate::node::persistent_watch(&client, &dir).await {
+                    match crate::node::persistent_watch(&self.client, dir).await {
                         Ok(w) => {
-                            watcher = w;
-                            disconnected = false;
+                            self.watcher = w;
+                            self.disconnected = false;
                             true
                         }
                         Err(e) => {
@@ -191,24 +202,22 @@ async fn follow(
                     }
                 }
                 s if s.is_terminated() => {
+                    let mut backoff = Backoff::default();
                     loop {
                         let rewatched = async {
-                            let c = reads.client().await?;
-                            let w = crate::node::persistent_watch(&c, &dir).await?;
+                            let c = self.reads.client().await?;
+                            let w = crate::node::persistent_watch(&c, dir).await?;
                             Ok::<_, Error>((c, w))
                         };
                         match rewatched.await {
                             Ok((c, w)) => {
-                                client = c;
-                                watcher = w;
+                                self.client = c;
+                                self.watcher = w;
                                 break;
                             }
                             Err(e) => {
                                 tracing::warn!(%dir, error = %e, "election observer: reconnecting");
-                                tokio::select! {
-                                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                                    _ = tx.closed() => return,
-                                }
+                                backoff.wait().await;
                             }
                         }
                     }
@@ -219,28 +228,18 @@ async fn follow(
             _ => true,
         };
         if !look {
-            continue;
+            return None;
         }
         // Retry reads that fail with the connection; the session's own
         // events end the wait otherwise.
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
         loop {
-            match leader(&client, &dir).await {
-                Ok(now) => {
-                    if now != last {
-                        last = now.clone();
-                        let _ = tx.send(Ok(now));
-                    }
-                    break;
-                }
-                Err(e) if e.kind() == quorate_core::ErrorKind::Unavailable => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                        _ = tx.closed() => return,
-                    }
-                }
+            match leader(&self.client, dir).await {
+                Ok(now) => return Some(now),
+                Err(e) if e.kind() == quorate_core::ErrorKind::Unavailable => backoff.wait().await,
                 Err(e) => {
                     tracing::debug!(%dir, error = %e, "election observer: read failed");
-                    break;
+                    return None;
                 }
             }
         }

@@ -14,14 +14,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use futures::stream::BoxStream;
 use futures::StreamExt;
 use quorate_core::backend::async_trait;
+use quorate_core::backoff::Backoff;
 use quorate_core::cleanup::{spawn_retrying, GiveUp};
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{GroupEvent, HeldMembership, Member};
+use quorate_core::spi::{GroupChange, HeldMembership, Member, RawGroupWatch, SeenMember};
 use quorate_core::{name, Error, Result};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use zookeeper_client as zk;
 use zookeeper_client::{Client, CreateMode, EventType, MultiReadResult, SessionState};
@@ -29,13 +28,12 @@ use zookeeper_client::{Client, CreateMode, EventType, MultiReadResult, SessionSt
 use crate::node::{create_with_parents, zk_error, SharedClient};
 use crate::session::{is_session_gone, watch_own_node, SessionShared};
 
-/// A member as listed, with the zxids that tell a change from a rejoin.
+/// A member as listed, with the czxid that tells a change from a rejoin.
 #[derive(Clone)]
 pub(crate) struct Listed {
     /// The member.
     pub(crate) member: Member,
     czxid: i64,
-    mzxid: i64,
 }
 
 /// The members of the group at `dir`, by id.
@@ -58,7 +56,7 @@ pub(crate) async fn list(client: &Client, dir: &str) -> Result<BTreeMap<String, 
     for (child, result) in children.iter().zip(results) {
         match result {
             MultiReadResult::Data { data, stat } => {
-                if let Some(listed) = parse_member(child, &data, stat.czxid, stat.mzxid) {
+                if let Some(listed) = parse_member(child, &data, stat.czxid) {
                     out.insert(listed.member.id.clone(), listed);
                 }
             }
@@ -74,7 +72,7 @@ pub(crate) async fn list(client: &Client, dir: &str) -> Result<BTreeMap<String, 
 
 /// A member from its node name and data; `None` for nodes quorate did not
 /// name.
-fn parse_member(child: &str, data: &[u8], czxid: i64, mzxid: i64) -> Option<Listed> {
+fn parse_member(child: &str, data: &[u8], czxid: i64) -> Option<Listed> {
     let Some(id) = name::decode(child) else {
         tracing::debug!(node = child, "ignoring a group node quorate did not name");
         return None;
@@ -86,7 +84,6 @@ fn parse_member(child: &str, data: &[u8], czxid: i64, mzxid: i64) -> Option<List
     Some(Listed {
         member: Member { id, capabilities },
         czxid,
-        mzxid,
     })
 }
 
@@ -270,110 +267,133 @@ impl HeldMembership for ZkMembership {
     }
 }
 
-/// Watch the group at `dir`: a snapshot, then every change.
-pub(crate) async fn watch(
-    reads: Arc<SharedClient>,
-    dir: String,
-) -> Result<BoxStream<'static, Result<GroupEvent>>> {
+/// Watch the group at `dir`: a listing, then its raw changes.
+pub(crate) async fn watch(reads: Arc<SharedClient>, dir: String) -> Result<RawGroupWatch> {
     let client = reads.client().await?;
     let watcher = crate::node::persistent_watch(&client, &dir).await?;
     crate::node::sync(&client, &dir).await?;
-    let known = list(&client, &dir).await?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    let _ = tx.send(Ok(GroupEvent::Snapshot {
-        members: known.values().map(|l| l.member.clone()).collect(),
-    }));
-    tokio::spawn(follow(reads, dir, client, watcher, known, tx));
-    Ok(
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
-            .boxed(),
-    )
+    let snapshot = seen(list(&client, &dir).await?);
+    let follow = Follow {
+        reads,
+        dir,
+        client,
+        watcher,
+        resync: false,
+    };
+    let changes = futures::stream::unfold(follow, |mut f| async move {
+        let changes = f.next().await;
+        Some((changes, f))
+    })
+    .flat_map(|changes| futures::stream::iter(changes.into_iter().map(Ok)))
+    .boxed();
+    Ok(RawGroupWatch { snapshot, changes })
 }
 
-type Events = mpsc::UnboundedSender<Result<GroupEvent>>;
+/// The listed members, each with its node's czxid as its incarnation (a
+/// member that left and came back between two looks has a new one).
+fn seen(listed: BTreeMap<String, Listed>) -> Vec<SeenMember> {
+    listed.into_values().map(Listed::seen).collect()
+}
 
-/// The watch task: react to node events, resynchronise after a
-/// reconnection, start over on a new session after expiry. Ends when the
-/// stream is dropped.
-async fn follow(
+impl Listed {
+    fn seen(self) -> SeenMember {
+        SeenMember {
+            member: self.member,
+            incarnation: Some(self.czxid),
+        }
+    }
+}
+
+/// The watch's state: reacts to node events, re-lists after a
+/// reconnection, starts over on a new session after expiry.
+struct Follow {
     reads: Arc<SharedClient>,
     dir: String,
-    mut client: Client,
-    mut watcher: zk::PersistentWatcher,
-    mut known: BTreeMap<String, Listed>,
-    tx: Events,
-) {
-    let mut resync = false;
-    loop {
-        let event = tokio::select! {
-            e = watcher.changed() => e,
-            _ = tx.closed() => return,
-        };
+    client: Client,
+    watcher: zk::PersistentWatcher,
+    resync: bool,
+}
+
+impl Follow {
+    /// The raw changes after the next event (often none).
+    async fn next(&mut self) -> Vec<GroupChange> {
+        let event = self.watcher.changed().await;
+        let dir = &self.dir;
         tracing::trace!(%dir, ?event, "group watch event");
         let outcome = match event.event_type {
             EventType::Session => match event.session_state {
                 SessionState::Disconnected => {
-                    resync = true;
-                    Ok(())
+                    self.resync = true;
+                    Ok(vec![])
                 }
-                SessionState::SyncConnected | SessionState::ConnectedReadOnly if resync => {
+                SessionState::SyncConnected | SessionState::ConnectedReadOnly if self.resync => {
                     // zookeeper-client 0.11.2 does not re-register persistent
                     // watches on reconnection (it sends SetWatches, not
                     // SetWatches2): add ours again before looking.
-                    match crate::node::persistent_watch(&client, &dir).await {
+                    match crate::node::persistent_watch(&self.client, dir).await {
                         Ok(w) => {
-                            watcher = w;
-                            resync = false;
-                            resynchronise(&client, &dir, &mut known, &tx).await
+                            self.watcher = w;
+                            self.resync = false;
+                            self.relist().await
                         }
                         Err(e) => Err(e),
                     }
                 }
                 s if s.is_terminated() => {
                     // A new session: new watch, full resync.
+                    let mut backoff = Backoff::default();
                     loop {
-                        match rewatch(&reads, &dir).await {
+                        match rewatch(&self.reads, dir).await {
                             Ok((c, w)) => {
-                                client = c;
-                                watcher = w;
+                                self.client = c;
+                                self.watcher = w;
                                 break;
                             }
                             Err(e) => {
                                 tracing::warn!(%dir, error = %e, "group watch: reconnecting");
-                                tokio::select! {
-                                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                                    _ = tx.closed() => return,
-                                }
+                                backoff.wait().await;
                             }
                         }
                     }
-                    resynchronise(&client, &dir, &mut known, &tx).await
+                    self.relist().await
                 }
-                _ => Ok(()),
+                _ => Ok(vec![]),
             },
             EventType::NodeCreated | EventType::NodeDeleted | EventType::NodeDataChanged
-                if crate::node::parent(&event.path) == dir =>
+                if crate::node::parent(&event.path) == *dir =>
             {
-                reconcile_one(&client, &event.path, &mut known, &tx).await
+                reconcile_one(&self.client, &event.path).await
             }
-            _ => Ok(()),
+            _ => Ok(vec![]),
         };
-        if let Err(e) = outcome {
-            // A read failed (connection loss): look again once reconnected.
-            // If the session stayed connected, retry now, with the watch
-            // added again in case the failure came from a reconnection.
-            tracing::debug!(%dir, error = %e, "group watch: will resynchronise");
-            resync = true;
-            if client.state() == SessionState::SyncConnected {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                if let Ok(w) = crate::node::persistent_watch(&client, &dir).await {
-                    watcher = w;
-                    if resynchronise(&client, &dir, &mut known, &tx).await.is_ok() {
-                        resync = false;
+        match outcome {
+            Ok(changes) => changes,
+            Err(e) => {
+                // A read failed (connection loss): look again once
+                // reconnected. If the session stayed connected, retry now,
+                // with the watch added again in case the failure came from
+                // a reconnection.
+                tracing::debug!(%dir, error = %e, "group watch: will resynchronise");
+                self.resync = true;
+                if self.client.state() == SessionState::SyncConnected {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if let Ok(w) = crate::node::persistent_watch(&self.client, &self.dir).await {
+                        self.watcher = w;
+                        if let Ok(changes) = self.relist().await {
+                            self.resync = false;
+                            return changes;
+                        }
                     }
                 }
+                vec![]
             }
         }
+    }
+
+    /// List the whole group.
+    async fn relist(&self) -> Result<Vec<GroupChange>> {
+        let now = list(&self.client, &self.dir).await?;
+        Ok(vec![GroupChange::Resync(seen(now))])
     }
 }
 
@@ -383,75 +403,18 @@ async fn rewatch(reads: &SharedClient, dir: &str) -> Result<(Client, zk::Persist
     Ok((client, watcher))
 }
 
-/// Re-read one member node and report how it differs from what we know.
-async fn reconcile_one(
-    client: &Client,
-    path: &str,
-    known: &mut BTreeMap<String, Listed>,
-    tx: &Events,
-) -> Result<()> {
+/// Re-read one member node: its raw change.
+async fn reconcile_one(client: &Client, path: &str) -> Result<Vec<GroupChange>> {
     let child = path.rsplit_once('/').map_or(path, |(_, c)| c);
     let Some(id) = name::decode(child) else {
-        return Ok(());
+        return Ok(vec![]);
     };
-    let now = match client.get_data(path).await {
-        Ok((data, stat)) => parse_member(child, &data, stat.czxid, stat.mzxid),
-        Err(zk::Error::NoNode) => None,
+    Ok(match client.get_data(path).await {
+        Ok((data, stat)) => parse_member(child, &data, stat.czxid)
+            .map(|l| GroupChange::Put(l.seen()))
+            .into_iter()
+            .collect(),
+        Err(zk::Error::NoNode) => vec![GroupChange::Delete { id }],
         Err(e) => return Err(zk_error("read member", path, e)),
-    };
-    report(known, &id, now, tx);
-    Ok(())
-}
-
-/// List the whole group and report every difference.
-async fn resynchronise(
-    client: &Client,
-    dir: &str,
-    known: &mut BTreeMap<String, Listed>,
-    tx: &Events,
-) -> Result<()> {
-    let mut now = list(client, dir).await?;
-    let ids: Vec<String> = known.keys().chain(now.keys()).cloned().collect();
-    let mut ids = ids;
-    ids.sort();
-    ids.dedup();
-    for id in ids {
-        let current = now.remove(&id);
-        report(known, &id, current, tx);
-    }
-    Ok(())
-}
-
-/// Update `known[id]` to `now`, sending the events that describe the step.
-fn report(known: &mut BTreeMap<String, Listed>, id: &str, now: Option<Listed>, tx: &Events) {
-    let before = known.get(id);
-    let events: Vec<GroupEvent> = match (before, &now) {
-        (None, None) => vec![],
-        (Some(_), None) => vec![GroupEvent::Left { id: id.to_owned() }],
-        (None, Some(n)) => vec![GroupEvent::Joined {
-            member: n.member.clone(),
-        }],
-        (Some(b), Some(n)) if b.czxid != n.czxid => vec![
-            GroupEvent::Left { id: id.to_owned() },
-            GroupEvent::Joined {
-                member: n.member.clone(),
-            },
-        ],
-        (Some(b), Some(n)) if n.mzxid > b.mzxid => vec![GroupEvent::Updated {
-            member: n.member.clone(),
-        }],
-        (Some(_), Some(_)) => vec![],
-    };
-    for e in events {
-        tracing::trace!(event = ?e, "group event");
-        let _ = tx.send(Ok(e));
-    }
-    match now {
-        Some(n) => {
-            known.insert(id.to_owned(), n);
-        }
-        None => {
-            known.remove(id);
-        }
-    }
+    })
 }

@@ -94,10 +94,9 @@ mod session;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::BoxStream;
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{Backend, GroupEvent, Leader, Member, SessionBackend};
+use quorate_core::spi::{Backend, Leader, Member, RawGroupWatch, RawObserve, SessionBackend};
 use quorate_core::{
     Capabilities, Config, Coordinator, FailureDetection, Primitives, Result, RwOrdering, Scope,
 };
@@ -110,31 +109,22 @@ const OPTIONS: &[&str] = &["namespace"];
 
 /// What `zookeeper://` declares.
 pub fn capabilities() -> Capabilities {
-    Capabilities {
-        backend: "zookeeper",
-        scope: Scope::Hosts,
-        failure_detection: FailureDetection::Session,
-        fencing: true,
-        fifo: true,
-        rwlock_ordering: RwOrdering::Fifo,
-        push_wakeups: true,
-        exclusive_under_pause: false,
-        // A keep-alive is a sync only the leader completes, so while the
-        // ensemble elects a new leader none succeeds; the client lease (¾ of
-        // the session timeout) runs out first unless the election is
-        // quicker. Measured (`leader_failover`, zookeeper-3, ttl 2 s): the
-        // holder was told it lost the lock ~1.2 s after the leader kill, with
-        // no double grant. Declared not kept; see docs/backends.md.
-        survives_failover: false,
-        external_revoke: true,
-        primitives: Primitives {
-            mutex: true,
-            rwlock: true,
-            group: true,
-            election: true,
-            guarded_writes: true,
-        },
-    }
+    let mut c = Capabilities::new("zookeeper", Scope::Hosts, FailureDetection::Session);
+    c.fencing = true;
+    c.fifo = true;
+    c.rwlock_ordering = RwOrdering::Fifo;
+    c.push_wakeups = true;
+    c.exclusive_under_pause = false;
+    // A keep-alive is a sync only the leader completes, so while the
+    // ensemble elects a new leader none succeeds; the client lease (¾ of
+    // the session timeout) runs out first unless the election is
+    // quicker. Measured (`leader_failover`, zookeeper-3, ttl 2 s): the
+    // holder was told it lost the lock ~1.2 s after the leader kill, with
+    // no double grant. Declared not kept; see docs/backends.md.
+    c.survives_failover = false;
+    c.external_revoke = true;
+    c.primitives = Primitives::ALL;
+    c
 }
 
 /// Connect to a ZooKeeper ensemble.
@@ -202,7 +192,7 @@ impl Backend for ZkBackend {
         Ok(listed.into_values().map(|m| m.member).collect())
     }
 
-    async fn watch_group(&self, group: &str) -> Result<BoxStream<'static, Result<GroupEvent>>> {
+    async fn watch_group(&self, group: &str) -> Result<RawGroupWatch> {
         group::watch(self.reads.clone(), self.layout.group_dir(group)).await
     }
 
@@ -212,7 +202,7 @@ impl Backend for ZkBackend {
         election::leader(&client, &self.layout.election_dir(name)).await
     }
 
-    async fn observe(&self, name: &str) -> Result<BoxStream<'static, Result<Option<Leader>>>> {
+    async fn observe(&self, name: &str) -> Result<RawObserve> {
         election::observe(self.reads.clone(), self.layout.election_dir(name)).await
     }
 
@@ -254,7 +244,8 @@ async fn owned_nodes(
     layout: &Layout,
 ) -> Result<Vec<(String, zookeeper_client::Stat)>> {
     let mut out = Vec::new();
-    for kind in ["lock", "election", "group"] {
+    let spaces = quorate_core::name::Space::ALL.map(|s| s.as_str());
+    for kind in spaces.into_iter().chain(["group"]) {
         let dir = format!("{}/{kind}", layout.base());
         for name in node::children(client, &dir).await? {
             let sub = format!("{dir}/{name}");

@@ -34,11 +34,13 @@ pub(crate) async fn lock(
     let Some(grant) = queue::acquire(shared, &spec, identifier.as_bytes(), wait).await? else {
         return Ok(None);
     };
+    let fence = FencingToken::try_from(grant.stat.czxid)?;
     watch_own_node(shared, grant.path.clone(), loss);
     Ok(Some(Box::new(ZkLock {
         shared: shared.clone(),
         path: grant.path,
         czxid: grant.stat.czxid,
+        fence,
         version: grant.stat.version,
     })))
 }
@@ -48,6 +50,8 @@ pub(crate) struct ZkLock {
     shared: Arc<SessionShared>,
     path: String,
     czxid: i64,
+    /// The grant's token: `czxid`, checked.
+    fence: FencingToken,
     /// The node's data version at the grant; nobody changes lock nodes' data,
     /// so a version check doubles as an existence check.
     version: i32,
@@ -56,7 +60,7 @@ pub(crate) struct ZkLock {
 #[async_trait]
 impl HeldLock for ZkLock {
     fn fence(&self) -> FencingToken {
-        FencingToken(self.czxid as u64)
+        self.fence
     }
 
     async fn is_held(&self) -> Result<bool> {

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use quorate_core::name::Space;
 use quorate_core::{name, Config, Error, Result, Secret};
 use zookeeper_client as zk;
 use zookeeper_client::{Acl, Acls, Client, CreateMode, CreateOptions, Permission, Stat};
@@ -221,12 +222,12 @@ impl Layout {
     /// The contender directory of lock `name`: its mutex / writers
     /// (`__lock__`) and its readers (`__rlock__`).
     pub(crate) fn lock_dir(&self, name: &str) -> String {
-        format!("{}/lock/{}", self.base, name::encode(name))
+        format!("{}/{}/{}", self.base, Space::Mutex, name::encode(name))
     }
 
     /// The candidate directory of election `name`.
     pub(crate) fn election_dir(&self, name: &str) -> String {
-        format!("{}/election/{}", self.base, name::encode(name))
+        format!("{}/{}/{}", self.base, Space::Election, name::encode(name))
     }
 
     /// The member directory of group `name`.

@@ -170,3 +170,277 @@ pub mod membership_duplicate_id {
         Ok(Figures::new())
     }
 }
+
+pub mod membership_view_consistent {
+    //! Watchers started before and while members join, change, leave,
+    //! rejoin and expire: each watcher's stream is consistent at every
+    //! step (a `Snapshot` first; `Joined` only of a member it does not
+    //! know, `Updated`/`Left` only of one it does, so every `Left` follows
+    //! that member's `Joined` or its place in the snapshot, exactly once),
+    //! the watcher started first sees every member's `Joined` and `Left`,
+    //! and every watcher converges to `members()`.
+
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use futures::StreamExt;
+    use quorate::{Capabilities, FailureDetection, GroupEvent, KeepAlive, SessionOptions};
+    use serde_json::{json, Value};
+    use tokio::sync::watch;
+
+    use crate::cases::client;
+    use crate::outcome::{within, CaseError, CaseResult, Figures};
+    use crate::target::Target;
+    use crate::{ensure, fail};
+
+    type View = BTreeMap<String, Value>;
+
+    /// What a checked watcher saw so far.
+    #[derive(Debug, Clone, Default)]
+    struct Seen {
+        view: View,
+        /// Every id it was told joined (the snapshot counts).
+        ever_joined: Vec<String>,
+        /// Every id it was told left.
+        ever_left: Vec<String>,
+        events: usize,
+        /// The first inconsistency, if any.
+        broken: Option<String>,
+    }
+
+    /// Follow `events`, checking each against the view so far; publish
+    /// the result after every event. Stops at the first inconsistency.
+    async fn check(
+        name: &'static str,
+        mut events: futures::stream::BoxStream<'static, quorate::Result<GroupEvent>>,
+        out: watch::Sender<Seen>,
+    ) {
+        let mut seen = Seen::default();
+        while let Some(event) = events.next().await {
+            seen.events += 1;
+            let n = seen.events;
+            let problem = match event {
+                Err(e) => Some(format!("the watch failed: {e}")),
+                Ok(GroupEvent::Snapshot { members }) if n == 1 => {
+                    for m in members {
+                        seen.ever_joined.push(m.id.clone());
+                        seen.view.insert(m.id, m.capabilities);
+                    }
+                    None
+                }
+                Ok(e) if n == 1 => Some(format!("the first event is {e:?}, not a snapshot")),
+                Ok(GroupEvent::Snapshot { .. }) => Some(format!("a second snapshot (event {n})")),
+                Ok(GroupEvent::Joined { member }) => {
+                    if seen.view.contains_key(&member.id) {
+                        Some(format!(
+                            "event {n}: Joined `{}`, which it already had",
+                            member.id
+                        ))
+                    } else {
+                        seen.ever_joined.push(member.id.clone());
+                        seen.view.insert(member.id, member.capabilities);
+                        None
+                    }
+                }
+                Ok(GroupEvent::Updated { member }) => match seen.view.get_mut(&member.id) {
+                    None => Some(format!(
+                        "event {n}: Updated `{}`, which never joined",
+                        member.id
+                    )),
+                    Some(c) => {
+                        *c = member.capabilities;
+                        None
+                    }
+                },
+                Ok(GroupEvent::Left { id }) => {
+                    if seen.view.remove(&id).is_none() {
+                        Some(format!("event {n}: Left `{id}` with no Joined before it"))
+                    } else {
+                        seen.ever_left.push(id);
+                        None
+                    }
+                }
+            };
+            if let Some(p) = problem {
+                tracing::warn!(watcher = name, problem = %p, "inconsistent group view");
+                seen.broken = Some(p);
+                let _ = out.send(seen);
+                return;
+            }
+            let _ = out.send(seen.clone());
+        }
+        seen.broken = Some("the watch ended".into());
+        let _ = out.send(seen);
+    }
+
+    /// Wait until `cond` holds for the watcher, failing at once on an
+    /// inconsistency.
+    async fn until(
+        rx: &mut watch::Receiver<Seen>,
+        secs: f64,
+        what: &str,
+        cond: impl Fn(&Seen) -> bool,
+    ) -> Result<Seen, CaseError> {
+        let seen = within(secs, what, rx.wait_for(|s| s.broken.is_some() || cond(s)))
+            .await?
+            .map_err(|_| CaseError::Fail(format!("{what}: the checking task ended")))?
+            .clone();
+        if let Some(p) = &seen.broken {
+            fail!("{what}: {p}");
+        }
+        Ok(seen)
+    }
+
+    fn is_lease(c: &Capabilities) -> bool {
+        !matches!(c.failure_detection, FailureDetection::ProcessLifetime)
+    }
+
+    pub async fn run(t: Target) -> CaseResult {
+        let (ca, sa) = client(&t).await?;
+        let (_b, sb) = client(&t).await?;
+        let (_w, sw) = client(&t).await?;
+        let lease = is_lease(&ca.capabilities());
+        // The member that expires: its session is never kept alive where
+        // there is a lease; elsewhere it ends by closing.
+        let se = ca
+            .session_with(SessionOptions {
+                ttl: Some(Duration::from_secs(2)),
+                keep_alive: if lease {
+                    KeepAlive::Manual
+                } else {
+                    KeepAlive::Automatic
+                },
+            })
+            .await?;
+        let limit = se.ttl().as_secs_f64() + 30.0;
+
+        let (tx1, mut w1) = watch::channel(Seen::default());
+        tokio::spawn(check("first", sw.group("g").watch(), tx1));
+        until(&mut w1, 10.0, "the first watcher's snapshot", |s| {
+            s.events >= 1
+        })
+        .await?;
+
+        // Members join concurrently; a second watcher starts among them.
+        let ids = ["a0", "a1", "a2", "a3", "a4", "a5"];
+        let (tx2, mut w2) = watch::channel(Seen::default());
+        let joins = ids.iter().enumerate().map(|(i, id)| {
+            let s = if i % 2 == 0 { sa.clone() } else { sb.clone() };
+            async move { s.group("g").join(id, json!({"i": i})).await }
+        });
+        let second = async {
+            tokio::task::yield_now().await;
+            tokio::spawn(check("second", sw.group("g").watch(), tx2));
+        };
+        let expiring_group = se.group("g");
+        let (joined, expiring, ()) = tokio::join!(
+            futures::future::join_all(joins),
+            expiring_group.join("expires", json!("soon")),
+            second
+        );
+        let mut members = BTreeMap::new();
+        for (id, m) in ids.iter().zip(joined) {
+            members.insert(*id, m?);
+        }
+        let expiring = expiring?;
+        let all: Vec<String> = ids
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["expires".to_string()])
+            .collect();
+        until(&mut w1, limit, "the first watcher sees every join", |s| {
+            all.iter().all(|id| s.view.contains_key(id))
+        })
+        .await?;
+
+        // A third watcher starts with every member in its snapshot.
+        let (tx3, mut w3) = watch::channel(Seen::default());
+        tokio::spawn(check("third", sw.group("g").watch(), tx3));
+        let third = until(&mut w3, 10.0, "the third watcher's snapshot", |s| {
+            s.events >= 1
+        })
+        .await?;
+        ensure!(
+            all.iter().all(|id| third.view.contains_key(id)),
+            "the third watcher's snapshot lacks a member: {:?}",
+            third.view
+        );
+
+        // Change, leave and rejoin concurrently, while `expires` expires.
+        let a0 = members.remove("a0").expect("joined");
+        let a2 = members.remove("a2").expect("joined");
+        let a1 = members.get("a1").expect("joined");
+        let (left0, left2, updated) =
+            tokio::join!(a0.leave(), a2.leave(), a1.update(json!({"i": 1, "v": 2})));
+        left0?;
+        left2?;
+        updated?;
+        let a0 = sb.group("g").join("a0", json!({"again": true})).await?;
+        if lease {
+            within(
+                limit,
+                "the unrefreshed session's membership is lost",
+                expiring.lost(),
+            )
+            .await?;
+        } else {
+            drop(expiring);
+            se.close().await?;
+        }
+
+        // Both watchers converge to the members the backend lists.
+        let want = || async {
+            Ok::<View, CaseError>(
+                sw.group("g")
+                    .members()
+                    .await?
+                    .into_iter()
+                    .map(|m| (m.id, m.capabilities))
+                    .collect(),
+            )
+        };
+        let expected: View = within(
+            limit,
+            "members() no longer lists the expired member",
+            async {
+                loop {
+                    let now = want().await?;
+                    if !now.contains_key("expires") {
+                        return Ok::<View, CaseError>(now);
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            },
+        )
+        .await??;
+        let first = until(&mut w1, limit, "the first watcher converges", |s| {
+            s.view == expected
+        })
+        .await?;
+        let second = until(&mut w2, limit, "the second watcher converges", |s| {
+            s.view == expected
+        })
+        .await?;
+        let third = until(&mut w3, limit, "the third watcher converges", |s| {
+            s.view == expected
+        })
+        .await?;
+        // The first watcher was there before anyone joined: it was told of
+        // every member that left, including the one that expired.
+        for id in ["a0", "a2", "expires"] {
+            ensure!(
+                first.ever_left.iter().any(|l| l == id),
+                "the first watcher never saw `{id}` leave: {first:?}"
+            );
+        }
+        drop((a0, members));
+        sa.close().await?;
+        sb.close().await?;
+        sw.close().await?;
+        let mut f = Figures::new();
+        f.insert("first_watcher_events".into(), first.events as f64);
+        f.insert("second_watcher_events".into(), second.events as f64);
+        f.insert("third_watcher_events".into(), third.events as f64);
+        Ok(f)
+    }
+}

@@ -205,6 +205,7 @@ pub fn all() -> Vec<Case> {
         case!(manual_keepalive_keeps_session, "manual keep_alive() calls keep a session (and its lock) alive past its TTL", Some("failure_detection"), needs_lease),
         case!(unknown_option_rejected, "an unknown URL option is a clear InvalidConfig error, not a silent default", None, always),
         case!(membership_events, "watch() starts from a consistent snapshot, then reports join/update/leave/session end in order with no gap or duplicate", Some("primitives.group"), needs_group),
+        case!(membership_view_consistent, "watchers started before and while members join, update, leave, rejoin and expire see a consistent stream (every Left after that member's Joined or snapshot entry, exactly once) and converge to members()", Some("primitives.group"), needs_group),
         case!(membership_duplicate_id, "a member id held by a live member cannot be joined again (AlreadyHeld)", Some("primitives.group"), needs_group),
         case!(election_handover, "one leader at a time; resign hands over to the next candidate; leadership fences increase", Some("primitives.election"), needs_election),
         case!(election_observe, "observe() reports the current leader, then every change and proclaimed value, never a stale leader after a newer one", Some("primitives.election"), needs_election),
