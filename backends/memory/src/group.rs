@@ -37,7 +37,7 @@ pub(crate) fn join(
     capabilities: &serde_json::Value,
     loss: LossNotifier,
 ) -> Result<Box<dyn HeldMembership>> {
-    let mut inner = session.state.lock().unwrap();
+    let mut inner = session.state.shard(group).lock().unwrap();
     session.check_alive(&inner)?;
     let g = inner.groups.entry(group.to_owned()).or_default();
     if g.members.contains_key(member) {
@@ -69,7 +69,7 @@ pub(crate) fn join(
 
 pub(crate) fn watch(state: &State, group: &str) -> BoxStream<'static, Result<GroupEvent>> {
     let (tx, rx) = mpsc::unbounded_channel();
-    let mut inner = state.lock().unwrap();
+    let mut inner = state.shard(group).lock().unwrap();
     let members = list(&inner, group);
     let _ = tx.send(GroupEvent::Snapshot { members });
     inner
@@ -116,7 +116,7 @@ struct MemoryMembership {
 #[async_trait]
 impl HeldMembership for MemoryMembership {
     async fn update(&self, capabilities: &serde_json::Value) -> Result<()> {
-        let mut inner = self.state.lock().unwrap();
+        let mut inner = self.state.shard(&self.group).lock().unwrap();
         let g = inner.groups.get_mut(&self.group);
         let Some(g) = g.filter(|g| {
             g.members
@@ -141,7 +141,7 @@ impl HeldMembership for MemoryMembership {
     }
 
     async fn leave(&self) -> Result<()> {
-        let mut inner = self.state.lock().unwrap();
+        let mut inner = self.state.shard(&self.group).lock().unwrap();
         remove_member(&mut inner, &self.group, &self.member, self.session);
         Ok(())
     }

@@ -28,7 +28,7 @@ use quorate_core::{
     Scope,
 };
 
-use session::{end_session, MemorySession};
+use session::{end_session_everywhere, MemorySession};
 use state::State;
 
 /// URL schemes this backend serves.
@@ -104,11 +104,7 @@ impl Backend for MemoryBackend {
         let id: u64 = session_id.parse().map_err(|_| {
             Error::invalid_name(format!("`{session_id}` is not a memory session id"))
         })?;
-        if end_session(
-            &mut self.state.lock().unwrap(),
-            id,
-            "the session was revoked from outside",
-        ) {
+        if end_session_everywhere(&self.state, id, "the session was revoked from outside") {
             Ok(())
         } else {
             Err(Error::not_held(format!("no live session {id}")))
@@ -116,7 +112,7 @@ impl Backend for MemoryBackend {
     }
 
     async fn members(&self, group: &str) -> Result<Vec<Member>> {
-        Ok(group::list(&self.state.lock().unwrap(), group))
+        Ok(group::list(&self.state.shard(group).lock().unwrap(), group))
     }
 
     async fn watch_group(&self, group: &str) -> Result<BoxStream<'static, Result<GroupEvent>>> {
@@ -132,24 +128,30 @@ impl Backend for MemoryBackend {
     }
 
     async fn read(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.state.lock().unwrap().data.get(key).cloned())
+        Ok(self.state.data.lock().unwrap().get(key).cloned())
     }
 
     async fn leftovers(&self) -> Result<Vec<String>> {
-        let inner = self.state.lock().unwrap();
-        let mut out: Vec<String> = inner
+        let mut out: Vec<String> = self
+            .state
+            .sessions()
+            .lock()
+            .unwrap()
             .sessions
             .keys()
             .map(|id| format!("session/{id}"))
             .collect();
-        for ((space, name), q) in &inner.queues {
-            for e in &q.entries {
-                out.push(format!("{}/{}/{}", space.as_str(), name, e.id));
+        for shard in self.state.shards() {
+            let inner = shard.lock().unwrap();
+            for ((space, name), q) in &inner.queues {
+                for e in &q.entries {
+                    out.push(format!("{}/{}/{}", space.as_str(), name, e.id));
+                }
             }
-        }
-        for (g, state) in &inner.groups {
-            for m in state.members.keys() {
-                out.push(format!("group/{g}/{m}"));
+            for (g, state) in &inner.groups {
+                for m in state.members.keys() {
+                    out.push(format!("group/{g}/{m}"));
+                }
             }
         }
         out.sort();
