@@ -268,7 +268,7 @@ pub fn parse_mntr(body: &str) -> Option<ServerCounters> {
             out.requests = v;
             found = true;
         }
-        if k.starts_with("zk_") && k.ends_with("_count") || k == "zk_packets_sent" {
+        if k == "zk_packets_sent" || k == "zk_cnt_node_deleted_watch_count" {
             out.by_kind.insert(k.to_owned(), v);
         }
     }

@@ -274,7 +274,7 @@ async fn scenarios(
             breakdown: BTreeMap::new(),
         });
     }
-    let uncontended_p50 = out[0].p50_us.unwrap_or(1000.0);
+    let uncontended_p99 = out[0].p99_us.unwrap_or(1000.0);
 
     if let Some(source) = counters::CounterSource::for_url(target.url()).await? {
         out.push(
@@ -296,9 +296,11 @@ async fn scenarios(
         out.push(held_many(&coord, &backend, source.as_ref(), options.held).await?);
     }
     if options.waiters > 0 {
-        // Space the waiters' arrivals by about two uncontended acquires, so
-        // that each has enqueued before the next starts.
-        let spacing = Duration::from_secs_f64((2.0 * uncontended_p50 / 1e6).max(0.002));
+        // Space the waiters' arrivals by twice the p99 of an uncontended
+        // acquire + release (2 to 20 ms), so that each has enqueued before
+        // the next starts: an inversion is then the backend's, not the
+        // benchmark's.
+        let spacing = Duration::from_secs_f64((2.0 * uncontended_p99 / 1e6).clamp(0.002, 0.02));
         out.push(many_waiters(&coord, &backend, options.waiters, spacing).await?);
     }
     Ok(out)
@@ -438,6 +440,14 @@ async fn held_many(
             "keepalive_requests_per_ttl_0_locks".to_owned(),
             3.0 * ka0.requests,
         );
+        if let Some(scripts) = ka.scripts.filter(|s| *s > 0.0) {
+            figures.insert("keepalive_scripts_per_ttl".to_owned(), 3.0 * scripts);
+            // The longest the server is kept from serving anyone else by
+            // one keep-alive script, on average.
+            if let Some(us) = ka.server_time_us() {
+                figures.insert("keepalive_server_us_per_script".to_owned(), us / scripts);
+            }
+        }
         if let (Some(us), Some(us0)) = (ka.server_time_us(), ka0.server_time_us()) {
             figures.insert("keepalive_server_us_per_ttl".to_owned(), 3.0 * us);
             figures.insert("keepalive_server_us_per_ttl_0_locks".to_owned(), 3.0 * us0);
