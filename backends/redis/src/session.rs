@@ -2,8 +2,9 @@
 //! hash `<ns>:held:<id>` listing every key the session holds or waits in.
 //!
 //! Core calls [`SessionBackend::keep_alive`] every third of the TTL; it runs
-//! one script per batch of the held hash (a single call for up to
-//! [`KEEP_ALIVE_BATCH`] entries): the first extends the session key, each
+//! one script per batch of the held hash (`HSCAN … COUNT`
+//! [`KEEP_ALIVE_BATCH`], a hint: about that many entries per call, and a
+//! single call for a small hash): the first extends the session key, each
 //! extends the held keys of its batch that still carry the session's token
 //! and reports the ones that do not, whose grants are then reported lost.
 //! The server work per keep-alive stays proportional to the number of held
@@ -32,7 +33,8 @@ use crate::{election, group, keys, mutex, rwlock, scripts, Ctx};
 /// (key, token).
 type Grants = Arc<StdMutex<HashMap<(String, String), LossNotifier>>>;
 
-/// Held-hash entries one keep-alive script visits (`HSCAN ... COUNT`): a
+/// About how many held-hash entries one keep-alive script visits (the
+/// `COUNT` hint of `HSCAN`; a small hash is visited in one call): a
 /// session holding many keys is kept alive by several short scripts, one
 /// round trip each, rather than one script that blocks the server for the
 /// time of all of them. Every call starts after the keep-alive was sent,
