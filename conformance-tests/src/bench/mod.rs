@@ -276,10 +276,11 @@ async fn scenarios(
     }
     let uncontended_p99 = out[0].p99_us.unwrap_or(1000.0);
 
-    if let Some(source) = counters::CounterSource::for_url(target.url()).await? {
+    let source = readable_counters(target.url()).await;
+    if let Some(source) = &source {
         out.push(
             requests_per_op(
-                &source,
+                source,
                 &backend,
                 &session,
                 &waiter,
@@ -292,7 +293,6 @@ async fn scenarios(
     session.close().await?;
     waiter.close().await?;
     if options.held > 0 {
-        let source = counters::CounterSource::for_url(target.url()).await?;
         out.push(held_many(&coord, &backend, source.as_ref(), options.held).await?);
     }
     if options.waiters > 0 {
@@ -304,6 +304,26 @@ async fn scenarios(
         out.push(many_waiters(&coord, &backend, options.waiters, spacing).await?);
     }
     Ok(out)
+}
+
+/// The server counters behind `url`, if it has any and they can be read
+/// now; otherwise the scenarios that need them are left out (with a
+/// warning), never failed.
+async fn readable_counters(url: &str) -> Option<counters::CounterSource> {
+    let source = match counters::CounterSource::for_url(url).await {
+        Ok(s) => s?,
+        Err(e) => {
+            tracing::warn!(error = %e, "no server counters: requests_per_op left out");
+            return None;
+        }
+    };
+    match source.read().await {
+        Ok(_) => Some(source),
+        Err(e) => {
+            tracing::warn!(error = %e, "server counters unreadable: requests_per_op left out");
+            None
+        }
+    }
 }
 
 /// Server requests per uncontended acquire + release and per hand-off, for
