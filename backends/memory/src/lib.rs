@@ -158,3 +158,47 @@ impl Backend for MemoryBackend {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use quorate_core::Config;
+
+    /// A session's grants spread over every shard: revoking it from outside
+    /// frees all of them, ends its membership and candidacy, and leaves
+    /// nothing behind in any shard; a second session then gets every lock.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ending_a_session_clears_it_from_every_shard() {
+        let coord = super::connect(&Config::parse("memory://?ttl=30s").unwrap())
+            .await
+            .unwrap();
+        let s = coord.session().await.unwrap();
+        let mut guards = Vec::new();
+        for i in 0..200 {
+            guards.push(s.mutex(&format!("lock-{i}")).lock().await.unwrap());
+        }
+        let _member = s
+            .group("workers")
+            .join("a", serde_json::json!({}))
+            .await
+            .unwrap();
+        let _leader = s.election("boss").campaign(b"a").await.unwrap();
+        coord.revoke_session(s.id()).await.unwrap();
+        for g in &guards {
+            tokio::time::timeout(Duration::from_secs(5), g.lost())
+                .await
+                .expect("every grant is told");
+        }
+        assert!(coord.members("workers").await.unwrap().is_empty());
+        assert!(coord.leader("boss").await.unwrap().is_none());
+        let other = coord.session().await.unwrap();
+        for i in 0..200 {
+            let g = other.mutex(&format!("lock-{i}")).try_lock().await.unwrap();
+            g.expect("free after the revoke").release().await.unwrap();
+        }
+        other.close().await.unwrap();
+        drop(guards);
+        assert_eq!(coord.leftovers().await.unwrap(), Vec::<String>::new());
+    }
+}
