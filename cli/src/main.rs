@@ -249,6 +249,12 @@ enum Command {
         /// Seconds per scenario.
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
+        /// Locks one session acquires in `held_10k` (0 skips it).
+        #[arg(long, default_value_t = 10_000)]
+        held: usize,
+        /// Waiters on one lock in `waiters_1000` (0 skips it).
+        #[arg(long, default_value_t = 1_000)]
+        waiters: usize,
         /// Output format (json: one object per scenario per line).
         #[arg(long, value_enum, default_value = "markdown")]
         format: Format,
@@ -853,12 +859,19 @@ async fn run(command: Command, quiet: bool) -> Result<u8, Exit> {
         Command::Bench {
             url,
             seconds,
+            held,
+            waiters,
             format,
         } => {
             let config = quorate::Config::parse(&url)?;
             let raw = bench::baseline_for(&url).await?;
             let target = Target::new(config.scheme.clone(), url);
-            let reports = bench::run(&target, raw, seconds).await?;
+            let options = bench::Options {
+                held,
+                waiters,
+                ..bench::Options::new(seconds)
+            };
+            let reports = bench::run_with(&target, raw, &options).await?;
             match format {
                 Format::Markdown => print!("{}", bench::to_markdown(&reports)),
                 Format::Json => {

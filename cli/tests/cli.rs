@@ -304,7 +304,18 @@ fn members_on_an_empty_group_prints_nothing_and_json_an_empty_array() {
 
 #[test]
 fn bench_prints_one_json_object_per_scenario_with_ratios() {
-    let o = run(&["bench", "memory://", "--seconds", "0.2", "--format", "json"]);
+    let o = run(&[
+        "bench",
+        "memory://",
+        "--seconds",
+        "0.2",
+        "--held",
+        "100",
+        "--waiters",
+        "20",
+        "--format",
+        "json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = String::from_utf8_lossy(&o.stdout);
     let scenarios: Vec<serde_json::Value> = text
@@ -321,10 +332,19 @@ fn bench_prints_one_json_object_per_scenario_with_ratios() {
             "uncontended",
             "handoff",
             "throughput_one_lock",
-            "throughput_many_locks"
+            "throughput_many_locks",
+            "held_10k",
+            "waiters_1000"
         ]
     );
-    for s in &scenarios {
+    // memory:// has no server counters, hence no `requests_per_op`.
+    for (s, field) in scenarios[4..]
+        .iter()
+        .zip(["rss_bytes_per_lock", "fifo_inversions"])
+    {
+        assert!(s[field].as_f64().is_some_and(f64::is_finite), "{s}");
+    }
+    for s in &scenarios[..4] {
         assert!(
             s["ratio"]
                 .as_f64()

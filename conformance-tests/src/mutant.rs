@@ -47,7 +47,7 @@ pub enum Mutation {
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 6] = [
+    pub const ALL: [Mutation; 7] = [
         Mutation::SkipRelease,
         Mutation::SkipRevoke,
         Mutation::ConstantFence,
@@ -278,7 +278,7 @@ struct FakeLeadership;
 #[async_trait]
 impl HeldLeadership for FakeLeadership {
     fn fence(&self) -> FencingToken {
-        FencingToken(0)
+        FencingToken::FIRST
     }
 
     async fn proclaim(&self, _value: &[u8]) -> Result<()> {

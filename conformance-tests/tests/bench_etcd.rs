@@ -32,13 +32,28 @@ async fn bench_and_check(cluster: &EtcdCluster) {
 
     let raw: Arc<dyn RawBaseline> = bench::baseline_for(&url).await.expect("raw baseline");
     assert!(raw.describe().contains("txn"), "{}", raw.describe());
-    let reports = bench::run(&Target::new("etcd", url.clone()), raw, 0.3)
+    let options = bench::Options {
+        held: 50,
+        waiters: 10,
+        counted_ops: 20,
+        ..bench::Options::new(0.3)
+    };
+    let reports = bench::run_with(&Target::new("etcd", url.clone()), raw, &options)
         .await
         .expect("bench run");
 
     if let Err(e) = bench::check_complete(&reports, "etcd") {
         panic!("incomplete bench report: {e}");
     }
+    // Server counters are read from `/metrics` over plain http only, so a
+    // TLS cluster has no `requests_per_op`.
+    let names: Vec<&str> = reports.iter().map(|r| r.scenario).collect();
+    let expected: &[&str] = if cluster.pki().is_some() {
+        &bench::EXTRA_SCENARIOS[1..]
+    } else {
+        &bench::EXTRA_SCENARIOS
+    };
+    assert_eq!(&names[4..], expected, "{names:?}");
 
     // Every key under the namespace, read with etcdctl (not with the code
     // under test). The raw baseline wrote under `<ns>/bench-raw-…/`;

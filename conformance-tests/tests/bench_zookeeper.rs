@@ -29,13 +29,21 @@ async fn bench_runs_against_the_raw_zookeeper_baseline_and_cleans_up() {
 
     let raw: Arc<dyn RawBaseline> = bench::baseline_for(&url).await.expect("raw baseline");
     assert!(raw.describe().contains("getChildren"), "{}", raw.describe());
-    let reports = bench::run(&Target::new("zookeeper", url.clone()), raw, 0.3)
+    let options = bench::Options {
+        held: 50,
+        waiters: 10,
+        counted_ops: 20,
+        ..bench::Options::new(0.3)
+    };
+    let reports = bench::run_with(&Target::new("zookeeper", url.clone()), raw, &options)
         .await
         .expect("bench run");
 
     if let Err(e) = bench::check_complete(&reports, "zookeeper") {
         panic!("incomplete bench report: {e}");
     }
+    let names: Vec<&str> = reports.iter().map(|r| r.scenario).collect();
+    assert_eq!(&names[4..], bench::EXTRA_SCENARIOS, "{names:?}");
 
     // The raw baseline removed its scratch node and the namespace it
     // created; quorate's namespace (`run` takes a fresh one under the

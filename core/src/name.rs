@@ -26,7 +26,6 @@ impl Space {
             Space::Election => "election",
         }
     }
-
 }
 
 impl std::fmt::Display for Space {

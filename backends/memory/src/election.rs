@@ -78,14 +78,14 @@ pub(crate) async fn campaign(
 }
 
 pub(crate) fn leader(state: &State, name: &str) -> Option<Leader> {
-    current_leader(&state.lock().unwrap(), name)
+    current_leader(&state.shard(name).lock().unwrap(), name)
 }
 
 /// Read the leader and register a feed of later readings, under one lock.
 pub(crate) fn observe(state: &State, name: &str) -> RawObserve {
     let n = name.to_owned();
-    let (feed, changes) = feed(state, move |inner| current_leader(inner, &n));
-    let mut inner = state.lock().unwrap();
+    let (feed, changes) = feed(state, name, move |inner| current_leader(inner, &n));
+    let mut inner = state.shard(name).lock().unwrap();
     let now = current_leader(&inner, name);
     let election = inner.elections.entry(name.to_owned()).or_default();
     election.last_published = now.clone();
@@ -119,7 +119,7 @@ impl HeldLeadership for MemoryLeadership {
     }
 
     async fn proclaim(&self, value: &[u8]) -> Result<()> {
-        let mut inner = self.state.lock().unwrap();
+        let mut inner = self.state.shard(&self.name).lock().unwrap();
         if !self.is_head(&inner) {
             return Err(Error::not_held(format!(
                 "no longer leader of `{}`",
@@ -134,11 +134,11 @@ impl HeldLeadership for MemoryLeadership {
     }
 
     async fn is_leader(&self) -> Result<bool> {
-        Ok(self.is_head(&self.state.lock().unwrap()))
+        Ok(self.is_head(&self.state.shard(&self.name).lock().unwrap()))
     }
 
     async fn resign(&self) -> Result<()> {
-        let mut inner = self.state.lock().unwrap();
+        let mut inner = self.state.shard(&self.name).lock().unwrap();
         remove(&mut inner, Space::Election, &self.name, self.id);
         Ok(())
     }

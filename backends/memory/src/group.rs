@@ -33,7 +33,7 @@ pub(crate) fn join(
     capabilities: &serde_json::Value,
     loss: LossNotifier,
 ) -> Result<Box<dyn HeldMembership>> {
-    let mut inner = session.state.lock().unwrap();
+    let mut inner = session.state.shard(group).lock().unwrap();
     session.check_alive(&inner)?;
     let g = inner.groups.entry(group.to_owned()).or_default();
     if g.members.contains_key(member) {
@@ -64,10 +64,10 @@ pub(crate) fn join(
 /// List the group and register a feed of its changes, under one lock.
 pub(crate) fn watch(state: &State, group: &str) -> RawGroupWatch {
     let g = group.to_owned();
-    let (feed, changes) = feed(state, move |inner| {
+    let (feed, changes) = feed(state, group, move |inner| {
         GroupChange::Resync(list(inner, &g).into_iter().map(SeenMember::new).collect())
     });
-    let mut inner = state.lock().unwrap();
+    let mut inner = state.shard(group).lock().unwrap();
     let snapshot = list(&inner, group)
         .into_iter()
         .map(SeenMember::new)
@@ -116,7 +116,7 @@ struct MemoryMembership {
 #[async_trait]
 impl HeldMembership for MemoryMembership {
     async fn update(&self, capabilities: &serde_json::Value) -> Result<()> {
-        let mut inner = self.state.lock().unwrap();
+        let mut inner = self.state.shard(&self.group).lock().unwrap();
         let g = inner.groups.get_mut(&self.group);
         let Some(g) = g.filter(|g| {
             g.members
@@ -139,7 +139,7 @@ impl HeldMembership for MemoryMembership {
     }
 
     async fn leave(&self) -> Result<()> {
-        let mut inner = self.state.lock().unwrap();
+        let mut inner = self.state.shard(&self.group).lock().unwrap();
         remove_member(&mut inner, &self.group, &self.member, self.session);
         Ok(())
     }

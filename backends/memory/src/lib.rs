@@ -29,7 +29,7 @@ use quorate_core::{
     Scope,
 };
 
-use session::{end_session, MemorySession};
+use session::{end_session_everywhere, MemorySession};
 use state::State;
 
 /// URL schemes this backend serves.
@@ -96,11 +96,7 @@ impl Backend for MemoryBackend {
         let id: u64 = session_id.parse().map_err(|_| {
             Error::invalid_name(format!("`{session_id}` is not a memory session id"))
         })?;
-        if end_session(
-            &mut self.state.lock().unwrap(),
-            id,
-            "the session was revoked from outside",
-        ) {
+        if end_session_everywhere(&self.state, id, "the session was revoked from outside") {
             Ok(())
         } else {
             Err(Error::not_held(format!("no live session {id}")))
@@ -108,7 +104,7 @@ impl Backend for MemoryBackend {
     }
 
     async fn members(&self, group: &str) -> Result<Vec<Member>> {
-        Ok(group::list(&self.state.lock().unwrap(), group))
+        Ok(group::list(&self.state.shard(group).lock().unwrap(), group))
     }
 
     async fn watch_group(&self, group: &str) -> Result<RawGroupWatch> {
@@ -124,24 +120,30 @@ impl Backend for MemoryBackend {
     }
 
     async fn read(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.state.lock().unwrap().data.get(key).cloned())
+        Ok(self.state.data.lock().unwrap().get(key).cloned())
     }
 
     async fn leftovers(&self) -> Result<Vec<String>> {
-        let inner = self.state.lock().unwrap();
-        let mut out: Vec<String> = inner
+        let mut out: Vec<String> = self
+            .state
+            .sessions()
+            .lock()
+            .unwrap()
             .sessions
             .keys()
             .map(|id| format!("session/{id}"))
             .collect();
-        for ((space, name), q) in &inner.queues {
-            for e in &q.entries {
-                out.push(format!("{}/{}/{}", space.as_str(), name, e.id));
+        for shard in self.state.shards() {
+            let inner = shard.lock().unwrap();
+            for ((space, name), q) in &inner.queues {
+                for e in &q.entries {
+                    out.push(format!("{}/{}/{}", space.as_str(), name, e.id));
+                }
             }
-        }
-        for (g, state) in &inner.groups {
-            for m in state.members.keys() {
-                out.push(format!("group/{g}/{m}"));
+            for (g, state) in &inner.groups {
+                for m in state.members.keys() {
+                    out.push(format!("group/{g}/{m}"));
+                }
             }
         }
         out.sort();
@@ -152,6 +154,7 @@ impl Backend for MemoryBackend {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::time::Duration;
 
     use futures::StreamExt;
     use quorate_core::{Config, GroupEvent};
@@ -218,5 +221,42 @@ mod tests {
         // 6000 changes happened; a coalesced stream carries far fewer.
         assert!(seen < 6000, "{seen} events");
         drop((kept, keep));
+    }
+
+    /// A session's grants spread over every shard: revoking it from outside
+    /// frees all of them, ends its membership and candidacy, and leaves
+    /// nothing behind in any shard; a second session then gets every lock.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ending_a_session_clears_it_from_every_shard() {
+        let coord = super::connect(&Config::parse("memory://?ttl=30s").unwrap())
+            .await
+            .unwrap();
+        let s = coord.session().await.unwrap();
+        let mut guards = Vec::new();
+        for i in 0..200 {
+            guards.push(s.mutex(&format!("lock-{i}")).lock().await.unwrap());
+        }
+        let _member = s
+            .group("workers")
+            .join("a", serde_json::json!({}))
+            .await
+            .unwrap();
+        let _leader = s.election("boss").campaign(b"a").await.unwrap();
+        coord.revoke_session(s.id()).await.unwrap();
+        for g in &guards {
+            tokio::time::timeout(Duration::from_secs(5), g.lost())
+                .await
+                .expect("every grant is told");
+        }
+        assert!(coord.members("workers").await.unwrap().is_empty());
+        assert!(coord.leader("boss").await.unwrap().is_none());
+        let other = coord.session().await.unwrap();
+        for i in 0..200 {
+            let g = other.mutex(&format!("lock-{i}")).try_lock().await.unwrap();
+            g.expect("free after the revoke").release().await.unwrap();
+        }
+        other.close().await.unwrap();
+        drop(guards);
+        assert_eq!(coord.leftovers().await.unwrap(), Vec::<String>::new());
     }
 }

@@ -23,7 +23,7 @@ pub(crate) struct DequeueOnDrop {
 impl Drop for DequeueOnDrop {
     fn drop(&mut self) {
         if self.armed {
-            let mut inner = self.state.lock().unwrap();
+            let mut inner = self.state.shard(&self.name).lock().unwrap();
             remove(&mut inner, self.space, &self.name, self.id);
         }
     }
@@ -41,7 +41,7 @@ pub(crate) async fn wait_for_grant(
     on_enqueue: impl FnOnce(&mut crate::state::Inner, u64),
 ) -> Result<Option<(u64, FencingToken)>> {
     let (id, granted) = {
-        let mut inner = session.state.lock().unwrap();
+        let mut inner = session.state.shard(name).lock().unwrap();
         session.check_alive(&inner)?;
         match enqueue(&mut inner, space, name, session.id, exclusive, wait, loss) {
             None => return Ok(None),
@@ -116,7 +116,7 @@ impl HeldLock for MemoryLock {
     }
 
     async fn is_held(&self) -> Result<bool> {
-        let inner = self.state.lock().unwrap();
+        let inner = self.state.shard(&self.name).lock().unwrap();
         Ok(inner
             .queues
             .get(&(self.space, self.name.clone()))
@@ -124,14 +124,14 @@ impl HeldLock for MemoryLock {
     }
 
     async fn release(&self) -> Result<()> {
-        let mut inner = self.state.lock().unwrap();
+        let mut inner = self.state.shard(&self.name).lock().unwrap();
         remove(&mut inner, self.space, &self.name, self.id);
         Ok(())
     }
 
     async fn write_if_held(&self, key: &str, value: &[u8], then: AfterWrite) -> Result<bool> {
         let release = then == AfterWrite::Release;
-        let mut inner = self.state.lock().unwrap();
+        let mut inner = self.state.shard(&self.name).lock().unwrap();
         let held = inner
             .queues
             .get(&(self.space, self.name.clone()))
@@ -139,7 +139,11 @@ impl HeldLock for MemoryLock {
         if !held {
             return Ok(false);
         }
-        inner.data.insert(key.to_owned(), value.to_vec());
+        self.state
+            .data
+            .lock()
+            .unwrap()
+            .insert(key.to_owned(), value.to_vec());
         if release {
             remove(&mut inner, self.space, &self.name, self.id);
         }

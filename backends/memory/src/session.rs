@@ -12,7 +12,7 @@ use quorate_core::{Error, Result};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::state::{Inner, SessionId, SessionRecord, State};
+use crate::state::{Inner, SessionId, SessionRecord, Shared, State};
 use crate::{election, group, mutex, queue};
 
 pub(crate) struct MemorySession {
@@ -24,18 +24,14 @@ pub(crate) struct MemorySession {
 
 impl MemorySession {
     pub(crate) fn open(state: State, ttl: Duration, loss: LossNotifier) -> MemorySession {
-        let id = {
-            let mut inner = state.lock().unwrap();
-            let id = inner.next_id();
-            inner.sessions.insert(
-                id,
-                SessionRecord {
-                    deadline: Instant::now() + ttl,
-                    loss,
-                },
-            );
-            id
+        let id = crate::state::next_id();
+        let record = SessionRecord {
+            deadline: Instant::now() + ttl,
+            loss,
         };
+        for shard in state.shards() {
+            shard.lock().unwrap().sessions.insert(id, record.clone());
+        }
         let expiry = tokio::spawn(expire_when_due(state.clone(), id));
         MemorySession {
             state,
@@ -65,25 +61,48 @@ impl Drop for MemorySession {
 
 async fn expire_when_due(state: State, id: SessionId) {
     loop {
-        let deadline = match state.lock().unwrap().sessions.get(&id) {
+        let deadline = match state.sessions().lock().unwrap().sessions.get(&id) {
             Some(r) => r.deadline,
             None => return,
         };
         tokio::time::sleep_until(deadline).await;
-        let mut inner = state.lock().unwrap();
-        match inner.sessions.get(&id) {
-            Some(r) if Instant::now() >= r.deadline => {
+        let due = match state.sessions().lock().unwrap().sessions.get(&id) {
+            Some(r) => Instant::now() >= r.deadline,
+            None => return,
+        };
+        if due {
+            // Ended in the authoritative shard first, under its lock, so a
+            // keep-alive after this point fails.
+            let ended = {
+                let mut inner = state.sessions().lock().unwrap();
+                match inner.sessions.get(&id) {
+                    Some(r) if Instant::now() >= r.deadline => {
+                        end_session(&mut inner, id, "the lease expired")
+                    }
+                    _ => false,
+                }
+            };
+            if ended {
                 tracing::debug!(session = id, "memory session expired");
-                end_session(&mut inner, id, "the lease expired");
+                end_session_everywhere(&state, id, "the lease expired");
                 return;
             }
-            Some(_) => {}
-            None => return,
         }
     }
 }
 
-/// Remove a session and everything it owned, telling every holder.
+/// Remove a session and everything it owned from every shard (the
+/// authoritative one first), telling every holder; whether it was live.
+pub(crate) fn end_session_everywhere(state: &Shared, id: SessionId, reason: &str) -> bool {
+    let mut live = false;
+    for shard in state.shards() {
+        live |= end_session(&mut shard.lock().unwrap(), id, reason);
+    }
+    live
+}
+
+/// Remove a session and everything it owned from one shard, telling every
+/// holder.
 pub(crate) fn end_session(inner: &mut Inner, id: SessionId, reason: &str) -> bool {
     let Some(record) = inner.sessions.remove(&id) else {
         return false;
@@ -133,7 +152,7 @@ impl SessionBackend for MemorySession {
     }
 
     async fn keep_alive(&self) -> Result<()> {
-        let mut inner = self.state.lock().unwrap();
+        let mut inner = self.state.sessions().lock().unwrap();
         match inner.sessions.get_mut(&self.id) {
             Some(r) => {
                 r.deadline = Instant::now() + self.ttl;
@@ -148,11 +167,7 @@ impl SessionBackend for MemorySession {
 
     async fn revoke(&self) -> Result<()> {
         self.expiry.abort();
-        end_session(
-            &mut self.state.lock().unwrap(),
-            self.id,
-            "the session was revoked",
-        );
+        end_session_everywhere(&self.state, self.id, "the session was revoked");
         Ok(())
     }
 

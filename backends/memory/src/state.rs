@@ -2,7 +2,8 @@
 //! name, and the registry that lets coordinators share it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use futures::stream::BoxStream;
@@ -20,6 +21,7 @@ pub(crate) use quorate_core::name::Space;
 
 pub(crate) type SessionId = u64;
 
+#[derive(Clone)]
 pub(crate) struct SessionRecord {
     pub(crate) deadline: Instant,
     pub(crate) loss: LossNotifier,
@@ -75,9 +77,10 @@ impl<T> Feed<T> {
 
 /// A new feed, and the stream of its changes: after an overflow, the
 /// stream drops what the feed holds and yields `relist(state)` (taken
-/// under the state lock, so no change falls between the two).
+/// under the lock of `name`'s shard, so no change falls between the two).
 pub(crate) fn feed<T: Send + 'static>(
     state: &State,
+    name: &str,
     relist: impl Fn(&Inner) -> T + Send + Sync + 'static,
 ) -> (Feed<T>, BoxStream<'static, Result<T>>) {
     let (tx, rx) = mpsc::channel(FEED_CAPACITY);
@@ -88,8 +91,9 @@ pub(crate) fn feed<T: Send + 'static>(
     };
     let catch_up = {
         let state = state.clone();
+        let name = name.to_owned();
         move |rx: &mut mpsc::Receiver<T>| {
-            let inner = state.lock().unwrap();
+            let inner = state.shard(&name).lock().unwrap();
             while rx.try_recv().is_ok() {}
             relist(&inner)
         }
@@ -114,24 +118,31 @@ pub(crate) struct ElectionState {
     pub(crate) last_published: Option<Leader>,
 }
 
-/// Everything one shared memory "server" holds.
+/// One shard of a shared memory "server": the queues, fences, groups and
+/// elections of the names that hash to it, and a copy of the session table
+/// (every shard knows every live session, so that a grant checks its
+/// session under the same lock as the queue it joins).
 #[derive(Default)]
 pub(crate) struct Inner {
-    pub(crate) next_id: u64,
     pub(crate) sessions: HashMap<SessionId, SessionRecord>,
     pub(crate) queues: BTreeMap<(Space, String), LockQueue>,
     /// Persistent, documented: the last fencing token of each name.
     pub(crate) fences: HashMap<(Space, String), u64>,
     pub(crate) groups: BTreeMap<String, GroupState>,
     pub(crate) elections: HashMap<String, ElectionState>,
-    /// Persistent, documented: values of guarded writes.
-    pub(crate) data: HashMap<String, Vec<u8>>,
+}
+
+/// Ids of sessions and queue entries: unique in the process.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh id (see [`NEXT_ID`]).
+pub(crate) fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed) + 1
 }
 
 impl Inner {
     pub(crate) fn next_id(&mut self) -> u64 {
-        self.next_id += 1;
-        self.next_id
+        next_id()
     }
 
     pub(crate) fn next_fence(&mut self, space: Space, name: &str) -> u64 {
@@ -141,10 +152,55 @@ impl Inner {
     }
 }
 
-/// The state, shared by `Arc` among coordinators of one name.
-pub(crate) type State = Arc<Mutex<Inner>>;
+/// Shards of one shared state: enough that tasks working on different
+/// names rarely meet on one `std::sync::Mutex`.
+const SHARDS: usize = 32;
 
-static SHARED: LazyLock<Mutex<HashMap<String, Weak<Mutex<Inner>>>>> =
+/// Everything one shared memory "server" holds, sharded by name: the state
+/// of a lock, read/write lock, election or group lives in the shard its
+/// name hashes to, so operations on different names take different locks.
+/// Session records are copied into every shard (opening and ending a
+/// session visits each shard; see `session.rs`). Lock order: one shard at
+/// a time, then (for guarded writes) `data`.
+pub(crate) struct Shared {
+    shards: Box<[Mutex<Inner>]>,
+    /// Persistent, documented: values of guarded writes.
+    pub(crate) data: Mutex<HashMap<String, Vec<u8>>>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            data: Mutex::default(),
+        }
+    }
+}
+
+impl Shared {
+    /// The shard holding the state of `name` (a lock, election or group
+    /// name; every space of one name shares a shard).
+    pub(crate) fn shard(&self, name: &str) -> &Mutex<Inner> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut h);
+        &self.shards[(h.finish() as usize) % self.shards.len()]
+    }
+
+    /// Every shard, in a fixed order.
+    pub(crate) fn shards(&self) -> impl Iterator<Item = &Mutex<Inner>> {
+        self.shards.iter()
+    }
+
+    /// The shard whose session records are authoritative for deadlines.
+    pub(crate) fn sessions(&self) -> &Mutex<Inner> {
+        &self.shards[0]
+    }
+}
+
+/// The state, shared by `Arc` among coordinators of one name.
+pub(crate) type State = Arc<Shared>;
+
+static SHARED: LazyLock<Mutex<HashMap<String, Weak<Shared>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// The state of `memory://<name>`: shared while any coordinator of that name

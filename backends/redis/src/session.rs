@@ -1,10 +1,16 @@
 //! Sessions: a liveness key `<ns>:session:<id>` with a PX TTL, plus the held
 //! hash `<ns>:held:<id>` listing every key the session holds or waits in.
 //!
-//! Core calls [`SessionBackend::keep_alive`] every third of the TTL; it is
-//! one script: it extends the session key and every held key that still
-//! carries the session's token, and reports the ones that do not, whose
-//! grants are then reported lost. Revoking runs one script that deletes the
+//! Core calls [`SessionBackend::keep_alive`] every third of the TTL; it runs
+//! one script per batch of the held hash (`HSCAN … COUNT`
+//! [`KEEP_ALIVE_BATCH`], a hint: about that many entries per call, and a
+//! single call for a small hash): the first extends the session key, each
+//! extends the held keys of its batch that still carry the session's token
+//! and reports the ones that do not, whose grants are then reported lost.
+//! The server work per keep-alive stays proportional to the number of held
+//! keys (each key carries its own PX TTL, which must track the lease: see
+//! `docs/performance.md`), but no single script blocks the server for
+//! longer than one batch. Revoking runs one script that deletes the
 //! session key and releases everything in the held hash.
 
 use std::collections::HashMap;
@@ -26,6 +32,15 @@ use crate::{election, group, keys, mutex, rwlock, scripts, Ctx};
 /// The loss notifiers of a session's grants, by held-hash entry
 /// (key, token).
 type Grants = Arc<StdMutex<HashMap<(String, String), LossNotifier>>>;
+
+/// About how many held-hash entries one keep-alive script visits (the
+/// `COUNT` hint of `HSCAN`; a small hash is visited in one call): a
+/// session holding many keys is kept alive by several short scripts, one
+/// round trip each, rather than one script that blocks the server for the
+/// time of all of them. Every call starts after the keep-alive was sent,
+/// so every key it extends outlives the deadline core derives from the
+/// send time.
+const KEEP_ALIVE_BATCH: usize = 256;
 
 /// One session of the Redis backend.
 pub(crate) struct RedisSession {
@@ -151,37 +166,60 @@ impl SessionBackend for RedisSession {
 
     async fn keep_alive(&self) -> Result<()> {
         let ttl = self.ttl_ms();
-        let reply: Vec<Value> = self
-            .ctx
-            .eval(
-                "keep alive",
-                &scripts::KEEP_ALIVE,
-                &[self.id.as_bytes(), ttl.as_bytes()],
-            )
-            .await?;
-        if matches!(reply.first(), Some(Value::Int(-1))) {
-            return Err(Error::lost(format!(
-                "redis session {} has expired or was revoked",
-                self.id
-            )));
-        }
-        let mut lost = reply.into_iter().skip(1);
-        while let (Some(key), Some(desc)) = (lost.next(), lost.next()) {
-            let (Value::BulkString(key), Value::BulkString(desc)) = (key, desc) else {
-                continue;
+        let batch = KEEP_ALIVE_BATCH.to_string();
+        let mut cursor = String::from("0");
+        let mut calls = 0u32;
+        loop {
+            let reply: Vec<Value> = self
+                .ctx
+                .eval(
+                    "keep alive",
+                    &scripts::KEEP_ALIVE,
+                    &[
+                        self.id.as_bytes(),
+                        ttl.as_bytes(),
+                        cursor.as_bytes(),
+                        batch.as_bytes(),
+                    ],
+                )
+                .await?;
+            calls += 1;
+            let mut reply = reply.into_iter();
+            cursor = match reply.next() {
+                Some(Value::BulkString(c)) => String::from_utf8_lossy(&c).into_owned(),
+                Some(Value::Int(-1)) => {
+                    return Err(Error::lost(format!(
+                        "redis session {} has expired or was revoked",
+                        self.id
+                    )))
+                }
+                other => {
+                    return Err(Error::backend(format!(
+                        "redis keep-alive: unexpected reply {other:?}"
+                    )))
+                }
             };
-            let entry = (
-                String::from_utf8_lossy(&key).into_owned(),
-                String::from_utf8_lossy(&desc).into_owned(),
-            );
-            tracing::debug!(key = %entry.0, "keep-alive found a grant gone");
-            if let Some(loss) = self.grants.lock().unwrap().remove(&entry) {
-                loss.fire(format!(
-                    "the redis key `{}` no longer holds this session's token",
-                    entry.0
-                ));
+            while let (Some(key), Some(desc)) = (reply.next(), reply.next()) {
+                let (Value::BulkString(key), Value::BulkString(desc)) = (key, desc) else {
+                    continue;
+                };
+                let entry = (
+                    String::from_utf8_lossy(&key).into_owned(),
+                    String::from_utf8_lossy(&desc).into_owned(),
+                );
+                tracing::debug!(key = %entry.0, "keep-alive found a grant gone");
+                if let Some(loss) = self.grants.lock().unwrap().remove(&entry) {
+                    loss.fire(format!(
+                        "the redis key `{}` no longer holds this session's token",
+                        entry.0
+                    ));
+                }
+            }
+            if cursor == "0" {
+                break;
             }
         }
+        tracing::trace!(session = %self.id, calls, "redis keep-alive done");
         Ok(())
     }
 

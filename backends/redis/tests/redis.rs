@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use harness::{AclUser, RedisOptions, RedisServer};
 use quorate_core::{Config, Coordinator, ErrorKind, GroupEvent, KeepAlive, SessionOptions};
 
@@ -600,6 +600,53 @@ async fn keep_alive_reports_a_lock_whose_key_was_taken() {
         .await
         .unwrap();
     drop((g, kept));
+    s.close().await.unwrap();
+    assert_eq!(coord.leftovers().await.unwrap(), Vec::<String>::new());
+}
+
+/// More held keys than one keep-alive batch (256): the keep-alive visits
+/// them all over several scripts, keeps every one alive past the TTL, and
+/// still reports the one whose key was taken, wherever it falls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_in_batches_keeps_every_held_key_and_reports_a_taken_one() {
+    let env = Env::start("1500ms");
+    let coord = env.coord().await;
+    let s = coord.session().await.unwrap();
+    let mut guards = Vec::new();
+    for i in 0..700 {
+        guards.push(s.mutex(&format!("many-{i}")).lock().await.unwrap());
+    }
+    let mut raw = env.raw().await;
+    let _: () = redis::cmd("SET")
+        .arg(env.key("lock", "many-613"))
+        .arg("someone-else")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let reason = within("lost", guards[613].lost()).await;
+    assert!(reason.to_string().contains("no longer holds"), "{reason}");
+    // Twice the TTL later every other key still holds the session's token
+    // and a TTL no longer than the session's.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert!(!s.is_lost());
+    for (i, g) in guards.iter().enumerate() {
+        if i == 613 {
+            continue;
+        }
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(env.key("lock", &format!("many-{i}")))
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert!(pttl > 0 && pttl <= 1500, "many-{i}: PTTL {pttl}");
+        assert!(g.lost().now_or_never().is_none(), "many-{i} reported lost");
+    }
+    let _: i64 = redis::cmd("DEL")
+        .arg(env.key("lock", "many-613"))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    drop(guards);
     s.close().await.unwrap();
     assert_eq!(coord.leftovers().await.unwrap(), Vec::<String>::new());
 }

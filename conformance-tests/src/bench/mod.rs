@@ -5,6 +5,7 @@
 //!
 //! These are measurements, never assertions: nothing here fails a test.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use serde::Serialize;
 
 use crate::outcome::percentile;
 
+pub mod counters;
 mod etcd;
 mod file;
 mod memory;
@@ -77,6 +79,43 @@ pub struct ScenarioReport {
     pub samples: usize,
     /// What the raw baseline does.
     pub raw: String,
+    /// The named figures of the scenarios that are not a plain latency or
+    /// throughput (`requests_per_op`, `held_10k`, `waiters_1000`), with
+    /// their unit in the name.
+    #[serde(flatten)]
+    pub figures: BTreeMap<String, f64>,
+    /// Per kind of server request (Redis command, etcd gRPC method,
+    /// ZooKeeper counter), per operation, by measurement
+    /// (`requests_per_op` only).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub breakdown: BTreeMap<String, BTreeMap<String, f64>>,
+}
+
+/// What [`run_with`] measures, and how much.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// About how long each latency or throughput scenario runs.
+    pub seconds: f64,
+    /// Locks one session acquires in `held_10k` (0 skips the scenario).
+    pub held: usize,
+    /// Waiters on one lock in `waiters_1000` (0 skips the scenario).
+    pub waiters: usize,
+    /// Operations counted in `requests_per_op` (uncontended pairs; a
+    /// quarter of it in hand-offs).
+    pub counted_ops: usize,
+}
+
+impl Options {
+    /// Every scenario at its named size: 10 000 held locks, 1 000 waiters,
+    /// 200 counted operations.
+    pub fn new(seconds: f64) -> Options {
+        Options {
+            seconds,
+            held: 10_000,
+            waiters: 1_000,
+            counted_ops: 200,
+        }
+    }
 }
 
 /// Tasks in the throughput scenarios.
@@ -93,7 +132,20 @@ pub async fn run(
     raw: Arc<dyn RawBaseline>,
     seconds: f64,
 ) -> quorate::Result<Vec<ScenarioReport>> {
-    let measured = scenarios(target, &raw, seconds).await;
+    run_with(target, raw, &Options::new(seconds)).await
+}
+
+/// [`run`] with explicit [`Options`].
+///
+/// # Errors
+///
+/// A backend error during a scenario or while closing the baseline.
+pub async fn run_with(
+    target: &Target,
+    raw: Arc<dyn RawBaseline>,
+    options: &Options,
+) -> quorate::Result<Vec<ScenarioReport>> {
+    let measured = scenarios(target, &raw, options).await;
     let closed = raw.close().await;
     let reports = measured?;
     closed?;
@@ -103,12 +155,12 @@ pub async fn run(
 async fn scenarios(
     target: &Target,
     raw: &Arc<dyn RawBaseline>,
-    seconds: f64,
+    options: &Options,
 ) -> quorate::Result<Vec<ScenarioReport>> {
     let target = target.fresh();
     let coord = target.connect().await?;
     let backend = coord.capabilities().backend.to_owned();
-    let budget = Duration::from_secs_f64(seconds.max(0.2));
+    let budget = Duration::from_secs_f64(options.seconds.max(0.2));
     let mut out = Vec::new();
 
     // Uncontended acquire + release.
@@ -218,11 +270,372 @@ async fn scenarios(
             ratio: q_ops / r_ops,
             samples: q_n,
             raw: format!("{} ({TASKS} tasks)", raw.describe()),
+            figures: BTreeMap::new(),
+            breakdown: BTreeMap::new(),
         });
+    }
+    let uncontended_p99 = out[0].p99_us.unwrap_or(1000.0);
+
+    let source = readable_counters(target.url()).await;
+    if let Some(source) = &source {
+        out.push(
+            requests_per_op(
+                source,
+                &backend,
+                &session,
+                &waiter,
+                raw,
+                options.counted_ops.max(4),
+            )
+            .await?,
+        );
     }
     session.close().await?;
     waiter.close().await?;
+    if options.held > 0 {
+        out.push(held_many(&coord, &backend, source.as_ref(), options.held).await?);
+    }
+    if options.waiters > 0 {
+        // Space the waiters' arrivals by twice the p99 of an uncontended
+        // acquire + release (2 to 20 ms), so that each has enqueued before
+        // the next starts: an inversion is then the backend's, not the
+        // benchmark's.
+        let spacing = Duration::from_secs_f64((2.0 * uncontended_p99 / 1e6).clamp(0.002, 0.02));
+        out.push(many_waiters(&coord, &backend, options.waiters, spacing).await?);
+    }
     Ok(out)
+}
+
+/// The server counters behind `url`, if it has any and they can be read
+/// now; otherwise the scenarios that need them are left out (with a
+/// warning), never failed.
+async fn readable_counters(url: &str) -> Option<counters::CounterSource> {
+    let source = match counters::CounterSource::for_url(url).await {
+        Ok(s) => s?,
+        Err(e) => {
+            tracing::warn!(error = %e, "no server counters: requests_per_op left out");
+            return None;
+        }
+    };
+    match source.read().await {
+        Ok(_) => Some(source),
+        Err(e) => {
+            tracing::warn!(error = %e, "server counters unreadable: requests_per_op left out");
+            None
+        }
+    }
+}
+
+/// Server requests per uncontended acquire + release and per hand-off, for
+/// quorate and the raw baseline, from the server's own counters.
+async fn requests_per_op(
+    source: &counters::CounterSource,
+    backend: &str,
+    session: &quorate::Session,
+    waiter: &quorate::Session,
+    raw: &Arc<dyn RawBaseline>,
+    n: usize,
+) -> quorate::Result<ScenarioReport> {
+    let handoffs = (n / 4).max(2);
+    let c0 = source.read().await?;
+    for _ in 0..n {
+        session
+            .mutex("bench-counted")
+            .lock()
+            .await?
+            .release()
+            .await?;
+    }
+    let c1 = source.read().await?;
+    for _ in 0..n {
+        raw.acquire_release("bench-raw-counted").await?;
+    }
+    let c2 = source.read().await?;
+    for _ in 0..handoffs {
+        let held = session.mutex("bench-counted-handoff").lock().await?;
+        let w = waiter.clone();
+        let pending = tokio::spawn(async move { w.mutex("bench-counted-handoff").lock().await });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        held.release().await?;
+        pending.await.expect("waiter task")?.release().await?;
+    }
+    let c3 = source.read().await?;
+    for _ in 0..handoffs {
+        raw.handoff("bench-raw-counted-handoff").await?;
+    }
+    let c4 = source.read().await?;
+    let q = c1.since(&c0).per(n as f64);
+    let r = c2.since(&c1).per(n as f64);
+    let qh = c3.since(&c2).per(handoffs as f64);
+    let rh = c4.since(&c3).per(handoffs as f64);
+    let mut figures = BTreeMap::new();
+    figures.insert("uncontended_requests".to_owned(), q.requests);
+    figures.insert("raw_uncontended_requests".to_owned(), r.requests);
+    figures.insert("handoff_cycle_requests".to_owned(), qh.requests);
+    figures.insert(
+        "handoff_extra_requests".to_owned(),
+        qh.requests - 2.0 * q.requests,
+    );
+    figures.insert("raw_handoff_requests".to_owned(), rh.requests);
+    for (prefix, c) in [
+        ("", &q),
+        ("raw_", &r),
+        ("handoff_cycle_", &qh),
+        ("raw_handoff_", &rh),
+    ] {
+        let what = if prefix.starts_with("handoff") || prefix == "raw_handoff_" {
+            ""
+        } else {
+            "uncontended_"
+        };
+        if let Some(scripts) = c.scripts {
+            figures.insert(format!("{prefix}{what}scripts"), scripts);
+        }
+        if let Some(us) = c.server_time_us() {
+            figures.insert(format!("{prefix}{what}server_us"), us);
+        }
+    }
+    let breakdown = [
+        ("uncontended", q),
+        ("raw_uncontended", r),
+        ("handoff_cycle", qh),
+        ("raw_handoff", rh),
+    ]
+    .into_iter()
+    .map(|(k, c)| (k.to_owned(), c.by_kind))
+    .collect();
+    Ok(ScenarioReport {
+        scenario: "requests_per_op",
+        backend: backend.to_owned(),
+        p50_us: None,
+        p99_us: None,
+        ops_per_s: None,
+        raw_p50_us: None,
+        raw_p99_us: None,
+        raw_ops_per_s: None,
+        ratio: figures["uncontended_requests"] / figures["raw_uncontended_requests"],
+        samples: n,
+        raw: format!(
+            "server counters over {n} acquire+release pairs and {handoffs} hand-off cycles \
+             (a hand-off cycle: holder acquire, waiter enqueues, holder release, waiter grant, \
+             waiter release; extra = cycle - 2 x uncontended); raw hand-off: one raw hand-off"
+        ),
+        figures,
+        breakdown,
+    })
+}
+
+/// One session acquires `n` locks one after another, keeps them, and
+/// releases them.
+async fn held_many(
+    coord: &quorate::Coordinator,
+    backend: &str,
+    source: Option<&counters::CounterSource>,
+    n: usize,
+) -> quorate::Result<ScenarioReport> {
+    let mut figures = BTreeMap::new();
+    let session = coord.session().await?;
+    // The cost of one keep-alive with nothing held, for comparison.
+    let (ka0, ka0_us) = keep_alive_cost(&session, source).await?;
+    let rss0 = proc_status("VmRSS:").map(|kib| kib * 1024.0);
+    let start = Instant::now();
+    let mut guards = Vec::with_capacity(n);
+    for i in 0..n {
+        guards.push(session.mutex(&format!("bench-held-{i}")).lock().await?);
+    }
+    figures.insert(
+        "acquire_total_ms".to_owned(),
+        start.elapsed().as_secs_f64() * 1e3,
+    );
+    if let (Some(a), Some(b)) = (rss0, proc_status("VmRSS:").map(|kib| kib * 1024.0)) {
+        figures.insert("rss_bytes_per_lock".to_owned(), (b - a) / n as f64);
+    }
+    let (ka, ka_us) = keep_alive_cost(&session, source).await?;
+    // Core refreshes the session every third of its TTL.
+    figures.insert("keepalive_client_us".to_owned(), ka_us);
+    figures.insert("keepalive_client_us_0_locks".to_owned(), ka0_us);
+    if let (Some(ka), Some(ka0)) = (ka, ka0) {
+        figures.insert("keepalive_requests_per_ttl".to_owned(), 3.0 * ka.requests);
+        figures.insert(
+            "keepalive_requests_per_ttl_0_locks".to_owned(),
+            3.0 * ka0.requests,
+        );
+        if let Some(scripts) = ka.scripts.filter(|s| *s > 0.0) {
+            figures.insert("keepalive_scripts_per_ttl".to_owned(), 3.0 * scripts);
+            // The longest the server is kept from serving anyone else by
+            // one keep-alive script, on average.
+            if let Some(us) = ka.server_time_us() {
+                figures.insert("keepalive_server_us_per_script".to_owned(), us / scripts);
+            }
+        }
+        if let (Some(us), Some(us0)) = (ka.server_time_us(), ka0.server_time_us()) {
+            figures.insert("keepalive_server_us_per_ttl".to_owned(), 3.0 * us);
+            figures.insert("keepalive_server_us_per_ttl_0_locks".to_owned(), 3.0 * us0);
+        }
+    }
+    let start = Instant::now();
+    for g in guards {
+        g.release().await?;
+    }
+    figures.insert(
+        "release_total_ms".to_owned(),
+        start.elapsed().as_secs_f64() * 1e3,
+    );
+    session.close().await?;
+    figures.insert("locks".to_owned(), n as f64);
+    Ok(figure_report("held_10k", backend, n, figures,
+        "one session acquires the locks one after another; rss from /proc/self/status; \
+         keep-alive cost per TTL = 3 x one keep-alive (core refreshes every TTL/3), from server counters")
+    )
+}
+
+/// One explicit keep-alive: the server counters it moved (if any) and its
+/// client-side latency in microseconds.
+async fn keep_alive_cost(
+    session: &quorate::Session,
+    source: Option<&counters::CounterSource>,
+) -> quorate::Result<(Option<counters::ServerCounters>, f64)> {
+    let before = match source {
+        Some(s) => Some(s.read().await?),
+        None => None,
+    };
+    let t = Instant::now();
+    session.keep_alive().await?;
+    let us = t.elapsed().as_secs_f64() * 1e6;
+    let delta = match (source, before) {
+        (Some(s), Some(b)) => Some(s.read().await?.since(&b)),
+        _ => None,
+    };
+    Ok((delta, us))
+}
+
+/// `waiters` sessions queue on one held lock, arriving `spacing` apart;
+/// then the holder releases and each waiter releases as soon as it is
+/// granted.
+async fn many_waiters(
+    coord: &quorate::Coordinator,
+    backend: &str,
+    waiters: usize,
+    spacing: Duration,
+) -> quorate::Result<ScenarioReport> {
+    raise_open_files_limit();
+    let name = "bench-waiters";
+    let mut figures = BTreeMap::new();
+    let holder = coord.session().await?;
+    let held = holder.mutex(name).lock().await?;
+    let rss0 = proc_status("VmRSS:").map(|kib| kib * 1024.0);
+    let threads0 = proc_status("Threads:");
+    let mut sessions = Vec::with_capacity(waiters);
+    for _ in 0..waiters {
+        sessions.push(coord.session().await?);
+    }
+    let order = Arc::new(std::sync::Mutex::new(Vec::with_capacity(waiters)));
+    let mut tasks = Vec::with_capacity(waiters);
+    for (i, s) in sessions.iter().enumerate() {
+        let s = s.clone();
+        let order = order.clone();
+        tasks.push(tokio::spawn(async move {
+            let g = s.mutex(name).lock().await?;
+            order.lock().unwrap().push(i);
+            g.release().await
+        }));
+        tokio::time::sleep(spacing).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200).max(spacing * 4)).await;
+    let threads = proc_status("Threads:");
+    if let (Some(a), Some(b)) = (rss0, proc_status("VmRSS:").map(|kib| kib * 1024.0)) {
+        figures.insert("rss_bytes_per_waiter".to_owned(), (b - a) / waiters as f64);
+    }
+    if let Some(t) = threads {
+        figures.insert("threads".to_owned(), t);
+    }
+    if let Some(t) = threads0 {
+        figures.insert("threads_before".to_owned(), t);
+    }
+    let start = Instant::now();
+    held.release().await?;
+    let mut failed = 0usize;
+    for t in tasks {
+        if t.await.expect("waiter task").is_err() {
+            failed += 1;
+        }
+    }
+    figures.insert("drain_ms".to_owned(), start.elapsed().as_secs_f64() * 1e3);
+    let order = order.lock().unwrap().clone();
+    let mut inversions = 0usize;
+    let mut latest_started = None;
+    for &i in &order {
+        match latest_started {
+            Some(m) if i < m => inversions += 1,
+            _ => latest_started = Some(i),
+        }
+    }
+    figures.insert("fifo_inversions".to_owned(), inversions as f64);
+    figures.insert("failed_waiters".to_owned(), failed as f64);
+    figures.insert("waiters".to_owned(), waiters as f64);
+    figures.insert("arrival_spacing_us".to_owned(), spacing.as_secs_f64() * 1e6);
+    futures::future::join_all(sessions.iter().map(|s| s.close())).await;
+    holder.close().await?;
+    Ok(figure_report(
+        "waiters_1000",
+        backend,
+        waiters,
+        figures,
+        "one session per waiter, arriving arrival_spacing_us apart; threads and rss from \
+         /proc/self/status; a FIFO inversion is a waiter granted after one that arrived later",
+    ))
+}
+
+fn figure_report(
+    scenario: &'static str,
+    backend: &str,
+    samples: usize,
+    figures: BTreeMap<String, f64>,
+    raw: &str,
+) -> ScenarioReport {
+    ScenarioReport {
+        scenario,
+        backend: backend.to_owned(),
+        p50_us: None,
+        p99_us: None,
+        ops_per_s: None,
+        raw_p50_us: None,
+        raw_p99_us: None,
+        raw_ops_per_s: None,
+        ratio: f64::NAN,
+        samples,
+        raw: raw.to_owned(),
+        figures,
+        breakdown: BTreeMap::new(),
+    }
+}
+
+/// A numeric field of `/proc/self/status` (`VmRSS:` in KiB, `Threads:`).
+fn proc_status(field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Many waiters may each hold sockets or files: raise the soft limit of
+/// open files to the hard one.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a valid, initialised struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }
 
 async fn sample_for<F, Fut>(budget: Duration, max: usize, mut f: F) -> quorate::Result<Vec<f64>>
@@ -295,6 +708,8 @@ fn latency_report(
         ratio: qp50 / rp50,
         samples: q.len(),
         raw,
+        figures: BTreeMap::new(),
+        breakdown: BTreeMap::new(),
     }
 }
 
@@ -306,6 +721,11 @@ pub const SCENARIOS: [&str; 4] = [
     "throughput_many_locks",
 ];
 
+/// The scenarios a [`run_with`] may add after [`SCENARIOS`], in order:
+/// `requests_per_op` where the server has counters, then `held_10k` and
+/// `waiters_1000` unless skipped.
+pub const EXTRA_SCENARIOS: [&str; 3] = ["requests_per_op", "held_10k", "waiters_1000"];
+
 /// Check that a run reported every scenario for `backend`, each with
 /// samples and a finite, positive ratio. Speed is not judged.
 ///
@@ -314,10 +734,21 @@ pub const SCENARIOS: [&str; 4] = [
 /// A message naming what is missing or malformed.
 pub fn check_complete(reports: &[ScenarioReport], backend: &str) -> Result<(), String> {
     let names: Vec<&str> = reports.iter().map(|r| r.scenario).collect();
-    if names != SCENARIOS {
-        return Err(format!("scenarios {names:?}, expected {SCENARIOS:?}"));
+    if names.len() < SCENARIOS.len() || names[..SCENARIOS.len()] != SCENARIOS {
+        return Err(format!("scenarios {names:?}, expected {SCENARIOS:?} first"));
     }
-    for r in reports {
+    if let Some(extra) = names[SCENARIOS.len()..]
+        .iter()
+        .find(|n| !EXTRA_SCENARIOS.contains(n))
+    {
+        return Err(format!("unknown scenario {extra}"));
+    }
+    for r in &reports[SCENARIOS.len()..] {
+        if r.figures.is_empty() || r.figures.values().any(|v| !v.is_finite()) {
+            return Err(format!("{}: figures {:?}", r.scenario, r.figures));
+        }
+    }
+    for r in &reports[..SCENARIOS.len()] {
         if r.backend != backend {
             return Err(format!(
                 "{}: backend `{}`, expected `{backend}`",
@@ -356,11 +787,29 @@ pub fn to_markdown(reports: &[ScenarioReport]) -> String {
                 format!("{ops:.0} ops/s"),
                 format!("{:.0} ops/s", r.raw_ops_per_s.unwrap_or(f64::NAN)),
             ),
-            _ => (String::new(), String::new()),
+            _ => (
+                r.figures
+                    .iter()
+                    .filter(|(k, _)| !k.starts_with("raw_"))
+                    .map(|(k, v)| format!("{k} {v:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                r.figures
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("raw_"))
+                    .map(|(k, v)| format!("{k} {v:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+        };
+        let ratio = if r.ratio.is_finite() {
+            format!("{:.2}", r.ratio)
+        } else {
+            "–".to_owned()
         };
         md.push_str(&format!(
-            "| {} | {} | {q} | {raw} | {:.2} | {} |\n",
-            r.backend, r.scenario, r.ratio, r.raw
+            "| {} | {} | {q} | {raw} | {ratio} | {} |\n",
+            r.backend, r.scenario, r.raw
         ));
     }
     md
@@ -406,6 +855,8 @@ mod tests {
             ratio,
             samples: 1,
             raw: String::new(),
+            figures: BTreeMap::new(),
+            breakdown: BTreeMap::new(),
         }
     }
 

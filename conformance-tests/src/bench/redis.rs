@@ -43,27 +43,7 @@ impl RedisBaseline {
                 config.scheme
             )));
         }
-        let endpoint = config.endpoints.first().cloned().unwrap_or_default();
-        let (host, port) = match endpoint.rsplit_once(':') {
-            Some((h, p)) => (
-                h.trim_matches(['[', ']']).to_owned(),
-                p.parse().unwrap_or(6379),
-            ),
-            None => (endpoint, 6379),
-        };
-        let mut node =
-            redis::RedisConnectionInfo::default().set_db(config.path.parse().unwrap_or(0));
-        if let Some(u) = &config.username {
-            node = node.set_username(u);
-        }
-        if let Some(p) = &config.password {
-            node = node.set_password(p.expose());
-        }
-        let info =
-            redis::IntoConnectionInfo::into_connection_info(redis::ConnectionAddr::Tcp(host, port))
-                .map_err(err)?
-                .set_redis_settings(node);
-        let client = redis::Client::open(info).map_err(err)?;
+        let client = client_for(config)?;
         let conn = client
             .get_multiplexed_async_connection()
             .await
@@ -77,6 +57,31 @@ impl RedisBaseline {
             channel,
         })
     }
+}
+
+/// A `redis` crate client for the server of a `redis://` URL (host, port,
+/// database and credentials; quorate options are ignored).
+pub(crate) fn client_for(config: &Config) -> Result<redis::Client> {
+    let endpoint = config.endpoints.first().cloned().unwrap_or_default();
+    let (host, port) = match endpoint.rsplit_once(':') {
+        Some((h, p)) => (
+            h.trim_matches(['[', ']']).to_owned(),
+            p.parse().unwrap_or(6379),
+        ),
+        None => (endpoint, 6379),
+    };
+    let mut node = redis::RedisConnectionInfo::default().set_db(config.path.parse().unwrap_or(0));
+    if let Some(u) = &config.username {
+        node = node.set_username(u);
+    }
+    if let Some(p) = &config.password {
+        node = node.set_password(p.expose());
+    }
+    let info =
+        redis::IntoConnectionInfo::into_connection_info(redis::ConnectionAddr::Tcp(host, port))
+            .map_err(err)?
+            .set_redis_settings(node);
+    redis::Client::open(info).map_err(err)
 }
 
 #[async_trait]

@@ -139,7 +139,7 @@ pub mod mutex_is_rwlock_write_side {
                     ),
                 }
             }
-            let fence = g.fence().0;
+            let fence = g.fence().get();
             rec.lock().unwrap().grants.push((0, holder_side, fence));
             g.release().await?;
         }
@@ -153,7 +153,7 @@ pub mod mutex_is_rwlock_write_side {
             sessions.push(client(&t).await?);
         }
         let holder = sa.mutex(NAME).lock().await?;
-        granted(&rec, 0, Side::Mutex, holder.fence().0);
+        granted(&rec, 0, Side::Mutex, holder.fence().get());
         let mut tasks = Vec::new();
         let mut seen = 0;
         for (i, (side, (c, s))) in arrivals.iter().copied().zip(sessions).enumerate() {
@@ -163,7 +163,7 @@ pub mod mutex_is_rwlock_write_side {
             tasks.push(tokio::spawn(async move {
                 let _keep = c;
                 let g = side.acquire(&s).await?;
-                granted(&rec, who, side, g.fence().0);
+                granted(&rec, who, side, g.fence().get());
                 tokio::time::sleep(HOLD).await;
                 releasing(&rec, who);
                 g.release().await?;

@@ -1,14 +1,27 @@
--- Keep a session alive: extend its key and everything it holds, in one
--- round trip. ARGV: ns, session id, ttl ms.
--- Returns {-1} if the session is gone, else {0, field, value, ...} listing
--- the entries found lost (the key is gone or holds another token).
-local sid, ttl = ARGV[2], ARGV[3]
-if redis.call('PEXPIRE', k('session', sid), ttl) == 0 then
+-- Keep a session alive: extend its key and everything it holds, one batch
+-- of the held hash per call, so that a session holding many keys never
+-- blocks the server for long (each call runs a bounded number of commands).
+-- ARGV: ns, session id, ttl ms, HSCAN cursor ('0' for the first call),
+-- batch size.
+-- The first call (cursor '0') extends the session key and the held hash;
+-- the next calls only check that the session key still exists.
+-- Returns {-1} if the session is gone, else {next cursor ('0' when the
+-- whole hash was visited), field, value, ...} listing the entries found
+-- lost (the key is gone or holds another token).
+local sid, ttl, cursor, count = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local sk = k('session', sid)
+local hk = k('held', sid)
+if cursor == '0' then
+  if redis.call('PEXPIRE', sk, ttl) == 0 then
+    return { -1 }
+  end
+  redis.call('PEXPIRE', hk, ttl)
+elseif redis.call('EXISTS', sk) == 0 then
   return { -1 }
 end
-local hk = k('held', sid)
-local all = redis.call('HGETALL', hk)
-local out = { 0 }
+local scan = redis.call('HSCAN', hk, cursor, 'COUNT', count)
+local all = scan[2]
+local out = { scan[1] }
 for i = 1, #all, 2 do
   local field, desc = all[i], all[i + 1]
   local kind, rest = split_key(field)
@@ -41,5 +54,4 @@ for i = 1, #all, 2 do
     table.insert(out, desc)
   end
 end
-redis.call('PEXPIRE', hk, ttl)
 return out
