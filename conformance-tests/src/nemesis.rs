@@ -693,6 +693,9 @@ impl Driver {
                     return;
                 };
                 if agent.pause().await.is_err() {
+                    // Not seen stopped in time: resume it, so it is not
+                    // left stopped (and unrecorded) for good.
+                    let _ = agent.signal(libc::SIGCONT);
                     return;
                 }
                 // Confirmed stopped: every event it stamped is earlier.
