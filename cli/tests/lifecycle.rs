@@ -631,14 +631,20 @@ fn url_from_the_environment_and_unavailable_exit_code() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
-    let o = run(&[
-        "lock",
-        &format!("redis://127.0.0.1:{port}?connect_timeout=500ms"),
-        "x",
-        "--",
-        "true",
-    ]);
-    assert_eq!(o.status.code(), Some(69), "{}", stderr(&o));
+    // Refused by every endpoint: exit 69 at once (not after the hour of
+    // connect_timeout; the liveness bound of `wait_bounded` would fail it),
+    // naming the refusal.
+    for scheme in ["redis", "etcd", "zookeeper"] {
+        let url = format!("{scheme}://127.0.0.1:{port}?connect_timeout=1h");
+        let mut q = spawn(&["lock", &url, "x", "--", "true"]);
+        let status = wait_bounded(&mut q, "quorate against a refused port");
+        let e = stderr_of(&mut q);
+        assert_eq!(status.code(), Some(69), "{e}");
+        assert!(
+            e.contains(&format!("127.0.0.1:{port}")) && e.contains("Connection refused"),
+            "{e}"
+        );
+    }
 }
 
 /// SIGTERM to quorate while the command runs is forwarded to the command's

@@ -21,6 +21,7 @@ mod group;
 pub mod loss;
 mod mutex;
 pub mod name;
+pub mod reach;
 mod rwlock;
 mod session;
 pub mod spi;
