@@ -98,8 +98,7 @@ async fn one_silent_endpoint_leaves_it_to_connect_timeout() {
     let e = tokio::time::timeout(LIVENESS, quorate::connect(&url))
         .await
         .expect("bounded by connect_timeout")
-        .err()
-        .expect("a silent server does not connect");
+        .expect_err("a silent server does not connect");
     println!("{url}: failed after {:?}", start.elapsed());
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
     assert!(e.to_string().contains("connect_timeout"), "{e}");
