@@ -27,7 +27,7 @@ mod session;
 pub mod spi;
 
 pub use capabilities::{Capabilities, FailureDetection, Primitives, RwOrdering, Scope};
-pub use config::{Config, Secret};
+pub use config::{Config, ConfigParts, Secret};
 pub use coordinator::Coordinator;
 pub use election::{Election, Leadership};
 pub use error::{Error, ErrorKind, Result};
