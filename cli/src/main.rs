@@ -782,10 +782,16 @@ where
 /// runs out by its TTL.
 async fn close(session: &Session) {
     if let Err(e) = session.close().await {
+        let expiry = match session.ttl() {
+            Some(ttl) => format!(
+                "it expires after its TTL, {}",
+                humantime::format_duration(ttl)
+            ),
+            None => "its locks are released when this process exits".to_owned(),
+        };
         eprintln!(
-            "quorate: warning: could not close session {}: {e} (it expires after its TTL, {})",
-            session.id(),
-            humantime::format_duration(session.ttl())
+            "quorate: warning: could not close session {}: {e} ({expiry})",
+            session.id()
         );
     }
 }

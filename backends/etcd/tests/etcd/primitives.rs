@@ -237,7 +237,7 @@ async fn session_reports_granted_ttl_and_loss_after_external_revoke() {
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let granted = v["granted-ttl"].as_u64().expect("granted-ttl");
-    assert_eq!(s1.ttl(), Duration::from_secs(granted));
+    assert_eq!(s1.ttl(), Some(Duration::from_secs(granted)));
     assert!(granted >= 2);
     assert_eq!(
         etcdctl_keys(&cluster, &format!("{ns}/session/")).await,
