@@ -91,6 +91,19 @@ enum Format {
     Json,
 }
 
+/// `conformance`'s report formats.
+#[derive(Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    /// Tables for people.
+    Markdown,
+    /// The versioned JSON schema (`quorate-conformance/1`).
+    Json,
+    /// JUnit XML, one testcase per case, for CI systems (skipped:
+    /// not-applicable / unverified, with the reason; failure: fail /
+    /// violated).
+    Junit,
+}
+
 /// Options shared by `lock`, `elect` and `join`.
 #[derive(Args, Clone)]
 struct HoldArgs {
@@ -237,7 +250,7 @@ enum Command {
         url: String,
         /// Report format.
         #[arg(long, value_enum, default_value = "markdown")]
-        format: Format,
+        format: ReportFormat,
         /// Only cases whose name contains this.
         #[arg(long)]
         only: Option<String>,
@@ -1012,8 +1025,9 @@ async fn run(command: Command, quiet: bool) -> Result<u8, Exit> {
             let report = runner::run_suite(&target, only.as_deref()).await?;
             let report = quorate_conformance::Report::new(vec![report]);
             match format {
-                Format::Markdown => print!("{}", report.to_markdown()),
-                Format::Json => println!("{}", report.to_json()),
+                ReportFormat::Markdown => print!("{}", report.to_markdown()),
+                ReportFormat::Json => println!("{}", report.to_json()),
+                ReportFormat::Junit => print!("{}", report.to_junit()),
             }
             Ok(if report.has_failures() { 1 } else { 0 })
         }

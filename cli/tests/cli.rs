@@ -354,6 +354,71 @@ fn conformance_json_report_has_the_documented_schema() {
     assert_eq!(case["result"], "pass");
     assert!(case["figures"].is_object());
 }
+
+/// `--format junit` is JUnit XML that a parser accepts: one testcase per
+/// case, a passed case plain, a not-applicable one `<skipped>` with its
+/// reason, and the counts agree with the cases.
+#[test]
+fn conformance_junit_report_parses() {
+    let dir = temp_dir("junit");
+    let url = format!("file://{}", dir.display());
+    let o = run(&[
+        "conformance",
+        &url,
+        "--format",
+        "junit",
+        "--only",
+        "_lost_reply",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let xml = String::from_utf8(o.stdout).unwrap();
+    let doc = roxmltree::Document::parse(&xml).unwrap_or_else(|e| panic!("{e}: {xml}"));
+    let suites = doc.root_element();
+    assert_eq!(suites.tag_name().name(), "testsuites");
+    let cases: Vec<_> = suites
+        .descendants()
+        .filter(|n| n.has_tag_name("testcase"))
+        .collect();
+    assert_eq!(cases.len(), 3, "{xml}");
+    assert_eq!(suites.attribute("tests"), Some("3"));
+    assert_eq!(suites.attribute("skipped"), Some("3"));
+    for c in &cases {
+        assert!(c.attribute("name").unwrap().ends_with("_lost_reply"));
+        assert_eq!(c.attribute("classname"), Some("quorate.conformance.file"));
+        let skipped = c.children().find(|n| n.has_tag_name("skipped")).unwrap();
+        assert!(
+            skipped
+                .attribute("message")
+                .unwrap()
+                .starts_with("not-applicable: failure detection is the process lifetime"),
+            "{xml}"
+        );
+    }
+    let o = run(&[
+        "conformance",
+        "memory://",
+        "--format",
+        "junit",
+        "--only",
+        "try_and_timeout",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let xml = String::from_utf8(o.stdout).unwrap();
+    let doc = roxmltree::Document::parse(&xml).unwrap_or_else(|e| panic!("{e}: {xml}"));
+    let case = doc
+        .descendants()
+        .find(|n| n.has_tag_name("testcase"))
+        .unwrap();
+    assert_eq!(case.attribute("name"), Some("try_and_timeout"));
+    assert!(
+        case.children()
+            .all(|n| !n.has_tag_name("skipped") && !n.has_tag_name("failure")),
+        "{xml}"
+    );
+    assert_eq!(doc.root_element().attribute("failures"), Some("0"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Two `quorate lock` processes on one file:// lock never overlap, and a
 /// waiter with a short timeout exits 75.
 #[test]
