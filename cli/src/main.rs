@@ -7,7 +7,8 @@
 //! `-n`; 79 when the lock, leadership or membership is lost while held;
 //! 69 (EX_UNAVAILABLE) when the backend cannot be reached; 126/127 when the
 //! command cannot be executed / is not found; 128+N when quorate itself is
-//! stopped by signal N while waiting; 3 when `leader` finds no leader; 2 for
+//! stopped by signal N while waiting; 3 when `leader` finds no leader or
+//! `revoke` no live session of that id; 2 for
 //! bad usage; 1 for any other error (one line on stderr).
 
 mod hold;
@@ -36,6 +37,8 @@ pub const EXIT_NOT_EXECUTABLE: u8 = 126;
 pub const EXIT_NOT_FOUND: u8 = 127;
 /// Exit status: `leader` found no leader.
 pub const EXIT_NO_LEADER: u8 = 3;
+/// Exit status: `revoke` found no live session of that id.
+pub const EXIT_NOT_FOUND_SESSION: u8 = 3;
 /// Default grace between SIGTERM and SIGKILL to the command's group.
 const DEFAULT_KILL_AFTER: &str = "5s";
 /// Name of the environment variable holding the default URL.
@@ -47,7 +50,7 @@ Exit status:
   N        with a command: the command's own status (128+N if it died of signal N)
   1        any other error (one line on stderr)
   2        bad usage
-  3        `leader`: the election has no leader
+  3        `leader`: the election has no leader; `revoke`: no live session of that id
   69       the backend could not be reached (connect_timeout)
   75       not granted within --timeout (connecting included), or busy with -n
   79       the lock / leadership / membership was lost while held
@@ -86,6 +89,19 @@ struct Cli {
 enum Format {
     Markdown,
     Json,
+}
+
+/// `conformance`'s report formats.
+#[derive(Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    /// Tables for people.
+    Markdown,
+    /// The versioned JSON schema (`quorate-conformance/1`).
+    Json,
+    /// JUnit XML, one testcase per case, for CI systems (skipped:
+    /// not-applicable / unverified, with the reason; failure: fail /
+    /// violated).
+    Junit,
 }
 
 /// Options shared by `lock`, `elect` and `join`.
@@ -234,7 +250,7 @@ enum Command {
         url: String,
         /// Report format.
         #[arg(long, value_enum, default_value = "markdown")]
-        format: Format,
+        format: ReportFormat,
         /// Only cases whose name contains this.
         #[arg(long)]
         only: Option<String>,
@@ -258,6 +274,41 @@ enum Command {
         /// Output format (json: one object per scenario per line).
         #[arg(long, value_enum, default_value = "markdown")]
         format: Format,
+    },
+    /// Revoke a session by id, as an operator breaks a stuck holder
+    /// (etcdctl lease revoke, tooz break_).
+    ///
+    /// SESSION is the holder's QUORATE_SESSION (or `session` of a --json
+    /// grant line). Everything the session holds is released at once: its
+    /// locks go to the next waiters, and a `quorate lock` holding them
+    /// terminates its command and exits 79. etcd revokes the lease; Redis
+    /// removes the session; ZooKeeper deletes the session's nodes (the
+    /// holder's guards report the loss). file:// cannot (a kernel lock
+    /// belongs to its process): exit 1. Exit 3 when no live session has
+    /// that id.
+    #[command(
+        after_help = EXIT_CODES_HELP,
+        override_usage = "quorate revoke [OPTIONS] [URL] <SESSION>"
+    )]
+    Revoke {
+        /// [URL] SESSION: backend URL (default: $QUORATE_URL) and the
+        /// session id.
+        #[arg(value_name = "URL", num_args = 1..=2, required = true)]
+        target: Vec<String>,
+    },
+    /// Print a shell completion script for SHELL on stdout
+    /// (e.g. `quorate completions bash > /etc/bash_completion.d/quorate`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout, generated from these
+    /// definitions: `quorate man | man -l -`; `quorate man lock` for one
+    /// command's page (quorate-lock(1)).
+    Man {
+        /// A command whose page to print instead of quorate(1).
+        command: Option<String>,
     },
     /// The conformance suite's child-process client (internal).
     #[command(hide = true)]
@@ -322,8 +373,11 @@ impl From<quorate::Error> for Exit {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::ReapGroup = cli.command {
-        return ExitCode::from(hold::reap_group_main());
+    match &cli.command {
+        Command::ReapGroup => return ExitCode::from(hold::reap_group_main()),
+        Command::Completions { shell } => return completions(*shell),
+        Command::Man { command } => return man(command.as_deref()),
+        _ => {}
     }
     init_tracing(cli.verbose, cli.quiet);
     let runtime = match tokio::runtime::Runtime::new() {
@@ -343,6 +397,126 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("quorate: {}", e.message);
             ExitCode::from(e.code)
+        }
+    }
+}
+
+/// `quorate completions SHELL`: the script on stdout.
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    use clap::CommandFactory;
+    // clap_complete offers hidden commands too: leave the internal ones
+    // (`agent`, `reap-group`) out.
+    let full = Cli::command();
+    let mut public = clap::Command::new("quorate")
+        .version(env!("CARGO_PKG_VERSION"))
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|c| !c.is_hide_set()).cloned());
+    if let Some(about) = full.get_about() {
+        public = public.about(about.clone());
+    }
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut public, "quorate", &mut out);
+    write_stdout(&out)
+}
+
+/// `quorate man [COMMAND]`: quorate(1), or quorate-COMMAND(1), in roff on
+/// stdout.
+fn man(command: Option<&str>) -> ExitCode {
+    use clap::CommandFactory;
+    let mut cli = Cli::command();
+    cli.build();
+    let page = match command {
+        None => cli,
+        Some(name) => {
+            let found = cli
+                .get_subcommands()
+                .find(|c| !c.is_hide_set() && c.get_name() == name)
+                .cloned();
+            match found {
+                // The page's title and usage name the command as typed.
+                Some(c) => c
+                    .name(format!("quorate-{name}"))
+                    .bin_name(format!("quorate {name}"))
+                    .version(env!("CARGO_PKG_VERSION")),
+                None => {
+                    let names: Vec<&str> = cli
+                        .get_subcommands()
+                        .filter(|c| !c.is_hide_set())
+                        .map(|c| c.get_name())
+                        .collect();
+                    eprintln!("quorate: no command `{name}`; pages: {}", names.join(", "));
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    let extra = page.get_after_help().is_some();
+    let has_subcommands = page.get_subcommands().any(|c| !c.is_hide_set());
+    let man = clap_mangen::Man::new(page);
+    let mut out = Vec::new();
+    let rendered = (|| -> std::io::Result<()> {
+        man.render_title(&mut out)?;
+        man.render_name_section(&mut out)?;
+        man.render_synopsis_section(&mut out)?;
+        man.render_description_section(&mut out)?;
+        man.render_options_section(&mut out)?;
+        if has_subcommands {
+            man.render_subcommands_section(&mut out)?;
+        }
+        if extra {
+            // The exit-status table and URL schemes keep their columns
+            // (clap_mangen's EXTRA section would fill them as prose).
+            out.extend_from_slice(b".SH \"EXIT STATUS AND URLS\"\n.nf\n");
+            out.extend_from_slice(roff_verbatim(EXIT_CODES_HELP).as_bytes());
+            out.extend_from_slice(b".fi\n");
+        }
+        man.render_version_section(&mut out)
+    })();
+    if let Err(e) = rendered {
+        eprintln!("quorate: cannot render the man page: {e}");
+        return ExitCode::from(1);
+    }
+    write_stdout(roff_ascii(&String::from_utf8_lossy(&out)).as_bytes())
+}
+
+/// Non-ASCII characters (`…`, `≥`) as roff's `\[uXXXX]` escapes, so that
+/// troff reads the page without a UTF-8 pre-processor.
+fn roff_ascii(page: &str) -> String {
+    let mut out = String::with_capacity(page.len());
+    for c in page.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            out.push_str(&format!("\\[u{:04X}]", u32::from(c)));
+        }
+    }
+    out
+}
+
+/// `text` as roff lines for a no-fill block: backslashes escaped, lines
+/// that start with `.` or `'` protected, `-` as a hyphen-minus.
+fn roff_verbatim(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let line = line.replace('\\', "\\e").replace('-', "\\-");
+        if line.starts_with('.') || line.starts_with('\'') {
+            out.push_str("\\&");
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Write all of `bytes` to stdout; a closed stdout is an error (exit 1).
+fn write_stdout(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("quorate: cannot write to stdout: {e}");
+            ExitCode::from(1)
         }
     }
 }
@@ -627,10 +801,16 @@ where
 /// runs out by its TTL.
 async fn close(session: &Session) {
     if let Err(e) = session.close().await {
+        let expiry = match session.ttl() {
+            Some(ttl) => format!(
+                "it expires after its TTL, {}",
+                humantime::format_duration(ttl)
+            ),
+            None => "its locks are released when this process exits".to_owned(),
+        };
         eprintln!(
-            "quorate: warning: could not close session {}: {e} (it expires after its TTL, {})",
-            session.id(),
-            humantime::format_duration(session.ttl())
+            "quorate: warning: could not close session {}: {e} ({expiry})",
+            session.id()
         );
     }
 }
@@ -851,8 +1031,9 @@ async fn run(command: Command, quiet: bool) -> Result<u8, Exit> {
             let report = runner::run_suite(&target, only.as_deref()).await?;
             let report = quorate_conformance::Report::new(vec![report]);
             match format {
-                Format::Markdown => print!("{}", report.to_markdown()),
-                Format::Json => println!("{}", report.to_json()),
+                ReportFormat::Markdown => print!("{}", report.to_markdown()),
+                ReportFormat::Json => println!("{}", report.to_json()),
+                ReportFormat::Junit => print!("{}", report.to_junit()),
             }
             Ok(if report.has_failures() { 1 } else { 0 })
         }
@@ -882,7 +1063,28 @@ async fn run(command: Command, quiet: bool) -> Result<u8, Exit> {
             }
             Ok(0)
         }
+        Command::Revoke { target } => {
+            let (url, rest) = split_target(target, 1)?;
+            let session = rest[0].as_str();
+            let coord = connect(&url).await?;
+            match coord.revoke_session(session).await {
+                Ok(()) => {
+                    if !quiet {
+                        println!("revoked session {session}");
+                    }
+                    Ok(0)
+                }
+                Err(e) if e.kind() == ErrorKind::NotHeld => Err(Exit {
+                    code: EXIT_NOT_FOUND_SESSION,
+                    message: e.to_string(),
+                }),
+                Err(e) => Err(e.into()),
+            }
+        }
         Command::ReapGroup => Ok(hold::reap_group_main()),
+        Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("handled in main before the runtime starts")
+        }
         Command::Agent { url } => {
             quorate_conformance::agent::serve(&url).await;
             Ok(0)

@@ -38,6 +38,7 @@ fn help_on_every_command() {
         "members",
         "conformance",
         "bench",
+        "revoke",
     ] {
         let o = run(&[cmd, "--help"]);
         assert!(o.status.success(), "{cmd} --help failed: {}", stderr(&o));
@@ -373,6 +374,71 @@ fn conformance_json_report_has_the_documented_schema() {
     assert_eq!(case["result"], "pass");
     assert!(case["figures"].is_object());
 }
+
+/// `--format junit` is JUnit XML that a parser accepts: one testcase per
+/// case, a passed case plain, a not-applicable one `<skipped>` with its
+/// reason, and the counts agree with the cases.
+#[test]
+fn conformance_junit_report_parses() {
+    let dir = temp_dir("junit");
+    let url = format!("file://{}", dir.display());
+    let o = run(&[
+        "conformance",
+        &url,
+        "--format",
+        "junit",
+        "--only",
+        "_lost_reply",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let xml = String::from_utf8(o.stdout).unwrap();
+    let doc = roxmltree::Document::parse(&xml).unwrap_or_else(|e| panic!("{e}: {xml}"));
+    let suites = doc.root_element();
+    assert_eq!(suites.tag_name().name(), "testsuites");
+    let cases: Vec<_> = suites
+        .descendants()
+        .filter(|n| n.has_tag_name("testcase"))
+        .collect();
+    assert_eq!(cases.len(), 3, "{xml}");
+    assert_eq!(suites.attribute("tests"), Some("3"));
+    assert_eq!(suites.attribute("skipped"), Some("3"));
+    for c in &cases {
+        assert!(c.attribute("name").unwrap().ends_with("_lost_reply"));
+        assert_eq!(c.attribute("classname"), Some("quorate.conformance.file"));
+        let skipped = c.children().find(|n| n.has_tag_name("skipped")).unwrap();
+        assert!(
+            skipped
+                .attribute("message")
+                .unwrap()
+                .starts_with("not-applicable: failure detection is the process lifetime"),
+            "{xml}"
+        );
+    }
+    let o = run(&[
+        "conformance",
+        "memory://",
+        "--format",
+        "junit",
+        "--only",
+        "try_and_timeout",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let xml = String::from_utf8(o.stdout).unwrap();
+    let doc = roxmltree::Document::parse(&xml).unwrap_or_else(|e| panic!("{e}: {xml}"));
+    let case = doc
+        .descendants()
+        .find(|n| n.has_tag_name("testcase"))
+        .unwrap();
+    assert_eq!(case.attribute("name"), Some("try_and_timeout"));
+    assert!(
+        case.children()
+            .all(|n| !n.has_tag_name("skipped") && !n.has_tag_name("failure")),
+        "{xml}"
+    );
+    assert_eq!(doc.root_element().attribute("failures"), Some("0"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Two `quorate lock` processes on one file:// lock never overlap, and a
 /// waiter with a short timeout exits 75.
 #[test]
@@ -613,5 +679,147 @@ fn a_closed_stdout_does_not_break_holding() {
     );
     let o = run(&["lock", "-n", &url, "held", "--", "true"]);
     assert_eq!(o.status.code(), Some(0), "not released: {}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `quorate completions SHELL` prints a script for each shell clap knows,
+/// naming the public commands and not the internal ones; bash's loads and
+/// registers the completion. An unknown shell is bad usage (exit 2).
+#[test]
+fn completions_for_every_shell() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let o = run(&["completions", shell]);
+        assert_eq!(o.status.code(), Some(0), "{shell}: {}", stderr(&o));
+        let script = String::from_utf8_lossy(&o.stdout);
+        for needle in ["lock", "revoke", "timeout", "nonblock", "completions"] {
+            assert!(script.contains(needle), "{shell} lacks `{needle}`");
+        }
+        for internal in ["reap-group", "agent"] {
+            assert!(!script.contains(internal), "{shell} offers `{internal}`");
+        }
+    }
+    let dir = temp_dir("completions");
+    let file = dir.join("quorate.bash");
+    std::fs::write(&file, run(&["completions", "bash"]).stdout).unwrap();
+    let o = Command::new("bash")
+        .args([
+            "-c",
+            &format!("source {} && complete -p quorate", file.display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("quorate"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = run(&["completions", "tcsh"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("tcsh"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `quorate man` is quorate(1) in roff, with the exit-status table and the
+/// URL schemes kept in columns; `quorate man COMMAND` is quorate-COMMAND(1)
+/// for every public command; groff renders each without a warning. An
+/// unknown or internal command is bad usage (exit 2), naming the pages.
+#[test]
+fn man_pages() {
+    let o = run(&["man"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let page = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(page.contains(".TH quorate 1"), "{page}");
+    for needle in [
+        "quorate\\-lock(1)",
+        "quorate\\-revoke(1)",
+        "EXIT STATUS",
+        ".nf",
+        "etcd://",
+    ] {
+        assert!(page.contains(needle), "quorate(1) lacks `{needle}`");
+    }
+    assert!(!page.contains("reap"), "an internal command in quorate(1)");
+    for cmd in [
+        "lock",
+        "elect",
+        "leader",
+        "join",
+        "members",
+        "revoke",
+        "conformance",
+        "bench",
+        "completions",
+    ] {
+        let o = run(&["man", cmd]);
+        assert_eq!(o.status.code(), Some(0), "{cmd}: {}", stderr(&o));
+        let page = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            page.contains(&format!(".TH quorate-{cmd} 1")),
+            "{cmd}: {page}"
+        );
+        // groff -ww: every warning; -z: no output, only the diagnostics.
+        let mut groff = Command::new("groff")
+            .args(["-man", "-Tutf8", "-ww", "-z"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("groff (scripts/install-deps)");
+        use std::io::Write;
+        groff
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(page.as_bytes())
+            .unwrap();
+        let g = groff.wait_with_output().unwrap();
+        assert!(g.status.success(), "{cmd}");
+        assert_eq!(
+            String::from_utf8_lossy(&g.stderr),
+            "",
+            "groff on quorate-{cmd}(1)"
+        );
+    }
+    let lock = String::from_utf8_lossy(&run(&["man", "lock"]).stdout).into_owned();
+    for needle in [
+        "\\-\\-nonblock",
+        "\\-\\-timeout",
+        "127 ",
+        "file:///var/lib/quorate",
+    ] {
+        assert!(lock.contains(needle), "quorate-lock(1) lacks `{needle}`");
+    }
+    for bad in ["nope", "reap-group", "agent"] {
+        let o = run(&["man", bad]);
+        assert_eq!(o.status.code(), Some(2), "{bad}");
+        assert!(stderr(&o).contains("lock, elect"), "{}", stderr(&o));
+    }
+}
+
+/// `revoke` where it cannot work: file:// sessions are processes (exit 1,
+/// saying why), an id that is not one of the backend's is a clear error,
+/// an unknown session exits 3, and no URL at all is bad usage.
+#[test]
+fn revoke_errors() {
+    let dir = temp_dir("revoke");
+    let o = run(&["revoke", &format!("file://{}", dir.display()), "123"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("cannot be revoked from outside"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["revoke", "memory://", "not-a-session"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("not a memory session id"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["revoke", "memory://", "42"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no live session 42"), "{}", stderr(&o));
+    let o = run(&["revoke", "42"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let _ = std::fs::remove_dir_all(&dir);
 }

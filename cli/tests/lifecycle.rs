@@ -631,14 +631,20 @@ fn url_from_the_environment_and_unavailable_exit_code() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
-    let o = run(&[
-        "lock",
-        &format!("redis://127.0.0.1:{port}?connect_timeout=500ms"),
-        "x",
-        "--",
-        "true",
-    ]);
-    assert_eq!(o.status.code(), Some(69), "{}", stderr(&o));
+    // Refused by every endpoint: exit 69 at once (not after the hour of
+    // connect_timeout; the liveness bound of `wait_bounded` would fail it),
+    // naming the refusal.
+    for scheme in ["redis", "etcd", "zookeeper"] {
+        let url = format!("{scheme}://127.0.0.1:{port}?connect_timeout=1h");
+        let mut q = spawn(&["lock", &url, "x", "--", "true"]);
+        let status = wait_bounded(&mut q, "quorate against a refused port");
+        let e = stderr_of(&mut q);
+        assert_eq!(status.code(), Some(69), "{e}");
+        assert!(
+            e.contains(&format!("127.0.0.1:{port}")) && e.contains("Connection refused"),
+            "{e}"
+        );
+    }
 }
 
 /// SIGTERM to quorate while the command runs is forwarded to the command's
@@ -705,4 +711,68 @@ fn json_grant_lines_etcd() {
     assert_eq!(o.status.code(), Some(3));
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "null");
     assert_eq!(b.leftovers(), Vec::<String>::new());
+}
+
+/// `quorate revoke URL SESSION` breaks a stuck holder, as `etcdctl lease
+/// revoke` would: the holder's command is terminated and it exits 79, the
+/// lock is free at once (`-n` gets it), a second revoke of the same id
+/// exits 3, and nothing is left on the backend. The URL can come from
+/// `QUORATE_URL`.
+fn revoke_breaks_a_stuck_holder(b: &Backend) {
+    let mut holder = spawn(&[
+        "lock",
+        &b.url,
+        "stuck",
+        "--",
+        "sh",
+        "-c",
+        "echo \"$QUORATE_SESSION\"; sleep 300 & wait",
+    ]);
+    let session = Lines::of(&mut holder).next();
+    let o = run(&["lock", "-n", &b.url, "stuck", "--", "true"]);
+    assert_eq!(o.status.code(), Some(75), "held: {}", stderr(&o));
+    let o = quorate()
+        .env("QUORATE_URL", &b.url)
+        .args(["revoke", &session])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        format!("revoked session {session}")
+    );
+    let status = wait_bounded(&mut holder, "the revoked holder");
+    let e = stderr_of(&mut holder);
+    assert_eq!(status.code(), Some(79), "{e}");
+    assert!(e.contains("lost lock `stuck`"), "{e}");
+    let o = run(&["lock", "-n", &b.url, "stuck", "--", "true"]);
+    assert_eq!(o.status.code(), Some(0), "not freed: {}", stderr(&o));
+    let o = run(&["revoke", &b.url, &session]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no live session"), "{}", stderr(&o));
+    assert_eq!(b.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn revoke_breaks_a_stuck_holder_etcd() {
+    let etcd = start_etcd();
+    revoke_breaks_a_stuck_holder(&etcd_backend(&etcd));
+}
+
+#[test]
+fn revoke_breaks_a_stuck_holder_redis() {
+    let redis = RedisServer::start().expect("starting redis-server");
+    let url = format!("{}?ttl={TTL}&namespace={}", redis.url(), unique("ns"));
+    revoke_breaks_a_stuck_holder(&Backend::new(url, true));
+}
+
+#[test]
+fn revoke_breaks_a_stuck_holder_zookeeper() {
+    let zk = ZkCluster::start(1).expect("starting ZooKeeper (see scripts/install-deps)");
+    let url = format!(
+        "zookeeper://{}?session_timeout={TTL}&namespace={}",
+        zk.endpoints(),
+        unique("ns")
+    );
+    revoke_breaks_a_stuck_holder(&Backend::new(url, true));
 }

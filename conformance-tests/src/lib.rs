@@ -22,6 +22,7 @@ pub mod bench;
 pub mod cases;
 pub mod harness;
 pub mod history;
+pub mod junit;
 pub mod mutant;
 pub mod nemesis;
 pub mod outcome;

@@ -130,6 +130,70 @@ impl fmt::Display for Secret {
 /// remaining `options` is the backend's (documented in `docs/backends.md`).
 /// Backends must reject options they do not know with
 /// [`Config::reject_unknown_options`], so a typo is an error, not a silent default.
+///
+/// # Config files
+///
+/// `Config` deserialises (serde) from a section of your own config file in
+/// three forms: a URL string; `{ url = "…" }`; or the URL's parts spelled
+/// out ([`ConfigParts`]: `backend`, `endpoints`, `path` (or `namespace`,
+/// `directory`), `username`, `password`, `ttl` (or `session_timeout`),
+/// `connect_timeout`, and the backend's own `options`). Durations are
+/// strings with units or numbers of seconds ([`duration`], which your own
+/// duration fields can use too). Every form is validated as a URL is: an
+/// unknown key, a bad port or a value out of bounds is an error naming it.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// #[derive(serde::Deserialize)]
+/// struct Settings {
+///     locks: quorate_core::Config,
+///     cache: quorate_core::Config,
+///     scratch: quorate_core::Config,
+/// }
+///
+/// let settings: Settings = toml::from_str(r#"
+///     ## A URL, as on the command line.
+///     scratch = "file:///var/lib/myservice/locks"
+///
+///     ## The same as `url = "redis://10.0.0.5:6379/2?ttl=15s"`.
+///     [cache]
+///     url = "redis://10.0.0.5:6379/2?ttl=15s"
+///
+///     ## The parts: etcds://app:***@etcd1:2379,etcd2:2379/myservice?…
+///     [locks]
+///     backend = "etcds"
+///     endpoints = ["etcd1:2379", "etcd2:2379"]
+///     namespace = "myservice"
+///     username = "app"
+///     password = "s3cret"
+///     ttl = "15s"
+///     connect_timeout = 2.5
+///     [locks.options]
+///     ca = "/etc/myservice/etcd-ca.pem"
+/// "#).unwrap();
+///
+/// let locks = &settings.locks;
+/// assert_eq!(locks.scheme, "etcds");
+/// assert_eq!(locks.endpoints, ["etcd1:2379", "etcd2:2379"]);
+/// assert_eq!(locks.path, "myservice");
+/// assert_eq!(locks.ttl, Duration::from_secs(15));
+/// assert_eq!(locks.connect_timeout, Duration::from_millis(2500));
+/// assert_eq!(locks.option("ca"), Some("/etc/myservice/etcd-ca.pem"));
+/// assert!(!format!("{locks:?} {locks}").contains("s3cret"));
+/// assert_eq!(settings.cache.ttl, Duration::from_secs(15));
+/// assert_eq!(settings.scratch.path, "/var/lib/myservice/locks");
+///
+/// // A typo is an error, not a silent default.
+/// let e = toml::from_str::<Settings>(r#"
+///     scratch = "memory://"
+///     cache = "memory://"
+///     [locks]
+///     backend = "etcd"
+///     tll = "15s"
+/// "#).err().unwrap();
+/// assert!(e.to_string().contains("unknown field `tll`"), "{e}");
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct Config {
     /// URL scheme: `etcd`, `etcds`, `zookeeper`, `redis`, `rediss`,
@@ -396,70 +460,280 @@ impl std::str::FromStr for Config {
     }
 }
 
-/// The serde forms of a config section: a URL string, `{ url = "…" }`, or
-/// the parts spelled out.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum ConfigRepr {
-    Url(String),
-    WithUrl {
-        url: String,
-    },
-    Parts {
-        backend: String,
-        #[serde(default)]
-        endpoints: Vec<String>,
-        #[serde(default, alias = "namespace", alias = "directory")]
-        path: String,
-        #[serde(default)]
-        username: Option<String>,
-        #[serde(default)]
-        password: Option<Secret>,
-        #[serde(default)]
-        ttl: Option<String>,
-        #[serde(default)]
-        connect_timeout: Option<String>,
-        #[serde(default)]
-        options: BTreeMap<String, String>,
-    },
+/// The "parts" form of a config section: the URL's pieces spelled out, as
+/// a config file would rather hold them. [`Config`] deserialises from this
+/// (any map that is not `{ url = "…" }`), from `{ url = "…" }`, or from a
+/// bare URL string; see [`Config`]'s `# Config files` for an example.
+///
+/// Unknown keys are an error naming them (a typo such as `tll` is never a
+/// silent default). Every value is checked as the URL's would be
+/// ([`Config::validate`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigParts {
+    /// The backend: a URL scheme (`etcd`, `etcds`, `zookeeper`, `redis`,
+    /// `rediss`, `redis+sentinel`, `file`, `memory`). Required.
+    pub backend: String,
+    /// `host:port` endpoints (none for `file` and `memory`).
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// The URL's path: etcd namespace, ZooKeeper chroot, Redis database
+    /// number or sentinel service, `file` directory (absolute), `memory`
+    /// name. Also spelled `namespace` or `directory`.
+    #[serde(default, alias = "namespace", alias = "directory")]
+    pub path: String,
+    /// User name, as in the URL's userinfo.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password (never shown in `Debug`, `Display`, logs or errors).
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Lease / session TTL ([`TTL_BOUNDS`]; default [`DEFAULT_TTL`]), in
+    /// the form of [`duration`]: `"10s"`, `"1m 30s"` or a number of seconds.
+    /// Also spelled `session_timeout`.
+    #[serde(default, alias = "session_timeout", with = "duration::option")]
+    pub ttl: Option<Duration>,
+    /// Time allowed to reach the backend ([`CONNECT_TIMEOUT_BOUNDS`];
+    /// default [`DEFAULT_CONNECT_TIMEOUT`]), as `ttl`.
+    #[serde(default, with = "duration::option")]
+    pub connect_timeout: Option<Duration>,
+    /// The backend's own options, as the URL's query (`ca`, `namespace`,
+    /// `eviction`, …: `docs/backends.md`); values are strings.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+impl TryFrom<ConfigParts> for Config {
+    type Error = Error;
+
+    /// # Errors
+    ///
+    /// [`crate::ErrorKind::InvalidConfig`] for a value out of bounds, a bad
+    /// port, or `ttl`/`connect_timeout` given both here and in `options`.
+    fn try_from(parts: ConfigParts) -> Result<Config> {
+        let mut config = Config {
+            scheme: parts.backend.to_ascii_lowercase(),
+            endpoints: parts.endpoints,
+            path: parts.path,
+            username: parts.username,
+            password: parts.password,
+            ttl: DEFAULT_TTL,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            options: parts.options,
+        };
+        if config.scheme.is_empty() {
+            return Err(Error::invalid_config("`backend` is empty"));
+        }
+        let twice = |key: &str, given: bool, in_options: &[&str]| {
+            if given && in_options.iter().any(|k| config.options.contains_key(*k)) {
+                return Err(Error::invalid_config(format!(
+                    "`{key}` is given both as a key and in `options`"
+                )));
+            }
+            Ok(())
+        };
+        twice("ttl", parts.ttl.is_some(), &["ttl", "session_timeout"])?;
+        twice(
+            "connect_timeout",
+            parts.connect_timeout.is_some(),
+            &["connect_timeout"],
+        )?;
+        // `ttl = "10s"` in `options` keeps working, as in the URL's query.
+        config.apply_generic_options()?;
+        if let Some(ttl) = parts.ttl {
+            config.set_ttl("ttl", ttl)?;
+        }
+        if let Some(t) = parts.connect_timeout {
+            config.connect_timeout = CONNECT_TIMEOUT_BOUNDS.check(t)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
 }
 
 impl<'de> Deserialize<'de> for Config {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(ConfigVisitor)
+    }
+}
+
+/// A URL string, `{ url = "…" }`, or [`ConfigParts`].
+struct ConfigVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ConfigVisitor {
+    type Value = Config;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a backend URL, `{ url = \"…\" }`, or the parts (`backend`, `endpoints`, …)")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, url: &str) -> std::result::Result<Config, E> {
+        Config::parse(url).map_err(E::custom)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        map: A,
+    ) -> std::result::Result<Config, A::Error> {
         use serde::de::Error as _;
-        match ConfigRepr::deserialize(d)? {
-            ConfigRepr::Url(url) | ConfigRepr::WithUrl { url } => {
-                Config::parse(&url).map_err(D::Error::custom)
+        /// The map, read once: either only `url`, or the parts.
+        #[derive(Deserialize)]
+        struct Section {
+            #[serde(default)]
+            url: Option<String>,
+            #[serde(flatten)]
+            rest: BTreeMap<String, serde_json::Value>,
+        }
+        let section = Section::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+        match section.url {
+            Some(url) if section.rest.is_empty() => Config::parse(&url).map_err(A::Error::custom),
+            Some(_) => Err(A::Error::custom(format!(
+                "give either `url` or the parts, not both (also given: {})",
+                section.rest.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))),
+            None => {
+                let rest = serde_json::Value::Object(section.rest.into_iter().collect());
+                let parts = ConfigParts::deserialize(rest).map_err(A::Error::custom)?;
+                Config::try_from(parts).map_err(A::Error::custom)
             }
-            ConfigRepr::Parts {
-                backend,
-                endpoints,
-                path,
-                username,
-                password,
-                ttl,
-                connect_timeout,
-                options,
-            } => {
-                let mut config = Config {
-                    scheme: backend.to_ascii_lowercase(),
-                    endpoints,
-                    path,
-                    username,
-                    password,
-                    ttl: DEFAULT_TTL,
-                    connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-                    options,
-                };
-                if let Some(t) = ttl {
-                    config.options.insert("ttl".into(), t);
-                }
-                if let Some(t) = connect_timeout {
-                    config.options.insert("connect_timeout".into(), t);
-                }
-                config.apply_generic_options().map_err(D::Error::custom)?;
-                Ok(config)
+        }
+    }
+}
+
+/// Serde helpers for [`Duration`] fields in the syntax quorate's URLs use,
+/// for your own config files too: a string with units (`"500ms"`, `"10s"`,
+/// `"1h 30m"`; see [`parse_duration`]) or a number of seconds (`10`,
+/// `0.5`). Serialises as a string with units (`"1m 30s"`).
+///
+/// ```
+/// use std::time::Duration;
+/// use serde::Deserialize;
+///
+/// #[derive(Deserialize)]
+/// struct Service {
+///     backend: quorate_core::Config,
+///     #[serde(with = "quorate_core::config::duration")]
+///     poll: Duration,
+///     #[serde(default, with = "quorate_core::config::duration::option")]
+///     grace: Option<Duration>,
+/// }
+///
+/// let s: Service = toml::from_str(r#"
+///     backend = "memory://demo"
+///     poll = "1m 30s"
+///     grace = 2.5
+/// "#).unwrap();
+/// assert_eq!(s.poll, Duration::from_secs(90));
+/// assert_eq!(s.grace, Some(Duration::from_millis(2500)));
+/// ```
+///
+/// (`quorate::config::duration` through the facade.) Bounds are the
+/// caller's: check them with a [`DurationBounds`].
+pub mod duration {
+    use std::fmt;
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    /// Deserialise a [`Duration`] from a string with units or a number of
+    /// seconds.
+    ///
+    /// # Errors
+    ///
+    /// The deserialiser's error for anything else: a string that is not a
+    /// duration, a negative or non-finite number, or one too large for a
+    /// [`Duration`].
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        d.deserialize_any(DurationVisitor)
+    }
+
+    /// Serialise a [`Duration`] as a string with units (`"1m 30s"`), which
+    /// [`deserialize`] reads back.
+    ///
+    /// # Errors
+    ///
+    /// The serialiser's.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+
+    /// The same for `Option<Duration>` (use with `#[serde(default)]`).
+    pub mod option {
+        use super::*;
+
+        /// Deserialise an optional [`Duration`] (see [`super::deserialize`]).
+        ///
+        /// # Errors
+        ///
+        /// As [`super::deserialize`].
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            d.deserialize_option(OptionVisitor)
+        }
+
+        /// Serialise an optional [`Duration`] (see [`super::serialize`]).
+        ///
+        /// # Errors
+        ///
+        /// The serialiser's.
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => s.serialize_some(&humantime::format_duration(*d).to_string()),
+                None => s.serialize_none(),
             }
+        }
+
+        struct OptionVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for OptionVisitor {
+            type Value = Option<Duration>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration (`\"10s\"`, `\"1h 30m\"` or seconds) or nothing")
+            }
+
+            fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                super::deserialize(d).map(Some)
+            }
+        }
+    }
+
+    struct DurationVisitor;
+
+    impl serde::de::Visitor<'_> for DurationVisitor {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration: a string such as \"500ms\", \"10s\", \"1h 30m\", or a number of seconds")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+            super::parse_duration("duration", v).map_err(|e| E::custom(e.message()))
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(v))
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
+            u64::try_from(v)
+                .map(Duration::from_secs)
+                .map_err(|_| E::custom(format!("a duration cannot be negative, got {v}")))
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Duration, E> {
+            Duration::try_from_secs_f64(v).map_err(|_| {
+                E::custom(format!(
+                    "{v} is not a duration in seconds (negative, not finite, or too large)"
+                ))
+            })
         }
     }
 }
@@ -663,6 +937,120 @@ mod tests {
             r#"{"backend":"etcd","connect_timeout":"0s"}"#,
         ] {
             assert!(serde_json::from_str::<Config>(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// The TOML example of `docs/backends.md` / `Config`'s docs, and the
+    /// errors of the parts form.
+    #[test]
+    fn parts_from_toml() {
+        #[derive(Deserialize)]
+        struct File {
+            coordination: Config,
+        }
+        let f: File = toml::from_str(
+            r#"
+            [coordination]
+            backend = "zookeeper"
+            endpoints = ["zk1:2181", "zk2:2181", "zk3:2181"]
+            path = "myservice"
+            session_timeout = "8s"
+            connect_timeout = 3
+            options = { namespace = "locks" }
+            "#,
+        )
+        .unwrap();
+        let c = f.coordination;
+        assert_eq!(c.scheme, "zookeeper");
+        assert_eq!(c.endpoints.len(), 3);
+        assert_eq!(c.ttl, Duration::from_secs(8));
+        assert_eq!(c.connect_timeout, Duration::from_secs(3));
+        assert_eq!(c.option("namespace"), Some("locks"));
+        assert_eq!(
+            c.to_string(),
+            "zookeeper://zk1:2181,zk2:2181,zk3:2181/myservice?ttl=8s&connect_timeout=3s&namespace=locks"
+        );
+
+        let err = |text: &str| {
+            toml::from_str::<File>(text)
+                .err()
+                .unwrap_or_else(|| panic!("accepted: {text}"))
+                .to_string()
+        };
+        let bad = [
+            (
+                "[coordination]\nbackend = \"etcd\"\ntll = \"3s\"",
+                "unknown field `tll`",
+            ),
+            (
+                "[coordination]\nendpoints = [\"a:1\"]",
+                "missing field `backend`",
+            ),
+            (
+                "[coordination]\nbackend = \"etcd\"\nttl = \"3 parsecs\"",
+                "duration",
+            ),
+            ("[coordination]\nbackend = \"etcd\"\nttl = -3", "negative"),
+            (
+                "[coordination]\nbackend = \"etcd\"\nttl = \"50ms\"",
+                "`ttl` must be between",
+            ),
+            (
+                "[coordination]\nbackend = \"etcd\"\nconnect_timeout = 0",
+                "`connect_timeout` must be between",
+            ),
+            (
+                "[coordination]\nbackend = \"etcd\"\nendpoints = [\"a:0\"]",
+                "port",
+            ),
+            (
+                "[coordination]\nurl = \"etcd://a:1\"\nttl = \"3s\"",
+                "either `url` or the parts",
+            ),
+            (
+                "[coordination]\nbackend = \"etcd\"\nttl = \"3s\"\noptions = { ttl = \"4s\" }",
+                "both",
+            ),
+            ("[coordination]\nbackend = \"\"", "`backend` is empty"),
+            ("coordination = \"etcd://a:99999\"", "port"),
+        ];
+        for (text, needle) in bad {
+            let e = err(text);
+            assert!(e.contains(needle), "{text}: `{e}` lacks `{needle}`");
+        }
+        // A password in a refused section never shows.
+        let e = err("[coordination]\nbackend = \"etcd\"\npassword = \"hunter2\"\nttl = \"1ms\"");
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn duration_helper_round_trips() {
+        #[derive(Deserialize, serde::Serialize, PartialEq, Debug)]
+        struct S {
+            #[serde(with = "duration")]
+            d: Duration,
+            #[serde(default, with = "duration::option")]
+            o: Option<Duration>,
+        }
+        let s = S {
+            d: Duration::from_millis(90_500),
+            o: Some(Duration::from_secs(3)),
+        };
+        let text = serde_json::to_string(&s).unwrap();
+        assert_eq!(text, r#"{"d":"1m 30s 500ms","o":"3s"}"#);
+        assert_eq!(serde_json::from_str::<S>(&text).unwrap(), s);
+        let s: S = serde_json::from_str(r#"{"d":0.25}"#).unwrap();
+        assert_eq!(s.d, Duration::from_millis(250));
+        assert_eq!(s.o, None);
+        let s: S = serde_json::from_str(r#"{"d":7,"o":null}"#).unwrap();
+        assert_eq!((s.d, s.o), (Duration::from_secs(7), None));
+        for bad in [
+            r#"{"d":-1}"#,
+            r#"{"d":"soon"}"#,
+            r#"{"d":true}"#,
+            r#"{"d":1e300}"#,
+        ] {
+            assert!(serde_json::from_str::<S>(bad).is_err(), "{bad}");
         }
     }
 

@@ -92,12 +92,25 @@ impl Coordinator {
     }
 
     /// Revoke another session by id, as an operator would (`etcdctl lease
-    /// revoke`). Its holder's `lost()` resolves.
+    /// revoke`, tooz's `break_`): everything it holds is released, and its
+    /// holder's guards report the loss (`lost()` resolves). The id is the
+    /// holder's [`Session::id`] (`QUORATE_SESSION` for commands run by
+    /// `quorate lock`); `quorate revoke URL SESSION` calls this.
+    ///
+    /// Per backend: etcd revokes the lease; Redis removes the session and
+    /// its entries; ZooKeeper closes a session of this process, and for a
+    /// session of another process deletes every node it owns under the
+    /// namespace (its guards report the loss; that process's session
+    /// object itself learns nothing); memory ends the session.
     ///
     /// # Errors
     ///
     /// [`crate::ErrorKind::Unsupported`] where the backend has no such
-    /// operation (see [`Capabilities::external_revoke`]).
+    /// operation (file://; see [`Capabilities::external_revoke`]);
+    /// [`crate::ErrorKind::NotHeld`] when no live session has that id;
+    /// [`crate::ErrorKind::InvalidName`] when the id cannot be one of this
+    /// backend's; [`crate::ErrorKind::Unavailable`] when the backend does
+    /// not answer within `connect_timeout`, or the backend's error.
     pub async fn revoke_session(&self, session_id: &str) -> Result<()> {
         self.bounded(
             "revoke session",

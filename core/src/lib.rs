@@ -21,13 +21,14 @@ mod group;
 pub mod loss;
 mod mutex;
 pub mod name;
+pub mod reach;
 mod rwlock;
 mod session;
 pub mod spi;
 pub mod watch;
 
 pub use capabilities::{Capabilities, FailureDetection, Primitives, RwOrdering, Scope};
-pub use config::{Config, Secret};
+pub use config::{Config, ConfigParts, Secret};
 pub use coordinator::Coordinator;
 pub use election::{Election, Leadership};
 pub use error::{Error, ErrorKind, Result};

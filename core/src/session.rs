@@ -89,7 +89,7 @@ impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
             .field("id", &self.inner.id)
-            .field("ttl", &self.inner.ttl)
+            .field("ttl", &self.ttl())
             .field("lost", &self.inner.loss.is_lost())
             .finish()
     }
@@ -188,9 +188,19 @@ impl Session {
         &self.inner.id
     }
 
-    /// The TTL the backend granted.
-    pub fn ttl(&self) -> Duration {
-        self.inner.ttl
+    /// The lease's TTL as the backend granted it (which may differ from the
+    /// one requested: etcd rounds to whole seconds, ZooKeeper clamps to the
+    /// server's bounds): how long the backend keeps the session's grants
+    /// after its last confirmed keep-alive.
+    ///
+    /// `None` where there is no lease: on backends whose failure detection
+    /// is the process lifetime ([`FailureDetection::ProcessLifetime`],
+    /// file://), the session lasts as long as the process holds it open (the
+    /// kernel releases its locks when the process exits); nothing expires,
+    /// and [`Session::remaining`] is `Duration::MAX`. The requested TTL there
+    /// only paces the background check that the lock files are still there.
+    pub fn ttl(&self) -> Option<Duration> {
+        self.inner.leased.then_some(self.inner.ttl)
     }
 
     /// The coordinator this session belongs to.

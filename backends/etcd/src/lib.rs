@@ -83,7 +83,8 @@ pub fn capabilities() -> Capabilities {
 ///
 /// [`ErrorKind::InvalidConfig`] for a bad URL or option (including TLS
 /// files that cannot be read), [`ErrorKind::Unavailable`] when no endpoint
-/// answers within `connect_timeout`, [`ErrorKind::Unauthenticated`] when
+/// answers within `connect_timeout` (at once, with each endpoint's error,
+/// when every endpoint refuses the connection), [`ErrorKind::Unauthenticated`] when
 /// etcd refuses the credentials (or needs some and got none).
 pub async fn connect(config: &Config) -> Result<Coordinator> {
     let settings = Settings::from_config(config)?;
@@ -239,14 +240,28 @@ impl Settings {
 
     /// Set up the endpoints and make one round trip that needs the
     /// credentials (a read in the namespace), within `connect_timeout`.
+    /// Fails at once, with each endpoint's error, when every endpoint
+    /// refuses the TCP connection ([`quorate_core::reach::refused_by_all`]).
     async fn connect(self) -> Result<Shared> {
-        Shared::connect(
+        let addrs: Vec<String> = self
+            .endpoints
+            .iter()
+            .map(|e| {
+                e.split_once("://")
+                    .map_or(e.as_str(), |(_, a)| a)
+                    .to_owned()
+            })
+            .collect();
+        let connect = Shared::connect(
             self.endpoints,
             self.options,
             Layout::new(&self.namespace),
             self.request_timeout,
-        )
-        .await
+        );
+        tokio::select! {
+            r = connect => r,
+            e = quorate_core::reach::refused_by_all("etcd", &addrs) => Err(e),
+        }
     }
 }
 

@@ -746,3 +746,41 @@ async fn a_group_watch_goes_on_after_its_directory_is_removed() {
         other => panic!("{other:?}"),
     }
 }
+
+/// file:// has no lease: `Session::ttl()` is `None` whatever TTL was asked
+/// for (in the URL or the session options), `remaining()` is
+/// `Duration::MAX`, and a session nobody keeps alive is not lost once the
+/// requested TTL has passed — its lock stays held.
+#[tokio::test]
+async fn a_session_without_a_lease_reports_no_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}?ttl=200ms", dir.path().display());
+    let c = quorate_file::connect(&Config::parse(&url).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        c.capabilities().failure_detection,
+        quorate_core::FailureDetection::ProcessLifetime
+    );
+    let s = c.session().await.unwrap();
+    assert_eq!(s.ttl(), None);
+    assert_eq!(s.remaining(), Duration::MAX);
+    assert!(format!("{s:?}").contains("ttl: None"), "{s:?}");
+    let manual = c
+        .session_with(quorate_core::SessionOptions {
+            ttl: Some(Duration::from_millis(150)),
+            keep_alive: quorate_core::KeepAlive::Manual,
+        })
+        .await
+        .unwrap();
+    assert_eq!(manual.ttl(), None);
+    let g = manual.mutex("m").lock().await.unwrap();
+    // Well past the requested TTL without a keep-alive: nothing expires.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!manual.is_lost() && !g.is_lost());
+    assert!(g.is_held().await.unwrap());
+    assert!(s.mutex("m").try_lock().await.unwrap().is_none());
+    g.release().await.unwrap();
+    manual.close().await.unwrap();
+    s.close().await.unwrap();
+}

@@ -138,12 +138,20 @@ pub fn capabilities() -> Capabilities {
 /// [`quorate_core::ErrorKind::InvalidConfig`] for a bad URL (no endpoint, a
 /// bad chroot or namespace, unknown options);
 /// [`quorate_core::ErrorKind::Unavailable`] when no server answers within
-/// `connect_timeout`.
+/// `connect_timeout`, or at once, with each server's error, when every
+/// server refuses the connection.
 pub async fn connect(config: &Config) -> Result<Coordinator> {
     config.reject_unknown_options(OPTIONS)?;
     let layout = Layout::from_config(config)?;
     let server = Server::from_config(config)?;
-    let reads = node::SharedClient::connect(server.clone()).await?;
+    // The client retries refused connections until `connect_timeout`;
+    // when every server refuses, fail at once with each server's error.
+    let reads = tokio::select! {
+        r = node::SharedClient::connect(server.clone()) => r?,
+        e = quorate_core::reach::refused_by_all("ZooKeeper", &config.endpoints) => {
+            return Err(quorate_core::Error::new(e.kind(), format!("{}: {}", config.redacted(), e.message())));
+        }
+    };
     tracing::debug!(url = %config, base = %layout.base(), "connected to ZooKeeper");
     Ok(Coordinator::new(
         ZkBackend {

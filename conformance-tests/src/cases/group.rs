@@ -312,7 +312,7 @@ pub mod membership_view_consistent {
                 },
             })
             .await?;
-        let limit = se.ttl().as_secs_f64() + 30.0;
+        let limit = se.ttl().unwrap_or_default().as_secs_f64() + 30.0;
 
         let (tx1, mut w1) = watch::channel(Seen::default());
         tokio::spawn(check("first", sw.group("g").watch(), tx1));
