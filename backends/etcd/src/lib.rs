@@ -7,7 +7,10 @@
 //! - `etcds://` connects with TLS; it needs `ca=/path/ca.pem` (the CA that
 //!   signed the servers' certificates) and takes `cert=` and `key=` (PEM
 //!   files, both or neither) for client-certificate authentication.
-//! - The namespace (default `quorate`) prefixes every key.
+//! - The namespace (default `quorate`) prefixes every key. Namespaces never
+//!   nest: one whose segment after the first is `session`, `lock`,
+//!   `election`, `group` or `data` is refused (`InvalidConfig`), as its keys
+//!   would lie inside a shorter namespace's locks, elections or groups.
 //! - The user name and password come from the URL's userinfo.
 //! - Any other option is rejected.
 //!
@@ -36,7 +39,7 @@ mod watch;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Certificate, ConnectOptions, GetOptions, Identity, TlsOptions};
+use etcd_client::{Certificate, ConnectOptions, GetOptions, Identity, TlsOptions, Txn, TxnOp};
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
 use quorate_core::spi::{Backend, Leader, Member, RawGroupWatch, RawObserve, SessionBackend};
@@ -82,7 +85,8 @@ pub fn capabilities() -> Capabilities {
 /// # Errors
 ///
 /// [`ErrorKind::InvalidConfig`] for a bad URL or option (including TLS
-/// files that cannot be read), [`ErrorKind::Unavailable`] when no endpoint
+/// files that cannot be read, and a namespace that would nest inside
+/// another's keys), [`ErrorKind::Unavailable`] when no endpoint
 /// answers within `connect_timeout` (at once, with each endpoint's error,
 /// when every endpoint refuses the connection), [`ErrorKind::Unauthenticated`] when
 /// etcd refuses the credentials (or needs some and got none).
@@ -132,7 +136,8 @@ pub struct ClientSettings {
 /// # Errors
 ///
 /// [`ErrorKind::InvalidConfig`] for a URL [`connect`] refuses as such
-/// (another scheme, no endpoint, an empty namespace segment, unknown
+/// (another scheme, no endpoint, an empty namespace segment or one that
+/// would nest inside another namespace's keys, unknown
 /// options, a user without a password or the reverse, TLS options on
 /// `etcd://`, TLS files that cannot be read).
 pub fn client_settings(config: &Config) -> Result<ClientSettings> {
@@ -175,11 +180,10 @@ impl Settings {
         } else {
             config.path.trim_end_matches('/').to_owned()
         };
-        if namespace.is_empty() || namespace.split('/').any(str::is_empty) {
+        if let Err(why) = keys::check_namespace(&namespace) {
             return Err(Error::invalid_config(format!(
-                "`{}`: the namespace `{}` has an empty path segment",
-                config.redacted(),
-                config.path
+                "`{}`: {why}",
+                config.redacted()
             )));
         }
         let scheme = if tls { "https" } else { "http" };
@@ -342,18 +346,27 @@ impl Backend for EtcdBackend {
     }
 
     async fn leftovers(&self) -> Result<Vec<String>> {
+        // Subspace by subspace in one (linearizable) transaction, never the
+        // whole `<ns>/`: the keys of a longer namespace `<ns>/x/...` lie
+        // there too and are not ours.
         let layout = &self.shared.layout;
-        let keys_only = GetOptions::new().with_prefix().with_keys_only();
-        let resp = self
-            .shared
-            .get("list leftovers", &layout.root(), Some(keys_only))
-            .await?;
-        let data = layout.data_root();
-        let mut out: Vec<String> = resp
-            .kvs()
-            .iter()
+        let subspaces: Vec<&str> = keys::SUBSPACES
+            .into_iter()
+            .filter(|s| layout.subspace(s) != layout.data_root())
+            .collect();
+        let gets = subspaces.iter().map(|s| {
+            let prefix = layout.subspace(s);
+            let end = keys::prefix_end(prefix.as_bytes());
+            TxnOp::get(
+                prefix,
+                Some(GetOptions::new().with_range(end).with_keys_only()),
+            )
+        });
+        let txn = Txn::new().and_then(gets.collect::<Vec<_>>());
+        let resp = self.shared.txn("list leftovers", txn).await?;
+        let mut out: Vec<String> = (0..subspaces.len())
+            .flat_map(|i| client::txn_range(&resp, i))
             .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
-            .filter(|k| !k.starts_with(&data))
             .collect();
         out.sort();
         Ok(out)
@@ -394,6 +407,11 @@ mod tests {
             ),
             ("etcd:///ns", "at least one host:port"),
             ("etcd://h:1/a//b", "empty path segment"),
+            (
+                "etcd://h:1/nsq/lock/foo",
+                "would nest inside namespace `nsq`",
+            ),
+            ("etcd://h:1/app/data", "would nest inside namespace `app`"),
             ("etcd://alice@h:1", "has no password"),
         ] {
             let e = settings(url)

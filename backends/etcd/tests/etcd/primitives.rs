@@ -473,3 +473,63 @@ async fn operations_on_a_stopped_server_fail_unavailable_not_hang() {
         .unwrap();
     g.release().await.unwrap();
 }
+
+/// Issue #10: a namespace must never reach into another namespace's keys.
+/// A namespace `<ns>/lock/foo` put its session key (and its own locks)
+/// inside the queue of lock `foo` of namespace `<ns>` and blocked it; the
+/// same held for elections, groups and the listing of leftovers. Each
+/// nesting namespace is either refused at connect (`InvalidConfig`) or,
+/// if accepted, leaves every primitive of the outer namespace untouched.
+#[tokio::test]
+async fn namespaces_never_nest_into_each_other() {
+    let (cluster, outer, ns) = single("").await;
+    for inner_ns in [
+        format!("{ns}/lock/foo"),
+        format!("{ns}/election/e"),
+        format!("{ns}/group/g"),
+        format!("{ns}/session"),
+        format!("{ns}/data"),
+        format!("{ns}/sub"),
+        format!("{ns}/sub/lock2"),
+    ] {
+        let url = cluster.url(&inner_ns, "");
+        let inner = match quorate_etcd::connect(&Config::parse(&url).unwrap()).await {
+            Ok(inner) => inner,
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{inner_ns}: {e}");
+                assert!(e.to_string().contains("would nest"), "{inner_ns}: {e}");
+                continue;
+            }
+        };
+        // Accepted: use every primitive there, with the outer names.
+        let s = inner.session().await.unwrap();
+        let g = s.mutex("foo").lock().await.unwrap();
+        let _leader = s.election("e").campaign("inner").await.unwrap();
+        let _member = s.group("g").join("m", json!({})).await.unwrap();
+        // The outer namespace sees none of it.
+        let o = outer.session().await.unwrap();
+        let held = soon("outer try_lock", o.mutex("foo").try_lock())
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("namespace `{inner_ns}` blocks lock `foo` of `{ns}`"));
+        held.release().await.unwrap();
+        assert_eq!(
+            outer.leader("e").await.unwrap().map(|l| l.value),
+            None,
+            "namespace `{inner_ns}` leads election `e` of `{ns}`"
+        );
+        assert!(
+            outer.members("g").await.unwrap().is_empty(),
+            "namespace `{inner_ns}` shows in group `g` of `{ns}`"
+        );
+        o.close().await.unwrap();
+        assert_eq!(
+            outer.leftovers().await.unwrap(),
+            Vec::<String>::new(),
+            "the keys of namespace `{inner_ns}` are listed as `{ns}`'s"
+        );
+        g.release().await.unwrap();
+        s.close().await.unwrap();
+    }
+    assert_eq!(outer.leftovers().await.unwrap(), Vec::<String>::new());
+}
