@@ -35,8 +35,8 @@ pub(crate) async fn join(
     let value = encode_capabilities(capabilities)?;
     let key = session.shared.layout.member(group, member);
     let mut own = OwnKey::claim(session, key).await;
-    match own.create(session, &value, &[], false).await? {
-        Created::Yes => Ok(Box::new(EtcdMembership {
+    match own.create(session, &value, &[], &[], false).await? {
+        Created::Yes(_) => Ok(Box::new(EtcdMembership {
             held: own.keep()?,
             group: group.to_owned(),
             member: member.to_owned(),

@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use etcd_client::{
-    Compare, CompareOp, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp,
-    TxnResponse,
+    Compare, CompareOp, GetOptions, KeyValue, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn,
+    TxnOp, TxnResponse,
 };
 use quorate_core::backend::async_trait;
 use quorate_core::backoff::Backoff;
@@ -342,7 +342,9 @@ impl KeyLocks {
 /// What [`OwnKey::create`] found.
 pub(crate) enum Created {
     /// The key now exists under our lease; its create revision is recorded.
-    Yes,
+    /// With what each of the `reads` passed to `create` returned, in order,
+    /// read in the same transaction, right after the put.
+    Yes(Vec<Vec<KeyValue>>),
     /// Not created: the extra compares failed, or the key exists and
     /// belongs to another session.
     Refused,
@@ -382,15 +384,29 @@ impl OwnKey {
     }
 
     /// Put the key with `value` under the lease if it does not exist and
-    /// every compare of `extra` holds, in one transaction. A leftover of
-    /// this same session (an earlier clean-up that failed) is deleted and
-    /// the put retried. With `retry`, retryable errors are retried (for
-    /// waits); without, they are returned (for bounded calls).
+    /// every compare of `extra` holds, in one transaction, and run `reads`
+    /// (range requests) in the same transaction after the put: they see
+    /// the new key, and nothing can happen between the put and them. A
+    /// leftover of this same session (an earlier clean-up that failed) is
+    /// deleted and the put retried. With `retry`, retryable errors are
+    /// retried (for waits); without, they are returned (for bounded calls).
+    ///
+    /// # Errors
+    ///
+    /// The request's error (after retries, with `retry`), firing the
+    /// session's loss first when it says the lease is gone.
+    ///
+    /// # Cancel safety
+    ///
+    /// The request runs in a task of its own; dropping this future leaves
+    /// it to the drop guard, which waits for its answer and then deletes
+    /// the key if it was created.
     pub(crate) async fn create(
         &mut self,
         session: &EtcdSession,
         value: &[u8],
         extra: &[Compare],
+        reads: &[TxnOp],
         retry: bool,
     ) -> Result<Created> {
         loop {
@@ -400,13 +416,15 @@ impl OwnKey {
                 0,
             )];
             when.extend_from_slice(extra);
+            let mut then = vec![TxnOp::put(
+                self.key.clone(),
+                value,
+                Some(PutOptions::new().with_lease(self.lease)),
+            )];
+            then.extend_from_slice(reads);
             let txn = Txn::new()
                 .when(when)
-                .and_then([TxnOp::put(
-                    self.key.clone(),
-                    value,
-                    Some(PutOptions::new().with_lease(self.lease)),
-                )])
+                .and_then(then)
                 .or_else([TxnOp::get(self.key.clone(), None)]);
             let shared = self.shared.clone();
             let request = tokio::spawn(async move {
@@ -423,7 +441,8 @@ impl OwnKey {
                 .map_err(|e| session.note(e))?;
             if resp.succeeded() {
                 self.rev = Some(revision(resp.header())?);
-                return Ok(Created::Yes);
+                let read = (1..=reads.len()).map(|i| txn_range(&resp, i)).collect();
+                return Ok(Created::Yes(read));
             }
             let Some(existing) = txn_range(&resp, 0).into_iter().next() else {
                 return Ok(Created::Refused);

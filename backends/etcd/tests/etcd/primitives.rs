@@ -533,3 +533,44 @@ async fn namespaces_never_nest_into_each_other() {
     }
     assert_eq!(outer.leftovers().await.unwrap(), Vec::<String>::new());
 }
+
+/// Issue #11: an uncontended acquire + release is two requests, as with
+/// Go's `concurrency.Mutex`: the transaction that creates the queue entry
+/// also reads what is ahead of it, and the release deletes it. Counted on
+/// the server (`grpc_server_msg_received_total` of etcd's `/metrics`), for
+/// the mutex and both sides of the read/write lock.
+#[tokio::test]
+async fn uncontended_acquire_and_release_are_two_requests() {
+    use quorate_conformance::bench::counters::CounterSource;
+    if std::env::var_os(quorate_conformance::harness::etcd::ENDPOINTS_ENV).is_some() {
+        println!("skipped: an external cluster's counters are shared with other tests");
+        return;
+    }
+    let (cluster, coord, ns) = single("ttl=30s").await;
+    let counters = CounterSource::for_url(&cluster.url(&ns, ""))
+        .await
+        .unwrap()
+        .expect("etcd has counters");
+    let s = coord.session().await.unwrap();
+    const N: usize = 20;
+    for kind in ["mutex", "read", "write"] {
+        let before = counters.read().await.unwrap();
+        for _ in 0..N {
+            let g = match kind {
+                "mutex" => s.mutex("counted").lock().await.unwrap(),
+                "read" => s.rwlock("counted").read().await.unwrap(),
+                _ => s.rwlock("counted").write().await.unwrap(),
+            };
+            g.release().await.unwrap();
+        }
+        let spent = counters.read().await.unwrap().since(&before);
+        let keep_alive = spent.by_kind.get("LeaseKeepAlive").copied().unwrap_or(0.0);
+        assert_eq!(
+            spent.requests - keep_alive,
+            (2 * N) as f64,
+            "{kind}: requests per uncontended acquire + release: {:?}",
+            spent.per(N as f64).by_kind
+        );
+    }
+    s.close().await.unwrap();
+}
