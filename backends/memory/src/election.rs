@@ -6,42 +6,9 @@ use quorate_core::loss::LossNotifier;
 use quorate_core::spi::{HeldLeadership, Leader, RawObserve};
 use quorate_core::{Error, FencingToken, Result};
 
-use crate::mutex::wait_for_grant;
-use crate::queue::remove;
+use crate::queue::{current_leader, publish_leader, remove, wait_for_grant};
 use crate::session::MemorySession;
 use crate::state::{feed, Inner, Space, State};
-
-/// The leader of `name` now: the granted head of its queue.
-pub(crate) fn current_leader(inner: &Inner, name: &str) -> Option<Leader> {
-    let queue = inner.queues.get(&(Space::Election, name.to_owned()))?;
-    let head = queue.entries.front()?;
-    // Counters start at 1, so a granted head always has a token.
-    let fence = FencingToken::new(head.fence?).ok()?;
-    let value = inner.elections.get(name)?.values.get(&head.id)?.clone();
-    Some(Leader { value, fence })
-}
-
-/// Tell observers if the leader (or its value) changed; forget the values
-/// of candidates that are gone.
-pub(crate) fn publish_leader(inner: &mut Inner, name: &str) {
-    let leader = current_leader(inner, name);
-    let live: Vec<u64> = inner
-        .queues
-        .get(&(Space::Election, name.to_owned()))
-        .map(|q| q.entries.iter().map(|e| e.id).collect())
-        .unwrap_or_default();
-    let Some(state) = inner.elections.get_mut(name) else {
-        return;
-    };
-    state.values.retain(|id, _| live.contains(id));
-    if state.last_published != leader {
-        state.last_published = leader.clone();
-        state.observers.retain(|o| o.send(leader.clone()));
-    }
-    if state.values.is_empty() && state.observers.is_empty() {
-        inner.elections.remove(name);
-    }
-}
 
 pub(crate) async fn campaign(
     session: &MemorySession,
@@ -51,7 +18,8 @@ pub(crate) async fn campaign(
 ) -> Result<Box<dyn HeldLeadership>> {
     let value = value.to_vec();
     let (id, fence) = wait_for_grant(
-        session,
+        &session.state,
+        session.id,
         Space::Election,
         name,
         true,

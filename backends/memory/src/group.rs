@@ -8,7 +8,7 @@ use quorate_core::spi::{GroupChange, HeldMembership, Member, RawGroupWatch, Seen
 use quorate_core::{Error, Result};
 
 use crate::session::MemorySession;
-use crate::state::{feed, GroupState, Inner, MemberRecord, State};
+use crate::state::{feed, remove_member, Inner, MemberRecord, State};
 
 pub(crate) fn list(inner: &Inner, group: &str) -> Vec<Member> {
     inner
@@ -79,31 +79,6 @@ pub(crate) fn watch(state: &State, group: &str) -> RawGroupWatch {
         .watchers
         .push(feed);
     RawGroupWatch { snapshot, changes }
-}
-
-/// Remove `member` if it belongs to `session`; publishes `Left`.
-pub(crate) fn remove_member(inner: &mut Inner, group: &str, member: &str, session: u64) {
-    let Some(g) = inner.groups.get_mut(group) else {
-        return;
-    };
-    if g.members.get(member).is_some_and(|m| m.session == session) {
-        if let Some(m) = g.members.remove(member) {
-            m.loss.fire("left the group");
-        }
-        g.publish(GroupChange::Delete {
-            id: member.to_owned(),
-        });
-    }
-    drop_if_idle(inner, group);
-}
-
-/// Forget a group with no members and no watchers.
-pub(crate) fn drop_if_idle(inner: &mut Inner, group: &str) {
-    if inner.groups.get(group).is_some_and(|g: &GroupState| {
-        g.members.is_empty() && g.watchers.iter().all(|w| w.is_closed())
-    }) {
-        inner.groups.remove(group);
-    }
 }
 
 struct MemoryMembership {

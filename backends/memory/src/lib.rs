@@ -23,7 +23,10 @@ use std::time::Duration;
 
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{Backend, Leader, Member, RawGroupWatch, RawObserve, SessionBackend};
+use quorate_core::spi::{
+    Acquire, Acquired, Backend, HeldLeadership, HeldMembership, Leader, LockKind, Member,
+    RawGroupWatch, RawObserve, SessionBackend,
+};
 use quorate_core::{
     Capabilities, Config, Coordinator, Error, FailureDetection, Primitives, Result, RwOrdering,
     Scope,
@@ -148,6 +151,58 @@ impl Backend for MemoryBackend {
         }
         out.sort();
         Ok(out)
+    }
+}
+
+#[async_trait]
+impl SessionBackend for MemorySession {
+    fn id(&self) -> String {
+        self.id.to_string()
+    }
+
+    fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    async fn keep_alive(&self) -> Result<()> {
+        MemorySession::keep_alive(self)
+    }
+
+    async fn revoke(&self) -> Result<()> {
+        MemorySession::revoke(self);
+        Ok(())
+    }
+
+    async fn lock(
+        &self,
+        name: &str,
+        kind: LockKind,
+        mode: Acquire,
+        loss: LossNotifier,
+    ) -> Result<Acquired> {
+        let wait = mode.waits();
+        mutex::lock(self, name, kind, wait, loss)
+            .await
+            .map(Acquired::from)
+    }
+
+    async fn join(
+        &self,
+        group: &str,
+        member: &str,
+        capabilities: &serde_json::Value,
+        loss: LossNotifier,
+    ) -> Result<Box<dyn HeldMembership>> {
+        group::join(self, group, member, capabilities, loss)
+    }
+
+    async fn campaign(
+        &self,
+        name: &str,
+        value: &[u8],
+        loss: LossNotifier,
+    ) -> Result<Box<dyn HeldLeadership>> {
+        election::campaign(self, name, value, loss).await
     }
 }
 

@@ -8,9 +8,11 @@
 use std::collections::VecDeque;
 
 use quorate_core::loss::LossNotifier;
+use quorate_core::spi::Leader;
+use quorate_core::{Error, FencingToken, Result};
 use tokio::sync::oneshot;
 
-use crate::state::{Inner, SessionId, Space};
+use crate::state::{check_alive, Inner, SessionId, Space, State};
 
 pub(crate) struct Entry {
     pub(crate) id: u64,
@@ -48,7 +50,7 @@ impl LockQueue {
 pub(crate) fn changed(inner: &mut Inner, space: Space, name: &str) {
     regrant(inner, space, name);
     if space == Space::Election {
-        crate::election::publish_leader(inner, name);
+        publish_leader(inner, name);
     }
 }
 
@@ -147,4 +149,95 @@ pub(crate) fn enqueue(
         .find(|e| e.id == id)
         .expect("just pushed");
     Some((id, entry.fence.ok_or(rx)))
+}
+
+/// The leader of `name` now: the granted head of its queue.
+pub(crate) fn current_leader(inner: &Inner, name: &str) -> Option<Leader> {
+    let queue = inner.queues.get(&(Space::Election, name.to_owned()))?;
+    let head = queue.entries.front()?;
+    // Counters start at 1, so a granted head always has a token.
+    let fence = FencingToken::new(head.fence?).ok()?;
+    let value = inner.elections.get(name)?.values.get(&head.id)?.clone();
+    Some(Leader { value, fence })
+}
+
+/// Tell observers if the leader (or its value) changed; forget the values
+/// of candidates that are gone.
+pub(crate) fn publish_leader(inner: &mut Inner, name: &str) {
+    let leader = current_leader(inner, name);
+    let live: Vec<u64> = inner
+        .queues
+        .get(&(Space::Election, name.to_owned()))
+        .map(|q| q.entries.iter().map(|e| e.id).collect())
+        .unwrap_or_default();
+    let Some(state) = inner.elections.get_mut(name) else {
+        return;
+    };
+    state.values.retain(|id, _| live.contains(id));
+    if state.last_published != leader {
+        state.last_published = leader.clone();
+        state.observers.retain(|o| o.send(leader.clone()));
+    }
+    if state.values.is_empty() && state.observers.is_empty() {
+        inner.elections.remove(name);
+    }
+}
+
+/// Removes a queue entry when dropped while armed: the cancel-safety of a
+/// dropped `lock()` (or `campaign()`) future.
+pub(crate) struct DequeueOnDrop {
+    pub(crate) state: State,
+    pub(crate) space: Space,
+    pub(crate) name: String,
+    pub(crate) id: u64,
+    pub(crate) armed: bool,
+}
+
+impl Drop for DequeueOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut inner = self.state.shard(&self.name).lock().unwrap();
+            remove(&mut inner, self.space, &self.name, self.id);
+        }
+    }
+}
+
+/// Enqueue in `space`, then wait for the grant; dropping the future at any
+/// point removes the entry.
+pub(crate) async fn wait_for_grant(
+    state: &State,
+    session: SessionId,
+    space: Space,
+    name: &str,
+    exclusive: bool,
+    wait: bool,
+    loss: LossNotifier,
+    on_enqueue: impl FnOnce(&mut Inner, u64),
+) -> Result<Option<(u64, FencingToken)>> {
+    let (id, granted) = {
+        let mut inner = state.shard(name).lock().unwrap();
+        check_alive(&inner, session)?;
+        match enqueue(&mut inner, space, name, session, exclusive, wait, loss) {
+            None => return Ok(None),
+            Some((id, granted)) => {
+                on_enqueue(&mut inner, id);
+                (id, granted)
+            }
+        }
+    };
+    let mut dequeue = DequeueOnDrop {
+        state: state.clone(),
+        space,
+        name: name.to_owned(),
+        id,
+        armed: true,
+    };
+    let fence = match granted {
+        Ok(f) => f,
+        Err(rx) => rx
+            .await
+            .map_err(|_| Error::lost("the session ended while waiting"))?,
+    };
+    dequeue.armed = false;
+    Ok(Some((id, FencingToken::new(fence)?)))
 }

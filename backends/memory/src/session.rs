@@ -3,23 +3,19 @@
 
 use std::time::Duration;
 
-use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{
-    Acquire, Acquired, HeldLeadership, HeldMembership, LockKind, SessionBackend,
-};
 use quorate_core::{Error, Result};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::state::{Inner, SessionId, SessionRecord, Shared, State};
-use crate::{election, group, mutex, queue};
+use crate::queue;
+use crate::state::{self, Inner, SessionId, SessionRecord, Shared, State};
 
 pub(crate) struct MemorySession {
     pub(crate) state: State,
     pub(crate) id: SessionId,
-    ttl: Duration,
-    expiry: JoinHandle<()>,
+    pub(crate) ttl: Duration,
+    pub(crate) expiry: JoinHandle<()>,
 }
 
 impl MemorySession {
@@ -42,14 +38,28 @@ impl MemorySession {
     }
 
     pub(crate) fn check_alive(&self, inner: &Inner) -> Result<()> {
-        if inner.sessions.contains_key(&self.id) {
-            Ok(())
-        } else {
-            Err(Error::lost(format!(
+        state::check_alive(inner, self.id)
+    }
+
+    /// Push the deadline one TTL ahead; `Lost` if the session has ended.
+    pub(crate) fn keep_alive(&self) -> Result<()> {
+        let mut inner = self.state.sessions().lock().unwrap();
+        match inner.sessions.get_mut(&self.id) {
+            Some(r) => {
+                r.deadline = Instant::now() + self.ttl;
+                Ok(())
+            }
+            None => Err(Error::lost(format!(
                 "session {} has expired or was revoked",
                 self.id
-            )))
+            ))),
         }
+    }
+
+    /// End the session now: everything it owned is released.
+    pub(crate) fn revoke(&self) {
+        self.expiry.abort();
+        end_session_everywhere(&self.state, self.id, "the session was revoked");
     }
 }
 
@@ -136,70 +146,7 @@ pub(crate) fn end_session(inner: &mut Inner, id: SessionId, reason: &str) -> boo
         })
         .collect();
     for (g, m) in memberships {
-        group::remove_member(inner, &g, &m, id);
+        state::remove_member(inner, &g, &m, id);
     }
     true
-}
-
-#[async_trait]
-impl SessionBackend for MemorySession {
-    fn id(&self) -> String {
-        self.id.to_string()
-    }
-
-    fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
-    async fn keep_alive(&self) -> Result<()> {
-        let mut inner = self.state.sessions().lock().unwrap();
-        match inner.sessions.get_mut(&self.id) {
-            Some(r) => {
-                r.deadline = Instant::now() + self.ttl;
-                Ok(())
-            }
-            None => Err(Error::lost(format!(
-                "session {} has expired or was revoked",
-                self.id
-            ))),
-        }
-    }
-
-    async fn revoke(&self) -> Result<()> {
-        self.expiry.abort();
-        end_session_everywhere(&self.state, self.id, "the session was revoked");
-        Ok(())
-    }
-
-    async fn lock(
-        &self,
-        name: &str,
-        kind: LockKind,
-        mode: Acquire,
-        loss: LossNotifier,
-    ) -> Result<Acquired> {
-        let wait = mode.waits();
-        mutex::lock(self, name, kind, wait, loss)
-            .await
-            .map(Acquired::from)
-    }
-
-    async fn join(
-        &self,
-        group: &str,
-        member: &str,
-        capabilities: &serde_json::Value,
-        loss: LossNotifier,
-    ) -> Result<Box<dyn HeldMembership>> {
-        group::join(self, group, member, capabilities, loss)
-    }
-
-    async fn campaign(
-        &self,
-        name: &str,
-        value: &[u8],
-        loss: LossNotifier,
-    ) -> Result<Box<dyn HeldLeadership>> {
-        election::campaign(self, name, value, loss).await
-    }
 }

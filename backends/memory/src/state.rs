@@ -218,3 +218,41 @@ pub(crate) fn shared_state(name: &str) -> State {
     shared.insert(name.to_owned(), Arc::downgrade(&s));
     s
 }
+
+/// `Lost` unless session `id` is live in this shard.
+pub(crate) fn check_alive(inner: &Inner, id: SessionId) -> Result<()> {
+    if inner.sessions.contains_key(&id) {
+        Ok(())
+    } else {
+        Err(quorate_core::Error::lost(format!(
+            "session {id} has expired or was revoked"
+        )))
+    }
+}
+
+/// Remove `member` if it belongs to `session`; publishes `Left`.
+pub(crate) fn remove_member(inner: &mut Inner, group: &str, member: &str, session: u64) {
+    let Some(g) = inner.groups.get_mut(group) else {
+        return;
+    };
+    if g.members.get(member).is_some_and(|m| m.session == session) {
+        if let Some(m) = g.members.remove(member) {
+            m.loss.fire("left the group");
+        }
+        g.publish(GroupChange::Delete {
+            id: member.to_owned(),
+        });
+    }
+    drop_if_idle(inner, group);
+}
+
+/// Forget a group with no members and no watchers.
+pub(crate) fn drop_if_idle(inner: &mut Inner, group: &str) {
+    if inner
+        .groups
+        .get(group)
+        .is_some_and(|g| g.members.is_empty() && g.watchers.iter().all(|w| w.is_closed()))
+    {
+        inner.groups.remove(group);
+    }
+}
