@@ -91,12 +91,17 @@ mod queue;
 mod rwlock;
 mod session;
 
+use session::ZkSession;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{Backend, Leader, Member, RawGroupWatch, RawObserve, SessionBackend};
+use quorate_core::spi::{
+    Acquire, Acquired, Backend, HeldLeadership, HeldMembership, Leader, LockKind, Member,
+    RawGroupWatch, RawObserve, SessionBackend,
+};
 use quorate_core::{
     Capabilities, Config, Coordinator, FailureDetection, Primitives, Result, RwOrdering, Scope,
 };
@@ -229,7 +234,7 @@ impl Backend for ZkBackend {
         let client = self.reads.client().await?;
         node::sync(&client, self.layout.base()).await?;
         let base_len = self.layout.base().len() + 1;
-        let mut out: Vec<String> = owned_nodes(&client, &self.layout)
+        let mut out: Vec<String> = node::owned_nodes(&client, &self.layout)
             .await?
             .into_iter()
             .map(|(path, _)| path[base_len..].to_owned())
@@ -244,28 +249,54 @@ impl Backend for ZkBackend {
     }
 }
 
-/// Every node under the namespace that belongs to a session: lock
-/// contenders (mutex, writers, readers), election candidates, group members
-/// (the grandchildren of `<ns>/{lock,election,group}`), with their stat.
-async fn owned_nodes(
-    client: &zookeeper_client::Client,
-    layout: &Layout,
-) -> Result<Vec<(String, zookeeper_client::Stat)>> {
-    let mut out = Vec::new();
-    let spaces = quorate_core::name::Space::ALL.map(|s| s.as_str());
-    for kind in spaces.into_iter().chain(["group"]) {
-        let dir = format!("{}/{kind}", layout.base());
-        for name in node::children(client, &dir).await? {
-            let sub = format!("{dir}/{name}");
-            for child in node::children(client, &sub).await? {
-                let path = format!("{sub}/{child}");
-                match client.check_stat(&path).await {
-                    Ok(Some(stat)) => out.push((path, stat)),
-                    Ok(None) => {}
-                    Err(e) => return Err(node::zk_error("exists", &path, e)),
-                }
-            }
-        }
+#[async_trait]
+impl SessionBackend for ZkSession {
+    fn id(&self) -> String {
+        self.shared.id_string()
     }
-    Ok(out)
+
+    fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// One leader-confirmed `sync` (see [`ZkSession::keep_alive`]).
+    async fn keep_alive(&self) -> Result<()> {
+        ZkSession::keep_alive(self).await
+    }
+
+    async fn revoke(&self) -> Result<()> {
+        ZkSession::revoke(self).await
+    }
+
+    async fn lock(
+        &self,
+        name: &str,
+        kind: LockKind,
+        mode: Acquire,
+        loss: LossNotifier,
+    ) -> Result<Acquired> {
+        let wait = mode.waits();
+        mutex::lock(&self.shared, name, kind, wait, loss)
+            .await
+            .map(Acquired::from)
+    }
+
+    async fn join(
+        &self,
+        group: &str,
+        member: &str,
+        capabilities: &serde_json::Value,
+        loss: LossNotifier,
+    ) -> Result<Box<dyn HeldMembership>> {
+        group::join(&self.shared, group, member, capabilities, loss).await
+    }
+
+    async fn campaign(
+        &self,
+        name: &str,
+        value: &[u8],
+        loss: LossNotifier,
+    ) -> Result<Box<dyn HeldLeadership>> {
+        election::campaign(&self.shared, name, value, loss).await
+    }
 }

@@ -349,3 +349,26 @@ pub(crate) async fn persistent_watch(client: &Client, dir: &str) -> Result<zk::P
         }
     }
 }
+
+/// Every node under the namespace that belongs to a session: lock
+/// contenders (mutex, writers, readers), election candidates, group members
+/// (the grandchildren of `<ns>/{lock,election,group}`), with their stat.
+pub(crate) async fn owned_nodes(client: &Client, layout: &Layout) -> Result<Vec<(String, Stat)>> {
+    let mut out = Vec::new();
+    let spaces = quorate_core::name::Space::ALL.map(|s| s.as_str());
+    for kind in spaces.into_iter().chain(["group"]) {
+        let dir = format!("{}/{kind}", layout.base());
+        for name in children(client, &dir).await? {
+            let sub = format!("{dir}/{name}");
+            for child in children(client, &sub).await? {
+                let path = format!("{sub}/{child}");
+                match client.check_stat(&path).await {
+                    Ok(Some(stat)) => out.push((path, stat)),
+                    Ok(None) => {}
+                    Err(e) => return Err(zk_error("exists", &path, e)),
+                }
+            }
+        }
+    }
+    Ok(out)
+}

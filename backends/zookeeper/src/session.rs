@@ -35,18 +35,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex as StdMutex, OnceLock, Weak};
 use std::time::Duration;
 
-use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{
-    Acquire, Acquired, HeldLeadership, HeldMembership, LockKind, SessionBackend,
-};
 use quorate_core::{Error, Result};
 use tokio::time::Instant;
 use zookeeper_client as zk;
 use zookeeper_client::{Client, SessionState, StateWatcher};
 
-use crate::node::{zk_error, Layout, Server};
-use crate::{election, group, mutex};
+use crate::node::{owned_nodes, zk_error, Layout, Server};
 
 /// What a session's primitives share.
 pub(crate) struct SessionShared {
@@ -116,8 +111,8 @@ fn scope_key(server: &Server, layout: &Layout) -> String {
 
 /// One quorate session.
 pub(crate) struct ZkSession {
-    shared: Arc<SessionShared>,
-    ttl: Duration,
+    pub(crate) shared: Arc<SessionShared>,
+    pub(crate) ttl: Duration,
     loss: LossNotifier,
 }
 
@@ -157,6 +152,40 @@ impl ZkSession {
             ttl: client_lease(negotiated),
             loss,
         })
+    }
+}
+
+impl ZkSession {
+    /// One `sync`: the follower forwards it to the leader and answers only
+    /// once the leader did, so only a leader-confirmed keep-alive succeeds
+    /// (a plain read would be answered by a follower cut off from the
+    /// leader). One request per call.
+    pub(crate) async fn keep_alive(&self) -> Result<()> {
+        let client = self.shared.client()?;
+        let base = self.shared.layout.base();
+        let sent = Instant::now();
+        match client.sync(base).await {
+            Ok(()) => {
+                let mut renewed = self.shared.renewed.lock().unwrap();
+                *renewed = (*renewed).max(sent);
+                Ok(())
+            }
+            Err(e) => Err(zk_error("keep-alive (sync)", base, e)),
+        }
+    }
+
+    /// Close the session and wait until the server confirms it.
+    pub(crate) async fn revoke(&self) -> Result<()> {
+        self.shared.close();
+        let state = self.shared.terminated().await;
+        registry().lock().unwrap().remove(&self.shared.id);
+        match state {
+            SessionState::Closed | SessionState::Expired => Ok(()),
+            s => Err(Error::backend(format!(
+                "closing ZooKeeper session {} ended in state {s}",
+                self.shared.id_string()
+            ))),
+        }
     }
 }
 
@@ -256,7 +285,7 @@ pub(crate) async fn revoke_by_id(
         return Ok(());
     }
     let mut deleted = 0;
-    for (path, stat) in crate::owned_nodes(client, layout).await? {
+    for (path, stat) in owned_nodes(client, layout).await? {
         if stat.ephemeral_owner == id {
             match client.delete(&path, Some(stat.version)).await {
                 Ok(()) => deleted += 1,
@@ -286,80 +315,6 @@ pub(crate) fn live_sessions(server: &Server, layout: &Layout) -> Vec<String> {
         .filter(|(_, r)| r.scope == key)
         .map(|(id, _)| format!("{id:#x}"))
         .collect()
-}
-
-#[async_trait]
-impl SessionBackend for ZkSession {
-    fn id(&self) -> String {
-        self.shared.id_string()
-    }
-
-    fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
-    /// One `sync`: the follower forwards it to the leader and answers only
-    /// once the leader did, so only a leader-confirmed keep-alive succeeds
-    /// (a plain read would be answered by a follower cut off from the
-    /// leader). One request per call.
-    async fn keep_alive(&self) -> Result<()> {
-        let client = self.shared.client()?;
-        let base = self.shared.layout.base();
-        let sent = Instant::now();
-        match client.sync(base).await {
-            Ok(()) => {
-                let mut renewed = self.shared.renewed.lock().unwrap();
-                *renewed = (*renewed).max(sent);
-                Ok(())
-            }
-            Err(e) => Err(zk_error("keep-alive (sync)", base, e)),
-        }
-    }
-
-    async fn revoke(&self) -> Result<()> {
-        self.shared.close();
-        let state = self.shared.terminated().await;
-        registry().lock().unwrap().remove(&self.shared.id);
-        match state {
-            SessionState::Closed | SessionState::Expired => Ok(()),
-            s => Err(Error::backend(format!(
-                "closing ZooKeeper session {} ended in state {s}",
-                self.shared.id_string()
-            ))),
-        }
-    }
-
-    async fn lock(
-        &self,
-        name: &str,
-        kind: LockKind,
-        mode: Acquire,
-        loss: LossNotifier,
-    ) -> Result<Acquired> {
-        let wait = mode.waits();
-        mutex::lock(&self.shared, name, kind, wait, loss)
-            .await
-            .map(Acquired::from)
-    }
-
-    async fn join(
-        &self,
-        group: &str,
-        member: &str,
-        capabilities: &serde_json::Value,
-        loss: LossNotifier,
-    ) -> Result<Box<dyn HeldMembership>> {
-        group::join(&self.shared, group, member, capabilities, loss).await
-    }
-
-    async fn campaign(
-        &self,
-        name: &str,
-        value: &[u8],
-        loss: LossNotifier,
-    ) -> Result<Box<dyn HeldLeadership>> {
-        election::campaign(&self.shared, name, value, loss).await
-    }
 }
 
 /// `sync` `path` before a read a guarantee depends on: the follower the
