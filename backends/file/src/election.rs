@@ -25,8 +25,8 @@ use quorate_core::spi::{HeldLeadership, Leader, RawObserve};
 use quorate_core::{Error, FencingToken, Result};
 
 use crate::layout::{bump_fence, read_optional, same_file, stem, write_atomic, Layout, Space};
-use crate::mutex::lock_file;
 use crate::ofd::{acquire, blocking, io_error, is_locked, try_lock, Mode, Range, Wait};
+use crate::queue::lock_file;
 use crate::session::{Registration, Revocable, SessionShared};
 use crate::watch::Changes;
 

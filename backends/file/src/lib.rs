@@ -32,6 +32,7 @@ mod group;
 mod layout;
 mod mutex;
 mod ofd;
+mod queue;
 mod rwlock;
 mod session;
 mod watch;
@@ -42,7 +43,10 @@ use std::time::Duration;
 
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{Backend, Leader, Member, RawGroupWatch, RawObserve, SessionBackend};
+use quorate_core::spi::{
+    Acquire, Acquired, Backend, HeldLeadership, HeldMembership, Leader, LockKind, Member,
+    RawGroupWatch, RawObserve, SessionBackend,
+};
 use quorate_core::{
     Capabilities, Config, Coordinator, Error, FailureDetection, Primitives, Result, RwOrdering,
     Scope,
@@ -205,5 +209,61 @@ impl Backend for FileBackend {
     async fn leftovers(&self) -> Result<Vec<String>> {
         let layout = self.layout.clone();
         blocking(move || leftovers(&layout)).await
+    }
+}
+
+#[async_trait]
+impl SessionBackend for FileSession {
+    fn id(&self) -> String {
+        self.shared.id.clone()
+    }
+
+    fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Check that everything the session holds is still there: a grant
+    /// whose file was removed or replaced has its loss fired at once. If
+    /// the root directory itself is gone, everything the session held went
+    /// with it: the session is `Lost`. Other errors reading the root are
+    /// `Unavailable` (core retries).
+    async fn keep_alive(&self) -> Result<()> {
+        FileSession::keep_alive(self).await
+    }
+
+    async fn revoke(&self) -> Result<()> {
+        FileSession::revoke(self).await
+    }
+
+    async fn lock(
+        &self,
+        name: &str,
+        kind: LockKind,
+        mode: Acquire,
+        loss: LossNotifier,
+    ) -> Result<Acquired> {
+        let wait = mode.waits();
+        mutex::lock(&self.shared, name, kind, wait, loss)
+            .await
+            .map(Acquired::from)
+    }
+
+    async fn join(
+        &self,
+        group: &str,
+        member: &str,
+        capabilities: &serde_json::Value,
+        loss: LossNotifier,
+    ) -> Result<Box<dyn HeldMembership>> {
+        group::join(&self.shared, group, member, capabilities, loss).await
+    }
+
+    async fn campaign(
+        &self,
+        election: &str,
+        value: &[u8],
+        loss: LossNotifier,
+    ) -> Result<Box<dyn HeldLeadership>> {
+        election::campaign(&self.shared, election, value, loss).await
     }
 }

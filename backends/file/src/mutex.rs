@@ -18,7 +18,7 @@
 //! wall clock (see `layout::bump_fence`), so fences do not repeat.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex as StdMutex};
 
 use quorate_core::backend::async_trait;
@@ -26,38 +26,10 @@ use quorate_core::loss::LossNotifier;
 use quorate_core::spi::{AfterWrite, HeldLock, LockKind};
 use quorate_core::{FencingToken, Result};
 
-use crate::layout::{open_lock_file, same_file, write_atomic, Space};
-use crate::ofd::{acquire, blocking, io_error, Wait};
+use crate::layout::{same_file, write_atomic, Space};
+use crate::ofd::{acquire, blocking, io_error};
 use crate::rwlock;
 use crate::session::{Registration, Revocable, SessionShared};
-
-/// What an acquisition job hands back: the locked description and its fence.
-pub(crate) struct Grant {
-    pub(crate) file: File,
-    pub(crate) fence: u64,
-}
-
-/// Open `path` and take the lock with `take` (which may take several
-/// ranges). Retries if the file was replaced while we waited (an operator
-/// removed it): a lock on a file nobody else can open protects nothing.
-pub(crate) fn lock_file(
-    path: &Path,
-    wait: Wait<'_>,
-    take: impl Fn(&File, Wait<'_>) -> Result<bool>,
-) -> Result<Option<File>> {
-    loop {
-        let file = open_lock_file(path)?;
-        if !take(&file, wait)? {
-            return Ok(None);
-        }
-        if same_file(&file, path)
-            .map_err(|e| io_error(format!("checking `{}`", path.display()), e))?
-        {
-            return Ok(Some(file));
-        }
-        tracing::debug!(path = %path.display(), "lock file was replaced while waiting; retrying");
-    }
-}
 
 /// Acquire a lock of any kind for a session.
 pub(crate) async fn lock(

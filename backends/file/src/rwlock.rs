@@ -36,8 +36,8 @@ use std::path::Path;
 use quorate_core::Result;
 
 use crate::layout::{bump_fence, open_lock_file};
-use crate::mutex::{lock_file, Grant};
 use crate::ofd::{io_error, unlock, Mode, Range, Wait};
+use crate::queue::{lock_file, Grant};
 
 /// Taken exclusively by every acquirer on its way in (companion file).
 const TURNSTILE: Range = Range::byte(0);

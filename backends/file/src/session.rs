@@ -11,24 +11,19 @@
 //! TTL is how often a removal is noticed.
 //!
 //! A session keeps a registry of what it holds (locks, memberships,
-//! leaderships) so that [`SessionBackend::revoke`] (and the loss of the
+//! leaderships) so that `SessionBackend::revoke` (and the loss of the
 //! session, whatever its cause) releases all of it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex as StdMutex, Weak};
 use std::time::Duration;
 
-use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{
-    Acquire, Acquired, HeldLeadership, HeldMembership, LockKind, SessionBackend,
-};
 use quorate_core::{Error, Result};
 use tokio::task::JoinHandle;
 
 use crate::layout::Layout;
 use crate::ofd::{blocking, io_error};
-use crate::{election, group, mutex};
 
 /// Something a session holds and must give up when it is revoked.
 pub(crate) trait Revocable: Send + Sync {
@@ -142,7 +137,7 @@ impl SessionShared {
 pub(crate) struct FileSession {
     pub(crate) shared: Arc<SessionShared>,
     /// The requested TTL, reported as is; it only paces keep-alives.
-    ttl: Duration,
+    pub(crate) ttl: Duration,
     on_loss: JoinHandle<()>,
 }
 
@@ -181,22 +176,13 @@ impl Drop for FileSession {
     }
 }
 
-#[async_trait]
-impl SessionBackend for FileSession {
-    fn id(&self) -> String {
-        self.shared.id.clone()
-    }
-
-    fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
+impl FileSession {
     /// Check that everything the session holds is still there: a grant
     /// whose file was removed or replaced has its loss fired at once. If
     /// the root directory itself is gone, everything the session held went
     /// with it: the session is `Lost`. Other errors reading the root are
     /// `Unavailable` (core retries).
-    async fn keep_alive(&self) -> Result<()> {
+    pub(crate) async fn keep_alive(&self) -> Result<()> {
         if self.shared.is_revoked() {
             return Err(self.shared.revoked_error());
         }
@@ -223,44 +209,12 @@ impl SessionBackend for FileSession {
         .await
     }
 
-    async fn revoke(&self) -> Result<()> {
+    pub(crate) async fn revoke(&self) -> Result<()> {
         let shared = self.shared.clone();
         blocking(move || {
             shared.revoke_all("the session was revoked");
             Ok(())
         })
         .await
-    }
-
-    async fn lock(
-        &self,
-        name: &str,
-        kind: LockKind,
-        mode: Acquire,
-        loss: LossNotifier,
-    ) -> Result<Acquired> {
-        let wait = mode.waits();
-        mutex::lock(&self.shared, name, kind, wait, loss)
-            .await
-            .map(Acquired::from)
-    }
-
-    async fn join(
-        &self,
-        group: &str,
-        member: &str,
-        capabilities: &serde_json::Value,
-        loss: LossNotifier,
-    ) -> Result<Box<dyn HeldMembership>> {
-        group::join(&self.shared, group, member, capabilities, loss).await
-    }
-
-    async fn campaign(
-        &self,
-        election: &str,
-        value: &[u8],
-        loss: LossNotifier,
-    ) -> Result<Box<dyn HeldLeadership>> {
-        election::campaign(&self.shared, election, value, loss).await
     }
 }
