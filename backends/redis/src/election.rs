@@ -20,7 +20,7 @@ use quorate_core::{Error, FencingToken, Result};
 use redis::Value;
 
 use crate::hub::Subscription;
-use crate::mutex::{acquire, ExGrant, Space};
+use crate::queue::{acquire, ExGrant, Space};
 use crate::session::RedisSession;
 use crate::{scripts, Ctx};
 

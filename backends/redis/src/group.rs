@@ -25,7 +25,7 @@ use quorate_core::{Error, Result};
 use redis::Value;
 
 use crate::hub::{Subscription, Wake};
-use crate::mutex::Cleanup;
+use crate::queue::Cleanup;
 use crate::session::{RedisSession, Registration};
 use crate::{scripts, Ctx};
 

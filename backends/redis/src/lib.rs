@@ -40,6 +40,7 @@ mod group;
 mod hub;
 mod keys;
 mod mutex;
+mod queue;
 mod rwlock;
 mod scripts;
 mod session;
@@ -50,7 +51,10 @@ use std::time::Duration;
 
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{Backend, Leader, Member, RawGroupWatch, RawObserve, SessionBackend};
+use quorate_core::spi::{
+    Acquire, Acquired, Backend, HeldLeadership, HeldMembership, Leader, LockKind, Member,
+    RawGroupWatch, RawObserve, SessionBackend,
+};
 use quorate_core::{
     Capabilities, Config, Coordinator, Error, ErrorKind, FailureDetection, Primitives, Result,
     RwOrdering, Scope,
@@ -59,6 +63,7 @@ use redis::FromRedisValue;
 
 use conn::Conn;
 use hub::Hub;
+use session::RedisSession;
 use settings::Settings;
 
 /// URL schemes this backend serves.
@@ -357,5 +362,59 @@ impl Backend for RedisBackend {
         out.sort();
         out.dedup();
         Ok(out)
+    }
+}
+
+#[async_trait]
+impl SessionBackend for RedisSession {
+    fn id(&self) -> String {
+        self.id.clone()
+    }
+
+    fn ttl(&self) -> Duration {
+        RedisSession::ttl(self)
+    }
+
+    async fn keep_alive(&self) -> Result<()> {
+        RedisSession::keep_alive(self).await
+    }
+
+    async fn revoke(&self) -> Result<()> {
+        RedisSession::revoke(self).await
+    }
+
+    async fn lock(
+        &self,
+        name: &str,
+        kind: LockKind,
+        mode: Acquire,
+        loss: LossNotifier,
+    ) -> Result<Acquired> {
+        let wait = mode.waits();
+        let held = match kind {
+            // One name, one lock: the write side is the mutex.
+            LockKind::Mutex | LockKind::Write => mutex::lock(self, name, wait, loss).await,
+            LockKind::Read => rwlock::read(self, name, wait, loss).await,
+        };
+        held.map(Acquired::from)
+    }
+
+    async fn join(
+        &self,
+        group: &str,
+        member: &str,
+        capabilities: &serde_json::Value,
+        loss: LossNotifier,
+    ) -> Result<Box<dyn HeldMembership>> {
+        group::join(self, group, member, capabilities, loss).await
+    }
+
+    async fn campaign(
+        &self,
+        name: &str,
+        value: &[u8],
+        loss: LossNotifier,
+    ) -> Result<Box<dyn HeldLeadership>> {
+        election::campaign(self, name, value, loss).await
     }
 }

@@ -30,7 +30,7 @@ use quorate_core::name::encode;
 use quorate_core::spi::{AfterWrite, HeldLock};
 use quorate_core::{FencingToken, Result};
 
-use crate::mutex::{grant_loop, Cleanup};
+use crate::queue::{grant_loop, Cleanup};
 use crate::session::{RedisSession, Registration};
 use crate::{scripts, Ctx};
 

@@ -1,7 +1,7 @@
 //! Sessions: a liveness key `<ns>:session:<id>` with a PX TTL, plus the held
 //! hash `<ns>:held:<id>` listing every key the session holds or waits in.
 //!
-//! Core calls [`SessionBackend::keep_alive`] every third of the TTL; it runs
+//! Core calls [`RedisSession::keep_alive`] every third of the TTL; it runs
 //! one script per batch of the held hash (`HSCAN … COUNT`
 //! [`KEEP_ALIVE_BATCH`], a hint: about that many entries per call, and a
 //! single call for a small hash): the first extends the session key, each
@@ -18,16 +18,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{
-    Acquire, Acquired, HeldLeadership, HeldMembership, LockKind, SessionBackend,
-};
 use quorate_core::{Error, Result};
 use redis::Value;
 
 use crate::hub::Wake;
-use crate::{election, group, keys, mutex, rwlock, scripts, Ctx};
+use crate::{keys, scripts, Ctx};
 
 /// The loss notifiers of a session's grants, by held-hash entry
 /// (key, token).
@@ -45,7 +41,7 @@ const KEEP_ALIVE_BATCH: usize = 256;
 /// One session of the Redis backend.
 pub(crate) struct RedisSession {
     pub(crate) ctx: Arc<Ctx>,
-    id: String,
+    pub(crate) id: String,
     ttl: Duration,
     next_token: AtomicU64,
     grants: Grants,
@@ -154,17 +150,8 @@ pub(crate) async fn revoke(ctx: &Ctx, sid: &str) -> Result<bool> {
     Ok(existed == 1)
 }
 
-#[async_trait]
-impl SessionBackend for RedisSession {
-    fn id(&self) -> String {
-        self.id.clone()
-    }
-
-    fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
-    async fn keep_alive(&self) -> Result<()> {
+impl RedisSession {
+    pub(crate) async fn keep_alive(&self) -> Result<()> {
         let ttl = self.ttl_ms();
         let batch = KEEP_ALIVE_BATCH.to_string();
         let mut cursor = String::from("0");
@@ -223,43 +210,8 @@ impl SessionBackend for RedisSession {
         Ok(())
     }
 
-    async fn revoke(&self) -> Result<()> {
+    pub(crate) async fn revoke(&self) -> Result<()> {
         revoke(&self.ctx, &self.id).await?;
         Ok(())
-    }
-
-    async fn lock(
-        &self,
-        name: &str,
-        kind: LockKind,
-        mode: Acquire,
-        loss: LossNotifier,
-    ) -> Result<Acquired> {
-        let wait = mode.waits();
-        let held = match kind {
-            // One name, one lock: the write side is the mutex.
-            LockKind::Mutex | LockKind::Write => mutex::lock(self, name, wait, loss).await,
-            LockKind::Read => rwlock::read(self, name, wait, loss).await,
-        };
-        held.map(Acquired::from)
-    }
-
-    async fn join(
-        &self,
-        group: &str,
-        member: &str,
-        capabilities: &serde_json::Value,
-        loss: LossNotifier,
-    ) -> Result<Box<dyn HeldMembership>> {
-        group::join(self, group, member, capabilities, loss).await
-    }
-
-    async fn campaign(
-        &self,
-        name: &str,
-        value: &[u8],
-        loss: LossNotifier,
-    ) -> Result<Box<dyn HeldLeadership>> {
-        election::campaign(self, name, value, loss).await
     }
 }

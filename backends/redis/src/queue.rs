@@ -1,0 +1,314 @@
+//! The queue machinery shared by mutexes, read/write locks, elections and
+//! groups: the FIFO exclusive-lock queue ([`acquire`], [`ExGrant`]) that
+//! mutexes and elections are, the wake-up loop ([`grant_loop`],
+//! [`wait_wake`]) and the [`Cleanup`] guard of an abandoned acquisition.
+//!
+//! The lock key `<ns>:lock:<enc(name)>` is a plain string holding the owner
+//! token with a PX TTL: redis-py's `Lock` layout, so the two exclude each
+//! other. quorate waiters queue in `<ns>:queue:<enc(name)>` (FIFO by
+//! arrival). A waiter that was not granted at once subscribes to
+//! `<ns>:chan:lock:<enc(name)>` and runs the acquire script again. A
+//! release grants the lock to the next live waiter in the same script (on
+//! its behalf, with its session's TTL) and publishes `<token>=<fence>`, so
+//! the hand-off costs the waiter no round trip; a waiter that missed the
+//! message finds itself the holder on its next attempt. A bounded fallback re-check (at the expiry of
+//! what blocks, at most every TTL/2) covers holders that vanish silently: a
+//! crashed holder's key expiring, a redis-py holder releasing.
+//!
+//! # Cancel safety
+//!
+//! From the first script call on, a [`Cleanup`] guard is armed; dropping the
+//! acquire future spawns the release script for this call's token, which
+//! removes the queue entry or the grant (the reply may have been lost) and
+//! never touches another call's token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quorate_core::backoff::Backoff;
+use quorate_core::cleanup::{spawn_retrying, GiveUp};
+use quorate_core::loss::LossNotifier;
+use quorate_core::name::encode;
+use quorate_core::{Error, FencingToken, Result};
+use redis::Script;
+
+use crate::hub::{Subscription, Wake};
+use crate::keys::SpaceKeys;
+use crate::session::{RedisSession, Registration};
+use crate::{scripts, Ctx};
+
+/// Runs a release script for one token when dropped while armed, retrying
+/// while the session could still be alive. The script must be idempotent.
+pub(crate) struct Cleanup {
+    job: Option<CleanupJob>,
+}
+
+struct CleanupJob {
+    ctx: Arc<Ctx>,
+    script: &'static Script,
+    args: Vec<Vec<u8>>,
+    /// Give up after this long: by then the session's TTL has passed, and
+    /// whatever is left belongs to a dead session, which scripts ignore.
+    limit: Duration,
+}
+
+impl Cleanup {
+    pub(crate) fn new(
+        ctx: &Arc<Ctx>,
+        script: &'static Script,
+        args: Vec<Vec<u8>>,
+        limit: Duration,
+    ) -> Cleanup {
+        Cleanup {
+            job: Some(CleanupJob {
+                ctx: ctx.clone(),
+                script,
+                args,
+                limit,
+            }),
+        }
+    }
+
+    pub(crate) fn disarm(&mut self) {
+        self.job = None;
+    }
+}
+
+impl CleanupJob {
+    async fn run(&self) -> Result<i64> {
+        let args: Vec<&[u8]> = self.args.iter().map(Vec::as_slice).collect();
+        self.ctx.eval("clean up", self.script, &args).await
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let Some(job) = self.job.take() else { return };
+        let job = Arc::new(job);
+        let give_up = GiveUp::After(job.limit);
+        spawn_retrying("clean up a dropped redis wait", give_up, move || {
+            let job = job.clone();
+            async move { job.run().await.map(drop) }
+        });
+    }
+}
+
+/// Wait for a wake-up addressed to `token` (or to everyone), a reconnect,
+/// or the fallback re-check time. Returns the fence when the wake-up says
+/// the lock was granted on our behalf (`<token>=<fence>`).
+pub(crate) async fn wait_wake(
+    sub: &mut Subscription,
+    token: &str,
+    recheck: Duration,
+) -> Option<FencingToken> {
+    let sleep = tokio::time::sleep(recheck);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            wake = sub.next() => match wake {
+                Wake::Reconnected => return None,
+                Wake::Message(p) if p == "*" => return None,
+                Wake::Message(p) => {
+                    for item in p.split(' ') {
+                        match item.split_once('=') {
+                            None if item == token => return None,
+                            Some((t, fence)) if t == token => {
+                                // A token that does not parse or is out of
+                                // range: re-check instead.
+                                return fence
+                                    .parse::<u64>()
+                                    .ok()
+                                    .and_then(|f| FencingToken::new(f).ok());
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            },
+            _ = &mut sleep => return None,
+        }
+    }
+}
+
+/// The key spaces of exclusive locks: [`Space::Mutex`] (`<ns>:lock:…`)
+/// and [`Space::Election`] (`<ns>:election:…`), core's one definition.
+pub(crate) use quorate_core::name::Space;
+
+/// A granted exclusive lock (a mutex, or an election's leadership).
+pub(crate) struct ExGrant {
+    pub(crate) ctx: Arc<Ctx>,
+    pub(crate) space: Space,
+    pub(crate) enc: String,
+    pub(crate) token: String,
+    pub(crate) fence: FencingToken,
+    _registration: Registration,
+}
+
+/// Acquire an exclusive lock in FIFO order; `None` when `wait` is false
+/// and the lock is not free. `value` is the candidate's value (elections).
+pub(crate) async fn acquire(
+    session: &RedisSession,
+    space: Space,
+    name: &str,
+    wait: bool,
+    value: &[u8],
+    loss: LossNotifier,
+) -> Result<Option<ExGrant>> {
+    let ctx = &session.ctx;
+    let enc = encode(name);
+    let token = session.token();
+    let ttl = session.ttl_ms();
+    let registration = session.register(ctx.key(space.kind(), name), token.clone(), loss);
+    let channel = wait.then(|| ctx.key(space.channel(), name));
+    let mut cleanup = Cleanup::new(
+        ctx,
+        &scripts::EX_RELEASE,
+        vec![
+            space.kind().into(),
+            enc.clone().into(),
+            token.clone().into(),
+        ],
+        session.ttl(),
+    );
+    let wait_flag: &[u8] = if wait { b"1" } else { b"0" };
+    let args: [&[u8]; 6] = [
+        space.kind().as_bytes(),
+        enc.as_bytes(),
+        token.as_bytes(),
+        ttl.as_bytes(),
+        wait_flag,
+        value,
+    ];
+    let granted = grant_loop(ctx, channel.as_deref(), &token, session.ttl(), || {
+        ctx.eval("acquire", &scripts::EX_ACQUIRE, &args)
+    })
+    .await?;
+    if granted.is_some() {
+        // Not acknowledged by the replicas asked for: the armed clean-up
+        // gives the grant up.
+        ctx.replicated().await?;
+    }
+    cleanup.disarm();
+    Ok(granted.map(|fence| ExGrant {
+        ctx: ctx.clone(),
+        space,
+        enc,
+        token,
+        fence,
+        _registration: registration,
+    }))
+}
+
+/// Run an acquire script until it grants: `Some(fence)`; `None` when it
+/// does not and the caller does not wait (`channel` is `None`).
+///
+/// A waiter subscribes to `channel` only once the first attempt did not
+/// grant (an uncontended lock costs one round trip), and then attempts
+/// again at once, so a release between the two cannot be missed. Between
+/// later attempts it waits for a wake-up addressed to `token` (which may
+/// say the lock was granted on its behalf: then no further round trip), a
+/// reconnect, or the fallback re-check. While waiting, a transient failure (server
+/// unreachable) is retried with backoff: the wait ends with the session,
+/// whose loss core reports.
+///
+/// The caller keeps its [`Cleanup`] armed until this returns `Ok`.
+pub(crate) async fn grant_loop<F, Fut>(
+    ctx: &Ctx,
+    channel: Option<&str>,
+    token: &str,
+    ttl: Duration,
+    mut attempt: F,
+) -> Result<Option<FencingToken>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<i64>>>,
+{
+    let mut sub: Option<Subscription> = None;
+    let mut backoff = Backoff::default();
+    loop {
+        let reply = match attempt().await {
+            Ok(r) => r,
+            Err(e) if e.is_retryable() && channel.is_some() => {
+                tracing::debug!(error = %e, "acquire attempt failed; retrying");
+                backoff.wait().await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        backoff.reset();
+        match (reply.first(), reply.get(1), channel) {
+            (Some(1), Some(&fence), _) => return Ok(Some(FencingToken::try_from(fence)?)),
+            (Some(-1), _, _) => {
+                return Err(Error::lost(
+                    "the redis session expired or was revoked while acquiring",
+                ))
+            }
+            (Some(0), _, None) => return Ok(None),
+            (Some(0), blocker, Some(channel)) => match sub.as_mut() {
+                None => sub = Some(ctx.hub.subscribe(channel).await?),
+                Some(sub) => {
+                    let recheck = ctx.recheck_after(ttl, *blocker.unwrap_or(&-1));
+                    if let Some(fence) = wait_wake(sub, token, recheck).await {
+                        return Ok(Some(fence));
+                    }
+                }
+            },
+            _ => {
+                return Err(Error::backend(format!(
+                    "unexpected reply {reply:?} from an acquire script"
+                )))
+            }
+        }
+    }
+}
+
+impl ExGrant {
+    fn args(&self) -> [&[u8]; 3] {
+        [
+            self.space.kind().as_bytes(),
+            self.enc.as_bytes(),
+            self.token.as_bytes(),
+        ]
+    }
+
+    pub(crate) async fn is_held(&self) -> Result<bool> {
+        let held: i64 = self
+            .ctx
+            .eval("is held", &scripts::EX_IS_HELD, &self.args())
+            .await?;
+        Ok(held == 1)
+    }
+
+    pub(crate) async fn release(&self) -> Result<()> {
+        let _: i64 = self
+            .ctx
+            .eval("release", &scripts::EX_RELEASE, &self.args())
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn write_if_held(
+        &self,
+        key: &str,
+        value: &[u8],
+        release: bool,
+    ) -> Result<bool> {
+        let data = encode(key);
+        let applied: i64 = self
+            .ctx
+            .eval(
+                "guarded write",
+                &scripts::GUARDED_WRITE,
+                &[
+                    self.space.kind().as_bytes(),
+                    self.enc.as_bytes(),
+                    self.token.as_bytes(),
+                    data.as_bytes(),
+                    value,
+                    if release { b"1" } else { b"0" },
+                ],
+            )
+            .await?;
+        Ok(applied == 1)
+    }
+}
