@@ -24,7 +24,8 @@ use crate::client::Shared;
 use crate::keys::lease_hex;
 use crate::mutex::{enqueue_and_wait, Blockers, Entry};
 use crate::not_held;
-use crate::session::{EtcdSession, HeldKey};
+use crate::owned::HeldKey;
+use crate::session::EtcdSession;
 use crate::watch::{Batch, PrefixWatch};
 
 /// Campaign with `value`; resolves once leader.

@@ -21,7 +21,8 @@ use quorate_core::{Error, Result};
 
 use crate::client::Shared;
 use crate::not_held;
-use crate::session::{Created, EtcdSession, HeldKey, OwnKey};
+use crate::owned::{Created, HeldKey, OwnKey};
+use crate::session::EtcdSession;
 use crate::watch::{Batch, PrefixWatch};
 
 /// Join `group` as `member`: put the member key only if it does not exist.

@@ -32,6 +32,7 @@ mod error;
 mod group;
 mod keys;
 mod mutex;
+mod owned;
 mod rwlock;
 mod session;
 mod watch;
@@ -42,7 +43,10 @@ use std::time::Duration;
 use etcd_client::{Certificate, ConnectOptions, GetOptions, Identity, TlsOptions, Txn, TxnOp};
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{Backend, Leader, Member, RawGroupWatch, RawObserve, SessionBackend};
+use quorate_core::spi::{
+    Acquire, Acquired, Backend, HeldLeadership, HeldMembership, Leader, LockKind, Member,
+    RawGroupWatch, RawObserve, SessionBackend,
+};
 use quorate_core::{
     Capabilities, Config, Coordinator, Error, ErrorKind, FailureDetection, Primitives, Result,
     RwOrdering, Scope,
@@ -50,6 +54,7 @@ use quorate_core::{
 
 use client::Shared;
 use keys::Layout;
+use session::EtcdSession;
 
 /// URL schemes this backend serves.
 pub const SCHEMES: &[&str] = &["etcd", "etcds"];
@@ -376,6 +381,57 @@ impl Backend for EtcdBackend {
 /// Shorthand used by the primitives: a `NotHeld` error.
 pub(crate) fn not_held(what: impl std::fmt::Display) -> Error {
     Error::new(ErrorKind::NotHeld, what.to_string())
+}
+
+#[async_trait]
+impl SessionBackend for EtcdSession {
+    fn id(&self) -> String {
+        keys::lease_hex(self.lease)
+    }
+
+    fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    async fn keep_alive(&self) -> Result<()> {
+        EtcdSession::keep_alive(self).await
+    }
+
+    async fn revoke(&self) -> Result<()> {
+        EtcdSession::revoke(self).await
+    }
+
+    async fn lock(
+        &self,
+        name: &str,
+        kind: LockKind,
+        mode: Acquire,
+        loss: LossNotifier,
+    ) -> Result<Acquired> {
+        let wait = mode.waits();
+        crate::mutex::lock(self, name, kind, wait, loss)
+            .await
+            .map(Acquired::from)
+    }
+
+    async fn join(
+        &self,
+        group: &str,
+        member: &str,
+        capabilities: &serde_json::Value,
+        loss: LossNotifier,
+    ) -> Result<Box<dyn HeldMembership>> {
+        crate::group::join(self, group, member, capabilities, loss).await
+    }
+
+    async fn campaign(
+        &self,
+        election: &str,
+        value: &[u8],
+        loss: LossNotifier,
+    ) -> Result<Box<dyn HeldLeadership>> {
+        crate::election::campaign(self, election, value, loss).await
+    }
 }
 
 #[cfg(test)]

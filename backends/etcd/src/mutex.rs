@@ -38,7 +38,8 @@ use quorate_core::{Error, FencingToken, Result};
 
 use crate::client::txn_range;
 use crate::keys::prefix_end;
-use crate::session::{Created, EtcdSession, HeldKey, OwnKey};
+use crate::owned::{Created, HeldKey, OwnKey};
+use crate::session::EtcdSession;
 use crate::{rwlock, watch};
 
 /// One queue entry: the key to create and the keys it waits behind.
