@@ -18,8 +18,7 @@ pub(crate) async fn campaign(
 ) -> Result<Box<dyn HeldLeadership>> {
     let value = value.to_vec();
     let (id, fence) = wait_for_grant(
-        &session.state,
-        session.id,
+        (&session.state, session.id),
         Space::Election,
         name,
         true,

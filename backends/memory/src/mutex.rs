@@ -22,8 +22,7 @@ pub(crate) async fn lock(
     // share one queue (and one fence counter) per name.
     let space = Space::Mutex;
     let granted = wait_for_grant(
-        &session.state,
-        session.id,
+        (&session.state, session.id),
         space,
         name,
         kind.is_exclusive(),

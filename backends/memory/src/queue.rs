@@ -202,11 +202,10 @@ impl Drop for DequeueOnDrop {
     }
 }
 
-/// Enqueue in `space`, then wait for the grant; dropping the future at any
-/// point removes the entry.
+/// Enqueue session `session` of `state` in `space`, then wait for the
+/// grant; dropping the future at any point removes the entry.
 pub(crate) async fn wait_for_grant(
-    state: &State,
-    session: SessionId,
+    (state, session): (&State, SessionId),
     space: Space,
     name: &str,
     exclusive: bool,
