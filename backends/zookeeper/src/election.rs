@@ -25,7 +25,7 @@ use zookeeper_client::{Client, EventType, SessionState};
 
 use crate::node::{children, zk_error, SharedClient};
 use crate::queue::{self, Spec, EXCLUSIVE};
-use crate::session::{is_session_gone, watch_own_node, SessionShared};
+use crate::session::{watch_own_node, SessionShared};
 
 /// Campaign and wait until elected.
 ///
@@ -110,30 +110,12 @@ impl HeldLeadership for ZkLeadership {
     }
 
     async fn is_leader(&self) -> Result<bool> {
-        let Ok(client) = self.shared.client() else {
-            return Ok(false); // the session is closed, and its nodes with it
-        };
-        // Linearizable: a follower answers only once caught up with the
-        // leader.
-        if !crate::session::sync_with_leader(&client, &self.path).await? {
-            return Ok(false);
-        }
-        match client.check_stat(&self.path).await {
-            // Once the lowest, a node stays the lowest until deleted.
-            Ok(Some(stat)) => {
-                Ok(stat.czxid == self.czxid && stat.ephemeral_owner == self.shared.id)
-            }
-            Ok(None) => Ok(false),
-            Err(e) if is_session_gone(&e) => Ok(false),
-            Err(e) => Err(zk_error("exists", &self.path, e)),
-        }
+        // Once the lowest, a node stays the lowest until deleted.
+        queue::still_mine(&self.shared, &self.path, self.czxid).await
     }
 
     async fn resign(&self) -> Result<()> {
-        let Ok(client) = self.shared.client() else {
-            return Ok(()); // the session is closed: the node went with it
-        };
-        queue::delete_quietly(&client, &self.path).await
+        queue::give_back(&self.shared, &self.path).await
     }
 }
 

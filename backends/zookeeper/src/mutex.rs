@@ -64,29 +64,11 @@ impl HeldLock for ZkLock {
     }
 
     async fn is_held(&self) -> Result<bool> {
-        let Ok(client) = self.shared.client() else {
-            return Ok(false); // the session is closed, and its nodes with it
-        };
-        // Linearizable: a follower answers only once caught up with the
-        // leader.
-        if !crate::session::sync_with_leader(&client, &self.path).await? {
-            return Ok(false);
-        }
-        match client.check_stat(&self.path).await {
-            Ok(Some(stat)) => {
-                Ok(stat.czxid == self.czxid && stat.ephemeral_owner == self.shared.id)
-            }
-            Ok(None) => Ok(false),
-            Err(e) if is_session_gone(&e) => Ok(false),
-            Err(e) => Err(zk_error("exists", &self.path, e)),
-        }
+        queue::still_mine(&self.shared, &self.path, self.czxid).await
     }
 
     async fn release(&self) -> Result<()> {
-        let Ok(client) = self.shared.client() else {
-            return Ok(()); // the session is closed: the node went with it
-        };
-        queue::delete_quietly(&client, &self.path).await
+        queue::give_back(&self.shared, &self.path).await
     }
 
     async fn write_if_held(&self, key: &str, value: &[u8], then: AfterWrite) -> Result<bool> {

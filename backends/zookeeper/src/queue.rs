@@ -213,6 +213,34 @@ pub(crate) fn in_order(children: &[String], markers: &[&str]) -> Vec<(i64, Strin
     v
 }
 
+/// Whether the contender node at `path` (created as `czxid`) is still this
+/// session's: the `is_held()` of a lock and the `is_leader()` of a
+/// candidate. Linearizable: `sync` first, so a follower answers only once
+/// caught up with the leader.
+pub(crate) async fn still_mine(shared: &SessionShared, path: &str, czxid: i64) -> Result<bool> {
+    let Ok(client) = shared.client() else {
+        return Ok(false); // the session is closed, and its nodes with it
+    };
+    if !crate::session::sync_with_leader(&client, path).await? {
+        return Ok(false);
+    }
+    match client.check_stat(path).await {
+        Ok(Some(stat)) => Ok(stat.czxid == czxid && stat.ephemeral_owner == shared.id),
+        Ok(None) => Ok(false),
+        Err(e) if is_session_gone(&e) => Ok(false),
+        Err(e) => Err(zk_error("exists", path, e)),
+    }
+}
+
+/// Give back the contender node at `path` (a lock's release, a candidate's
+/// resignation): idempotent; nothing to do once the session is closed.
+pub(crate) async fn give_back(shared: &SessionShared, path: &str) -> Result<()> {
+    let Ok(client) = shared.client() else {
+        return Ok(()); // the session is closed: the node went with it
+    };
+    delete_quietly(&client, path).await
+}
+
 /// Delete a node, treating "already gone" as done.
 pub(crate) async fn delete_quietly(client: &Client, path: &str) -> Result<()> {
     match client.delete(path, None).await {
