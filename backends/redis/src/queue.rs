@@ -1,6 +1,6 @@
 //! The queue machinery shared by mutexes, read/write locks, elections and
 //! groups: the FIFO exclusive-lock queue ([`acquire`], [`ExGrant`]) that
-//! mutexes and elections are, the wake-up loop ([`grant_loop`],
+//! mutexes and elections are, the wake-up loop ([`grant`],
 //! [`wait_wake`]) and the [`Cleanup`] guard of an abandoned acquisition.
 //!
 //! The lock key `<ns>:lock:<enc(name)>` is a plain string holding the owner
@@ -160,7 +160,7 @@ pub(crate) async fn acquire(
     let ttl = session.ttl_ms();
     let registration = session.register(ctx.key(space.kind(), name), token.clone(), loss);
     let channel = wait.then(|| ctx.key(space.channel(), name));
-    let mut cleanup = Cleanup::new(
+    let cleanup = Cleanup::new(
         ctx,
         &scripts::EX_RELEASE,
         vec![
@@ -179,16 +179,15 @@ pub(crate) async fn acquire(
         wait_flag,
         value,
     ];
-    let granted = grant_loop(ctx, channel.as_deref(), &token, session.ttl(), || {
-        ctx.eval("acquire", &scripts::EX_ACQUIRE, &args)
-    })
+    let granted = grant(
+        ctx,
+        channel.as_deref(),
+        &token,
+        session.ttl(),
+        cleanup,
+        || ctx.eval("acquire", &scripts::EX_ACQUIRE, &args),
+    )
     .await?;
-    if granted.is_some() {
-        // Not acknowledged by the replicas asked for: the armed clean-up
-        // gives the grant up.
-        ctx.replicated().await?;
-    }
-    cleanup.disarm();
     Ok(granted.map(|fence| ExGrant {
         ctx: ctx.clone(),
         space,
@@ -197,6 +196,31 @@ pub(crate) async fn acquire(
         fence,
         _registration: registration,
     }))
+}
+
+/// [`grant_loop`], then, once granted, wait until the replicas asked for
+/// acknowledged the grant, and only then disarm `cleanup`: a grant that is
+/// not acknowledged (an error) or an acquisition dropped half-way is given
+/// up by the armed clean-up. The one tail of every acquire (exclusive and
+/// shared).
+pub(crate) async fn grant<F, Fut>(
+    ctx: &Ctx,
+    channel: Option<&str>,
+    token: &str,
+    ttl: Duration,
+    mut cleanup: Cleanup,
+    attempt: F,
+) -> Result<Option<FencingToken>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<i64>>>,
+{
+    let granted = grant_loop(ctx, channel, token, ttl, attempt).await?;
+    if granted.is_some() {
+        ctx.replicated().await?;
+    }
+    cleanup.disarm();
+    Ok(granted)
 }
 
 /// Run an acquire script until it grants: `Some(fence)`; `None` when it
@@ -212,7 +236,7 @@ pub(crate) async fn acquire(
 /// whose loss core reports.
 ///
 /// The caller keeps its [`Cleanup`] armed until this returns `Ok`.
-pub(crate) async fn grant_loop<F, Fut>(
+async fn grant_loop<F, Fut>(
     ctx: &Ctx,
     channel: Option<&str>,
     token: &str,

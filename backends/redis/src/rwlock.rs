@@ -30,7 +30,7 @@ use quorate_core::name::encode;
 use quorate_core::spi::{AfterWrite, HeldLock};
 use quorate_core::{FencingToken, Result};
 
-use crate::queue::{grant_loop, Cleanup};
+use crate::queue::{grant, Cleanup};
 use crate::session::{RedisSession, Registration};
 use crate::{scripts, Ctx};
 
@@ -47,7 +47,7 @@ pub(crate) async fn read(
     let ttl = session.ttl_ms();
     let registration = session.register(ctx.key("readers", name), member.clone(), loss);
     let channel = wait.then(|| ctx.key("chan:lock", name));
-    let mut cleanup = Cleanup::new(
+    let cleanup = Cleanup::new(
         ctx,
         &scripts::RW_RELEASE,
         vec![enc.clone().into(), member.clone().into()],
@@ -55,16 +55,15 @@ pub(crate) async fn read(
     );
     let wait_flag: &[u8] = if wait { b"1" } else { b"0" };
     let args: [&[u8]; 4] = [enc.as_bytes(), member.as_bytes(), ttl.as_bytes(), wait_flag];
-    let granted = grant_loop(ctx, channel.as_deref(), &member, session.ttl(), || {
-        ctx.eval("acquire", &scripts::RW_ACQUIRE, &args)
-    })
+    let granted = grant(
+        ctx,
+        channel.as_deref(),
+        &member,
+        session.ttl(),
+        cleanup,
+        || ctx.eval("acquire", &scripts::RW_ACQUIRE, &args),
+    )
     .await?;
-    if granted.is_some() {
-        // Not acknowledged by the replicas asked for: the armed clean-up
-        // gives the grant up.
-        ctx.replicated().await?;
-    }
-    cleanup.disarm();
     Ok(granted.map(|fence| {
         Box::new(RedisRwLock {
             ctx: ctx.clone(),
