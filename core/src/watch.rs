@@ -375,6 +375,33 @@ impl View for LeaderView {
     }
 }
 
+/// The raw change stream of a backend's follower: `next` takes the
+/// follower's state, waits for what changed, and hands the state back with
+/// the changes (none, one, or a batch: anything iterable). The stream yields
+/// each change and never ends by itself; the backend's follower decides
+/// what to do about a broken watch (re-list, resume), and core's watch task
+/// re-opens it when the stream yields an error. The one shape of every
+/// backend's `watch_group` and `observe` change stream.
+pub fn raw_changes<S, C, F, Fut>(state: S, mut next: F) -> BoxStream<'static, Result<C::Item>>
+where
+    S: Send + 'static,
+    F: FnMut(S) -> Fut + Send + 'static,
+    Fut: Future<Output = (C, S)> + Send + 'static,
+    C: IntoIterator + Send + 'static,
+    C::IntoIter: Send + 'static,
+    C::Item: Send + 'static,
+{
+    futures::stream::unfold(state, move |s| {
+        let step = next(s);
+        async move {
+            let (changes, s) = step.await;
+            Some((changes, s))
+        }
+    })
+    .flat_map(|changes| futures::stream::iter(changes.into_iter().map(Ok)))
+    .boxed()
+}
+
 /// The user's group event stream over raw watches opened by `open`.
 pub(crate) fn group_events<F, Fut>(what: String, open: F) -> BoxStream<'static, Result<GroupEvent>>
 where

@@ -10,12 +10,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use quorate_core::backend::async_trait;
 use quorate_core::backoff::Backoff;
 use quorate_core::loss::LossNotifier;
 use quorate_core::name::encode;
 use quorate_core::spi::{HeldLeadership, Leader, RawObserve};
+use quorate_core::watch::raw_changes;
 use quorate_core::{Error, FencingToken, Result};
 use redis::Value;
 
@@ -77,12 +77,7 @@ pub(crate) async fn observe(ctx: Arc<Ctx>, name: &str) -> Result<RawObserve> {
         pttl,
         backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(1)),
     };
-    let changes = futures::stream::unfold(follow, |mut f| async move {
-        let reading = f.next().await;
-        Some((reading, f))
-    })
-    .filter_map(|reading| async move { reading.map(Ok) })
-    .boxed();
+    let changes = raw_changes(follow, |mut f| async move { (f.next().await, f) });
     Ok(RawObserve {
         leader: now,
         changes,

@@ -15,12 +15,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use quorate_core::backend::async_trait;
 use quorate_core::backoff::Backoff;
 use quorate_core::loss::LossNotifier;
 use quorate_core::name::{decode, encode};
 use quorate_core::spi::{GroupChange, HeldMembership, Member, RawGroupWatch, SeenMember};
+use quorate_core::watch::raw_changes;
 use quorate_core::{Error, Result};
 use redis::Value;
 
@@ -264,12 +264,7 @@ pub(crate) async fn watch(ctx: Arc<Ctx>, group: &str) -> Result<RawGroupWatch> {
         backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(1)),
         ctx,
     };
-    let changes = futures::stream::unfold(follow, |mut f| async move {
-        let change = f.next().await;
-        Some((change, f))
-    })
-    .filter_map(|change| async move { change.map(Ok) })
-    .boxed();
+    let changes = raw_changes(follow, |mut f| async move { (f.next().await, f) });
     Ok(RawGroupWatch {
         snapshot: listing.members.into_iter().map(SeenMember::new).collect(),
         changes,

@@ -14,11 +14,11 @@
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use quorate_core::backend::async_trait;
 use quorate_core::backoff::Backoff;
 use quorate_core::loss::LossNotifier;
 use quorate_core::spi::{HeldLeadership, Leader, RawObserve};
+use quorate_core::watch::raw_changes;
 use quorate_core::{Error, FencingToken, Result};
 use zookeeper_client as zk;
 use zookeeper_client::{Client, EventType, SessionState};
@@ -133,12 +133,7 @@ pub(crate) async fn observe(reads: Arc<SharedClient>, dir: String) -> Result<Raw
         watcher,
         disconnected: false,
     };
-    let changes = futures::stream::unfold(follow, |mut f| async move {
-        let reading = f.next().await;
-        Some((reading, f))
-    })
-    .filter_map(|reading| async move { reading.map(Ok) })
-    .boxed();
+    let changes = raw_changes(follow, |mut f| async move { (f.next().await, f) });
     Ok(RawObserve {
         leader: current,
         changes,

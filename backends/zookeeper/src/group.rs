@@ -14,12 +14,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use quorate_core::backend::async_trait;
 use quorate_core::backoff::Backoff;
 use quorate_core::cleanup::{spawn_retrying, GiveUp};
 use quorate_core::loss::LossNotifier;
 use quorate_core::spi::{GroupChange, HeldMembership, Member, RawGroupWatch, SeenMember};
+use quorate_core::watch::raw_changes;
 use quorate_core::{name, Error, Result};
 use tokio::task::JoinHandle;
 use zookeeper_client as zk;
@@ -280,12 +280,7 @@ pub(crate) async fn watch(reads: Arc<SharedClient>, dir: String) -> Result<RawGr
         watcher,
         resync: false,
     };
-    let changes = futures::stream::unfold(follow, |mut f| async move {
-        let changes = f.next().await;
-        Some((changes, f))
-    })
-    .flat_map(|changes| futures::stream::iter(changes.into_iter().map(Ok)))
-    .boxed();
+    let changes = raw_changes(follow, |mut f| async move { (f.next().await, f) });
     Ok(RawGroupWatch { snapshot, changes })
 }
 
