@@ -86,7 +86,7 @@ mod group;
 mod mutex;
 mod node;
 
-pub use node::{base_path, zk_error, Layout, Server};
+use node::{zk_error, Layout, Server};
 mod queue;
 mod rwlock;
 mod session;
@@ -170,6 +170,58 @@ pub async fn connect(config: &Config) -> Result<Coordinator> {
 
 /// The coordinator-level backend: connection parameters, the layout, and
 /// one shared client for session-less reads and watches.
+/// Direct access to the ensemble a `zookeeper://` URL names, for tools that
+/// use `zookeeper-client` themselves beside quorate (the raw baseline of
+/// `quorate bench`): endpoints, credentials, timeouts, chroot, namespace
+/// and ACLs are validated and applied exactly as [`connect`] does.
+#[derive(Clone)]
+pub struct RawZooKeeper {
+    server: Server,
+    layout: Layout,
+}
+
+impl RawZooKeeper {
+    /// The ensemble and layout of a URL.
+    ///
+    /// # Errors
+    ///
+    /// [`quorate_core::ErrorKind::InvalidConfig`] where [`connect`] refuses
+    /// the URL's endpoints, credentials, chroot or namespace.
+    pub fn from_config(config: &Config) -> Result<RawZooKeeper> {
+        let layout = Layout::from_config(config)?;
+        let server = Server::from_config(config)?;
+        Ok(RawZooKeeper { server, layout })
+    }
+
+    /// `<chroot>/<namespace>`: where quorate's nodes live.
+    pub fn base(&self) -> &str {
+        self.layout.base()
+    }
+
+    /// A new session with the URL's session timeout.
+    ///
+    /// # Errors
+    ///
+    /// [`quorate_core::ErrorKind::Unavailable`] when no server answers
+    /// within `connect_timeout`.
+    pub async fn session(&self) -> Result<zookeeper_client::Client> {
+        self.server.connect(self.server.session_timeout).await
+    }
+
+    /// Options to create a node of `mode` with the ACL quorate's nodes get.
+    pub fn create_options(
+        &self,
+        mode: zookeeper_client::CreateMode,
+    ) -> zookeeper_client::CreateOptions<'static> {
+        self.layout.options(mode)
+    }
+
+    /// A client-library error of `op` on `path`, as quorate reports it.
+    pub fn error(op: &str, path: &str, e: zookeeper_client::Error) -> quorate_core::Error {
+        zk_error(op, path, e)
+    }
+}
+
 struct ZkBackend {
     server: Server,
     layout: Layout,

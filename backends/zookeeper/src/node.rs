@@ -9,21 +9,20 @@ use quorate_core::{name, Config, Error, Result, Secret};
 use zookeeper_client as zk;
 use zookeeper_client::{Acl, Acls, Client, CreateMode, CreateOptions, Permission, Stat};
 
-/// How to reach the ensemble: endpoints, credentials, timeouts. Public so
-/// that raw-client tools (the benchmark baseline) connect exactly as the
-/// backend does.
+/// How to reach the ensemble: endpoints, credentials, timeouts (raw-client
+/// tools reach it through [`crate::RawZooKeeper`]).
 #[derive(Clone)]
-pub struct Server {
+pub(crate) struct Server {
     /// `host:port,host:port` as the client library takes it.
     cluster: String,
     /// `user:password` for the `digest` scheme.
     digest: Option<Secret>,
     /// The requested session timeout (the URL's `session_timeout`/`ttl`).
-    pub session_timeout: Duration,
+    pub(crate) session_timeout: Duration,
     /// The time allowed to establish a session.
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     /// The redacted URL, for messages.
-    pub shown: String,
+    pub(crate) shown: String,
 }
 
 impl Server {
@@ -33,7 +32,7 @@ impl Server {
     ///
     /// [`quorate_core::ErrorKind::InvalidConfig`] for no endpoint, an
     /// endpoint that is not `host:port`, or a user without a password.
-    pub fn from_config(config: &Config) -> Result<Server> {
+    pub(crate) fn from_config(config: &Config) -> Result<Server> {
         if config.endpoints.is_empty() {
             return Err(Error::invalid_config(format!(
                 "`{config}`: give at least one `host:port` (zookeeper://host:2181[,host:2181…][/chroot])"
@@ -95,7 +94,7 @@ impl Server {
     /// # Errors
     ///
     /// [`quorate_core::ErrorKind::Unavailable`] when no server answers in time.
-    pub async fn connect(&self, session_timeout: Duration) -> Result<Client> {
+    pub(crate) async fn connect(&self, session_timeout: Duration) -> Result<Client> {
         self.connect_with(self.connector(session_timeout)).await
     }
 
@@ -147,7 +146,7 @@ impl SharedClient {
 ///
 /// [`quorate_core::ErrorKind::InvalidConfig`] for `.`, `..` or NUL segments,
 /// or a path that is empty or inside `/zookeeper`.
-pub fn base_path(config: &Config) -> Result<String> {
+pub(crate) fn base_path(config: &Config) -> Result<String> {
     let namespace = config.option("namespace").unwrap_or("quorate");
     let mut base = String::new();
     for segment in config
@@ -174,7 +173,7 @@ pub fn base_path(config: &Config) -> Result<String> {
 
 /// Where things live: `<chroot>/<namespace>/…`, and which ACL nodes get.
 #[derive(Clone)]
-pub struct Layout {
+pub(crate) struct Layout {
     base: String,
     authenticated: bool,
 }
@@ -192,7 +191,7 @@ impl Layout {
     /// # Errors
     ///
     /// As [`base_path`].
-    pub fn from_config(config: &Config) -> Result<Layout> {
+    pub(crate) fn from_config(config: &Config) -> Result<Layout> {
         let base = base_path(config)?;
         Ok(Layout {
             base,
@@ -201,7 +200,7 @@ impl Layout {
     }
 
     /// `<chroot>/<namespace>`.
-    pub fn base(&self) -> &str {
+    pub(crate) fn base(&self) -> &str {
         &self.base
     }
 
@@ -215,7 +214,7 @@ impl Layout {
     }
 
     /// Options for a node of `mode` with this layout's ACL.
-    pub fn options(&self, mode: CreateMode) -> CreateOptions<'static> {
+    pub(crate) fn options(&self, mode: CreateMode) -> CreateOptions<'static> {
         mode.with_acls(self.acls())
     }
 
@@ -242,7 +241,7 @@ impl Layout {
 }
 
 /// Map a client error to quorate's, naming the operation and the path.
-pub fn zk_error(op: &str, path: &str, e: zk::Error) -> Error {
+pub(crate) fn zk_error(op: &str, path: &str, e: zk::Error) -> Error {
     let message = format!("ZooKeeper {op} `{path}`: {e}");
     let err = match &e {
         zk::Error::ConnectionLoss

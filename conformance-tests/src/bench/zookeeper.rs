@@ -22,7 +22,7 @@ use quorate::{Config, Error, Result};
 use zookeeper_client as zk;
 use zookeeper_client::{Client, CreateMode, CreateOptions, EventType};
 
-use quorate_zookeeper::{zk_error, Layout, Server};
+use quorate_zookeeper::RawZooKeeper;
 
 use super::{RawBaseline, TASKS};
 
@@ -36,6 +36,11 @@ const NODE_PREFIX: &str = "lock-";
 /// (which the server may reap whenever it is empty).
 const PARENT_RETRIES: usize = 8;
 
+/// A client-library error, as the backend reports it.
+fn zk_error(op: &str, path: &str, e: zk::Error) -> Error {
+    RawZooKeeper::error(op, path, e)
+}
+
 /// The raw baseline of `zookeeper://`.
 ///
 /// - acquire + release: create an ephemeral-sequential node, `getChildren`
@@ -47,10 +52,9 @@ const PARENT_RETRIES: usize = 8;
 ///   reaching the watching client (one write plus one notification: the
 ///   same path length as one raw create, which the issue names).
 pub struct ZooKeeperBaseline {
-    /// Endpoints, credentials and timeouts, exactly as the backend's.
-    server: Server,
-    /// Namespace and ACLs, exactly as the backend's.
-    layout: Layout,
+    /// Endpoints, credentials, timeouts, namespace and ACLs, exactly as the
+    /// backend's.
+    zk: RawZooKeeper,
     /// The redacted URL, for messages.
     shown: String,
     /// `<chroot>/<namespace>/bench-raw-<random>`.
@@ -84,12 +88,10 @@ impl ZooKeeperBaseline {
     /// created.
     pub async fn connect(config: &Config) -> Result<ZooKeeperBaseline> {
         config.reject_unknown_options(OPTIONS)?;
-        let server = Server::from_config(config)?;
-        let layout = Layout::from_config(config)?;
-        let scratch = format!("{}/bench-raw-{:016x}", layout.base(), rand::random::<u64>());
+        let zk = RawZooKeeper::from_config(config)?;
+        let scratch = format!("{}/bench-raw-{:016x}", zk.base(), rand::random::<u64>());
         let mut baseline = ZooKeeperBaseline {
-            server,
-            layout,
+            zk,
             shown: config.redacted(),
             scratch,
             created: Vec::new(),
@@ -125,7 +127,7 @@ impl ZooKeeperBaseline {
 
     /// A new ZooKeeper session, bounded by `connect_timeout`.
     async fn new_client(&self) -> Result<Client> {
-        self.server.connect(self.server.session_timeout).await
+        self.zk.session().await
     }
 
     /// A session for one operation: an idle one, or a new one when every
@@ -144,7 +146,7 @@ impl ZooKeeperBaseline {
 
     /// Create options of `mode` with the URL's ACL.
     fn options(&self, mode: CreateMode) -> CreateOptions<'static> {
-        self.layout.options(mode)
+        self.zk.create_options(mode)
     }
 
     /// The container of `key`'s nodes.
@@ -306,7 +308,9 @@ mod tests {
 
     #[test]
     fn base_joins_chroot_and_namespace_like_the_backend() {
-        let base = |url: &str| quorate_zookeeper::base_path(&Config::parse(url).unwrap());
+        let base = |url: &str| {
+            RawZooKeeper::from_config(&Config::parse(url).unwrap()).map(|zk| zk.base().to_owned())
+        };
         assert_eq!(base("zookeeper://h:1").unwrap(), "/quorate");
         assert_eq!(base("zookeeper://h:1/a/b").unwrap(), "/a/b/quorate");
         assert_eq!(base("zookeeper://h:1/a?namespace=x/y").unwrap(), "/a/x/y");
