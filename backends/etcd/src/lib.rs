@@ -123,35 +123,51 @@ pub async fn connect(config: &Config) -> Result<Coordinator> {
     ))
 }
 
-/// What a client of an etcd URL needs, validated exactly as [`connect`]
-/// validates it: for tools that use `etcd-client` directly on the same etcd
-/// (the raw baseline of `quorate bench`).
-pub struct ClientSettings {
-    /// `http[s]://host:port` of every endpoint.
-    pub endpoints: Vec<String>,
-    /// The namespace every key lives under, without a trailing `/`.
-    pub namespace: String,
-    /// The connect timeout, credentials and TLS files of the URL (and the
-    /// backend's HTTP/2 keep-alive settings).
-    pub options: ConnectOptions,
+/// Direct access to the etcd cluster a URL names, for tools that use
+/// `etcd-client` themselves beside quorate (the raw baseline of
+/// `quorate bench`): endpoints, credentials, TLS files and namespace are
+/// validated and applied exactly as [`connect`] does.
+pub struct RawEtcd {
+    endpoints: Vec<String>,
+    namespace: String,
+    options: ConnectOptions,
 }
 
-/// The [`ClientSettings`] of an `etcd://` or `etcds://` URL.
-///
-/// # Errors
-///
-/// [`ErrorKind::InvalidConfig`] for a URL [`connect`] refuses as such
-/// (another scheme, no endpoint, an empty namespace segment or one that
-/// would nest inside another namespace's keys, unknown
-/// options, a user without a password or the reverse, TLS options on
-/// `etcd://`, TLS files that cannot be read).
-pub fn client_settings(config: &Config) -> Result<ClientSettings> {
-    let s = Settings::from_config(config)?;
-    Ok(ClientSettings {
-        endpoints: s.endpoints,
-        namespace: s.namespace,
-        options: s.options,
-    })
+impl RawEtcd {
+    /// The cluster and namespace of an `etcd://` or `etcds://` URL.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidConfig`] for a URL [`connect`] refuses as such
+    /// (another scheme, no endpoint, an empty namespace segment or one that
+    /// would nest inside another namespace's keys, unknown options, a user
+    /// without a password or the reverse, TLS options on `etcd://`, TLS
+    /// files that cannot be read).
+    pub fn from_config(config: &Config) -> Result<RawEtcd> {
+        let s = Settings::from_config(config)?;
+        Ok(RawEtcd {
+            endpoints: s.endpoints,
+            namespace: s.namespace,
+            options: s.options,
+        })
+    }
+
+    /// The namespace every key of quorate's lives under, without a trailing
+    /// `/`.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// A new client on the URL's endpoints, with its connect timeout,
+    /// credentials and TLS files (and the backend's HTTP/2 keep-alive
+    /// settings).
+    ///
+    /// # Errors
+    ///
+    /// The client library's, unmapped: the caller names the operation.
+    pub async fn client(&self) -> std::result::Result<etcd_client::Client, etcd_client::Error> {
+        etcd_client::Client::connect(&self.endpoints, Some(self.options.clone())).await
+    }
 }
 
 /// The parsed, validated connection settings.

@@ -10,7 +10,7 @@
 //! for whatever a failed operation left. The keys have no lease: a process
 //! that dies mid-run leaves them until someone deletes the prefix.
 //!
-//! The URL is read by `quorate-etcd` itself ([`quorate_etcd::client_settings`]):
+//! The URL is read by `quorate-etcd` itself ([`quorate_etcd::RawEtcd`]):
 //! endpoints with the default port 2379, the namespace (default
 //! `quorate`), `user:password@`, and for `etcds://` the `ca`, `cert` and
 //! `key` files.
@@ -74,16 +74,14 @@ impl EtcdBaseline {
     /// `connect_timeout`; `Unauthenticated` when etcd refuses the
     /// credentials.
     pub async fn connect(config: &Config) -> Result<EtcdBaseline> {
-        let quorate_etcd::ClientSettings {
-            endpoints,
-            namespace,
-            options,
-        } = quorate_etcd::client_settings(config)?;
+        let raw = quorate_etcd::RawEtcd::from_config(config)?;
+        let namespace = raw.namespace();
         let shown = config.redacted();
         let limit = config.connect_timeout;
         let probe = format!("{namespace}/");
         let open = || async {
-            let mut client = Client::connect(&endpoints, Some(options.clone()))
+            let mut client = raw
+                .client()
                 .await
                 .map_err(|e| etcd_error("connect to", &shown, e))?;
             client
