@@ -317,22 +317,42 @@ impl ExGrant {
         value: &[u8],
         release: bool,
     ) -> Result<bool> {
-        let data = encode(key);
-        let applied: i64 = self
-            .ctx
-            .eval(
-                "guarded write",
-                &scripts::GUARDED_WRITE,
-                &[
-                    self.space.kind().as_bytes(),
-                    self.enc.as_bytes(),
-                    self.token.as_bytes(),
-                    data.as_bytes(),
-                    value,
-                    if release { b"1" } else { b"0" },
-                ],
-            )
-            .await?;
-        Ok(applied == 1)
+        guarded_write(
+            &self.ctx,
+            [self.space.kind(), &self.enc, &self.token],
+            key,
+            value,
+            release,
+        )
+        .await
     }
+}
+
+/// Write `value` to the data key `key` if the grant `[kind, enc, token]`
+/// (`kind`: the key space of an exclusive lock, or `readers`) is still
+/// held, and give the grant back in the same script if `release`: the one
+/// guarded write of every lock. Whether it applied.
+pub(crate) async fn guarded_write(
+    ctx: &Ctx,
+    [kind, enc, token]: [&str; 3],
+    key: &str,
+    value: &[u8],
+    release: bool,
+) -> Result<bool> {
+    let data = encode(key);
+    let applied: i64 = ctx
+        .eval(
+            "guarded write",
+            &scripts::GUARDED_WRITE,
+            &[
+                kind.as_bytes(),
+                enc.as_bytes(),
+                token.as_bytes(),
+                data.as_bytes(),
+                value,
+                if release { b"1" } else { b"0" },
+            ],
+        )
+        .await?;
+    Ok(applied == 1)
 }

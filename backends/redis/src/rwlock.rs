@@ -30,7 +30,7 @@ use quorate_core::name::encode;
 use quorate_core::spi::{AfterWrite, HeldLock};
 use quorate_core::{FencingToken, Result};
 
-use crate::queue::{grant, Cleanup};
+use crate::queue::{grant, guarded_write, Cleanup};
 use crate::session::{RedisSession, Registration};
 use crate::{scripts, Ctx};
 
@@ -116,22 +116,13 @@ impl HeldLock for RedisRwLock {
 
     async fn write_if_held(&self, key: &str, value: &[u8], then: AfterWrite) -> Result<bool> {
         let release = then == AfterWrite::Release;
-        let data = encode(key);
-        let applied: i64 = self
-            .ctx
-            .eval(
-                "guarded write",
-                &scripts::GUARDED_WRITE,
-                &[
-                    b"readers",
-                    self.enc.as_bytes(),
-                    self.member.as_bytes(),
-                    data.as_bytes(),
-                    value,
-                    if release { b"1" } else { b"0" },
-                ],
-            )
-            .await?;
-        Ok(applied == 1)
+        guarded_write(
+            &self.ctx,
+            ["readers", &self.enc, &self.member],
+            key,
+            value,
+            release,
+        )
+        .await
     }
 }
