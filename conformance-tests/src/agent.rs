@@ -10,7 +10,7 @@
 //! agent already knows its lock is lost: the backend must refuse it),
 //! `fenced ADDR NAME VALUE` (write to the [fenced register] at ADDR with
 //! the fence of the grant it believes it holds), `exit`. It answers each
-//! with one JSON line (`granted`, `released`, `write`, `guarded`, `fenced`,
+//! with one JSON line (`granted`, `releasing` then `released`, `write`, `guarded`, `fenced`,
 //! `error`) and prints `{"event":"lost",…}` on its own when its lock is
 //! lost.
 //!
@@ -42,6 +42,13 @@ pub enum AgentEvent {
         /// When the grant returned, on the host's monotonic clock
         /// ([`mono_ns`], comparable across processes).
         #[serde(default)]
+        at_ns: u64,
+    },
+    /// The agent is about to release (or resign): it stopped believing
+    /// it holds the lock at `at_ns`. Written *before* the release starts,
+    /// so a holder stopped or killed during its release has said so.
+    Releasing {
+        /// When it stopped believing, on the host's monotonic clock.
         at_ns: u64,
     },
     /// The lock was released.
@@ -517,6 +524,9 @@ pub async fn serve(url: &str) {
                     let _ = w.await;
                 }
                 let at_ns = mono_ns();
+                if guard.is_some() {
+                    emit(&AgentEvent::Releasing { at_ns });
+                }
                 match guard.take() {
                     Some(g) => match g.give_back().await {
                         Ok(()) => emit(&AgentEvent::Released { at_ns }),

@@ -593,7 +593,7 @@ impl Driver {
                 let hold = Duration::from_millis(rand::rng().random_range(0..50));
                 State::Holding(tokio::time::Instant::now() + hold)
             }
-            AgentEvent::Lost { at_ns, .. } => {
+            AgentEvent::Lost { at_ns, .. } | AgentEvent::Releasing { at_ns } => {
                 self.end_hold(at_ns);
                 state
             }
@@ -644,6 +644,7 @@ impl Driver {
                 self.hold = Some((self.round, i, at_ns));
             }
             AgentEvent::Lost { at_ns, .. }
+            | AgentEvent::Releasing { at_ns }
             | AgentEvent::Released { at_ns }
             | AgentEvent::ReleaseFailed { at_ns, .. } => self.end_hold(at_ns),
             AgentEvent::Fenced {

@@ -133,6 +133,10 @@ pub mod mutual_exclusion {
                     history.released(hold);
                     agent.send("release").await?;
                     match agent.next_event(Duration::from_secs(10)).await? {
+                        AgentEvent::Releasing { .. } => {}
+                        other => return Err(format!("{name}'s release: {other:?}")),
+                    }
+                    match agent.next_event(Duration::from_secs(10)).await? {
                         AgentEvent::Released { .. } => {}
                         other => return Err(format!("{name}'s release: {other:?}")),
                     }
