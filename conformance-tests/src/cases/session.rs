@@ -229,12 +229,17 @@ pub mod manual_keepalive_keeps_session {
         let (_b, sb) = client(&t).await?;
         let sa = coord
             .session_with(SessionOptions {
-                ttl: Some(Duration::from_secs(1)),
+                // The suite's lease TTL (2 s, as the fault cases use): at
+                // 1 s (a 750 ms lease on ZooKeeper, whose keep-alive is a
+                // `sync` through the leader) one keep-alive round trip on a
+                // loaded 3-server ensemble outlasted the 675 ms window once,
+                // and the session was reported lost (docs/backends.md).
+                ttl: Some(Duration::from_secs(2)),
                 keep_alive: KeepAlive::Manual,
             })
             .await?;
         // No lease (file://): keep-alives at the requested pace anyway.
-        let ttl = sa.ttl().unwrap_or(Duration::from_secs(1));
+        let ttl = sa.ttl().unwrap_or(Duration::from_secs(2));
         let g = sa.mutex("m").lock().await?;
         let start = Instant::now();
         while start.elapsed() < ttl * 3 {
