@@ -421,37 +421,56 @@ pub mod partition_loss_before_expiry {
     const NAME: &str = "partition";
 
     pub async fn run(t: Target) -> CaseResult {
-        let faults = controller(&t)?;
-        let upstream = faults.proxy_upstream().ok_or_else(|| {
-            CaseError::Unverified("the controller names no server to proxy".into())
-        })?;
-        let proxy = TcpProxy::start(upstream)
-            .await
-            .map_err(|e| CaseError::Unverified(format!("starting the proxy: {e}")))?;
+        let proxy = proxy(&t).await?;
         let ca = crate::connect(&t.via(proxy.addr()).url_with("ttl", TTL)).await?;
         let sa = ca.session().await?;
-        let mut a = Watched::new(sa.mutex(NAME).lock().await?);
-        let fa = a.fence();
+        let g = sa.mutex(NAME).lock().await?;
+        let f = black_hole_holder(&t, &proxy, NAME, g, "the partitioned holder").await;
+        quietly(sa.close()).await;
+        f
+    }
 
+    /// A proxy in front of the target's server.
+    pub(in crate::cases) async fn proxy(t: &Target) -> Result<TcpProxy, CaseError> {
+        let upstream = controller(t)?.proxy_upstream().ok_or_else(|| {
+            CaseError::Unverified("the controller names no server to proxy".into())
+        })?;
+        TcpProxy::start(upstream)
+            .await
+            .map_err(|e| CaseError::Unverified(format!("starting the proxy: {e}")))
+    }
+
+    /// Black-hole `proxy`, the only way of `holder` (a grant of `name`) to
+    /// its server, while another client asks for `name`: the holder (`who`)
+    /// must be told before the other is granted, and the new fence must be
+    /// above the holder's. Heals the proxy before it returns.
+    pub(in crate::cases) async fn black_hole_holder(
+        t: &Target,
+        proxy: &TcpProxy,
+        name: &'static str,
+        holder: quorate::LockGuard,
+        who: &str,
+    ) -> Result<Figures, CaseError> {
         proxy.set_mode(ProxyMode::Blackhole);
         let cut = Instant::now();
+        let mut a = Watched::new(holder);
+        let fa = a.fence();
         let (other, _) = contend(
             t.url_with("ttl", TTL),
-            NAME,
+            name,
             std::time::Duration::from_secs_f64(LIMIT),
         );
         let told = a
-            .told(LIMIT, "the partitioned holder is told it lost the lock")
+            .told(LIMIT, &format!("{who} is told it lost the lock"))
             .await;
         let grant = granted(
             LIMIT,
-            "another client gets the lock of the partitioned holder",
+            &format!("another client gets the lock of {who}"),
             other,
         )
         .await;
         proxy.set_mode(ProxyMode::Pass);
         a.finish().await;
-        quietly(sa.close()).await;
         let (told, grant) = (told?, grant?);
         let (granted, fb) = (grant.at, grant.fence);
         grant.finish().await;
@@ -462,13 +481,13 @@ pub mod partition_loss_before_expiry {
         f.insert("other_granted_ms".into(), ms(cut, granted));
         ensure!(
             told < granted,
-            "another client was granted the lock {:.0} ms after the partition, before the partitioned holder was told ({:.0} ms): a double grant",
+            "another client was granted the lock {:.0} ms after the partition, before {who} was told ({:.0} ms): a double grant",
             ms(cut, granted),
             ms(cut, told)
         );
         ensure!(
             fb > fa,
-            "the new grant's fence {fb} is not above the partitioned holder's {fa}"
+            "the new grant's fence {fb} is not above the fence {fa} of {who}"
         );
         Ok(f)
     }
@@ -482,23 +501,17 @@ pub mod handoff_partition_loss_before_expiry {
     //! client's request, must start the waiter's clock no later than the
     //! backend's.)
 
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
+    use super::partition_loss_before_expiry::{black_hole_holder, proxy};
     use super::*;
     use crate::ensure;
-    use crate::harness::{ProxyMode, TcpProxy};
-    use crate::outcome::{CaseError, CaseResult, Figures};
+    use crate::outcome::{CaseError, CaseResult};
 
     const NAME: &str = "handoff-partition";
 
     pub async fn run(t: Target) -> CaseResult {
-        let faults = controller(&t)?;
-        let upstream = faults.proxy_upstream().ok_or_else(|| {
-            CaseError::Unverified("the controller names no server to proxy".into())
-        })?;
-        let proxy = TcpProxy::start(upstream)
-            .await
-            .map_err(|e| CaseError::Unverified(format!("starting the proxy: {e}")))?;
+        let proxy = proxy(&t).await?;
         let cb = crate::connect(&t.url_with("ttl", TTL)).await?;
         let sb = cb.session().await?;
         let first = sb.mutex(NAME).lock().await?;
@@ -520,43 +533,17 @@ pub mod handoff_partition_loss_before_expiry {
         let g = crate::outcome::within(LIMIT, "the waiter is granted by the hand-off", waiting)
             .await?
             .map_err(|e| CaseError::Fail(format!("the waiting task failed: {e}")))??;
-        proxy.set_mode(ProxyMode::Blackhole);
-        let cut = Instant::now();
-        let mut a = Watched::new(g);
-        let fa = a.fence();
-        let (other, _) = contend(t.url_with("ttl", TTL), NAME, Duration::from_secs_f64(LIMIT));
-        let told = a
-            .told(LIMIT, "the partitioned holder is told it lost the lock")
-            .await;
-        let grant = granted(
-            LIMIT,
-            "another client gets the lock of the partitioned holder",
-            other,
+        let f = black_hole_holder(
+            &t,
+            &proxy,
+            NAME,
+            g,
+            "the partitioned holder (granted by a hand-off)",
         )
         .await;
-        proxy.set_mode(ProxyMode::Pass);
-        a.finish().await;
         quietly(sa.close()).await;
         quietly(sb.close()).await;
-        let (told, grant) = (told?, grant?);
-        let (granted, fb) = (grant.at, grant.fence);
-        grant.finish().await;
-
-        let mut f = Figures::new();
-        f.insert("ttl_ms".into(), ttl().as_secs_f64() * 1000.0);
-        f.insert("holder_told_ms".into(), ms(cut, told));
-        f.insert("other_granted_ms".into(), ms(cut, granted));
-        ensure!(
-            told < granted,
-            "another client was granted the lock {:.0} ms after the partition, before the partitioned holder (granted by a hand-off) was told ({:.0} ms): a double grant",
-            ms(cut, granted),
-            ms(cut, told)
-        );
-        ensure!(
-            fb > fa,
-            "the new grant's fence {fb} is not above the partitioned holder's {fa}"
-        );
-        Ok(f)
+        f
     }
 }
 
