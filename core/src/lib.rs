@@ -19,6 +19,7 @@ mod fence;
 mod grant;
 mod group;
 pub mod loss;
+mod model;
 mod mutex;
 pub mod name;
 pub mod reach;
@@ -35,10 +36,11 @@ pub use error::{Error, ErrorKind, Result};
 pub use fence::FencingToken;
 pub use group::{Group, Membership};
 pub use loss::LossReason;
+pub use model::{GroupEvent, Leader, LockKind, Member};
 pub use mutex::{LockGuard, Mutex};
 pub use rwlock::RwLock;
 pub use session::{safety_margin, KeepAlive, Session, SessionOptions};
-pub use spi::{Acquire, AfterWrite, GroupEvent, Leader, LockKind, Member};
+pub use spi::{Acquire, AfterWrite};
 
 /// Re-exports for backend crates.
 pub mod backend {

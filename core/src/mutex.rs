@@ -11,7 +11,8 @@ use crate::grant::{GiveBack, Grant};
 use crate::loss::{GuardLoss, LossReason};
 use crate::name;
 use crate::session::{ClaimKey, Session, WhileGivingBack};
-use crate::spi::{Acquire, Acquired, AfterWrite, HeldLock, LockKind};
+use crate::spi::{Acquire, Acquired, AfterWrite, HeldLock};
+use crate::LockKind;
 
 /// A named mutual-exclusion lock owned by a [`Session`]. Waiters are
 /// granted in arrival order where the backend declares `fifo`.

@@ -44,13 +44,14 @@ use etcd_client::{Certificate, ConnectOptions, GetOptions, Identity, TlsOptions,
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
 use quorate_core::spi::{
-    Acquire, Acquired, Backend, HeldLeadership, HeldMembership, Leader, LockKind, Member,
-    RawGroupWatch, RawObserve, SessionBackend,
+    Acquire, Acquired, Backend, HeldLeadership, HeldMembership, RawGroupWatch, RawObserve,
+    SessionBackend,
 };
 use quorate_core::{
     Capabilities, Config, Coordinator, Error, ErrorKind, FailureDetection, Primitives, Result,
     RwOrdering, Scope,
 };
+use quorate_core::{Leader, LockKind, Member};
 
 use client::Shared;
 use keys::Layout;
