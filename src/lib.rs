@@ -15,7 +15,7 @@
 //! quorate = { version = "0.1", default-features = false, features = ["file"] }
 //! tokio = { version = "1", features = ["rt-multi-thread", "macros"] }
 //! futures = "0.3"    # StreamExt, for watch() and observe()
-//! serde_json = "1"   # a member's capabilities
+//! serde_json = "1"   # a member's capabilities (or use quorate::serde_json)
 //! ```
 //!
 //! quorate runs on [tokio](https://docs.rs/tokio): call it from inside a

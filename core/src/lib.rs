@@ -42,6 +42,11 @@ pub use rwlock::RwLock;
 pub use session::{safety_margin, KeepAlive, Session, SessionOptions};
 pub use spi::{Acquire, AfterWrite};
 
+/// The JSON crate whose `Value` carries a member's capabilities
+/// ([`Member::capabilities`]), re-exported so callers need no dependency
+/// of their own with a matching version: `quorate::serde_json::json!({…})`.
+pub use serde_json;
+
 /// Re-exports for backend crates.
 pub mod backend {
     pub use async_trait::async_trait;
