@@ -69,6 +69,7 @@
 //! | `zookeeper` | yes | `zookeeper://` |
 //! | `redis` | yes | `redis://` (no TLS stack) |
 //! | `redis-tls` | yes | `rediss://` (rustls) |
+//! | `metrics` | no | acquire wait, hold time, losses, keep-alive latency through the `metrics` crate facade (names in [`metrics`]) |
 //!
 //! Pick only what you use: `default-features = false, features = ["etcd"]`.
 //!

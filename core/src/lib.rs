@@ -19,6 +19,7 @@ mod fence;
 mod grant;
 mod group;
 pub mod loss;
+pub mod metrics;
 mod model;
 mod mutex;
 pub mod name;
