@@ -65,7 +65,8 @@
 //! |---|---|---|
 //! | `memory` | yes | `memory://` |
 //! | `file` | yes | `file://` |
-//! | `etcd` | yes | `etcd://` |
+//! | `etcd` | yes | `etcd://` (no TLS stack) |
+//! | `etcd-tls` | yes | `etcds://` (rustls) |
 //! | `zookeeper` | yes | `zookeeper://` |
 //! | `redis` | yes | `redis://` (no TLS stack) |
 //! | `redis-tls` | yes | `rediss://` (rustls) |
