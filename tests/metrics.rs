@@ -49,7 +49,9 @@ fn samples(all: &[(String, Vec<String>, DebugValue)], name: &str, labels: &[&str
 async fn grants_waits_holds_losses_and_keepalives_are_recorded() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    recorder.install().expect("the only recorder of this test binary");
+    recorder
+        .install()
+        .expect("the only recorder of this test binary");
 
     let coord = quorate::connect("memory://metrics-test?ttl=300ms")
         .await
@@ -71,7 +73,11 @@ async fn grants_waits_holds_losses_and_keepalives_are_recorded() {
     let all = snapshot(&snapshotter);
     let b = "backend=memory";
     assert_eq!(
-        counter(&all, "quorate_grants_total", &[b, "kind=mutex", "mode=wait"]),
+        counter(
+            &all,
+            "quorate_grants_total",
+            &[b, "kind=mutex", "mode=wait"]
+        ),
         1
     );
     assert_eq!(
@@ -79,7 +85,11 @@ async fn grants_waits_holds_losses_and_keepalives_are_recorded() {
         1
     );
     assert_eq!(
-        samples(&all, "quorate_acquire_seconds", &[b, "mode=try", "outcome=busy"]),
+        samples(
+            &all,
+            "quorate_acquire_seconds",
+            &[b, "mode=try", "outcome=busy"]
+        ),
         1
     );
     assert_eq!(
@@ -88,7 +98,11 @@ async fn grants_waits_holds_losses_and_keepalives_are_recorded() {
         "{all:?}"
     );
     assert_eq!(
-        counter(&all, "quorate_losses_total", &[b, "grant=lock", "reason=gone"]),
+        counter(
+            &all,
+            "quorate_losses_total",
+            &[b, "grant=lock", "reason=gone"]
+        ),
         1,
         "{all:?}"
     );

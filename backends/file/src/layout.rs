@@ -338,8 +338,7 @@ pub(crate) fn bump_fence(file: &File, path: &Path) -> Result<u64> {
             issued: None,
         }) => (reserved, reserved),
     };
-    let overflow =
-        || Error::backend(format!("the counter of `{}` overflowed", path.display()));
+    let overflow = || Error::backend(format!("the counter of `{}` overflowed", path.display()));
     let next = last.checked_add(1).ok_or_else(overflow)?;
     let write = |offset: u64, text: String| {
         file.write_all_at(text.as_bytes(), offset)

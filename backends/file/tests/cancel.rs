@@ -106,7 +106,11 @@ async fn a_dropped_wait_stops_waiting_at_once_and_never_acquires() {
     // The lock file's second line is the last fence handed out.
     let text = std::fs::read_to_string(quorate_file::mutex_path(dir.path(), "m")).unwrap();
     let issued = text.lines().nth(1).and_then(|l| l.get(..20));
-    assert_eq!(issued, Some(format!("{:020}", f1.get()).as_str()), "{text:?}");
+    assert_eq!(
+        issued,
+        Some(format!("{:020}", f1.get()).as_str()),
+        "{text:?}"
+    );
     let next = s3.mutex("m").try_lock().await.unwrap().expect("free");
     assert_eq!(next.fence().get(), f1.get() + 1);
     assert!(c.leftovers().await.unwrap().len() == 1);

@@ -140,7 +140,11 @@ fn counters(path: &std::path::Path) -> (u64, u64, String) {
     let (reserved, slot) = text.split_once('\n').expect("two lines");
     let slot = slot.strip_suffix('\n').expect("a newline after the slot");
     let (issued, boot) = slot.split_once(' ').expect("fence and boot id");
-    (reserved.parse().unwrap(), issued.parse().unwrap(), boot.to_owned())
+    (
+        reserved.parse().unwrap(),
+        issued.parse().unwrap(),
+        boot.to_owned(),
+    )
 }
 
 fn this_boot() -> String {
@@ -169,7 +173,10 @@ async fn fences_never_repeat_after_a_machine_crash_lost_the_unsynced_slot() {
     let path = quorate_file::mutex_path(dir.path(), "m");
     let (reserved, issued, _) = counters(&path);
     assert_eq!(issued, last);
-    assert!(reserved > last, "a block is reserved ahead: {reserved} vs {last}");
+    assert!(
+        reserved > last,
+        "a block is reserved ahead: {reserved} vs {last}"
+    );
     // The disk after the crash: the slot as it was 15 grants ago, from the
     // boot before.
     let stale = format!(
