@@ -23,7 +23,7 @@ use quorate_core::{FencingToken, Result};
 
 use crate::client::Shared;
 use crate::keys::lease_hex;
-use crate::mutex::{enqueue_and_wait, Blockers, Entry};
+use crate::mutex::{enqueue_and_wait, Blockers, Entry, SoleHandoff};
 use crate::not_held;
 use crate::owned::HeldKey;
 use crate::session::EtcdSession;
@@ -42,7 +42,8 @@ pub(crate) async fn campaign(
         value,
         blockers: Blockers::prefix(&prefix),
     };
-    let held = enqueue_and_wait(session, &entry).await?;
+    // Leadership is always read again before it is announced.
+    let (held, _) = enqueue_and_wait(session, &entry, SoleHandoff::Check).await?;
     tracing::debug!(key = %held.key, fence = held.rev, "elected");
     Ok(Box::new(EtcdLeadership { held, loss }))
 }

@@ -12,12 +12,22 @@
 //! other. The fencing token is the holder key's create revision.
 //!
 //! The transaction that creates the entry also reads, after the put, the
-//! last two keys of each blocker range by create revision: our own key is
+//! last three keys of each blocker range by create revision: our own key is
 //! the newest key there, so the newest other key is our immediate
 //! predecessor, read atomically with our arrival. With none, the lock is
 //! ours on that one request (as Go's `concurrency.Mutex`, which reads the
 //! first key in the same transaction): an uncontended acquire + release is
 //! two requests. With one, we watch it at once, without another read.
+//!
+//! **Hand-off without a re-read.** When that predecessor was the *only*
+//! key ahead of us, its deletion (seen as a committed delete event) makes
+//! the lock ours: no key created later can precede us. A lock is then
+//! granted on the event itself, and the check that our own key stood at
+//! the deletion's revision (it could only be gone if our lease was revoked
+//! meanwhile) runs after the grant, firing the guard's loss if it fails:
+//! the hand-off costs the release's event, not one more round trip. With
+//! more keys ahead, or when the wait ended without seeing the deletion, the
+//! queue is read again (and elections always read it again).
 //!
 //! # Cancel safety
 //!
@@ -66,19 +76,19 @@ impl Blockers {
         )])
     }
 
-    /// The reads that go with the entry's put, in its transaction: the two
-    /// newest keys of each range by create revision (keys only). The
+    /// The reads that go with the entry's put, in its transaction: the
+    /// three newest keys of each range by create revision (keys only). The
     /// entry's own key, when it lies in a range, is the newest of it (no
-    /// other key can be created by that transaction), so the other one is
-    /// the newest key created before it.
-    fn newest_two(&self) -> Vec<TxnOp> {
+    /// other key can be created by that transaction), so the others are the
+    /// newest keys created before it — enough to tell none, one, or more.
+    fn newest_three(&self) -> Vec<TxnOp> {
         self.0
             .iter()
             .map(|(start, end)| {
                 let newest = GetOptions::new()
                     .with_range(end.clone())
                     .with_sort(SortTarget::Create, SortOrder::Descend)
-                    .with_limit(2)
+                    .with_limit(3)
                     .with_keys_only();
                 TxnOp::get(start.clone(), Some(newest))
             })
@@ -86,15 +96,51 @@ impl Blockers {
     }
 }
 
-/// The key created last before the entry `own` (created at `rev`), from
-/// the answers of [`Blockers::newest_two`]: across the ranges, the newest
-/// key that is not `own` and was created before `rev`.
-fn predecessor(own: &str, rev: i64, ranges: Vec<Vec<KeyValue>>) -> Option<KeyValue> {
-    ranges
+/// The keys ahead of the entry `own` (created at `rev`), as far as
+/// [`Blockers::newest_three`] read them.
+enum Ahead {
+    /// Nothing: the entry is granted.
+    Nobody,
+    /// Exactly this key: its deletion grants the entry.
+    Only(KeyValue),
+    /// This key (the last one created before the entry) and others.
+    Several(KeyValue),
+}
+
+fn ahead(own: &str, rev: i64, ranges: Vec<Vec<KeyValue>>) -> Ahead {
+    let mut before: Vec<KeyValue> = ranges
         .into_iter()
         .flatten()
         .filter(|kv| kv.key() != own.as_bytes() && kv.create_revision() < rev)
-        .max_by_key(KeyValue::create_revision)
+        .collect();
+    before.sort_by_key(KeyValue::create_revision);
+    match (before.pop(), before.is_empty()) {
+        (None, _) => Ahead::Nobody,
+        (Some(last), true) => Ahead::Only(last),
+        (Some(last), false) => Ahead::Several(last),
+    }
+}
+
+/// How a waiter whose only predecessor was deleted proceeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SoleHandoff {
+    /// Granted on the delete event; the caller confirms the grant after.
+    Grant,
+    /// Read the queue again before the grant.
+    Check,
+}
+
+/// Whether a grant from [`enqueue_and_wait`] still needs its confirmation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Confirm {
+    /// Read with the grant (or the entry was never behind anyone).
+    Done,
+    /// Granted on the predecessor's delete event at `revision`: check that
+    /// our key stood then ([`HeldKey::confirm_later`]).
+    Pending {
+        /// The revision of the predecessor's deletion.
+        revision: i64,
+    },
 }
 
 /// Acquire a lock of any kind.
@@ -108,7 +154,11 @@ pub(crate) async fn lock(
     // One name, one lock: the mutex is the write side (see `rwlock`).
     let entry = rwlock::entry(session, name, kind);
     let held = if wait {
-        Some(enqueue_and_wait(session, &entry).await?)
+        let (held, confirm) = enqueue_and_wait(session, &entry, SoleHandoff::Grant).await?;
+        if let Confirm::Pending { revision } = confirm {
+            held.confirm_later(revision, loss.clone());
+        }
+        Some(held)
     } else {
         try_take(session, &entry).await?
     };
@@ -161,9 +211,13 @@ async fn try_take(session: &EtcdSession, entry: &Entry<'_>) -> Result<Option<Hel
 ///
 /// Dropping the future at any await point deletes the entry in the
 /// background ([`OwnKey`]), only our key of our lease and create revision.
-pub(crate) async fn enqueue_and_wait(session: &EtcdSession, entry: &Entry<'_>) -> Result<HeldKey> {
+pub(crate) async fn enqueue_and_wait(
+    session: &EtcdSession,
+    entry: &Entry<'_>,
+    sole: SoleHandoff,
+) -> Result<(HeldKey, Confirm)> {
     let mut own = OwnKey::claim(session, entry.key.clone()).await;
-    let reads = entry.blockers.newest_two();
+    let reads = entry.blockers.newest_three();
     let ranges = match own.create(session, entry.value, &[], &reads, true).await? {
         Created::Yes(ranges) => ranges,
         Created::Refused => {
@@ -177,12 +231,15 @@ pub(crate) async fn enqueue_and_wait(session: &EtcdSession, entry: &Entry<'_>) -
         }
     };
     let rev = own.rev();
-    let ahead = predecessor(&entry.key, rev, ranges);
-    tracing::debug!(key = %own.key(), rev, queued_behind = ahead.is_some(), "queued");
-    if let Some(ahead) = ahead {
-        wait_for_turn(session, entry, rev, ahead).await?;
-    }
-    own.keep()
+    let confirm = match ahead(&entry.key, rev, ranges) {
+        Ahead::Nobody => Confirm::Done,
+        Ahead::Only(last) => wait_for_turn(session, entry, rev, last, sole).await?,
+        Ahead::Several(last) => {
+            wait_for_turn(session, entry, rev, last, SoleHandoff::Check).await?
+        }
+    };
+    tracing::debug!(key = %own.key(), rev, ?confirm, "granted in the queue");
+    Ok((own.keep()?, confirm))
 }
 
 /// Wait until no key of `entry.blockers` has a create revision below `rev`,
@@ -195,7 +252,8 @@ async fn wait_for_turn(
     entry: &Entry<'_>,
     rev: i64,
     mut ahead: KeyValue,
-) -> Result<()> {
+    mut sole: SoleHandoff,
+) -> Result<Confirm> {
     // The last key created before ours in each blocker range.
     let gets: Vec<TxnOp> = entry
         .blockers
@@ -217,13 +275,18 @@ async fn wait_for_turn(
             waiting_for = %String::from_utf8_lossy(ahead.key()),
             "waiting for predecessor"
         );
-        watch::wait_deleted(
+        let deleted = watch::wait_deleted(
             &session.shared,
             ahead.key().to_vec(),
             fallback(session),
             &mut backoff,
         )
         .await;
+        if let (SoleHandoff::Grant, watch::Deleted::Seen { revision }) = (sole, deleted) {
+            return Ok(Confirm::Pending { revision });
+        }
+        // Once read again, `ahead` may have others before it.
+        sole = SoleHandoff::Check;
         let txn = Txn::new()
             .when([Compare::create_revision(
                 entry.key.clone(),
@@ -247,7 +310,7 @@ async fn wait_for_turn(
             .max_by_key(KeyValue::create_revision)
         {
             Some(next) => ahead = next,
-            None => return Ok(()),
+            None => return Ok(Confirm::Done),
         }
     }
 }

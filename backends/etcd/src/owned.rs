@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 
 use etcd_client::{Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnResponse};
 use quorate_core::cleanup::{spawn_retrying, GiveUp};
+use quorate_core::loss::LossNotifier;
 use quorate_core::{Error, FencingToken, Result};
 use tokio::sync::OwnedMutexGuard;
 use tokio::task::JoinHandle;
@@ -252,6 +253,36 @@ impl HeldKey {
             Some(GetOptions::new().with_count_only()),
         )]);
         Ok(self.shared.txn(op, txn).await?.succeeded())
+    }
+
+    /// Check in the background that this key existed, as we created it,
+    /// at `revision` (the revision of the predecessor's deletion that
+    /// granted it, before our own key was read again), and fire `loss` if
+    /// it did not. A read *at* that revision, so a release or loss after
+    /// the grant does not count. An error (a compacted revision, a cut-off
+    /// member) leaves it to the session's keep-alive, which reports a lease
+    /// that is gone.
+    pub(crate) fn confirm_later(&self, revision: i64, loss: LossNotifier) {
+        let (shared, key, lease, rev) =
+            (self.shared.clone(), self.key.clone(), self.lease, self.rev);
+        tokio::spawn(async move {
+            let at = GetOptions::new().with_revision(revision);
+            match shared.get("confirm grant", &key, Some(at)).await {
+                Ok(r) => {
+                    let stood = r
+                        .kvs()
+                        .first()
+                        .is_some_and(|kv| kv.create_revision() == rev && kv.lease() == lease);
+                    if !stood {
+                        tracing::warn!(%key, revision, "granted on the predecessor's deletion, but our key was gone by then");
+                        loss.fire("the lock's key was gone when it was granted (lease revoked)");
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "confirming a grant failed; the keep-alive checks the lease")
+                }
+            }
+        });
     }
 
     /// Delete the key if it is still ours. Idempotent.

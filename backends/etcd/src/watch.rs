@@ -32,49 +32,72 @@ pub(crate) async fn wait_deleted(
     key: Vec<u8>,
     fallback: Duration,
     backoff: &mut Backoff,
-) {
+) -> Deleted {
     let options = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
     let wait = async {
         let mut watch = match Watch::open(shared, &key, options).await {
             Ok(w) => w,
             Err(e) => {
                 tracing::debug!(error = %e, "watch failed; checking again");
-                return false;
+                return None;
             }
         };
         loop {
-            let Some(resp) = watch.next(shared).await else {
-                return false;
-            };
+            let resp = watch.next(shared).await?;
             if resp.canceled() {
-                return false;
+                return None;
             }
             if resp.created() {
                 let key = String::from_utf8_lossy(&key);
                 let count_only = Some(GetOptions::new().with_count_only());
                 match shared.get("check predecessor", &key, count_only).await {
-                    Ok(r) if r.count() == 0 => return true,
+                    Ok(r) if r.count() == 0 => return revision(r.header()).ok(),
                     Ok(_) => {}
                     Err(e) => {
                         tracing::debug!(error = %e, "checking the predecessor failed");
-                        return false;
+                        return None;
                     }
                 }
             }
-            if resp
+            if let Some(e) = resp
                 .events()
                 .iter()
-                .any(|e| e.event_type() == EventType::Delete)
+                .find(|e| e.event_type() == EventType::Delete)
             {
-                return true;
+                // A delete event's key carries the deletion's revision.
+                return e.kv().map(|kv| kv.mod_revision());
             }
         }
     };
     match tokio::time::timeout(fallback, wait).await {
-        Ok(true) => backoff.reset(),
-        Ok(false) => backoff.wait().await,
-        Err(_) => tracing::debug!("no event within the fallback interval; checking again"),
+        Ok(Some(revision)) => {
+            backoff.reset();
+            Deleted::Seen { revision }
+        }
+        Ok(None) => {
+            backoff.wait().await;
+            Deleted::Unknown
+        }
+        Err(_) => {
+            tracing::debug!("no event within the fallback interval; checking again");
+            Deleted::Unknown
+        }
     }
+}
+
+/// What [`wait_deleted`] learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Deleted {
+    /// The key's deletion was seen: a delete event, or the key was absent
+    /// once the watch stood (both committed by the cluster), at
+    /// `revision` or before.
+    Seen {
+        /// The revision of the deletion (or of the read that found the key
+        /// absent).
+        revision: i64,
+    },
+    /// The wait ended without seeing it (fallback interval, broken watch).
+    Unknown,
 }
 
 /// How long a watch stream may stay quiet before its member is asked for

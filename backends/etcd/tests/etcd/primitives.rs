@@ -574,3 +574,42 @@ async fn uncontended_acquire_and_release_are_two_requests() {
     }
     s.close().await.unwrap();
 }
+
+/// A waiter whose only predecessor is deleted is granted on that delete
+/// event, and its own key is read at the deletion's revision after the
+/// grant. If its lease was revoked while it waited (its key gone), it must
+/// be told at once — not at its next keep-alive, a third of a 30 s TTL
+/// away — and the lock must be free for the next session.
+#[tokio::test]
+async fn a_waiter_granted_on_the_delete_event_is_told_when_its_key_was_already_gone() {
+    let (_cluster, coord, _ns) = single("ttl=30s").await;
+    let (s1, s2, s3) = (
+        coord.session().await.unwrap(),
+        coord.session().await.unwrap(),
+        coord.session().await.unwrap(),
+    );
+    let g1 = s1.mutex("m").lock().await.unwrap();
+    let m2 = s2.mutex("m");
+    let mut w2 = Box::pin(m2.lock());
+    assert!(still_pending(&mut w2, BLOCKED).await, "granted while held");
+    coord.revoke_session(s2.id()).await.unwrap();
+    g1.release().await.unwrap();
+    let released = Instant::now();
+    match soon("the revoked waiter's answer", &mut w2).await {
+        // Read again before the grant: refused outright.
+        Err(e) => assert_eq!(e.kind(), ErrorKind::Lost, "{e}"),
+        // Granted on the event: the check after the grant must tell it.
+        Ok(g2) => {
+            soon("the revoked waiter is told", g2.lost()).await;
+            let told = released.elapsed();
+            assert!(
+                told < Duration::from_secs(5),
+                "told {told:?} after the hand-off: only its keep-alive noticed"
+            );
+        }
+    }
+    let g3 = soon("the next session's grant", s3.mutex("m").lock())
+        .await
+        .unwrap();
+    g3.release().await.unwrap();
+}
