@@ -23,9 +23,9 @@ use quorate_core::{FencingToken, Result};
 
 use crate::client::Shared;
 use crate::keys::lease_hex;
-use crate::mutex::{enqueue_and_wait, Blockers, Entry, SoleHandoff};
 use crate::not_held;
 use crate::owned::HeldKey;
+use crate::queue::{enqueue_and_wait, Blockers, Entry, SoleHandoff};
 use crate::session::EtcdSession;
 use crate::watch::{Batch, PrefixWatch};
 

@@ -33,6 +33,7 @@ mod group;
 mod keys;
 mod mutex;
 mod owned;
+mod queue;
 mod rwlock;
 mod session;
 mod watch;

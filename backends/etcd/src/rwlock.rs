@@ -16,12 +16,12 @@
 //! well as its writers. Each waiter watches only the last key that blocks
 //! it and checks again when it goes. A waiter that gives up deletes its key
 //! at once, so the readers behind a timed-out writer proceed immediately.
-//! The queue machinery itself lives in `mutex.rs`.
+//! The queue machinery itself lives in `queue.rs`.
 
 use quorate_core::LockKind;
 
 use crate::keys::{lease_hex, prefix_end};
-use crate::mutex::{Blockers, Entry};
+use crate::queue::{Blockers, Entry};
 use crate::session::EtcdSession;
 
 /// The sub-prefix of readers under a lock's prefix.
