@@ -14,29 +14,24 @@
 //!
 //! # Waiting
 //!
-//! A blocking wait (`F_OFD_SETLKW`) runs on a dedicated thread
-//! ([`wait_on_thread`]): the kernel wakes it when the lock frees (no
-//! polling), and the async caller awaits a channel. Dropping the caller's
-//! future cancels the wait:
+//! A blocking wait ([`lock_blocking`], `F_OFD_SETLKW`) runs on a thread of
+//! [`WAIT_POOL`] (threads named `qfile-wait`): the kernel wakes it when the
+//! lock frees (no polling). Who waits, how many threads wait, and what
+//! happens when a waiter goes away is decided in `queue.rs`: at most one
+//! thread per contended (file, range, mode) and process, and a cancelled
+//! wait is never interrupted — this crate sends no signal and installs no
+//! signal handler, since the signals belong to the host program — but
+//! orphaned: its thread stays in the kernel's wait list until the lock is
+//! granted to it or another waiter of the process adopts the wait, and an
+//! orphan's grant is dropped on the spot (the description closes, the
+//! kernel releases), before any fencing counter is bumped.
 //!
-//! 1. a flag is set and the thread is sent a real-time signal (one claimed
-//!    by this crate at first use, with a no-op handler installed without
-//!    `SA_RESTART`), so `fcntl` returns `EINTR` and the thread sees the flag
-//!    and gives up: it stops waiting at once, it does not linger in the
-//!    kernel's wait list until the lock frees;
-//! 2. the signal is repeated with a growing delay (1 ms … 100 ms) until the
-//!    thread says it is done, because a signal that lands just before the
-//!    thread enters `fcntl` is lost;
-//! 3. whatever the thread obtains after the caller left is sent into a
-//!    closed channel and dropped on the spot: dropping the [`std::fs::File`]
-//!    closes the description and the kernel releases its locks. So a
-//!    dropped wait never acquires "by itself" later; at worst (no signal
-//!    could be claimed) the abandoned thread takes the lock for the instant
-//!    it needs to notice, without bumping any fencing counter.
-//!
-//! Short operations that do not wait (`F_OFD_SETLK`, reads, `fsync`) run on
-//! tokio's blocking pool through [`blocking`]; their results are dropped
-//! the same way if the caller went away.
+//! Short operations that do not wait (`F_OFD_SETLK`, reads, `fsync`,
+//! fence bumps) run on [`IO_POOL`] (threads named `qfile-io`, at most four)
+//! through [`blocking`] and [`commit`], never on a thread of the async
+//! runtime; their results are dropped if the caller went away. The first,
+//! non-blocking attempt of an acquisition (open, `F_OFD_SETLK`, `fstat`)
+//! runs inline on the async task: a few system calls that never wait.
 
 use std::collections::VecDeque;
 use std::fs::File;

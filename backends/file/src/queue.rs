@@ -20,8 +20,8 @@
 //!   process is queued for it, as it does while another process's acquirer
 //!   is passing the turnstile;
 //! - a gate around the commit of a grant (the fencing-counter bump and its
-//!   `fdatasync`, on tokio's blocking pool), so that readers granted
-//!   together take one blocking-pool thread, not one each;
+//!   `fdatasync`, on the `qfile-io` pool, never on a runtime thread), so
+//!   that readers granted together take one thread, not one each;
 //! - the kernel waits in progress for its files ([`Entry::kernel_wait`]).
 //!
 //! # Kernel waits

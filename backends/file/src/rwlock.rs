@@ -17,9 +17,13 @@
 //! that arrives after it is stopped at the turnstile: no writer starvation.
 //! A writer that times out or whose future is dropped closes its
 //! descriptions, which frees the turnstile at once, so the readers behind it
-//! proceed immediately. Waiters racing for the turnstile itself are served in
-//! no promised order: *writer-preferring*, not FIFO. Foreign `lockf` users
-//! do not pass the turnstile; they contend for the lock file only.
+//! proceed immediately. Within one process, acquirers queue in arrival
+//! order in front of the turnstile (`queue`: only the head of that FIFO
+//! tries it), so the acquirers of one process are served in arrival order,
+//! readers and writers alike; acquirers of different processes racing for
+//! the turnstile are served in no promised order: *writer-preferring*, not
+//! FIFO. Foreign `lockf` users do not pass the turnstile; they contend for
+//! the lock file only.
 //!
 //! Fencing: one counter per name, at the start of the lock file. A writer
 //! bumps it while it holds the lock file exclusively; a reader bumps it
