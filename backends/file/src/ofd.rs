@@ -27,7 +27,7 @@
 //! kernel releases), before any fencing counter is bumped.
 //!
 //! Short operations that do not wait (`F_OFD_SETLK`, reads, `fsync`,
-//! fence bumps) run on [`IO_POOL`] (threads named `qfile-io`, at most four)
+//! fence bumps) run on [`IO_POOL`] (threads named `qfile-io`, at most eight)
 //! through [`blocking`] and [`commit`], never on a thread of the async
 //! runtime; their results are dropped if the caller went away. The first,
 //! non-blocking attempt of an acquisition (open, `F_OFD_SETLK`, `fstat`)
@@ -331,9 +331,10 @@ pub(crate) static WAIT_POOL: Pool = Pool::new("qfile-wait", usize::MAX);
 
 /// Threads for short blocking file operations (named `qfile-io`): commits
 /// (fence bump and `fdatasync`), keep-alive checks, reads, writes. At most
-/// four: a thousand sessions' keep-alives or grants at once queue here
+/// eight (enough to overlap the `fdatasync`s of grants of different
+/// names): a thousand sessions' keep-alives or grants at once queue here
 /// instead of starting a thread each.
-pub(crate) static IO_POOL: Pool = Pool::new("qfile-io", 4);
+pub(crate) static IO_POOL: Pool = Pool::new("qfile-io", 8);
 
 /// Run a short blocking file operation on [`IO_POOL`], never on a thread
 /// of the async runtime. If the caller goes away first, the job still runs
