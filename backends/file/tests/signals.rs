@@ -93,13 +93,16 @@ async fn abandon_waits(s: &Session, name: &str) {
     tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
-async fn scenario(before: impl FnOnce(), after: impl FnOnce()) {
+/// The host leaves every real-time signal at its default until the crate
+/// first waited, then installs its own dispositions (`after`): a library
+/// that claims a "free" signal at first use would have claimed one.
+async fn scenario(after: impl FnOnce()) {
     let dir = tempfile::tempdir().unwrap();
     let c = connect(dir.path()).await;
     let (s1, s2) = (c.session().await.unwrap(), c.session().await.unwrap());
     let held = s1.mutex("x").lock().await.unwrap();
     let leader = s1.election("x").campaign(b"a").await.unwrap();
-    before();
+    set_every_real_time_signal(libc::SIG_DFL);
     // A first abandoned wait: the crate's first use of waiting.
     let e = s2
         .mutex("x")
@@ -130,11 +133,7 @@ async fn a_host_handler_of_any_real_time_signal_is_never_called() {
     let _serial = SERIAL.lock().await;
     CALLS.store(0, Ordering::SeqCst);
     let h = counting as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    scenario(
-        || set_every_real_time_signal(h),
-        || set_every_real_time_signal(h),
-    )
-    .await;
+    scenario(|| set_every_real_time_signal(h)).await;
     assert_eq!(
         CALLS.load(Ordering::SeqCst),
         0,
@@ -151,11 +150,7 @@ async fn a_host_with_default_real_time_signals_is_not_killed() {
     let _serial = SERIAL.lock().await;
     // Termination is the default action of every real-time signal: had
     // the crate sent one, this process would be dead.
-    scenario(
-        || set_every_real_time_signal(libc::SIG_DFL),
-        || set_every_real_time_signal(libc::SIG_DFL),
-    )
-    .await;
+    scenario(|| set_every_real_time_signal(libc::SIG_DFL)).await;
     assert!(
         dispositions().iter().all(|&d| d == libc::SIG_DFL),
         "the crate installed a handler"
