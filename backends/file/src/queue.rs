@@ -59,7 +59,14 @@
 //!
 //! What every primitive shares on top of this is opening the lock file and
 //! locking it, retrying when the file was replaced while waiting
-//! ([`lock_file`]), and the [`Grant`] an acquisition hands back.
+//! ([`Entry::lock_file`]), and the [`Grant`] an acquisition hands back.
+//!
+//! The registry's key is the lock file's path as this crate builds it
+//! (root directory as configured, then the stem): two coordinators of one
+//! process whose roots name one directory differently (a symbolic link)
+//! get two entries. That is still correct — the kernel locks arbitrate
+//! between them as between processes — but their waiters are not ordered
+//! with each other, and each entry may have its own waiting thread.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -85,7 +92,7 @@ pub(crate) struct Entry {
     path: PathBuf,
     /// The in-process FIFO: one permit, held by the head.
     fifo: Arc<Semaphore>,
-    /// Held while a grant is committed (fence bump) on the blocking pool.
+    /// Held while a grant is committed (fence bump) on the `qfile-io` pool.
     gate: Arc<tokio::sync::Mutex<()>>,
     /// Kernel waits in progress on this entry's files.
     waits: StdMutex<Waits>,
