@@ -46,7 +46,9 @@
 //!   the lock an instant after granting it, no fencing counter is bumped, so
 //!   an abandoned wait never acquires "by itself";
 //! - until then, the next head of this process that needs the very same
-//!   kernel lock (same file, byte range and mode) *adopts* the orphan: it
+//!   kernel lock (same file — path, device and inode: an orphan blocked on
+//!   a removed file is never adopted for the new file at that path —, byte
+//!   range and mode) *adopts* the orphan: it
 //!   awaits that thread's grant instead of starting another wait. The
 //!   hand-over and the thread's wake-up are decided under one mutex, so the
 //!   grant goes to exactly one of: the adopter, or nobody (dropped).
@@ -71,6 +73,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex, OnceLock, Weak};
 
@@ -107,8 +110,11 @@ struct Waits {
 /// One thread blocked in `F_OFD_SETLKW`.
 struct KernelWait {
     id: u64,
-    /// The file (by path), range and mode it waits for.
+    /// The file (by path, and its device and inode: a file removed and
+    /// created again under the path is another file), range and mode it
+    /// waits for.
     path: PathBuf,
+    inode: (u64, u64),
     range: Range,
     mode: Mode,
     /// Who gets the description once granted; `None` or closed: orphaned.
@@ -205,12 +211,19 @@ impl Entry {
         range: Range,
     ) -> Result<File> {
         let (tx, rx) = oneshot::channel();
+        let inode = file
+            .metadata()
+            .map(|m| (m.dev(), m.ino()))
+            .map_err(|e| io_error(format!("checking `{}`", path.display()), e))?;
         let start = {
             let mut waits = self.waits.lock().unwrap_or_else(|e| e.into_inner());
-            let orphan = waits
-                .list
-                .iter_mut()
-                .find(|w| w.path == path && w.range == range && w.mode == mode && w.orphaned());
+            let orphan = waits.list.iter_mut().find(|w| {
+                w.path == path
+                    && w.inode == inode
+                    && w.range == range
+                    && w.mode == mode
+                    && w.orphaned()
+            });
             if let Some(orphan) = orphan {
                 tracing::trace!(path = %path.display(), "adopting an orphaned file-lock wait");
                 orphan.to = Some(tx);
@@ -221,6 +234,7 @@ impl Entry {
                 waits.list.push(KernelWait {
                     id,
                     path: path.to_owned(),
+                    inode,
                     range,
                     mode,
                     to: Some(tx),
