@@ -7,7 +7,6 @@
 //! process (`/proc/self/status`), which other tests would disturb.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,14 +65,10 @@ async fn a_thousand_waiters_on_one_lock_cost_a_bounded_number_of_threads() {
         sessions.push(c.session().await.unwrap());
     }
     let order = Arc::new(Mutex::new(Vec::new()));
-    let arrivals = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for (i, s) in sessions.iter().enumerate() {
-        let (s, order, arrivals) = (s.clone(), order.clone(), arrivals.clone());
-        tasks.push(tokio::spawn(async move {
-            // Arrival order: the task's first poll (spawn order is not the
-            // order in which the runtime's workers first poll the tasks).
-            let arrival = arrivals.fetch_add(1, Ordering::SeqCst);
+        let (s, order) = (s.clone(), order.clone());
+        let mut waiter = Box::pin(async move {
             // Every tenth waiter gives up after a while (some while at the
             // head of the queue, in the kernel), every other one is a
             // reader or a writer of the same name.
@@ -88,15 +83,26 @@ async fn a_thousand_waiters_on_one_lock_cost_a_bounded_number_of_threads() {
             };
             // Recorded while still held, then released.
             let fence = guard.as_ref().map(|g| g.fence());
-            if fence.is_some() {
-                order.lock().unwrap().push(arrival);
+            if let Some(f) = fence {
+                order.lock().unwrap().push((f, i));
             }
             if let Some(g) = guard {
                 g.release().await.unwrap();
             }
             fence
-        }));
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        });
+        // Arrival order is `i`: each waiter is polled here, in turn, until
+        // it is queued (first `Pending`), before the next one exists; then
+        // a task drives it on.
+        match futures::poll!(waiter.as_mut()) {
+            std::task::Poll::Pending => tasks.push(tokio::spawn(waiter)),
+            // A 1 ms wait can time out within its first poll on a loaded
+            // machine; nothing else can finish while the lock is held.
+            std::task::Poll::Ready(fence) => {
+                assert!(i % 10 == 0 && fence.is_none(), "waiter {i} granted");
+                tasks.push(tokio::spawn(async { None }));
+            }
+        }
     }
     // Everybody queued, the timed waits given up.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -131,8 +137,12 @@ async fn a_thousand_waiters_on_one_lock_cost_a_bounded_number_of_threads() {
         "a fence was handed out twice"
     );
     // In-process FIFO: among the waiters that did not give up, grants in
-    // arrival (spawn) order, readers and writers alike.
-    let order = order.lock().unwrap().clone();
-    let inversions = order.windows(2).filter(|w| w[1] < w[0]).count();
-    assert_eq!(inversions, 0, "grant order: {order:?}");
+    // arrival order, readers and writers alike. The fences say in which
+    // order the grants were made (two readers granted one after the other
+    // may *see* their grants in either order).
+    let mut order = order.lock().unwrap().clone();
+    order.sort();
+    let arrivals: Vec<usize> = order.iter().map(|&(_, a)| a).collect();
+    let inversions = arrivals.windows(2).filter(|w| w[1] < w[0]).count();
+    assert_eq!(inversions, 0, "arrivals in grant order: {arrivals:?}");
 }
