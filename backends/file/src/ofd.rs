@@ -143,8 +143,7 @@ pub(crate) fn io_error(context: impl std::fmt::Display, e: io::Error) -> Error {
 
 /// Block in `F_OFD_SETLKW` until `file`'s description holds `range` in
 /// `mode` (retrying on `EINTR`, which only a signal of the host program can
-/// cause). Only ever called on a thread of the wait pool or of tokio's
-/// blocking pool.
+/// cause). Only ever called on a thread of [`WAIT_POOL`] or [`IO_POOL`].
 pub(crate) fn lock_blocking(file: &File, mode: Mode, range: Range) -> io::Result<()> {
     loop {
         let mut fl = flock(kind(mode), range);

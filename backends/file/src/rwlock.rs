@@ -91,8 +91,9 @@ pub(crate) async fn lock_read(path: &Path, wait: bool) -> Result<Option<Grant>> 
     let path = path.to_owned();
     commit(gate, move |cancel| {
         cancel.check()?;
-        // Held by another reader for one bump only: waited for here, on
-        // the blocking pool.
+        // Held by another process's reader for one bump only (this
+        // process's readers commit one at a time): waited for here, on
+        // the `qfile-io` pool.
         lock_blocking(&turn, Mode::Exclusive, COUNTER)
             .map_err(|e| io_error("taking the counter byte", e))?;
         cancel.check()?;
