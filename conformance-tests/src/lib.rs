@@ -28,6 +28,7 @@ pub mod nemesis;
 pub mod outcome;
 pub mod report;
 pub mod runner;
+pub mod svg;
 pub mod target;
 
 pub use outcome::{CaseError, CaseResult, Figures, Verdict};

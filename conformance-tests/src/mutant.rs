@@ -16,9 +16,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use quorate::loss::LossNotifier;
 use quorate::spi::{
-    Acquire, Acquired, AfterWrite, Backend, HeldLeadership, HeldLock, HeldMembership, LockKind,
+    Acquire, Acquired, AfterWrite, Backend, HeldLeadership, HeldLock, HeldMembership,
     RawGroupWatch, RawObserve, SessionBackend,
 };
+use quorate::LockKind;
 use quorate::{Capabilities, Coordinator, FencingToken, Leader, Member, Result};
 
 /// The environment variable naming the mutation of this process.

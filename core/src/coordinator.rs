@@ -13,7 +13,8 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::name;
 use crate::session::{Session, SessionOptions};
-use crate::spi::{Backend, GroupEvent, Leader, Member};
+use crate::spi::Backend;
+use crate::{GroupEvent, Leader, Member};
 
 /// A connection to one coordination backend. Cheap to clone; clones share
 /// the connection.

@@ -11,7 +11,8 @@ use crate::grant::{GiveBack, Grant};
 use crate::loss::{GuardLoss, LossReason};
 use crate::name;
 use crate::session::{ClaimKey, Session, WhileGivingBack};
-use crate::spi::{HeldLeadership, Leader};
+use crate::spi::HeldLeadership;
+use crate::Leader;
 
 /// A named election, seen through a [`Session`].
 #[derive(Debug, Clone)]

@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 use crate::backoff::Backoff;
 use crate::error::{Error, ErrorKind, Result};
 use crate::loss::{GuardLoss, LossNotifier, LossReason};
+use crate::metrics;
 use crate::session::{Claim, Session};
 use crate::spi::{HeldLeadership, HeldLock, HeldMembership};
 
@@ -60,6 +61,15 @@ impl GiveBack {
             GiveBack::Release => "released",
             GiveBack::Resign => "resigned",
             GiveBack::Leave => "left",
+        }
+    }
+
+    /// What kind of grant this is, for metrics labels.
+    fn grant(self) -> &'static str {
+        match self {
+            GiveBack::Release => "lock",
+            GiveBack::Resign => "leadership",
+            GiveBack::Leave => "membership",
         }
     }
 
@@ -105,6 +115,8 @@ pub(crate) struct Grant<H: Handle + Clone> {
     how: GiveBack,
     loss: GuardLoss,
     session: Session,
+    /// When granted; taken once the grant ends (for the hold-time metric).
+    granted_at: Option<std::time::Instant>,
 }
 
 impl<H: Handle + Clone> Grant<H> {
@@ -121,6 +133,7 @@ impl<H: Handle + Clone> Grant<H> {
             how,
             loss,
             session: session.clone(),
+            granted_at: Some(std::time::Instant::now()),
         }
     }
 
@@ -147,6 +160,7 @@ impl<H: Handle + Clone> Grant<H> {
     /// `connect_timeout`. Anything but a confirmation (an error, no answer,
     /// this future dropped) leaves the grant to the session's clean-up.
     pub(crate) async fn give_back(mut self) -> Result<()> {
+        self.ended();
         self.loss.own.fire(self.how.reason());
         let Some(handle) = self.handle.clone() else {
             return Ok(());
@@ -172,13 +186,27 @@ impl<H: Handle + Clone> Grant<H> {
     /// The backend confirmed that the grant is gone (a guarded write that
     /// released it, or said it no longer stood): nothing to give back.
     pub(crate) fn settle(&mut self) {
+        self.ended();
         self.handle = None;
         self.claim = None;
+    }
+
+    /// Record the hold time (and a loss before the give-back) once.
+    fn ended(&mut self) {
+        if let Some(at) = self.granted_at.take() {
+            metrics::grant_ended(
+                self.session.inner.backend_name,
+                self.how.grant(),
+                at.elapsed(),
+                self.loss.reason().as_ref(),
+            );
+        }
     }
 }
 
 impl<H: Handle + Clone> Drop for Grant<H> {
     fn drop(&mut self) {
+        self.ended();
         let Some(handle) = self.handle.take() else {
             return;
         };

@@ -10,7 +10,8 @@ use crate::grant::{GiveBack, Grant};
 use crate::loss::{GuardLoss, LossReason};
 use crate::name;
 use crate::session::{ClaimKey, Session, WhileGivingBack};
-use crate::spi::{GroupEvent, HeldMembership, Member};
+use crate::spi::HeldMembership;
+use crate::{GroupEvent, Member};
 
 /// A named group of members, seen through a [`Session`].
 #[derive(Debug, Clone)]

@@ -19,6 +19,8 @@ mod fence;
 mod grant;
 mod group;
 pub mod loss;
+pub mod metrics;
+mod model;
 mod mutex;
 pub mod name;
 pub mod reach;
@@ -35,10 +37,16 @@ pub use error::{Error, ErrorKind, Result};
 pub use fence::FencingToken;
 pub use group::{Group, Membership};
 pub use loss::LossReason;
+pub use model::{GroupEvent, Leader, LockKind, Member};
 pub use mutex::{LockGuard, Mutex};
 pub use rwlock::RwLock;
 pub use session::{safety_margin, KeepAlive, Session, SessionOptions};
-pub use spi::{Acquire, AfterWrite, GroupEvent, Leader, LockKind, Member};
+pub use spi::{Acquire, AfterWrite};
+
+/// The JSON crate whose `Value` carries a member's capabilities
+/// ([`Member::capabilities`]), re-exported so callers need no dependency
+/// of their own with a matching version: `quorate::serde_json::json!({…})`.
+pub use serde_json;
 
 /// Re-exports for backend crates.
 pub mod backend {

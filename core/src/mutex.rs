@@ -1,7 +1,7 @@
 //! Mutual-exclusion locks and the guard shared by every lock kind.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
@@ -9,9 +9,11 @@ use crate::error::{Error, Result};
 use crate::fence::FencingToken;
 use crate::grant::{GiveBack, Grant};
 use crate::loss::{GuardLoss, LossReason};
+use crate::metrics::{self, AcquireOutcome};
 use crate::name;
 use crate::session::{ClaimKey, Session, WhileGivingBack};
-use crate::spi::{Acquire, Acquired, AfterWrite, HeldLock, LockKind};
+use crate::spi::{Acquire, Acquired, AfterWrite, HeldLock};
+use crate::LockKind;
 
 /// A named mutual-exclusion lock owned by a [`Session`]. Waiters are
 /// granted in arrival order where the backend declares `fifo`.
@@ -142,15 +144,29 @@ pub(crate) async fn acquire(
         .inner
         .backend
         .lock(lock_name, kind, mode, loss.own.clone());
+    let started = Instant::now();
     let acquired = match mode {
-        Acquire::Wait => session.wait_or_lost(request).instrument(span).await?,
+        Acquire::Wait => session.wait_or_lost(request).instrument(span).await,
         Acquire::Try => {
             session
                 .wait_or_lost(session.inner.coordinator.bounded("try lock", request))
                 .instrument(span)
-                .await?
+                .await
         }
     };
+    let outcome = match &acquired {
+        Ok(Acquired::Granted(_)) => AcquireOutcome::Granted,
+        Ok(Acquired::Busy) => AcquireOutcome::Busy,
+        Err(_) => AcquireOutcome::Error,
+    };
+    metrics::acquired(
+        session.inner.backend_name,
+        kind,
+        mode,
+        outcome,
+        started.elapsed(),
+    );
+    let acquired = acquired?;
     let held = match acquired {
         Acquired::Granted(held) => Some(held),
         Acquired::Busy => None,

@@ -6,7 +6,8 @@ use std::time::Duration;
 use crate::error::Result;
 use crate::mutex::{acquire, wait_for, with_timeout, LockGuard};
 use crate::session::Session;
-use crate::spi::{Acquire, LockKind};
+use crate::spi::Acquire;
+use crate::LockKind;
 
 /// A named read/write lock owned by a [`Session`]. One name, one lock: the
 /// write side is the [`crate::Mutex`] of the same name (one FIFO queue and

@@ -24,6 +24,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::grant::Cleanup;
 use crate::group::Group;
 use crate::loss::{LossNotifier, LossReason};
+use crate::metrics::{self, KeepAliveOutcome};
 use crate::mutex::{LockGuard, Mutex};
 use crate::name;
 use crate::rwlock::RwLock;
@@ -72,6 +73,8 @@ pub(crate) struct SessionInner {
     pub(crate) backend: Arc<dyn SessionBackend>,
     pub(crate) loss: LossNotifier,
     pub(crate) runtime: Handle,
+    /// The backend's name, for metrics labels.
+    pub(crate) backend_name: &'static str,
     id: String,
     ttl: Duration,
     clock: Arc<LeaseClock>,
@@ -156,8 +159,10 @@ impl Session {
         let leased =
             coordinator.capabilities().failure_detection != FailureDetection::ProcessLifetime;
         let clock = Arc::new(LeaseClock::new(ttl, sent));
+        let backend_name = coordinator.capabilities().backend;
         let lease_task = tokio::spawn(lease_task(
             backend.clone(),
+            backend_name,
             clock.clone(),
             loss.clone(),
             options.keep_alive,
@@ -172,6 +177,7 @@ impl Session {
                 backend,
                 loss,
                 runtime: Handle::current(),
+                backend_name,
                 id,
                 ttl,
                 clock,
@@ -525,6 +531,7 @@ impl Drop for SessionInner {
 /// the client-side deadline passes without a successful keep-alive.
 async fn lease_task(
     backend: Arc<dyn SessionBackend>,
+    backend_name: &'static str,
     clock: Arc<LeaseClock>,
     loss: LossNotifier,
     mode: KeepAlive,
@@ -554,18 +561,22 @@ async fn lease_task(
                 tokio::select! {
                     r = attempt => match r {
                         Ok(Ok(())) => {
+                            metrics::keep_alive(backend_name, KeepAliveOutcome::Ok, sent.elapsed());
                             clock.renewed(sent);
                             next_refresh = sent + ttl / 3;
                         }
                         Ok(Err(e)) if e.kind() == ErrorKind::Lost => {
+                            metrics::keep_alive(backend_name, KeepAliveOutcome::Lost, sent.elapsed());
                             loss.fire(format!("lease gone: {e}"));
                             return;
                         }
                         Ok(Err(e)) => {
+                            metrics::keep_alive(backend_name, KeepAliveOutcome::Error, sent.elapsed());
                             tracing::warn!(error = %e, "keep-alive failed; retrying");
                             next_refresh = Instant::now() + (ttl / 10).max(Duration::from_millis(20));
                         }
                         Err(_) => {
+                            metrics::keep_alive(backend_name, KeepAliveOutcome::Timeout, sent.elapsed());
                             tracing::warn!("keep-alive timed out; retrying");
                             next_refresh = Instant::now();
                         }

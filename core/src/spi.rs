@@ -57,29 +57,7 @@ use crate::capabilities::Capabilities;
 use crate::error::Result;
 use crate::fence::FencingToken;
 use crate::loss::LossNotifier;
-
-/// Which lock a [`SessionBackend::lock`] call asks for.
-///
-/// One name, one lock: `Mutex` and `Write` are the same exclusive side of the
-/// name's lock (a backend may treat them alike), `Read` its shared side; all
-/// three wait in one queue and share one fence counter per name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LockKind {
-    /// The exclusive lock of a `Mutex`.
-    Mutex,
-    /// The shared mode of a `RwLock`.
-    Read,
-    /// The exclusive mode of a `RwLock`.
-    Write,
-}
-
-impl LockKind {
-    /// Whether this mode excludes every other holder.
-    pub fn is_exclusive(self) -> bool {
-        !matches!(self, LockKind::Read)
-    }
-}
+use crate::model::{Leader, LockKind, Member};
 
 /// How a [`SessionBackend::lock`] call waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -133,42 +111,6 @@ pub enum AfterWrite {
     Release,
 }
 
-/// A member of a group, as listed or reported by events.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Member {
-    /// The member id given to `join`.
-    pub id: String,
-    /// The capabilities (any JSON) given to `join` or `update`.
-    pub capabilities: serde_json::Value,
-}
-
-/// A change in a group, as reported by `Group::watch`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "event", rename_all = "kebab-case")]
-pub enum GroupEvent {
-    /// Always the first event: every member at one consistent moment; later
-    /// events are exactly the changes after it (no gap, no duplicate).
-    Snapshot {
-        /// The members, sorted by id.
-        members: Vec<Member>,
-    },
-    /// A member joined.
-    Joined {
-        /// The new member.
-        member: Member,
-    },
-    /// A member changed its capabilities.
-    Updated {
-        /// The member with its new capabilities.
-        member: Member,
-    },
-    /// A member left or its session ended.
-    Left {
-        /// The id of the member that left.
-        id: String,
-    },
-}
-
 /// A member as a backend sees it in a raw change ([`GroupChange`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeenMember {
@@ -192,7 +134,7 @@ impl SeenMember {
 }
 
 /// A raw change a backend reports for a group. Core's watch view
-/// ([`crate::watch`]) turns these into [`GroupEvent`]s; a backend never
+/// ([`crate::watch`]) turns these into [`crate::GroupEvent`]s; a backend never
 /// builds `GroupEvent`s itself, and may report a change the view already
 /// reflects (the view drops it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,15 +195,6 @@ impl std::fmt::Debug for RawObserve {
     }
 }
 
-/// The current leader of an election.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Leader {
-    /// The value the leader campaigned with or last proclaimed.
-    pub value: Vec<u8>,
-    /// The leadership's fencing token.
-    pub fence: FencingToken,
-}
-
 /// A connected backend. One per [`crate::Coordinator`], shared by its clones.
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
@@ -284,7 +217,7 @@ pub trait Backend: Send + Sync + 'static {
     async fn members(&self, group: &str) -> Result<Vec<Member>>;
 
     /// List a group and follow its raw changes from that listing. Core's
-    /// watch view turns them into the user's [`GroupEvent`]s.
+    /// watch view turns them into the user's [`crate::GroupEvent`]s.
     async fn watch_group(&self, group: &str) -> Result<RawGroupWatch>;
 
     /// The current leader of an election, if any.

@@ -41,7 +41,8 @@ use tokio::sync::mpsc;
 use crate::backoff::Backoff;
 use crate::error::Result;
 use crate::fence::FencingToken;
-use crate::spi::{GroupChange, GroupEvent, Leader, Member, RawGroupWatch, RawObserve, SeenMember};
+use crate::spi::{GroupChange, RawGroupWatch, RawObserve, SeenMember};
+use crate::{GroupEvent, Leader, Member};
 
 /// How many events the channel between a watch's task and its consumer
 /// holds.

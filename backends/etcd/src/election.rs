@@ -17,7 +17,8 @@ use etcd_client::{EventType, GetOptions, KeyValue, PutOptions, SortOrder, SortTa
 use futures::StreamExt;
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{HeldLeadership, Leader, RawObserve};
+use quorate_core::spi::{HeldLeadership, RawObserve};
+use quorate_core::Leader;
 use quorate_core::{FencingToken, Result};
 
 use crate::client::Shared;

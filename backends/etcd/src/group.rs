@@ -16,7 +16,8 @@ use futures::StreamExt;
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
 use quorate_core::name::decode;
-use quorate_core::spi::{GroupChange, HeldMembership, Member, RawGroupWatch, SeenMember};
+use quorate_core::spi::{GroupChange, HeldMembership, RawGroupWatch, SeenMember};
+use quorate_core::Member;
 use quorate_core::{Error, Result};
 
 use crate::client::Shared;

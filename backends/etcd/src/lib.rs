@@ -40,17 +40,20 @@ mod watch;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Certificate, ConnectOptions, GetOptions, Identity, TlsOptions, Txn, TxnOp};
+#[cfg(feature = "tls")]
+use etcd_client::{Certificate, Identity, TlsOptions};
+use etcd_client::{ConnectOptions, GetOptions, Txn, TxnOp};
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
 use quorate_core::spi::{
-    Acquire, Acquired, Backend, HeldLeadership, HeldMembership, Leader, LockKind, Member,
-    RawGroupWatch, RawObserve, SessionBackend,
+    Acquire, Acquired, Backend, HeldLeadership, HeldMembership, RawGroupWatch, RawObserve,
+    SessionBackend,
 };
 use quorate_core::{
     Capabilities, Config, Coordinator, Error, ErrorKind, FailureDetection, Primitives, Result,
     RwOrdering, Scope,
 };
+use quorate_core::{Leader, LockKind, Member};
 
 use client::Shared;
 use keys::Layout;
@@ -249,7 +252,17 @@ impl Settings {
         }
         let tls_files = ["ca", "cert", "key"].map(|k| config.option(k));
         if tls {
-            options = options.with_tls(tls_options(tls_files)?);
+            #[cfg(feature = "tls")]
+            {
+                options = options.with_tls(tls_options(tls_files)?);
+            }
+            #[cfg(not(feature = "tls"))]
+            {
+                let _ = tls_files;
+                return Err(Error::unsupported(
+                    "etcds:// needs the `tls` feature of quorate-etcd (`etcd-tls` of quorate)",
+                ));
+            }
         } else if let Some(k) = OPTIONS.iter().find(|k| config.option(k).is_some()) {
             return Err(Error::invalid_config(format!(
                 "option `{k}` is for TLS: use an `etcds://` URL"
@@ -290,6 +303,7 @@ impl Settings {
     }
 }
 
+#[cfg(feature = "tls")]
 fn tls_options([ca, cert, key]: [Option<&str>; 3]) -> Result<TlsOptions> {
     let read = |what: &str, path: &str| {
         std::fs::read(path).map_err(|e| {

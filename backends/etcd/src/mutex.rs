@@ -33,7 +33,8 @@ use etcd_client::{
 use quorate_core::backend::async_trait;
 use quorate_core::backoff::Backoff;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{AfterWrite, HeldLock, LockKind};
+use quorate_core::spi::{AfterWrite, HeldLock};
+use quorate_core::LockKind;
 use quorate_core::{Error, FencingToken, Result};
 
 use crate::client::txn_range;

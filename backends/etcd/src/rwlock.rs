@@ -18,7 +18,7 @@
 //! at once, so the readers behind a timed-out writer proceed immediately.
 //! The queue machinery itself lives in `mutex.rs`.
 
-use quorate_core::spi::LockKind;
+use quorate_core::LockKind;
 
 use crate::keys::{lease_hex, prefix_end};
 use crate::mutex::{Blockers, Entry};

@@ -24,7 +24,8 @@ use std::sync::{Arc, Mutex as StdMutex};
 use futures::StreamExt;
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{HeldLeadership, Leader, RawObserve};
+use quorate_core::spi::{HeldLeadership, RawObserve};
+use quorate_core::Leader;
 use quorate_core::{Error, FencingToken, Result};
 
 use crate::layout::{bump_fence, read_optional, same_file, stem, write_atomic, Layout, Space};

@@ -33,7 +33,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{GroupChange, HeldMembership, Member, RawGroupWatch, SeenMember};
+use quorate_core::spi::{GroupChange, HeldMembership, RawGroupWatch, SeenMember};
+use quorate_core::Member;
 use quorate_core::{Error, Result};
 
 use crate::layout::{list, member_file_name, same_file, tmp_name, Layout};

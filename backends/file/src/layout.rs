@@ -216,15 +216,40 @@ pub(crate) fn open_lock_file(path: &Path) -> Result<File> {
     .map_err(|e| io_error(format!("opening `{}`", path.display()), e))
 }
 
-/// Width of the fencing counter at the start of a lock file: 20 decimal
-/// digits and a newline, always overwritten in place at the same size.
+/// Width of the reserved high-water mark at the start of a lock file: 20
+/// decimal digits and a newline, always overwritten in place at the same
+/// size. (Lock files written before the issued slot existed hold only this
+/// line, which was then the last fence handed out.)
 const FENCE_LEN: usize = 21;
 
-/// Read the fencing counter of a lock file (0 for an empty file).
-pub(crate) fn read_fence(file: &File, path: &Path) -> Result<u64> {
-    let mut buf = [0u8; FENCE_LEN];
+/// Width of the *issued* slot that follows it: the last fence handed out
+/// (20 digits), a space, the boot id of the machine's boot that wrote it
+/// (36 characters) and a newline.
+const ISSUED_LEN: usize = 20 + 1 + 36 + 1;
+
+/// Fences reserved durably at once: one `fdatasync` per this many grants.
+/// After a machine crash the next fence jumps to the end of the reserved
+/// block (a gap, never a repeat).
+const FENCE_BLOCK: u64 = 4096;
+
+/// The counters at the start of a lock file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counters {
+    /// Durable: every fence ever handed out is at most this.
+    reserved: u64,
+    /// The last fence handed out, when it can be trusted: written in this
+    /// boot of the machine (the page cache, shared by every process, still
+    /// holds it even if the writer crashed). `None` for a slot written
+    /// before a reboot (a machine crash may have lost its latest value), a
+    /// missing slot, or an unknown boot id.
+    issued: Option<u64>,
+}
+
+/// Read the counters (`None` for an empty file).
+fn read_counters(file: &File, path: &Path) -> Result<Option<Counters>> {
+    let mut buf = [0u8; FENCE_LEN + ISSUED_LEN];
     let mut n = 0;
-    while n < FENCE_LEN {
+    while n < buf.len() {
         match file.read_at(&mut buf[n..], n as u64) {
             Ok(0) => break,
             Ok(k) => n += k,
@@ -233,55 +258,105 @@ pub(crate) fn read_fence(file: &File, path: &Path) -> Result<u64> {
         }
     }
     if n == 0 {
-        return Ok(0);
+        return Ok(None);
     }
-    let text = std::str::from_utf8(&buf[..n]).ok();
-    text.map(|t| t.trim_end_matches('\n'))
-        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|t| t.parse::<u64>().ok())
-        .ok_or_else(|| {
-            Error::backend(format!(
-                "`{}` does not start with a quorate fencing counter (found {:?}); \
-                 refusing to restart the counter",
-                path.display(),
-                String::from_utf8_lossy(&buf[..n])
-            ))
+    let digits = |b: &[u8]| {
+        std::str::from_utf8(b)
+            .ok()
+            .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|t| t.parse::<u64>().ok())
+    };
+    let head = &buf[..n.min(FENCE_LEN)];
+    let reserved = digits(head.strip_suffix(b"\n").unwrap_or(head)).ok_or_else(|| {
+        Error::backend(format!(
+            "`{}` does not start with a quorate fencing counter (found {:?}); \
+             refusing to restart the counter",
+            path.display(),
+            String::from_utf8_lossy(head)
+        ))
+    })?;
+    let issued = (n == FENCE_LEN + ISSUED_LEN)
+        .then(|| &buf[FENCE_LEN..])
+        .and_then(|slot| {
+            let (value, boot) = slot.strip_suffix(b"\n")?.split_at(20);
+            let boot = boot.strip_prefix(b" ")?;
+            (Some(boot) == boot_id().map(str::as_bytes)).then_some(())?;
+            digits(value)
         })
+        .filter(|issued| *issued <= reserved);
+    Ok(Some(Counters { reserved, issued }))
 }
 
-/// Bump the fencing counter of a lock file under its lock, make it durable,
-/// and return the new value. The caller must hold a lock that excludes every
-/// other bump of this file.
+/// This boot's id (`/proc/sys/kernel/random/boot_id`), read once; `None`
+/// where the kernel does not say (then every grant reserves, i.e. syncs).
+fn boot_id() -> Option<&'static str> {
+    static BOOT_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| s.len() == 36 && s.bytes().all(|b| b.is_ascii_graphic()))
+        })
+        .as_deref()
+}
+
+/// Bump the fencing counter of a lock file under its lock and return the
+/// new fence. The caller must hold a lock that excludes every other bump
+/// of this file.
+///
+/// Fences stay strictly increasing across process crashes *and* machine
+/// crashes with one `fdatasync` per [`FENCE_BLOCK`] grants, not one per
+/// grant: the first line is a durably written *reservation* that every
+/// fence handed out stays at or below; the second records the last fence
+/// handed out and the boot that wrote it, without a sync. A process crash
+/// loses nothing (the page cache is the file for every other process); a
+/// machine crash may lose the second line, and a slot from another boot is
+/// not trusted: the next fence is then the reservation + 1.
 ///
 /// A file without a counter (new, or created empty by another program)
 /// starts it at the wall clock in microseconds, not at 1: if an operator
 /// removes a lock file (or the whole root) while it is in use, the file
 /// created next starts above every fence the removed one handed out (each
-/// grant takes well over a microsecond), so fences never repeat — provided
-/// the wall clock has not been stepped back by more than the time since the
-/// removed file was created.
+/// grant takes well over a microsecond, and a block is reserved only once
+/// 4096 fences of the current one are used), so fences never repeat —
+/// provided the wall clock has not been stepped back by more than the time
+/// since the removed file was created.
 pub(crate) fn bump_fence(file: &File, path: &Path) -> Result<u64> {
-    let fresh = file
-        .metadata()
-        .map_err(|e| io_error(format!("reading `{}`", path.display()), e))?
-        .len()
-        == 0;
-    let current = if fresh {
-        wall_clock_us()
-    } else {
-        read_fence(file, path)?
+    let found = read_counters(file, path)?;
+    let (reserved, last) = match found {
+        None => {
+            let start = wall_clock_us();
+            (start, start)
+        }
+        Some(Counters {
+            reserved,
+            issued: Some(issued),
+        }) => (reserved, issued),
+        Some(Counters {
+            reserved,
+            issued: None,
+        }) => (reserved, reserved),
     };
-    let next = current
-        .checked_add(1)
-        .ok_or_else(|| Error::backend(format!("the counter of `{}` overflowed", path.display())))?;
-    let text = format!("{next:020}\n");
-    file.write_all_at(text.as_bytes(), 0)
-        .and_then(|()| file.sync_data())
-        .map_err(|e| io_error(format!("writing the counter of `{}`", path.display()), e))?;
-    if fresh {
-        // A new file: make its directory entry durable too, so the counter
-        // cannot vanish (and restart) after a crash of the machine.
-        sync_parent(path)?;
+    let overflow = || Error::backend(format!("the counter of `{}` overflowed", path.display()));
+    let next = last.checked_add(1).ok_or_else(overflow)?;
+    let write = |offset: u64, text: String| {
+        file.write_all_at(text.as_bytes(), offset)
+            .map_err(|e| io_error(format!("writing the counter of `{}`", path.display()), e))
+    };
+    if found.is_none() || next > reserved {
+        let reserve = next.checked_add(FENCE_BLOCK - 1).ok_or_else(overflow)?;
+        write(0, format!("{reserve:020}\n"))?;
+        file.sync_data()
+            .map_err(|e| io_error(format!("syncing the counter of `{}`", path.display()), e))?;
+        if found.is_none() {
+            // A new file: make its directory entry durable too, so the
+            // counter cannot vanish (and restart) after a machine crash.
+            sync_parent(path)?;
+        }
+    }
+    if let Some(boot) = boot_id() {
+        write(FENCE_LEN as u64, format!("{next:020} {boot}\n"))?;
     }
     Ok(next)
 }

@@ -49,13 +49,14 @@ use std::time::Duration;
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
 use quorate_core::spi::{
-    Acquire, Acquired, Backend, HeldLeadership, HeldMembership, Leader, LockKind, Member,
-    RawGroupWatch, RawObserve, SessionBackend,
+    Acquire, Acquired, Backend, HeldLeadership, HeldMembership, RawGroupWatch, RawObserve,
+    SessionBackend,
 };
 use quorate_core::{
     Capabilities, Config, Coordinator, Error, FailureDetection, Primitives, Result, RwOrdering,
     Scope,
 };
+use quorate_core::{Leader, LockKind, Member};
 
 use crate::layout::{list, read_optional, Layout, Space};
 use crate::ofd::{blocking, io_error, is_locked, Mode, Range};

@@ -23,7 +23,8 @@ use std::sync::{Arc, Mutex as StdMutex};
 
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{AfterWrite, HeldLock, LockKind};
+use quorate_core::spi::{AfterWrite, HeldLock};
+use quorate_core::LockKind;
 use quorate_core::{FencingToken, Result};
 
 use crate::layout::{same_file, write_atomic, Space};

@@ -183,8 +183,8 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// Run a blocking job that commits a grant (bumps a fencing counter,
-/// `fdatasync`s) on [`IO_POOL`], holding `gate` (the lock file's commit
+/// Run a blocking job that commits a grant (bumps a fencing counter, which
+/// may `fdatasync`) on [`IO_POOL`], holding `gate` (the lock file's commit
 /// gate, see `queue`) until the job is done, even if the caller goes away
 /// first. The job gets a [`Cancel`] flag that is set if the awaiting future
 /// is dropped first; it checks it before committing, and whatever it
@@ -329,10 +329,10 @@ impl Pool {
 pub(crate) static WAIT_POOL: Pool = Pool::new("qfile-wait", usize::MAX);
 
 /// Threads for short blocking file operations (named `qfile-io`): commits
-/// (fence bump and `fdatasync`), keep-alive checks, reads, writes. At most
-/// eight (enough to overlap the `fdatasync`s of grants of different
-/// names): a thousand sessions' keep-alives or grants at once queue here
-/// instead of starting a thread each.
+/// (fence bump, sometimes an `fdatasync`), keep-alive checks, reads,
+/// writes. At most eight (enough to overlap the `fdatasync`s of grants of
+/// different names): a thousand sessions' keep-alives or grants at once
+/// queue here instead of starting a thread each.
 pub(crate) static IO_POOL: Pool = Pool::new("qfile-io", 8);
 
 /// Run a short blocking file operation on [`IO_POOL`], never on a thread

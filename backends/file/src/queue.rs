@@ -19,8 +19,9 @@
 //!   `try_read`, `try_write`) reports the lock busy while anybody of this
 //!   process is queued for it, as it does while another process's acquirer
 //!   is passing the turnstile;
-//! - a gate around the commit of a grant (the fencing-counter bump and its
-//!   `fdatasync`, on the `qfile-io` pool, never on a runtime thread), so
+//! - a gate around the commit of a grant (the fencing-counter bump, with
+//!   its occasional `fdatasync`, on the `qfile-io` pool, never on a
+//!   runtime thread), so
 //!   that readers granted together take one thread, not one each;
 //! - the kernel waits in progress for its files ([`Entry::kernel_wait`]).
 //!

@@ -124,9 +124,95 @@ async fn fences_strictly_increase_and_survive_reconnects() {
         }
         s.close().await.unwrap();
     }
-    // The counter lives in the lock file, as 20 digits and a newline.
-    let text = std::fs::read_to_string(quorate_file::mutex_path(dir.path(), "counter")).unwrap();
-    assert_eq!(text, format!("{last:020}\n"));
+    // The counters live in the lock file: the durable reservation (every
+    // fence handed out is at most it), then the last fence handed out and
+    // the id of the boot that wrote it.
+    let (reserved, issued, boot) = counters(&quorate_file::mutex_path(dir.path(), "counter"));
+    assert!(reserved >= last, "reserved {reserved} < issued {last}");
+    assert_eq!(issued, last);
+    assert_eq!(boot, this_boot());
+}
+
+/// The reservation, the last fence handed out and its boot id, as written
+/// at the start of a lock file.
+fn counters(path: &std::path::Path) -> (u64, u64, String) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let (reserved, slot) = text.split_once('\n').expect("two lines");
+    let slot = slot.strip_suffix('\n').expect("a newline after the slot");
+    let (issued, boot) = slot.split_once(' ').expect("fence and boot id");
+    (
+        reserved.parse().unwrap(),
+        issued.parse().unwrap(),
+        boot.to_owned(),
+    )
+}
+
+fn this_boot() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// What a machine crash can leave on disk: the reservation (synced) but an
+/// older "last fence handed out" (never synced). The slot carries another
+/// boot's id, so it is not trusted: the next fence is above the
+/// reservation, hence above every fence handed out before the crash —
+/// never a repeat, even though grants sync only once per block.
+#[tokio::test]
+async fn fences_never_repeat_after_a_machine_crash_lost_the_unsynced_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = connect(dir.path()).await;
+    let s = c.session().await.unwrap();
+    let mut last = 0;
+    for _ in 0..20 {
+        let g = s.mutex("m").lock().await.unwrap();
+        last = g.fence().get();
+        g.release().await.unwrap();
+    }
+    let path = quorate_file::mutex_path(dir.path(), "m");
+    let (reserved, issued, _) = counters(&path);
+    assert_eq!(issued, last);
+    assert!(
+        reserved > last,
+        "a block is reserved ahead: {reserved} vs {last}"
+    );
+    // The disk after the crash: the slot as it was 15 grants ago, from the
+    // boot before.
+    let stale = format!(
+        "{reserved:020}\n{:020} {}\n",
+        last - 15,
+        "00000000-0000-4000-8000-000000000000"
+    );
+    std::fs::write(&path, stale).unwrap();
+    let g = s.mutex("m").lock().await.unwrap();
+    assert!(
+        g.fence().get() > last,
+        "fence {} repeats one handed out before the crash (last {last})",
+        g.fence()
+    );
+    assert_eq!(g.fence().get(), reserved + 1);
+    g.release().await.unwrap();
+    let (reserved_after, issued_after, boot) = counters(&path);
+    assert!(reserved_after >= issued_after && issued_after == reserved + 1);
+    assert_eq!(boot, this_boot());
+}
+
+/// A lock file from before the issued slot existed (one line: the last
+/// fence handed out) continues above it.
+#[tokio::test]
+async fn a_one_line_counter_from_an_older_version_continues_above_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = connect(dir.path()).await;
+    let s = c.session().await.unwrap();
+    let path = quorate_file::mutex_path(dir.path(), "old");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, format!("{:020}\n", 1_000_000u64)).unwrap();
+    let g = s.mutex("old").lock().await.unwrap();
+    assert_eq!(g.fence().get(), 1_000_001);
+    g.release().await.unwrap();
+    let g = s.mutex("old").lock().await.unwrap();
+    assert_eq!(g.fence().get(), 1_000_002);
 }
 
 #[tokio::test]

@@ -3,7 +3,8 @@
 
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{HeldLeadership, Leader, RawObserve};
+use quorate_core::spi::{HeldLeadership, RawObserve};
+use quorate_core::Leader;
 use quorate_core::{Error, FencingToken, Result};
 
 use crate::queue::{current_leader, publish_leader, remove, wait_for_grant};

@@ -4,7 +4,8 @@
 
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{GroupChange, HeldMembership, Member, RawGroupWatch, SeenMember};
+use quorate_core::spi::{GroupChange, HeldMembership, RawGroupWatch, SeenMember};
+use quorate_core::Member;
 use quorate_core::{Error, Result};
 
 use crate::session::MemorySession;

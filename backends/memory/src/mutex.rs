@@ -3,7 +3,8 @@
 
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{AfterWrite, HeldLock, LockKind};
+use quorate_core::spi::{AfterWrite, HeldLock};
+use quorate_core::LockKind;
 use quorate_core::{FencingToken, Result};
 
 use crate::queue::{remove, wait_for_grant};

@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::Leader;
+use quorate_core::Leader;
 use quorate_core::{Error, FencingToken, Result};
 use tokio::sync::oneshot;
 

@@ -14,8 +14,9 @@ use quorate_core::backend::async_trait;
 use quorate_core::backoff::Backoff;
 use quorate_core::loss::LossNotifier;
 use quorate_core::name::encode;
-use quorate_core::spi::{HeldLeadership, Leader, RawObserve};
+use quorate_core::spi::{HeldLeadership, RawObserve};
 use quorate_core::watch::raw_changes;
+use quorate_core::Leader;
 use quorate_core::{Error, FencingToken, Result};
 use redis::Value;
 

@@ -19,8 +19,9 @@ use quorate_core::backend::async_trait;
 use quorate_core::backoff::Backoff;
 use quorate_core::loss::LossNotifier;
 use quorate_core::name::{decode, encode};
-use quorate_core::spi::{GroupChange, HeldMembership, Member, RawGroupWatch, SeenMember};
+use quorate_core::spi::{GroupChange, HeldMembership, RawGroupWatch, SeenMember};
 use quorate_core::watch::raw_changes;
+use quorate_core::Member;
 use quorate_core::{Error, Result};
 use redis::Value;
 

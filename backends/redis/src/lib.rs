@@ -52,13 +52,14 @@ use std::time::Duration;
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
 use quorate_core::spi::{
-    Acquire, Acquired, Backend, HeldLeadership, HeldMembership, Leader, LockKind, Member,
-    RawGroupWatch, RawObserve, SessionBackend,
+    Acquire, Acquired, Backend, HeldLeadership, HeldMembership, RawGroupWatch, RawObserve,
+    SessionBackend,
 };
 use quorate_core::{
     Capabilities, Config, Coordinator, Error, ErrorKind, FailureDetection, Primitives, Result,
     RwOrdering, Scope,
 };
+use quorate_core::{Leader, LockKind, Member};
 use redis::FromRedisValue;
 
 use conn::Conn;

@@ -99,12 +99,13 @@ use std::time::Duration;
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
 use quorate_core::spi::{
-    Acquire, Acquired, Backend, HeldLeadership, HeldMembership, Leader, LockKind, Member,
-    RawGroupWatch, RawObserve, SessionBackend,
+    Acquire, Acquired, Backend, HeldLeadership, HeldMembership, RawGroupWatch, RawObserve,
+    SessionBackend,
 };
 use quorate_core::{
     Capabilities, Config, Coordinator, FailureDetection, Primitives, Result, RwOrdering, Scope,
 };
+use quorate_core::{Leader, LockKind, Member};
 
 /// URL schemes this backend serves.
 pub const SCHEMES: &[&str] = &["zookeeper"];

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use quorate_core::backend::async_trait;
 use quorate_core::loss::LossNotifier;
-use quorate_core::spi::{AfterWrite, HeldLock, LockKind};
+use quorate_core::spi::{AfterWrite, HeldLock};
+use quorate_core::LockKind;
 use quorate_core::{Error, FencingToken, Result};
 use zookeeper_client as zk;
 use zookeeper_client::{CreateMode, MultiWriteError};

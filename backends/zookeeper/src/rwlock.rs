@@ -17,7 +17,7 @@
 //! Acquisition, release and guarded writes are the mutex's
 //! ([`crate::mutex`]); only the queue rules differ.
 
-use quorate_core::spi::LockKind;
+use quorate_core::LockKind;
 
 use crate::node::Layout;
 use crate::queue::{Spec, EXCLUSIVE, SHARED};

@@ -1,7 +1,8 @@
 //! Render the guarantees report from JSON reports written by the
 //! conformance test targets (`QUORATE_REPORT_DIR`).
 //!
-//! `quorate-guarantees render OUT.md OUT.json REPORT.json…`
+//! `quorate-guarantees render OUT.md OUT.json REPORT.json…` (also writes
+//! the matrix picture beside OUT.md, as OUT.svg)
 
 use quorate_conformance::report::{Report, SCHEMA};
 
@@ -54,11 +55,24 @@ fn main() {
          the backend does not declare the primitive, or its scope makes the case meaningless.\n\
          The JSON form is in `docs/guarantees.json` (schema in `docs/architecture.md`).\n\n",
     );
+    let svg_out = std::path::Path::new(md_out).with_extension("svg");
+    let svg_name = svg_out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    md.push_str(&format!(
+        "The case × target matrix as a picture: [{svg_name}]({svg_name}) (generated with this file).\n\n"
+    ));
     md.push_str("## What each deployment survives\n\n");
     md.push_str(&report.fault_matrix());
     md.push_str("\n## Every case\n\n");
     md.push_str(&report.to_markdown());
-    for (path, text) in [(md_out, md), (json_out, report.to_json())] {
+    let svg_out = svg_out.to_string_lossy().into_owned();
+    for (path, text) in [
+        (md_out, md),
+        (json_out, report.to_json()),
+        (&svg_out, quorate_conformance::svg::matrix(&report)),
+    ] {
         if let Err(e) = std::fs::write(path, text) {
             eprintln!("writing {path}: {e}");
             std::process::exit(1);

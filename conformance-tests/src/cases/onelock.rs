@@ -228,99 +228,23 @@ pub mod mutex_timeout_unblocks_readers {
     //! cancel safety: a mutex waiter queued behind a reader blocks the
     //! readers that arrive after it, and when it times out it leaves the
     //! queue at once, so they proceed while the first reader still holds.
+    //! The same routine as `rwlock_writer_timeout_unblocks_readers`, with a
+    //! mutex waiter.
 
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
-    use quorate::ErrorKind;
-
-    use crate::cases::client;
-    use crate::outcome::{within, CaseResult, Figures};
+    use crate::cases::rwlock::rwlock_writer_timeout_unblocks_readers::{
+        timed_out_waiter_unblocks_readers, Exclusive,
+    };
+    use crate::outcome::{CaseResult, Figures};
     use crate::target::Target;
-    use crate::{ensure, fail};
 
-    const NAME: &str = "one";
     /// How long the mutex waiter waits before it times out.
     const MUTEX_WAIT: Duration = Duration::from_secs(2);
 
     pub async fn run(t: Target) -> CaseResult {
-        let (_a, sa) = client(&t).await?;
-        let (_b, sb) = client(&t).await?;
-        let (_c, sc) = client(&t).await?;
-        let (_d, sd) = client(&t).await?;
-        let r1 = sa.rwlock(NAME).read().await?;
-        ensure!(
-            sb.mutex(NAME).try_lock().await?.is_none(),
-            "a mutex was granted while a reader of the same name held it"
-        );
-        let queued = Instant::now();
-        let waiter = {
-            let sb = sb.clone();
-            tokio::spawn(async move {
-                let r = sb.mutex(NAME).lock_timeout(MUTEX_WAIT).await;
-                (r.map(drop), Instant::now())
-            })
-        };
-        // Until the mutex waiter is queued, a reader may still pass: look
-        // until the first refusal, which shows it queued. Readers granted
-        // through the waiter's whole wait mean it never blocked them.
-        loop {
-            match sd.rwlock(NAME).try_read().await? {
-                None => break,
-                Some(g) => g.release().await?,
-            }
-            if waiter.is_finished() {
-                fail!("readers arriving after a waiting mutex were granted throughout its {MUTEX_WAIT:?} wait (writer starvation)");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let reader = {
-            let sc = sc.clone();
-            tokio::spawn(async move {
-                let r = sc.rwlock(NAME).read().await;
-                (r, Instant::now())
-            })
-        };
-        let (wres, timed_out_at) = match within(10.0, "the mutex waiter times out", waiter).await? {
-            Ok(x) => x,
-            Err(e) => fail!("mutex waiter task panicked: {e}"),
-        };
-        match wres {
-            Err(e) if e.kind() == ErrorKind::Timeout => {}
-            Err(e) => fail!("the mutex waiter failed with {e}, expected Timeout"),
-            Ok(()) => fail!("the mutex was granted while a reader held the name"),
-        }
-        let (r2, granted_at) = match within(
-            10.0,
-            "the reader behind the timed-out mutex waiter is granted while the first reader still holds",
-            reader,
-        )
-        .await?
-        {
-            Ok(x) => x,
-            Err(e) => fail!("reader task panicked: {e}"),
-        };
-        let r2 = r2?;
-        ensure!(
-            granted_at >= queued + MUTEX_WAIT,
-            "the reader was granted {:?} after the mutex waiter queued, before its {MUTEX_WAIT:?} timeout: it was never blocked by it",
-            granted_at.saturating_duration_since(queued)
-        );
-        ensure!(r1.is_held().await?, "the first reader lost its grant");
-        ensure!(
-            r2.fence() > r1.fence(),
-            "the second read grant's fence {} is not above the first's {}",
-            r2.fence(),
-            r1.fence()
-        );
-        let delay_us = granted_at
-            .saturating_duration_since(timed_out_at)
-            .as_secs_f64()
-            * 1e6;
-        r2.release().await?;
-        r1.release().await?;
-        for s in [sa, sb, sc, sd] {
-            s.close().await?;
-        }
+        let delay_us =
+            timed_out_waiter_unblocks_readers(&t, "one", Exclusive::Mutex, MUTEX_WAIT).await?;
         let mut f = Figures::new();
         f.insert("reader_unblock_after_mutex_timeout_us".into(), delay_us);
         Ok(f)

@@ -157,59 +157,114 @@ pub mod rwlock_queued_writer_blocks_readers {
 }
 
 pub mod rwlock_writer_timeout_unblocks_readers {
+    //! A writer queued behind a reader blocks the readers that arrive after
+    //! it; when it times out it leaves the queue at once, so they proceed
+    //! while the first reader still holds. The routine is shared with
+    //! `mutex_timeout_unblocks_readers` (the mutex is the same write side).
+
     use std::time::{Duration, Instant};
 
-    use quorate::ErrorKind;
+    use quorate::{ErrorKind, LockGuard, Session};
 
     use crate::cases::client;
-    use crate::outcome::{within, CaseResult, Figures};
+    use crate::outcome::{within, CaseError, CaseResult, Figures};
     use crate::target::Target;
     use crate::{ensure, fail};
 
     /// How long the writer waits before it times out.
     const WRITER_WAIT: Duration = Duration::from_millis(600);
 
+    /// The exclusive side a waiter asks for.
+    #[derive(Debug, Clone, Copy)]
+    pub(crate) enum Exclusive {
+        /// `Mutex::lock_timeout`.
+        Mutex,
+        /// `RwLock::write_timeout`.
+        Write,
+    }
+
+    impl Exclusive {
+        fn word(self) -> &'static str {
+            match self {
+                Exclusive::Mutex => "mutex waiter",
+                Exclusive::Write => "writer",
+            }
+        }
+
+        async fn wait(self, s: &Session, name: &str, d: Duration) -> quorate::Result<LockGuard> {
+            match self {
+                Exclusive::Mutex => s.mutex(name).lock_timeout(d).await,
+                Exclusive::Write => s.rwlock(name).write_timeout(d).await,
+            }
+        }
+    }
+
     pub async fn run(t: Target) -> CaseResult {
-        let (_a, sa) = client(&t).await?;
-        let (_b, sb) = client(&t).await?;
-        let (_c, sc) = client(&t).await?;
-        let (_d, sd) = client(&t).await?;
-        let r1 = sa.rwlock("rw").read().await?;
-        let writer_started = Instant::now();
-        let writer = {
-            let sb = sb.clone();
+        let delay_us =
+            timed_out_waiter_unblocks_readers(&t, "rw", Exclusive::Write, WRITER_WAIT).await?;
+        let mut f = Figures::new();
+        f.insert("reader_unblock_after_writer_timeout_us".into(), delay_us);
+        Ok(f)
+    }
+
+    /// Reader 1 holds `name`; an exclusive waiter (`side`) queues behind it
+    /// with timeout `wait`; a reader arriving after the waiter must be held
+    /// back by it, then granted as soon as the waiter times out, while
+    /// reader 1 still holds, with a larger fence. Returns the delay from the
+    /// waiter's timeout to that grant, in µs.
+    pub(crate) async fn timed_out_waiter_unblocks_readers(
+        t: &Target,
+        name: &str,
+        side: Exclusive,
+        wait: Duration,
+    ) -> Result<f64, CaseError> {
+        let who = side.word();
+        let (_a, sa) = client(t).await?;
+        let (_b, sb) = client(t).await?;
+        let (_c, sc) = client(t).await?;
+        let (_d, sd) = client(t).await?;
+        let r1 = sa.rwlock(name).read().await?;
+        let queued = Instant::now();
+        let waiter = {
+            let (sb, name) = (sb.clone(), name.to_owned());
             tokio::spawn(async move {
-                let r = sb.rwlock("rw").write_timeout(WRITER_WAIT).await;
+                let r = side.wait(&sb, &name, wait).await;
                 (r.map(drop), Instant::now())
             })
         };
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        // The waiting writer blocks readers now: the reader below really
-        // queues behind it.
-        ensure!(
-            sd.rwlock("rw").try_read().await?.is_none(),
-            "a reader was granted while a writer waited (the reader would not be blocked)"
-        );
+        // Until the waiter is queued, a reader may still pass: look until
+        // the first refusal, which shows it queued. Readers granted through
+        // the waiter's whole wait mean it never blocked them.
+        loop {
+            match sd.rwlock(name).try_read().await? {
+                None => break,
+                Some(g) => g.release().await?,
+            }
+            if waiter.is_finished() {
+                fail!("readers arriving after a waiting {who} were granted throughout its {wait:?} wait (writer starvation)");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let reader = {
-            let sc = sc.clone();
+            let (sc, name) = (sc.clone(), name.to_owned());
             tokio::spawn(async move {
-                let r = sc.rwlock("rw").read().await;
+                let r = sc.rwlock(&name).read().await;
                 (r, Instant::now())
             })
         };
-        let (wres, timed_out_at) = match within(10.0, "the writer times out", writer).await? {
-            Ok(x) => x,
-            Err(e) => fail!("writer task panicked: {e}"),
-        };
+        let (wres, timed_out_at) =
+            match within(10.0, "the exclusive waiter times out", waiter).await? {
+                Ok(x) => x,
+                Err(e) => fail!("{who} task panicked: {e}"),
+            };
         match wres {
             Err(e) if e.kind() == ErrorKind::Timeout => {}
-            Err(e) => fail!("the writer failed with {e}, expected Timeout"),
-            Ok(()) => fail!("the writer was granted while a reader held the lock"),
+            Err(e) => fail!("the {who} failed with {e}, expected Timeout"),
+            Ok(()) => fail!("the {who} was granted while a reader held the name"),
         }
-        // The first reader still holds: the queued reader must be granted now.
         let (r2, granted_at) = match within(
             10.0,
-            "the reader behind the timed-out writer is granted while the first reader still holds",
+            "the reader behind the timed-out exclusive waiter is granted while the first reader still holds",
             reader,
         )
         .await?
@@ -219,11 +274,17 @@ pub mod rwlock_writer_timeout_unblocks_readers {
         };
         let r2 = r2?;
         ensure!(
-            granted_at >= writer_started + WRITER_WAIT,
-            "the reader was granted {:?} after the writer queued, before the writer's {WRITER_WAIT:?} timeout: it was never blocked by the writer",
-            granted_at.saturating_duration_since(writer_started)
+            granted_at >= queued + wait,
+            "the reader was granted {:?} after the {who} queued, before its {wait:?} timeout: it was never blocked by it",
+            granted_at.saturating_duration_since(queued)
         );
         ensure!(r1.is_held().await?, "the first reader lost its grant");
+        ensure!(
+            r2.fence() > r1.fence(),
+            "the second read grant's fence {} is not above the first's {}",
+            r2.fence(),
+            r1.fence()
+        );
         let delay_us = granted_at
             .saturating_duration_since(timed_out_at)
             .as_secs_f64()
@@ -233,8 +294,6 @@ pub mod rwlock_writer_timeout_unblocks_readers {
         for s in [sa, sb, sc, sd] {
             s.close().await?;
         }
-        let mut f = Figures::new();
-        f.insert("reader_unblock_after_writer_timeout_us".into(), delay_us);
-        Ok(f)
+        Ok(delay_us)
     }
 }

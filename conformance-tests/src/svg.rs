@@ -1,0 +1,185 @@
+//! The guarantees matrix as a picture: one row per case, one column per
+//! target, each cell coloured by its verdict. Rendered from the same
+//! [`Report`] as the Markdown (`quorate-guarantees render` writes it beside
+//! the `.md`), so the picture never disagrees with the table.
+
+use std::fmt::Write as _;
+
+use crate::outcome::Verdict;
+use crate::report::Report;
+
+const CELL_W: usize = 92;
+const CELL_H: usize = 18;
+const LABEL_W: usize = 330;
+const HEADER_H: usize = 70;
+const LEGEND_H: usize = 40;
+
+/// Fill colour and the word shown in a cell.
+fn style(v: Verdict) -> (&'static str, &'static str) {
+    match v {
+        Verdict::Pass => ("#2ca02c", "pass"),
+        Verdict::Fail => ("#d62728", "FAIL"),
+        Verdict::Violated => ("#ff7f0e", "violated"),
+        Verdict::Unverified => ("#bbbbbb", "unverified"),
+        Verdict::NotApplicable => ("#f2f2f2", "—"),
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The case × target matrix of `report` as a standalone SVG document.
+/// Cases appear in the order of their first appearance; a case a target did
+/// not run is left blank (white), never drawn as a pass.
+pub fn matrix(report: &Report) -> String {
+    let mut cases: Vec<&str> = Vec::new();
+    for t in &report.targets {
+        for c in &t.cases {
+            if !cases.contains(&c.name.as_str()) {
+                cases.push(&c.name);
+            }
+        }
+    }
+    let width = LABEL_W + CELL_W * report.targets.len() + 10;
+    let height = HEADER_H + CELL_H * cases.len() + LEGEND_H;
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">"#
+    );
+    let _ = writeln!(
+        svg,
+        r#"<rect width="{width}" height="{height}" fill="white"/>"#
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="10" y="20" font-size="14">Guarantees measured per target (conformance suite on real servers; generated from the JSON report)</text>"#
+    );
+    for (i, t) in report.targets.iter().enumerate() {
+        let x = LABEL_W + CELL_W * i + CELL_W / 2;
+        let _ = writeln!(
+            svg,
+            r#"<text x="{x}" y="{}" text-anchor="middle" font-weight="bold">{}</text>"#,
+            HEADER_H - 8,
+            escape(&t.target)
+        );
+    }
+    for (row, name) in cases.iter().enumerate() {
+        let y = HEADER_H + CELL_H * row;
+        let _ = writeln!(
+            svg,
+            r#"<text x="{}" y="{}" text-anchor="end" font-family="monospace">{}</text>"#,
+            LABEL_W - 6,
+            y + CELL_H - 5,
+            escape(name)
+        );
+        for (col, t) in report.targets.iter().enumerate() {
+            let x = LABEL_W + CELL_W * col;
+            let Some(c) = t.cases.iter().find(|c| c.name == *name) else {
+                continue;
+            };
+            let (fill, word) = style(c.result);
+            let _ = writeln!(
+                svg,
+                r#"<rect x="{x}" y="{y}" width="{}" height="{}" fill="{fill}" stroke="white"><title>{}: {} — {}</title></rect>"#,
+                CELL_W - 1,
+                CELL_H - 1,
+                escape(&t.target),
+                escape(name),
+                escape(c.result.as_str()),
+            );
+            let ink = match c.result {
+                Verdict::NotApplicable | Verdict::Unverified => "#333333",
+                _ => "white",
+            };
+            let _ = writeln!(
+                svg,
+                r#"<text x="{}" y="{}" text-anchor="middle" fill="{ink}">{word}</text>"#,
+                x + CELL_W / 2,
+                y + CELL_H - 5,
+            );
+        }
+    }
+    let y = HEADER_H + CELL_H * cases.len() + 22;
+    let mut x = 10;
+    for v in [
+        Verdict::Pass,
+        Verdict::Fail,
+        Verdict::Violated,
+        Verdict::Unverified,
+        Verdict::NotApplicable,
+    ] {
+        let (fill, _) = style(v);
+        let label = match v {
+            Verdict::Pass => "pass: measured and kept",
+            Verdict::Fail => "FAIL: declared, broken",
+            Verdict::Violated => "violated: broken, declared not kept",
+            Verdict::Unverified => "unverified: not measurable here",
+            Verdict::NotApplicable => "not applicable",
+        };
+        let _ = writeln!(
+            svg,
+            r##"<rect x="{x}" y="{}" width="14" height="14" fill="{fill}" stroke="#999"/><text x="{}" y="{}">{label}</text>"##,
+            y - 11,
+            x + 18,
+            y
+        );
+        x += 18 + label.len() * 6 + 20;
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{CaseReport, TargetReport};
+
+    fn case(name: &str, result: Verdict) -> CaseReport {
+        CaseReport {
+            name: name.into(),
+            backend: "b".into(),
+            target: "t".into(),
+            guarantee: "g".into(),
+            capability: None,
+            declared: None,
+            result,
+            detail: String::new(),
+            figures: Default::default(),
+            duration_ms: 0.0,
+        }
+    }
+
+    #[test]
+    fn every_verdict_gets_its_own_colour_and_missing_cases_stay_blank() {
+        let report = Report::new(vec![
+            TargetReport {
+                target: "a<b".into(),
+                backend: "b".into(),
+                url: "x://".into(),
+                capabilities: serde_json::Value::Null,
+                cases: vec![case("one", Verdict::Fail), case("two", Verdict::Violated)],
+            },
+            TargetReport {
+                target: "c".into(),
+                backend: "b".into(),
+                url: "x://".into(),
+                capabilities: serde_json::Value::Null,
+                cases: vec![case("two", Verdict::Pass)],
+            },
+        ]);
+        let svg = matrix(&report);
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
+        assert!(svg.contains("a&lt;b"), "target names are escaped");
+        // Three cells drawn (the missing `c`/`one` is not), plus the legend.
+        assert_eq!(svg.matches("<title>").count(), 3);
+        assert!(svg.contains("<title>a&lt;b: one — fail</title>"));
+        assert!(svg.contains("<title>c: two — pass</title>"));
+        assert_eq!(svg.matches(r##"fill="#2ca02c" stroke="white""##).count(), 1);
+        assert_eq!(svg.matches(r##"fill="#d62728" stroke="white""##).count(), 1);
+    }
+}
