@@ -31,7 +31,9 @@
 //! through [`blocking`] and [`commit`], never on a thread of the async
 //! runtime; their results are dropped if the caller went away. The first,
 //! non-blocking attempt of an acquisition (open, `F_OFD_SETLK`, `fstat`)
-//! runs inline on the async task: a few system calls that never wait.
+//! runs inline on the async task: a few system calls that never wait; so
+//! does a fence bump that needs no `fdatasync` (`layout::bump_fence_unsynced`:
+//! a `pread` and a `pwrite`).
 
 use std::collections::VecDeque;
 use std::fs::File;

@@ -19,9 +19,9 @@
 //!   `try_read`, `try_write`) reports the lock busy while anybody of this
 //!   process is queued for it, as it does while another process's acquirer
 //!   is passing the turnstile;
-//! - a gate around the commit of a grant (the fencing-counter bump, with
-//!   its occasional `fdatasync`, on the `qfile-io` pool, never on a
-//!   runtime thread), so
+//! - a gate around the commit of a grant on the `qfile-io` pool (the
+//!   fencing-counter bump when it must `fdatasync`, never on a runtime
+//!   thread; an unsynced bump runs inline), so
 //!   that readers granted together take one thread, not one each;
 //! - the kernel waits in progress for its files ([`Entry::kernel_wait`]).
 //!
@@ -187,6 +187,11 @@ impl Entry {
         permit
             .map(|p| Some(Turn(p)))
             .map_err(|_| Error::backend("the lock queue was closed"))
+    }
+
+    /// The commit gate of this entry if nobody holds it.
+    pub(crate) fn try_gate(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        self.gate.clone().try_lock_owned().ok()
     }
 
     /// Hold the commit gate of this entry (see the module documentation).

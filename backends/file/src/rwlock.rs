@@ -40,8 +40,8 @@ use std::sync::Arc;
 
 use quorate_core::Result;
 
-use crate::layout::bump_fence;
-use crate::ofd::{commit, io_error, lock_blocking, unlock, Mode, Range};
+use crate::layout::{bump_fence, bump_fence_unsynced};
+use crate::ofd::{commit, io_error, lock_blocking, try_lock, unlock, Mode, Range};
 use crate::queue::{entry, Entry, Grant};
 
 /// Taken exclusively by every acquirer on its way in (companion file).
@@ -87,7 +87,21 @@ pub(crate) async fn lock_read(path: &Path, wait: bool) -> Result<Option<Grant>> 
     let Some((file, turn)) = enter(&entry, Mode::Shared, wait).await? else {
         return Ok(None);
     };
-    let gate = entry.gate().await;
+    // Inline when no other reader of this process is committing, no other
+    // process's reader holds the counter byte, and the bump needs no sync.
+    let gate = match entry.try_gate() {
+        Some(gate) => {
+            let counter = try_lock(&turn, Mode::Exclusive, COUNTER)
+                .map_err(|e| io_error("taking the counter byte", e))?;
+            if counter {
+                if let Some(fence) = bump_fence_unsynced(&file, path)? {
+                    return Ok(Some(Grant { file, fence }));
+                }
+            }
+            gate
+        }
+        None => entry.gate().await,
+    };
     let path = path.to_owned();
     commit(gate, move |cancel| {
         cancel.check()?;
@@ -112,6 +126,11 @@ pub(crate) async fn lock_write(path: &Path, wait: bool) -> Result<Option<Grant>>
         return Ok(None);
     };
     drop(turn);
+    // Inline when the bump needs no sync (this exclusive grant excludes
+    // every other bump of the file).
+    if let Some(fence) = bump_fence_unsynced(&file, path)? {
+        return Ok(Some(Grant { file, fence }));
+    }
     let gate = entry.gate().await;
     let path = path.to_owned();
     commit(gate, move |cancel| {

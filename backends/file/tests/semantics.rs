@@ -922,3 +922,33 @@ async fn an_abandoned_wait_on_a_removed_lock_file_is_not_adopted_for_the_new_one
     assert!(g2.fence() > f3);
     drop(old);
 }
+
+/// Most grants bump the fence inline (no `fdatasync`), the one that
+/// passes the reserved block commits on the I/O pool with a sync: across
+/// such a block, readers' and writers' fences go up by one per grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fences_go_up_by_one_per_grant_across_a_reserved_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = connect(dir.path()).await;
+    let s = c.session().await.unwrap();
+    let first = s.mutex("f").lock().await.unwrap();
+    let mut last = first.fence().get();
+    first.release().await.unwrap();
+    for i in 0..4200 {
+        // Released explicitly: a dropped guard is given back in the
+        // background, and the session's own `try_lock` is busy until then.
+        let fence = if i % 2 == 0 {
+            let g = s.rwlock("f").read().await.unwrap();
+            let f = g.fence();
+            g.release().await.unwrap();
+            f
+        } else {
+            let g = s.mutex("f").try_lock().await.unwrap().expect("free");
+            let f = g.fence();
+            g.release().await.unwrap();
+            f
+        };
+        assert_eq!(fence.get(), last + 1, "grant {i}");
+        last = fence.get();
+    }
+}
