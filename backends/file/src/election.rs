@@ -10,8 +10,11 @@
 //! leader's process dies. Resigning removes the value file and closes the
 //! description. `observe()` re-reads on inotify events for these two files.
 //!
-//! Candidates are elected in whatever order the kernel wakes them, not in
-//! arrival order (the backend declares `fifo: false`).
+//! Candidates of one process are queued in arrival order in that process
+//! (see `queue`: only the first waits in the kernel); candidates of
+//! different processes are elected in whatever order the kernel wakes
+//! them, so across processes there is no arrival order (the backend
+//! declares `fifo: false`).
 
 use std::fs::File;
 use std::io;
@@ -26,8 +29,8 @@ use quorate_core::Leader;
 use quorate_core::{Error, FencingToken, Result};
 
 use crate::layout::{bump_fence, read_optional, same_file, stem, write_atomic, Layout, Space};
-use crate::ofd::{acquire, blocking, io_error, is_locked, try_lock, Mode, Range, Wait};
-use crate::queue::lock_file;
+use crate::ofd::{blocking, commit, io_error, is_locked, try_lock, Cancel, Mode, Range};
+use crate::queue;
 use crate::session::{Registration, Revocable, SessionShared};
 use crate::watch::Changes;
 
@@ -106,20 +109,16 @@ impl Drop for LeaderFile {
     }
 }
 
-/// The campaign job: wait for leadership, bump, publish.
-fn campaign_job(
+/// The commit of a campaign, once leadership (byte 0) is held: bump,
+/// publish the value, then take byte 1.
+fn publish(
+    file: File,
     lock_path: &Path,
     value_path: &Path,
     value: &[u8],
-    wait: Wait<'_>,
-) -> Result<Option<(LeaderFile, u64)>> {
-    let Some(file) = lock_file(lock_path, wait, |f, w| {
-        w.lock(f, Mode::Exclusive, LEADERSHIP)
-    })?
-    else {
-        return Ok(None);
-    };
-    wait.check()?;
+    cancel: &Cancel,
+) -> Result<(LeaderFile, u64)> {
+    cancel.check()?;
     let fence = bump_fence(&file, lock_path)?;
     let leader = LeaderFile {
         file: Some(file),
@@ -139,10 +138,13 @@ fn campaign_job(
             lock_path.display()
         )));
     }
-    Ok(Some((leader, fence)))
+    Ok((leader, fence))
 }
 
 /// Campaign and wait until elected.
+///
+/// Candidates of one process queue in that process's FIFO for the
+/// election's lock file (see `queue`); only the first waits in the kernel.
 pub(crate) async fn campaign(
     session: &Arc<SessionShared>,
     election: &str,
@@ -151,10 +153,21 @@ pub(crate) async fn campaign(
 ) -> Result<Box<dyn HeldLeadership>> {
     let lock_path = session.layout.lock_path(Space::Election, election);
     let value_path = session.layout.value_path(election);
-    let (lp, vp, v) = (lock_path.clone(), value_path.clone(), value.to_vec());
-    let (leader, fence) = acquire(true, move |w| campaign_job(&lp, &vp, &v, w))
+    let entry = queue::entry(&lock_path);
+    let turn = entry
+        .turn(true)
+        .await?
+        .ok_or_else(|| Error::backend("a waiting campaign was refused its turn"))?;
+    let file = entry
+        .lock_file(true, Mode::Exclusive, LEADERSHIP)
         .await?
         .ok_or_else(|| Error::backend("a waiting campaign returned no leadership"))?;
+    drop(turn);
+    let (lp, vp, v) = (lock_path.clone(), value_path.clone(), value.to_vec());
+    let (leader, fence) = commit(entry.gate().await, move |cancel| {
+        publish(file, &lp, &vp, &v, cancel)
+    })
+    .await?;
     tracing::debug!(election, fence, "elected");
     let state = Arc::new(LeaderState {
         election: election.to_owned(),

@@ -323,6 +323,18 @@ fn boot_id() -> Option<&'static str> {
 /// provided the wall clock has not been stepped back by more than the time
 /// since the removed file was created.
 pub(crate) fn bump_fence(file: &File, path: &Path) -> Result<u64> {
+    bump(file, path, true).map(|next| next.expect("a bump that may sync always bumps"))
+}
+
+/// [`bump_fence`] when that needs no `fdatasync` (the file has a counter,
+/// the next fence is within its reservation and the boot id is known): a
+/// `pread` and a `pwrite` to the page cache, cheap enough to run on an
+/// async task. `Ok(None)`, with nothing written, when it would need one.
+pub(crate) fn bump_fence_unsynced(file: &File, path: &Path) -> Result<Option<u64>> {
+    bump(file, path, false)
+}
+
+fn bump(file: &File, path: &Path, may_sync: bool) -> Result<Option<u64>> {
     let found = read_counters(file, path)?;
     let (reserved, last) = match found {
         None => {
@@ -344,6 +356,9 @@ pub(crate) fn bump_fence(file: &File, path: &Path) -> Result<u64> {
         file.write_all_at(text.as_bytes(), offset)
             .map_err(|e| io_error(format!("writing the counter of `{}`", path.display()), e))
     };
+    if !may_sync && (found.is_none() || next > reserved || boot_id().is_none()) {
+        return Ok(None);
+    }
     if found.is_none() || next > reserved {
         let reserve = next.checked_add(FENCE_BLOCK - 1).ok_or_else(overflow)?;
         write(0, format!("{reserve:020}\n"))?;
@@ -358,7 +373,7 @@ pub(crate) fn bump_fence(file: &File, path: &Path) -> Result<u64> {
     if let Some(boot) = boot_id() {
         write(FENCE_LEN as u64, format!("{next:020} {boot}\n"))?;
     }
-    Ok(next)
+    Ok(Some(next))
 }
 
 /// Microseconds since the Unix epoch (0 if the clock is before it).

@@ -17,14 +17,19 @@
 //!   plays no part: a file session reports a TTL of a century and never
 //!   expires; it ends with its process, `close`, or being dropped.
 //! - **Waiting** is push: a thread blocks in `F_OFD_SETLKW` and the kernel
-//!   wakes it. Dropping a waiting future interrupts that thread with a
-//!   signal (see `docs/backends.md`); nothing is acquired later.
+//!   wakes it. The waiters of one process on one lock queue in memory, in
+//!   arrival order, and only the first waits in the kernel, so a thousand
+//!   waiters cost a thread, not a thousand. Dropping a waiting future
+//!   returns at once and never acquires later; the crate sends no signal
+//!   and installs no handler (see `queue` and `docs/backends.md`).
 //! - **Fencing tokens** are a counter in each lock file, bumped and
 //!   `fdatasync`ed under the lock.
-//! - **Order**: the kernel does not queue waiters in arrival order, so
-//!   mutexes and elections are not FIFO; read/write locks (whose write
-//!   side is the mutex of the same name: one lock file per name) are
-//!   writer-preferring through a turnstile byte.
+//! - **Order**: the waiters of one process are served in arrival order;
+//!   the kernel does not queue the waiters of different processes in
+//!   arrival order, so mutexes and elections are not FIFO across
+//!   processes; read/write locks (whose write side is the mutex of the
+//!   same name: one lock file per name) are writer-preferring through a
+//!   turnstile byte.
 #![warn(missing_docs)]
 
 mod election;
@@ -67,7 +72,9 @@ pub const SCHEMES: &[&str] = &["file"];
 /// - `scope: Processes`: one host; the directory must be on a local file
 ///   system (OFD locks over NFS are not covered by the tests).
 /// - `failure_detection: ProcessLifetime`, `exclusive_under_pause: true`.
-/// - `fifo: false`: the kernel wakes lock waiters in no promised order.
+/// - `fifo: false`: FIFO among the waiters of one process (an in-process
+///   queue per lock file), but the kernel wakes the waiters of different
+///   processes in no promised order.
 /// - `rwlock_ordering: WriterPreferring`: a writer holding the turnstile
 ///   blocks every later reader; waiters at the turnstile race.
 /// - `external_revoke: false`: another process cannot take away a kernel

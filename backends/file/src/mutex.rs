@@ -28,7 +28,7 @@ use quorate_core::LockKind;
 use quorate_core::{FencingToken, Result};
 
 use crate::layout::{same_file, write_atomic, Space};
-use crate::ofd::{acquire, blocking, io_error};
+use crate::ofd::{blocking, io_error};
 use crate::rwlock;
 use crate::session::{Registration, Revocable, SessionShared};
 
@@ -43,12 +43,9 @@ pub(crate) async fn lock(
     // One lock per name: a mutex is the write side of the name's
     // read/write lock (see `rwlock`).
     let path = session.layout.lock_path(Space::Mutex, name);
-    let job_path = path.clone();
     let granted = match kind {
-        LockKind::Mutex | LockKind::Write => {
-            acquire(wait, move |w| rwlock::lock_write(&job_path, w)).await?
-        }
-        LockKind::Read => acquire(wait, move |w| rwlock::lock_read(&job_path, w)).await?,
+        LockKind::Mutex | LockKind::Write => rwlock::lock_write(&path, wait).await?,
+        LockKind::Read => rwlock::lock_read(&path, wait).await?,
     };
     let Some(grant) = granted else {
         return Ok(None);

@@ -14,35 +14,33 @@
 //!
 //! # Waiting
 //!
-//! A blocking wait (`F_OFD_SETLKW`) runs on a dedicated thread
-//! ([`wait_on_thread`]): the kernel wakes it when the lock frees (no
-//! polling), and the async caller awaits a channel. Dropping the caller's
-//! future cancels the wait:
+//! A blocking wait ([`lock_blocking`], `F_OFD_SETLKW`) runs on a thread of
+//! [`WAIT_POOL`] (threads named `qfile-wait`): the kernel wakes it when the
+//! lock frees (no polling). Who waits, how many threads wait, and what
+//! happens when a waiter goes away is decided in `queue.rs`: at most one
+//! thread per contended (file, range, mode) and process, and a cancelled
+//! wait is never interrupted — this crate sends no signal and installs no
+//! signal handler, since the signals belong to the host program — but
+//! orphaned: its thread stays in the kernel's wait list until the lock is
+//! granted to it or another waiter of the process adopts the wait, and an
+//! orphan's grant is dropped on the spot (the description closes, the
+//! kernel releases), before any fencing counter is bumped.
 //!
-//! 1. a flag is set and the thread is sent a real-time signal (one claimed
-//!    by this crate at first use, with a no-op handler installed without
-//!    `SA_RESTART`), so `fcntl` returns `EINTR` and the thread sees the flag
-//!    and gives up: it stops waiting at once, it does not linger in the
-//!    kernel's wait list until the lock frees;
-//! 2. the signal is repeated with a growing delay (1 ms … 100 ms) until the
-//!    thread says it is done, because a signal that lands just before the
-//!    thread enters `fcntl` is lost;
-//! 3. whatever the thread obtains after the caller left is sent into a
-//!    closed channel and dropped on the spot: dropping the [`std::fs::File`]
-//!    closes the description and the kernel releases its locks. So a
-//!    dropped wait never acquires "by itself" later; at worst (no signal
-//!    could be claimed) the abandoned thread takes the lock for the instant
-//!    it needs to notice, without bumping any fencing counter.
-//!
-//! Short operations that do not wait (`F_OFD_SETLK`, reads, `fsync`) run on
-//! tokio's blocking pool through [`blocking`]; their results are dropped
-//! the same way if the caller went away.
+//! Short operations that do not wait (`F_OFD_SETLK`, reads, `fsync`,
+//! fence bumps) run on [`IO_POOL`] (threads named `qfile-io`, at most eight)
+//! through [`blocking`] and [`commit`], never on a thread of the async
+//! runtime; their results are dropped if the caller went away. The first,
+//! non-blocking attempt of an acquisition (open, `F_OFD_SETLK`, `fstat`)
+//! runs inline on the async task: a few system calls that never wait; so
+//! does a fence bump that needs no `fdatasync` (`layout::bump_fence_unsynced`:
+//! a `pread` and a `pwrite`).
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex as StdMutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex as StdMutex};
 use std::time::Duration;
 
 use quorate_core::{Error, Result};
@@ -136,52 +134,6 @@ pub(crate) fn is_locked(file: &File, mode: Mode, range: Range) -> io::Result<boo
     Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
 }
 
-/// How an acquisition step may wait.
-#[derive(Clone, Copy)]
-pub(crate) enum Wait<'a> {
-    /// Never wait: a busy lock is reported as such.
-    No,
-    /// Wait on a dedicated, cancellable thread.
-    Yes(&'a Waiter),
-}
-
-impl Wait<'_> {
-    /// Take a lock: `Ok(true)` granted; `Ok(false)` busy (only with
-    /// [`Wait::No`]); an error when the wait was cancelled.
-    pub(crate) fn lock(&self, file: &File, mode: Mode, range: Range) -> Result<bool> {
-        match self {
-            Wait::No => try_lock(file, mode, range).map_err(|e| io_error("taking a file lock", e)),
-            Wait::Yes(w) => w.lock(file, mode, range).map(|()| true),
-        }
-    }
-
-    /// Take a lock that others hold only for an instant (a counter bump):
-    /// waits even with [`Wait::No`], but stays cancellable with
-    /// [`Wait::Yes`].
-    pub(crate) fn lock_brief(&self, file: &File, mode: Mode, range: Range) -> Result<()> {
-        match self {
-            Wait::No => loop {
-                let mut fl = flock(kind(mode), range);
-                match fcntl_lock(file, libc::F_OFD_SETLKW, &mut fl) {
-                    Ok(()) => return Ok(()),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(io_error("waiting for a file lock", e)),
-                }
-            },
-            Wait::Yes(w) => w.lock(file, mode, range),
-        }
-    }
-
-    /// Fail if the caller has gone away (checked before committing a grant).
-    pub(crate) fn check(&self) -> Result<()> {
-        match self {
-            Wait::No => Ok(()),
-            Wait::Yes(w) if w.is_cancelled() => Err(cancelled()),
-            Wait::Yes(_) => Ok(()),
-        }
-    }
-}
-
 fn cancelled() -> Error {
     Error::backend("the wait was cancelled")
 }
@@ -191,239 +143,217 @@ pub(crate) fn io_error(context: impl std::fmt::Display, e: io::Error) -> Error {
     Error::backend(format!("{context}: {e}")).with_source(e)
 }
 
-/// The waiting thread's side of a cancellable wait.
-pub(crate) struct Waiter {
-    shared: Arc<WaitShared>,
-}
-
-#[derive(Default)]
-struct WaitShared {
-    cancelled: AtomicBool,
-    thread: StdMutex<ThreadState>,
-}
-
-#[derive(Default)]
-struct ThreadState {
-    /// The waiting thread, once it runs. Signalled only while `!done`, under
-    /// this mutex, so the id is always that of a live thread.
-    id: Option<libc::pthread_t>,
-    done: bool,
-}
-
-impl Waiter {
-    fn is_cancelled(&self) -> bool {
-        self.shared.cancelled.load(Ordering::SeqCst)
-    }
-
-    /// Block until the lock is granted or the wait is cancelled.
-    fn lock(&self, file: &File, mode: Mode, range: Range) -> Result<()> {
-        loop {
-            if self.is_cancelled() {
-                return Err(cancelled());
-            }
-            let mut fl = flock(kind(mode), range);
-            match fcntl_lock(file, libc::F_OFD_SETLKW, &mut fl) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_error("waiting for a file lock", e)),
-            }
+/// Block in `F_OFD_SETLKW` until `file`'s description holds `range` in
+/// `mode` (retrying on `EINTR`, which only a signal of the host program can
+/// cause). Only ever called on a thread of [`WAIT_POOL`] or [`IO_POOL`].
+pub(crate) fn lock_blocking(file: &File, mode: Mode, range: Range) -> io::Result<()> {
+    loop {
+        let mut fl = flock(kind(mode), range);
+        match fcntl_lock(file, libc::F_OFD_SETLKW, &mut fl) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
         }
     }
 }
 
-impl WaitShared {
-    /// Signal the waiting thread once; `true` when it is already done.
-    fn kick(&self) -> bool {
-        let state = self.thread.lock().unwrap_or_else(|e| e.into_inner());
-        if state.done {
-            return true;
+/// A cancellation flag for work handed to a thread: set when the awaiting
+/// future is dropped before it took the result.
+#[derive(Clone, Default)]
+pub(crate) struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    /// Fail if the caller has gone away (checked before committing a grant,
+    /// i.e. before bumping a fencing counter).
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.0.load(Ordering::SeqCst) {
+            Err(cancelled())
+        } else {
+            Ok(())
         }
-        if let (Some(id), Some(sig)) = (state.id, wake_signal()) {
-            // SAFETY: `id` is a live thread: it cannot pass the point where
-            // it sets `done` (and then exit) while we hold the mutex.
-            unsafe {
-                libc::pthread_kill(id, sig);
-            }
-        }
-        false
     }
 }
 
-/// Sets `done` when dropped (also while unwinding).
-struct MarkDone<'a>(&'a WaitShared);
-
-impl Drop for MarkDone<'_> {
-    fn drop(&mut self) {
-        self.0.thread.lock().unwrap_or_else(|e| e.into_inner()).done = true;
-    }
-}
-
-/// Cancels the wait when the awaiting future is dropped before the result.
-struct CancelOnDrop(Option<Arc<WaitShared>>);
+/// Sets its [`Cancel`] flag when dropped, unless disarmed.
+struct CancelOnDrop(Option<Cancel>);
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        let Some(shared) = self.0.take() else {
-            return;
-        };
-        shared.cancelled.store(true, Ordering::SeqCst);
-        if shared.kick() || wake_signal().is_none() {
-            return;
+        if let Some(c) = self.0.take() {
+            c.0.store(true, Ordering::SeqCst);
         }
-        tracing::trace!("interrupting an abandoned file-lock wait");
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(async move {
-                    let mut delay = KICK_FIRST;
-                    while !shared.kick() {
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(KICK_MAX);
-                    }
-                });
+    }
+}
+
+/// Run a blocking job that commits a grant (bumps a fencing counter, which
+/// may `fdatasync`) on [`IO_POOL`], holding `gate` (the lock file's commit
+/// gate, see `queue`) until the job is done, even if the caller goes away
+/// first. The job gets a [`Cancel`] flag that is set if the awaiting future
+/// is dropped first; it checks it before committing, and whatever it
+/// returns after that is dropped (its files close, the kernel releases
+/// their locks).
+pub(crate) async fn commit<T, F>(gate: tokio::sync::OwnedMutexGuard<()>, job: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&Cancel) -> Result<T> + Send + 'static,
+{
+    let cancel = Cancel::default();
+    let mut guard = CancelOnDrop(Some(cancel.clone()));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    IO_POOL
+        .submit(Box::new(move || {
+            let result = job(&cancel);
+            Box::new(move || {
+                let _ = tx.send(result);
+                // Released once this thread is free for the next commit.
+                drop(gate);
+            })
+        }))
+        .map_err(|e| io_error("starting a file operation thread", e))?;
+    let result = rx
+        .await
+        .map_err(|_| Error::backend("a blocking file operation panicked"))?;
+    guard.0 = None;
+    result
+}
+
+// ---------------------------------------------------------------------
+// Thread pools: `qfile-wait` (kernel waits), `qfile-io` (short jobs).
+// ---------------------------------------------------------------------
+
+/// What a job hands back to its pool thread: the delivery of its result,
+/// run once the thread counts as free again (so a job submitted by
+/// whoever receives the result finds that thread, not a new one).
+pub(crate) type Deliver = Box<dyn FnOnce() + Send + 'static>;
+
+/// A job for a pool thread: does the work, returns the delivery.
+pub(crate) type Job = Box<dyn FnOnce() -> Deliver + Send + 'static>;
+
+/// How long an idle pool thread lingers before it exits.
+const POOL_IDLE: Duration = Duration::from_secs(1);
+
+/// A minimal thread pool; see [`WAIT_POOL`] and [`IO_POOL`].
+pub(crate) struct Pool {
+    name: &'static str,
+    /// Most threads at once; jobs beyond wait in the queue.
+    max: usize,
+    state: StdMutex<PoolState>,
+    wake: Condvar,
+}
+
+struct PoolState {
+    jobs: VecDeque<Job>,
+    threads: usize,
+    /// Threads running a job (between taking it and its delivery).
+    busy: usize,
+}
+
+impl Pool {
+    const fn new(name: &'static str, max: usize) -> Pool {
+        Pool {
+            name,
+            max,
+            state: StdMutex::new(PoolState {
+                jobs: VecDeque::new(),
+                threads: 0,
+                busy: 0,
+            }),
+            wake: Condvar::new(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Run `job` on a free thread of the pool, a new one if none is free
+    /// and the pool is below its maximum, else as soon as one is free.
+    pub(crate) fn submit(&'static self, job: Job) -> io::Result<()> {
+        let mut state = self.state();
+        state.jobs.push_back(job);
+        let free = state.threads - state.busy;
+        if free >= state.jobs.len() || state.threads >= self.max {
+            self.wake.notify_one();
+            return Ok(());
+        }
+        state.threads += 1;
+        drop(state);
+        let spawned = std::thread::Builder::new()
+            .name(self.name.into())
+            .stack_size(256 * 1024)
+            .spawn(move || self.run());
+        if let Err(e) = spawned {
+            let mut state = self.state();
+            state.threads -= 1;
+            if state.threads == 0 {
+                // Nobody to run it: take it back (the queue holds ours).
+                state.jobs.pop_back();
+                return Err(e);
             }
-            Err(_) => {
-                // Dropped outside a runtime: kick from a short-lived thread.
-                let _ = std::thread::Builder::new()
-                    .name("qfile-kick".into())
-                    .spawn(move || {
-                        let mut delay = KICK_FIRST;
-                        while !shared.kick() {
-                            std::thread::sleep(delay);
-                            delay = (delay * 2).min(KICK_MAX);
-                        }
-                    });
+        }
+        Ok(())
+    }
+
+    fn run(&'static self) {
+        let mut state = self.state();
+        loop {
+            if let Some(job) = state.jobs.pop_front() {
+                state.busy += 1;
+                drop(state);
+                let deliver = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                state = self.state();
+                state.busy -= 1;
+                drop(state);
+                // A panicking job delivers nothing: its receiver sees the
+                // sender dropped.
+                if let Ok(deliver) = deliver {
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(deliver));
+                }
+                state = self.state();
+                continue;
+            }
+            let (s, timeout) = self
+                .wake
+                .wait_timeout(state, POOL_IDLE)
+                .unwrap_or_else(|e| e.into_inner());
+            state = s;
+            if timeout.timed_out() && state.jobs.is_empty() {
+                state.threads -= 1;
+                return;
             }
         }
     }
 }
 
-/// First delay before repeating the wake-up signal, and its cap.
-const KICK_FIRST: Duration = Duration::from_millis(1);
-const KICK_MAX: Duration = Duration::from_millis(100);
+/// Threads blocked in `F_OFD_SETLKW` (named `qfile-wait`). No limit of its
+/// own: `queue.rs` bounds the kernel waits to one per contended (file,
+/// range, mode) and process.
+pub(crate) static WAIT_POOL: Pool = Pool::new("qfile-wait", usize::MAX);
 
-/// Run `job` on a dedicated thread that may block in `F_OFD_SETLKW`, and
-/// await its result. Dropping the returned future cancels the wait (see the
-/// module documentation); whatever the job returns after that is dropped.
-pub(crate) async fn wait_on_thread<T, F>(job: F) -> Result<T>
-where
-    T: Send + 'static,
-    F: FnOnce(&Waiter) -> Result<T> + Send + 'static,
-{
-    let shared = Arc::new(WaitShared::default());
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let thread_shared = shared.clone();
-    // Claim the signal before the thread can need it.
-    wake_signal();
-    std::thread::Builder::new()
-        .name("qfile-wait".into())
-        .stack_size(256 * 1024)
-        .spawn(move || {
-            unblock_wake_signal();
-            // SAFETY: plain FFI call without arguments.
-            thread_shared.thread.lock().unwrap().id = Some(unsafe { libc::pthread_self() });
-            let waiter = Waiter {
-                shared: thread_shared.clone(),
-            };
-            let result = {
-                // Marks the thread done even if the job panics, so it is
-                // never signalled after it exited.
-                let _done = MarkDone(&thread_shared);
-                job(&waiter)
-            };
-            // A closed channel gives the value back, and it is dropped here:
-            // its files close and the kernel releases their locks.
-            let _ = tx.send(result);
-        })
-        .map_err(|e| io_error("starting a file-lock wait thread", e))?;
-    let mut cancel = CancelOnDrop(Some(shared));
-    let result = rx
-        .await
-        .map_err(|_| Error::backend("a file-lock wait thread died"))?;
-    cancel.0 = None;
-    result
-}
+/// Threads for short blocking file operations (named `qfile-io`): commits
+/// (fence bump, sometimes an `fdatasync`), keep-alive checks, reads,
+/// writes. At most eight (enough to overlap the `fdatasync`s of grants of
+/// different names): a thousand sessions' keep-alives or grants at once
+/// queue here instead of starting a thread each.
+pub(crate) static IO_POOL: Pool = Pool::new("qfile-io", 8);
 
-/// Run a short blocking file operation on tokio's blocking pool.
+/// Run a short blocking file operation on [`IO_POOL`], never on a thread
+/// of the async runtime. If the caller goes away first, the job still runs
+/// to its end and its result is dropped (its files close).
 pub(crate) async fn blocking<T, F>(job: F) -> Result<T>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T> + Send + 'static,
 {
-    tokio::task::spawn_blocking(job)
-        .await
-        .map_err(|e| Error::backend(format!("a blocking file operation failed: {e}")))?
-}
-
-/// Acquire with `job`: first without waiting on the blocking pool (the
-/// common, uncontended case), then, if `wait` and the lock was busy, on a
-/// cancellable waiting thread.
-pub(crate) async fn acquire<T, F>(wait: bool, job: F) -> Result<Option<T>>
-where
-    T: Send + 'static,
-    F: Fn(Wait<'_>) -> Result<Option<T>> + Send + Sync + 'static,
-{
-    let job = Arc::new(job);
-    let first = job.clone();
-    if let Some(granted) = blocking(move || first(Wait::No)).await? {
-        return Ok(Some(granted));
-    }
-    if !wait {
-        return Ok(None);
-    }
-    wait_on_thread(move |w| {
-        job(Wait::Yes(w))?.ok_or_else(|| Error::backend("a waiting acquisition returned no grant"))
-    })
-    .await
-    .map(Some)
-}
-
-static WAKE_SIGNAL: OnceLock<Option<libc::c_int>> = OnceLock::new();
-
-extern "C" fn on_wake_signal(_: libc::c_int) {}
-
-/// The real-time signal used to interrupt waiting threads: the highest one
-/// whose disposition is still the default at first use, given a no-op
-/// handler without `SA_RESTART`. `None` if every one is taken.
-fn wake_signal() -> Option<libc::c_int> {
-    *WAKE_SIGNAL.get_or_init(|| {
-        for sig in (libc::SIGRTMIN()..=libc::SIGRTMAX()).rev() {
-            // SAFETY: querying and installing a handler with valid structs;
-            // the handler does nothing, so it is async-signal-safe.
-            unsafe {
-                let mut old: libc::sigaction = std::mem::zeroed();
-                if libc::sigaction(sig, std::ptr::null(), &mut old) != 0
-                    || old.sa_sigaction != libc::SIG_DFL
-                {
-                    continue;
-                }
-                let mut new: libc::sigaction = std::mem::zeroed();
-                new.sa_sigaction = on_wake_signal as extern "C" fn(libc::c_int) as usize;
-                new.sa_flags = 0;
-                libc::sigemptyset(&mut new.sa_mask);
-                if libc::sigaction(sig, &new, std::ptr::null_mut()) == 0 {
-                    tracing::debug!(
-                        signal = sig,
-                        "claimed a real-time signal to interrupt file-lock waits"
-                    );
-                    return Some(sig);
-                }
-            }
-        }
-        tracing::warn!(
-            "no free real-time signal: abandoned file-lock waits end only when the lock frees"
-        );
-        None
-    })
-}
-
-fn unblock_wake_signal() {
-    if let Some(sig) = wake_signal() {
-        // SAFETY: a valid, initialised signal set.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, sig);
-            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-        }
-    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    IO_POOL
+        .submit(Box::new(move || {
+            let result = job();
+            Box::new(move || {
+                let _ = tx.send(result);
+            })
+        }))
+        .map_err(|e| io_error("starting a file operation thread", e))?;
+    rx.await
+        .map_err(|_| Error::backend("a blocking file operation panicked"))?
 }

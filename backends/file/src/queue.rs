@@ -1,42 +1,342 @@
 //! The acquisition machinery shared by mutexes, read/write locks and
-//! elections. The kernel keeps the queue of waiters on a lock file (a
-//! blocking OFD lock on a blocking-pool thread, `ofd.rs`); what every
-//! primitive shares on top of it is opening the lock file and locking it,
-//! retrying when the file was replaced while waiting, and the [`Grant`] an
-//! acquisition job hands back.
+//! elections: a per-process queue in front of every lock file, and waiting
+//! for a kernel lock without blocking the async runtime, without one thread
+//! per waiter and without signals.
+//!
+//! # The per-process queue
+//!
+//! Every lock file (`lock/<stem>.lock`, `election/<stem>.lock`) has, in each
+//! process that uses it, one [`Entry`] in a registry keyed by its path. The
+//! entry is shared (weakly held by the registry, removed when the last user
+//! goes) by everybody of this process acquiring that name, whatever the
+//! session, the primitive (mutex, reader, writer) or the coordinator:
+//!
+//! - an in-process FIFO ([`Entry::turn`], a fair one-permit semaphore):
+//!   only its head tries the kernel locks; the others wait in memory, in
+//!   arrival order, and cost no thread and no file descriptor. The head
+//!   leaves the FIFO once it holds the lock file (its grant is then only
+//!   committed), or when it gives up. A non-waiting attempt (`try_lock`,
+//!   `try_read`, `try_write`) reports the lock busy while anybody of this
+//!   process is queued for it, as it does while another process's acquirer
+//!   is passing the turnstile;
+//! - a gate around the commit of a grant on the `qfile-io` pool (the
+//!   fencing-counter bump when it must `fdatasync`, never on a runtime
+//!   thread; an unsynced bump runs inline), so
+//!   that readers granted together take one thread, not one each;
+//! - the kernel waits in progress for its files ([`Entry::kernel_wait`]).
+//!
+//! # Kernel waits
+//!
+//! The head first tries every lock without waiting (`F_OFD_SETLK`, inline
+//! on the async task: a few non-blocking system calls). If one is busy and
+//! the caller waits, a thread of the wait pool (`ofd::on_wait_thread`,
+//! threads named `qfile-wait`) blocks in `F_OFD_SETLKW` on the head's
+//! description and the head awaits a channel; the kernel wakes the thread
+//! when the lock frees: no polling.
+//!
+//! A wait is cancelled by dropping the future (timeout, abort, session
+//! closed). Nothing interrupts the thread — the crate takes no signal of its
+//! host program — so it stays in the kernel's wait list, *orphaned*:
+//!
+//! - whatever the cancelled acquirer held itself is released at once, by
+//!   dropping its own descriptions (in particular the turnstile of the
+//!   read/write lock: the readers behind a timed-out writer proceed
+//!   immediately). The orphan's own description holds nothing yet;
+//! - when the kernel grants the orphan's lock, its thread finds nobody to
+//!   hand it to and drops the description on the spot: the kernel releases
+//!   the lock an instant after granting it, no fencing counter is bumped, so
+//!   an abandoned wait never acquires "by itself";
+//! - until then, the next head of this process that needs the very same
+//!   kernel lock (same file — path, device and inode: an orphan blocked on
+//!   a removed file is never adopted for the new file at that path —, byte
+//!   range and mode) *adopts* the orphan: it
+//!   awaits that thread's grant instead of starting another wait. The
+//!   hand-over and the thread's wake-up are decided under one mutex, so the
+//!   grant goes to exactly one of: the adopter, or nobody (dropped).
+//!
+//! So at most one thread per (file, range, mode) and process is ever
+//! blocked in the kernel, whatever the number of waiters and of abandoned
+//! waits: for a read/write lock name, at most three (the turnstile byte, the
+//! lock file shared, the lock file exclusive), plus the idle threads the
+//! pool keeps for a second.
+//!
+//! What every primitive shares on top of this is opening the lock file and
+//! locking it, retrying when the file was replaced while waiting
+//! ([`Entry::lock_file`]), and the [`Grant`] an acquisition hands back.
+//!
+//! The registry's key is the lock file's path as this crate builds it
+//! (root directory as configured, then the stem): two coordinators of one
+//! process whose roots name one directory differently (a symbolic link)
+//! get two entries. That is still correct — the kernel locks arbitrate
+//! between them as between processes — but their waiters are not ordered
+//! with each other, and each entry may have its own waiting thread.
 
+use std::collections::HashMap;
 use std::fs::File;
-use std::path::Path;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex as StdMutex, OnceLock, Weak};
 
-use quorate_core::Result;
+use quorate_core::{Error, Result};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::layout::{open_lock_file, same_file};
-use crate::ofd::{io_error, Wait};
+use crate::ofd::{io_error, lock_blocking, try_lock, Mode, Range, WAIT_POOL};
 
-/// What an acquisition job hands back: the locked description and its fence.
+/// What an acquisition hands back: the locked description and its fence.
 pub(crate) struct Grant {
     pub(crate) file: File,
     pub(crate) fence: u64,
 }
 
-/// Open `path` and take the lock with `take` (which may take several
-/// ranges). Retries if the file was replaced while we waited (an operator
-/// removed it): a lock on a file nobody else can open protects nothing.
-pub(crate) fn lock_file(
-    path: &Path,
-    wait: Wait<'_>,
-    take: impl Fn(&File, Wait<'_>) -> Result<bool>,
-) -> Result<Option<File>> {
-    loop {
-        let file = open_lock_file(path)?;
-        if !take(&file, wait)? {
-            return Ok(None);
+/// This process's state for one lock file; see the module documentation.
+pub(crate) struct Entry {
+    /// The lock file's path: the registry key.
+    path: PathBuf,
+    /// The in-process FIFO: one permit, held by the head.
+    fifo: Arc<Semaphore>,
+    /// Held while a grant is committed (fence bump) on the `qfile-io` pool.
+    gate: Arc<tokio::sync::Mutex<()>>,
+    /// Kernel waits in progress on this entry's files.
+    waits: StdMutex<Waits>,
+}
+
+#[derive(Default)]
+struct Waits {
+    next_id: u64,
+    list: Vec<KernelWait>,
+}
+
+/// One thread blocked in `F_OFD_SETLKW`.
+struct KernelWait {
+    id: u64,
+    /// The file (by path, and its device and inode: a file removed and
+    /// created again under the path is another file), range and mode it
+    /// waits for.
+    path: PathBuf,
+    inode: (u64, u64),
+    range: Range,
+    mode: Mode,
+    /// Who gets the description once granted; `None` or closed: orphaned.
+    to: Option<oneshot::Sender<io::Result<File>>>,
+}
+
+impl KernelWait {
+    fn orphaned(&self) -> bool {
+        self.to.as_ref().is_none_or(|tx| tx.is_closed())
+    }
+}
+
+type Registry = StdMutex<HashMap<PathBuf, Weak<Entry>>>;
+
+fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+/// This process's entry for the lock file `path`.
+pub(crate) fn entry(path: &Path) -> Arc<Entry> {
+    let mut map = registry().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(e) = map.get(path).and_then(Weak::upgrade) {
+        return e;
+    }
+    let e = Arc::new(Entry {
+        path: path.to_owned(),
+        fifo: Arc::new(Semaphore::new(1)),
+        gate: Arc::new(tokio::sync::Mutex::new(())),
+        waits: StdMutex::new(Waits::default()),
+    });
+    map.insert(path.to_owned(), Arc::downgrade(&e));
+    e
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        let mut map = registry().lock().unwrap_or_else(|e| e.into_inner());
+        // A new entry may already have replaced this one under the key.
+        if map.get(&self.path).is_some_and(|w| w.strong_count() == 0) {
+            map.remove(&self.path);
         }
-        if same_file(&file, path)
-            .map_err(|e| io_error(format!("checking `{}`", path.display()), e))?
-        {
+    }
+}
+
+/// The place at the head of an entry's FIFO; dropping it lets the next
+/// waiter of this process in.
+pub(crate) struct Turn(#[allow(dead_code)] OwnedSemaphorePermit);
+
+impl Entry {
+    /// Wait for the head of the in-process FIFO (`None` when `!wait` and
+    /// somebody of this process is queued or at the head).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future leaves the FIFO at once.
+    pub(crate) async fn turn(&self, wait: bool) -> Result<Option<Turn>> {
+        let permit = if wait {
+            self.fifo.clone().acquire_owned().await
+        } else {
+            match self.fifo.clone().try_acquire_owned() {
+                Ok(p) => Ok(p),
+                Err(tokio::sync::TryAcquireError::NoPermits) => return Ok(None),
+                Err(tokio::sync::TryAcquireError::Closed) => {
+                    return Err(Error::backend("the lock queue was closed"))
+                }
+            }
+        };
+        permit
+            .map(|p| Some(Turn(p)))
+            .map_err(|_| Error::backend("the lock queue was closed"))
+    }
+
+    /// The commit gate of this entry if nobody holds it.
+    pub(crate) fn try_gate(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        self.gate.clone().try_lock_owned().ok()
+    }
+
+    /// Hold the commit gate of this entry (see the module documentation).
+    pub(crate) async fn gate(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.gate.clone().lock_owned().await
+    }
+
+    /// Wait until a description of the file at `path` holds `range` in
+    /// `mode`, and return it. `file` is the caller's own (already tried)
+    /// description; it is used for a new wait, or dropped if an orphaned
+    /// wait for the same lock is adopted (whose description is returned).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future orphans the wait (module documentation): the
+    /// description is dropped when the kernel grants it, unless another
+    /// waiter of this process adopted the wait first.
+    pub(crate) async fn kernel_wait(
+        self: &Arc<Self>,
+        path: &Path,
+        file: File,
+        mode: Mode,
+        range: Range,
+    ) -> Result<File> {
+        let (tx, rx) = oneshot::channel();
+        let inode = file
+            .metadata()
+            .map(|m| (m.dev(), m.ino()))
+            .map_err(|e| io_error(format!("checking `{}`", path.display()), e))?;
+        let start = {
+            let mut waits = self.waits.lock().unwrap_or_else(|e| e.into_inner());
+            let orphan = waits.list.iter_mut().find(|w| {
+                w.path == path
+                    && w.inode == inode
+                    && w.range == range
+                    && w.mode == mode
+                    && w.orphaned()
+            });
+            if let Some(orphan) = orphan {
+                tracing::trace!(path = %path.display(), "adopting an orphaned file-lock wait");
+                orphan.to = Some(tx);
+                None
+            } else {
+                waits.next_id += 1;
+                let id = waits.next_id;
+                waits.list.push(KernelWait {
+                    id,
+                    path: path.to_owned(),
+                    inode,
+                    range,
+                    mode,
+                    to: Some(tx),
+                });
+                Some(id)
+            }
+        };
+        match start {
+            // Our own description is not needed: the adopted wait has one.
+            None => drop(file),
+            Some(id) => {
+                let entry = self.clone();
+                let started = WAIT_POOL.submit(Box::new(move || {
+                    let result = lock_blocking(&file, mode, range);
+                    let to = {
+                        let mut waits = entry.waits.lock().unwrap_or_else(|e| e.into_inner());
+                        let i = waits.list.iter().position(|w| w.id == id);
+                        i.and_then(|i| waits.list.swap_remove(i).to)
+                    };
+                    match to {
+                        Some(to) => Box::new(move || {
+                            // A receiver gone since gives the description
+                            // back, dropped here like an orphan's.
+                            let _ = to.send(result.map(|()| file));
+                        }),
+                        // Orphaned: the description is dropped here,
+                        // closing it, and the kernel releases what it was
+                        // just granted.
+                        None => {
+                            drop(file);
+                            Box::new(|| {})
+                        }
+                    }
+                }));
+                if let Err(e) = started {
+                    let mut waits = self.waits.lock().unwrap_or_else(|e| e.into_inner());
+                    waits.list.retain(|w| w.id != id);
+                    return Err(io_error("starting a file-lock wait thread", e));
+                }
+            }
+        }
+        match rx.await {
+            Ok(Ok(file)) => Ok(file),
+            Ok(Err(e)) => Err(io_error(
+                format!("waiting for a lock on `{}`", path.display()),
+                e,
+            )),
+            Err(_) => Err(Error::backend("a file-lock wait thread died")),
+        }
+    }
+
+    /// Take `range` of the file at `path` (which may be this entry's lock
+    /// file or a companion file) in `mode`: first without waiting, then, if
+    /// busy and `wait`, in the kernel. `Ok(None)`: busy and `!wait`.
+    pub(crate) async fn lock(
+        self: &Arc<Self>,
+        path: &Path,
+        wait: bool,
+        mode: Mode,
+        range: Range,
+    ) -> Result<Option<File>> {
+        let file = open_lock_file(path)?;
+        if try_lock(&file, mode, range).map_err(|e| io_error("taking a file lock", e))? {
             return Ok(Some(file));
         }
-        tracing::debug!(path = %path.display(), "lock file was replaced while waiting; retrying");
+        if !wait {
+            return Ok(None);
+        }
+        self.kernel_wait(path, file, mode, range).await.map(Some)
+    }
+
+    /// Open this entry's lock file and take `range` in `mode`. Retries if
+    /// the file was replaced while we waited (an operator removed it): a
+    /// lock on a file nobody else can open protects nothing.
+    pub(crate) async fn lock_file(
+        self: &Arc<Self>,
+        wait: bool,
+        mode: Mode,
+        range: Range,
+    ) -> Result<Option<File>> {
+        let path = self.path.clone();
+        loop {
+            let Some(file) = self.lock(&path, wait, mode, range).await? else {
+                return Ok(None);
+            };
+            if same_file(&file, &path)
+                .map_err(|e| io_error(format!("checking `{}`", path.display()), e))?
+            {
+                return Ok(Some(file));
+            }
+            tracing::debug!(path = %path.display(), "lock file was replaced while waiting; retrying");
+        }
+    }
+
+    /// The lock file's path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
     }
 }

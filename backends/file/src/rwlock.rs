@@ -17,9 +17,13 @@
 //! that arrives after it is stopped at the turnstile: no writer starvation.
 //! A writer that times out or whose future is dropped closes its
 //! descriptions, which frees the turnstile at once, so the readers behind it
-//! proceed immediately. Waiters racing for the turnstile itself are served in
-//! no promised order: *writer-preferring*, not FIFO. Foreign `lockf` users
-//! do not pass the turnstile; they contend for the lock file only.
+//! proceed immediately. Within one process, acquirers queue in arrival
+//! order in front of the turnstile (`queue`: only the head of that FIFO
+//! tries it), so the acquirers of one process are served in arrival order,
+//! readers and writers alike; acquirers of different processes racing for
+//! the turnstile are served in no promised order: *writer-preferring*, not
+//! FIFO. Foreign `lockf` users do not pass the turnstile; they contend for
+//! the lock file only.
 //!
 //! Fencing: one counter per name, at the start of the lock file. A writer
 //! bumps it while it holds the lock file exclusively; a reader bumps it
@@ -32,12 +36,13 @@
 
 use std::fs::File;
 use std::path::Path;
+use std::sync::Arc;
 
 use quorate_core::Result;
 
-use crate::layout::{bump_fence, open_lock_file};
-use crate::ofd::{io_error, unlock, Mode, Range, Wait};
-use crate::queue::{lock_file, Grant};
+use crate::layout::{bump_fence, bump_fence_unsynced};
+use crate::ofd::{commit, io_error, lock_blocking, try_lock, unlock, Mode, Range};
+use crate::queue::{entry, Entry, Grant};
 
 /// Taken exclusively by every acquirer on its way in (companion file).
 const TURNSTILE: Range = Range::byte(0);
@@ -49,40 +54,89 @@ pub(crate) fn turnstile_path(path: &Path) -> std::path::PathBuf {
     path.with_extension("turn")
 }
 
-/// Pass the turnstile into the lock file `path` in `mode`: returns the lock
-/// file's description holding the whole file in `mode`, and the turnstile
-/// file's description (the turnstile already released).
-fn enter(path: &Path, mode: Mode, wait: Wait<'_>) -> Result<Option<(File, File)>> {
-    let turn = open_lock_file(&turnstile_path(path))?;
-    if !wait.lock(&turn, Mode::Exclusive, TURNSTILE)? {
+/// Pass the in-process FIFO and the turnstile into the lock file in `mode`:
+/// returns the lock file's description holding the whole file in `mode`,
+/// and the turnstile file's description (the turnstile already released).
+///
+/// # Cancel safety
+///
+/// Dropping the future drops the descriptions it holds: the turnstile is
+/// free at once; a kernel wait in progress is orphaned (see `queue`).
+async fn enter(entry: &Arc<Entry>, mode: Mode, wait: bool) -> Result<Option<(File, File)>> {
+    let Some(turn_place) = entry.turn(wait).await? else {
         return Ok(None);
-    }
-    let Some(file) = lock_file(path, wait, |f, w| w.lock(f, mode, Range::WHOLE))? else {
+    };
+    let turn_path = turnstile_path(entry.path());
+    let Some(turn) = entry
+        .lock(&turn_path, wait, Mode::Exclusive, TURNSTILE)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let Some(file) = entry.lock_file(wait, mode, Range::WHOLE).await? else {
         return Ok(None);
     };
     unlock(&turn, TURNSTILE).map_err(|e| io_error("leaving the turnstile", e))?;
+    drop(turn_place);
     Ok(Some((file, turn)))
 }
 
-/// The acquisition job of a read grant.
-pub(crate) fn lock_read(path: &Path, wait: Wait<'_>) -> Result<Option<Grant>> {
-    let Some((file, turn)) = enter(path, Mode::Shared, wait)? else {
+/// Acquire a read grant of the lock file `path` (`None`: busy and `!wait`).
+pub(crate) async fn lock_read(path: &Path, wait: bool) -> Result<Option<Grant>> {
+    let entry = entry(path);
+    let Some((file, turn)) = enter(&entry, Mode::Shared, wait).await? else {
         return Ok(None);
     };
-    wait.check()?;
-    wait.lock_brief(&turn, Mode::Exclusive, COUNTER)?;
-    let fence = bump_fence(&file, path)?;
-    drop(turn);
-    Ok(Some(Grant { file, fence }))
+    // Inline when no other reader of this process is committing, no other
+    // process's reader holds the counter byte, and the bump needs no sync.
+    let gate = match entry.try_gate() {
+        Some(gate) => {
+            let counter = try_lock(&turn, Mode::Exclusive, COUNTER)
+                .map_err(|e| io_error("taking the counter byte", e))?;
+            if counter {
+                if let Some(fence) = bump_fence_unsynced(&file, path)? {
+                    return Ok(Some(Grant { file, fence }));
+                }
+            }
+            gate
+        }
+        None => entry.gate().await,
+    };
+    let path = path.to_owned();
+    commit(gate, move |cancel| {
+        cancel.check()?;
+        // Held by another process's reader for one bump only (this
+        // process's readers commit one at a time): waited for here, on
+        // the `qfile-io` pool.
+        lock_blocking(&turn, Mode::Exclusive, COUNTER)
+            .map_err(|e| io_error("taking the counter byte", e))?;
+        cancel.check()?;
+        let fence = bump_fence(&file, &path)?;
+        drop(turn);
+        Ok(Some(Grant { file, fence }))
+    })
+    .await
 }
 
-/// The acquisition job of a write grant or a mutex.
-pub(crate) fn lock_write(path: &Path, wait: Wait<'_>) -> Result<Option<Grant>> {
-    let Some((file, turn)) = enter(path, Mode::Exclusive, wait)? else {
+/// Acquire a write grant or a mutex of the lock file `path` (`None`: busy
+/// and `!wait`).
+pub(crate) async fn lock_write(path: &Path, wait: bool) -> Result<Option<Grant>> {
+    let entry = entry(path);
+    let Some((file, turn)) = enter(&entry, Mode::Exclusive, wait).await? else {
         return Ok(None);
     };
     drop(turn);
-    wait.check()?;
-    let fence = bump_fence(&file, path)?;
-    Ok(Some(Grant { file, fence }))
+    // Inline when the bump needs no sync (this exclusive grant excludes
+    // every other bump of the file).
+    if let Some(fence) = bump_fence_unsynced(&file, path)? {
+        return Ok(Some(Grant { file, fence }));
+    }
+    let gate = entry.gate().await;
+    let path = path.to_owned();
+    commit(gate, move |cancel| {
+        cancel.check()?;
+        let fence = bump_fence(&file, &path)?;
+        Ok(Some(Grant { file, fence }))
+    })
+    .await
 }

@@ -46,6 +46,11 @@ pub(crate) struct SessionShared {
     pub(crate) id: String,
     pub(crate) layout: Arc<Layout>,
     items: StdMutex<Items>,
+    /// Held for the whole of [`SessionShared::revoke_all`]: `close()` fires
+    /// the session's loss (whose task revokes everything) and then revokes
+    /// everything itself; whichever comes second must not return before
+    /// the first has closed every description.
+    revoking: StdMutex<()>,
 }
 
 #[derive(Default)]
@@ -96,7 +101,11 @@ impl SessionShared {
     }
 
     /// Release everything the session holds; later grants are refused.
+    ///
+    /// Returns only once everything is released, also when another call is
+    /// in progress (it waits for that one).
     pub(crate) fn revoke_all(&self, reason: &str) {
+        let _revoking = self.revoking.lock().unwrap_or_else(|e| e.into_inner());
         let live = {
             let mut items = self.items.lock().unwrap();
             items.revoked = true;
@@ -150,6 +159,7 @@ impl FileSession {
             id: format!("{}.{:08x}", std::process::id(), rand::random::<u32>()),
             layout,
             items: StdMutex::new(Items::default()),
+            revoking: StdMutex::new(()),
         });
         let watched = shared.clone();
         let on_loss = tokio::spawn(async move {
@@ -216,5 +226,56 @@ impl FileSession {
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    /// An item whose release takes a while (as closing many descriptions,
+    /// removing a leader's value file, … can on a loaded machine).
+    struct Slow(AtomicBool);
+
+    impl Revocable for Slow {
+        fn revoke(&self, _: &str) {
+            std::thread::sleep(Duration::from_millis(200));
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// `close()` fires the loss (its task calls `revoke_all`) and calls
+    /// `revoke_all` itself: the second call must wait for the first one,
+    /// else `close()` returns with locks still held (the flake seen once in
+    /// `closing_a_session_releases_everything_it_holds`).
+    #[test]
+    fn a_second_revoke_all_returns_only_once_the_first_released_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Arc::new(SessionShared {
+            id: "test".into(),
+            layout: Arc::new(Layout::open(dir.path().to_owned()).unwrap()),
+            items: StdMutex::new(Items::default()),
+            revoking: StdMutex::new(()),
+        });
+        let item = Arc::new(Slow(AtomicBool::new(false)));
+        let reg = shared.reserve();
+        let weak: Weak<Slow> = Arc::downgrade(&item);
+        shared.activate(&reg, weak).unwrap();
+        let first = {
+            let shared = shared.clone();
+            std::thread::spawn(move || shared.revoke_all("first"))
+        };
+        // The first call has taken the items and is releasing them.
+        while shared.items.lock().unwrap().live.contains_key(&reg.id) {
+            std::thread::yield_now();
+        }
+        shared.revoke_all("second");
+        assert!(
+            item.0.load(Ordering::SeqCst),
+            "revoke_all returned while another call was still releasing"
+        );
+        first.join().unwrap();
     }
 }

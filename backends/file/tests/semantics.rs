@@ -870,3 +870,85 @@ async fn a_session_without_a_lease_reports_no_ttl() {
     manual.close().await.unwrap();
     s.close().await.unwrap();
 }
+
+/// An abandoned wait stays blocked on the file it opened; if that lock file
+/// is removed and created again, a new waiter must wait for the new file,
+/// never adopt the abandoned wait on the old one (held here forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_wait_on_a_removed_lock_file_is_not_adopted_for_the_new_one() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let c = connect(dir.path()).await;
+    let (s2, s3) = (c.session().await.unwrap(), c.session().await.unwrap());
+    let path = quorate_file::mutex_path(dir.path(), "m");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    // Another program holds the old file, whole, for the rest of the test.
+    let old = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .unwrap();
+    // SAFETY: a zeroed flock is valid; the descriptor is open.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { libc::fcntl(old.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) },
+        0
+    );
+    let e = s2
+        .mutex("m")
+        .lock_timeout(Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout);
+    std::fs::remove_file(&path).unwrap();
+    // A new file, held for a moment, so that the next waiter waits.
+    let g3 = s3.mutex("m").lock().await.unwrap();
+    let waiter = {
+        let s2 = s2.clone();
+        tokio::spawn(async move { s2.mutex("m").lock_timeout(Duration::from_secs(5)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let f3 = g3.fence();
+    g3.release().await.unwrap();
+    let g2 = soon("the waiter for the new file", waiter)
+        .await
+        .unwrap()
+        .expect("granted the new file, not stuck on the removed one");
+    assert!(g2.fence() > f3);
+    drop(old);
+}
+
+/// Most grants bump the fence inline (no `fdatasync`), the one that
+/// passes the reserved block commits on the I/O pool with a sync: across
+/// such a block, readers' and writers' fences go up by one per grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fences_go_up_by_one_per_grant_across_a_reserved_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = connect(dir.path()).await;
+    let s = c.session().await.unwrap();
+    let first = s.mutex("f").lock().await.unwrap();
+    let mut last = first.fence().get();
+    first.release().await.unwrap();
+    for i in 0..4200 {
+        // Released explicitly: a dropped guard is given back in the
+        // background, and the session's own `try_lock` is busy until then.
+        let fence = if i % 2 == 0 {
+            let g = s.rwlock("f").read().await.unwrap();
+            let f = g.fence();
+            g.release().await.unwrap();
+            f
+        } else {
+            let g = s.mutex("f").try_lock().await.unwrap().expect("free");
+            let f = g.fence();
+            g.release().await.unwrap();
+            f
+        };
+        assert_eq!(fence.get(), last + 1, "grant {i}");
+        last = fence.get();
+    }
+}
