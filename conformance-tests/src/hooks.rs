@@ -33,7 +33,6 @@ use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::harness::TcpProxy;
 use crate::target::{Fault, ServerFaults, Used};
 
 /// A kind of hook: one step of a server fault the suite cannot take
@@ -282,7 +281,7 @@ pub struct HookFaults {
     /// With `--proxy`: the first server's resolved address, which a
     /// partition case puts its own proxy in front of.
     upstream: Option<SocketAddr>,
-    _proxies: Vec<TcpProxy>,
+    _proxies: Vec<EndpointProxy>,
     killed: Mutex<Option<String>>,
     used: Mutex<Vec<Used>>,
 }
@@ -371,7 +370,7 @@ impl HookFaults {
                 }
                 let addr = resolve(e).await.map_err(|why| cannot(why))?;
                 upstream.get_or_insert(addr);
-                let proxy = TcpProxy::start(addr)
+                let proxy = EndpointProxy::start(addr)
                     .await
                     .map_err(|e| cannot(format!("a proxy cannot listen on 127.0.0.1: {e}")))?;
                 members.push(proxy.addr());
@@ -496,6 +495,66 @@ impl HookFaults {
                 self.members.len()
             ))),
         }
+    }
+}
+
+/// The built-in proxy in front of one server (`--proxy`): forwards every
+/// connection, and while the server is down (a connection to it fails) it
+/// stops listening, so clients are refused as by the server itself (a
+/// proxy that accepted and then closed would look alive to a client's
+/// endpoint balancing) until the server accepts again.
+struct EndpointProxy {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EndpointProxy {
+    async fn start(upstream: SocketAddr) -> io::Result<EndpointProxy> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let mut listener = Some(listener);
+            loop {
+                let l = match listener.take() {
+                    Some(l) => l,
+                    // Listen again on the same port (SO_REUSEADDR).
+                    None => match tokio::net::TcpListener::bind(addr).await {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::warn!(%addr, error = %e, "the built-in proxy cannot listen again");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                };
+                while let Ok((mut client, _)) = l.accept().await {
+                    match tokio::net::TcpStream::connect(upstream).await {
+                        Ok(mut server) => {
+                            tokio::spawn(async move {
+                                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                            });
+                        }
+                        Err(_) => break,
+                    }
+                }
+                drop(l);
+                // The server is down: refuse until it accepts again.
+                while tokio::net::TcpStream::connect(upstream).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        });
+        Ok(EndpointProxy { addr, task })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for EndpointProxy {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
