@@ -251,9 +251,9 @@ enum Command {
         /// Report format.
         #[arg(long, value_enum, default_value = "markdown")]
         format: ReportFormat,
-        /// Only cases whose name contains this.
+        /// Only cases whose name contains this (repeatable: any of them).
         #[arg(long)]
-        only: Option<String>,
+        only: Vec<String>,
         /// How long the randomized nemesis case runs (default 20s).
         #[arg(long, value_name = "D")]
         nemesis: Option<String>,
@@ -1069,7 +1069,11 @@ async fn run(command: Command, quiet: bool) -> Result<u8, Exit> {
                     })?;
             let mut target = Target::new(config.scheme.clone(), suite_url);
             target.faults = Some(std::sync::Arc::new(faults));
-            let mut report = runner::run_suite(&target, only.as_deref()).await?;
+            let mut report = runner::run_suite_matching(
+                &target,
+                &only.iter().map(String::as_str).collect::<Vec<_>>(),
+            )
+            .await?;
             // The URL as given, not the proxies' rewrite of it.
             report.url = config.redacted();
             let report = quorate_conformance::Report::new(vec![report]);

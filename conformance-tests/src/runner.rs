@@ -225,10 +225,23 @@ pub async fn capabilities(target: &Target) -> quorate::Result<Capabilities> {
 ///
 /// When the target cannot be reached at all.
 pub async fn run_suite(target: &Target, filter: Option<&str>) -> quorate::Result<TargetReport> {
+    run_suite_matching(target, filter.as_slice()).await
+}
+
+/// Run every case whose name contains any of `filters` (every case when
+/// there is none) on `target`.
+///
+/// # Errors
+///
+/// When the target cannot be reached at all.
+pub async fn run_suite_matching(
+    target: &Target,
+    filters: &[&str],
+) -> quorate::Result<TargetReport> {
     let caps = capabilities(target).await?;
     let mut reports = Vec::new();
     for case in cases::all() {
-        if filter.is_some_and(|f| !case.name.contains(f)) {
+        if !filters.is_empty() && !filters.iter().any(|f| case.name.contains(f)) {
             continue;
         }
         tracing::info!(case = case.name, target = %target.label, "running");
