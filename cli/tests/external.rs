@@ -214,9 +214,6 @@ fn junit_output_has_the_junit_structure() {
         let t: f64 = n.attribute("time").unwrap().parse().unwrap();
         assert!(t >= 0.0);
     };
-    let elements = |n: roxmltree::Node<'_, '_>| -> Vec<roxmltree::Node<'_, '_>> {
-        n.children().filter(|c| c.is_element()).collect()
-    };
     let (mut failures, mut skipped, mut tests) = (0, 0, 0);
     for suite in elements(root) {
         assert_eq!(suite.tag_name().name(), "testsuite");
@@ -299,6 +296,11 @@ fn junit_output_has_the_junit_structure() {
     let out = py.wait_with_output().unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "4");
+}
+
+/// The element children of `n`.
+fn elements<'a, 'i>(n: roxmltree::Node<'a, 'i>) -> Vec<roxmltree::Node<'a, 'i>> {
+    n.children().filter(|c| c.is_element()).collect()
 }
 
 /// The smoke test of `scripts/conformance-external`: Redis started by the

@@ -247,7 +247,7 @@ fn unknown_placeholder(command: &str) -> Option<String> {
     None
 }
 
-/// Whether `host` is a loopback address or name.
+/// Whether `host` is an IP address (not a name), bracketed or not.
 fn is_ip_literal(host: &str) -> bool {
     host.trim_start_matches('[')
         .trim_end_matches(']')
@@ -360,15 +360,14 @@ impl HookFaults {
             let mut members = Vec::new();
             let mut upstream = None;
             for e in &endpoints {
-                let (host, _) = split_host_port(e).ok_or_else(|| {
-                    cannot(format!("the server `{e}` is not host:port"))
-                })?;
+                let (host, _) = split_host_port(e)
+                    .ok_or_else(|| cannot(format!("the server `{e}` is not host:port")))?;
                 if tls && !is_ip_literal(host) {
                     return Err(cannot(format!(
                         "TLS verifies the server name `{host}`, which a proxy on 127.0.0.1 does not present; name the servers by IP address, or run without --proxy"
                     )));
                 }
-                let addr = resolve(e).await.map_err(|why| cannot(why))?;
+                let addr = resolve(e).await.map_err(cannot)?;
                 upstream.get_or_insert(addr);
                 let proxy = EndpointProxy::start(addr)
                     .await
@@ -476,14 +475,13 @@ impl HookFaults {
     }
 
     async fn leader(&self) -> io::Result<String> {
-        let r = self.run(HookKind::Leader, &[]).await.and_then(|out| {
+        self.run(HookKind::Leader, &[]).await.and_then(|out| {
             if out.is_empty() {
                 Err(io::Error::other("the `leader` hook printed nothing"))
             } else {
                 Ok(out)
             }
-        });
-        r
+        })
     }
 
     async fn leader_index(&self) -> io::Result<usize> {
@@ -531,7 +529,8 @@ impl EndpointProxy {
                     match tokio::net::TcpStream::connect(upstream).await {
                         Ok(mut server) => {
                             tokio::spawn(async move {
-                                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                                let _ =
+                                    tokio::io::copy_bidirectional(&mut client, &mut server).await;
                             });
                         }
                         Err(_) => break,
@@ -700,7 +699,9 @@ impl ServerFaults for HookFaults {
         let r = self.run(HookKind::KillServer, &vars).await;
         self.failed(HookKind::KillServer, r)?;
         *self.killed.lock().unwrap() = Some(leader.clone());
-        Ok(format!("member {leader} (the leader, by the `leader` hook), killed by the `kill-server` hook"))
+        Ok(format!(
+            "member {leader} (the leader named by the `leader` hook)"
+        ))
     }
 
     async fn new_leader(&self) -> io::Result<String> {
@@ -775,7 +776,10 @@ impl ServerFaults for HookFaults {
     }
 
     async fn evicting_server(&self) -> io::Result<String> {
-        let r = self.run(HookKind::EvictingServer, &[]).await.and_then(url_answer);
+        let r = self
+            .run(HookKind::EvictingServer, &[])
+            .await
+            .and_then(url_answer);
         self.failed(HookKind::EvictingServer, r)
     }
 
@@ -791,7 +795,10 @@ impl ServerFaults for HookFaults {
     }
 
     async fn clock_server(&self) -> io::Result<String> {
-        let r = self.run(HookKind::ClockServer, &[]).await.and_then(url_answer);
+        let r = self
+            .run(HookKind::ClockServer, &[])
+            .await
+            .and_then(url_answer);
         self.failed(HookKind::ClockServer, r)
     }
 
@@ -872,7 +879,9 @@ mod tests {
             ("redis+sentinel://127.0.0.1:1/mymaster", "Sentinel"),
             ("rediss://db.example:6379", "TLS verifies the server name"),
         ] {
-            let e = HookFaults::prepare(url, options(true, &[])).await.unwrap_err();
+            let e = HookFaults::prepare(url, options(true, &[]))
+                .await
+                .unwrap_err();
             assert!(e.0.contains(why), "{url}: {e}");
         }
         let e = HookFaults::prepare(
