@@ -278,6 +278,8 @@ pub struct HookFaults {
     /// The members' client addresses as this run reaches them (the
     /// built-in proxies' with `--proxy`).
     members: Vec<SocketAddr>,
+    /// Whether the URL names sentinels (`redis+sentinel://`).
+    sentinel: bool,
     /// With `--proxy`: the first server's resolved address, which a
     /// partition case puts its own proxy in front of.
     upstream: Option<SocketAddr>,
@@ -399,6 +401,7 @@ impl HookFaults {
             HookFaults {
                 hooks,
                 timeout: options.hook_timeout,
+                sentinel: config.scheme.contains("sentinel"),
                 endpoints,
                 members,
                 upstream,
@@ -656,6 +659,10 @@ impl ServerFaults for HookFaults {
             Fault::MemberPartition => {
                 self.members.len() >= 3 && self.has(HookKind::for_fault(fault))
             }
+            // As the harness: a single server has no other to take over.
+            Fault::KillLeader => {
+                (self.endpoints.len() >= 3 || self.sentinel) && self.has(HookKind::for_fault(fault))
+            }
             other => self.has(HookKind::for_fault(other)),
         }
     }
@@ -671,9 +678,17 @@ impl ServerFaults for HookFaults {
             .filter(|k| !self.hooks.contains_key(k))
             .map(|k| format!("--hook {k}=…"))
             .collect();
-        if fault == Fault::MemberPartition && self.members.len() < 3 {
+        let too_small = match fault {
+            Fault::MemberPartition => (self.members.len() < 3)
+                .then_some("a member partition needs a URL naming 3+ members"),
+            Fault::KillLeader => (self.endpoints.len() < 3 && !self.sentinel).then_some(
+                "killing the leader needs a URL naming 3+ members, or redis+sentinel://",
+            ),
+            _ => None,
+        };
+        if let Some(too_small) = too_small {
             return Some(format!(
-                "a member partition needs a URL naming 3+ members (it names {}){}",
+                "{too_small} (it names {}){}",
                 self.endpoints.len(),
                 if absent.is_empty() {
                     String::new()
@@ -910,6 +925,18 @@ mod tests {
         );
         assert!(faults.supports(Fault::Partition));
         assert!(!faults.supports(Fault::KillLeader));
+        let (_, single) = HookFaults::prepare(
+            "etcd://127.0.0.1:2379",
+            options(
+                false,
+                &["leader=echo 0", "kill-server=true", "restart-server=true"],
+            ),
+        )
+        .await
+        .unwrap();
+        assert!(!single.supports(Fault::KillLeader));
+        let why = single.missing(Fault::KillLeader).unwrap();
+        assert!(why.contains("3+ members"), "{why}");
         let why = faults.missing(Fault::KillLeader).unwrap();
         assert!(why.contains("--hook leader=…"), "{why}");
         assert_eq!(
