@@ -348,7 +348,7 @@ enum Command {
 }
 
 /// One `--hook KIND=COMMAND` (a clear usage error for an unknown kind,
-/// a missing `=`, an empty command or an unknown placeholder).
+/// a missing `=` or an empty command).
 fn parse_hook(s: &str) -> Result<quorate_conformance::hooks::Hook, String> {
     s.parse()
 }
