@@ -730,8 +730,16 @@ impl ServerFaults for HookFaults {
         self.upstream
     }
 
+    /// The members' client addresses, when something may stand between
+    /// the clients and them: with `--proxy`, or for the member partition
+    /// cases (clients on chosen members, which the nemesis also relays).
+    /// Otherwise none, so no case puts a relay in front of a member.
     fn member_clients(&self) -> Vec<SocketAddr> {
-        self.members.clone()
+        if self.upstream.is_some() || self.supports(Fault::MemberPartition) {
+            self.members.clone()
+        } else {
+            Vec::new()
+        }
     }
 
     async fn member_to_isolate(&self) -> io::Result<usize> {
@@ -866,6 +874,17 @@ mod tests {
                 .unwrap_err();
             assert!(e.0.contains(why), "{url}: {e}");
         }
+        // Without --proxy and member-partition hooks, nothing names a member
+        // to relay to.
+        let (url, plain) = HookFaults::prepare(
+            "etcd://127.0.0.1:1,127.0.0.1:2,127.0.0.1:3",
+            options(false, &[]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(url, "etcd://127.0.0.1:1,127.0.0.1:2,127.0.0.1:3");
+        assert!(plain.member_clients().is_empty());
+        assert_eq!(plain.proxy_upstream(), None);
         let e = HookFaults::prepare(
             "etcd://127.0.0.1:1",
             options(false, &["leader=a", "leader=b"]),
