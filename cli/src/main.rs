@@ -251,12 +251,37 @@ enum Command {
         /// Report format.
         #[arg(long, value_enum, default_value = "markdown")]
         format: ReportFormat,
-        /// Only cases whose name contains this.
+        /// Only cases whose name contains this (repeatable: any of them).
         #[arg(long)]
-        only: Option<String>,
+        only: Vec<String>,
         /// How long the randomized nemesis case runs (default 20s).
         #[arg(long, value_name = "D")]
         nemesis: Option<String>,
+        /// Put a built-in TCP proxy (on a free 127.0.0.1 port) between this
+        /// run's clients and each server of the URL, and run the client ↔
+        /// server partition cases through it. Without it nothing stands
+        /// between the clients and the servers and those cases are skipped.
+        /// Refused for URLs it cannot rewrite (file://, memory://,
+        /// redis+sentinel://, TLS URLs naming servers by host name).
+        #[arg(long)]
+        proxy: bool,
+        /// A shell command (`sh -c`) that injects one step of a server
+        /// fault on servers this run did not start, e.g.
+        /// kill-server='docker kill etcd{member}'. Repeatable, one per
+        /// kind. Kinds: leader (print the leading member's index),
+        /// kill-server, restart-server, restart-empty, isolate-member,
+        /// heal-members, evicting-server, fill-memory, clock-server,
+        /// step-clock, lagging-pair, pause-replication, fail-over.
+        /// Placeholders (also $QUORATE_HOOK_<NAME>): {member} {member1}
+        /// {addr} {host} {port} {secs}. A case whose fault lacks a hook is
+        /// skipped with the reason; a failing hook fails its case. See
+        /// docs/ci.md.
+        #[arg(long = "hook", value_name = "KIND=COMMAND", value_parser = parse_hook)]
+        hooks: Vec<quorate_conformance::hooks::Hook>,
+        /// The longest one hook may run before its process group is killed
+        /// (and its case fails).
+        #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "120s")]
+        hook_timeout: Duration,
     },
     /// Benchmark against the backend's raw operations in the same run.
     Bench {
@@ -320,6 +345,12 @@ enum Command {
     /// (internal; see cli/src/hold.rs).
     #[command(hide = true)]
     ReapGroup,
+}
+
+/// One `--hook KIND=COMMAND` (a clear usage error for an unknown kind,
+/// a missing `=` or an empty command).
+fn parse_hook(s: &str) -> Result<quorate_conformance::hooks::Hook, String> {
+    s.parse()
 }
 
 /// A duration, unbounded: `--ttl`, which [`quorate::Config::set_ttl`]
@@ -998,6 +1029,9 @@ async fn run(command: Command, quiet: bool) -> Result<u8, Exit> {
             format,
             only,
             nemesis,
+            proxy,
+            hooks,
+            hook_timeout,
         } => {
             let config = quorate::Config::parse(&url)?;
             if let Some(d) = nemesis {
@@ -1018,17 +1052,30 @@ async fn run(command: Command, quiet: bool) -> Result<u8, Exit> {
             // SAFETY: set before the suite starts any thread that reads the environment.
             std::env::set_var("QUORATE_AGENT", exe);
             std::env::set_var("QUORATE_AGENT_SUBCOMMAND", "agent");
-            let mut target = Target::new(config.scheme.clone(), url.clone());
-            // Servers this run did not start: only the partition cases can
-            // be injected (a proxy in front of the first server); the other
-            // server faults are reported unverified.
-            target.faults = quorate_conformance::harness::faults::ExternalFaults::for_url(&url)
-                .await
-                .map(|f| {
-                    std::sync::Arc::new(f)
-                        as std::sync::Arc<dyn quorate_conformance::target::ServerFaults>
-                });
-            let report = runner::run_suite(&target, only.as_deref()).await?;
+            // Servers this run did not start: the built-in proxies
+            // (--proxy) and the user's hooks inject the server faults; a
+            // fault with neither is reported skipped with what is missing.
+            let options = quorate_conformance::hooks::ExternalOptions {
+                proxy,
+                hooks,
+                hook_timeout,
+            };
+            let (suite_url, faults) =
+                quorate_conformance::hooks::HookFaults::prepare(&url, options)
+                    .await
+                    .map_err(|e| Exit {
+                        code: 2,
+                        message: e.to_string(),
+                    })?;
+            let mut target = Target::new(config.scheme.clone(), suite_url);
+            target.faults = Some(std::sync::Arc::new(faults));
+            let mut report = runner::run_suite_matching(
+                &target,
+                &only.iter().map(String::as_str).collect::<Vec<_>>(),
+            )
+            .await?;
+            // The URL as given, not the proxies' rewrite of it.
+            report.url = config.redacted();
             let report = quorate_conformance::Report::new(vec![report]);
             match format {
                 ReportFormat::Markdown => print!("{}", report.to_markdown()),

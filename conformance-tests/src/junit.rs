@@ -130,6 +130,9 @@ fn case(x: &mut String, t: &TargetReport, c: &CaseReport) {
     for (k, v) in &c.figures {
         let _ = writeln!(out, "{k} = {v}");
     }
+    if !c.hooks.is_empty() {
+        let _ = writeln!(out, "faults injected by: {}", c.hooks.join(", "));
+    }
     let _ = writeln!(x, "      <system-out>{}</system-out>", esc(&out));
     x.push_str("    </testcase>\n");
 }
@@ -172,6 +175,7 @@ mod tests {
             detail: detail.into(),
             figures,
             duration_ms: 1234.5,
+            hooks: Vec::new(),
         }
     }
 

@@ -13,6 +13,8 @@
 //!   fenced register;
 //! - [`nemesis`]: random faults over a time budget, the whole history
 //!   checked;
+//! - [`hooks`]: fault injection on servers this process did not start
+//!   (`quorate conformance --proxy --hook KIND=COMMAND`);
 //! - [`mutant`]: deliberately broken backends that show each verdict can
 //!   fail.
 #![warn(missing_docs)]
@@ -22,6 +24,7 @@ pub mod bench;
 pub mod cases;
 pub mod harness;
 pub mod history;
+pub mod hooks;
 pub mod junit;
 pub mod mutant;
 pub mod nemesis;

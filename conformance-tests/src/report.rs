@@ -3,7 +3,7 @@
 //! JSON schema `quorate-conformance/1`:
 //!
 //! ```json
-//! { "schema": "quorate-conformance/1",
+//! { "schema": "quorate-conformance/1", "schema_version": 1,
 //!   "targets": [ { "target": "etcd-1", "backend": "etcd", "url": "etcd://…",
 //!                  "capabilities": { … },
 //!                  "cases": [ { "name": "mutual_exclusion", "backend": "etcd",
@@ -11,7 +11,8 @@
 //!                               "capability": "scope", "declared": "hosts",
 //!                               "result": "pass", "detail": "",
 //!                               "figures": { "grants_per_s": 812.0 },
-//!                               "duration_ms": 1234.5 } ] } ] }
+//!                               "duration_ms": 1234.5,
+//!                               "hooks": [] } ] } ] }
 //! ```
 //!
 //! `result` is one of `pass`, `fail`, `violated`, `not-applicable`,
@@ -26,6 +27,12 @@ use crate::outcome::{Figures, Verdict};
 
 /// The schema identifier written into every report.
 pub const SCHEMA: &str = "quorate-conformance/1";
+/// The major version of [`SCHEMA`], written as `schema_version`.
+pub const SCHEMA_VERSION: u32 = 1;
+
+fn schema_version_1() -> u32 {
+    1
+}
 
 /// One case's outcome.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,6 +59,13 @@ pub struct CaseReport {
     pub figures: Figures,
     /// Wall time of the case.
     pub duration_ms: f64,
+    /// The fault mechanisms the case used on servers this process did not
+    /// start (`quorate conformance --proxy --hook …`): hook kinds
+    /// (`kill-server`, `leader`, …) and `proxy` (the built-in proxy), in
+    /// order of first use; empty when it used none, and for the harness's
+    /// own servers. Absent in reports older than it (read as empty).
+    #[serde(default)]
+    pub hooks: Vec<String>,
 }
 
 /// Every case of one target.
@@ -74,6 +88,12 @@ pub struct TargetReport {
 pub struct Report {
     /// Always [`SCHEMA`].
     pub schema: String,
+    /// The schema's major version, [`SCHEMA_VERSION`], as a number: it
+    /// changes only when a field is removed, renamed or changes meaning
+    /// (new fields may appear within a version). Reports written before
+    /// the field existed read as 1.
+    #[serde(default = "schema_version_1")]
+    pub schema_version: u32,
     /// One entry per target.
     pub targets: Vec<TargetReport>,
 }
@@ -83,6 +103,7 @@ impl Report {
     pub fn new(targets: Vec<TargetReport>) -> Self {
         Report {
             schema: SCHEMA.to_owned(),
+            schema_version: SCHEMA_VERSION,
             targets,
         }
     }
@@ -137,6 +158,9 @@ impl Report {
                     .collect();
                 if !c.detail.is_empty() {
                     notes.push(c.detail.replace('|', "\\|").replace('\n', " "));
+                }
+                if !c.hooks.is_empty() {
+                    notes.push(format!("faults injected by: {}", c.hooks.join(", ")));
                 }
                 md.push_str(&format!(
                     "| `{}` | {} | {} | **{}** | {} |\n",

@@ -36,10 +36,16 @@ pub async fn run_case(case: &Case, base: &Target, caps: &Capabilities) -> CaseRe
         detail: String::new(),
         figures: Figures::new(),
         duration_ms: 0.0,
+        hooks: Vec::new(),
     };
     if let Err(reason) = case.applies_to(caps, base) {
         report.result = unrun_verdict(case, caps, &caps_json);
-        reason.clone_into(&mut report.detail);
+        // The controller may say better what is missing (e.g. a hook).
+        let own = case
+            .needs
+            .filter(|&f| (case.applies)(caps).is_ok() && !base.supports(f))
+            .and_then(|f| base.faults.as_ref()?.missing(f));
+        report.detail = own.unwrap_or_else(|| reason.to_owned());
         return report;
     }
     // A case that breaks servers runs alone: it waits for the running
@@ -61,6 +67,10 @@ pub async fn run_case(case: &Case, base: &Target, caps: &Capabilities) -> CaseRe
             return report;
         }
     };
+    // Forget what earlier cases used: this case's report lists its own.
+    if let Some(f) = &base.faults {
+        f.take_used();
+    }
     let run = AssertUnwindSafe((case.run)(target.clone())).catch_unwind();
     let limit = CASE_LIMIT + case.budget.map_or(Duration::ZERO, |b| b());
     let outcome = match tokio::time::timeout(limit, run).await {
@@ -95,6 +105,9 @@ pub async fn run_case(case: &Case, base: &Target, caps: &Capabilities) -> CaseRe
             report.figures = figures;
         }
     }
+    if let Some(f) = &base.faults {
+        record_used(&mut report, f.take_used());
+    }
     if matches!(report.result, Verdict::Pass | Verdict::Violated) {
         if let Err(left) = wait_until_clean(&keeper, leak_wait).await {
             report.result = Verdict::Fail;
@@ -103,6 +116,31 @@ pub async fn run_case(case: &Case, base: &Target, caps: &Capabilities) -> CaseRe
     }
     report.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     report
+}
+
+/// Put what the fault controller used into `report.hooks` (each name once,
+/// in order of first use); a hook that failed makes the case fail, whatever
+/// the case concluded from the error.
+fn record_used(report: &mut CaseReport, used: Vec<crate::target::Used>) {
+    let mut failure = None;
+    for u in used {
+        if !report.hooks.contains(&u.name) {
+            report.hooks.push(u.name.clone());
+        }
+        if let (None, Some(e)) = (&failure, u.error) {
+            failure = Some(format!("the `{}` hook failed: {e}", u.name));
+        }
+    }
+    if let Some(f) = failure {
+        if report.result != Verdict::Fail {
+            report.detail = if report.detail.is_empty() {
+                f
+            } else {
+                format!("{f} (the case reported: {})", report.detail)
+            };
+            report.result = Verdict::Fail;
+        }
+    }
 }
 
 /// Cases run concurrently (libtest threads) under a shared turn; a server
@@ -187,10 +225,23 @@ pub async fn capabilities(target: &Target) -> quorate::Result<Capabilities> {
 ///
 /// When the target cannot be reached at all.
 pub async fn run_suite(target: &Target, filter: Option<&str>) -> quorate::Result<TargetReport> {
+    run_suite_matching(target, filter.as_slice()).await
+}
+
+/// Run every case whose name contains any of `filters` (every case when
+/// there is none) on `target`.
+///
+/// # Errors
+///
+/// When the target cannot be reached at all.
+pub async fn run_suite_matching(
+    target: &Target,
+    filters: &[&str],
+) -> quorate::Result<TargetReport> {
     let caps = capabilities(target).await?;
     let mut reports = Vec::new();
     for case in cases::all() {
-        if filter.is_some_and(|f| !case.name.contains(f)) {
+        if !filters.is_empty() && !filters.iter().any(|f| case.name.contains(f)) {
             continue;
         }
         tracing::info!(case = case.name, target = %target.label, "running");

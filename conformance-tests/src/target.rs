@@ -82,6 +82,20 @@ pub trait ServerFaults: Send + Sync + std::fmt::Debug {
     /// Whether this controller can inject `fault`.
     fn supports(&self, fault: Fault) -> bool;
 
+    /// Why this controller cannot inject `fault`, in its own words (e.g.
+    /// which hook is missing); `None` keeps [`Fault::missing`].
+    fn missing(&self, fault: Fault) -> Option<String> {
+        let _ = fault;
+        None
+    }
+
+    /// The fault mechanisms used since the last call, in order (the runner
+    /// records them in each case's report, and fails a case in which one
+    /// failed). Controllers that record nothing return none.
+    fn take_used(&self) -> Vec<Used> {
+        Vec::new()
+    }
+
     /// Kill (SIGKILL) the leader / primary and return once it is dead;
     /// returns a description of what was killed (for the report). The rest
     /// of the deployment is left to recover by itself.
@@ -195,6 +209,16 @@ pub trait ServerFaults: Send + Sync + std::fmt::Debug {
     async fn fail_over_to_replica(&self) -> std::io::Result<String> {
         Err(unsupported("failing over to the replica"))
     }
+}
+
+/// One fault mechanism a controller used during a case (a hook kind run,
+/// the built-in proxy), and its error if it failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Used {
+    /// What was used: a hook kind (`kill-server`) or `proxy`.
+    pub name: String,
+    /// Why it failed, if it did (the case then fails).
+    pub error: Option<String>,
 }
 
 fn unsupported(what: &str) -> std::io::Error {
@@ -348,7 +372,7 @@ fn strip_option(url: &str, key: &str) -> String {
 
 /// Replace the `host:port[,host:port…]` list of a URL, keeping its scheme,
 /// credentials, path and options.
-fn replace_endpoints(url: &str, endpoints: &str) -> String {
+pub(crate) fn replace_endpoints(url: &str, endpoints: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
