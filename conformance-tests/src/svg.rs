@@ -151,6 +151,7 @@ mod tests {
             detail: String::new(),
             figures: Default::default(),
             duration_ms: 0.0,
+            hooks: Vec::new(),
         }
     }
 
