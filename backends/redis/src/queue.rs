@@ -6,12 +6,14 @@
 //! The lock key `<ns>:lock:<enc(name)>` is a plain string holding the owner
 //! token with a PX TTL: redis-py's `Lock` layout, so the two exclude each
 //! other. quorate waiters queue in `<ns>:queue:<enc(name)>` (FIFO by
-//! arrival). A waiter that was not granted at once subscribes to
-//! `<ns>:chan:lock:<enc(name)>` and runs the acquire script again. A
-//! release grants the lock to the next live waiter in the same script (on
-//! its behalf, with its session's TTL) and publishes `<token>=<fence>`, so
-//! the hand-off costs the waiter no round trip; a waiter that missed the
-//! message finds itself the holder on its next attempt. A bounded fallback re-check (at the expiry of
+//! arrival). A waiter listens on its own session's channel
+//! `<ns>:chan:session:<sid>` (subscribed for the session's life, so this
+//! costs no command) from before its first attempt. A release grants the
+//! lock to the next live waiter in the same script (on its behalf, with its
+//! session's TTL) and publishes `<token>=<fence>` on that waiter's session
+//! channel only, so the hand-off costs the waiter no round trip and no
+//! other waiter hears of it; a waiter that missed the message finds itself
+//! the holder on its next attempt. A bounded fallback re-check (at the expiry of
 //! what blocks, at most every TTL/2) covers holders that vanish silently: a
 //! crashed holder's key expiring, a redis-py holder releasing.
 //!
@@ -34,6 +36,7 @@ use redis::Script;
 
 use crate::hub::{Subscription, Wake};
 use crate::keys::SpaceKeys;
+use crate::session::REVOKED;
 use crate::session::{RedisSession, Registration};
 use crate::{scripts, Ctx};
 
@@ -107,7 +110,7 @@ pub(crate) async fn wait_wake(
         tokio::select! {
             wake = sub.next() => match wake {
                 Wake::Reconnected => return None,
-                Wake::Message(p) if p == "*" => return None,
+                Wake::Message(p) if p == "*" || p == REVOKED => return None,
                 Wake::Message(p) => {
                     for item in p.split(' ') {
                         match item.split_once('=') {
@@ -159,7 +162,7 @@ pub(crate) async fn acquire(
     let token = session.token();
     let ttl = session.ttl_ms();
     let registration = session.register(ctx.key(space.kind(), name), token.clone(), loss);
-    let channel = wait.then(|| ctx.key(space.channel(), name));
+    let channel = wait.then(|| session.channel());
     let cleanup = Cleanup::new(
         ctx,
         &scripts::EX_RELEASE,
@@ -226,10 +229,10 @@ where
 /// Run an acquire script until it grants: `Some(fence)`; `None` when it
 /// does not and the caller does not wait (`channel` is `None`).
 ///
-/// A waiter subscribes to `channel` only once the first attempt did not
-/// grant (an uncontended lock costs one round trip), and then attempts
-/// again at once, so a release between the two cannot be missed. Between
-/// later attempts it waits for a wake-up addressed to `token` (which may
+/// A waiter registers on `channel` (its session's channel, already
+/// subscribed on the server: no command) before its first attempt, so a
+/// wake-up sent after that attempt cannot be missed; an uncontended lock
+/// costs one round trip. Between attempts it waits for a wake-up addressed to `token` (which may
 /// say the lock was granted on its behalf: then no further round trip), a
 /// reconnect, or the fallback re-check. While waiting, a transient failure (server
 /// unreachable) is retried with backoff: the wait ends with the session,
@@ -247,7 +250,13 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Vec<i64>>>,
 {
-    let mut sub: Option<Subscription> = None;
+    // The session's channel, to which the session itself is subscribed:
+    // registering here costs no command, so it is done before the first
+    // attempt, and a wake-up sent after that attempt cannot be missed.
+    let mut sub: Option<Subscription> = match channel {
+        Some(c) => Some(ctx.hub.subscribe(c).await?),
+        None => None,
+    };
     let mut backoff = Backoff::default();
     loop {
         let reply = match attempt().await {
@@ -268,15 +277,15 @@ where
                 ))
             }
             (Some(0), _, None) => return Ok(None),
-            (Some(0), blocker, Some(channel)) => match sub.as_mut() {
-                None => sub = Some(ctx.hub.subscribe(channel).await?),
-                Some(sub) => {
-                    let recheck = ctx.recheck_after(ttl, *blocker.unwrap_or(&-1));
-                    if let Some(fence) = wait_wake(sub, token, recheck).await {
-                        return Ok(Some(fence));
-                    }
+            (Some(0), blocker, Some(_)) => {
+                let Some(sub) = sub.as_mut() else {
+                    return Err(Error::backend("a waiting acquire without a subscription"));
+                };
+                let recheck = ctx.recheck_after(ttl, *blocker.unwrap_or(&-1));
+                if let Some(fence) = wait_wake(sub, token, recheck).await {
+                    return Ok(Some(fence));
                 }
-            },
+            }
             _ => {
                 return Err(Error::backend(format!(
                     "unexpected reply {reply:?} from an acquire script"

@@ -12,6 +12,7 @@ macro_rules! script {
         pub(crate) static $name: LazyLock<Script> = LazyLock::new(|| {
             Script::new(concat!(
                 include_str!("lua/prelude.lua"),
+                "NS = ARGV[1]\n",
                 include_str!(concat!("lua/", $file))
             ))
         });
@@ -27,6 +28,7 @@ script!(RW_IS_HELD, "rw_is_held.lua");
 script!(GUARDED_WRITE, "guarded_write.lua");
 script!(KEEP_ALIVE, "keep_alive.lua");
 script!(REVOKE, "revoke.lua");
+script!(SESSION_OPEN, "session_open.lua");
 script!(GROUP_JOIN, "group_join.lua");
 script!(GROUP_UPDATE, "group_update.lua");
 script!(GROUP_LEAVE, "group_leave.lua");

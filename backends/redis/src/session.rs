@@ -38,6 +38,9 @@ type Grants = Arc<StdMutex<HashMap<(String, String), LossNotifier>>>;
 /// send time.
 const KEEP_ALIVE_BATCH: usize = 256;
 
+/// What `revoke.lua` publishes on the session's channel.
+pub(crate) const REVOKED: &str = "revoked";
+
 /// One session of the Redis backend.
 pub(crate) struct RedisSession {
     pub(crate) ctx: Arc<Ctx>,
@@ -78,23 +81,27 @@ impl RedisSession {
             let id = format!("{:016x}", rand::random::<u64>());
             // Subscribed before the key exists, so a revoke is never missed
             // (keep-alive would notice it too, a third of a TTL later).
-            let mut revoked = ctx.hub.subscribe(&ctx.key("chan:session", &id)).await?;
-            let created: Option<String> = ctx
-                .query(
+            let mut revoked = ctx.hub.subscribe(&channel(&ctx, &id)).await?;
+            let created: i64 = ctx
+                .eval(
                     "open session",
-                    redis::cmd("SET")
-                        .arg(keys::session(&ctx.ns, &id))
-                        .arg(1)
-                        .arg("PX")
-                        .arg(ttl_ms)
-                        .arg("NX"),
+                    &scripts::SESSION_OPEN,
+                    &[id.as_bytes(), ttl_ms.to_string().as_bytes()],
                 )
                 .await?;
-            if created.is_some() {
+            if created == 1 {
                 tracing::debug!(session = %id, ?ttl, "redis session opened");
                 let loss = loss.clone();
                 let revoke_watch = tokio::spawn(async move {
-                    while let Wake::Reconnected = revoked.next().await {}
+                    // The channel also carries wake-ups for this
+                    // session's waiters (`<token>=<fence>`, `<token>`).
+                    loop {
+                        if let Wake::Message(m) = revoked.next().await {
+                            if m == REVOKED {
+                                break;
+                            }
+                        }
+                    }
                     loss.fire("the session was revoked");
                 });
                 return Ok(RedisSession {
@@ -121,6 +128,11 @@ impl RedisSession {
         )
     }
 
+    /// The session's channel: revokes, and the wake-ups of its waiters.
+    pub(crate) fn channel(&self) -> String {
+        channel(&self.ctx, &self.id)
+    }
+
     /// The TTL in milliseconds, as scripts take it.
     pub(crate) fn ttl_ms(&self) -> String {
         self.ttl.as_millis().max(1).to_string()
@@ -140,6 +152,15 @@ impl RedisSession {
             entry,
         }
     }
+}
+
+/// `<ns>:chan:session:<sid>`: a revoke of session `sid` is announced there
+/// ([`REVOKED`]), and the scripts tell its waiters that they were granted
+/// (`<token>=<fence>`) or should try again (`<token>`). The session's
+/// coordinator is subscribed to it for the session's whole life, so a
+/// waiter's subscription costs no `SUBSCRIBE`.
+fn channel(ctx: &Ctx, sid: &str) -> String {
+    ctx.key("chan:session", sid)
 }
 
 /// Revoke session `sid` (ours or another's): returns whether it existed.
