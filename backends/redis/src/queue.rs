@@ -32,13 +32,13 @@ use quorate_core::cleanup::{spawn_retrying, GiveUp};
 use quorate_core::loss::LossNotifier;
 use quorate_core::name::encode;
 use quorate_core::{Error, FencingToken, Result};
-use redis::Script;
 
 use crate::hub::{Subscription, Wake};
 use crate::keys::SpaceKeys;
+use crate::scripts::{self, Script};
 use crate::session::REVOKED;
 use crate::session::{RedisSession, Registration};
-use crate::{scripts, Ctx};
+use crate::Ctx;
 
 /// Runs a release script for one token when dropped while armed, retrying
 /// while the session could still be alive. The script must be idempotent.
