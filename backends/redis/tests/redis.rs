@@ -1606,6 +1606,15 @@ async fn functions_are_loaded_on_demand_and_scripts_are_the_fallback() {
         "{after:?}"
     );
     assert_eq!(total(&after) - total(&before), 12, "{before:?} {after:?}");
+    // A reader: 9 commands to acquire, 8 to release (FCALLs included).
+    let before = command_calls(&mut raw).await;
+    s.rwlock("m").read().await.unwrap().release().await.unwrap();
+    let after = command_calls(&mut raw).await;
+    eprintln!(
+        "figure: uncontended reader acquire + release: {} commands",
+        total(&after) - total(&before)
+    );
+    assert_eq!(total(&after) - total(&before), 17, "{before:?} {after:?}");
 
     // The server forgets the library: the next call loads it again.
     let _: () = redis::cmd("FUNCTION")
