@@ -25,7 +25,7 @@
 //! never touches another call's token.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quorate_core::backoff::Backoff;
 use quorate_core::cleanup::{spawn_retrying, GiveUp};
@@ -162,7 +162,6 @@ pub(crate) async fn acquire(
     let token = session.token();
     let ttl = session.ttl_ms();
     let registration = session.register(ctx.key(space.kind(), name), token.clone(), loss);
-    let channel = wait.then(|| session.channel());
     let cleanup = Cleanup::new(
         ctx,
         &scripts::EX_RELEASE,
@@ -182,14 +181,9 @@ pub(crate) async fn acquire(
         wait_flag,
         value,
     ];
-    let granted = grant(
-        ctx,
-        channel.as_deref(),
-        &token,
-        session.ttl(),
-        cleanup,
-        || ctx.eval("acquire", &scripts::EX_ACQUIRE, &args),
-    )
+    let granted = grant(session, wait, &token, cleanup, || {
+        ctx.eval("acquire", &scripts::EX_ACQUIRE, &args)
+    })
     .await?;
     Ok(granted.map(|fence| ExGrant {
         ctx: ctx.clone(),
@@ -207,10 +201,9 @@ pub(crate) async fn acquire(
 /// up by the armed clean-up. The one tail of every acquire (exclusive and
 /// shared).
 pub(crate) async fn grant<F, Fut>(
-    ctx: &Ctx,
-    channel: Option<&str>,
+    session: &RedisSession,
+    wait: bool,
     token: &str,
-    ttl: Duration,
     mut cleanup: Cleanup,
     attempt: F,
 ) -> Result<Option<FencingToken>>
@@ -218,21 +211,26 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Vec<i64>>>,
 {
-    let granted = grant_loop(ctx, channel, token, ttl, attempt).await?;
+    let granted = grant_loop(session, wait, token, attempt).await?;
     if granted.is_some() {
-        ctx.replicated().await?;
+        session.ctx.replicated().await?;
     }
     cleanup.disarm();
     Ok(granted)
 }
 
 /// Run an acquire script until it grants: `Some(fence)`; `None` when it
-/// does not and the caller does not wait (`channel` is `None`).
+/// does not and the caller does not `wait`.
 ///
-/// A waiter registers on `channel` (its session's channel, already
-/// subscribed on the server: no command) before its first attempt, so a
-/// wake-up sent after that attempt cannot be missed; an uncontended lock
-/// costs one round trip. Between attempts it waits for a wake-up addressed to `token` (which may
+/// A waiter registers on its session's channel (already subscribed on the
+/// server: no command) before its first attempt, so a wake-up sent after
+/// that attempt cannot be missed; an uncontended lock costs one round
+/// trip. A wake-up saying the lock was granted on the waiter's behalf is
+/// trusted only while the session's last confirmed keep-alive vouches for
+/// its key (and so for the grant's, which got the session's remaining
+/// TTL): a waiter that learns of it later (stopped, starved) asks the
+/// server again rather than return a grant that may have expired and gone
+/// to someone else meanwhile. Between attempts it waits for a wake-up addressed to `token` (which may
 /// say the lock was granted on its behalf: then no further round trip), a
 /// reconnect, or the fallback re-check. While waiting, a transient failure (server
 /// unreachable) is retried with backoff: the wait ends with the session,
@@ -240,16 +238,18 @@ where
 ///
 /// The caller keeps its [`Cleanup`] armed until this returns `Ok`.
 async fn grant_loop<F, Fut>(
-    ctx: &Ctx,
-    channel: Option<&str>,
+    session: &RedisSession,
+    wait: bool,
     token: &str,
-    ttl: Duration,
     mut attempt: F,
 ) -> Result<Option<FencingToken>>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Vec<i64>>>,
 {
+    let (ctx, ttl) = (&session.ctx, session.ttl());
+    let channel = wait.then(|| session.channel());
+    let channel = channel.as_deref();
     // The session's channel, to which the session itself is subscribed:
     // registering here costs no command, so it is done before the first
     // attempt, and a wake-up sent after that attempt cannot be missed.
@@ -283,7 +283,14 @@ where
                 };
                 let recheck = ctx.recheck_after(ttl, *blocker.unwrap_or(&-1));
                 if let Some(fence) = wait_wake(sub, token, recheck).await {
-                    return Ok(Some(fence));
+                    if Instant::now() < session.vouched_until() {
+                        return Ok(Some(fence));
+                    }
+                    tracing::debug!(
+                        token,
+                        "a grant on our behalf arrived after the session's last keep-alive \
+                         stopped vouching for it; asking the server again"
+                    );
                 }
             }
             _ => {

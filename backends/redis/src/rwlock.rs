@@ -46,7 +46,6 @@ pub(crate) async fn read(
     let member = format!("r{}", session.token());
     let ttl = session.ttl_ms();
     let registration = session.register(ctx.key("readers", name), member.clone(), loss);
-    let channel = wait.then(|| session.channel());
     let cleanup = Cleanup::new(
         ctx,
         &scripts::RW_RELEASE,
@@ -55,14 +54,9 @@ pub(crate) async fn read(
     );
     let wait_flag: &[u8] = if wait { b"1" } else { b"0" };
     let args: [&[u8]; 4] = [enc.as_bytes(), member.as_bytes(), ttl.as_bytes(), wait_flag];
-    let granted = grant(
-        ctx,
-        channel.as_deref(),
-        &member,
-        session.ttl(),
-        cleanup,
-        || ctx.eval("acquire", &scripts::RW_ACQUIRE, &args),
-    )
+    let granted = grant(session, wait, &member, cleanup, || {
+        ctx.eval("acquire", &scripts::RW_ACQUIRE, &args)
+    })
     .await?;
     Ok(granted.map(|fence| {
         Box::new(RedisRwLock {

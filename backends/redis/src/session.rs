@@ -16,10 +16,10 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quorate_core::loss::LossNotifier;
-use quorate_core::{Error, Result};
+use quorate_core::{safety_margin, Error, Result};
 use redis::Value;
 
 use crate::hub::Wake;
@@ -48,6 +48,9 @@ pub(crate) struct RedisSession {
     ttl: Duration,
     next_token: AtomicU64,
     grants: Grants,
+    /// When the last keep-alive the server confirmed (or the open) was
+    /// sent: the session key lives at least until that plus the TTL.
+    renewed: StdMutex<Instant>,
     /// Fires the session's loss as soon as a revoke is published.
     revoke_watch: tokio::task::JoinHandle<()>,
 }
@@ -82,6 +85,7 @@ impl RedisSession {
             // Subscribed before the key exists, so a revoke is never missed
             // (keep-alive would notice it too, a third of a TTL later).
             let mut revoked = ctx.hub.subscribe(&channel(&ctx, &id)).await?;
+            let sent = Instant::now();
             let created: i64 = ctx
                 .eval(
                     "open session",
@@ -110,6 +114,7 @@ impl RedisSession {
                     ttl,
                     next_token: AtomicU64::new(1),
                     grants: Arc::default(),
+                    renewed: StdMutex::new(sent),
                     revoke_watch,
                 });
             }
@@ -140,6 +145,14 @@ impl RedisSession {
 
     pub(crate) fn ttl(&self) -> Duration {
         self.ttl
+    }
+
+    /// Until when the session's key, and every key granted on its behalf
+    /// with its remaining TTL, is sure to live: the last confirmed
+    /// keep-alive's send time plus the TTL, minus core's safety margin
+    /// (the same client-side deadline core keeps).
+    pub(crate) fn vouched_until(&self) -> Instant {
+        *self.renewed.lock().unwrap() + self.ttl - safety_margin(self.ttl)
     }
 
     /// Have `loss` fired when keep-alive finds the held-hash entry
@@ -173,6 +186,7 @@ pub(crate) async fn revoke(ctx: &Ctx, sid: &str) -> Result<bool> {
 
 impl RedisSession {
     pub(crate) async fn keep_alive(&self) -> Result<()> {
+        let sent = Instant::now();
         let ttl = self.ttl_ms();
         let batch = KEEP_ALIVE_BATCH.to_string();
         let mut cursor = String::from("0");
@@ -228,6 +242,8 @@ impl RedisSession {
             }
         }
         tracing::trace!(session = %self.id, calls, "redis keep-alive done");
+        let mut renewed = self.renewed.lock().unwrap();
+        *renewed = (*renewed).max(sent);
         Ok(())
     }
 
