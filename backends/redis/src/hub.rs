@@ -1,9 +1,11 @@
 //! The pub/sub hub: one subscriber connection per coordinator, shared by
 //! every waiter and watcher.
 //!
-//! A waiter subscribes to its lock's channel *before* it runs the acquire
-//! script, so a release published after the script cannot be missed while
-//! the connection stands. When the connection drops (or stops answering a
+//! A waiter registers on its session's channel *before* it runs the
+//! acquire script, so a wake-up published after the script cannot be
+//! missed while the connection stands. Only the first registration of a
+//! channel sends `SUBSCRIBE` (and the last one's drop `UNSUBSCRIBE`): the
+//! session's own subscription to its channel makes its waiters' free. When the connection drops (or stops answering a
 //! periodic `PING`), the hub reconnects, subscribes every registered channel
 //! again and sends [`Wake::Reconnected`] to every subscriber, which then
 //! re-checks (waiters run their script again, watchers re-list and diff):
@@ -120,19 +122,19 @@ impl Hub {
         let lagged = Arc::new(AtomicBool::new(false));
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let mut sink = self.inner.sink.lock().await;
-        self.inner
-            .subscribers
-            .lock()
-            .unwrap()
-            .entry(channel.to_owned())
-            .or_default()
-            .insert(
+        let new = {
+            let mut subs = self.inner.subscribers.lock().unwrap();
+            let slots = subs.entry(channel.to_owned()).or_default();
+            let new = slots.is_empty();
+            slots.insert(
                 id,
                 Slot {
                     tx,
                     lagged: lagged.clone(),
                 },
             );
+            new
+        };
         let sub = Subscription {
             hub: Arc::downgrade(&self.inner),
             channel: channel.to_owned(),
@@ -140,7 +142,12 @@ impl Hub {
             rx,
             lagged,
         };
-        if let Some(s) = sink.as_mut() {
+        // A channel some subscriber registered before is subscribed on the
+        // server already (that registration waited for the confirmation,
+        // under the sink lock held here), or the connection is down and the
+        // connection task will subscribe it and send `Reconnected` to every
+        // registration, this one included.
+        if let Some(s) = sink.as_mut().filter(|_| new) {
             match tokio::time::timeout(self.inner.timeout, s.subscribe(channel)).await {
                 Ok(Ok(())) => {}
                 // The connection is broken: the connection task will

@@ -23,9 +23,11 @@
 //! lock, so mutex, writers and readers share the lock key, the queue and
 //! the fence counter.
 //!
-//! Pub/sub channels: `<ns>:chan:lock:<enc>`,
-//! `<ns>:chan:election:<enc>`, `<ns>:chan:group:<enc>`, and
-//! `<ns>:chan:session:<sid>` (a revoke is announced there).
+//! Pub/sub channels: `<ns>:chan:election:<enc>` (leader changes),
+//! `<ns>:chan:group:<enc>`, and `<ns>:chan:session:<sid>` (a revoke is
+//! announced there, and the session's waiters are told there that they
+//! were granted or should try again: a wake-up reaches only the
+//! coordinator of the waiter it is for).
 //!
 //! Tokens are `quorate:<sid>:<n>` (hex session id, per-session counter):
 //! scripts derive the owner's session from a token and treat a grant whose
@@ -41,20 +43,11 @@ use quorate_core::name::{encode, Space};
 pub(crate) trait SpaceKeys {
     /// The key kind of the space's holders: `lock`, `election`.
     fn kind(self) -> &'static str;
-    /// The pub/sub channel kind of the space: `chan:<kind>`.
-    fn channel(self) -> &'static str;
 }
 
 impl SpaceKeys for Space {
     fn kind(self) -> &'static str {
         self.as_str()
-    }
-
-    fn channel(self) -> &'static str {
-        match self {
-            Space::Mutex => "chan:lock",
-            Space::Election => "chan:election",
-        }
     }
 }
 
@@ -67,11 +60,6 @@ pub(crate) const PERSISTENT_KINDS: &[&str] = &["fence", "efence", "gver", "data"
 /// The key or channel `<ns>:<kind>:<enc(name)>`.
 pub(crate) fn key(ns: &str, kind: &str, name: &str) -> String {
     format!("{ns}:{kind}:{}", encode(name))
-}
-
-/// The session liveness key.
-pub(crate) fn session(ns: &str, sid: &str) -> String {
-    format!("{ns}:session:{sid}")
 }
 
 /// The kind of a key of namespace `ns` (`lock`, `queue`, …).
@@ -98,7 +86,6 @@ mod tests {
         let lua = include_str!("lua/keep_alive.lua");
         for space in Space::ALL {
             assert!(lua.contains(&format!("'{}'", space.kind())), "{space}");
-            assert_eq!(space.channel(), format!("chan:{}", space.kind()));
         }
     }
 

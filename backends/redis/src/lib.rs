@@ -9,9 +9,12 @@
 //! - **Mutex**: `<ns>:lock:<enc(name)>` is a plain string holding the owner
 //!   token with a PX TTL, so a redis-py `Lock` on the same key and quorate
 //!   exclude each other. Waiters queue FIFO in `<ns>:queue:<enc(name)>`; a
-//!   release grants the next waiter on its behalf and tells it over pub/sub.
-//!   Every multi-key step is one Lua script; the fencing token is an `INCR`
-//!   (floored at the server clock) in the granting script. Owner tokens are
+//!   release grants the next waiter on its behalf and tells it on its
+//!   session's pub/sub channel. Every multi-key step is one Lua script (a
+//!   Redis 7 function library loaded once per server, `EVALSHA` where there
+//!   are no functions: `scripts.rs`); the fencing token is the counter plus
+//!   one (floored at the server clock) in the granting script. An
+//!   uncontended acquire is 7 commands, its release 5. Owner tokens are
 //!   `quorate:<sid>:<n>`; a value without that prefix (a redis-py token of
 //!   any shape) is never voided or taken over.
 //! - **RwLock**: one name, one lock: the write side is the mutex; readers
@@ -46,6 +49,7 @@ mod scripts;
 mod session;
 mod settings;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -124,6 +128,7 @@ pub async fn connect(config: &Config) -> Result<Coordinator> {
                 ttl: config.ttl,
                 wait_replicas,
                 wait_timeout: config.connect_timeout / 2,
+                scripts_only: AtomicBool::new(false),
             }),
         },
         config.clone(),
@@ -185,22 +190,105 @@ pub(crate) struct Ctx {
     /// How long `WAIT` waits for them (half the connect timeout, so the
     /// answer comes before the client gives up on the connection).
     pub(crate) wait_timeout: Duration,
+    /// The server has no functions (or the user may not use them): run
+    /// the scripts with `EVALSHA` from now on.
+    pub(crate) scripts_only: AtomicBool,
+}
+
+/// The server cannot run quorate's functions: it has none (`unknown
+/// command` before Redis 7) or the ACL denies `FCALL`/`FUNCTION`.
+/// Messages: `ERR unknown command 'FCALL', …` (`FCALL` in backquotes
+/// before Redis 7), `NOPERM … run the 'fcall' command` (`'function|load'`).
+fn no_functions(e: &redis::RedisError) -> bool {
+    let msg = e.to_string().to_ascii_lowercase();
+    let named = |cmd: &str| {
+        [format!("'{cmd}'"), format!("`{cmd}`"), format!("'{cmd}|")]
+            .iter()
+            .any(|m| msg.contains(m.as_str()))
+    };
+    (msg.contains("unknown command") || e.code() == Some("NOPERM"))
+        && (named("fcall") || named("function"))
+}
+
+/// The server does not know the function called (the library is not
+/// loaded there).
+fn function_missing(e: &redis::RedisError) -> bool {
+    e.to_string()
+        .to_ascii_lowercase()
+        .contains("function not found")
 }
 
 impl Ctx {
-    /// Run a script with the namespace as its first argument.
+    /// Run a script with the namespace as its first argument: `FCALL` of
+    /// its function in the library (loaded when the server does not know
+    /// it), or, on a server without functions, `EVALSHA`/`EVAL` of the
+    /// whole script (see `scripts.rs`).
     pub(crate) async fn eval<T: FromRedisValue>(
         &self,
         what: &str,
-        script: &redis::Script,
+        script: &scripts::Script,
         args: &[&[u8]],
     ) -> Result<T> {
-        let mut inv = script.prepare_invoke();
+        let mut conn = self.conn.manager();
+        if !self.scripts_only.load(Ordering::Relaxed) {
+            let mut fcall = redis::cmd("FCALL");
+            fcall.arg(script.function()).arg(0).arg(self.ns.as_bytes());
+            for a in args {
+                fcall.arg(*a);
+            }
+            let mut loaded = false;
+            loop {
+                let e = match fcall.query_async(&mut conn).await {
+                    Ok(v) => return Ok(v),
+                    Err(e) => e,
+                };
+                if no_functions(&e) {
+                    tracing::info!(
+                        error = %e,
+                        "redis functions are not available (a server before Redis 7, or an ACL \
+                         without FCALL/FUNCTION): running quorate's scripts with EVALSHA"
+                    );
+                    self.scripts_only.store(true, Ordering::Relaxed);
+                    break;
+                }
+                if loaded || !function_missing(&e) {
+                    return Err(self.failed(what, e).await);
+                }
+                // A server that does not know the library (first use,
+                // restart, failover, FUNCTION FLUSH): load it, call again.
+                let load = redis::cmd("FUNCTION")
+                    .arg("LOAD")
+                    .arg("REPLACE")
+                    .arg(&scripts::LIBRARY.code)
+                    .query_async::<String>(&mut conn)
+                    .await;
+                match load {
+                    Ok(_) => {
+                        tracing::debug!(library = %scripts::LIBRARY.name, "loaded the redis function library");
+                        loaded = true;
+                    }
+                    Err(e) if no_functions(&e) => {
+                        tracing::info!(
+                            error = %e,
+                            "cannot load quorate's redis function library: running its \
+                             scripts with EVALSHA"
+                        );
+                        self.scripts_only.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(e) => {
+                        return Err(self
+                            .failed("loading quorate's redis function library", e)
+                            .await)
+                    }
+                }
+            }
+        }
+        let mut inv = script.eval_script().prepare_invoke();
         inv.arg(self.ns.as_bytes());
         for a in args {
             inv.arg(*a);
         }
-        let mut conn = self.conn.manager();
         match inv.invoke_async(&mut conn).await {
             Ok(v) => Ok(v),
             Err(e) => Err(self.failed(what, e).await),

@@ -6,12 +6,14 @@
 //! The lock key `<ns>:lock:<enc(name)>` is a plain string holding the owner
 //! token with a PX TTL: redis-py's `Lock` layout, so the two exclude each
 //! other. quorate waiters queue in `<ns>:queue:<enc(name)>` (FIFO by
-//! arrival). A waiter that was not granted at once subscribes to
-//! `<ns>:chan:lock:<enc(name)>` and runs the acquire script again. A
-//! release grants the lock to the next live waiter in the same script (on
-//! its behalf, with its session's TTL) and publishes `<token>=<fence>`, so
-//! the hand-off costs the waiter no round trip; a waiter that missed the
-//! message finds itself the holder on its next attempt. A bounded fallback re-check (at the expiry of
+//! arrival). A waiter listens on its own session's channel
+//! `<ns>:chan:session:<sid>` (subscribed for the session's life, so this
+//! costs no command) from before its first attempt. A release grants the
+//! lock to the next live waiter in the same script (on its behalf, with its
+//! session's TTL) and publishes `<token>=<fence>` on that waiter's session
+//! channel only, so the hand-off costs the waiter no round trip and no
+//! other waiter hears of it; a waiter that missed the message finds itself
+//! the holder on its next attempt. A bounded fallback re-check (at the expiry of
 //! what blocks, at most every TTL/2) covers holders that vanish silently: a
 //! crashed holder's key expiring, a redis-py holder releasing.
 //!
@@ -23,19 +25,20 @@
 //! never touches another call's token.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quorate_core::backoff::Backoff;
 use quorate_core::cleanup::{spawn_retrying, GiveUp};
 use quorate_core::loss::LossNotifier;
 use quorate_core::name::encode;
 use quorate_core::{Error, FencingToken, Result};
-use redis::Script;
 
 use crate::hub::{Subscription, Wake};
 use crate::keys::SpaceKeys;
+use crate::scripts::{self, Script};
+use crate::session::REVOKED;
 use crate::session::{RedisSession, Registration};
-use crate::{scripts, Ctx};
+use crate::Ctx;
 
 /// Runs a release script for one token when dropped while armed, retrying
 /// while the session could still be alive. The script must be idempotent.
@@ -107,7 +110,7 @@ pub(crate) async fn wait_wake(
         tokio::select! {
             wake = sub.next() => match wake {
                 Wake::Reconnected => return None,
-                Wake::Message(p) if p == "*" => return None,
+                Wake::Message(p) if p == "*" || p == REVOKED => return None,
                 Wake::Message(p) => {
                     for item in p.split(' ') {
                         match item.split_once('=') {
@@ -159,7 +162,6 @@ pub(crate) async fn acquire(
     let token = session.token();
     let ttl = session.ttl_ms();
     let registration = session.register(ctx.key(space.kind(), name), token.clone(), loss);
-    let channel = wait.then(|| ctx.key(space.channel(), name));
     let cleanup = Cleanup::new(
         ctx,
         &scripts::EX_RELEASE,
@@ -179,14 +181,9 @@ pub(crate) async fn acquire(
         wait_flag,
         value,
     ];
-    let granted = grant(
-        ctx,
-        channel.as_deref(),
-        &token,
-        session.ttl(),
-        cleanup,
-        || ctx.eval("acquire", &scripts::EX_ACQUIRE, &args),
-    )
+    let granted = grant(session, wait, &token, cleanup, || {
+        ctx.eval("acquire", &scripts::EX_ACQUIRE, &args)
+    })
     .await?;
     Ok(granted.map(|fence| ExGrant {
         ctx: ctx.clone(),
@@ -204,10 +201,9 @@ pub(crate) async fn acquire(
 /// up by the armed clean-up. The one tail of every acquire (exclusive and
 /// shared).
 pub(crate) async fn grant<F, Fut>(
-    ctx: &Ctx,
-    channel: Option<&str>,
+    session: &RedisSession,
+    wait: bool,
     token: &str,
-    ttl: Duration,
     mut cleanup: Cleanup,
     attempt: F,
 ) -> Result<Option<FencingToken>>
@@ -215,21 +211,26 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Vec<i64>>>,
 {
-    let granted = grant_loop(ctx, channel, token, ttl, attempt).await?;
+    let granted = grant_loop(session, wait, token, attempt).await?;
     if granted.is_some() {
-        ctx.replicated().await?;
+        session.ctx.replicated().await?;
     }
     cleanup.disarm();
     Ok(granted)
 }
 
 /// Run an acquire script until it grants: `Some(fence)`; `None` when it
-/// does not and the caller does not wait (`channel` is `None`).
+/// does not and the caller does not `wait`.
 ///
-/// A waiter subscribes to `channel` only once the first attempt did not
-/// grant (an uncontended lock costs one round trip), and then attempts
-/// again at once, so a release between the two cannot be missed. Between
-/// later attempts it waits for a wake-up addressed to `token` (which may
+/// A waiter registers on its session's channel (already subscribed on the
+/// server: no command) before its first attempt, so a wake-up sent after
+/// that attempt cannot be missed; an uncontended lock costs one round
+/// trip. A wake-up saying the lock was granted on the waiter's behalf is
+/// trusted only while the session's last confirmed keep-alive vouches for
+/// its key (and so for the grant's, which got the session's remaining
+/// TTL): a waiter that learns of it later (stopped, starved) asks the
+/// server again rather than return a grant that may have expired and gone
+/// to someone else meanwhile. Between attempts it waits for a wake-up addressed to `token` (which may
 /// say the lock was granted on its behalf: then no further round trip), a
 /// reconnect, or the fallback re-check. While waiting, a transient failure (server
 /// unreachable) is retried with backoff: the wait ends with the session,
@@ -237,17 +238,25 @@ where
 ///
 /// The caller keeps its [`Cleanup`] armed until this returns `Ok`.
 async fn grant_loop<F, Fut>(
-    ctx: &Ctx,
-    channel: Option<&str>,
+    session: &RedisSession,
+    wait: bool,
     token: &str,
-    ttl: Duration,
     mut attempt: F,
 ) -> Result<Option<FencingToken>>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Vec<i64>>>,
 {
-    let mut sub: Option<Subscription> = None;
+    let (ctx, ttl) = (&session.ctx, session.ttl());
+    let channel = wait.then(|| session.channel());
+    let channel = channel.as_deref();
+    // The session's channel, to which the session itself is subscribed:
+    // registering here costs no command, so it is done before the first
+    // attempt, and a wake-up sent after that attempt cannot be missed.
+    let mut sub: Option<Subscription> = match channel {
+        Some(c) => Some(ctx.hub.subscribe(c).await?),
+        None => None,
+    };
     let mut backoff = Backoff::default();
     loop {
         let reply = match attempt().await {
@@ -268,15 +277,22 @@ where
                 ))
             }
             (Some(0), _, None) => return Ok(None),
-            (Some(0), blocker, Some(channel)) => match sub.as_mut() {
-                None => sub = Some(ctx.hub.subscribe(channel).await?),
-                Some(sub) => {
-                    let recheck = ctx.recheck_after(ttl, *blocker.unwrap_or(&-1));
-                    if let Some(fence) = wait_wake(sub, token, recheck).await {
+            (Some(0), blocker, Some(_)) => {
+                let Some(sub) = sub.as_mut() else {
+                    return Err(Error::backend("a waiting acquire without a subscription"));
+                };
+                let recheck = ctx.recheck_after(ttl, *blocker.unwrap_or(&-1));
+                if let Some(fence) = wait_wake(sub, token, recheck).await {
+                    if Instant::now() < session.vouched_until() {
                         return Ok(Some(fence));
                     }
+                    tracing::debug!(
+                        token,
+                        "a grant on our behalf arrived after the session's last keep-alive \
+                         stopped vouching for it; asking the server again"
+                    );
                 }
-            },
+            }
             _ => {
                 return Err(Error::backend(format!(
                     "unexpected reply {reply:?} from an acquire script"

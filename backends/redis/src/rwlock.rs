@@ -11,8 +11,8 @@
 //! exclusive waiter is ahead of it in the queue, so a waiting writer
 //! blocks later readers (no writer starvation), and an entry leaving the
 //! queue (release, timeout, dropped waiter) lets the ones behind it
-//! proceed at once, woken by a publish on `<ns>:chan:lock:<enc(name)>`
-//! naming them. A reader waits for a redis-py holder as for any
+//! proceed at once, granted on their behalf and told so on their own
+//! session's channel `<ns>:chan:session:<sid>`. A reader waits for a redis-py holder as for any
 //! exclusive holder (the fallback re-check at its key's expiry: redis-py
 //! publishes nothing).
 //!
@@ -46,7 +46,6 @@ pub(crate) async fn read(
     let member = format!("r{}", session.token());
     let ttl = session.ttl_ms();
     let registration = session.register(ctx.key("readers", name), member.clone(), loss);
-    let channel = wait.then(|| ctx.key("chan:lock", name));
     let cleanup = Cleanup::new(
         ctx,
         &scripts::RW_RELEASE,
@@ -55,14 +54,9 @@ pub(crate) async fn read(
     );
     let wait_flag: &[u8] = if wait { b"1" } else { b"0" };
     let args: [&[u8]; 4] = [enc.as_bytes(), member.as_bytes(), ttl.as_bytes(), wait_flag];
-    let granted = grant(
-        ctx,
-        channel.as_deref(),
-        &member,
-        session.ttl(),
-        cleanup,
-        || ctx.eval("acquire", &scripts::RW_ACQUIRE, &args),
-    )
+    let granted = grant(session, wait, &member, cleanup, || {
+        ctx.eval("acquire", &scripts::RW_ACQUIRE, &args)
+    })
     .await?;
     Ok(granted.map(|fence| {
         Box::new(RedisRwLock {

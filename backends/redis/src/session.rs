@@ -16,10 +16,10 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quorate_core::loss::LossNotifier;
-use quorate_core::{Error, Result};
+use quorate_core::{safety_margin, Error, Result};
 use redis::Value;
 
 use crate::hub::Wake;
@@ -38,6 +38,9 @@ type Grants = Arc<StdMutex<HashMap<(String, String), LossNotifier>>>;
 /// send time.
 const KEEP_ALIVE_BATCH: usize = 256;
 
+/// What `revoke.lua` publishes on the session's channel.
+pub(crate) const REVOKED: &str = "revoked";
+
 /// One session of the Redis backend.
 pub(crate) struct RedisSession {
     pub(crate) ctx: Arc<Ctx>,
@@ -45,6 +48,9 @@ pub(crate) struct RedisSession {
     ttl: Duration,
     next_token: AtomicU64,
     grants: Grants,
+    /// When the last keep-alive the server confirmed (or the open) was
+    /// sent: the session key lives at least until that plus the TTL.
+    renewed: StdMutex<Instant>,
     /// Fires the session's loss as soon as a revoke is published.
     revoke_watch: tokio::task::JoinHandle<()>,
 }
@@ -78,23 +84,28 @@ impl RedisSession {
             let id = format!("{:016x}", rand::random::<u64>());
             // Subscribed before the key exists, so a revoke is never missed
             // (keep-alive would notice it too, a third of a TTL later).
-            let mut revoked = ctx.hub.subscribe(&ctx.key("chan:session", &id)).await?;
-            let created: Option<String> = ctx
-                .query(
+            let mut revoked = ctx.hub.subscribe(&channel(&ctx, &id)).await?;
+            let sent = Instant::now();
+            let created: i64 = ctx
+                .eval(
                     "open session",
-                    redis::cmd("SET")
-                        .arg(keys::session(&ctx.ns, &id))
-                        .arg(1)
-                        .arg("PX")
-                        .arg(ttl_ms)
-                        .arg("NX"),
+                    &scripts::SESSION_OPEN,
+                    &[id.as_bytes(), ttl_ms.to_string().as_bytes()],
                 )
                 .await?;
-            if created.is_some() {
+            if created == 1 {
                 tracing::debug!(session = %id, ?ttl, "redis session opened");
                 let loss = loss.clone();
                 let revoke_watch = tokio::spawn(async move {
-                    while let Wake::Reconnected = revoked.next().await {}
+                    // The channel also carries wake-ups for this
+                    // session's waiters (`<token>=<fence>`, `<token>`).
+                    loop {
+                        if let Wake::Message(m) = revoked.next().await {
+                            if m == REVOKED {
+                                break;
+                            }
+                        }
+                    }
                     loss.fire("the session was revoked");
                 });
                 return Ok(RedisSession {
@@ -103,6 +114,7 @@ impl RedisSession {
                     ttl,
                     next_token: AtomicU64::new(1),
                     grants: Arc::default(),
+                    renewed: StdMutex::new(sent),
                     revoke_watch,
                 });
             }
@@ -121,6 +133,11 @@ impl RedisSession {
         )
     }
 
+    /// The session's channel: revokes, and the wake-ups of its waiters.
+    pub(crate) fn channel(&self) -> String {
+        channel(&self.ctx, &self.id)
+    }
+
     /// The TTL in milliseconds, as scripts take it.
     pub(crate) fn ttl_ms(&self) -> String {
         self.ttl.as_millis().max(1).to_string()
@@ -128,6 +145,14 @@ impl RedisSession {
 
     pub(crate) fn ttl(&self) -> Duration {
         self.ttl
+    }
+
+    /// Until when the session's key, and every key granted on its behalf
+    /// with its remaining TTL, is sure to live: the last confirmed
+    /// keep-alive's send time plus the TTL, minus core's safety margin
+    /// (the same client-side deadline core keeps).
+    pub(crate) fn vouched_until(&self) -> Instant {
+        *self.renewed.lock().unwrap() + self.ttl - safety_margin(self.ttl)
     }
 
     /// Have `loss` fired when keep-alive finds the held-hash entry
@@ -142,6 +167,15 @@ impl RedisSession {
     }
 }
 
+/// `<ns>:chan:session:<sid>`: a revoke of session `sid` is announced there
+/// ([`REVOKED`]), and the scripts tell its waiters that they were granted
+/// (`<token>=<fence>`) or should try again (`<token>`). The session's
+/// coordinator is subscribed to it for the session's whole life, so a
+/// waiter's subscription costs no `SUBSCRIBE`.
+fn channel(ctx: &Ctx, sid: &str) -> String {
+    ctx.key("chan:session", sid)
+}
+
 /// Revoke session `sid` (ours or another's): returns whether it existed.
 pub(crate) async fn revoke(ctx: &Ctx, sid: &str) -> Result<bool> {
     let existed: i64 = ctx
@@ -152,6 +186,7 @@ pub(crate) async fn revoke(ctx: &Ctx, sid: &str) -> Result<bool> {
 
 impl RedisSession {
     pub(crate) async fn keep_alive(&self) -> Result<()> {
+        let sent = Instant::now();
         let ttl = self.ttl_ms();
         let batch = KEEP_ALIVE_BATCH.to_string();
         let mut cursor = String::from("0");
@@ -207,6 +242,8 @@ impl RedisSession {
             }
         }
         tracing::trace!(session = %self.id, calls, "redis keep-alive done");
+        let mut renewed = self.renewed.lock().unwrap();
+        *renewed = (*renewed).max(sent);
         Ok(())
     }
 

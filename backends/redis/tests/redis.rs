@@ -1544,3 +1544,124 @@ async fn wait_replicas_gives_up_unacknowledged_grants() {
     })
     .await;
 }
+
+/// `INFO commandstats` as `command -> calls`.
+async fn command_calls(raw: &mut redis::aio::MultiplexedConnection) -> Vec<(String, u64)> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(raw)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+fn calls_of(stats: &[(String, u64)], name: &str) -> u64 {
+    stats.iter().find(|(n, _)| n == name).map_or(0, |(_, c)| *c)
+}
+
+/// The scripts run as one function library (`FCALL`), loaded when the
+/// server does not know it — first use, and again after `FUNCTION FLUSH`
+/// (as after a restart without persistence or a failover to a replica
+/// that missed it); an uncontended lock + release is 12 commands. A user
+/// the ACL denies `FCALL` and `FUNCTION` (or a server before Redis 7)
+/// gets the same scripts through `EVALSHA`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_are_loaded_on_demand_and_scripts_are_the_fallback() {
+    let env = Env::start_with(
+        RedisOptions {
+            extra_config: vec!["user nofunc on >pw ~* &* +@all -fcall -fcall_ro -function".into()],
+            ..RedisOptions::default()
+        },
+        "5s",
+    );
+    let mut raw = env.raw().await;
+    let coord = env.coord().await;
+    let s = coord.session().await.unwrap();
+    s.mutex("m").lock().await.unwrap().release().await.unwrap();
+    let before = command_calls(&mut raw).await;
+    let g = s.mutex("m").lock().await.unwrap();
+    g.release().await.unwrap();
+    let after = command_calls(&mut raw).await;
+    let total = |stats: &[(String, u64)]| {
+        stats
+            .iter()
+            .filter(|(n, _)| n != "info")
+            .map(|(_, c)| c)
+            .sum::<u64>()
+    };
+    assert_eq!(
+        calls_of(&after, "fcall") - calls_of(&before, "fcall"),
+        2,
+        "{after:?}"
+    );
+    assert_eq!(total(&after) - total(&before), 12, "{before:?} {after:?}");
+    // A reader: 9 commands to acquire, 8 to release (FCALLs included).
+    let before = command_calls(&mut raw).await;
+    s.rwlock("m").read().await.unwrap().release().await.unwrap();
+    let after = command_calls(&mut raw).await;
+    eprintln!(
+        "figure: uncontended reader acquire + release: {} commands",
+        total(&after) - total(&before)
+    );
+    assert_eq!(total(&after) - total(&before), 17, "{before:?} {after:?}");
+
+    // The server forgets the library: the next call loads it again.
+    let _: () = redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let g = s.mutex("m").lock().await.unwrap();
+    let r = s.rwlock("r").read().await.unwrap();
+    g.release().await.unwrap();
+    r.release().await.unwrap();
+    s.close().await.unwrap();
+    assert_eq!(coord.leftovers().await.unwrap(), Vec::<String>::new());
+
+    // No FCALL/FUNCTION for this user: EVALSHA, everything still works.
+    let port = env.server.port();
+    let url = format!(
+        "redis://nofunc:pw@127.0.0.1:{port}?ttl=5s&namespace={}",
+        env.ns
+    );
+    let coord = quorate_redis::connect(&Config::parse(&url).unwrap())
+        .await
+        .unwrap();
+    let before = command_calls(&mut raw).await;
+    let (s1, s2) = (
+        coord.session().await.unwrap(),
+        coord.session().await.unwrap(),
+    );
+    let g = s1.mutex("m").lock().await.unwrap();
+    let waiter = tokio::spawn({
+        let s2 = s2.clone();
+        async move { s2.mutex("m").lock().await }
+    });
+    until_queued(&env, &env.key("queue", "m"), 1).await;
+    let fence = g.fence();
+    g.release().await.unwrap();
+    let g2 = within("hand-off", waiter).await.unwrap().unwrap();
+    assert!(g2.fence() > fence);
+    g2.release().await.unwrap();
+    let r = s1.rwlock("m").read().await.unwrap();
+    r.release().await.unwrap();
+    s1.close().await.unwrap();
+    s2.close().await.unwrap();
+    let after = command_calls(&mut raw).await;
+    assert!(
+        calls_of(&after, "evalsha") > calls_of(&before, "evalsha"),
+        "{after:?}"
+    );
+    assert_eq!(coord.leftovers().await.unwrap(), Vec::<String>::new());
+}

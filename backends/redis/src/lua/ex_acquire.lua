@@ -6,19 +6,47 @@
 -- of what blocks, for the fallback re-check), {-1} when the session is gone.
 local space, enc, tok, ttl, wait = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local sp = SPACES[space]
-if not session_exists(tok) then
+local lk, qk = k(space, enc), k(sp.queue, enc)
+-- The session key and the lock key in one command (both are strings).
+local got = redis.call('MGET', k('session', sid_of(tok)), lk)
+if not got[1] then
   return { -1 }
 end
-local lk, qk = k(space, enc), k(sp.queue, enc)
-local holder = redis.call('GET', lk)
+local holder = got[2]
 if holder == tok then
   -- Granted by an earlier call whose reply was lost: the newest fence is ours.
   return { 1, tonumber(redis.call('GET', k(sp.fence, enc))) }
 end
+
+local function grant(queued)
+  local fence = ex_grant(space, enc, tok, ttl, queued)
+  if sp.leader then
+    local lead = k(sp.leader, enc)
+    redis.call('DEL', lead)
+    redis.call('HSET', lead, 'token', tok, 'fence', string.format('%d', fence), 'value', ARGV[7])
+    redis.call('PEXPIRE', lead, ttl)
+    redis.call('PUBLISH', k(sp.chan, enc), '!')
+  end
+  return { 1, fence }
+end
+
+if not holder then
+  -- The uncontended path: no holder, nobody queued, and (one name, one
+  -- lock) no readers hash: grant at once, nothing else to read.
+  local others
+  if space == 'lock' then
+    others = redis.call('EXISTS', qk, k('readers', enc))
+  else
+    others = redis.call('EXISTS', qk)
+  end
+  if others == 0 then
+    return grant(false)
+  end
+end
 if space == 'lock' then
   -- One name, one lock: quorate readers (the SHARED mark) block a mutex
   -- or writer as a holder does; dead grants are voided.
-  holder = lock_state(enc)
+  holder = lock_state(enc, holder or false)
 elseif holder and alive(holder) == false then
   -- The holder's session is gone (revoked or expired): the grant is void.
   redis.call('DEL', lk)
@@ -27,15 +55,7 @@ end
 if not holder then
   local head = queue_head(qk)
   if head == nil or head == tok then
-    local fence = ex_grant(space, enc, tok, ttl)
-    if sp.leader then
-      local lead = k(sp.leader, enc)
-      redis.call('DEL', lead)
-      redis.call('HSET', lead, 'token', tok, 'fence', string.format('%d', fence), 'value', ARGV[7])
-      redis.call('PEXPIRE', lead, ttl)
-      redis.call('PUBLISH', k(sp.chan, enc), '!')
-    end
-    return { 1, fence }
+    return grant(head == tok)
   end
   -- The lock is free (a holder's key expired, or a foreign holder released
   -- without a word) but an earlier waiter goes first: hand it over now.
@@ -43,12 +63,11 @@ if not holder then
 end
 local blocker = redis.call('PTTL', lk)
 if blocker == -2 then
-  local head = queue_head(qk)
-  blocker = head and session_pttl(head) or -1
+  local head, p = queue_head(qk)
+  blocker = head and p or -1
 end
 if wait == '1' then
-  append(qk, tok)
-  extend(qk, ttl)
-  held(tok, qk, tok, ttl)
+  append(qk, tok, ttl)
+  held(tok, qk, tok)
 end
 return { 0, blocker }

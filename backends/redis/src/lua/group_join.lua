@@ -23,6 +23,6 @@ if redis.call('HEXISTS', gk, f) == 1 then
 end
 redis.call('SET', mk, tok, 'PX', ttl)
 redis.call('HSET', gk, f, caps)
-held(tok, mk, tok, ttl)
+held(tok, mk, tok)
 group_event(g, { e = 'joined', id = f, caps = caps })
 return 1

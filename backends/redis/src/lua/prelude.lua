@@ -2,8 +2,9 @@
 -- each one). Every script receives the namespace as ARGV[1] and derives its
 -- keys from it, so the layout lives in one place (see keys.rs for the list).
 -- Scripts therefore touch keys not passed in KEYS: fine on a single Redis
--- (and behind Sentinel), not meant for Redis Cluster.
-local NS = ARGV[1]
+-- (and behind Sentinel), not meant for Redis Cluster. NS is set from
+-- ARGV[1] by each entry point (scripts.rs).
+local NS
 
 local function k(kind, rest)
   return NS .. ':' .. kind .. ':' .. rest
@@ -43,10 +44,14 @@ end
 -- The session's held hash records everything the session owns or waits
 -- for: field = the key holding the entry, value = the token (or reader
 -- member 'r' .. token). Keep-alive extends them; revoke releases them.
-local function held(tok, field, desc, ttl)
-  local hk = k('held', sid_of(tok))
-  redis.call('HSET', hk, field, desc)
-  extend(hk, ttl)
+-- The hash is created with the session (session_open.lua: a placeholder
+-- field HELD_MARK, never removed, and the session's TTL) and keep-alive
+-- extends it with the session key, so it outlives the session key without
+-- a PEXPIRE per grant.
+local HELD_MARK = '.'
+
+local function held(tok, field, desc)
+  redis.call('HSET', k('held', sid_of(tok)), field, desc)
 end
 
 local function unheld(tok, field, desc)
@@ -61,35 +66,40 @@ local function split_key(key)
   return string.match(string.sub(key, #NS + 2), '^([^:]+):(.*)$')
 end
 
--- The next fencing token of a counter: INCR, floored at the server clock in
--- microseconds, so tokens keep increasing even after a restart that lost
--- the counter (as long as the server clock does not go back).
+-- The next fencing token of a counter: the counter plus one, floored at
+-- the server clock in microseconds, so tokens keep increasing even after a
+-- restart that lost the counter, or a failover to a replica that missed
+-- the last grants (as long as the server clock does not go back). Two
+-- commands (TIME, SET … GET) unless the counter is ahead of the clock (a
+-- burst, or a clock that went back): then a second SET.
 local function next_fence(fk)
-  local f = redis.call('INCR', fk)
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  if f < now then
+  local old = tonumber(redis.call('SET', fk, string.format('%d', now), 'GET'))
+  if old and old >= now then
+    now = old + 1
     redis.call('SET', fk, string.format('%d', now))
-    f = now
   end
-  return f
+  return now
 end
 
 -- Exclusive locks: mutexes and elections. The lock key is a plain string
 -- holding the owner token with a PX TTL (redis-py's Lock layout).
 local SPACES = {
-  lock = { queue = 'queue', fence = 'fence', chan = 'chan:lock' },
+  lock = { queue = 'queue', fence = 'fence' },
   election = { queue = 'equeue', fence = 'efence', chan = 'chan:election', leader = 'leader' },
 }
 
-local function append(qk, member)
-  if not redis.call('ZSCORE', qk, member) then
-    local last = redis.call('ZRANGE', qk, -1, -1, 'WITHSCORES')
-    local score = 1
-    if last[2] then
-      score = tonumber(last[2]) + 1
-    end
-    redis.call('ZADD', qk, score, member)
+-- Queue `member` at the tail of `qk` (an entry already there keeps its
+-- place), and keep the queue at least `ttl` ms.
+local function append(qk, member, ttl)
+  local last = redis.call('ZRANGE', qk, -1, -1, 'WITHSCORES')
+  if last[2] then
+    redis.call('ZADD', qk, 'NX', tonumber(last[2]) + 1, member)
+    extend(qk, ttl)
+  else
+    redis.call('ZADD', qk, 1, member)
+    redis.call('PEXPIRE', qk, ttl)
   end
 end
 
@@ -103,44 +113,55 @@ local function member_tok(m)
   return m
 end
 
+-- Tell the waiter `m` (a token or reader member) `msg` on its own
+-- session's channel, which its coordinator is subscribed to for as long
+-- as the session lives: a wake-up reaches that one subscriber, not every
+-- waiter of the name.
+local function tell(m, msg)
+  redis.call('PUBLISH', k('chan:session', sid_of(member_tok(m))), msg)
+end
+
 -- The value of a lock key while quorate readers hold the lock (granted
 -- readers are in `<ns>:readers:<enc>`): not a token, so no session owns it,
 -- and a redis-py Lock's `SET NX` fails on it (readers exclude it).
 local SHARED = 'quorate:shared'
 
--- The first waiter of a queue whose session lives; dead ones are removed.
+-- The first waiter of a queue whose session lives, and the remaining TTL
+-- of that session (ms, at least 1: PX/PEXPIRE need 1); dead ones are
+-- removed. nil when nobody lives in it.
 local function queue_head(qk)
   while true do
     local h = redis.call('ZRANGE', qk, 0, 0)[1]
     if not h then
       return nil
     end
-    if alive(member_tok(h)) then
-      return h
+    local sid = sid_of(member_tok(h))
+    if sid then
+      local p = redis.call('PTTL', k('session', sid))
+      if p ~= -2 then
+        if p < 1 then
+          p = 1
+        end
+        return h, p
+      end
     end
     redis.call('ZREM', qk, h)
   end
 end
 
--- The remaining TTL of a token's session key (ms).
--- A key about to expire reports 0; PX/PEXPIRE need at least 1.
-local function session_pttl(tok)
-  local p = redis.call('PTTL', k('session', sid_of(tok)))
-  if p == 0 then
-    p = 1
-  end
-  return p
-end
-
 -- Grant an exclusive lock to `tok`: the lock key holds it with a PX TTL,
--- it leaves the queue, its session's held hash records it. Returns the fence.
-local function ex_grant(space, enc, tok, ttl)
+-- it leaves the queue (if `queued`), its session's held hash records it.
+-- Returns the fence.
+local function ex_grant(space, enc, tok, ttl, queued)
   local sp = SPACES[space]
-  local lk, qk = k(space, enc), k(sp.queue, enc)
+  local lk = k(space, enc)
   redis.call('SET', lk, tok, 'PX', ttl)
-  redis.call('ZREM', qk, tok)
-  unheld(tok, qk, tok)
-  held(tok, lk, tok, ttl)
+  if queued then
+    local qk = k(sp.queue, enc)
+    redis.call('ZREM', qk, tok)
+    unheld(tok, qk, tok)
+  end
+  held(tok, lk, tok)
   return next_fence(k(sp.fence, enc))
 end
 
@@ -166,10 +187,13 @@ end
 -- SHARED (live quorate readers hold it), or the exclusive holder's value
 -- (a live quorate token, or a foreign value living by its TTL). A lock
 -- key gone while live readers remain (expired early) gets its mark back,
--- so that no exclusive holder is granted over them.
-local function lock_state(enc)
+-- so that no exclusive holder is granted over them. `v`: the lock key's
+-- value if the caller read it already in this script (false: no key).
+local function lock_state(enc, v)
   local lk = k('lock', enc)
-  local v = redis.call('GET', lk)
+  if v == nil then
+    v = redis.call('GET', lk)
+  end
   if v and v ~= SHARED and alive(v) == false then
     redis.call('DEL', lk)
     v = false
@@ -192,104 +216,126 @@ end
 
 -- Grant reader `m` ('r' .. token) of lock `enc`: recorded with its fence
 -- (the name's one counter), the lock key marked SHARED, out of the queue.
-local function reader_grant(enc, m, ttl)
+-- `fresh`: the caller knows that neither the readers hash nor the queue
+-- exists (the uncontended path), so there is nothing to extend or dequeue.
+local function reader_grant(enc, m, ttl, fresh)
   local lk, rk, qk = k('lock', enc), k('readers', enc), k('queue', enc)
   local tok = member_tok(m)
   local fence = next_fence(k('fence', enc))
   redis.call('HSET', rk, m, string.format('%d', fence))
-  extend(rk, ttl)
-  if redis.call('GET', lk) == SHARED then
-    extend(lk, ttl)
-  else
+  if fresh then
+    redis.call('PEXPIRE', rk, ttl)
     redis.call('SET', lk, SHARED, 'PX', ttl)
+  else
+    extend(rk, ttl)
+    if redis.call('GET', lk) == SHARED then
+      extend(lk, ttl)
+    else
+      redis.call('SET', lk, SHARED, 'PX', ttl)
+    end
+    redis.call('ZREM', qk, m)
+    unheld(tok, qk, m)
   end
-  redis.call('ZREM', qk, m)
-  unheld(tok, qk, m)
-  held(tok, rk, m, ttl)
+  held(tok, rk, m)
   return fence
 end
 
 -- Grant, on their behalf, what lock `enc`'s queue may now be granted, in
 -- order: the readers at its head while it is free or shared, or its first
--- exclusive waiter once it is free; publish `<member>=<fence>` items.
-local function lock_wake(enc)
-  local state = lock_state(enc)
-  if state and state ~= SHARED then
-    return
+-- exclusive waiter once it is free; tell each `<member>=<fence>` on its
+-- session's channel. `free`: the caller has just released the exclusive
+-- grant (no reader can hold then), so the lock's state need not be read.
+local function lock_wake(enc, free)
+  local state = false
+  if not free then
+    state = lock_state(enc)
+    if state and state ~= SHARED then
+      return
+    end
   end
   local qk = k('queue', enc)
-  local out = {}
   while true do
-    local h = queue_head(qk)
+    local h, p = queue_head(qk)
     if not h then
       break
     end
     if string.sub(h, 1, 1) == 'r' then
-      local fence = reader_grant(enc, h, session_pttl(member_tok(h)))
+      local fence = reader_grant(enc, h, p)
       state = SHARED
-      table.insert(out, h .. '=' .. string.format('%d', fence))
+      tell(h, h .. '=' .. string.format('%d', fence))
     else
       if not state then
-        local fence = ex_grant('lock', enc, h, session_pttl(h))
-        table.insert(out, h .. '=' .. string.format('%d', fence))
+        local fence = ex_grant('lock', enc, h, p, true)
+        tell(h, h .. '=' .. string.format('%d', fence))
       end
       break
     end
   end
-  if #out > 0 then
-    redis.call('PUBLISH', k('chan:lock', enc), table.concat(out, ' '))
-  end
 end
 
 -- Withdraw reader `m` of lock `enc`, granted or waiting; idempotent.
--- Returns 1 if a grant was released.
+-- Returns 1 if a grant was released. A granted reader is not queued
+-- (granting dequeues it); the last reader to leave, with nobody queued,
+-- removes the SHARED mark without reading the lock's whole state.
 local function reader_release(enc, m)
-  local rk, qk = k('readers', enc), k('queue', enc)
+  local lk, rk, qk = k('lock', enc), k('readers', enc), k('queue', enc)
   local tok = member_tok(m)
-  local granted = redis.call('HDEL', rk, m)
+  if redis.call('HDEL', rk, m) == 1 then
+    unheld(tok, rk, m)
+    if redis.call('EXISTS', qk) == 0 then
+      if redis.call('EXISTS', rk) == 0 and redis.call('GET', lk) == SHARED then
+        redis.call('DEL', lk)
+      end
+    else
+      lock_wake(enc)
+    end
+    return 1
+  end
   unheld(tok, rk, m)
   local queued = redis.call('ZREM', qk, m)
   unheld(tok, qk, m)
-  if granted == 1 or queued == 1 then
+  if queued == 1 then
     lock_wake(enc)
   end
-  return granted
+  return 0
 end
 
 -- If the lock is free, hand it to the first live waiter. A mutex is granted
 -- here, on the waiter's behalf (its session's TTL), and the payload
 -- `<token>=<fence>` tells it so; an election candidate (whose value this
 -- script does not have) is only told to try again (payload `<token>`).
-local function ex_wake(space, enc)
+-- `free`: the caller has just released the holder's grant.
+local function ex_wake(space, enc, free)
   local sp = SPACES[space]
   if space == 'lock' then
-    lock_wake(enc)
+    lock_wake(enc, free)
     return
   end
-  if redis.call('EXISTS', k(space, enc)) == 1 then
+  if not free and redis.call('EXISTS', k(space, enc)) == 1 then
     return
   end
-  local head = queue_head(k(sp.queue, enc))
+  local head, p = queue_head(k(sp.queue, enc))
   if not head then
     return
   end
   if sp.leader then
-    redis.call('PUBLISH', k(sp.chan, enc), head)
+    tell(head, head)
   else
-    local fence = ex_grant(space, enc, head, session_pttl(head))
-    redis.call('PUBLISH', k(sp.chan, enc), head .. '=' .. string.format('%d', fence))
+    local fence = ex_grant(space, enc, head, p, true)
+    tell(head, head .. '=' .. string.format('%d', fence))
   end
 end
 
 -- Release a grant or withdraw a waiter of token `tok`; idempotent, and it
 -- touches nothing of another token. Returns 1 if a grant was released.
+-- Releasing a grant: the token is not queued (granting dequeued it) and
+-- the session's held hash maps the key to it (no other grant of the key
+-- since), so with nobody queued it is GET, DEL, HDEL and one EXISTS.
 local function ex_release(space, enc, tok)
   local sp = SPACES[space]
   local lk, qk = k(space, enc), k(sp.queue, enc)
-  local released = 0
   if redis.call('GET', lk) == tok then
     redis.call('DEL', lk)
-    released = 1
     if sp.leader then
       local lead = k(sp.leader, enc)
       if redis.call('HGET', lead, 'token') == tok then
@@ -297,14 +343,19 @@ local function ex_release(space, enc, tok)
       end
       redis.call('PUBLISH', k(sp.chan, enc), '!')
     end
+    redis.call('HDEL', k('held', sid_of(tok)), lk)
+    if redis.call('EXISTS', qk) == 1 then
+      ex_wake(space, enc, true)
+    end
+    return 1
   end
   unheld(tok, lk, tok)
   local queued = redis.call('ZREM', qk, tok)
   unheld(tok, qk, tok)
-  if released == 1 or queued == 1 then
+  if queued == 1 then
     ex_wake(space, enc)
   end
-  return released
+  return 0
 end
 
 -- Groups: a hash per group (encoded member id -> capabilities JSON), a TTL

@@ -5,16 +5,22 @@
 -- ('r' .. token), ttl ms, wait ('1'|'0'). Returns as ex_acquire.
 local enc, m, ttl, wait = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local tok = member_tok(m)
-if not session_exists(tok) then
+local lk, qk, rk = k('lock', enc), k('queue', enc), k('readers', enc)
+-- The session key and the lock key in one command (both are strings).
+local got = redis.call('MGET', k('session', sid_of(tok)), lk)
+if not got[1] then
   return { -1 }
 end
-local lk, qk, rk = k('lock', enc), k('queue', enc), k('readers', enc)
+if not got[2] and redis.call('EXISTS', qk, rk) == 0 then
+  -- The uncontended path: no holder, no readers, nobody queued.
+  return { 1, reader_grant(enc, m, ttl, true) }
+end
 local f = redis.call('HGET', rk, m)
 if f then
   -- Granted by an earlier call (or on our behalf) whose reply was lost.
   return { 1, tonumber(f) }
 end
-local state = lock_state(enc)
+local state = lock_state(enc, got[2] or false)
 local blocked = state and state ~= SHARED
 if not blocked then
   -- An exclusive waiter ahead of us (anywhere, if we are not queued yet).
@@ -33,13 +39,15 @@ if not blocked then
 end
 if not blocked then
   local fence = reader_grant(enc, m, ttl)
-  lock_wake(enc)
+  if redis.call('EXISTS', qk) == 1 then
+    -- Readers queued behind us may go too.
+    lock_wake(enc)
+  end
   return { 1, fence }
 end
 if wait == '1' then
-  append(qk, m)
-  extend(qk, ttl)
-  held(tok, qk, m, ttl)
+  append(qk, m, ttl)
+  held(tok, qk, m)
 end
 if not state then
   -- Free, but an exclusive waiter goes first: hand it over now.
@@ -47,7 +55,7 @@ if not state then
 end
 local blocker = redis.call('PTTL', lk)
 if blocker == -2 then
-  local head = queue_head(qk)
-  blocker = head and session_pttl(member_tok(head)) or -1
+  local head, p = queue_head(qk)
+  blocker = head and p or -1
 end
 return { 0, blocker }
