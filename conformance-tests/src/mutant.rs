@@ -164,6 +164,10 @@ impl Backend for MutantBackend {
     async fn leftovers(&self) -> Result<Vec<String>> {
         self.inner.leftovers().await
     }
+
+    async fn locks(&self, prefix: &str) -> Result<Vec<quorate::LockState>> {
+        self.inner.locks(prefix).await
+    }
 }
 
 struct MutantSession {

@@ -11,6 +11,7 @@ use tracing::Instrument;
 use crate::capabilities::Capabilities;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::inspect::LockState;
 use crate::name;
 use crate::session::{Session, SessionOptions};
 use crate::spi::Backend;
@@ -206,6 +207,38 @@ impl Coordinator {
     pub async fn leftovers(&self) -> Result<Vec<String>> {
         self.bounded("list leftovers", self.inner.backend.leftovers())
             .await
+    }
+
+    /// The locks held or waited for now whose name starts with `prefix`
+    /// (`""` for all), sorted by name: each with its holders (session,
+    /// exclusive or shared, fence and grant time where the backend knows
+    /// them) and its waiters in queue order. Elections and groups are not
+    /// locks and are not listed. A snapshot for operators (`quorate
+    /// locks`): it may be stale by the time it is read; never decide to
+    /// act on a lock from it. Bounded by `connect_timeout`.
+    ///
+    /// What each backend can tell (fence, grant time, waiters) is listed in
+    /// `docs/backends.md`.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::ErrorKind::InvalidName`] for a prefix longer than a name
+    /// may be; [`crate::ErrorKind::Unsupported`] for a backend that cannot
+    /// list locks; [`crate::ErrorKind::Unavailable`] when the backend does
+    /// not answer within `connect_timeout`, or the backend's error.
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future leaves nothing behind.
+    pub async fn locks(&self, prefix: &str) -> Result<Vec<LockState>> {
+        if !prefix.is_empty() {
+            name::validate("lock name prefix", prefix)?;
+        }
+        let prefix_owned = prefix.to_owned();
+        let locks = self
+            .bounded("list locks", self.inner.backend.locks(prefix))
+            .await?;
+        Ok(crate::inspect::finish_listing(locks, &prefix_owned))
     }
 
     /// The limit on one request that does not wait for a lock.

@@ -56,6 +56,7 @@ use serde::Serialize;
 use crate::capabilities::Capabilities;
 use crate::error::Result;
 use crate::fence::FencingToken;
+use crate::inspect::LockState;
 use crate::loss::LossNotifier;
 use crate::model::{Leader, LockKind, Member};
 
@@ -235,6 +236,20 @@ pub trait Backend: Send + Sync + 'static {
     /// sessions. Documented persistent state (fence counters, guarded-write
     /// values) is not listed. Used by the conformance suite's leak check.
     async fn leftovers(&self) -> Result<Vec<String>>;
+
+    /// The locks (mutexes and read/write locks; never elections or groups)
+    /// whose name starts with `prefix` (empty: all) that are held or
+    /// waited for now, with their holders and waiters, sorted by name
+    /// ([`crate::inspect::finish_listing`]). Names are the user's names.
+    /// A backend that cannot list locks returns
+    /// [`crate::ErrorKind::Unsupported`] (the default); one that cannot
+    /// know a field leaves it `None` and documents it.
+    async fn locks(&self, prefix: &str) -> Result<Vec<LockState>> {
+        let _ = prefix;
+        Err(crate::Error::unsupported(
+            "this backend cannot list its locks",
+        ))
+    }
 }
 
 /// One session (lease) of a backend.

@@ -30,6 +30,7 @@ mod client;
 mod election;
 mod error;
 mod group;
+mod inspect;
 mod keys;
 mod mutex;
 mod owned;
@@ -406,6 +407,10 @@ impl Backend for EtcdBackend {
             .collect();
         out.sort();
         Ok(out)
+    }
+
+    async fn locks(&self, prefix: &str) -> Result<Vec<quorate_core::LockState>> {
+        inspect::locks(&self.shared, prefix).await
     }
 }
 

@@ -14,6 +14,7 @@
 
 mod election;
 mod group;
+mod inspect;
 mod mutex;
 mod queue;
 mod session;
@@ -152,6 +153,10 @@ impl Backend for MemoryBackend {
         }
         out.sort();
         Ok(out)
+    }
+
+    async fn locks(&self, prefix: &str) -> Result<Vec<quorate_core::LockState>> {
+        Ok(inspect::locks(&self.state, prefix))
     }
 }
 

@@ -20,6 +20,8 @@ pub(crate) struct Entry {
     pub(crate) exclusive: bool,
     /// `Some` once granted.
     pub(crate) fence: Option<u64>,
+    /// The wall-clock time of the grant (for `Coordinator::locks`).
+    pub(crate) granted_at: Option<std::time::SystemTime>,
     pub(crate) loss: LossNotifier,
     /// Told the fence when granted while waiting.
     pub(crate) notify: Option<oneshot::Sender<u64>>,
@@ -83,6 +85,7 @@ fn regrant(inner: &mut Inner, space: Space, name: &str) {
             .find(|e| e.id == id)
             .expect("entry exists");
         e.fence = Some(fence);
+        e.granted_at = Some(std::time::SystemTime::now());
         if let Some(tx) = e.notify.take() {
             // A closed receiver means the waiter was dropped; its drop guard
             // removes the entry right after, under the same lock order.
@@ -138,6 +141,7 @@ pub(crate) fn enqueue(
             session,
             exclusive,
             fence: None,
+            granted_at: None,
             loss,
             notify: Some(tx),
         });

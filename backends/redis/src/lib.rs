@@ -41,6 +41,7 @@ mod conn;
 mod election;
 mod group;
 mod hub;
+mod inspect;
 mod keys;
 mod mutex;
 mod queue;
@@ -451,6 +452,10 @@ impl Backend for RedisBackend {
         out.sort();
         out.dedup();
         Ok(out)
+    }
+
+    async fn locks(&self, prefix: &str) -> Result<Vec<quorate_core::LockState>> {
+        inspect::locks(&self.ctx, prefix).await
     }
 }
 

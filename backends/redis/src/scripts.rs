@@ -88,6 +88,7 @@ scripts! {
     GROUP_LIST, "group_list", true;
     LEADER, "leader", true;
     PROCLAIM, "proclaim", false;
+    LOCKS, "locks", true;
 }
 
 /// The function library: its name and its code for `FUNCTION LOAD`.

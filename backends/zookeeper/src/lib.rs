@@ -83,6 +83,7 @@
 
 mod election;
 mod group;
+mod inspect;
 mod mutex;
 mod node;
 
@@ -299,6 +300,11 @@ impl Backend for ZkBackend {
         );
         out.sort();
         Ok(out)
+    }
+
+    async fn locks(&self, prefix: &str) -> Result<Vec<quorate_core::LockState>> {
+        let client = self.reads.client().await?;
+        inspect::locks(&client, &self.layout, prefix).await
     }
 }
 
