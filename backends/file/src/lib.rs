@@ -34,6 +34,7 @@
 
 mod election;
 mod group;
+mod inspect;
 mod layout;
 mod mutex;
 mod ofd;
@@ -218,6 +219,12 @@ impl Backend for FileBackend {
         let layout = self.layout.clone();
         blocking(move || leftovers(&layout)).await
     }
+
+    async fn locks(&self, prefix: &str) -> Result<Vec<quorate_core::LockState>> {
+        let layout = self.layout.clone();
+        let prefix = prefix.to_owned();
+        blocking(move || inspect::locks(&layout, &prefix)).await
+    }
 }
 
 #[async_trait]
@@ -250,10 +257,9 @@ impl SessionBackend for FileSession {
         mode: Acquire,
         loss: LossNotifier,
     ) -> Result<Acquired> {
-        let wait = mode.waits();
-        mutex::lock(&self.shared, name, kind, wait, loss)
-            .await
-            .map(Acquired::from)
+        // Through `inspect`, which publishes holder and waiter records
+        // for `Coordinator::locks`.
+        inspect::lock(&self.shared, name, kind, mode, loss).await
     }
 
     async fn join(
