@@ -243,6 +243,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the locks held or waited for: holder session, kind, fence,
+    /// since when, and the waiters in queue order.
+    ///
+    /// With one argument, it is the URL if it contains `://`, otherwise
+    /// the PREFIX (the URL then comes from $QUORATE_URL). PREFIX keeps the
+    /// locks whose name starts with it (the user's names, without the
+    /// backend's namespace). A table, one row per holder (`-` where the
+    /// backend does not know a field; see docs/backends.md); --json prints
+    /// one array. Elections and groups are not listed.
+    #[command(
+        after_help = EXIT_CODES_HELP,
+        override_usage = "quorate locks [OPTIONS] [URL] [PREFIX]"
+    )]
+    Locks {
+        /// [URL] [PREFIX]: backend URL (default: $QUORATE_URL) and a name
+        /// prefix (default: every lock).
+        #[arg(value_name = "URL", num_args = 0..=2)]
+        target: Vec<String>,
+        /// JSON: an array of `{"name", "holders": [{"session", "mode",
+        /// "fence", "since"}], "waiters": [{"session", "mode"}]}`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the conformance suite against a backend and print the report.
     /// Exits 1 if any case fails.
     Conformance {
@@ -585,6 +608,94 @@ fn split_target(mut target: Vec<String>, n: usize) -> Result<(String, Vec<String
             message: format!("no backend URL: give it as the first argument or set {URL_ENV}"),
         }),
     }
+}
+
+/// `locks [URL] [PREFIX]`: two arguments are both; one is the URL if it
+/// contains `://`, else the prefix; the URL defaults to $QUORATE_URL.
+fn split_locks_target(mut target: Vec<String>) -> Result<(String, String), Exit> {
+    let url = match target.len() {
+        2 => Some(target.remove(0)),
+        1 if target[0].contains("://") => Some(target.remove(0)),
+        _ => None,
+    };
+    let prefix = target.pop().unwrap_or_default();
+    match url {
+        Some(url) => Ok((url, prefix)),
+        None => split_target(Vec::new(), 0).map(|(url, _)| (url, prefix)),
+    }
+}
+
+/// A name for a table cell: control characters escaped, so that a row
+/// stays one line.
+fn cell(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// The `locks` table: one row per holder (one row with `-` for a lock
+/// that is only waited for); the waiters on the lock's first row.
+fn locks_table(locks: &[quorate::LockState]) -> String {
+    let mut rows = vec![[
+        "NAME".to_owned(),
+        "KIND".to_owned(),
+        "SESSION".to_owned(),
+        "FENCE".to_owned(),
+        "SINCE".to_owned(),
+        "WAITERS".to_owned(),
+    ]];
+    let dash = || "-".to_owned();
+    for lock in locks {
+        let waiters = if lock.waiters.is_empty() {
+            dash()
+        } else {
+            let list: Vec<String> = lock
+                .waiters
+                .iter()
+                .map(|w| format!("{}({})", cell(w.session.as_deref().unwrap_or("?")), w.mode))
+                .collect();
+            format!("{}: {}", list.len(), list.join(" "))
+        };
+        if lock.holders.is_empty() {
+            rows.push([cell(&lock.name), dash(), dash(), dash(), dash(), waiters]);
+            continue;
+        }
+        for (i, h) in lock.holders.iter().enumerate() {
+            rows.push([
+                cell(&lock.name),
+                h.mode.to_string(),
+                h.session.as_deref().map_or_else(dash, cell),
+                h.fence.map_or_else(dash, |f| f.to_string()),
+                h.since.map_or_else(dash, |t| {
+                    humantime::format_rfc3339_seconds(t).to_string()
+                }),
+                if i == 0 { waiters.clone() } else { dash() },
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let mut line = String::new();
+        for (c, w) in widths.iter().enumerate() {
+            if c == 5 {
+                line.push_str(&r[c]);
+            } else {
+                line.push_str(&format!("{:<w$}  ", r[c], w = *w));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 async fn connect(url: &str) -> Result<Coordinator, Exit> {
@@ -1023,6 +1134,17 @@ async fn run(command: Command, quiet: bool) -> Result<u8, Exit> {
                     _ = hold::interrupted() => return Ok(0),
                 }
             }
+        }
+        Command::Locks { target, json } => {
+            let (url, prefix) = split_locks_target(target)?;
+            let coord = connect(&url).await?;
+            let locks = coord.locks(&prefix).await?;
+            if json {
+                println!("{}", serde_json::to_string(&locks).expect("serialisable"));
+            } else {
+                print!("{}", locks_table(&locks));
+            }
+            Ok(0)
         }
         Command::Conformance {
             url,
