@@ -13,6 +13,7 @@ mod election;
 mod faults;
 mod group;
 mod guarded;
+mod inspect;
 mod lifecycle;
 mod member_faults;
 mod mutex;
@@ -28,6 +29,7 @@ use election::*;
 use faults::*;
 use group::*;
 use guarded::*;
+use inspect::*;
 use lifecycle::*;
 use member_faults::*;
 use mutex::*;
@@ -199,6 +201,7 @@ pub fn all() -> Vec<Case> {
         case!(rwlock_writer_timeout_unblocks_readers, "a writer that times out leaves the queue at once: readers queued behind it proceed while the first reader still holds", Some("rwlock_ordering"), needs_rwlock),
         case!(mutex_is_rwlock_write_side, "one name, one lock: a mutex holder excludes readers and writers of the same name and the other way round; mutex, read and write waiters share one queue (arrival order where fifo is declared) and fences strictly increase across mutex and read/write grants", Some("primitives.rwlock"), needs_rwlock),
         case!(mutex_timeout_unblocks_readers, "one name, one lock: a mutex waiter queued behind a reader blocks later readers, and when it times out it leaves the queue at once, so they proceed while the first reader still holds", Some("rwlock_ordering"), needs_rwlock),
+        case!(locks_listing, "Coordinator::locks lists every held lock under the user's name (no namespace; no election or group) with its holders' sessions, sides and fences (the guards' fences where fencing is declared), the waiters (in queue order where fifo is declared), filters by name prefix, follows a hand-off, and lists nothing once everything is released", None, always),
         case!(close_releases_everything, "closing a session releases its locks, memberships and candidacies, and resolves every guard's lost()", None, always),
         case!(revoke_from_outside, "a session revoked from outside resolves its holder's lost() and frees the lock", Some("external_revoke"), needs_external_revoke),
         case!(lease_expiry_without_keepalive, "a session whose keep-alive stops is reported lost before its lease expires on the backend, and its locks become free", Some("failure_detection"), needs_lease),
