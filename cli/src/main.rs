@@ -672,9 +672,8 @@ fn locks_table(locks: &[quorate::LockState]) -> String {
                 h.mode.to_string(),
                 h.session.as_deref().map_or_else(dash, cell),
                 h.fence.map_or_else(dash, |f| f.to_string()),
-                h.since.map_or_else(dash, |t| {
-                    humantime::format_rfc3339_seconds(t).to_string()
-                }),
+                h.since
+                    .map_or_else(dash, |t| humantime::format_rfc3339_seconds(t).to_string()),
                 if i == 0 { waiters.clone() } else { dash() },
             ]);
         }

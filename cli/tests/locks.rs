@@ -94,8 +94,12 @@ fn locks_json(args: &[&str]) -> Vec<Value> {
     all.extend_from_slice(args);
     let o = run(&all);
     assert_eq!(o.status.code(), Some(0), "quorate {all:?}: {}", stderr(&o));
-    serde_json::from_slice::<Vec<Value>>(&o.stdout)
-        .unwrap_or_else(|e| panic!("quorate {all:?} printed no JSON array ({e}): {:?}", o.stdout))
+    serde_json::from_slice::<Vec<Value>>(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "quorate {all:?} printed no JSON array ({e}): {:?}",
+            o.stdout
+        )
+    })
 }
 
 /// Poll `quorate locks --json URL` until `done` (bounded).
@@ -217,7 +221,10 @@ fn locks_shows_the_holders(url: &str) {
         r.stop();
     }
     let after = locks_json(&[url]);
-    assert!(after.is_empty(), "listed after every holder exited: {after:?}");
+    assert!(
+        after.is_empty(),
+        "listed after every holder exited: {after:?}"
+    );
 }
 
 #[test]

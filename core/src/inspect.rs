@@ -154,11 +154,15 @@ impl LockState {
     }
 }
 
+/// Queue entries in arrival order, each with its side: what
+/// [`split_fifo_queue`] takes and returns.
+pub type Queue<T> = Vec<(LockMode, T)>;
+
 /// Split a queue in arrival order into holders and waiters by the rule
 /// every FIFO backend grants with: the head is granted; an exclusive entry
 /// only at the head, a shared one while no exclusive entry is ahead of it.
 /// For backends whose queue *is* the grant state (etcd, ZooKeeper).
-pub fn split_fifo_queue<T>(queue: Vec<(LockMode, T)>) -> (Vec<(LockMode, T)>, Vec<(LockMode, T)>) {
+pub fn split_fifo_queue<T>(queue: Queue<T>) -> (Queue<T>, Queue<T>) {
     let mut holders = Vec::new();
     let mut waiters = Vec::new();
     for (i, (mode, item)) in queue.into_iter().enumerate() {
@@ -215,7 +219,9 @@ mod tests {
     fn since_serialises_as_rfc3339() {
         let h = LockHolder::new(Some("s".into()), LockMode::Shared)
             .with_fence(Some(FencingToken::FIRST))
-            .with_since(Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1)));
+            .with_since(Some(
+                SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1),
+            ));
         let v = serde_json::to_value(&h).unwrap();
         assert_eq!(v["since"], "1970-01-01T00:00:01.000000Z");
         assert_eq!(v["mode"], "shared");

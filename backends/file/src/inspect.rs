@@ -112,7 +112,9 @@ impl Record {
                 if locked {
                     Ok(())
                 } else {
-                    Err(io::Error::other("a fresh record file was locked by another"))
+                    Err(io::Error::other(
+                        "a fresh record file was locked by another",
+                    ))
                 }
             });
         let path = dir.join(file_name);
@@ -151,7 +153,7 @@ impl Drop for Record {
 /// session removes it with the grant.
 struct HeldRecord {
     record: Record,
-    _registration: Registration,
+    registration: Registration,
 }
 
 impl Revocable for HeldRecord {
@@ -166,10 +168,7 @@ fn record_dir(layout: &Layout, name: &str) -> PathBuf {
 }
 
 fn record_name(session: &str, suffix: &str) -> String {
-    format!(
-        "{session}-{}{suffix}",
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{session}-{}{suffix}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Acquire through `mutex::lock`, publishing a waiter record while a
@@ -233,10 +232,10 @@ pub(crate) async fn lock(
         Ok(record) => {
             let state = Arc::new(HeldRecord {
                 record,
-                _registration: session.reserve(),
+                registration: session.reserve(),
             });
             let weak: std::sync::Weak<HeldRecord> = Arc::downgrade(&state);
-            match session.activate(&state._registration, weak) {
+            match session.activate(&state.registration, weak) {
                 Ok(()) => Some(state),
                 // The session ended meanwhile: the grant goes with it.
                 Err(_) => None,

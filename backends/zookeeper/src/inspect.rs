@@ -22,7 +22,11 @@ struct Entry {
 }
 
 /// Every lock under the namespace whose name starts with `prefix`.
-pub(crate) async fn locks(client: &Client, layout: &Layout, prefix: &str) -> Result<Vec<LockState>> {
+pub(crate) async fn locks(
+    client: &Client,
+    layout: &Layout,
+    prefix: &str,
+) -> Result<Vec<LockState>> {
     sync(client, layout.base()).await?;
     let root = format!("{}/{}", layout.base(), Space::Mutex.as_str());
     let mut out = Vec::new();

@@ -21,7 +21,10 @@ pub mod locks_listing {
     }
 
     fn waiters(l: &LockState) -> Vec<(Option<String>, LockMode)> {
-        l.waiters.iter().map(|w| (w.session.clone(), w.mode)).collect()
+        l.waiters
+            .iter()
+            .map(|w| (w.session.clone(), w.mode))
+            .collect()
     }
 
     fn find<'a>(locks: &'a [LockState], name: &str) -> Option<&'a LockState> {
@@ -74,7 +77,11 @@ pub mod locks_listing {
             None
         };
         let membership = if caps.primitives.group {
-            Some(sc.group("jobs/g").join("m", serde_json::Value::Null).await?)
+            Some(
+                sc.group("jobs/g")
+                    .join("m", serde_json::Value::Null)
+                    .await?,
+            )
         } else {
             None
         };
@@ -186,7 +193,10 @@ pub mod locks_listing {
         ensure!(r_only == ["jobs/r"], "locks(\"jobs/r\") lists {r_only:?}");
         let none = coord.locks("nothing").await?;
         ensure!(none.is_empty(), "locks(\"nothing\") lists {none:?}");
-        match coord.locks(&"x".repeat(quorate::name::MAX_NAME_LEN + 1)).await {
+        match coord
+            .locks(&"x".repeat(quorate::name::MAX_NAME_LEN + 1))
+            .await
+        {
             Err(e) if e.kind() == quorate::ErrorKind::InvalidName => {}
             other => fail!("an over-long prefix was not refused with InvalidName: {other:?}"),
         }
@@ -195,7 +205,8 @@ pub mod locks_listing {
         x.release().await?;
         let xd = joined(10.0, "the mutex waiter granted", wd).await?;
         let l = settle(&coord, "jobs/x", |l| {
-            l.first().is_some_and(|l| l.holders.len() == 1 && l.holders[0].session == id(&sd))
+            l.first()
+                .is_some_and(|l| l.holders.len() == 1 && l.holders[0].session == id(&sd))
         })
         .await?;
         let lx = l.first();
