@@ -414,7 +414,23 @@ async fn hostile_and_long_names_map_to_distinct_safe_files() {
         .collect();
     let mut top_sorted = top.clone();
     top_sorted.sort();
-    assert_eq!(top_sorted, ["data", "election", "group", "lock"]);
+    assert_eq!(
+        top_sorted,
+        ["data", "election", "group", "inspect", "lock"]
+    );
+    // The holder records (for `Coordinator::locks`): one safe directory
+    // per name, named like the lock file.
+    let records: Vec<String> = std::fs::read_dir(dir.path().join("inspect"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(records.len(), names.len(), "{records:?}");
+    for r in &records {
+        assert!(
+            files.contains(&format!("{r}.lock")) && r.len() <= 255 && !r.contains('/'),
+            "{r}"
+        );
+    }
     let mut held = c.leftovers().await.unwrap();
     held.sort();
     assert_eq!(held.len(), names.len(), "{held:?}");
