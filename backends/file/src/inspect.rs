@@ -188,7 +188,12 @@ pub(crate) async fn lock(
     loss: LossNotifier,
 ) -> Result<Acquired> {
     let dir = record_dir(&session.layout, name);
-    let waiter = if mode.waits() {
+    // One attempt first: an uncontended grant never writes a waiter
+    // record. Only a blocking acquisition that finds the lock busy
+    // publishes one, then waits.
+    let mut waiter = None;
+    let mut granted = crate::mutex::lock(session, name, kind, false, loss.clone()).await?;
+    if granted.is_none() && mode.waits() {
         let content = json!({
             "name": name,
             "session": session.id,
@@ -196,17 +201,16 @@ pub(crate) async fn lock(
             "at_us": now_us(),
         });
         let (dir, file_name) = (dir.clone(), record_name(&session.id, WAIT));
-        match blocking(move || Record::publish(&dir, &file_name, &content)).await {
+        waiter = match blocking(move || Record::publish(&dir, &file_name, &content)).await {
             Ok(r) => Some(r),
             Err(e) => {
                 tracing::warn!(name, error = %e, "could not publish a waiter record");
                 None
             }
-        }
-    } else {
-        None
-    };
-    let Some(held) = crate::mutex::lock(session, name, kind, mode.waits(), loss).await? else {
+        };
+        granted = crate::mutex::lock(session, name, kind, true, loss).await?;
+    }
+    let Some(held) = granted else {
         return Ok(Acquired::Busy);
     };
     let lock_path = session.layout.lock_path(Space::Mutex, name);

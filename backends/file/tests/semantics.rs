@@ -414,10 +414,7 @@ async fn hostile_and_long_names_map_to_distinct_safe_files() {
         .collect();
     let mut top_sorted = top.clone();
     top_sorted.sort();
-    assert_eq!(
-        top_sorted,
-        ["data", "election", "group", "inspect", "lock"]
-    );
+    assert_eq!(top_sorted, ["data", "election", "group", "inspect", "lock"]);
     // The holder records (for `Coordinator::locks`): one safe directory
     // per name, named like the lock file.
     let records: Vec<String> = std::fs::read_dir(dir.path().join("inspect"))
