@@ -11,13 +11,14 @@
 //! <root>/inspect/<stem>/<session>-<n>.wait   {"name", "session", "mode", "at_us"}
 //! ```
 //!
-//! A record is written and its byte 0 locked (OFD, exclusive) under a
-//! temporary name, then renamed into place, so a record at its final path
-//! is live exactly while its byte 0 is locked: the kernel frees it when the
-//! process dies, and the grant's release (or `write_and_release`, a lost
-//! grant, the end of the session) removes it. A record whose byte 0 is free
-//! is dead for good (its name is never reused) and is removed by the next
-//! listing. A held record also names the lock file it was granted on
+//! A record is created (never existing before: names are unique), its byte
+//! 0 locked (OFD, exclusive), then written; it counts as live exactly while
+//! its byte 0 is locked: the kernel frees it when the process dies, and the
+//! grant's release (or `write_and_release`, a lost grant, the end of the
+//! session) closes it, then unlinks it in the background. A record whose
+//! byte 0 is free is skipped; once the process named by its session id
+//! (`<pid>.<random>`) is gone it is dead for good and the next listing
+//! removes it. A held record also names the lock file it was granted on
 //! (device and inode): if that file was removed or replaced since, the
 //! record is ignored. Records are not synced to disk (they describe
 //! processes, which do not survive a crash either).
@@ -46,7 +47,7 @@ use quorate_core::spi::{Acquire, Acquired, AfterWrite, HeldLock, LockKind};
 use quorate_core::{FencingToken, LockHolder, LockMode, LockState, LockWaiter, Result};
 use serde_json::{json, Value};
 
-use crate::layout::{list, stem, tmp_name, Layout, Space};
+use crate::layout::{list, stem, Layout, Space};
 use crate::ofd::{blocking, io_error, is_locked, try_lock, Mode, Range};
 use crate::session::{Registration, Revocable, SessionShared};
 
@@ -85,29 +86,28 @@ struct Record {
 }
 
 impl Record {
-    /// Write `content` under a temporary name in `dir`, lock its byte 0,
-    /// and rename it to `dir/file_name`.
+    /// Create `dir/file_name` (it never exists: names are unique), lock
+    /// its byte 0, and write `content`. A reader that finds it unlocked or
+    /// half written in between skips it.
     fn publish(dir: &Path, file_name: &str, content: &Value) -> Result<Record> {
-        let create = |tmp: &Path| {
+        let path = dir.join(file_name);
+        let create = || {
             OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create_new(true)
-                .open(tmp)
+                .open(&path)
         };
-        let tmp = dir.join(tmp_name());
-        let mut file = match create(&tmp) {
+        let mut file = match create() {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 fs::create_dir_all(dir)
                     .map_err(|e| io_error(format!("creating `{}`", dir.display()), e))?;
-                create(&tmp)
+                create()
             }
             r => r,
         }
-        .map_err(|e| io_error(format!("creating `{}`", tmp.display()), e))?;
-        let written = file
-            .write_all(content.to_string().as_bytes())
-            .and_then(|()| try_lock(&file, Mode::Exclusive, Range::byte(0)))
+        .map_err(|e| io_error(format!("creating `{}`", path.display()), e))?;
+        let written = try_lock(&file, Mode::Exclusive, Range::byte(0))
             .and_then(|locked| {
                 if locked {
                     Ok(())
@@ -116,11 +116,12 @@ impl Record {
                         "a fresh record file was locked by another",
                     ))
                 }
-            });
-        let path = dir.join(file_name);
-        if let Err(e) = written.and_then(|()| fs::rename(&tmp, &path)) {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_error(format!("publishing `{}`", path.display()), e));
+            })
+            .and_then(|()| file.write_all(content.to_string().as_bytes()));
+        if let Err(e) = written {
+            drop(file);
+            let _ = fs::remove_file(&path);
+            return Err(io_error(format!("writing `{}`", path.display()), e));
         }
         Ok(Record {
             path,
@@ -128,18 +129,27 @@ impl Record {
         })
     }
 
-    /// Remove the record (idempotent): unlink it, then close its
-    /// description (which frees its byte 0).
+    /// Remove the record (idempotent): close its description, which frees
+    /// its byte 0 (from then on no listing counts it), then unlink it on
+    /// the blocking pool (a directory operation the caller need not wait
+    /// for; if the process ends first, the next listing sweeps it).
     fn remove(&self) {
         let Some(file) = self.file.lock().unwrap().take() else {
             return;
         };
-        if let Err(e) = fs::remove_file(&self.path) {
-            if e.kind() != io::ErrorKind::NotFound {
-                tracing::debug!(path = %self.path.display(), error = %e, "removing a lock record");
-            }
-        }
         drop(file);
+        let path = self.path.clone();
+        let unlink = move || {
+            if let Err(e) = fs::remove_file(&path) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::debug!(path = %path.display(), error = %e, "removing a lock record");
+                }
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(unlink)),
+            Err(_) => unlink(),
+        }
     }
 }
 
@@ -278,9 +288,11 @@ impl HeldLock for RecordedLock {
     }
 
     async fn release(&self) -> Result<()> {
-        self.held.release().await?;
+        // The record first: a listing in between shows the lock held by an
+        // unknown session for an instant, never by this one after a
+        // hand-off.
         self.unpublish();
-        Ok(())
+        self.held.release().await
     }
 
     async fn write_if_held(&self, key: &str, value: &[u8], then: AfterWrite) -> Result<bool> {
@@ -311,14 +323,31 @@ fn read_record(path: &Path) -> Result<Option<Value>> {
     let live = is_locked(&file, Mode::Exclusive, Range::byte(0))
         .map_err(|e| io_error(format!("probing `{}`", path.display()), e))?;
     if !live {
-        // Dead for good: a live record is locked before it gets this name,
-        // and names are never reused.
-        let _ = fs::remove_file(path);
+        // Being written, being removed, or dead: dead for good once its
+        // process is gone (names are never reused), then swept.
+        if !process_alive(path) {
+            let _ = fs::remove_file(path);
+        }
         return Ok(None);
     }
     let bytes = io::read_to_string(&file)
         .map_err(|e| io_error(format!("reading `{}`", path.display()), e))?;
     Ok(serde_json::from_str(&bytes).ok())
+}
+
+/// Whether the process that wrote the record at `path` may still run: its
+/// name starts with the session id, `<pid>.<random>`.
+fn process_alive(path: &Path) -> bool {
+    let pid = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.split_once('.'))
+        .and_then(|(pid, _)| pid.parse::<u32>().ok());
+    match pid {
+        Some(pid) => Path::new("/proc").join(pid.to_string()).exists(),
+        // Not a record this code wrote: leave it.
+        None => true,
+    }
 }
 
 fn parse_seen(v: &Value) -> Option<Seen> {
