@@ -235,6 +235,33 @@ fn locks_file() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `inspect=false`: no records, so the holder is listed without session,
+/// fence or time, and nothing of it after it exits.
+#[test]
+fn locks_file_without_records() {
+    let dir = std::env::temp_dir().join(unique("norecords"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("file://{}", dir.display());
+    let holder = Holder::spawn(&["lock", "--json", &format!("{url}?inspect=false"), "n"]);
+    let grant = holder.grant();
+    assert!(grant["fence"].is_u64(), "{grant}");
+    let locks = locks_json(&[&url]);
+    assert_eq!(locks.len(), 1, "{locks:?}");
+    let h = &locks[0]["holders"][0];
+    assert_eq!(locks[0]["name"], "n");
+    assert_eq!(h["mode"], "exclusive", "{locks:?}");
+    assert!(
+        h["session"].is_null() && h["fence"].is_null() && h["since"].is_null(),
+        "{locks:?}"
+    );
+    assert!(!dir.join("inspect").exists(), "records were written");
+    holder.stop();
+    assert!(locks_json(&[&url]).is_empty());
+    let o = run(&["locks", &format!("{url}?inspect=maybe")]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn locks_etcd() {
     let etcd = tokio::runtime::Runtime::new()

@@ -51,6 +51,39 @@ use crate::layout::{list, stem, Layout, Space};
 use crate::ofd::{blocking, io_error, is_locked, try_lock, Mode, Range};
 use crate::session::{Registration, Revocable, SessionShared};
 
+/// The URL option that turns records off: `inspect=false`.
+pub(crate) const OPTION: &str = "inspect";
+
+/// Whether grants and waits publish records (the `inspect` option).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Records {
+    /// Publish them (the default): `Coordinator::locks` shows sessions,
+    /// fences, grant times and waiters.
+    Publish,
+    /// Publish none (`inspect=false`): grants cost less, and the listing
+    /// shows this process's holders with no session or fence, and not its
+    /// waiters.
+    Skip,
+}
+
+impl Records {
+    /// The `inspect` option of a URL.
+    ///
+    /// # Errors
+    ///
+    /// [`quorate_core::ErrorKind::InvalidConfig`] for a value other than
+    /// `true` or `false`.
+    pub(crate) fn from_config(config: &quorate_core::Config) -> Result<Records> {
+        match config.option(OPTION) {
+            None | Some("true") => Ok(Records::Publish),
+            Some("false") => Ok(Records::Skip),
+            Some(other) => Err(quorate_core::Error::invalid_config(format!(
+                "`{OPTION}` is `true` or `false`, got `{other}`"
+            ))),
+        }
+    }
+}
+
 /// The records' directory under the root.
 const DIR: &str = "inspect";
 /// Suffix of a holder record.

@@ -106,14 +106,19 @@ pub fn mutex_path(root: &Path, name: &str) -> PathBuf {
 /// sub-directories) if missing, and check it is writable and supports OFD
 /// locks.
 ///
+/// The one option, `inspect=true|false` (default `true`), says whether
+/// grants publish the holder and waiter records `Coordinator::locks` reads
+/// (see `docs/backends.md`, *file:// → Listing*).
+///
 /// # Errors
 ///
 /// [`quorate_core::ErrorKind::InvalidConfig`] for a host, credentials,
-/// options, a relative or empty path, or a directory that cannot be created
-/// or written; [`quorate_core::ErrorKind::Unsupported`] when its file
+/// other options, a bad `inspect` value, a relative or empty path, or a
+/// directory that cannot be created or written; [`quorate_core::ErrorKind::Unsupported`] when its file
 /// system has no OFD locks.
 pub async fn connect(config: &Config) -> Result<Coordinator> {
-    config.reject_unknown_options(&[])?;
+    config.reject_unknown_options(&[inspect::OPTION])?;
+    let records = inspect::Records::from_config(config)?;
     let url = config.redacted();
     if config.endpoints.iter().any(|e| e != "localhost") {
         return Err(Error::invalid_config(format!(
@@ -136,6 +141,7 @@ pub async fn connect(config: &Config) -> Result<Coordinator> {
     Ok(Coordinator::new(
         FileBackend {
             layout: Arc::new(layout),
+            records,
         },
         config.clone(),
     ))
@@ -143,6 +149,8 @@ pub async fn connect(config: &Config) -> Result<Coordinator> {
 
 struct FileBackend {
     layout: Arc<Layout>,
+    /// The `inspect` option.
+    records: inspect::Records,
 }
 
 /// Everything that is held right now: locked lock files, live members.
@@ -185,7 +193,10 @@ impl Backend for FileBackend {
         ttl: Duration,
         loss: LossNotifier,
     ) -> Result<Box<dyn SessionBackend>> {
-        Ok(Box::new(FileSession::open(self.layout.clone(), ttl, loss)))
+        Ok(Box::new(Session {
+            inner: FileSession::open(self.layout.clone(), ttl, loss),
+            records: self.records,
+        }))
     }
 
     async fn revoke_session(&self, _session_id: &str) -> Result<()> {
@@ -227,14 +238,21 @@ impl Backend for FileBackend {
     }
 }
 
+/// A session as the backend hands it to core: the file session and
+/// whether its grants publish records for `Coordinator::locks`.
+struct Session {
+    inner: FileSession,
+    records: inspect::Records,
+}
+
 #[async_trait]
-impl SessionBackend for FileSession {
+impl SessionBackend for Session {
     fn id(&self) -> String {
-        self.shared.id.clone()
+        self.inner.shared.id.clone()
     }
 
     fn ttl(&self) -> Duration {
-        self.ttl
+        self.inner.ttl
     }
 
     /// Check that everything the session holds is still there: a grant
@@ -243,11 +261,11 @@ impl SessionBackend for FileSession {
     /// with it: the session is `Lost`. Other errors reading the root are
     /// `Unavailable` (core retries).
     async fn keep_alive(&self) -> Result<()> {
-        FileSession::keep_alive(self).await
+        self.inner.keep_alive().await
     }
 
     async fn revoke(&self) -> Result<()> {
-        FileSession::revoke(self).await
+        self.inner.revoke().await
     }
 
     async fn lock(
@@ -258,8 +276,17 @@ impl SessionBackend for FileSession {
         loss: LossNotifier,
     ) -> Result<Acquired> {
         // Through `inspect`, which publishes holder and waiter records
-        // for `Coordinator::locks`.
-        inspect::lock(&self.shared, name, kind, mode, loss).await
+        // for `Coordinator::locks` (unless `inspect=false`).
+        match self.records {
+            inspect::Records::Publish => {
+                inspect::lock(&self.inner.shared, name, kind, mode, loss).await
+            }
+            inspect::Records::Skip => {
+                mutex::lock(&self.inner.shared, name, kind, mode.waits(), loss)
+                    .await
+                    .map(Acquired::from)
+            }
+        }
     }
 
     async fn join(
@@ -269,7 +296,7 @@ impl SessionBackend for FileSession {
         capabilities: &serde_json::Value,
         loss: LossNotifier,
     ) -> Result<Box<dyn HeldMembership>> {
-        group::join(&self.shared, group, member, capabilities, loss).await
+        group::join(&self.inner.shared, group, member, capabilities, loss).await
     }
 
     async fn campaign(
@@ -278,6 +305,6 @@ impl SessionBackend for FileSession {
         value: &[u8],
         loss: LossNotifier,
     ) -> Result<Box<dyn HeldLeadership>> {
-        election::campaign(&self.shared, election, value, loss).await
+        election::campaign(&self.inner.shared, election, value, loss).await
     }
 }
