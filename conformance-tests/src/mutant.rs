@@ -44,11 +44,13 @@ pub enum Mutation {
     /// A group watch's listing omits every member (a watch whose snapshot
     /// and later changes disagree, as a Redis group watch once did).
     GroupSnapshotLies,
+    /// The lock listing (`Coordinator::locks`) omits every waiter.
+    LockListingLies,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 7] = [
+    pub const ALL: [Mutation; 8] = [
         Mutation::SkipRelease,
         Mutation::SkipRevoke,
         Mutation::ConstantFence,
@@ -56,6 +58,7 @@ impl Mutation {
         Mutation::NoExclusion,
         Mutation::TwoLeaders,
         Mutation::GroupSnapshotLies,
+        Mutation::LockListingLies,
     ];
 
     /// Its name (the value of [`ENV`]).
@@ -68,6 +71,7 @@ impl Mutation {
             Mutation::NoExclusion => "no-exclusion",
             Mutation::TwoLeaders => "two-leaders",
             Mutation::GroupSnapshotLies => "group-snapshot-lies",
+            Mutation::LockListingLies => "lock-listing-lies",
         }
     }
 
@@ -97,6 +101,7 @@ impl Mutation {
             Mutation::NoExclusion => &["mutual_exclusion", "try_and_timeout", "nemesis"],
             Mutation::TwoLeaders => &["election_handover", "nemesis"],
             Mutation::GroupSnapshotLies => &["membership_events", "membership_view_consistent"],
+            Mutation::LockListingLies => &["locks_listing"],
         }
     }
 }
@@ -166,7 +171,14 @@ impl Backend for MutantBackend {
     }
 
     async fn locks(&self, prefix: &str) -> Result<Vec<quorate::LockState>> {
-        self.inner.locks(prefix).await
+        let mut locks = self.inner.locks(prefix).await?;
+        if self.m == Mutation::LockListingLies {
+            for l in &mut locks {
+                l.waiters.clear();
+            }
+            locks.retain(|l| !l.holders.is_empty());
+        }
+        Ok(locks)
     }
 }
 
