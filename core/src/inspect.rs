@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use serde::{Serialize, Serializer};
 
 use crate::fence::FencingToken;
-use crate::spi::LockKind;
+use crate::model::LockKind;
 
 /// Which side of a name's lock a holder holds or a waiter waits for.
 ///

@@ -43,8 +43,8 @@ use quorate_core::backend::async_trait;
 use quorate_core::inspect::finish_listing;
 use quorate_core::loss::LossNotifier;
 use quorate_core::name::decode;
-use quorate_core::spi::{Acquire, Acquired, AfterWrite, HeldLock, LockKind};
-use quorate_core::{FencingToken, LockHolder, LockMode, LockState, LockWaiter, Result};
+use quorate_core::spi::{Acquire, Acquired, AfterWrite, HeldLock};
+use quorate_core::{FencingToken, LockHolder, LockKind, LockMode, LockState, LockWaiter, Result};
 use serde_json::{json, Value};
 
 use crate::layout::{list, stem, Layout, Space};
