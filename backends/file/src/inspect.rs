@@ -3,39 +3,40 @@
 //! The kernel tells who holds a lock file only as "some open file
 //! description holds it shared/exclusive" (`F_OFD_GETLK` reports no owner
 //! for OFD locks), shows no waiters, and a long name's lock file is named
-//! by a hash. So every grant, and every blocking acquisition while it
-//! waits, publishes a small record:
+//! by a hash. So each session keeps a record file, its *book*:
 //!
 //! ```text
-//! <root>/inspect/<stem>/<session>-<n>.held   {"name", "session", "mode", "fence", "at_us", "dev", "ino"}
-//! <root>/inspect/<stem>/<session>-<n>.wait   {"name", "session", "mode", "at_us"}
+//! <root>/inspect/<session>.session   one 512-byte slot per grant or wait
+//! <root>/inspect/names/<stem>        the full name of a hashed (long) stem
 //! ```
 //!
-//! A record is created (never existing before: names are unique), its byte
-//! 0 locked (OFD, exclusive), then written; it counts as live exactly while
-//! its byte 0 is locked: the kernel frees it when the process dies, and the
-//! grant's release (or `write_and_release`, a lost grant, the end of the
-//! session) closes it, then unlinks it in the background. A record whose
-//! byte 0 is free is skipped; once the process named by its session id
-//! (`<pid>.<random>`) is gone it is dead for good and the next listing
-//! removes it. A held record also names the lock file it was granted on
-//! (device and inode): if that file was removed or replaced since, the
-//! record is ignored. Records are not synced to disk (they describe
-//! processes, which do not survive a crash either).
+//! The book is created at the session's first acquisition, and its byte 0
+//! is locked (OFD, exclusive) while the session lives: the kernel frees it
+//! when the process dies, and closing the session closes (then unlinks) it.
+//! A grant writes its slot with one `pwrite` (no `fsync`, no directory
+//! change: a few microseconds, on the calling task) after the grant; a
+//! blocking acquisition that finds the lock busy writes a waiter slot while
+//! it waits. Releasing (or `write_and_release`, a lost grant, the end of
+//! the session) clears the slot first. A slot is `QRS1`, the payload's
+//! length and FNV-1a hash, then the payload (JSON: kind, stem, side, fence,
+//! time, and the device and inode of the lock file granted on); a reader
+//! skips a slot whose hash does not match (written while it read). Books
+//! whose byte 0 is free are skipped, and removed once the process named by
+//! the session id (`<pid>.<random>`) is gone.
 //!
 //! A lock file held by a description with no live record (a Python
-//! `lockf` user, or a quorate grant in the instant before its record is
-//! published) is listed with one holder of unknown session and fence, if
-//! its name can be decoded from the file name (not for hashed long names).
-//! Waiters are listed in arrival order; file:// grants them in no promised
-//! order (`fifo: false`). Processes waiting with `lockf` are not seen.
+//! `lockf` user, a session with `inspect=false`, or a quorate grant in the
+//! instant before its slot is written) is listed with one holder of unknown
+//! session and fence, if its name can be decoded from the file name or the
+//! names directory. A held slot whose lock file was removed or replaced
+//! since is ignored. Waiters are listed in arrival order; file:// grants
+//! them in no promised order (`fifo: false`). `lockf` waiters are not seen.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::MetadataExt;
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -48,7 +49,7 @@ use quorate_core::{FencingToken, LockHolder, LockKind, LockMode, LockState, Lock
 use serde_json::{json, Value};
 
 use crate::layout::{list, stem, Layout, Space};
-use crate::ofd::{blocking, io_error, is_locked, try_lock, Mode, Range};
+use crate::ofd::{io_error, is_locked, try_lock, Mode, Range};
 use crate::session::{Registration, Revocable, SessionShared};
 
 /// The URL option that turns records off: `inspect=false`.
@@ -86,18 +87,16 @@ impl Records {
 
 /// The records' directory under the root.
 const DIR: &str = "inspect";
-/// Suffix of a holder record.
-const HELD: &str = ".held";
-/// Suffix of a waiter record.
-const WAIT: &str = ".wait";
-
-/// Makes record names unique within the process (with the session id,
-/// which holds the process id, unique on the host).
-static NEXT: AtomicU64 = AtomicU64::new(0);
-
-fn mode_of(kind: LockKind) -> LockMode {
-    LockMode::from(kind)
-}
+/// Full names of hashed stems, under [`DIR`].
+const NAMES: &str = "names";
+/// Suffix of a book.
+const BOOK: &str = ".session";
+/// Size of a slot.
+const SLOT: usize = 512;
+/// A slot's header: magic, payload length (u32 LE), FNV-1a 64 (LE).
+const HEADER: usize = 16;
+/// Magic of a written slot; a cleared slot starts with zeros.
+const MAGIC: &[u8; 4] = b"QRS1";
 
 fn mode_str(mode: LockMode) -> &'static str {
     match mode {
@@ -112,200 +111,317 @@ fn now_us() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
-/// A published record: its path and the description holding its byte 0.
-struct Record {
-    path: PathBuf,
-    file: StdMutex<Option<File>>,
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
-impl Record {
-    /// Create `dir/file_name` (it never exists: names are unique), lock
-    /// its byte 0, and write `content`. A reader that finds it unlocked or
-    /// half written in between skips it.
-    fn publish(dir: &Path, file_name: &str, content: &Value) -> Result<Record> {
-        let path = dir.join(file_name);
-        let create = || {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&path)
-        };
-        let mut file = match create() {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(dir)
-                    .map_err(|e| io_error(format!("creating `{}`", dir.display()), e))?;
-                create()
-            }
-            r => r,
+/// A session's book: its record file, open while the session lives.
+pub(crate) struct Book {
+    state: StdMutex<BookState>,
+}
+
+#[derive(Default)]
+struct BookState {
+    /// `None` before the first record and after the session closed.
+    open: Option<OpenBook>,
+    closed: bool,
+    free: Vec<u64>,
+    next: u64,
+}
+
+struct OpenBook {
+    path: PathBuf,
+    file: File,
+}
+
+impl Book {
+    /// An empty book; its file is made at the first record.
+    pub(crate) fn new() -> Book {
+        Book {
+            state: StdMutex::new(BookState::default()),
         }
-        .map_err(|e| io_error(format!("creating `{}`", path.display()), e))?;
-        let written = try_lock(&file, Mode::Exclusive, Range::byte(0))
-            .and_then(|locked| {
-                if locked {
-                    Ok(())
-                } else {
-                    Err(io::Error::other(
-                        "a fresh record file was locked by another",
-                    ))
-                }
-            })
-            .and_then(|()| file.write_all(content.to_string().as_bytes()));
-        if let Err(e) = written {
-            drop(file);
-            let _ = fs::remove_file(&path);
-            return Err(io_error(format!("writing `{}`", path.display()), e));
-        }
-        Ok(Record {
-            path,
-            file: StdMutex::new(Some(file)),
-        })
     }
 
-    /// Remove the record (idempotent): close its description, which frees
-    /// its byte 0 (from then on no listing counts it), then unlink it on
-    /// the blocking pool (a directory operation the caller need not wait
-    /// for; if the process ends first, the next listing sweeps it).
-    fn remove(&self) {
-        let Some(file) = self.file.lock().unwrap().take() else {
-            return;
+    /// Create the book's file if it is not there yet (once per session, on
+    /// the blocking pool).
+    async fn ensure_open(self: &Arc<Self>, layout: &Arc<Layout>, session: &str) -> Result<()> {
+        {
+            let st = self.state.lock().unwrap();
+            if st.open.is_some() || st.closed {
+                return Ok(());
+            }
+        }
+        let (this, layout, session) = (self.clone(), layout.clone(), session.to_owned());
+        crate::ofd::blocking(move || {
+            let mut st = this.state.lock().unwrap();
+            if st.open.is_none() && !st.closed {
+                st.open = Some(open_book(&layout, &session)?);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Write `payload` into a free slot; the slot's index.
+    fn write(&self, layout: &Layout, session: &str, payload: &Value) -> Result<u64> {
+        let payload = payload.to_string().into_bytes();
+        if payload.len() > SLOT - HEADER {
+            return Err(quorate_core::Error::backend(
+                "a lock record does not fit its slot",
+            ));
+        }
+        let mut st = self.state.lock().unwrap();
+        if st.closed {
+            return Err(quorate_core::Error::lost("the session is closed"));
+        }
+        if st.open.is_none() {
+            st.open = Some(open_book(layout, session)?);
+        }
+        let index = match st.free.pop() {
+            Some(i) => i,
+            None => {
+                st.next += 1;
+                st.next - 1
+            }
         };
-        drop(file);
-        let path = self.path.clone();
-        let unlink = move || {
+        let mut slot = Vec::with_capacity(HEADER + payload.len());
+        slot.extend_from_slice(MAGIC);
+        slot.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        slot.extend_from_slice(&fnv1a(&payload).to_le_bytes());
+        slot.extend_from_slice(&payload);
+        let book = st.open.as_ref().expect("opened above");
+        match book.file.write_all_at(&slot, index * SLOT as u64) {
+            Ok(()) => Ok(index),
+            Err(e) => {
+                let e = io_error(format!("writing `{}`", book.path.display()), e);
+                st.free.push(index);
+                Err(e)
+            }
+        }
+    }
+
+    /// Clear slot `index` (the record is gone) and free it.
+    fn clear(&self, index: u64) {
+        let mut st = self.state.lock().unwrap();
+        if let Some(book) = &st.open {
+            if let Err(e) = book.file.write_all_at(&[0; 4], index * SLOT as u64) {
+                tracing::debug!(path = %book.path.display(), error = %e, "clearing a lock record");
+            }
+        }
+        st.free.push(index);
+    }
+
+    /// The session ended: close the book (its records end with it) and
+    /// unlink it. Later records are refused.
+    pub(crate) fn close(&self) {
+        let open = {
+            let mut st = self.state.lock().unwrap();
+            st.closed = true;
+            st.open.take()
+        };
+        if let Some(OpenBook { path, file }) = open {
+            drop(file);
             if let Err(e) = fs::remove_file(&path) {
                 if e.kind() != io::ErrorKind::NotFound {
-                    tracing::debug!(path = %path.display(), error = %e, "removing a lock record");
+                    tracing::debug!(path = %path.display(), error = %e, "removing a session's lock records");
                 }
             }
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(unlink)),
-            Err(_) => unlink(),
         }
     }
 }
 
-impl Drop for Record {
+impl Drop for Book {
     fn drop(&mut self) {
-        self.remove();
+        self.close();
     }
 }
 
-/// A holder record, registered with its session so that the end of the
-/// session removes it with the grant.
-struct HeldRecord {
-    record: Record,
+/// Create and lock a session's book.
+fn open_book(layout: &Layout, session: &str) -> Result<OpenBook> {
+    let dir = layout.root().join(DIR);
+    let path = dir.join(format!("{session}{BOOK}"));
+    let create = || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+    };
+    let file = match create() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(&dir)
+                .map_err(|e| io_error(format!("creating `{}`", dir.display()), e))?;
+            create()
+        }
+        r => r,
+    }
+    .map_err(|e| io_error(format!("creating `{}`", path.display()), e))?;
+    match try_lock(&file, Mode::Exclusive, Range::byte(0)) {
+        Ok(true) => Ok(OpenBook { path, file }),
+        Ok(false) => Err(quorate_core::Error::backend(format!(
+            "`{}` is locked by another session of the same id",
+            path.display()
+        ))),
+        Err(e) => Err(io_error(format!("locking `{}`", path.display()), e)),
+    }
+}
+
+/// Make sure a hashed stem's full name can be found by readers.
+fn record_name(layout: &Layout, name: &str, st: &str) {
+    if decode(st).is_some() {
+        return;
+    }
+    let dir = layout.root().join(DIR).join(NAMES);
+    let path = dir.join(st);
+    if path.exists() {
+        return;
+    }
+    let _ = fs::create_dir_all(&dir);
+    // Written whole under a temporary name, then renamed: once per name.
+    let tmp = dir.join(crate::layout::tmp_name());
+    if fs::write(&tmp, name)
+        .and_then(|()| fs::rename(&tmp, &path))
+        .is_err()
+    {
+        let _ = fs::remove_file(&tmp);
+        tracing::debug!(stem = st, "could not record a long lock name");
+    }
+}
+
+/// A written slot, cleared when dropped or revoked.
+struct Slot {
+    book: Arc<Book>,
+    index: u64,
+    cleared: std::sync::atomic::AtomicBool,
+}
+
+impl Slot {
+    fn clear(&self) {
+        if !self.cleared.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            self.book.clear(self.index);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+/// A holder slot, registered with its session so that the end of the
+/// session (or a lost grant) clears it with the grant.
+struct HeldSlot {
+    slot: Slot,
     registration: Registration,
 }
 
-impl Revocable for HeldRecord {
+impl Revocable for HeldSlot {
     fn revoke(&self, _reason: &str) {
-        self.record.remove();
+        self.slot.clear();
     }
 }
 
-/// The records of lock `name`: `<root>/inspect/<stem>/`.
-fn record_dir(layout: &Layout, name: &str) -> PathBuf {
-    layout.root().join(DIR).join(stem(name))
+/// Write a record, logging (not failing) when it cannot be written: the
+/// kernel lock is the truth, and the listing then shows the grant with no
+/// session.
+fn write_slot(book: &Arc<Book>, layout: &Layout, session: &str, payload: &Value) -> Option<Slot> {
+    match book.write(layout, session, payload) {
+        Ok(index) => Some(Slot {
+            book: book.clone(),
+            index,
+            cleared: std::sync::atomic::AtomicBool::new(false),
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not write a lock record");
+            None
+        }
+    }
 }
 
-fn record_name(session: &str, suffix: &str) -> String {
-    format!("{session}-{}{suffix}", NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
-/// Acquire through `mutex::lock`, publishing a waiter record while a
-/// blocking acquisition waits and a holder record once granted. A record
-/// that cannot be written is logged and left out (the grant stands: the
-/// kernel lock is the truth; the listing then shows it with no session).
+/// Acquire through `mutex::lock`, writing a waiter slot while a blocking
+/// acquisition waits and a holder slot once granted. The slot writes are
+/// `pwrite`s to the page cache on the calling task (a few microseconds);
+/// the book's creation at the session's first acquisition is a file
+/// creation.
 ///
 /// # Cancel safety
 ///
-/// As `mutex::lock`; the waiter record is removed when the future is
+/// As `mutex::lock`; the waiter slot is cleared when the future is
 /// dropped.
 pub(crate) async fn lock(
     session: &Arc<SessionShared>,
+    book: &Arc<Book>,
     name: &str,
     kind: LockKind,
     mode: Acquire,
     loss: LossNotifier,
 ) -> Result<Acquired> {
-    let dir = record_dir(&session.layout, name);
-    // One attempt first: an uncontended grant never writes a waiter
-    // record. Only a blocking acquisition that finds the lock busy
-    // publishes one, then waits.
+    let layout = &session.layout;
+    if let Err(e) = book.ensure_open(layout, &session.id).await {
+        tracing::warn!(error = %e, "could not create the session's lock records");
+    }
+    let st = stem(name);
+    let side = mode_str(LockMode::from(kind));
+    // One attempt first: an uncontended grant never writes a waiter slot.
     let mut waiter = None;
     let mut granted = crate::mutex::lock(session, name, kind, false, loss.clone()).await?;
     if granted.is_none() && mode.waits() {
-        let content = json!({
-            "name": name,
-            "session": session.id,
-            "mode": mode_str(mode_of(kind)),
-            "at_us": now_us(),
-        });
-        let (dir, file_name) = (dir.clone(), record_name(&session.id, WAIT));
-        waiter = match blocking(move || Record::publish(&dir, &file_name, &content)).await {
-            Ok(r) => Some(r),
-            Err(e) => {
-                tracing::warn!(name, error = %e, "could not publish a waiter record");
-                None
-            }
-        };
+        record_name(layout, name, &st);
+        let payload = json!({"k": "wait", "stem": st, "mode": side, "at_us": now_us()});
+        waiter = write_slot(book, layout, &session.id, &payload);
         granted = crate::mutex::lock(session, name, kind, true, loss).await?;
     }
     let Some(held) = granted else {
         return Ok(Acquired::Busy);
     };
-    let lock_path = session.layout.lock_path(Space::Mutex, name);
-    let content = json!({
-        "name": name,
-        "session": session.id,
-        "mode": mode_str(mode_of(kind)),
-        "fence": held.fence().get(),
-        "at_us": now_us(),
-    });
-    let file_name = record_name(&session.id, HELD);
-    let published = blocking(move || {
-        let meta = fs::metadata(&lock_path)
-            .map_err(|e| io_error(format!("reading `{}`", lock_path.display()), e))?;
-        let mut content = content;
-        content["dev"] = json!(meta.dev());
-        content["ino"] = json!(meta.ino());
-        Record::publish(&dir, &file_name, &content)
-    })
-    .await;
-    drop(waiter);
-    let record = match published {
-        Ok(record) => {
-            let state = Arc::new(HeldRecord {
-                record,
-                registration: session.reserve(),
+    record_name(layout, name, &st);
+    let lock_path = layout.lock_path(Space::Mutex, name);
+    let record = match fs::metadata(&lock_path) {
+        Ok(meta) => {
+            let payload = json!({
+                "k": "held",
+                "stem": st,
+                "mode": side,
+                "fence": held.fence().get(),
+                "at_us": now_us(),
+                "dev": meta.dev(),
+                "ino": meta.ino(),
             });
-            let weak: std::sync::Weak<HeldRecord> = Arc::downgrade(&state);
-            match session.activate(&state.registration, weak) {
-                Ok(()) => Some(state),
-                // The session ended meanwhile: the grant goes with it.
-                Err(_) => None,
-            }
+            write_slot(book, layout, &session.id, &payload)
         }
         Err(e) => {
-            tracing::warn!(name, error = %e, "could not publish a holder record");
+            tracing::warn!(name, error = %e, "could not stat a granted lock file");
             None
         }
     };
+    drop(waiter);
+    let record = record.and_then(|slot| {
+        let state = Arc::new(HeldSlot {
+            slot,
+            registration: session.reserve(),
+        });
+        let weak: std::sync::Weak<HeldSlot> = Arc::downgrade(&state);
+        // The session ended meanwhile: the grant goes with it.
+        session.activate(&state.registration, weak).ok()?;
+        Some(state)
+    });
     Ok(Acquired::Granted(Box::new(RecordedLock { held, record })))
 }
 
-/// A grant with its holder record.
+/// A grant with its holder slot.
 struct RecordedLock {
     held: Box<dyn HeldLock>,
-    record: Option<Arc<HeldRecord>>,
+    record: Option<Arc<HeldSlot>>,
 }
 
 impl RecordedLock {
     fn unpublish(&self) {
         if let Some(r) = &self.record {
-            r.record.remove();
+            r.slot.clear();
         }
     }
 }
@@ -337,38 +453,18 @@ impl HeldLock for RecordedLock {
     }
 }
 
-/// One live record read back.
+/// One live slot read back.
 struct Seen {
     name: String,
-    session: Option<String>,
+    session: String,
+    held: bool,
     mode: LockMode,
     fence: Option<FencingToken>,
     at_us: u64,
+    identity: Option<(u64, u64)>,
 }
 
-/// Read the record at `path` if it is live; remove it if it is dead.
-fn read_record(path: &Path) -> Result<Option<Value>> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_error(format!("opening `{}`", path.display()), e)),
-    };
-    let live = is_locked(&file, Mode::Exclusive, Range::byte(0))
-        .map_err(|e| io_error(format!("probing `{}`", path.display()), e))?;
-    if !live {
-        // Being written, being removed, or dead: dead for good once its
-        // process is gone (names are never reused), then swept.
-        if !process_alive(path) {
-            let _ = fs::remove_file(path);
-        }
-        return Ok(None);
-    }
-    let bytes = io::read_to_string(&file)
-        .map_err(|e| io_error(format!("reading `{}`", path.display()), e))?;
-    Ok(serde_json::from_str(&bytes).ok())
-}
-
-/// Whether the process that wrote the record at `path` may still run: its
+/// Whether the process that owns the book at `path` may still run: its
 /// name starts with the session id, `<pid>.<random>`.
 fn process_alive(path: &Path) -> bool {
     let pid = path
@@ -378,61 +474,121 @@ fn process_alive(path: &Path) -> bool {
         .and_then(|(pid, _)| pid.parse::<u32>().ok());
     match pid {
         Some(pid) => Path::new("/proc").join(pid.to_string()).exists(),
-        // Not a record this code wrote: leave it.
+        // Not a book this code wrote: leave it.
         None => true,
     }
 }
 
-fn parse_seen(v: &Value) -> Option<Seen> {
-    let mode = match v["mode"].as_str()? {
-        "shared" => LockMode::Shared,
-        _ => LockMode::Exclusive,
-    };
-    Some(Seen {
-        name: v["name"].as_str()?.to_owned(),
-        session: v["session"].as_str().map(str::to_owned),
-        mode,
-        fence: v["fence"].as_u64().and_then(|f| FencingToken::new(f).ok()),
-        at_us: v["at_us"].as_u64().unwrap_or(0),
-    })
+/// The full name of a stem: decoded, or from the names directory.
+fn name_of(
+    layout: &Layout,
+    st: &str,
+    cache: &mut BTreeMap<String, Option<String>>,
+) -> Option<String> {
+    if let Some(n) = decode(st) {
+        return Some(n);
+    }
+    cache
+        .entry(st.to_owned())
+        .or_insert_with(|| {
+            let n = fs::read_to_string(layout.root().join(DIR).join(NAMES).join(st)).ok()?;
+            (stem(&n) == st).then_some(n)
+        })
+        .clone()
 }
 
-/// Whether the lock file of `name` is still the file a holder record was
-/// granted on.
-fn same_lock_file(layout: &Layout, name: &str, v: &Value) -> bool {
-    match fs::metadata(layout.lock_path(Space::Mutex, name)) {
-        Ok(m) => v["dev"].as_u64() == Some(m.dev()) && v["ino"].as_u64() == Some(m.ino()),
-        Err(_) => false,
+/// The live slots of the book at `path` (none if the book is dead; a dead
+/// book whose process is gone is removed).
+fn read_book(
+    layout: &Layout,
+    path: &Path,
+    session: &str,
+    names: &mut BTreeMap<String, Option<String>>,
+) -> Result<Vec<Seen>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_error(format!("opening `{}`", path.display()), e)),
+    };
+    let live = is_locked(&file, Mode::Exclusive, Range::byte(0))
+        .map_err(|e| io_error(format!("probing `{}`", path.display()), e))?;
+    if !live {
+        if !process_alive(path) {
+            let _ = fs::remove_file(path);
+        }
+        return Ok(Vec::new());
     }
+    let bytes = {
+        use std::io::Read;
+        let mut b = Vec::new();
+        (&file)
+            .read_to_end(&mut b)
+            .map_err(|e| io_error(format!("reading `{}`", path.display()), e))?;
+        b
+    };
+    let mut out = Vec::new();
+    for slot in bytes.chunks(SLOT) {
+        if slot.len() < HEADER || &slot[..4] != MAGIC {
+            continue;
+        }
+        let len = u32::from_le_bytes(slot[4..8].try_into().unwrap()) as usize;
+        let hash = u64::from_le_bytes(slot[8..16].try_into().unwrap());
+        let Some(payload) = slot.get(HEADER..HEADER + len) else {
+            continue;
+        };
+        if fnv1a(payload) != hash {
+            continue;
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(payload) else {
+            continue;
+        };
+        let Some(st) = v["stem"].as_str() else {
+            continue;
+        };
+        let Some(name) = name_of(layout, st, names) else {
+            continue;
+        };
+        let mode = match v["mode"].as_str() {
+            Some("shared") => LockMode::Shared,
+            _ => LockMode::Exclusive,
+        };
+        out.push(Seen {
+            name,
+            session: session.to_owned(),
+            held: v["k"] == "held",
+            mode,
+            fence: v["fence"].as_u64().and_then(|f| FencingToken::new(f).ok()),
+            at_us: v["at_us"].as_u64().unwrap_or(0),
+            identity: v["dev"].as_u64().zip(v["ino"].as_u64()),
+        });
+    }
+    Ok(out)
 }
 
 /// Every lock whose name starts with `prefix` that is held or waited for.
 pub(crate) fn locks(layout: &Layout, prefix: &str) -> Result<Vec<LockState>> {
     let mut holders: BTreeMap<String, Vec<Seen>> = BTreeMap::new();
     let mut waiters: BTreeMap<String, Vec<Seen>> = BTreeMap::new();
-    let root = layout.root().join(DIR);
-    for st in list(&root, "")? {
-        // A plain stem decodes to the name: skip other prefixes unread.
-        if decode(&st).is_some_and(|n| !n.starts_with(prefix)) {
-            continue;
-        }
-        let dir = root.join(&st);
-        for file_name in list(&dir, "")? {
-            let held = file_name.ends_with(HELD);
-            if !held && !file_name.ends_with(WAIT) {
+    let mut names = BTreeMap::new();
+    let mut files: BTreeMap<String, Option<(u64, u64)>> = BTreeMap::new();
+    let dir = layout.root().join(DIR);
+    for file_name in list(&dir, BOOK)? {
+        let session = file_name
+            .strip_suffix(BOOK)
+            .unwrap_or(&file_name)
+            .to_owned();
+        for seen in read_book(layout, &dir.join(&file_name), &session, &mut names)? {
+            if !seen.name.starts_with(prefix) {
                 continue;
             }
-            let Some(v) = read_record(&dir.join(&file_name))? else {
-                continue;
-            };
-            let Some(seen) = parse_seen(&v) else {
-                continue;
-            };
-            if !seen.name.starts_with(prefix) || stem(&seen.name) != st {
-                continue;
-            }
-            if held {
-                if same_lock_file(layout, &seen.name, &v) {
+            if seen.held {
+                // Only on the lock file it was granted on.
+                let now = files.entry(seen.name.clone()).or_insert_with(|| {
+                    fs::metadata(layout.lock_path(Space::Mutex, &seen.name))
+                        .ok()
+                        .map(|m| (m.dev(), m.ino()))
+                });
+                if seen.identity.is_some() && *now == seen.identity {
                     holders.entry(seen.name.clone()).or_default().push(seen);
                 }
             } else {
@@ -449,7 +605,7 @@ pub(crate) fn locks(layout: &Layout, prefix: &str) -> Result<Vec<LockState>> {
         lock.holders = list
             .into_iter()
             .map(|s| {
-                LockHolder::new(s.session, s.mode)
+                LockHolder::new(Some(s.session), s.mode)
                     .with_fence(s.fence)
                     .with_since(Some(UNIX_EPOCH + Duration::from_micros(s.at_us)))
             })
@@ -462,13 +618,16 @@ pub(crate) fn locks(layout: &Layout, prefix: &str) -> Result<Vec<LockState>> {
             .or_insert_with(|| LockState::new(name));
         lock.waiters = list
             .into_iter()
-            .map(|s| LockWaiter::new(s.session, s.mode))
+            .map(|s| LockWaiter::new(Some(s.session), s.mode))
             .collect();
     }
     // Lock files held by a description without a live record.
     let locks_dir = layout.root().join(Space::Mutex.as_str());
     for file_name in list(&locks_dir, ".lock")? {
-        let Some(name) = file_name.strip_suffix(".lock").and_then(decode) else {
+        let Some(name) = file_name
+            .strip_suffix(".lock")
+            .and_then(|st| name_of(layout, st, &mut names))
+        else {
             continue;
         };
         if !name.starts_with(prefix) || out.get(&name).is_some_and(|l| !l.holders.is_empty()) {

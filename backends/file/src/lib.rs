@@ -196,6 +196,7 @@ impl Backend for FileBackend {
         Ok(Box::new(Session {
             inner: FileSession::open(self.layout.clone(), ttl, loss),
             records: self.records,
+            book: Arc::new(inspect::Book::new()),
         }))
     }
 
@@ -243,6 +244,8 @@ impl Backend for FileBackend {
 struct Session {
     inner: FileSession,
     records: inspect::Records,
+    /// The session's lock records (with `inspect=true`).
+    book: Arc<inspect::Book>,
 }
 
 #[async_trait]
@@ -265,7 +268,9 @@ impl SessionBackend for Session {
     }
 
     async fn revoke(&self) -> Result<()> {
-        self.inner.revoke().await
+        let revoked = self.inner.revoke().await;
+        self.book.close();
+        revoked
     }
 
     async fn lock(
@@ -279,7 +284,7 @@ impl SessionBackend for Session {
         // for `Coordinator::locks` (unless `inspect=false`).
         match self.records {
             inspect::Records::Publish => {
-                inspect::lock(&self.inner.shared, name, kind, mode, loss).await
+                inspect::lock(&self.inner.shared, &self.book, name, kind, mode, loss).await
             }
             inspect::Records::Skip => {
                 mutex::lock(&self.inner.shared, name, kind, mode.waits(), loss)

@@ -415,16 +415,22 @@ async fn hostile_and_long_names_map_to_distinct_safe_files() {
     let mut top_sorted = top.clone();
     top_sorted.sort();
     assert_eq!(top_sorted, ["data", "election", "group", "inspect", "lock"]);
-    // The holder records (for `Coordinator::locks`): one safe directory
-    // per name, named like the lock file.
-    let records: Vec<String> = std::fs::read_dir(dir.path().join("inspect"))
+    // The lock records (for `Coordinator::locks`): the session's book and
+    // the full names of the hashed (long) stems.
+    let mut records: Vec<String> = std::fs::read_dir(dir.path().join("inspect"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(records.len(), names.len(), "{records:?}");
-    for r in &records {
+    records.sort();
+    assert_eq!(records, [format!("{}.session", s.id()), "names".to_owned()]);
+    let long: Vec<String> = std::fs::read_dir(dir.path().join("inspect/names"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(long.len(), 3, "{long:?}");
+    for r in &long {
         assert!(
-            files.contains(&format!("{r}.lock")) && r.len() <= 255 && !r.contains('/'),
+            files.contains(&format!("{r}.lock")) && r.len() <= 255,
             "{r}"
         );
     }
