@@ -15,8 +15,9 @@
 //! when the process dies, and closing the session closes (then unlinks) it.
 //! A grant writes its slot with one `pwrite` (no `fsync`, no directory
 //! change: a few microseconds, on the calling task) after the grant; a
-//! blocking acquisition that finds the lock busy writes a waiter slot while
-//! it waits. Releasing (or `write_and_release`, a lost grant, the end of
+//! blocking acquisition writes a waiter slot before it queues and clears it
+//! once granted (nothing is awaited before it queues: file:// queues the
+//! waiters of one process in arrival order). Releasing (or `write_and_release`, a lost grant, the end of
 //! the session) clears the slot first. A slot is `QRS1`, the payload's
 //! length and FNV-1a hash, then the payload (JSON: kind, stem, side, fence,
 //! time, and the device and inode of the lock file granted on); a reader
@@ -142,26 +143,6 @@ impl Book {
         Book {
             state: StdMutex::new(BookState::default()),
         }
-    }
-
-    /// Create the book's file if it is not there yet (once per session, on
-    /// the blocking pool).
-    async fn ensure_open(self: &Arc<Self>, layout: &Arc<Layout>, session: &str) -> Result<()> {
-        {
-            let st = self.state.lock().unwrap();
-            if st.open.is_some() || st.closed {
-                return Ok(());
-            }
-        }
-        let (this, layout, session) = (self.clone(), layout.clone(), session.to_owned());
-        crate::ofd::blocking(move || {
-            let mut st = this.state.lock().unwrap();
-            if st.open.is_none() && !st.closed {
-                st.open = Some(open_book(&layout, &session)?);
-            }
-            Ok(())
-        })
-        .await
     }
 
     /// Write `payload` into a free slot; the slot's index.
@@ -345,8 +326,10 @@ fn write_slot(book: &Arc<Book>, layout: &Layout, session: &str, payload: &Value)
 /// Acquire through `mutex::lock`, writing a waiter slot while a blocking
 /// acquisition waits and a holder slot once granted. The slot writes are
 /// `pwrite`s to the page cache on the calling task (a few microseconds);
-/// the book's creation at the session's first acquisition is a file
-/// creation.
+/// the book's creation at the session's first acquisition (and, for a
+/// hashed long name, its first record of the full name) is a file creation
+/// on the calling task too, so that nothing is awaited before the
+/// acquisition queues.
 ///
 /// # Cancel safety
 ///
@@ -361,24 +344,23 @@ pub(crate) async fn lock(
     loss: LossNotifier,
 ) -> Result<Acquired> {
     let layout = &session.layout;
-    if let Err(e) = book.ensure_open(layout, &session.id).await {
-        tracing::warn!(error = %e, "could not create the session's lock records");
-    }
     let st = stem(name);
     let side = mode_str(LockMode::from(kind));
-    // One attempt first: an uncontended grant never writes a waiter slot.
-    let mut waiter = None;
-    let mut granted = crate::mutex::lock(session, name, kind, false, loss.clone()).await?;
-    if granted.is_none() && mode.waits() {
-        record_name(layout, name, &st);
+    record_name(layout, name, &st);
+    // Nothing is awaited before `mutex::lock` queues the acquisition (its
+    // in-process queue is FIFO by arrival, which is the first poll): the
+    // waiter slot is written here, synchronously, and cleared once granted
+    // (an uncontended grant writes and clears it at once: two `pwrite`s).
+    let waiter = if mode.waits() {
         let payload = json!({"k": "wait", "stem": st, "mode": side, "at_us": now_us()});
-        waiter = write_slot(book, layout, &session.id, &payload);
-        granted = crate::mutex::lock(session, name, kind, true, loss).await?;
-    }
+        write_slot(book, layout, &session.id, &payload)
+    } else {
+        None
+    };
+    let granted = crate::mutex::lock(session, name, kind, mode.waits(), loss).await?;
     let Some(held) = granted else {
         return Ok(Acquired::Busy);
     };
-    record_name(layout, name, &st);
     let lock_path = layout.lock_path(Space::Mutex, name);
     let record = match fs::metadata(&lock_path) {
         Ok(meta) => {
