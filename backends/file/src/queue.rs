@@ -52,7 +52,11 @@
 //!   range and mode) *adopts* the orphan: it
 //!   awaits that thread's grant instead of starting another wait. The
 //!   hand-over and the thread's wake-up are decided under one mutex, so the
-//!   grant goes to exactly one of: the adopter, or nobody (dropped).
+//!   grant goes to exactly one of: the adopter, or nobody (dropped);
+//! - a non-waiting attempt (`try_*`) that finds the lock busy while such an
+//!   orphan exists adopts it for [`ORPHAN_GRACE`] only: the lock may just
+//!   have freed and been granted to the orphan, which would drop it a
+//!   moment later; the attempt gets it instead of a false "busy".
 //!
 //! So at most one thread per (file, range, mode) and process is ever
 //! blocked in the kernel, whatever the number of waiters and of abandoned
@@ -127,6 +131,12 @@ impl KernelWait {
         self.to.as_ref().is_none_or(|tx| tx.is_closed())
     }
 }
+
+/// How long a non-waiting acquisition that finds its lock busy waits for
+/// an orphaned wait of this process on the same lock (which the kernel may
+/// be granting that very moment, only for it to be dropped) before it
+/// answers busy.
+const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
 
 type Registry = StdMutex<HashMap<PathBuf, Weak<Entry>>>;
 
@@ -255,22 +265,21 @@ impl Entry {
                 let entry = self.clone();
                 let started = WAIT_POOL.submit(Box::new(move || {
                     let result = lock_blocking(&file, mode, range);
-                    let to = {
-                        let mut waits = entry.waits.lock().unwrap_or_else(|e| e.into_inner());
-                        let i = waits.list.iter().position(|w| w.id == id);
-                        i.and_then(|i| waits.list.swap_remove(i).to)
-                    };
-                    match to {
+                    let mut waits = entry.waits.lock().unwrap_or_else(|e| e.into_inner());
+                    let i = waits.list.iter().position(|w| w.id == id);
+                    match i.and_then(|i| waits.list.swap_remove(i).to) {
                         Some(to) => Box::new(move || {
                             // A receiver gone since gives the description
                             // back, dropped here like an orphan's.
                             let _ = to.send(result.map(|()| file));
                         }),
-                        // Orphaned: the description is dropped here,
-                        // closing it, and the kernel releases what it was
-                        // just granted.
+                        // Orphaned: the description is dropped here, still
+                        // under the mutex (closing it, the kernel releases
+                        // what it was just granted), so a wait that is no
+                        // longer listed holds nothing (`take_from_orphan`).
                         None => {
                             drop(file);
+                            drop(waits);
                             Box::new(|| {})
                         }
                     }
@@ -307,9 +316,89 @@ impl Entry {
             return Ok(Some(file));
         }
         if !wait {
-            return Ok(None);
+            return self.take_from_orphan(path, file, mode, range).await;
         }
         self.kernel_wait(path, file, mode, range).await.map(Some)
+    }
+
+    /// A non-waiting acquisition found the lock busy. If the holder may be
+    /// an orphaned wait of this very process (abandoned by a timed-out or
+    /// dropped acquisition) that the kernel has just granted, and that is
+    /// about to drop it, "busy" would be wrong: the lock is free but for
+    /// our own leftover. So adopt the orphan for at most [`ORPHAN_GRACE`]:
+    /// if the kernel grants it meanwhile, its description (holding the
+    /// lock) is ours; otherwise it is orphaned again and the answer is
+    /// busy. Without an orphan on this lock, busy at once.
+    async fn take_from_orphan(
+        &self,
+        path: &Path,
+        file: File,
+        mode: Mode,
+        range: Range,
+    ) -> Result<Option<File>> {
+        let inode = file
+            .metadata()
+            .map(|m| (m.dev(), m.ino()))
+            .map_err(|e| io_error(format!("checking `{}`", path.display()), e))?;
+        let (tx, mut rx) = oneshot::channel();
+        let adopted = {
+            let mut waits = self.waits.lock().unwrap_or_else(|e| e.into_inner());
+            let orphan = waits.list.iter_mut().find(|w| {
+                w.path == path
+                    && w.inode == inode
+                    && w.range == range
+                    && w.mode == mode
+                    && w.orphaned()
+            });
+            orphan.map(|w| {
+                w.to = Some(tx);
+                w.id
+            })
+        };
+        let Some(id) = adopted else {
+            // No orphan listed now. One that held the lock at our attempt
+            // has dropped it by now (it is unlisted only with its
+            // description closed): look once more.
+            return if try_lock(&file, mode, range).map_err(|e| io_error("taking a file lock", e))? {
+                Ok(Some(file))
+            } else {
+                Ok(None)
+            };
+        };
+        drop(file);
+        let answer = match tokio::time::timeout(ORPHAN_GRACE, &mut rx).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                let still_waiting = {
+                    let mut waits = self.waits.lock().unwrap_or_else(|e| e.into_inner());
+                    match waits.list.iter_mut().find(|w| w.id == id) {
+                        Some(w) => {
+                            // Orphaned again: the lock is really held.
+                            w.to = None;
+                            true
+                        }
+                        None => false,
+                    }
+                };
+                if still_waiting {
+                    return Ok(None);
+                }
+                // Granted just now: the thread took our sender and is
+                // sending the description.
+                rx.await
+            }
+        };
+        match answer {
+            Ok(Ok(file)) => {
+                tracing::trace!(path = %path.display(), "took a just-granted orphaned wait");
+                Ok(Some(file))
+            }
+            Ok(Err(e)) => Err(io_error(
+                format!("waiting for a lock on `{}`", path.display()),
+                e,
+            )),
+            Err(_) => Ok(None),
+        }
     }
 
     /// Open this entry's lock file and take `range` in `mode`. Retries if
