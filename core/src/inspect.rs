@@ -182,6 +182,32 @@ pub fn split_fifo_queue<T>(queue: Queue<T>) -> (Queue<T>, Queue<T>) {
     (holders, waiters)
 }
 
+/// A queue entry of a backend whose queue *is* the grant state: its
+/// session and, where known, the fence a grant to it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedEntry {
+    /// The entry's session id.
+    pub session: String,
+    /// The entry's fencing token (its create revision, czxid, …).
+    pub fence: Option<FencingToken>,
+}
+
+/// The state of lock `name` from its queue in arrival order, split by
+/// [`split_fifo_queue`]: holders with their fences, then the waiters.
+pub fn lock_from_fifo_queue(name: impl Into<String>, queue: Queue<QueuedEntry>) -> LockState {
+    let (holders, waiters) = split_fifo_queue(queue);
+    let mut lock = LockState::new(name);
+    lock.holders = holders
+        .into_iter()
+        .map(|(m, e)| LockHolder::new(Some(e.session), m).with_fence(e.fence))
+        .collect();
+    lock.waiters = waiters
+        .into_iter()
+        .map(|(m, e)| LockWaiter::new(Some(e.session), m))
+        .collect();
+    lock
+}
+
 /// Keep the listing's invariants: sorted by name, filtered by `prefix`,
 /// without empty entries.
 pub fn finish_listing(mut locks: Vec<LockState>, prefix: &str) -> Vec<LockState> {

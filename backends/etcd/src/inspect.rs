@@ -9,21 +9,15 @@
 use std::collections::BTreeMap;
 
 use etcd_client::GetOptions;
-use quorate_core::inspect::{finish_listing, split_fifo_queue};
+use quorate_core::inspect::{finish_listing, lock_from_fifo_queue, QueuedEntry};
 use quorate_core::name::{decode, encode, Space};
-use quorate_core::{FencingToken, LockHolder, LockMode, LockState, LockWaiter, Result};
+use quorate_core::{FencingToken, LockMode, LockState, Result};
 
 use crate::client::Shared;
 use crate::keys::{lease_hex, prefix_end};
 
 /// The reader marker between a name's prefix and the lease (`read/`).
 const READ: &str = "read/";
-
-/// One queue entry read from etcd.
-struct Entry {
-    session: String,
-    fence: Option<FencingToken>,
-}
 
 /// Every lock under the namespace whose name starts with `prefix`.
 pub(crate) async fn locks(shared: &Shared, prefix: &str) -> Result<Vec<LockState>> {
@@ -44,7 +38,7 @@ pub(crate) async fn locks(shared: &Shared, prefix: &str) -> Result<Vec<LockState
             Some(GetOptions::new().with_range(end).with_keys_only()),
         )
         .await?;
-    let mut queues: BTreeMap<String, Vec<(i64, LockMode, Entry)>> = BTreeMap::new();
+    let mut queues: BTreeMap<String, Vec<(i64, LockMode, QueuedEntry)>> = BTreeMap::new();
     for kv in resp.kvs() {
         let key = String::from_utf8_lossy(kv.key());
         let Some(rest) = key.strip_prefix(&root) else {
@@ -70,7 +64,7 @@ pub(crate) async fn locks(shared: &Shared, prefix: &str) -> Result<Vec<LockState
         } else {
             lease.to_owned()
         };
-        let entry = Entry {
+        let entry = QueuedEntry {
             session,
             fence: FencingToken::try_from(kv.create_revision()).ok(),
         };
@@ -82,18 +76,8 @@ pub(crate) async fn locks(shared: &Shared, prefix: &str) -> Result<Vec<LockState
     let mut out = Vec::with_capacity(queues.len());
     for (name, mut queue) in queues {
         queue.sort_by_key(|(rev, _, _)| *rev);
-        let (holders, waiters) =
-            split_fifo_queue(queue.into_iter().map(|(_, m, e)| (m, e)).collect());
-        let mut lock = LockState::new(name);
-        lock.holders = holders
-            .into_iter()
-            .map(|(m, e)| LockHolder::new(Some(e.session), m).with_fence(e.fence))
-            .collect();
-        lock.waiters = waiters
-            .into_iter()
-            .map(|(m, e)| LockWaiter::new(Some(e.session), m))
-            .collect();
-        out.push(lock);
+        let queue = queue.into_iter().map(|(_, m, e)| (m, e)).collect();
+        out.push(lock_from_fifo_queue(name, queue));
     }
     Ok(finish_listing(out, prefix))
 }

@@ -112,6 +112,29 @@ struct Waits {
     list: Vec<KernelWait>,
 }
 
+impl Waits {
+    /// The orphaned wait for exactly this kernel lock (same file by path,
+    /// device and inode, same range and mode), if any.
+    fn orphan(
+        &mut self,
+        path: &Path,
+        inode: (u64, u64),
+        range: Range,
+        mode: Mode,
+    ) -> Option<&mut KernelWait> {
+        self.list.iter_mut().find(|w| {
+            w.path == path && w.inode == inode && w.range == range && w.mode == mode && w.orphaned()
+        })
+    }
+}
+
+/// The device and inode of an open file (which file a path named).
+fn inode_of(file: &File, path: &Path) -> Result<(u64, u64)> {
+    file.metadata()
+        .map(|m| (m.dev(), m.ino()))
+        .map_err(|e| io_error(format!("checking `{}`", path.display()), e))
+}
+
 /// One thread blocked in `F_OFD_SETLKW`.
 struct KernelWait {
     id: u64,
@@ -227,19 +250,10 @@ impl Entry {
         range: Range,
     ) -> Result<File> {
         let (tx, rx) = oneshot::channel();
-        let inode = file
-            .metadata()
-            .map(|m| (m.dev(), m.ino()))
-            .map_err(|e| io_error(format!("checking `{}`", path.display()), e))?;
+        let inode = inode_of(&file, path)?;
         let start = {
             let mut waits = self.waits.lock().unwrap_or_else(|e| e.into_inner());
-            let orphan = waits.list.iter_mut().find(|w| {
-                w.path == path
-                    && w.inode == inode
-                    && w.range == range
-                    && w.mode == mode
-                    && w.orphaned()
-            });
+            let orphan = waits.orphan(path, inode, range, mode);
             if let Some(orphan) = orphan {
                 tracing::trace!(path = %path.display(), "adopting an orphaned file-lock wait");
                 orphan.to = Some(tx);
@@ -336,20 +350,11 @@ impl Entry {
         mode: Mode,
         range: Range,
     ) -> Result<Option<File>> {
-        let inode = file
-            .metadata()
-            .map(|m| (m.dev(), m.ino()))
-            .map_err(|e| io_error(format!("checking `{}`", path.display()), e))?;
+        let inode = inode_of(&file, path)?;
         let (tx, mut rx) = oneshot::channel();
         let adopted = {
             let mut waits = self.waits.lock().unwrap_or_else(|e| e.into_inner());
-            let orphan = waits.list.iter_mut().find(|w| {
-                w.path == path
-                    && w.inode == inode
-                    && w.range == range
-                    && w.mode == mode
-                    && w.orphaned()
-            });
+            let orphan = waits.orphan(path, inode, range, mode);
             orphan.map(|w| {
                 w.to = Some(tx);
                 w.id

@@ -7,19 +7,13 @@
 //! node's czxid. A node records when it was *created* (queued), not when
 //! it was granted, so `since` is `None`.
 
-use quorate_core::inspect::{finish_listing, split_fifo_queue};
+use quorate_core::inspect::{finish_listing, lock_from_fifo_queue, QueuedEntry};
 use quorate_core::name::{decode, Space};
-use quorate_core::{FencingToken, LockHolder, LockMode, LockState, LockWaiter, Result};
+use quorate_core::{FencingToken, LockMode, LockState, Result};
 use zookeeper_client::Client;
 
 use crate::node::{children, sync, zk_error, Layout};
 use crate::queue::{sequence, EXCLUSIVE, SHARED};
-
-/// One contender node.
-struct Entry {
-    session: String,
-    fence: Option<FencingToken>,
-}
 
 /// Every lock under the namespace whose name starts with `prefix`.
 pub(crate) async fn locks(
@@ -52,25 +46,15 @@ pub(crate) async fn locks(
                 Ok(None) => continue,
                 Err(e) => return Err(zk_error("exists", &path, e)),
             };
-            let entry = Entry {
+            let entry = QueuedEntry {
                 session: format!("{:#x}", stat.ephemeral_owner),
                 fence: FencingToken::try_from(stat.czxid).ok(),
             };
             queue.push((seq, mode, entry));
         }
         queue.sort_by_key(|(seq, _, _)| *seq);
-        let (holders, waiters) =
-            split_fifo_queue(queue.into_iter().map(|(_, m, e)| (m, e)).collect());
-        let mut lock = LockState::new(name);
-        lock.holders = holders
-            .into_iter()
-            .map(|(m, e)| LockHolder::new(Some(e.session), m).with_fence(e.fence))
-            .collect();
-        lock.waiters = waiters
-            .into_iter()
-            .map(|(m, e)| LockWaiter::new(Some(e.session), m))
-            .collect();
-        out.push(lock);
+        let queue = queue.into_iter().map(|(_, m, e)| (m, e)).collect();
+        out.push(lock_from_fifo_queue(name, queue));
     }
     Ok(finish_listing(out, prefix))
 }
