@@ -36,31 +36,14 @@ pub(crate) async fn locks(ctx: &Ctx, prefix: &str) -> Result<Vec<LockState>> {
     for kind in ["lock", "queue"] {
         let head = format!("{}:{kind}:", ctx.ns);
         let pattern = format!("{head}{enc_prefix}*");
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = ctx
-                .query(
-                    "list locks",
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000),
-                )
-                .await?;
-            encs.extend(
-                batch
-                    .iter()
-                    .filter_map(|k| k.strip_prefix(&head))
-                    .filter(|enc| decode(enc).is_some_and(|n| n.starts_with(prefix)))
-                    .map(str::to_owned),
-            );
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
+        let found = ctx.scan("list locks", &pattern).await?;
+        encs.extend(
+            found
+                .iter()
+                .filter_map(|k| k.strip_prefix(&head))
+                .filter(|enc| decode(enc).is_some_and(|n| n.starts_with(prefix)))
+                .map(str::to_owned),
+        );
     }
     let encs: Vec<String> = encs.into_iter().collect();
     let mut out = Vec::with_capacity(encs.len());

@@ -343,6 +343,35 @@ impl Ctx {
         }
     }
 
+    /// Every key matching the glob `pattern`, by `SCAN` (in no order, and
+    /// possibly with repeats, as `SCAN` promises: callers sort or dedup).
+    ///
+    /// # Errors
+    ///
+    /// The first failing `SCAN` call's error, as [`Ctx::query`] maps it.
+    pub(crate) async fn scan(&self, what: &str, pattern: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = self
+                .query(
+                    what,
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(1000),
+                )
+                .await?;
+            out.extend(batch);
+            if next == 0 {
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+
     /// Map a failure, moving to a new sentinel primary if there is one.
     async fn failed(&self, what: &str, e: redis::RedisError) -> Error {
         if let Some(client) = self.conn.after_error(&e).await {
@@ -425,30 +454,11 @@ impl Backend for RedisBackend {
 
     async fn leftovers(&self) -> Result<Vec<String>> {
         let pattern = format!("{}:*", self.ctx.ns);
-        let mut out = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = self
-                .ctx
-                .query(
-                    "list leftovers",
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000),
-                )
-                .await?;
-            out.extend(batch.into_iter().filter(|k| {
-                keys::kind_of(&self.ctx.ns, k)
-                    .is_some_and(|kind| !keys::PERSISTENT_KINDS.contains(&kind))
-            }));
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
+        let mut out = self.ctx.scan("list leftovers", &pattern).await?;
+        out.retain(|k| {
+            keys::kind_of(&self.ctx.ns, k)
+                .is_some_and(|kind| !keys::PERSISTENT_KINDS.contains(&kind))
+        });
         out.sort();
         out.dedup();
         Ok(out)
