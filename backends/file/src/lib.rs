@@ -22,8 +22,9 @@
 //!   waiters cost a thread, not a thousand. Dropping a waiting future
 //!   returns at once and never acquires later; the crate sends no signal
 //!   and installs no handler (see `queue` and `docs/backends.md`).
-//! - **Fencing tokens** are a counter in each lock file, bumped and
-//!   `fdatasync`ed under the lock.
+//! - **Fencing tokens** are a counter in each lock file, bumped under the
+//!   lock; a durably reserved high-water mark (one `fdatasync` per 4 096
+//!   grants) and the boot id keep them increasing across machine crashes.
 //! - **Order**: the waiters of one process are served in arrival order;
 //!   the kernel does not queue the waiters of different processes in
 //!   arrival order, so mutexes and elections are not FIFO across

@@ -9,7 +9,9 @@
 //! other (fasteners, oslo.concurrency and tooz's file driver lock this way).
 //!
 //! Under the lock, the fencing counter at the start of the file is bumped
-//! and `fdatasync`ed before the grant is returned. Lock files are never
+//! before the grant is returned (durably: see `layout::bump_fence` for how
+//! one `fdatasync` per block of grants keeps fences increasing across
+//! machine crashes). Lock files are never
 //! removed: they are where the counter lives (and removing a lock file
 //! races with anyone about to lock it). If an operator removes one anyway
 //! (or the whole root) under a holder, the session's keep-alive and
