@@ -27,6 +27,7 @@
 #![warn(missing_docs)]
 
 mod client;
+mod deletions;
 mod election;
 mod error;
 mod group;
@@ -123,6 +124,7 @@ pub async fn connect(config: &Config) -> Result<Coordinator> {
     Ok(Coordinator::new(
         EtcdBackend {
             shared: Arc::new(shared),
+            deletions: Arc::default(),
         },
         config.clone(),
     ))
@@ -338,6 +340,7 @@ fn tls_options([ca, cert, key]: [Option<&str>; 3]) -> Result<TlsOptions> {
 /// The connected etcd backend.
 struct EtcdBackend {
     shared: Arc<Shared>,
+    deletions: Arc<deletions::Deletions>,
 }
 
 #[async_trait]
@@ -352,7 +355,8 @@ impl Backend for EtcdBackend {
         loss: LossNotifier,
     ) -> Result<Box<dyn SessionBackend>> {
         Ok(Box::new(
-            session::EtcdSession::open(self.shared.clone(), ttl, loss).await?,
+            session::EtcdSession::open(self.shared.clone(), self.deletions.clone(), ttl, loss)
+                .await?,
         ))
     }
 

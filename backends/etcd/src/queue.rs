@@ -41,10 +41,10 @@ use quorate_core::backoff::Backoff;
 use quorate_core::{Error, Result};
 
 use crate::client::txn_range;
+use crate::deletions::Deleted;
 use crate::keys::prefix_end;
 use crate::owned::{Created, HeldKey, OwnKey};
 use crate::session::EtcdSession;
-use crate::watch;
 
 /// One queue entry: the key to create and the keys it waits behind.
 pub(crate) struct Entry<'a> {
@@ -216,14 +216,17 @@ async fn wait_for_turn(
             waiting_for = %String::from_utf8_lossy(ahead.key()),
             "waiting for predecessor"
         );
-        let deleted = watch::wait_deleted(
-            &session.shared,
-            ahead.key().to_vec(),
-            fallback(session),
-            &mut backoff,
-        )
-        .await;
-        if let (SoleHandoff::Grant, watch::Deleted::Seen { revision }) = (sole, deleted) {
+        let deleted = session
+            .deletions
+            .wait(
+                &session.shared,
+                ahead.key(),
+                ahead.create_revision(),
+                fallback(session),
+                &mut backoff,
+            )
+            .await;
+        if let (SoleHandoff::Grant, Deleted::Seen { revision }) = (sole, deleted) {
             return Ok(Confirm::Pending { revision });
         }
         // Once read again, `ahead` may have others before it.

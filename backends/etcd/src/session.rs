@@ -25,12 +25,15 @@ use quorate_core::{Error, Result};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 use crate::client::Shared;
+use crate::deletions::Deletions;
 use crate::error;
 use crate::keys::lease_hex;
 
 /// One session: an etcd lease.
 pub(crate) struct EtcdSession {
     pub(crate) shared: Arc<Shared>,
+    /// The coordinator's shared deletion streams (queue waits).
+    pub(crate) deletions: Arc<Deletions>,
     pub(crate) lease: i64,
     pub(crate) ttl: Duration,
     /// The keep-alive stream, set up lazily; taken out during a round trip
@@ -46,6 +49,7 @@ impl EtcdSession {
     /// the session under it.
     pub(crate) async fn open(
         shared: Arc<Shared>,
+        deletions: Arc<Deletions>,
         ttl: Duration,
         loss: LossNotifier,
     ) -> Result<EtcdSession> {
@@ -83,6 +87,7 @@ impl EtcdSession {
         tracing::debug!(lease = %lease_hex(lease), ?ttl, "etcd session opened");
         Ok(EtcdSession {
             shared,
+            deletions,
             lease,
             ttl,
             keeper: AsyncMutex::new(None),

@@ -1,117 +1,35 @@
-//! Watches: waiting for one key's deletion (queue waiters), and following a
-//! prefix from a listed revision with no gap and no duplicate (group
-//! events, election observers), across broken streams and compaction.
+//! Watches: a stream that notices a silent member (the deletion streams of
+//! `deletions` run on it), and following a prefix from a listed revision
+//! with no gap and no duplicate (group events, election observers), across
+//! broken streams and compaction.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{
-    Event, EventType, GetOptions, KeyValue, WatchFilterType, WatchOptions, WatchResponse,
-    WatchStream,
-};
+use etcd_client::{Event, GetOptions, KeyValue, WatchOptions, WatchResponse, WatchStream};
 use quorate_core::backoff::Backoff;
 use quorate_core::Result;
 
 use crate::client::{revision, Shared};
-
-/// Wait until `key` is deleted, or until `fallback` passes, or the watch
-/// breaks (after a back-off): the caller checks the state again in every
-/// case, so a missed or spurious wake-up costs one round trip, never
-/// correctness.
-///
-/// The watch starts at the current revision, not at the revision the
-/// caller saw: etcd serves a watch from a past revision from its "unsynced"
-/// group, which a loop catches up only every 100 ms, and under contention
-/// the revision has always moved on, so every hand-off would wait for that
-/// loop. Instead, once the watch is created, the key is checked again: a
-/// deletion before that check is seen by the check, one after it by the
-/// watch.
-pub(crate) async fn wait_deleted(
-    shared: &Shared,
-    key: Vec<u8>,
-    fallback: Duration,
-    backoff: &mut Backoff,
-) -> Deleted {
-    let options = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
-    let wait = async {
-        let mut watch = match Watch::open(shared, &key, options).await {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::debug!(error = %e, "watch failed; checking again");
-                return None;
-            }
-        };
-        loop {
-            let resp = watch.next(shared).await?;
-            if resp.canceled() {
-                return None;
-            }
-            if resp.created() {
-                let key = String::from_utf8_lossy(&key);
-                let count_only = Some(GetOptions::new().with_count_only());
-                match shared.get("check predecessor", &key, count_only).await {
-                    Ok(r) if r.count() == 0 => return revision(r.header()).ok(),
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::debug!(error = %e, "checking the predecessor failed");
-                        return None;
-                    }
-                }
-            }
-            if let Some(e) = resp
-                .events()
-                .iter()
-                .find(|e| e.event_type() == EventType::Delete)
-            {
-                // A delete event's key carries the deletion's revision.
-                return e.kv().map(|kv| kv.mod_revision());
-            }
-        }
-    };
-    match tokio::time::timeout(fallback, wait).await {
-        Ok(Some(revision)) => {
-            backoff.reset();
-            Deleted::Seen { revision }
-        }
-        Ok(None) => {
-            backoff.wait().await;
-            Deleted::Unknown
-        }
-        Err(_) => {
-            tracing::debug!("no event within the fallback interval; checking again");
-            Deleted::Unknown
-        }
-    }
-}
-
-/// What [`wait_deleted`] learned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Deleted {
-    /// The key's deletion was seen: a delete event, or the key was absent
-    /// once the watch stood (both committed by the cluster), at
-    /// `revision` or before.
-    Seen {
-        /// The revision of the deletion (or of the read that found the key
-        /// absent).
-        revision: i64,
-    },
-    /// The wait ended without seeing it (fallback interval, broken watch).
-    Unknown,
-}
 
 /// How long a watch stream may stay quiet before its member is asked for
 /// progress (a live member answers at once).
 const QUIET: Duration = Duration::from_secs(5);
 
 /// A watch stream and the endpoint it runs on.
-struct Watch {
+pub(crate) struct Watch {
     endpoint: usize,
     stream: WatchStream,
 }
 
 impl Watch {
-    async fn open(shared: &Shared, key: &[u8], options: WatchOptions) -> Result<Watch> {
+    /// Open a watch on `key` (a prefix or range as `options` say).
+    ///
+    /// # Errors
+    ///
+    /// Creating the stream failed on every endpoint.
+    pub(crate) async fn open(shared: &Shared, key: &[u8], options: WatchOptions) -> Result<Watch> {
         let (endpoint, stream) = shared.watch("watch", key, options).await?;
         Ok(Watch { endpoint, stream })
     }
@@ -121,7 +39,7 @@ impl Watch {
     /// watch opens elsewhere). A quiet stream is probed with a progress
     /// request rather than trusted for ever: a paused or partitioned
     /// member would otherwise hold a watcher until TCP gives up.
-    async fn next(&mut self, shared: &Shared) -> Option<WatchResponse> {
+    pub(crate) async fn next(&mut self, shared: &Shared) -> Option<WatchResponse> {
         let message = match tokio::time::timeout(QUIET, self.stream.message()).await {
             Ok(m) => m,
             Err(_) => {

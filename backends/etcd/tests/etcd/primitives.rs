@@ -575,6 +575,59 @@ async fn uncontended_acquire_and_release_are_two_requests() {
     s.close().await.unwrap();
 }
 
+/// Issue #11: the waiters of one coordinator wait for deletions on one
+/// watch stream per queue directory, kept open while it is in use, not on
+/// a watch created per wait. A watch created per wait can be registered by
+/// etcd at a revision already passed (etcd reads its revision before it
+/// registers the watcher), and is then caught up only by a loop that runs
+/// every 100 ms: with 8 contenders on one lock, that stalled the queue
+/// to ~150 grants/s. Counted on the server: 20 hand-offs open one watch
+/// (`Watch` messages: creations and progress requests), not 20.
+#[tokio::test]
+async fn hand_offs_on_one_lock_share_one_watch_stream() {
+    use quorate_conformance::bench::counters::CounterSource;
+    if std::env::var_os(quorate_conformance::harness::etcd::ENDPOINTS_ENV).is_some() {
+        println!("skipped: an external cluster's counters are shared with other tests");
+        return;
+    }
+    let (cluster, coord, ns) = single("ttl=30s").await;
+    let counters = CounterSource::for_url(&cluster.url(&ns, ""))
+        .await
+        .unwrap()
+        .expect("etcd has counters");
+    let (holder, waiter) = (
+        coord.session().await.unwrap(),
+        coord.session().await.unwrap(),
+    );
+    const N: usize = 20;
+    let before = counters.read().await.unwrap();
+    for _ in 0..N {
+        let g = holder.mutex("handed").lock().await.unwrap();
+        let m = waiter.mutex("handed");
+        let mut w = Box::pin(m.lock());
+        assert!(
+            still_pending(&mut w, Duration::from_millis(20)).await,
+            "granted while held"
+        );
+        g.release().await.unwrap();
+        soon("the waiter's grant", w)
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+    }
+    let spent = counters.read().await.unwrap().since(&before);
+    let watches = spent.by_kind.get("Watch").copied().unwrap_or(0.0);
+    assert!(
+        watches <= 2.0,
+        "{watches} watch messages for {N} hand-offs: {:?}",
+        spent.by_kind
+    );
+    holder.close().await.unwrap();
+    waiter.close().await.unwrap();
+}
+
 /// A waiter whose only predecessor is deleted is granted on that delete
 /// event, and its own key is read at the deletion's revision after the
 /// grant. If its lease was revoked while it waited (its key gone), it must
