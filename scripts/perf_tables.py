@@ -66,15 +66,17 @@ def main():
         )
     out.append("")
     out.append("### `waiters_1000`: 1 000 waiters (one session each) on one lock\n")
-    out.append("| backend | threads (before) | rss_bytes_per_waiter | drain_ms | fifo_inversions | arrival spacing |")
-    out.append("|---|---|---|---|---|---|")
+    out.append("| backend | threads (before) | rss_bytes_per_waiter | drain_ms | fifo_inversions (against) | arrival inversions | arrival spacing |")
+    out.append("|---|---|---|---|---|---|---|")
     for b, r in runs:
         x = r.get("waiters_1000")
         if not x:
             continue
         out.append(
             f"| {b} | {f(x.get('threads'), 0)} ({f(x.get('threads_before'), 0)}) | {f(x.get('rss_bytes_per_waiter'), 0)} "
-            f"| {f(x.get('drain_ms'), 0)} | {f(x.get('fifo_inversions'), 0)} | {f(x.get('arrival_spacing_us', 0) / 1000, 1)} ms |"
+            f"| {f(x.get('drain_ms'), 0)} | {f(x.get('fifo_inversions'), 0)} "
+            f"({'listed queue' if x.get('queue_listed') == 1 else 'arrival'}) "
+            f"| {f(x.get('arrival_inversions'), 0)} | {f(x.get('arrival_spacing_us', 0) / 1000, 1)} ms |"
         )
     print("\n".join(out))
 

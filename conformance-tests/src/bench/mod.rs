@@ -542,6 +542,7 @@ async fn many_waiters(
         tokio::time::sleep(spacing).await;
     }
     tokio::time::sleep(Duration::from_millis(200).max(spacing * 4)).await;
+    let queue = queue_ranks(coord, name, &sessions).await;
     let threads = proc_status("Threads:");
     if let (Some(a), Some(b)) = (rss0, proc_status("VmRSS:").map(|kib| kib * 1024.0)) {
         figures.insert("rss_bytes_per_waiter".to_owned(), (b - a) / waiters as f64);
@@ -562,15 +563,25 @@ async fn many_waiters(
     }
     figures.insert("drain_ms".to_owned(), start.elapsed().as_secs_f64() * 1e3);
     let order = order.lock().unwrap().clone();
-    let mut inversions = 0usize;
-    let mut latest_started = None;
-    for &i in &order {
-        match latest_started {
-            Some(m) if i < m => inversions += 1,
-            _ => latest_started = Some(i),
+    // Against the order the waiters were started in, and against the
+    // order of the backend's own queue as listed while they all waited
+    // (a waiter whose enqueue took longer than the spacing is behind a
+    // later one in the queue: an inversion of arrival, not of the queue).
+    let arrival_inversions = inversions(order.iter().copied());
+    figures.insert("arrival_inversions".to_owned(), arrival_inversions as f64);
+    match &queue {
+        Some(rank) => {
+            figures.insert(
+                "fifo_inversions".to_owned(),
+                inversions(order.iter().map(|&i| rank[i])) as f64,
+            );
+            figures.insert("queue_listed".to_owned(), 1.0);
+        }
+        None => {
+            figures.insert("fifo_inversions".to_owned(), arrival_inversions as f64);
+            figures.insert("queue_listed".to_owned(), 0.0);
         }
     }
-    figures.insert("fifo_inversions".to_owned(), inversions as f64);
     figures.insert("failed_waiters".to_owned(), failed as f64);
     figures.insert("waiters".to_owned(), waiters as f64);
     figures.insert("arrival_spacing_us".to_owned(), spacing.as_secs_f64() * 1e6);
@@ -582,8 +593,47 @@ async fn many_waiters(
         waiters,
         figures,
         "one session per waiter, arriving arrival_spacing_us apart; threads and rss from \
-         /proc/self/status; a FIFO inversion is a waiter granted after one that arrived later",
+         /proc/self/status; a FIFO inversion is a waiter granted after one behind it in the \
+         backend's queue as `locks` listed it while all waited (queue_listed = 1; else after \
+         one that arrived later, as arrival_inversions counts)",
     ))
+}
+
+/// Waiters granted after one with a later position (each position is
+/// compared with the latest granted so far).
+fn inversions(granted: impl Iterator<Item = usize>) -> usize {
+    let mut count = 0;
+    let mut latest = None;
+    for i in granted {
+        match latest {
+            Some(m) if i < m => count += 1,
+            _ => latest = Some(i),
+        }
+    }
+    count
+}
+
+/// Each waiter's position in the backend's queue of `name`, as
+/// `Coordinator::locks` lists it; `None` unless every waiter is listed
+/// with its session (a backend that cannot list, or lists no sessions).
+async fn queue_ranks(
+    coord: &quorate::Coordinator,
+    name: &str,
+    sessions: &[quorate::Session],
+) -> Option<Vec<usize>> {
+    let states = coord.locks(name).await.ok()?;
+    let state = states.into_iter().find(|s| s.name == name)?;
+    let by_id: std::collections::HashMap<&str, usize> = sessions
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id(), i))
+        .collect();
+    let mut rank = vec![usize::MAX; sessions.len()];
+    for (position, waiter) in state.waiters.iter().enumerate() {
+        let i = *by_id.get(waiter.session.as_deref()?)?;
+        rank[i] = position;
+    }
+    rank.iter().all(|r| *r != usize::MAX).then_some(rank)
 }
 
 fn figure_report(
