@@ -143,6 +143,11 @@ impl Shared {
         }
     }
 
+    /// The endpoint requests go to now.
+    pub(crate) fn preferred(&self) -> usize {
+        self.endpoints.preferred()
+    }
+
     /// Endpoint `i` failed a stream or did not answer in time.
     pub(crate) fn pass_over(&self, i: usize) {
         self.endpoints.pass_over(i);

@@ -16,8 +16,16 @@
 //! A wait subscribes to the key, makes sure the directory's stream stands,
 //! then reads the key: a deletion before that read is seen by the read,
 //! one after it (at a higher revision) by the stream.
+//!
+//! A stream stays on the endpoint it was opened on. When the coordinator's
+//! requests move elsewhere (its member failed a request or did not answer
+//! in time), the stream is closed within a second and its waiters check
+//! again and wait where requests go: a member cut off from its peers keeps
+//! a stream open, and answers its progress requests, without ever seeing
+//! another deletion.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
@@ -61,6 +69,21 @@ struct Hub {
     state: channel::Sender<HubState>,
     /// When the last subscription was taken or dropped.
     touched: StdMutex<Instant>,
+    /// The endpoint the stream runs on (`usize::MAX` until it stands).
+    endpoint: AtomicUsize,
+}
+
+impl Hub {
+    /// Whether the coordinator's requests have moved to another endpoint
+    /// since the stream was opened (its member failed a request or did
+    /// not answer in time). A member cut off from its peers keeps the
+    /// stream open and answers its progress requests, but sees no new
+    /// deletion: such a stream is closed (its waiters check again and
+    /// subscribe anew) and new waits open one where requests go.
+    fn left_behind(&self, preferred: usize) -> bool {
+        let endpoint = self.endpoint.load(Ordering::Relaxed);
+        endpoint != usize::MAX && endpoint != preferred
+    }
 }
 
 /// The revision of a key's last deletion, and how many subscriptions
@@ -146,12 +169,14 @@ impl Deletions {
         let dir = directory(key).to_vec();
         let mut hubs = self.hubs.lock().unwrap();
         let hub = match hubs.get(&dir) {
-            Some(hub) => hub.clone(),
-            None => {
+            Some(hub) if !hub.left_behind(shared.preferred()) => hub.clone(),
+            // None, or one left behind (which its own task closes).
+            _ => {
                 let hub = Arc::new(Hub {
                     keys: StdMutex::new(HashMap::new()),
                     state: channel::Sender::new(HubState::Opening),
                     touched: StdMutex::new(Instant::now()),
+                    endpoint: AtomicUsize::new(usize::MAX),
                 });
                 hubs.insert(dir.clone(), hub.clone());
                 tokio::spawn(run(shared.clone(), self.clone(), dir, hub.clone()));
@@ -231,6 +256,7 @@ async fn run(shared: Arc<Shared>, deletions: Arc<Deletions>, dir: Vec<u8>, hub: 
         hub.state.send_replace(HubState::Closed);
         return;
     };
+    hub.endpoint.store(watch.endpoint(), Ordering::Relaxed);
     hub.state.send_replace(HubState::Open);
     let mut idle = tokio::time::interval(LINGER);
     loop {
@@ -242,6 +268,13 @@ async fn run(shared: Arc<Shared>, deletions: Arc<Deletions>, dir: Vec<u8>, hub: 
             tokio::select! {
                 resp = &mut next => break resp,
                 _ = idle.tick() => {
+                    if hub.left_behind(shared.preferred()) {
+                        tracing::debug!(
+                            dir = %String::from_utf8_lossy(&dir),
+                            "requests moved to another endpoint; closing the deletion watch"
+                        );
+                        break None;
+                    }
                     if deletions.retire_if_idle(&dir, &hub) {
                         hub.state.send_replace(HubState::Closed);
                         return;

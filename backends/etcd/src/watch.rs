@@ -34,6 +34,11 @@ impl Watch {
         Ok(Watch { endpoint, stream })
     }
 
+    /// The endpoint the stream runs on.
+    pub(crate) fn endpoint(&self) -> usize {
+        self.endpoint
+    }
+
     /// The next response, or `None` once the stream broke or its member
     /// stopped answering (that endpoint is then passed over, so the next
     /// watch opens elsewhere). A quiet stream is probed with a progress

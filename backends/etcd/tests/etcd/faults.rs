@@ -318,3 +318,70 @@ async fn a_watch_on_a_paused_member_moves_to_a_live_one() {
     );
     cluster.resume(f).unwrap();
 }
+
+/// The waiters of a coordinator wait for deletions on one shared watch
+/// stream per queue directory. A member cut off from its peers keeps that
+/// stream open and still answers its progress requests, but sees no new
+/// deletion: a waiter left on it would wait for its fallback re-check, one
+/// lease TTL (30 s here). Once a request of the coordinator finds the
+/// member cut off and moves to another endpoint, the stream must follow
+/// within about a second, and the waiter be granted when the lock is
+/// released.
+#[tokio::test]
+async fn waiters_move_off_a_cut_off_members_deletion_stream() {
+    let cluster = EtcdCluster::start_local_partitionable(3).await.unwrap();
+    let ns = namespace();
+    let f = cluster.follower().await.unwrap();
+    let others: Vec<String> = (0..3)
+        .filter(|i| *i != f)
+        .map(|i| cluster.member_endpoint(i))
+        .collect();
+    // The waiter's coordinator prefers `f` (its first endpoint).
+    let mut endpoints = vec![cluster.member_endpoint(f)];
+    endpoints.extend(others.iter().cloned());
+    crate::init_tracing();
+    let url = format!(
+        "etcd://{}/{ns}?ttl=30s&connect_timeout=1s",
+        endpoints.join(",")
+    );
+    let waiting = quorate_etcd::connect(&Config::parse(&url).unwrap())
+        .await
+        .unwrap();
+    let holding = connect_to(&others, &ns).await;
+    let h = holding.session().await.unwrap();
+    let g = h.mutex("L").lock().await.unwrap();
+    let w = waiting.session().await.unwrap();
+    let m = w.mutex("L");
+    let mut pending = Box::pin(m.lock());
+    assert!(
+        still_pending(&mut pending, Duration::from_millis(500)).await,
+        "granted while held"
+    );
+    cluster.isolate(f).unwrap();
+    // Any request of the waiting coordinator that `f` cannot answer moves
+    // its requests to another endpoint: here, opening a session (a lease
+    // grant needs the cut-off member's leader).
+    let probe = waiting.session().await;
+    println!(
+        "figure: a session opened on the cut-off member: {:?}",
+        probe.as_ref().err()
+    );
+    if let Ok(s) = probe {
+        s.close().await.ok();
+    }
+    let released = Instant::now();
+    g.release().await.unwrap();
+    let granted = tokio::time::timeout(Duration::from_secs(10), &mut pending)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "not granted {:?} after the release: the waiter still waits on the cut-off member",
+                released.elapsed()
+            )
+        })
+        .unwrap();
+    println!("figure: granted {:?} after the release", released.elapsed());
+    granted.release().await.unwrap();
+    h.close().await.unwrap();
+    drop(w);
+}
