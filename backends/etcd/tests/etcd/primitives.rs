@@ -534,6 +534,29 @@ async fn namespaces_never_nest_into_each_other() {
     assert_eq!(outer.leftovers().await.unwrap(), Vec::<String>::new());
 }
 
+/// A single-member cluster of the test's own, a coordinator on it and its
+/// server counters; `None` (the test says it is skipped) against an
+/// external cluster, whose counters other tests move at the same time.
+async fn counted(
+    query: &str,
+) -> Option<(
+    quorate_conformance::harness::etcd::EtcdCluster,
+    quorate_core::Coordinator,
+    quorate_conformance::bench::counters::CounterSource,
+)> {
+    use quorate_conformance::bench::counters::CounterSource;
+    if std::env::var_os(quorate_conformance::harness::etcd::ENDPOINTS_ENV).is_some() {
+        println!("skipped: an external cluster's counters are shared with other tests");
+        return None;
+    }
+    let (cluster, coord, ns) = single(query).await;
+    let counters = CounterSource::for_url(&cluster.url(&ns, ""))
+        .await
+        .unwrap()
+        .expect("etcd has counters");
+    Some((cluster, coord, counters))
+}
+
 /// Issue #11: an uncontended acquire + release is two requests, as with
 /// Go's `concurrency.Mutex`: the transaction that creates the queue entry
 /// also reads what is ahead of it, and the release deletes it. Counted on
@@ -541,16 +564,9 @@ async fn namespaces_never_nest_into_each_other() {
 /// the mutex and both sides of the read/write lock.
 #[tokio::test]
 async fn uncontended_acquire_and_release_are_two_requests() {
-    use quorate_conformance::bench::counters::CounterSource;
-    if std::env::var_os(quorate_conformance::harness::etcd::ENDPOINTS_ENV).is_some() {
-        println!("skipped: an external cluster's counters are shared with other tests");
+    let Some((_cluster, coord, counters)) = counted("ttl=30s").await else {
         return;
-    }
-    let (cluster, coord, ns) = single("ttl=30s").await;
-    let counters = CounterSource::for_url(&cluster.url(&ns, ""))
-        .await
-        .unwrap()
-        .expect("etcd has counters");
+    };
     let s = coord.session().await.unwrap();
     const N: usize = 20;
     for kind in ["mutex", "read", "write"] {
@@ -585,16 +601,9 @@ async fn uncontended_acquire_and_release_are_two_requests() {
 /// (`Watch` messages: creations and progress requests), not 20.
 #[tokio::test]
 async fn hand_offs_on_one_lock_share_one_watch_stream() {
-    use quorate_conformance::bench::counters::CounterSource;
-    if std::env::var_os(quorate_conformance::harness::etcd::ENDPOINTS_ENV).is_some() {
-        println!("skipped: an external cluster's counters are shared with other tests");
+    let Some((_cluster, coord, counters)) = counted("ttl=30s").await else {
         return;
-    }
-    let (cluster, coord, ns) = single("ttl=30s").await;
-    let counters = CounterSource::for_url(&cluster.url(&ns, ""))
-        .await
-        .unwrap()
-        .expect("etcd has counters");
+    };
     let (holder, waiter) = (
         coord.session().await.unwrap(),
         coord.session().await.unwrap(),
