@@ -6,8 +6,10 @@
 //! Liveness bounds here are generous (seconds, far below the TTLs used);
 //! nothing asserts a speed.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -16,28 +18,14 @@ use quorate_conformance::harness::etcd::EtcdCluster;
 use quorate_conformance::harness::redis::RedisServer;
 use quorate_conformance::harness::zookeeper::ZkCluster;
 
+use common::{quorate, run, stderr, unique, LIVENESS};
+
 /// TTL of every lease in these tests: a stranded entry would delay the next
 /// waiter by about this much, far above [`HANDOFF_BOUND`].
 const TTL: &str = "30s";
 /// Liveness bound for the next waiter to be granted after the holder's
 /// release.
 const HANDOFF_BOUND: Duration = Duration::from_secs(5);
-/// Liveness bound for anything a test waits on.
-const LIVENESS: Duration = Duration::from_secs(30);
-
-fn quorate() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_quorate"));
-    c.env_remove("QUORATE_URL").stdin(Stdio::null());
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    quorate().args(args).output().expect("run quorate")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -45,14 +33,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-fn unique(label: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("cli-{label}-{}-{nanos}", std::process::id())
 }
 
 /// A child's stdout, line by line, with a bounded wait.

@@ -2,8 +2,10 @@
 //! conformance harness): it shows what `quorate lock` processes hold, with
 //! the session and fence they announced, and their waiters.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -12,30 +14,7 @@ use quorate_conformance::harness::redis::RedisServer;
 use quorate_conformance::harness::zookeeper::ZkCluster;
 use serde_json::Value;
 
-/// Liveness bound for anything a test waits on.
-const LIVENESS: Duration = Duration::from_secs(30);
-
-fn quorate() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_quorate"));
-    c.env_remove("QUORATE_URL").stdin(Stdio::null());
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    quorate().args(args).output().expect("run quorate")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn unique(label: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("cli-{label}-{}-{nanos}", std::process::id())
-}
+use common::{quorate, run, stderr, unique, LIVENESS};
 
 /// A holding `quorate lock` process and the first line it printed.
 struct Holder {
