@@ -8,17 +8,14 @@
 //! This is its own test binary because it counts the process's waiting
 //! threads (named `qfile-wait`), which other tests would disturb.
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
-use quorate_core::{Config, Coordinator, ErrorKind};
+use quorate_core::ErrorKind;
 
-async fn connect(dir: &Path) -> Coordinator {
-    let url = format!("file://{}", dir.display());
-    quorate_file::connect(&Config::parse(&url).unwrap())
-        .await
-        .unwrap()
-}
+use common::connect;
 
 /// The tests of this file count threads: run them one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

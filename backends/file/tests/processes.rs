@@ -6,20 +6,17 @@
 //! Child holders are this very test binary, re-run with `--exact
 //! child_process` and the `QUORATE_FILE_CHILD` variable, or `python3 -c`.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use quorate_core::{Config, Coordinator, ErrorKind, GroupEvent};
+use quorate_core::{Coordinator, ErrorKind, GroupEvent};
 
-async fn connect(dir: &Path) -> Coordinator {
-    let url = format!("file://{}", dir.display());
-    quorate_file::connect(&Config::parse(&url).unwrap())
-        .await
-        .unwrap()
-}
+use common::connect;
 
 /// Liveness bound for things that must happen "soon" (never a timing claim).
 async fn soon<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {

@@ -2,19 +2,16 @@
 //! sessions and coordinators, fencing, read/write locks, guarded writes,
 //! names, groups, elections, sessions, leftovers and configuration errors.
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
 use futures::StreamExt;
-use quorate_core::{Config, Coordinator, ErrorKind, GroupEvent};
+use quorate_core::{Config, ErrorKind, GroupEvent};
 use serde_json::json;
 
-async fn connect(dir: &Path) -> Coordinator {
-    let url = format!("file://{}", dir.display());
-    quorate_file::connect(&Config::parse(&url).unwrap())
-        .await
-        .unwrap()
-}
+use common::connect;
 
 /// Whether another open file description locks byte `offset` of `path`.
 fn byte_locked(path: &Path, offset: i64) -> bool {

@@ -5,18 +5,14 @@
 //!
 //! Its own test binary: it installs process-wide signal dispositions.
 
-use std::path::Path;
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use quorate_core::{Config, Coordinator, ErrorKind, Session};
+use quorate_core::{ErrorKind, Session};
 
-async fn connect(dir: &Path) -> Coordinator {
-    let url = format!("file://{}", dir.display());
-    quorate_file::connect(&Config::parse(&url).unwrap())
-        .await
-        .unwrap()
-}
+use common::connect;
 
 /// The tests of this file change signal dispositions: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

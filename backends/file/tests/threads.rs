@@ -6,18 +6,12 @@
 //! Its own test binary, with one test: it counts every thread of the
 //! process (`/proc/self/status`), which other tests would disturb.
 
-use std::path::Path;
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quorate_core::{Config, Coordinator};
-
-async fn connect(dir: &Path) -> Coordinator {
-    let url = format!("file://{}", dir.display());
-    quorate_file::connect(&Config::parse(&url).unwrap())
-        .await
-        .unwrap()
-}
+use common::connect;
 
 /// `Threads:` of `/proc/self/status`.
 fn threads() -> usize {
