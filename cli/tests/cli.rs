@@ -652,12 +652,31 @@ fn a_closed_stdout_does_not_break_holding() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Held by the child: a try finds the lock busy, and then (no try
+    // running) `quorate locks` lists a holder, whose record is written once
+    // the grant is complete. Busy alone is not enough: the kernel lock is
+    // taken a moment before the child's grant completes, and a SIGTERM in
+    // that moment finds it still waiting.
+    let held_by_child = || {
+        run(&["lock", "-n", &url, "held", "--", "true"])
+            .status
+            .code()
+            == Some(75)
+            && {
+                let o = run(&["locks", &url, "held", "--json"]);
+                serde_json::from_slice::<serde_json::Value>(&o.stdout)
+                    .ok()
+                    .and_then(|v| v.as_array().cloned())
+                    .is_some_and(|locks| {
+                        locks.iter().any(|l| {
+                            l["name"] == "held"
+                                && l["holders"].as_array().is_some_and(|h| h.len() == 1)
+                        })
+                    })
+            }
+    };
     let start = std::time::Instant::now();
-    while run(&["lock", "-n", &url, "held", "--", "true"])
-        .status
-        .code()
-        != Some(75)
-    {
+    while !held_by_child() {
         assert!(
             child.try_wait().unwrap().is_none(),
             "exited instead of holding"
