@@ -1,7 +1,10 @@
 //! Group membership: one file per live member, locked by the member.
 //!
 //! Member M of group G is `<root>/group/<stem(G)>/<stem(M)>.member`, whose
-//! content is `{"id": M, "capabilities": …}` and whose byte 0 (*alive*) the
+//! content is `{"id": M, "capabilities": …, "incarnation": N}` (`N` drawn
+//! at random when the member joins and kept by `update`, so a watcher tells
+//! a member that left and joined again from one that changed its
+//! capabilities) and whose byte 0 (*alive*) the
 //! member's open file description holds exclusively for as long as it is a
 //! member. A member file is written and locked under a temporary name and
 //! only then hard-linked into place (which fails if the name exists), and
@@ -59,7 +62,8 @@ pub(crate) async fn join(
 ) -> Result<Box<dyn HeldMembership>> {
     let dir = session.layout.group_dir(group);
     let path = dir.join(member_file_name(member));
-    let content = content(member, capabilities)?;
+    let incarnation = new_incarnation();
+    let content = content(member, capabilities, incarnation)?;
     let (job_dir, job_path) = (dir.clone(), path.clone());
     let (group_name, member_name) = (group.to_owned(), member.to_owned());
     let file = blocking(move || {
@@ -78,6 +82,7 @@ pub(crate) async fn join(
     tracing::debug!(group, member, "joined");
     let state = Arc::new(MemberState {
         member: member.to_owned(),
+        incarnation,
         dir,
         file: StdMutex::new(file),
         loss,
@@ -88,9 +93,18 @@ pub(crate) async fn join(
     Ok(Box::new(FileMembership(state)))
 }
 
-fn content(member: &str, capabilities: &serde_json::Value) -> Result<Vec<u8>> {
-    serde_json::to_vec(&serde_json::json!({ "id": member, "capabilities": capabilities }))
-        .map_err(|e| Error::backend(format!("encoding capabilities: {e}")))
+/// A fresh membership's incarnation: random, non-negative.
+fn new_incarnation() -> i64 {
+    (rand::random::<u64>() >> 1) as i64
+}
+
+fn content(member: &str, capabilities: &serde_json::Value, incarnation: i64) -> Result<Vec<u8>> {
+    serde_json::to_vec(&serde_json::json!({
+        "id": member,
+        "capabilities": capabilities,
+        "incarnation": incarnation,
+    }))
+    .map_err(|e| Error::backend(format!("encoding capabilities: {e}")))
 }
 
 /// Create a temporary member file in `dir`, lock its alive byte and write
@@ -201,7 +215,7 @@ fn probe(path: &Path) -> Result<Probed> {
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or_default();
-    match parse(&bytes).filter(|m| member_file_name(&m.id) == name) {
+    match parse(&bytes).filter(|m| member_file_name(&m.member.id) == name) {
         Some(m) => Ok(Probed::Live(m)),
         None => {
             tracing::warn!(path = %path.display(), "ignoring a member file that is not quorate's");
@@ -213,11 +227,11 @@ fn probe(path: &Path) -> Result<Probed> {
 enum Probed {
     Missing,
     Dead,
-    Live(Member),
+    Live(SeenMember),
 }
 
 impl Probed {
-    fn live(self) -> Option<Member> {
+    fn live(self) -> Option<SeenMember> {
         match self {
             Probed::Live(m) => Some(m),
             Probed::Missing | Probed::Dead => None,
@@ -227,7 +241,7 @@ impl Probed {
 
 /// The live members of the group whose directory is `dir`, by file name.
 /// With `sweep`, dead member files are removed on the way.
-fn scan_files(dir: &Path, sweep: bool) -> Result<BTreeMap<String, Member>> {
+fn scan_files(dir: &Path, sweep: bool) -> Result<BTreeMap<String, SeenMember>> {
     let mut members = BTreeMap::new();
     for name in list(dir, ".member")? {
         let path = dir.join(&name);
@@ -251,16 +265,25 @@ fn scan_files(dir: &Path, sweep: bool) -> Result<BTreeMap<String, Member>> {
 /// The live members of the group whose directory is `dir`, sorted by id.
 /// With `sweep`, dead member files are removed on the way.
 pub(crate) fn scan(dir: &Path, sweep: bool) -> Result<Vec<Member>> {
-    let mut members: Vec<Member> = scan_files(dir, sweep)?.into_values().collect();
+    let mut members: Vec<Member> = scan_files(dir, sweep)?
+        .into_values()
+        .map(|s| s.member)
+        .collect();
     members.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(members)
 }
 
-fn parse(bytes: &[u8]) -> Option<Member> {
+/// A member file's content; a file written before incarnations were
+/// recorded has none (`None`: the view cannot tell a rejoin from it).
+fn parse(bytes: &[u8]) -> Option<SeenMember> {
     let mut v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
     let id = v.get("id")?.as_str()?.to_owned();
     let capabilities = v.get_mut("capabilities")?.take();
-    Some(Member { id, capabilities })
+    let incarnation = v.get("incarnation").and_then(|n| n.as_i64());
+    Some(SeenMember {
+        member: Member { id, capabilities },
+        incarnation,
+    })
 }
 
 /// Members of a group (dead files removed).
@@ -286,11 +309,14 @@ pub(crate) async fn watch(layout: &Layout, group: &str) -> Result<RawGroupWatch>
     let changes = Changes::new(&dir, |name| name.ends_with(".member"))?;
     let scan_dir = dir.clone();
     let known = blocking(move || scan_files(&scan_dir, false)).await?;
-    let snapshot = known.values().cloned().map(SeenMember::new).collect();
+    let snapshot = known.values().cloned().collect();
     let follow = Follow {
         dir,
         changes,
-        ids: known.into_iter().map(|(file, m)| (file, m.id)).collect(),
+        ids: known
+            .into_iter()
+            .map(|(file, m)| (file, m.member.id))
+            .collect(),
         broken: false,
     };
     let changes = futures::stream::unfold(follow, |mut f| async move {
@@ -338,8 +364,8 @@ impl Follow {
                     .into_iter()
                     .filter_map(|(file, now)| match now {
                         Some(m) => {
-                            self.ids.insert(file, m.id.clone());
-                            Some(GroupChange::Put(SeenMember::new(m)))
+                            self.ids.insert(file, m.member.id.clone());
+                            Some(GroupChange::Put(m))
                         }
                         None => self.ids.remove(&file).map(|id| GroupChange::Delete { id }),
                     })
@@ -347,10 +373,11 @@ impl Follow {
             }
             Change::Everything => {
                 let now = blocking(move || scan_files(&d, false)).await?;
-                self.ids = now.iter().map(|(f, m)| (f.clone(), m.id.clone())).collect();
-                Ok(vec![GroupChange::Resync(
-                    now.into_values().map(SeenMember::new).collect(),
-                )])
+                self.ids = now
+                    .iter()
+                    .map(|(f, m)| (f.clone(), m.member.id.clone()))
+                    .collect();
+                Ok(vec![GroupChange::Resync(now.into_values().collect())])
             }
         }
     }
@@ -391,6 +418,8 @@ impl Drop for MemberFile {
 
 struct MemberState {
     member: String,
+    /// Written into every version of the member file (see the module docs).
+    incarnation: i64,
     dir: PathBuf,
     file: StdMutex<MemberFile>,
     loss: LossNotifier,
@@ -423,7 +452,7 @@ struct FileMembership(Arc<MemberState>);
 impl HeldMembership for FileMembership {
     async fn update(&self, capabilities: &serde_json::Value) -> Result<()> {
         let state = self.0.clone();
-        let content = content(&state.member, capabilities)?;
+        let content = content(&state.member, capabilities, state.incarnation)?;
         blocking(move || {
             let mut held = state.file.lock().unwrap();
             let still_ours = match held.file.as_ref() {

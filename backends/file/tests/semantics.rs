@@ -572,6 +572,49 @@ async fn group_membership_listing_and_watch() {
     );
 }
 
+/// A member that leaves and joins again before the watcher has looked at
+/// its file is still reported as `Left` then `Joined`, never as an update:
+/// its file's incarnation tells the two apart (found by the conformance
+/// case `membership_view_consistent`, which saw it once in CI). The member
+/// never calls `update` until the end, so any other `Updated` is a rejoin
+/// misreported; rounds that fall between the same two looks may merge into
+/// one `Left` + `Joined`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quick_leave_and_rejoin_is_not_reported_as_an_update() {
+    const ROUNDS: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let c = connect(dir.path()).await;
+    let s = c.session().await.unwrap();
+    let mut member = s.group("g").join("a", json!(0)).await.unwrap();
+    let mut events = c.watch_group("g");
+    assert!(matches!(
+        soon("snapshot", events.next()).await.unwrap().unwrap(),
+        GroupEvent::Snapshot { members } if members.len() == 1
+    ));
+    for i in 1..=ROUNDS {
+        member.leave().await.unwrap();
+        member = s.group("g").join("a", json!(i)).await.unwrap();
+    }
+    member.update(json!("last")).await.unwrap();
+    let (mut rejoins, mut present) = (0, true);
+    loop {
+        match soon("the last update", events.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            GroupEvent::Left { .. } if present => present = false,
+            GroupEvent::Joined { .. } if !present => {
+                present = true;
+                rejoins += 1;
+            }
+            GroupEvent::Updated { member } if member.capabilities == json!("last") => break,
+            other => panic!("after {rejoins} rejoins: {other:?}"),
+        }
+    }
+    assert!(present && rejoins >= 1, "{rejoins} rejoins reported");
+}
+
 #[tokio::test]
 async fn a_stale_member_file_is_not_a_member_and_is_swept() {
     let dir = tempfile::tempdir().unwrap();
