@@ -137,6 +137,34 @@ impl<H: Handle + Clone> Grant<H> {
         }
     }
 
+    /// The grant, if it arrived in time: a grant that reaches the session
+    /// once its lease's client-side deadline has passed (the process was
+    /// paused with the grant already delivered, and stayed paused past the
+    /// TTL) is not trusted, because the server may have expired the lease
+    /// and granted the name to someone else meanwhile. It is given back in
+    /// the background, like a dropped guard.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Lost`] for a grant that arrived too late.
+    pub(crate) fn in_time(self) -> Result<Self> {
+        if !self.session.remaining().is_zero() {
+            return Ok(self);
+        }
+        let error = if self.session.inner.loss.is_lost() {
+            self.session.lost_error()
+        } else {
+            Error::lost(format!(
+                "session {} is lost: granted after its lease's client-side deadline \
+                 (was the process paused?); the grant is given back",
+                self.session.id()
+            ))
+        };
+        tracing::warn!(op = self.how.op(), error = %error, "a grant arrived too late");
+        drop(self);
+        Err(error)
+    }
+
     /// The backend handle, while the grant has not been given back.
     ///
     /// # Errors

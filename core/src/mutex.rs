@@ -171,16 +171,18 @@ pub(crate) async fn acquire(
         Acquired::Granted(held) => Some(held),
         Acquired::Busy => None,
     };
-    Ok(held.map(|held| {
-        let fence = held.fence();
-        tracing::debug!(name = lock_name, ?kind, %fence, "granted");
-        let held: Arc<dyn HeldLock> = Arc::from(held);
-        LockGuard {
-            grant: Grant::new(session, held, claim, loss, GiveBack::Release),
-            name: lock_name.to_owned(),
-            kind,
-            fence,
-        }
+    let Some(held) = held else {
+        return Ok(None);
+    };
+    let fence = held.fence();
+    let held: Arc<dyn HeldLock> = Arc::from(held);
+    let grant = Grant::new(session, held, claim, loss, GiveBack::Release).in_time()?;
+    tracing::debug!(name = lock_name, ?kind, %fence, "granted");
+    Ok(Some(LockGuard {
+        grant,
+        name: lock_name.to_owned(),
+        kind,
+        fence,
     }))
 }
 
