@@ -9,6 +9,11 @@
 //! `__lock__` nodes, `WriteLock` by both kinds, `ReadLock` by `__lock__`
 //! nodes, and quorate uses the same rules, so both exclude each other.
 //!
+//! A contender whose last listing showed exactly one blocking node ahead is
+//! granted on that node's deletion without listing again (a hand-off costs
+//! the deletion's event, not one more `getChildren`); the grant's node watch
+//! then checks that our own node still exists.
+//!
 //! The uuid prefix finds our node again when the reply to its `create` was
 //! lost (Curator's and kazoo's protection), and lets a dropped waiter's
 //! clean-up remove exactly its own node, never a later one.
@@ -88,6 +93,12 @@ pub(crate) async fn acquire(
             tracing::debug!(%path, czxid = stat.czxid, "granted");
             return Ok(Some(Grant { path, stat }));
         };
+        // With one blocking node ahead, its deletion grants us: nodes
+        // created later have higher sequence numbers and never block us.
+        let ahead = match blocking_ahead(&children, my_seq, spec.blocked_by) {
+            1 => Ahead::Only,
+            _ => Ahead::Several,
+        };
         if !wait {
             cleanup.armed = false;
             delete_quietly(&client, &path).await?;
@@ -99,18 +110,54 @@ pub(crate) async fn acquire(
             .await
             .map_err(|e| zk_error("watch predecessor", &predecessor, e))?;
         drop(client);
-        if exists.is_none() {
-            continue;
-        }
-        tracing::trace!(%path, %predecessor, "waiting for predecessor");
-        let event = watcher.changed().await;
-        if event.event_type == EventType::Session && event.session_state.is_terminated() {
-            return Err(Error::lost(format!(
-                "the ZooKeeper session ended while waiting ({})",
-                event.session_state
-            )));
+        let gone = match exists {
+            None => true,
+            Some(_) => {
+                tracing::trace!(%path, %predecessor, "waiting for predecessor");
+                let event = watcher.changed().await;
+                if event.event_type == EventType::Session && event.session_state.is_terminated() {
+                    return Err(Error::lost(format!(
+                        "the ZooKeeper session ended while waiting ({})",
+                        event.session_state
+                    )));
+                }
+                event.event_type == EventType::NodeDeleted
+            }
+        };
+        if gone && matches!(ahead, Ahead::Only) {
+            // Granted without listing again. Our own node is not re-read
+            // here: the caller's node watch (`watch_own_node`) starts with
+            // an existence check on this server, which has applied every
+            // change up to the deletion we were told of, and fires the
+            // grant's loss if our node is gone. A deletion event read only
+            // after our session expired (the process was stopped with it in
+            // the socket) is refused by core: the session's client-side
+            // deadline, three quarters of the session timeout, has passed
+            // by then (`Grant::in_time`; the test
+            // `a_waiter_paused_past_its_session_is_not_granted`).
+            cleanup.armed = false;
+            tracing::debug!(%path, czxid = stat.czxid, "granted on the predecessor's deletion");
+            return Ok(Some(Grant { path, stat }));
         }
     }
+}
+
+/// How many nodes were ahead of a contender in its last listing.
+enum Ahead {
+    /// One: its deletion is the grant.
+    Only,
+    /// Several: list again after each deletion.
+    Several,
+}
+
+/// The number of earlier nodes among `children` that block a contender with
+/// sequence `my_seq`.
+fn blocking_ahead(children: &[String], my_seq: i64, blocked_by: &[&str]) -> usize {
+    children
+        .iter()
+        .filter_map(|c| sequence(c, blocked_by))
+        .filter(|s| *s < my_seq)
+        .count()
 }
 
 /// Create our contender node, recovering it by its prefix if the reply to a

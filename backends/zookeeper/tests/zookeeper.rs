@@ -619,3 +619,105 @@ async fn group_watch_misses_no_change_across_a_reconnection() {
     session.close().await.unwrap();
     drop(cluster);
 }
+
+/// The helper process of `a_waiter_paused_past_its_session_is_not_granted`:
+/// waits for lock `late` on `QUORATE_ZK_AGENT_URL` and prints `LOCKED
+/// <fence>` or `ERROR <kind>`. Does nothing without that variable.
+#[tokio::test]
+#[ignore = "helper process of a_waiter_paused_past_its_session_is_not_granted"]
+async fn agent_wait_for_lock() {
+    let Ok(url) = std::env::var("QUORATE_ZK_AGENT_URL") else {
+        return;
+    };
+    let coord = connect(&url).await.unwrap();
+    let s = coord.session().await.unwrap();
+    match s.mutex("late").lock().await {
+        Ok(g) => println!("LOCKED {}", g.fence()),
+        Err(e) => println!("ERROR {:?}", e.kind()),
+    }
+    std::io::stdout().flush().unwrap();
+}
+
+/// The fault the zookeeper-3 nemesis once hit as a non-monotonic fence: a
+/// waiter whose only predecessor is deleted while its process is stopped
+/// (the `NodeDeleted` waits in its socket), stopped past its session
+/// timeout, while another session is granted the lock and releases it. On
+/// resume the waiter must not be granted: its node is gone, and its fence
+/// (its node's czxid) is lower than the one granted meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_paused_past_its_session_is_not_granted() {
+    let endpoints = shared_endpoints();
+    let ns = fresh_namespace();
+    let url = format!("zookeeper://{endpoints}/{ns}?session_timeout=2s");
+    let coord = connect(&url).await.unwrap();
+    let holder = coord.session().await.unwrap();
+    let g = holder.mutex("late").lock().await.unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["agent_wait_for_lock", "--exact", "--ignored", "--nocapture"])
+        .env("QUORATE_ZK_AGENT_URL", &url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let entries = |coord: Coordinator| async move {
+        let l = coord.locks("late").await.unwrap();
+        l.iter()
+            .map(|l| l.holders.len() + l.waiters.len())
+            .sum::<usize>()
+    };
+    let mut queued = false;
+    for _ in 0..1000 {
+        if entries(coord.clone()).await == 2 {
+            queued = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(queued, "the helper never queued");
+    // Let the waiter set its watch on the holder's node.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = child.id() as i32;
+    // SAFETY: a plain signal to our own child, by pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let stopped_fence = g.fence();
+    g.release().await.unwrap();
+    // The stopped waiter's session expires: its node goes.
+    let mut expired = false;
+    for _ in 0..1000 {
+        if entries(coord.clone()).await == 0 {
+            expired = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(expired, "the stopped waiter's node never went");
+    let other = coord.session().await.unwrap();
+    let g2 = other.mutex("late").lock().await.unwrap();
+    let granted_meanwhile = g2.fence();
+    assert!(granted_meanwhile > stopped_fence);
+    g2.release().await.unwrap();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        while !line.starts_with("LOCKED") && !line.starts_with("ERROR") {
+            line.clear();
+            if out.read_line(&mut line).unwrap() == 0 {
+                break;
+            }
+        }
+        line
+    })
+    .await
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        line.starts_with("ERROR Lost"),
+        "the waiter stopped past its session answered `{}` (fence granted meanwhile: {granted_meanwhile})",
+        line.trim()
+    );
+    holder.close().await.unwrap();
+    other.close().await.unwrap();
+}
