@@ -638,6 +638,22 @@ async fn agent_wait_for_lock() {
     std::io::stdout().flush().unwrap();
 }
 
+/// Wait until lock `name` has `n` nodes (holders and waiters), at most 20 s.
+async fn until_entries(coord: &Coordinator, name: &str, n: usize, what: &str) {
+    for _ in 0..1000 {
+        let locks = coord.locks(name).await.unwrap();
+        let entries: usize = locks
+            .iter()
+            .map(|l| l.holders.len() + l.waiters.len())
+            .sum();
+        if entries == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("not within 20 s: {what}");
+}
+
 /// The fault the zookeeper-3 nemesis once hit as a non-monotonic fence: a
 /// waiter whose only predecessor is deleted while its process is stopped
 /// (the `NodeDeleted` waits in its socket), stopped past its session
@@ -659,21 +675,7 @@ async fn a_waiter_paused_past_its_session_is_not_granted() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let entries = |coord: Coordinator| async move {
-        let l = coord.locks("late").await.unwrap();
-        l.iter()
-            .map(|l| l.holders.len() + l.waiters.len())
-            .sum::<usize>()
-    };
-    let mut queued = false;
-    for _ in 0..1000 {
-        if entries(coord.clone()).await == 2 {
-            queued = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(queued, "the helper never queued");
+    until_entries(&coord, "late", 2, "the helper queued").await;
     // Let the waiter set its watch on the holder's node.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pid = child.id() as i32;
@@ -682,15 +684,7 @@ async fn a_waiter_paused_past_its_session_is_not_granted() {
     let stopped_fence = g.fence();
     g.release().await.unwrap();
     // The stopped waiter's session expires: its node goes.
-    let mut expired = false;
-    for _ in 0..1000 {
-        if entries(coord.clone()).await == 0 {
-            expired = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(expired, "the stopped waiter's node never went");
+    until_entries(&coord, "late", 0, "the stopped waiter's node went").await;
     let other = coord.session().await.unwrap();
     let g2 = other.mutex("late").lock().await.unwrap();
     let granted_meanwhile = g2.fence();
