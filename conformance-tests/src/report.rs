@@ -179,6 +179,10 @@ impl Report {
 /// The faults of the fault matrix: (fault, the case that injects it).
 const FAULTS: &[(&str, &str)] = &[
     ("client SIGSTOP past the TTL", "holder_pause"),
+    (
+        "waiter SIGSTOP past the TTL, grant in flight",
+        "waiter_pause",
+    ),
     ("client SIGKILL", "holder_crash_frees_lock"),
     ("client ↔ server partition", "partition_loss_before_expiry"),
     (

@@ -315,3 +315,111 @@ pub mod holder_pause {
         }
     }
 }
+
+/// A lease backend whose clients can be separate processes.
+pub(crate) fn needs_lease_and_processes(c: &quorate::Capabilities) -> Result<(), &'static str> {
+    super::needs_lease(c)?;
+    super::needs_processes(c)
+}
+
+pub mod waiter_pause {
+    //! A *waiter* process is stopped (SIGSTOP) once it is queued, the holder
+    //! releases (so the grant is on its way to the stopped waiter: a delete
+    //! event or a published message in its socket), and it stays stopped
+    //! past its TTL while another client is granted the lock and releases
+    //! it. On resume the waiter must not report the lock granted: its lease
+    //! ran out, and its grant (with the older fence) would follow a newer
+    //! one. Found by the zookeeper-3 nemesis as one non-monotonic fence.
+
+    use std::time::Duration;
+
+    use super::AGENT_TTL;
+    use crate::agent::{Agent, AgentEvent};
+    use crate::cases::client;
+    use crate::outcome::{within, CaseError, CaseResult, Figures};
+    use crate::target::Target;
+    use crate::{ensure, fail};
+
+    const NAME: &str = "waiter-pause";
+
+    /// The number of holders and waiters `coord` lists for the lock.
+    async fn entries(coord: &quorate::Coordinator) -> Result<usize, CaseError> {
+        Ok(coord
+            .locks(NAME)
+            .await?
+            .iter()
+            .filter(|l| l.name == NAME)
+            .map(|l| l.holders.len() + l.waiters.len())
+            .sum())
+    }
+
+    pub async fn run(t: Target) -> CaseResult {
+        let url = t.url_with("ttl", AGENT_TTL);
+        let ttl = quorate::config::parse_duration("ttl", AGENT_TTL)?;
+        let (coord, sa) = client(&t).await?;
+        let held = sa.mutex(NAME).lock().await?;
+        let (mut agent, _session) = Agent::start(&url).await.map_err(CaseError::Fail)?;
+        agent
+            .send(&format!("lock {NAME}"))
+            .await
+            .map_err(CaseError::Fail)?;
+        within(20.0, "the waiter process is queued", async {
+            while entries(&coord).await? < 2 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok::<(), CaseError>(())
+        })
+        .await??;
+        // Let its wait settle (a watch set, a subscription confirmed).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        agent.pause().await.map_err(CaseError::Fail)?;
+        let paused_fence = held.fence().get();
+        held.release().await?;
+        // The stopped waiter's lease runs out, and with it the grant made
+        // on its behalf or its queue entry: another client gets the lock.
+        let (_b, sb) = client(&t).await?;
+        let window = ttl * 3 + Duration::from_secs(5);
+        let g = match tokio::time::timeout(window, sb.mutex(NAME).lock()).await {
+            Ok(r) => r?,
+            Err(_) => fail!("nobody got the lock within {window:?} of stopping the waiter it was handed to ({ttl:?} lease)"),
+        };
+        ensure!(
+            agent.is_stopped(),
+            "the waiter process was not stopped until another client was granted the lock"
+        );
+        let meanwhile = g.fence().get();
+        ensure!(
+            meanwhile > paused_fence,
+            "the new grant's fence {meanwhile} is not above the released one's {paused_fence}"
+        );
+        g.release().await?;
+        agent.signal(libc::SIGCONT).map_err(CaseError::Fail)?;
+        let answer = agent
+            .next_event(Duration::from_secs(20))
+            .await
+            .map_err(CaseError::Fail)?;
+        let mut f = Figures::new();
+        f.insert("ttl_ms".into(), ttl.as_secs_f64() * 1000.0);
+        match answer {
+            AgentEvent::Granted { fence, .. } => fail!(
+                "the waiter stopped past its lease reported the lock granted on resume, with fence {fence} after {meanwhile} had been granted meanwhile"
+            ),
+            AgentEvent::Error { message } => {
+                tracing::info!(%message, "the resumed waiter's acquire failed, as it should");
+                f.insert(
+                    "resumed_waiter_told_lost".into(),
+                    if message.contains("lost") { 1.0 } else { 0.0 },
+                );
+            }
+            other => fail!("unexpected reply of the resumed waiter: {other:?}"),
+        }
+        drop(agent);
+        ensure!(
+            entries(&coord).await? == 0,
+            "the lock is still listed held or waited for after everything ended"
+        );
+        sa.close().await?;
+        sb.close().await?;
+        Ok(f)
+    }
+}
