@@ -154,9 +154,20 @@ pub(crate) async fn acquire(
                 .await
         }
     };
-    let outcome = match &acquired {
-        Ok(Acquired::Granted(_)) => AcquireOutcome::Granted,
-        Ok(Acquired::Busy) => AcquireOutcome::Busy,
+    // A grant that arrived after the session's deadline is given back and
+    // counts as an error, like the `Lost` the caller gets.
+    let result = acquired.and_then(|acquired| match acquired {
+        Acquired::Busy => Ok(None),
+        Acquired::Granted(held) => {
+            let fence = held.fence();
+            let held: Arc<dyn HeldLock> = Arc::from(held);
+            let grant = Grant::new(session, held, claim, loss, GiveBack::Release).in_time()?;
+            Ok(Some((grant, fence)))
+        }
+    });
+    let outcome = match &result {
+        Ok(Some(_)) => AcquireOutcome::Granted,
+        Ok(None) => AcquireOutcome::Busy,
         Err(_) => AcquireOutcome::Error,
     };
     metrics::acquired(
@@ -166,23 +177,14 @@ pub(crate) async fn acquire(
         outcome,
         started.elapsed(),
     );
-    let acquired = acquired?;
-    let held = match acquired {
-        Acquired::Granted(held) => Some(held),
-        Acquired::Busy => None,
-    };
-    let Some(held) = held else {
-        return Ok(None);
-    };
-    let fence = held.fence();
-    let held: Arc<dyn HeldLock> = Arc::from(held);
-    let grant = Grant::new(session, held, claim, loss, GiveBack::Release).in_time()?;
-    tracing::debug!(name = lock_name, ?kind, %fence, "granted");
-    Ok(Some(LockGuard {
-        grant,
-        name: lock_name.to_owned(),
-        kind,
-        fence,
+    Ok(result?.map(|(grant, fence)| {
+        tracing::debug!(name = lock_name, ?kind, %fence, "granted");
+        LockGuard {
+            grant,
+            name: lock_name.to_owned(),
+            kind,
+            fence,
+        }
     }))
 }
 
