@@ -12,19 +12,28 @@ use crate::session::MemorySession;
 use crate::state::{feed, remove_member, Inner, MemberRecord, State};
 
 pub(crate) fn list(inner: &Inner, group: &str) -> Vec<Member> {
+    seen(inner, group).into_iter().map(|s| s.member).collect()
+}
+
+/// The members with their incarnations.
+fn seen(inner: &Inner, group: &str) -> Vec<SeenMember> {
     inner
         .groups
         .get(group)
-        .map(|g| {
-            g.members
-                .iter()
-                .map(|(id, m)| Member {
-                    id: id.clone(),
-                    capabilities: m.capabilities.clone(),
-                })
-                .collect()
-        })
+        .map(|g| g.members.iter().map(|(id, m)| m.seen(id)).collect())
         .unwrap_or_default()
+}
+
+impl MemberRecord {
+    fn seen(&self, id: &str) -> SeenMember {
+        SeenMember {
+            member: Member {
+                id: id.to_owned(),
+                capabilities: self.capabilities.clone(),
+            },
+            incarnation: Some(self.incarnation),
+        }
+    }
 }
 
 pub(crate) fn join(
@@ -42,18 +51,15 @@ pub(crate) fn join(
             "member `{member}` is already in group `{group}`"
         )));
     }
-    g.members.insert(
-        member.to_owned(),
-        MemberRecord {
-            session: session.id,
-            capabilities: capabilities.clone(),
-            loss,
-        },
-    );
-    g.publish(GroupChange::Put(SeenMember::new(Member {
-        id: member.to_owned(),
+    g.joins += 1;
+    let record = MemberRecord {
+        session: session.id,
         capabilities: capabilities.clone(),
-    })));
+        loss,
+        incarnation: g.joins,
+    };
+    g.publish(GroupChange::Put(record.seen(member)));
+    g.members.insert(member.to_owned(), record);
     Ok(Box::new(MemoryMembership {
         state: session.state.clone(),
         session: session.id,
@@ -66,13 +72,10 @@ pub(crate) fn join(
 pub(crate) fn watch(state: &State, group: &str) -> RawGroupWatch {
     let g = group.to_owned();
     let (feed, changes) = feed(state, group, move |inner| {
-        GroupChange::Resync(list(inner, &g).into_iter().map(SeenMember::new).collect())
+        GroupChange::Resync(seen(inner, &g))
     });
     let mut inner = state.shard(group).lock().unwrap();
-    let snapshot = list(&inner, group)
-        .into_iter()
-        .map(SeenMember::new)
-        .collect();
+    let snapshot = seen(&inner, group);
     inner
         .groups
         .entry(group.to_owned())
@@ -106,11 +109,9 @@ impl HeldMembership for MemoryMembership {
         };
         if let Some(m) = g.members.get_mut(&self.member) {
             m.capabilities = capabilities.clone();
+            let change = GroupChange::Put(m.seen(&self.member));
+            g.publish(change);
         }
-        g.publish(GroupChange::Put(SeenMember::new(Member {
-            id: self.member.clone(),
-            capabilities: capabilities.clone(),
-        })));
         Ok(())
     }
 

@@ -220,6 +220,57 @@ mod tests {
     use futures::StreamExt;
     use quorate_core::{Config, GroupEvent};
 
+    /// A member that leaves and joins again while a watcher's feed
+    /// overflows is reported, after the re-list, as `Left` then `Joined`
+    /// (its incarnation changed), never as `Updated`. The raw watch is not
+    /// read during the changes, so its feed overflows for certain.
+    #[tokio::test]
+    async fn a_rejoin_hidden_in_a_relist_is_not_an_update() {
+        use quorate_core::spi::{Backend, GroupChange};
+        use quorate_core::watch::GroupView;
+
+        let coord = super::connect(&Config::parse("memory://rejoin-relist").unwrap())
+            .await
+            .unwrap();
+        let raw = super::MemoryBackend {
+            state: super::state::shared_state("rejoin-relist"),
+        };
+        let session = coord.session().await.unwrap();
+        let mut member = session
+            .group("g")
+            .join("a", serde_json::json!(0))
+            .await
+            .unwrap();
+        let mut watch = raw.watch_group("g").await.unwrap();
+        let (mut view, _snapshot) = GroupView::new(&watch.snapshot);
+        for i in 1..=200 {
+            member.leave().await.unwrap();
+            member = session
+                .group("g")
+                .join("a", serde_json::json!(i))
+                .await
+                .unwrap();
+        }
+        let change = watch.changes.next().await.unwrap().unwrap();
+        assert!(
+            matches!(&change, GroupChange::Resync(_)),
+            "the feed did not overflow: {change:?}"
+        );
+        view.apply(change);
+        let mut events = Vec::new();
+        while let Some(e) = view.next_event() {
+            events.push(e);
+        }
+        assert!(
+            matches!(
+                &events[..],
+                [GroupEvent::Left { id }, GroupEvent::Joined { member }]
+                    if id == "a" && member.capabilities == 200
+            ),
+            "{events:?}"
+        );
+    }
+
     /// A watcher that does not read while thousands of changes happen
     /// (its feed overflows, its view coalesces) then reads: every event is
     /// consistent with what it was told, and it converges to the members.

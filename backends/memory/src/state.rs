@@ -32,11 +32,16 @@ pub(crate) struct MemberRecord {
     pub(crate) session: SessionId,
     pub(crate) capabilities: serde_json::Value,
     pub(crate) loss: LossNotifier,
+    /// Which join of the group this membership is (see [`GroupState::joins`]).
+    pub(crate) incarnation: i64,
 }
 
 #[derive(Default)]
 pub(crate) struct GroupState {
     pub(crate) members: BTreeMap<String, MemberRecord>,
+    /// Joins so far: each membership's incarnation, so a watcher that
+    /// re-lists tells a member that left and joined again from an update.
+    pub(crate) joins: i64,
     pub(crate) watchers: Vec<Feed<GroupChange>>,
 }
 
