@@ -35,6 +35,17 @@ async fn until_entries(coord: &quorate::Coordinator, lock: &str, n: usize) {
     panic!("`{lock}` never had {n} entries");
 }
 
+/// A session with a 500 ms lease, kept alive automatically.
+async fn short_lease(coord: &quorate::Coordinator) -> quorate::Session {
+    coord
+        .session_with(SessionOptions {
+            ttl: Some(Duration::from_millis(500)),
+            keep_alive: KeepAlive::Automatic,
+        })
+        .await
+        .unwrap()
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -47,13 +58,7 @@ fn a_lock_granted_after_the_lease_deadline_is_given_back_not_returned() {
     runtime().block_on(async {
         let coord = quorate::connect("memory://late-grant-lock").await.unwrap();
         let holder = coord.session().await.unwrap();
-        let waiter = coord
-            .session_with(SessionOptions {
-                ttl: Some(Duration::from_millis(500)),
-                keep_alive: KeepAlive::Automatic,
-            })
-            .await
-            .unwrap();
+        let waiter = short_lease(&coord).await;
         let guard = holder.mutex("l").lock().await.unwrap();
         let w = waiter.clone();
         let acquiring = tokio::spawn(async move { w.mutex("l").lock().await });
@@ -86,13 +91,7 @@ fn a_leadership_won_after_the_lease_deadline_is_resigned_not_returned() {
             .await
             .unwrap();
         let leader = coord.session().await.unwrap();
-        let candidate = coord
-            .session_with(SessionOptions {
-                ttl: Some(Duration::from_millis(500)),
-                keep_alive: KeepAlive::Automatic,
-            })
-            .await
-            .unwrap();
+        let candidate = short_lease(&coord).await;
         let first = leader.election("e").campaign(b"first").await.unwrap();
         let c = candidate.clone();
         let campaigning = tokio::spawn(async move { c.election("e").campaign(b"late").await });

@@ -72,7 +72,7 @@ impl Election {
         tracing::debug!(election = %self.name, %fence, "elected");
         let held: Arc<dyn HeldLeadership> = held.into();
         Ok(Leadership {
-            grant: Grant::new(&self.session, held, claim, loss, GiveBack::Resign).in_time()?,
+            grant: Grant::new(&self.session, held, claim, loss, GiveBack::Resign)?,
             name: self.name.clone(),
             fence,
         })

@@ -120,34 +120,37 @@ pub(crate) struct Grant<H: Handle + Clone> {
 }
 
 impl<H: Handle + Clone> Grant<H> {
+    /// Take over a backend's grant, if it arrived in time: a grant that
+    /// reaches the session once its lease's client-side deadline has passed
+    /// (the process was paused with the grant already delivered, and stayed
+    /// paused past the TTL) is not trusted, because the server may have
+    /// expired the lease and granted the name to someone else meanwhile. It
+    /// is given back in the background, like a dropped guard.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Lost`] for a grant that arrived too late.
     pub(crate) fn new(
         session: &Session,
         handle: H,
         claim: Claim,
         loss: GuardLoss,
         how: GiveBack,
-    ) -> Self {
-        Grant {
+    ) -> Result<Self> {
+        let grant = Grant {
             handle: Some(handle),
             claim: Some(claim),
             how,
             loss,
             session: session.clone(),
             granted_at: Some(std::time::Instant::now()),
-        }
+        };
+        grant.in_time()
     }
 
-    /// The grant, if it arrived in time: a grant that reaches the session
-    /// once its lease's client-side deadline has passed (the process was
-    /// paused with the grant already delivered, and stayed paused past the
-    /// TTL) is not trusted, because the server may have expired the lease
-    /// and granted the name to someone else meanwhile. It is given back in
-    /// the background, like a dropped guard.
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::Lost`] for a grant that arrived too late.
-    pub(crate) fn in_time(self) -> Result<Self> {
+    /// `self`, unless the session's client-side deadline has passed (see
+    /// [`Grant::new`]).
+    fn in_time(self) -> Result<Self> {
         if !self.session.remaining().is_zero() {
             return Ok(self);
         }

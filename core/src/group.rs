@@ -74,7 +74,7 @@ impl Group {
             .await?;
         let held: Arc<dyn HeldMembership> = held.into();
         Ok(Membership {
-            grant: Grant::new(&self.session, held, claim, loss, GiveBack::Leave).in_time()?,
+            grant: Grant::new(&self.session, held, claim, loss, GiveBack::Leave)?,
             group: self.name.clone(),
             id: member.to_owned(),
         })

@@ -161,7 +161,7 @@ pub(crate) async fn acquire(
         Acquired::Granted(held) => {
             let fence = held.fence();
             let held: Arc<dyn HeldLock> = Arc::from(held);
-            let grant = Grant::new(session, held, claim, loss, GiveBack::Release).in_time()?;
+            let grant = Grant::new(session, held, claim, loss, GiveBack::Release)?;
             Ok(Some((grant, fence)))
         }
     });
