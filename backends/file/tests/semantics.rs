@@ -596,6 +596,7 @@ async fn a_quick_leave_and_rejoin_is_not_reported_as_an_update() {
         member = s.group("g").join("a", json!(i)).await.unwrap();
     }
     member.update(json!("last")).await.unwrap();
+    // Until the member shows "last": as an update, or inside the last rejoin.
     let (mut rejoins, mut present) = (0, true);
     loop {
         match soon("the last update", events.next())
@@ -604,9 +605,14 @@ async fn a_quick_leave_and_rejoin_is_not_reported_as_an_update() {
             .unwrap()
         {
             GroupEvent::Left { .. } if present => present = false,
-            GroupEvent::Joined { .. } if !present => {
+            GroupEvent::Joined { member } if !present => {
                 present = true;
                 rejoins += 1;
+                // The last rejoin's look may come after the update: then
+                // the update is already in it, and no `Updated` follows.
+                if member.capabilities == json!("last") {
+                    break;
+                }
             }
             GroupEvent::Updated { member } if member.capabilities == json!("last") => break,
             other => panic!("after {rejoins} rejoins: {other:?}"),
