@@ -88,7 +88,7 @@ impl RawBaseline for FileBaseline {
             (granted, Instant::now())
         });
         // Let the waiter block in the kernel.
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(super::SETTLE).await;
         let released = Instant::now();
         drop(held);
         let (granted, at) = tokio::task::spawn_blocking(move || waiter.join())

@@ -41,7 +41,7 @@ impl RawBaseline for MemoryBaseline {
             let sent = rx.await.expect("sender");
             Instant::now().saturating_duration_since(sent)
         });
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::time::sleep(super::SETTLE).await;
         tx.send(Instant::now()).expect("receiver");
         Ok(waiter.await.expect("waiter task"))
     }

@@ -28,6 +28,44 @@ pub use file::FileBaseline;
 pub use memory::MemoryBaseline;
 pub use zookeeper::ZooKeeperBaseline;
 
+/// How long every hand-off, quorate's and each raw baseline's alike, lets
+/// the waiter sit in its own task (or thread) before the write that wakes
+/// it: in both, the figure includes waking a waiter that was idle, as a
+/// real waiter is. (A baseline that polled the notification in the writing
+/// task, right after its write, measured a warm path quorate never gets.)
+pub(crate) const SETTLE: Duration = Duration::from_millis(5);
+
+/// A raw baseline's waiter: a task awaiting the notification on its own,
+/// aborted if the hand-off ends early (an error of the write).
+pub(crate) struct Waiter(tokio::task::JoinHandle<quorate::Result<Instant>>);
+
+impl Waiter {
+    /// Start `wait` in a task of its own; it returns when it was notified.
+    pub(crate) fn spawn<F>(wait: F) -> Waiter
+    where
+        F: std::future::Future<Output = quorate::Result<Instant>> + Send + 'static,
+    {
+        Waiter(tokio::spawn(wait))
+    }
+
+    /// When the waiter was notified.
+    ///
+    /// # Errors
+    ///
+    /// The waiter's own error, or `Backend` if its task panicked.
+    pub(crate) async fn notified(mut self) -> quorate::Result<Instant> {
+        (&mut self.0)
+            .await
+            .map_err(|e| quorate::Error::backend(format!("raw baseline waiter task: {e}")))?
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The minimal raw operations of a backend, done with its own client, that
 /// quorate's figures are compared against.
 #[async_trait]
@@ -200,7 +238,7 @@ async fn scenarios(
             (g, Instant::now())
         });
         // Let the waiter enqueue and start waiting.
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(SETTLE).await;
         let released = Instant::now();
         held.release().await?;
         let (g, granted) = pending.await.expect("waiter task");
@@ -355,7 +393,7 @@ async fn requests_per_op(
         let held = session.mutex("bench-counted-handoff").lock().await?;
         let w = waiter.clone();
         let pending = tokio::spawn(async move { w.mutex("bench-counted-handoff").lock().await });
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(SETTLE).await;
         held.release().await?;
         pending.await.expect("waiter task")?.release().await?;
     }

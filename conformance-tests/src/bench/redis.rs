@@ -1,6 +1,7 @@
 //! The raw baseline of `redis://`: the same operations with the `redis`
 //! crate directly, no quorate in between.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -8,14 +9,14 @@ use futures::StreamExt;
 use quorate::{Config, Error, Result};
 use redis::aio::{MultiplexedConnection, PubSubStream};
 
-use super::RawBaseline;
+use super::{RawBaseline, Waiter, SETTLE};
 
 /// `SET key token NX PX` (retried at once while taken) + `DEL key` for
 /// acquire/release; a `PUBLISH` until it reaches a subscribed connection
 /// for the hand-off.
 pub struct RedisBaseline {
     conn: MultiplexedConnection,
-    stream: tokio::sync::Mutex<PubSubStream>,
+    stream: Arc<tokio::sync::Mutex<PubSubStream>>,
     channel: String,
 }
 
@@ -53,7 +54,7 @@ impl RedisBaseline {
         sink.subscribe(&channel).await.map_err(err)?;
         Ok(RedisBaseline {
             conn,
-            stream: tokio::sync::Mutex::new(stream),
+            stream: Arc::new(tokio::sync::Mutex::new(stream)),
             channel,
         })
     }
@@ -87,7 +88,7 @@ pub(crate) fn client_for(config: &Config) -> Result<redis::Client> {
 #[async_trait]
 impl RawBaseline for RedisBaseline {
     fn describe(&self) -> String {
-        "redis crate: SET NX PX (retried at once while taken) + DEL; PUBLISH until a subscribed connection receives it".into()
+        "redis crate: SET NX PX (retried at once while taken) + DEL; PUBLISH until a subscriber task, idle for 5 ms, receives it".into()
     }
 
     async fn acquire_release(&self, key: &str) -> Result<()> {
@@ -118,7 +119,15 @@ impl RawBaseline for RedisBaseline {
     }
 
     async fn handoff(&self, _key: &str) -> Result<Duration> {
-        let mut stream = self.stream.lock().await;
+        let stream = self.stream.clone();
+        let waiter = Waiter::spawn(async move {
+            let mut stream = stream.lock().await;
+            stream.next().await.ok_or_else(|| {
+                Error::unavailable("raw baseline: the subscriber connection ended")
+            })?;
+            Ok(Instant::now())
+        });
+        tokio::time::sleep(SETTLE).await;
         let mut c = self.conn.clone();
         let sent = Instant::now();
         redis::cmd("PUBLISH")
@@ -127,10 +136,6 @@ impl RawBaseline for RedisBaseline {
             .query_async::<i64>(&mut c)
             .await
             .map_err(err)?;
-        stream
-            .next()
-            .await
-            .ok_or_else(|| Error::unavailable("raw baseline: the subscriber connection ended"))?;
-        Ok(sent.elapsed())
+        Ok(waiter.notified().await?.saturating_duration_since(sent))
     }
 }

@@ -24,7 +24,7 @@ use zookeeper_client::{Client, CreateMode, CreateOptions, EventType};
 
 use quorate_zookeeper::RawZooKeeper;
 
-use super::{RawBaseline, TASKS};
+use super::{RawBaseline, Waiter, SETTLE, TASKS};
 
 /// Options of a `zookeeper://` URL besides the generic ones (as the backend).
 const OPTIONS: &[&str] = &["namespace"];
@@ -203,7 +203,7 @@ impl Drop for Pooled<'_> {
 impl RawBaseline for ZooKeeperBaseline {
     fn describe(&self) -> String {
         "zookeeper-client: create ephemeral-sequential + getChildren + delete; \
-         hand-off: delete by one session to the NodeDeleted watch event at another"
+         hand-off: delete by one session to the NodeDeleted watch event at another session, awaited in a task idle for 5 ms"
             .into()
     }
 
@@ -261,22 +261,24 @@ impl RawBaseline for ZooKeeperBaseline {
                 "ZooKeeper node `{path}` vanished before the hand-off"
             )));
         }
-        // The client sends the request when `delete` is called.
-        let sent = Instant::now();
-        let deleted = holder.delete(&path, None);
-        let notified = async {
+        let watched = path.clone();
+        let waiter = Waiter::spawn(async move {
             let event = watcher.changed().await;
-            (event, Instant::now())
-        };
-        let (deleted, (event, at)) = tokio::join!(deleted, notified);
-        deleted.map_err(|e| zk_error("delete", &path, e))?;
-        if event.event_type != EventType::NodeDeleted {
-            return Err(Error::backend(format!(
-                "ZooKeeper watch of `{path}`: expected NodeDeleted, got {:?} ({})",
-                event.event_type, event.session_state
-            )));
-        }
-        Ok(at.saturating_duration_since(sent))
+            if event.event_type != EventType::NodeDeleted {
+                return Err(Error::backend(format!(
+                    "ZooKeeper watch of `{watched}`: expected NodeDeleted, got {:?} ({})",
+                    event.event_type, event.session_state
+                )));
+            }
+            Ok(Instant::now())
+        });
+        tokio::time::sleep(SETTLE).await;
+        let sent = Instant::now();
+        holder
+            .delete(&path, None)
+            .await
+            .map_err(|e| zk_error("delete", &path, e))?;
+        Ok(waiter.notified().await?.saturating_duration_since(sent))
     }
 
     async fn close(&self) -> Result<()> {
