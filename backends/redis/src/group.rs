@@ -5,6 +5,13 @@
 //! a member whose key expired) bumps the version and publishes the event
 //! with it on `<ns>:chan:group:<enc(g)>`, in the same script.
 //!
+//! A membership's *incarnation* is the version of its join's event, kept in
+//! `<ns>:ginc:<enc(g)>` while the member stays and sent with its join, its
+//! updates and every listing. Core's watch view reports a member whose
+//! incarnation changed between two looks as `Left` then `Joined`: a member
+//! that left and joined again while a watcher was re-listing (after a lost
+//! message or a reconnect) is not mistaken for an update, or missed.
+//!
 //! A watcher subscribes, then lists (members + version, sweeping stale
 //! members atomically): events at or below the listed version are already
 //! in the snapshot and dropped, the next ones applied in order. A gap in
@@ -36,8 +43,8 @@ pub(crate) struct Listing {
     pub(crate) version: i64,
     /// Remaining TTL of the member key that expires first (-1: none).
     pub(crate) first_expiry_ms: i64,
-    /// The members, sorted by id.
-    pub(crate) members: Vec<Member>,
+    /// The members with their incarnations, sorted by id.
+    pub(crate) members: Vec<SeenMember>,
 }
 
 fn caps_of(raw: &[u8]) -> serde_json::Value {
@@ -56,18 +63,24 @@ pub(crate) async fn list(ctx: &Ctx, group: &str) -> Result<Listing> {
         return Err(Error::backend("unexpected reply from the list script"));
     };
     let mut members = Vec::new();
-    while let (Some(Value::BulkString(f)), Some(Value::BulkString(caps))) = (it.next(), it.next()) {
+    while let (Some(Value::BulkString(f)), Some(Value::BulkString(caps)), Some(Value::Int(inc))) =
+        (it.next(), it.next(), it.next())
+    {
         let f = String::from_utf8_lossy(&f);
         let Some(id) = decode(&f) else {
             tracing::warn!(field = %f, "ignoring a group field quorate did not write");
             continue;
         };
-        members.push(Member {
-            id,
-            capabilities: caps_of(&caps),
+        members.push(SeenMember {
+            member: Member {
+                id,
+                capabilities: caps_of(&caps),
+            },
+            // -1: joined by a version that kept no incarnation.
+            incarnation: (inc >= 0).then_some(inc),
         });
     }
-    members.sort_by(|a, b| a.id.cmp(&b.id));
+    members.sort_by(|a, b| a.member.id.cmp(&b.member.id));
     Ok(Listing {
         version,
         first_expiry_ms,
@@ -188,10 +201,13 @@ fn parse_event(payload: &str) -> Option<(i64, GroupChange)> {
         )
     };
     let change = match v.get("e")?.as_str()? {
-        "joined" | "updated" => GroupChange::Put(SeenMember::new(Member {
-            id,
-            capabilities: caps(),
-        })),
+        "joined" | "updated" => GroupChange::Put(SeenMember {
+            member: Member {
+                id,
+                capabilities: caps(),
+            },
+            incarnation: v.get("inc").and_then(serde_json::Value::as_i64),
+        }),
         "left" => GroupChange::Delete { id },
         _ => return None,
     };
@@ -236,9 +252,7 @@ impl Follow {
                 self.next_check = tokio::time::Instant::now()
                     + self.ctx.recheck_after(self.ctx.ttl * 2, l.first_expiry_ms);
                 self.version = l.version;
-                Some(GroupChange::Resync(
-                    l.members.into_iter().map(SeenMember::new).collect(),
-                ))
+                Some(GroupChange::Resync(l.members))
             }
             Err(e) => {
                 tracing::debug!(error = %e, group = %self.group, "watch: re-listing failed");
@@ -267,7 +281,7 @@ pub(crate) async fn watch(ctx: Arc<Ctx>, group: &str) -> Result<RawGroupWatch> {
     };
     let changes = raw_changes(follow, |mut f| async move { (f.next().await, f) });
     Ok(RawGroupWatch {
-        snapshot: listing.members.into_iter().map(SeenMember::new).collect(),
+        snapshot: listing.members,
         changes,
     })
 }
@@ -279,13 +293,26 @@ mod tests {
     #[test]
     fn events_are_parsed_with_their_version() {
         let (v, e) =
-            parse_event(r#"{"v":7,"e":"joined","id":"node%2Fa","caps":"{\"x\":1}"}"#).unwrap();
+            parse_event(r#"{"v":7,"e":"joined","id":"node%2Fa","caps":"{\"x\":1}","inc":7}"#)
+                .unwrap();
         assert_eq!(v, 7);
         assert_eq!(
             e,
+            GroupChange::Put(SeenMember {
+                member: Member {
+                    id: "node/a".into(),
+                    capabilities: serde_json::json!({"x": 1})
+                },
+                incarnation: Some(7),
+            })
+        );
+        // An update of a member joined by a version that kept none.
+        let (_, e) = parse_event(r#"{"v":9,"e":"updated","id":"a","caps":"2"}"#).unwrap();
+        assert_eq!(
+            e,
             GroupChange::Put(SeenMember::new(Member {
-                id: "node/a".into(),
-                capabilities: serde_json::json!({"x": 1})
+                id: "a".into(),
+                capabilities: serde_json::json!(2)
             }))
         );
         let (_, e) = parse_event(r#"{"v":8,"e":"left","id":"a"}"#).unwrap();

@@ -16,6 +16,7 @@
 //! | `<ns>:leader:<enc>` | hash, PX ttl | leader's token, fence, value |
 //! | `<ns>:group:<enc>` | hash | enc(member) → capabilities JSON |
 //! | `<ns>:member:<enc>:<enc(member)>` | string, PX ttl | the member's token |
+//! | `<ns>:ginc:<enc>` | hash | enc(member) → its incarnation: the version of its join's event |
 //! | `<ns>:gver:<enc>` | counter | group event version (persistent) |
 //! | `<ns>:data:<enc(key)>` | string | guarded-write values (persistent) |
 //!

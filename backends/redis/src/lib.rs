@@ -431,7 +431,8 @@ impl Backend for RedisBackend {
     }
 
     async fn members(&self, group: &str) -> Result<Vec<Member>> {
-        Ok(group::list(&self.ctx, group).await?.members)
+        let listing = group::list(&self.ctx, group).await?;
+        Ok(listing.members.into_iter().map(|m| m.member).collect())
     }
 
     async fn watch_group(&self, group: &str) -> Result<RawGroupWatch> {

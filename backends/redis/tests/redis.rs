@@ -1160,6 +1160,64 @@ async fn group_watch_relists_after_its_pubsub_connection_drops() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejoin_hidden_by_a_relist_is_left_then_joined() {
+    // A member that leaves and joins again while a watcher's subscription is
+    // down (its connection killed, as a network blip would) is found by the
+    // watcher's re-list, with other capabilities: that is a new membership,
+    // reported as `Left` then `Joined`, never as an update of the old one.
+    const ROUNDS: i64 = 100;
+    let env = Env::start("60s");
+    let coord = env.coord().await;
+    let other = env.coord().await;
+    let s = other.session().await.unwrap();
+    let mut watch = coord.watch_group("g");
+    assert_eq!(
+        within("snapshot", watch.next()).await.unwrap().unwrap(),
+        GroupEvent::Snapshot { members: vec![] }
+    );
+    let mut raw = env.raw().await;
+    let mut member = s.group("g").join("a", serde_json::json!(0)).await.unwrap();
+    for i in 1..=ROUNDS {
+        // Right after a kill the connections may not be back yet: none
+        // killed is fine.
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        member.leave().await.unwrap();
+        member = s.group("g").join("a", serde_json::json!(i)).await.unwrap();
+    }
+    member.update(serde_json::json!("final")).await.unwrap();
+    let last = serde_json::json!("final");
+    let mut events = 0;
+    loop {
+        let e = within("the final update", watch.next())
+            .await
+            .unwrap()
+            .unwrap();
+        events += 1;
+        match e {
+            GroupEvent::Updated { member } | GroupEvent::Joined { member }
+                if member.capabilities == last =>
+            {
+                break
+            }
+            GroupEvent::Updated { member } => {
+                panic!("event {events}: a rejoin reported as an update: {member:?}")
+            }
+            _ => {}
+        }
+    }
+    member.leave().await.unwrap();
+    s.close().await.unwrap();
+    drop(watch);
+    assert_eq!(coord.leftovers().await.unwrap(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_lock_rides_out_a_short_server_stall() {
     let env = Env::start("3s");
     let url = format!("{}&connect_timeout=300ms", env.url);

@@ -19,7 +19,7 @@ end
 if redis.call('HEXISTS', gk, f) == 1 then
   -- A stale entry whose member died: it leaves before the new one joins.
   redis.call('HDEL', gk, f)
-  group_event(g, { e = 'left', id = f })
+  member_left(g, f)
 end
 redis.call('SET', mk, tok, 'PX', ttl)
 redis.call('HSET', gk, f, caps)

@@ -5,5 +5,6 @@ if redis.call('GET', k('member', g .. ':' .. f)) ~= tok or not alive(tok) then
   return 0
 end
 redis.call('HSET', k('group', g), f, caps)
-group_event(g, { e = 'updated', id = f, caps = caps })
+local inc = redis.call('HGET', k('ginc', g), f)
+group_event(g, { e = 'updated', id = f, caps = caps, inc = inc and tonumber(inc) or nil })
 return 1

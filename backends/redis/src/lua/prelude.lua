@@ -359,11 +359,29 @@ local function ex_release(space, enc, tok)
 end
 
 -- Groups: a hash per group (encoded member id -> capabilities JSON), a TTL
--- key per member holding its token, and a version counter; every change
--- bumps the version and is published with it.
+-- key per member holding its token, a hash of the members' incarnations,
+-- and a version counter; every change bumps the version and is published
+-- with it.
+-- Bump the group's version and publish `ev` with it. A join's version is
+-- the new membership's incarnation (`inc`): kept in the hash
+-- `<ns>:ginc:<g>` while the member stays, sent with its updates and
+-- listings, so a watcher that re-lists can tell a member that left and
+-- joined again from one that did not. Returns the version.
 local function group_event(g, ev)
   ev.v = redis.call('INCR', k('gver', g))
+  if ev.e == 'joined' then
+    ev.inc = ev.v
+    redis.call('HSET', k('ginc', g), ev.id, ev.v)
+  end
   redis.call('PUBLISH', k('chan:group', g), cjson.encode(ev))
+  return ev.v
+end
+
+-- Member f of group g is gone from the group hash: forget its incarnation
+-- and announce it.
+local function member_left(g, f)
+  redis.call('HDEL', k('ginc', g), f)
+  group_event(g, { e = 'left', id = f })
 end
 
 local function member_leave(gf, tok)
@@ -373,7 +391,7 @@ local function member_leave(gf, tok)
   if redis.call('GET', mk) == tok then
     redis.call('DEL', mk)
     if redis.call('HDEL', k('group', g), f) == 1 then
-      group_event(g, { e = 'left', id = f })
+      member_left(g, f)
     end
     r = 1
   end
