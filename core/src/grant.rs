@@ -116,7 +116,7 @@ pub(crate) struct Grant<H: Handle + Clone> {
     loss: GuardLoss,
     session: Session,
     /// When granted; taken once the grant ends (for the hold-time metric).
-    granted_at: Option<std::time::Instant>,
+    granted_at: Option<metrics::Stopwatch>,
 }
 
 impl<H: Handle + Clone> Grant<H> {
@@ -143,7 +143,7 @@ impl<H: Handle + Clone> Grant<H> {
             how,
             loss,
             session: session.clone(),
-            granted_at: Some(std::time::Instant::now()),
+            granted_at: Some(metrics::Stopwatch::start()),
         };
         grant.in_time()
     }

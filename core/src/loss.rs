@@ -1,10 +1,10 @@
 //! Loss notification: the one mechanism by which a session and every guard
 //! tied to it learn that they can no longer be trusted.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 /// Why a session or a guard was lost. Match on the variant (keep a wildcard
 /// arm: new reasons may be added); `Display` gives the words for messages.
@@ -69,9 +69,21 @@ impl From<String> for LossReason {
 /// Backends receive one for each session and each grant and call
 /// [`LossNotifier::fire`] when the backend says the lease/key/node is gone;
 /// core fires the session's own when keep-alive misses its deadline.
+///
+/// Every grant has one, so it is small (about 100 bytes, one allocation)
+/// and firing it wakes only the futures waiting on it.
 #[derive(Clone, Debug)]
 pub struct LossNotifier {
-    tx: Arc<watch::Sender<Option<LossReason>>>,
+    inner: Arc<Flag>,
+}
+
+/// The state a notifier's clones share.
+#[derive(Debug, Default)]
+struct Flag {
+    /// Set once, by the first [`LossNotifier::fire`].
+    reason: OnceLock<LossReason>,
+    /// Wakes the [`LossNotifier::lost`] futures waiting when it is set.
+    fired: Notify,
 }
 
 impl Default for LossNotifier {
@@ -84,7 +96,7 @@ impl LossNotifier {
     /// A new, not yet fired, notifier.
     pub fn new() -> Self {
         LossNotifier {
-            tx: Arc::new(watch::channel(None).0),
+            inner: Arc::default(),
         }
     }
 
@@ -92,25 +104,22 @@ impl LossNotifier {
     /// Backends pass their own words (a `&str` or `String`, which become
     /// [`LossReason::Gone`]).
     pub fn fire(&self, reason: impl Into<LossReason>) {
-        let reason = reason.into();
-        self.tx.send_if_modified(|current| {
-            if current.is_some() {
-                return false;
+        if self.inner.reason.set(reason.into()).is_ok() {
+            if let Some(reason) = self.inner.reason.get() {
+                tracing::debug!(%reason, "lost");
             }
-            tracing::debug!(%reason, "lost");
-            *current = Some(reason);
-            true
-        });
+            self.inner.fired.notify_waiters();
+        }
     }
 
     /// Whether [`LossNotifier::fire`] was called.
     pub fn is_lost(&self) -> bool {
-        self.tx.borrow().is_some()
+        self.inner.reason.get().is_some()
     }
 
     /// The reason, once lost.
     pub fn reason(&self) -> Option<LossReason> {
-        self.tx.borrow().clone()
+        self.inner.reason.get().cloned()
     }
 
     /// Resolves when fired (at once if already fired).
@@ -119,16 +128,16 @@ impl LossNotifier {
     ///
     /// Cancel safe: dropping the future only stops waiting.
     pub async fn lost(&self) -> LossReason {
-        let mut rx = self.tx.subscribe();
         loop {
-            if let Some(r) = rx.borrow_and_update().clone() {
-                return r;
+            let fired = self.inner.fired.notified();
+            tokio::pin!(fired);
+            // Registered before the look, so a `fire` between the look and
+            // the wait still wakes this future.
+            fired.as_mut().enable();
+            if let Some(reason) = self.inner.reason.get() {
+                return reason.clone();
             }
-            if rx.changed().await.is_err() {
-                // The sender lives in `self`, so this cannot happen while we
-                // borrow `self`; wait forever rather than report a false loss.
-                std::future::pending::<()>().await;
-            }
+            fired.await;
         }
     }
 }
@@ -184,6 +193,38 @@ mod tests {
         n.fire("second");
         assert_eq!(waiter.await.unwrap(), LossReason::Gone("first".into()));
         assert_eq!(n.lost().await.to_string(), "first");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_waiter_wakes_whenever_it_started_waiting() {
+        // Waiters that start before, while and after the fire (on another
+        // thread) all resolve, with the one reason.
+        for _ in 0..200 {
+            let n = LossNotifier::new();
+            let early: Vec<_> = (0..4)
+                .map(|_| {
+                    let n = n.clone();
+                    tokio::spawn(async move { n.lost().await })
+                })
+                .collect();
+            let firing = tokio::spawn({
+                let n = n.clone();
+                async move { n.fire(LossReason::Released) }
+            });
+            let racing = tokio::spawn({
+                let n = n.clone();
+                async move { n.lost().await }
+            });
+            firing.await.unwrap();
+            assert_eq!(n.lost().await, LossReason::Released);
+            for w in early.into_iter().chain([racing]) {
+                let got = tokio::time::timeout(Duration::from_secs(5), w)
+                    .await
+                    .expect("a waiter was not woken")
+                    .unwrap();
+                assert_eq!(got, LossReason::Released);
+            }
+        }
     }
 
     #[tokio::test]

@@ -16,10 +16,39 @@
 //! free, so there is no separate hand-off counter.
 
 use std::time::Duration;
+#[cfg(feature = "metrics")]
+use std::time::Instant;
 
 use crate::loss::LossReason;
 use crate::model::LockKind;
 use crate::spi::Acquire;
+
+/// When something timed for a metric started: the time with the `metrics`
+/// feature; without it nothing, and no clock is read (a clock read is a
+/// measurable part of an uncontended grant).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stopwatch {
+    #[cfg(feature = "metrics")]
+    started: Instant,
+}
+
+impl Stopwatch {
+    /// Start timing now.
+    pub(crate) fn start() -> Stopwatch {
+        Stopwatch {
+            #[cfg(feature = "metrics")]
+            started: Instant::now(),
+        }
+    }
+
+    /// The time since [`Stopwatch::start`] (zero without the feature).
+    pub(crate) fn elapsed(&self) -> Duration {
+        #[cfg(feature = "metrics")]
+        return self.started.elapsed();
+        #[cfg(not(feature = "metrics"))]
+        Duration::ZERO
+    }
+}
 
 /// How an acquisition ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

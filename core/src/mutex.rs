@@ -1,7 +1,7 @@
 //! Mutual-exclusion locks and the guard shared by every lock kind.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing::Instrument;
 
@@ -144,7 +144,7 @@ pub(crate) async fn acquire(
         .inner
         .backend
         .lock(lock_name, kind, mode, loss.own.clone());
-    let started = Instant::now();
+    let started = metrics::Stopwatch::start();
     let acquired = match mode {
         Acquire::Wait => session.wait_or_lost(request).instrument(span).await,
         Acquire::Try => {
