@@ -1053,15 +1053,19 @@ async fn many_locks_share_one_keep_alive() {
 
 /// Kill the coordinator's pub/sub connection (as a network blip would).
 async fn kill_pubsub_connections(env: &Env) {
-    let mut raw = env.raw().await;
-    let killed: i64 = redis::cmd("CLIENT")
+    let killed = kill_pubsub(&mut env.raw().await).await;
+    assert!(killed >= 1, "no pub/sub connection to kill");
+}
+
+/// Kill every pub/sub connection of the server; how many there were.
+async fn kill_pubsub(raw: &mut redis::aio::MultiplexedConnection) -> i64 {
+    redis::cmd("CLIENT")
         .arg("KILL")
         .arg("TYPE")
         .arg("pubsub")
-        .query_async(&mut raw)
+        .query_async(raw)
         .await
-        .unwrap();
-    assert!(killed >= 1, "no pub/sub connection to kill");
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1092,9 +1096,17 @@ async fn waiter_is_woken_after_its_pubsub_connection_drops() {
     assert_eq!(coord.leftovers().await.unwrap(), Vec::<String>::new());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn group_watch_relists_after_its_pubsub_connection_drops() {
-    let env = Env::start("60s");
+/// A watcher of the group `g` on one coordinator, past its (empty)
+/// snapshot, and a session on another coordinator to change the group with
+/// (kept alive by the second coordinator returned).
+async fn watched_empty_group(
+    env: &Env,
+) -> (
+    Coordinator,
+    Coordinator,
+    quorate_core::Session,
+    futures::stream::BoxStream<'static, quorate_core::Result<GroupEvent>>,
+) {
     let coord = env.coord().await;
     let other = env.coord().await;
     let s = other.session().await.unwrap();
@@ -1103,6 +1115,13 @@ async fn group_watch_relists_after_its_pubsub_connection_drops() {
         within("snapshot", watch.next()).await.unwrap().unwrap(),
         GroupEvent::Snapshot { members: vec![] }
     );
+    (coord, other, s, watch)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_watch_relists_after_its_pubsub_connection_drops() {
+    let env = Env::start("60s");
+    let (coord, _other, s, mut watch) = watched_empty_group(&env).await;
     // Changes made while the watcher's subscription is down are published
     // to nobody; the watcher must still report each exactly once.
     kill_pubsub_connections(&env).await;
@@ -1167,26 +1186,13 @@ async fn a_rejoin_hidden_by_a_relist_is_left_then_joined() {
     // reported as `Left` then `Joined`, never as an update of the old one.
     const ROUNDS: i64 = 100;
     let env = Env::start("60s");
-    let coord = env.coord().await;
-    let other = env.coord().await;
-    let s = other.session().await.unwrap();
-    let mut watch = coord.watch_group("g");
-    assert_eq!(
-        within("snapshot", watch.next()).await.unwrap().unwrap(),
-        GroupEvent::Snapshot { members: vec![] }
-    );
+    let (coord, _other, s, mut watch) = watched_empty_group(&env).await;
     let mut raw = env.raw().await;
     let mut member = s.group("g").join("a", serde_json::json!(0)).await.unwrap();
     for i in 1..=ROUNDS {
         // Right after a kill the connections may not be back yet: none
         // killed is fine.
-        let _: i64 = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("pubsub")
-            .query_async(&mut raw)
-            .await
-            .unwrap();
+        kill_pubsub(&mut raw).await;
         member.leave().await.unwrap();
         member = s.group("g").join("a", serde_json::json!(i)).await.unwrap();
     }
