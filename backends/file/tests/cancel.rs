@@ -15,19 +15,10 @@ use std::time::Duration;
 
 use quorate_core::ErrorKind;
 
-use common::connect;
+use common::{connect, waiting_threads};
 
 /// The tests of this file count threads: run them one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Threads of this process blocked in (or about to block in) a lock wait.
-fn waiting_threads() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
-        .filter(|comm| comm.trim_end() == "qfile-wait")
-        .count()
-}
 
 fn assert_at_most_one_waiting_thread(what: &str) {
     let n = waiting_threads();

@@ -11,7 +11,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::connect;
+use common::{connect, thread_names, waiting_threads};
 
 /// `Threads:` of `/proc/self/status`.
 fn threads() -> usize {
@@ -23,24 +23,6 @@ fn threads() -> usize {
         .trim()
         .parse()
         .unwrap()
-}
-
-/// Threads of the crate's wait pool (`qfile-wait`).
-fn waiting_threads() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
-        .filter(|comm| comm.trim_end() == "qfile-wait")
-        .count()
-}
-
-/// The names of the process's threads.
-fn thread_names() -> Vec<String> {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
-        .map(|c| c.trim_end().to_owned())
-        .collect()
 }
 
 const WAITERS: usize = 1000;
