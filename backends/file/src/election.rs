@@ -158,7 +158,7 @@ pub(crate) async fn campaign(
         .turn(true)
         .await?
         .ok_or_else(|| Error::backend("a waiting campaign was refused its turn"))?;
-    let file = entry
+    let (file, _) = entry
         .lock_file(true, Mode::Exclusive, LEADERSHIP)
         .await?
         .ok_or_else(|| Error::backend("a waiting campaign returned no leadership"))?;

@@ -15,9 +15,10 @@
 //! when the process dies, and closing the session closes (then unlinks) it.
 //! A grant writes its slot with one `pwrite` (no `fsync`, no directory
 //! change: a few microseconds, on the calling task) after the grant; a
-//! blocking acquisition writes a waiter slot before it queues and clears it
-//! once granted (nothing is awaited before it queues: file:// queues the
-//! waiters of one process in arrival order). Releasing (or `write_and_release`, a lost grant, the end of
+//! blocking acquisition writes a waiter slot before it queues, and its
+//! grant overwrites that slot with the holder record (nothing is awaited
+//! before it queues: file:// queues the waiters of one process in arrival
+//! order). Releasing (or `write_and_release`, a lost grant, the end of
 //! the session) clears the slot first. A slot is `QRS1`, the payload's
 //! length and FNV-1a hash, then the payload (JSON: kind, stem, side, fence,
 //! time, and the device and inode of the lock file granted on); a reader
@@ -147,6 +148,19 @@ impl Book {
 
     /// Write `payload` into a free slot; the slot's index.
     fn write(&self, layout: &Layout, session: &str, payload: &Value) -> Result<u64> {
+        self.write_at(layout, session, payload, None)
+    }
+
+    /// Write `payload` into slot `reuse` (one of ours, still written) or,
+    /// when `None`, into a free slot; the slot's index. A failed write
+    /// leaves a reused slot as it was (the caller still owns it).
+    fn write_at(
+        &self,
+        layout: &Layout,
+        session: &str,
+        payload: &Value,
+        reuse: Option<u64>,
+    ) -> Result<u64> {
         let payload = payload.to_string().into_bytes();
         if payload.len() > SLOT - HEADER {
             return Err(quorate_core::Error::backend(
@@ -160,7 +174,7 @@ impl Book {
         if st.open.is_none() {
             st.open = Some(open_book(layout, session)?);
         }
-        let index = match st.free.pop() {
+        let index = match reuse.or_else(|| st.free.pop()) {
             Some(i) => i,
             None => {
                 st.next += 1;
@@ -177,7 +191,9 @@ impl Book {
             Ok(()) => Ok(index),
             Err(e) => {
                 let e = io_error(format!("writing `{}`", book.path.display()), e);
-                st.free.push(index);
+                if reuse.is_none() {
+                    st.free.push(index);
+                }
                 Err(e)
             }
         }
@@ -323,6 +339,29 @@ fn write_slot(book: &Arc<Book>, layout: &Layout, session: &str, payload: &Value)
     }
 }
 
+/// Write a record over the slot of an earlier one (`old`, a waiter slot
+/// whose acquisition was granted) when there is one: one `pwrite` instead
+/// of writing a new slot and clearing the old. A listing never sees both.
+/// If the overwrite fails, `old` is dropped (cleared) and no record stands.
+fn rewrite_slot(
+    book: &Arc<Book>,
+    layout: &Layout,
+    session: &str,
+    payload: &Value,
+    old: Option<Slot>,
+) -> Option<Slot> {
+    let Some(old) = old else {
+        return write_slot(book, layout, session, payload);
+    };
+    match book.write_at(layout, session, payload, Some(old.index)) {
+        Ok(_) => Some(old),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not write a lock record");
+            None
+        }
+    }
+}
+
 /// Acquire through `mutex::lock`, writing a waiter slot while a blocking
 /// acquisition waits and a holder slot once granted. The slot writes are
 /// `pwrite`s to the page cache on the calling task (a few microseconds);
@@ -349,8 +388,9 @@ pub(crate) async fn lock(
     record_name(layout, name, &st);
     // Nothing is awaited before `mutex::lock` queues the acquisition (its
     // in-process queue is FIFO by arrival, which is the first poll): the
-    // waiter slot is written here, synchronously, and cleared once granted
-    // (an uncontended grant writes and clears it at once: two `pwrite`s).
+    // waiter slot is written here, synchronously, and overwritten by the
+    // holder record once granted (an uncontended lock + release: three
+    // `pwrite`s, the waiter record, the holder record, the clear).
     let waiter = if mode.waits() {
         let payload = json!({"k": "wait", "stem": st, "mode": side, "at_us": now_us()});
         write_slot(book, layout, &session.id, &payload)
@@ -358,29 +398,21 @@ pub(crate) async fn lock(
         None
     };
     let granted = crate::mutex::lock(session, name, kind, mode.waits(), loss).await?;
-    let Some(held) = granted else {
+    let Some((held, id)) = granted else {
         return Ok(Acquired::Busy);
     };
-    let lock_path = layout.lock_path(Space::Mutex, name);
-    let record = match fs::metadata(&lock_path) {
-        Ok(meta) => {
-            let payload = json!({
-                "k": "held",
-                "stem": st,
-                "mode": side,
-                "fence": held.fence().get(),
-                "at_us": now_us(),
-                "dev": meta.dev(),
-                "ino": meta.ino(),
-            });
-            write_slot(book, layout, &session.id, &payload)
-        }
-        Err(e) => {
-            tracing::warn!(name, error = %e, "could not stat a granted lock file");
-            None
-        }
-    };
-    drop(waiter);
+    // The waiter slot (if any) becomes the holder slot. `id` is the lock
+    // file the grant holds, as checked when it was locked.
+    let payload = json!({
+        "k": "held",
+        "stem": st,
+        "mode": side,
+        "fence": held.fence().get(),
+        "at_us": now_us(),
+        "dev": id.dev,
+        "ino": id.ino,
+    });
+    let record = rewrite_slot(book, layout, &session.id, &payload, waiter);
     let record = record.and_then(|slot| {
         let state = Arc::new(HeldSlot {
             slot,

@@ -395,10 +395,27 @@ fn sync_parent(path: &Path) -> Result<()> {
 /// Whether `path` still names the file open as `file` (it was not removed
 /// or replaced, e.g. by an operator's `rm`).
 pub(crate) fn same_file(file: &File, path: &Path) -> io::Result<bool> {
+    Ok(named_id(file, path)?.is_some())
+}
+
+/// A file's identity: device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileId {
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+}
+
+/// The identity of the file open as `file` if `path` still names it
+/// ([`same_file`]), `None` if not.
+pub(crate) fn named_id(file: &File, path: &Path) -> io::Result<Option<FileId>> {
     let open = file.metadata()?;
     match fs::metadata(path) {
-        Ok(named) => Ok(named.dev() == open.dev() && named.ino() == open.ino()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Ok(named) if named.dev() == open.dev() && named.ino() == open.ino() => Ok(Some(FileId {
+            dev: open.dev(),
+            ino: open.ino(),
+        })),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
 }

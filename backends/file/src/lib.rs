@@ -290,7 +290,7 @@ impl SessionBackend for Session {
             inspect::Records::Skip => {
                 mutex::lock(&self.inner.shared, name, kind, mode.waits(), loss)
                     .await
-                    .map(Acquired::from)
+                    .map(|granted| Acquired::from(granted.map(|(held, _)| held)))
             }
         }
     }

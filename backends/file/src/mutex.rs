@@ -29,19 +29,20 @@ use quorate_core::spi::{AfterWrite, HeldLock};
 use quorate_core::LockKind;
 use quorate_core::{FencingToken, Result};
 
-use crate::layout::{same_file, write_atomic, Space};
+use crate::layout::{same_file, write_atomic, FileId, Space};
 use crate::ofd::{blocking, io_error};
 use crate::rwlock;
 use crate::session::{Registration, Revocable, SessionShared};
 
-/// Acquire a lock of any kind for a session.
+/// Acquire a lock of any kind for a session; the grant, and the identity
+/// of the lock file it holds (for its `inspect` record).
 pub(crate) async fn lock(
     session: &Arc<SessionShared>,
     name: &str,
     kind: LockKind,
     wait: bool,
     loss: LossNotifier,
-) -> Result<Option<Box<dyn HeldLock>>> {
+) -> Result<Option<(Box<dyn HeldLock>, FileId)>> {
     // One lock per name: a mutex is the write side of the name's
     // read/write lock (see `rwlock`).
     let path = session.layout.lock_path(Space::Mutex, name);
@@ -63,7 +64,7 @@ pub(crate) async fn lock(
     });
     let weak: std::sync::Weak<LockState> = Arc::downgrade(&state);
     session.activate(&state.registration, weak)?;
-    Ok(Some(Box::new(FileLock(state))))
+    Ok(Some((Box::new(FileLock(state)), grant.id)))
 }
 
 /// A granted lock: the open file description holding it.

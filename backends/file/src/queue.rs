@@ -85,13 +85,15 @@ use std::sync::{Arc, Mutex as StdMutex, OnceLock, Weak};
 use quorate_core::{Error, Result};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
-use crate::layout::{open_lock_file, same_file};
+use crate::layout::{named_id, open_lock_file, FileId};
 use crate::ofd::{io_error, lock_blocking, try_lock, Mode, Range, WAIT_POOL};
 
-/// What an acquisition hands back: the locked description and its fence.
+/// What an acquisition hands back: the locked description, its fence, and
+/// the identity of the lock file it holds.
 pub(crate) struct Grant {
     pub(crate) file: File,
     pub(crate) fence: u64,
+    pub(crate) id: FileId,
 }
 
 /// This process's state for one lock file; see the module documentation.
@@ -406,24 +408,25 @@ impl Entry {
         }
     }
 
-    /// Open this entry's lock file and take `range` in `mode`. Retries if
-    /// the file was replaced while we waited (an operator removed it): a
-    /// lock on a file nobody else can open protects nothing.
+    /// Open this entry's lock file and take `range` in `mode`; the
+    /// description and the file's identity. Retries if the file was
+    /// replaced while we waited (an operator removed it): a lock on a file
+    /// nobody else can open protects nothing.
     pub(crate) async fn lock_file(
         self: &Arc<Self>,
         wait: bool,
         mode: Mode,
         range: Range,
-    ) -> Result<Option<File>> {
+    ) -> Result<Option<(File, FileId)>> {
         let path = self.path.clone();
         loop {
             let Some(file) = self.lock(&path, wait, mode, range).await? else {
                 return Ok(None);
             };
-            if same_file(&file, &path)
+            if let Some(id) = named_id(&file, &path)
                 .map_err(|e| io_error(format!("checking `{}`", path.display()), e))?
             {
-                return Ok(Some(file));
+                return Ok(Some((file, id)));
             }
             tracing::debug!(path = %path.display(), "lock file was replaced while waiting; retrying");
         }

@@ -40,7 +40,7 @@ use std::sync::Arc;
 
 use quorate_core::Result;
 
-use crate::layout::{bump_fence, bump_fence_unsynced};
+use crate::layout::{bump_fence, bump_fence_unsynced, FileId};
 use crate::ofd::{commit, io_error, lock_blocking, try_lock, unlock, Mode, Range};
 use crate::queue::{entry, Entry, Grant};
 
@@ -55,14 +55,15 @@ pub(crate) fn turnstile_path(path: &Path) -> std::path::PathBuf {
 }
 
 /// Pass the in-process FIFO and the turnstile into the lock file in `mode`:
-/// returns the lock file's description holding the whole file in `mode`,
-/// and the turnstile file's description (the turnstile already released).
+/// returns the lock file's description holding the whole file in `mode`
+/// with the file's identity, and the turnstile file's description (the
+/// turnstile already released).
 ///
 /// # Cancel safety
 ///
 /// Dropping the future drops the descriptions it holds: the turnstile is
 /// free at once; a kernel wait in progress is orphaned (see `queue`).
-async fn enter(entry: &Arc<Entry>, mode: Mode, wait: bool) -> Result<Option<(File, File)>> {
+async fn enter(entry: &Arc<Entry>, mode: Mode, wait: bool) -> Result<Option<(File, FileId, File)>> {
     let Some(turn_place) = entry.turn(wait).await? else {
         return Ok(None);
     };
@@ -73,18 +74,18 @@ async fn enter(entry: &Arc<Entry>, mode: Mode, wait: bool) -> Result<Option<(Fil
     else {
         return Ok(None);
     };
-    let Some(file) = entry.lock_file(wait, mode, Range::WHOLE).await? else {
+    let Some((file, id)) = entry.lock_file(wait, mode, Range::WHOLE).await? else {
         return Ok(None);
     };
     unlock(&turn, TURNSTILE).map_err(|e| io_error("leaving the turnstile", e))?;
     drop(turn_place);
-    Ok(Some((file, turn)))
+    Ok(Some((file, id, turn)))
 }
 
 /// Acquire a read grant of the lock file `path` (`None`: busy and `!wait`).
 pub(crate) async fn lock_read(path: &Path, wait: bool) -> Result<Option<Grant>> {
     let entry = entry(path);
-    let Some((file, turn)) = enter(&entry, Mode::Shared, wait).await? else {
+    let Some((file, id, turn)) = enter(&entry, Mode::Shared, wait).await? else {
         return Ok(None);
     };
     // Inline when no other reader of this process is committing, no other
@@ -95,7 +96,7 @@ pub(crate) async fn lock_read(path: &Path, wait: bool) -> Result<Option<Grant>> 
                 .map_err(|e| io_error("taking the counter byte", e))?;
             if counter {
                 if let Some(fence) = bump_fence_unsynced(&file, path)? {
-                    return Ok(Some(Grant { file, fence }));
+                    return Ok(Some(Grant { file, fence, id }));
                 }
             }
             gate
@@ -113,7 +114,7 @@ pub(crate) async fn lock_read(path: &Path, wait: bool) -> Result<Option<Grant>> 
         cancel.check()?;
         let fence = bump_fence(&file, &path)?;
         drop(turn);
-        Ok(Some(Grant { file, fence }))
+        Ok(Some(Grant { file, fence, id }))
     })
     .await
 }
@@ -122,21 +123,21 @@ pub(crate) async fn lock_read(path: &Path, wait: bool) -> Result<Option<Grant>> 
 /// and `!wait`).
 pub(crate) async fn lock_write(path: &Path, wait: bool) -> Result<Option<Grant>> {
     let entry = entry(path);
-    let Some((file, turn)) = enter(&entry, Mode::Exclusive, wait).await? else {
+    let Some((file, id, turn)) = enter(&entry, Mode::Exclusive, wait).await? else {
         return Ok(None);
     };
     drop(turn);
     // Inline when the bump needs no sync (this exclusive grant excludes
     // every other bump of the file).
     if let Some(fence) = bump_fence_unsynced(&file, path)? {
-        return Ok(Some(Grant { file, fence }));
+        return Ok(Some(Grant { file, fence, id }));
     }
     let gate = entry.gate().await;
     let path = path.to_owned();
     commit(gate, move |cancel| {
         cancel.check()?;
         let fence = bump_fence(&file, &path)?;
-        Ok(Some(Grant { file, fence }))
+        Ok(Some(Grant { file, fence, id }))
     })
     .await
 }
