@@ -56,14 +56,20 @@ pub(crate) fn turnstile_path(path: &Path) -> std::path::PathBuf {
 
 /// Pass the in-process FIFO and the turnstile into the lock file in `mode`:
 /// returns the lock file's description holding the whole file in `mode`
-/// with the file's identity, and the turnstile file's description (the
-/// turnstile already released).
+/// with the file's identity, and, for a reader, the turnstile file's
+/// description with the turnstile released (the reader's counter byte is
+/// in that file). A writer's turnstile description is closed, which
+/// releases the turnstile with no separate unlock.
 ///
 /// # Cancel safety
 ///
 /// Dropping the future drops the descriptions it holds: the turnstile is
 /// free at once; a kernel wait in progress is orphaned (see `queue`).
-async fn enter(entry: &Arc<Entry>, mode: Mode, wait: bool) -> Result<Option<(File, FileId, File)>> {
+async fn enter(
+    entry: &Arc<Entry>,
+    mode: Mode,
+    wait: bool,
+) -> Result<Option<(File, FileId, Option<File>)>> {
     let Some(turn_place) = entry.turn(wait).await? else {
         return Ok(None);
     };
@@ -77,7 +83,17 @@ async fn enter(entry: &Arc<Entry>, mode: Mode, wait: bool) -> Result<Option<(Fil
     let Some((file, id)) = entry.lock_file(wait, mode, Range::WHOLE).await? else {
         return Ok(None);
     };
-    unlock(&turn, TURNSTILE).map_err(|e| io_error("leaving the turnstile", e))?;
+    // Released before the next acquirer of this process is let in.
+    let turn = match mode {
+        Mode::Shared => {
+            unlock(&turn, TURNSTILE).map_err(|e| io_error("leaving the turnstile", e))?;
+            Some(turn)
+        }
+        Mode::Exclusive => {
+            drop(turn);
+            None
+        }
+    };
     drop(turn_place);
     Ok(Some((file, id, turn)))
 }
@@ -87,6 +103,11 @@ pub(crate) async fn lock_read(path: &Path, wait: bool) -> Result<Option<Grant>> 
     let entry = entry(path);
     let Some((file, id, turn)) = enter(&entry, Mode::Shared, wait).await? else {
         return Ok(None);
+    };
+    let Some(turn) = turn else {
+        return Err(quorate_core::Error::backend(
+            "a reader passed the turnstile without its description",
+        ));
     };
     // Inline when no other reader of this process is committing, no other
     // process's reader holds the counter byte, and the bump needs no sync.
@@ -123,10 +144,9 @@ pub(crate) async fn lock_read(path: &Path, wait: bool) -> Result<Option<Grant>> 
 /// and `!wait`).
 pub(crate) async fn lock_write(path: &Path, wait: bool) -> Result<Option<Grant>> {
     let entry = entry(path);
-    let Some((file, id, turn)) = enter(&entry, Mode::Exclusive, wait).await? else {
+    let Some((file, id, _)) = enter(&entry, Mode::Exclusive, wait).await? else {
         return Ok(None);
     };
-    drop(turn);
     // Inline when the bump needs no sync (this exclusive grant excludes
     // every other bump of the file).
     if let Some(fence) = bump_fence_unsynced(&file, path)? {
