@@ -146,15 +146,10 @@ impl Book {
         }
     }
 
-    /// Write `payload` into a free slot; the slot's index.
-    fn write(&self, layout: &Layout, session: &str, payload: &Value) -> Result<u64> {
-        self.write_at(layout, session, payload, None)
-    }
-
     /// Write `payload` into slot `reuse` (one of ours, still written) or,
     /// when `None`, into a free slot; the slot's index. A failed write
     /// leaves a reused slot as it was (the caller still owns it).
-    fn write_at(
+    fn write(
         &self,
         layout: &Layout,
         session: &str,
@@ -324,37 +319,23 @@ impl Revocable for HeldSlot {
 
 /// Write a record, logging (not failing) when it cannot be written: the
 /// kernel lock is the truth, and the listing then shows the grant with no
-/// session.
-fn write_slot(book: &Arc<Book>, layout: &Layout, session: &str, payload: &Value) -> Option<Slot> {
-    match book.write(layout, session, payload) {
-        Ok(index) => Some(Slot {
-            book: book.clone(),
-            index,
-            cleared: std::sync::atomic::AtomicBool::new(false),
-        }),
-        Err(e) => {
-            tracing::warn!(error = %e, "could not write a lock record");
-            None
-        }
-    }
-}
-
-/// Write a record over the slot of an earlier one (`old`, a waiter slot
-/// whose acquisition was granted) when there is one: one `pwrite` instead
-/// of writing a new slot and clearing the old. A listing never sees both.
-/// If the overwrite fails, `old` is dropped (cleared) and no record stands.
-fn rewrite_slot(
+/// session. With `over` (a waiter slot whose acquisition was granted) the
+/// record goes into that slot: one `pwrite` instead of writing a new slot
+/// and clearing the old, and a listing never sees both. If the write fails,
+/// `over` is dropped (cleared) and no record stands.
+fn write_slot(
     book: &Arc<Book>,
     layout: &Layout,
     session: &str,
     payload: &Value,
-    old: Option<Slot>,
+    over: Option<Slot>,
 ) -> Option<Slot> {
-    let Some(old) = old else {
-        return write_slot(book, layout, session, payload);
-    };
-    match book.write_at(layout, session, payload, Some(old.index)) {
-        Ok(_) => Some(old),
+    match book.write(layout, session, payload, over.as_ref().map(|s| s.index)) {
+        Ok(index) => Some(over.unwrap_or_else(|| Slot {
+            book: book.clone(),
+            index,
+            cleared: std::sync::atomic::AtomicBool::new(false),
+        })),
         Err(e) => {
             tracing::warn!(error = %e, "could not write a lock record");
             None
@@ -393,7 +374,7 @@ pub(crate) async fn lock(
     // `pwrite`s, the waiter record, the holder record, the clear).
     let waiter = if mode.waits() {
         let payload = json!({"k": "wait", "stem": st, "mode": side, "at_us": now_us()});
-        write_slot(book, layout, &session.id, &payload)
+        write_slot(book, layout, &session.id, &payload, None)
     } else {
         None
     };
@@ -412,7 +393,7 @@ pub(crate) async fn lock(
         "dev": id.dev,
         "ino": id.ino,
     });
-    let record = rewrite_slot(book, layout, &session.id, &payload, waiter);
+    let record = write_slot(book, layout, &session.id, &payload, waiter);
     let record = record.and_then(|slot| {
         let state = Arc::new(HeldSlot {
             slot,

@@ -42,7 +42,7 @@ use quorate_core::Result;
 
 use crate::layout::{bump_fence, bump_fence_unsynced, FileId};
 use crate::ofd::{commit, io_error, lock_blocking, try_lock, unlock, Mode, Range};
-use crate::queue::{entry, Entry, Grant};
+use crate::queue::{entry, Entry, Grant, Turn};
 
 /// Taken exclusively by every acquirer on its way in (companion file).
 const TURNSTILE: Range = Range::byte(0);
@@ -56,10 +56,10 @@ pub(crate) fn turnstile_path(path: &Path) -> std::path::PathBuf {
 
 /// Pass the in-process FIFO and the turnstile into the lock file in `mode`:
 /// returns the lock file's description holding the whole file in `mode`
-/// with the file's identity, and, for a reader, the turnstile file's
-/// description with the turnstile released (the reader's counter byte is
-/// in that file). A writer's turnstile description is closed, which
-/// releases the turnstile with no separate unlock.
+/// with the file's identity, the turnstile file's description (still
+/// holding the turnstile) and this acquirer's place at the head of the
+/// in-process FIFO. The caller releases the turnstile, then the place, so
+/// the next acquirer of this process finds the turnstile free.
 ///
 /// # Cancel safety
 ///
@@ -69,7 +69,7 @@ async fn enter(
     entry: &Arc<Entry>,
     mode: Mode,
     wait: bool,
-) -> Result<Option<(File, FileId, Option<File>)>> {
+) -> Result<Option<(File, FileId, File, Turn)>> {
     let Some(turn_place) = entry.turn(wait).await? else {
         return Ok(None);
     };
@@ -83,32 +83,18 @@ async fn enter(
     let Some((file, id)) = entry.lock_file(wait, mode, Range::WHOLE).await? else {
         return Ok(None);
     };
-    // Released before the next acquirer of this process is let in.
-    let turn = match mode {
-        Mode::Shared => {
-            unlock(&turn, TURNSTILE).map_err(|e| io_error("leaving the turnstile", e))?;
-            Some(turn)
-        }
-        Mode::Exclusive => {
-            drop(turn);
-            None
-        }
-    };
-    drop(turn_place);
-    Ok(Some((file, id, turn)))
+    Ok(Some((file, id, turn, turn_place)))
 }
 
 /// Acquire a read grant of the lock file `path` (`None`: busy and `!wait`).
 pub(crate) async fn lock_read(path: &Path, wait: bool) -> Result<Option<Grant>> {
     let entry = entry(path);
-    let Some((file, id, turn)) = enter(&entry, Mode::Shared, wait).await? else {
+    let Some((file, id, turn, turn_place)) = enter(&entry, Mode::Shared, wait).await? else {
         return Ok(None);
     };
-    let Some(turn) = turn else {
-        return Err(quorate_core::Error::backend(
-            "a reader passed the turnstile without its description",
-        ));
-    };
+    // The turnstile file stays open: the reader's counter byte is in it.
+    unlock(&turn, TURNSTILE).map_err(|e| io_error("leaving the turnstile", e))?;
+    drop(turn_place);
     // Inline when no other reader of this process is committing, no other
     // process's reader holds the counter byte, and the bump needs no sync.
     let gate = match entry.try_gate() {
@@ -144,9 +130,13 @@ pub(crate) async fn lock_read(path: &Path, wait: bool) -> Result<Option<Grant>> 
 /// and `!wait`).
 pub(crate) async fn lock_write(path: &Path, wait: bool) -> Result<Option<Grant>> {
     let entry = entry(path);
-    let Some((file, id, _)) = enter(&entry, Mode::Exclusive, wait).await? else {
+    let Some((file, id, turn, turn_place)) = enter(&entry, Mode::Exclusive, wait).await? else {
         return Ok(None);
     };
+    // Closing the turnstile file's description frees the turnstile: no
+    // separate unlock.
+    drop(turn);
+    drop(turn_place);
     // Inline when the bump needs no sync (this exclusive grant excludes
     // every other bump of the file).
     if let Some(fence) = bump_fence_unsynced(&file, path)? {
