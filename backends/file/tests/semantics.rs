@@ -834,6 +834,44 @@ async fn removed_lock_files_are_noticed_and_fences_never_repeat() {
     again.release().await.unwrap();
 }
 
+/// `Coordinator::locks` names a holder only while its record's lock file
+/// is the one at the path: the holder's record (written from the identity
+/// checked when it locked) lists it, and once its lock file is removed and
+/// another session holds the new file, only that one is listed, though the
+/// first record still stands (the TTL is long: no keep-alive has cleared
+/// it yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listing_follows_the_lock_file_at_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}?ttl=60s", dir.path().display());
+    let c = quorate_file::connect(&Config::parse(&url).unwrap())
+        .await
+        .unwrap();
+    let holders = || async {
+        let locks = c.locks("m").await.unwrap();
+        let lock = locks.iter().find(|l| l.name == "m").expect("m is listed");
+        lock.holders
+            .iter()
+            .map(|h| (h.session.clone(), h.fence))
+            .collect::<Vec<_>>()
+    };
+    let s1 = c.session().await.unwrap();
+    let first = s1.mutex("m").lock().await.unwrap();
+    assert_eq!(
+        holders().await,
+        [(Some(s1.id().to_owned()), Some(first.fence()))]
+    );
+    std::fs::remove_file(quorate_file::mutex_path(dir.path(), "m")).unwrap();
+    let s2 = c.session().await.unwrap();
+    let second = s2.mutex("m").lock().await.unwrap();
+    assert_eq!(
+        holders().await,
+        [(Some(s2.id().to_owned()), Some(second.fence()))]
+    );
+    second.release().await.unwrap();
+    drop(first);
+}
+
 /// A membership and a leadership whose files are removed (the member file,
 /// then the election's lock file) are told (`lost()`) by the keep-alive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
