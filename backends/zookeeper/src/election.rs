@@ -81,7 +81,7 @@ pub(crate) async fn leader(client: &Client, dir: &str) -> Result<Option<Leader>>
 
 struct ZkLeadership {
     shared: Arc<SessionShared>,
-    path: String,
+    path: Arc<str>,
     czxid: i64,
     /// The leadership's token: `czxid`, checked.
     fence: FencingToken,

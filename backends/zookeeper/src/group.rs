@@ -137,7 +137,7 @@ pub(crate) async fn join(
         Err(e) => return Err(e),
     };
     drop(guard);
-    watch_own_node(shared, path.clone(), loss);
+    watch_own_node(shared, path.as_str().into(), loss);
     Ok(Box::new(ZkMembership {
         shared: shared.clone(),
         path,

@@ -49,7 +49,7 @@ pub(crate) async fn lock(
 /// A granted contender node of this session.
 pub(crate) struct ZkLock {
     shared: Arc<SessionShared>,
-    path: String,
+    path: Arc<str>,
     czxid: i64,
     /// The grant's token: `czxid`, checked.
     fence: FencingToken,

@@ -45,8 +45,8 @@ pub(crate) struct Spec {
 
 /// A granted contender node.
 pub(crate) struct Grant {
-    /// Full path of the node.
-    pub(crate) path: String,
+    /// Full path of the node (shared with the grant's node watch).
+    pub(crate) path: Arc<str>,
     /// Its stat at creation (`czxid` is the fencing token).
     pub(crate) stat: Stat,
 }
@@ -91,7 +91,10 @@ pub(crate) async fn acquire(
         let Some(predecessor) = predecessor(&children, my_seq, spec.blocked_by) else {
             cleanup.armed = false;
             tracing::debug!(%path, czxid = stat.czxid, "granted");
-            return Ok(Some(Grant { path, stat }));
+            return Ok(Some(Grant {
+                path: path.into(),
+                stat,
+            }));
         };
         // With one blocking node ahead, its deletion grants us: nodes
         // created later have higher sequence numbers and never block us.
@@ -137,7 +140,10 @@ pub(crate) async fn acquire(
             // `a_waiter_paused_past_its_session_is_not_granted`).
             cleanup.armed = false;
             tracing::debug!(%path, czxid = stat.czxid, "granted on the predecessor's deletion");
-            return Ok(Some(Grant { path, stat }));
+            return Ok(Some(Grant {
+                path: path.into(),
+                stat,
+            }));
         }
     }
 }

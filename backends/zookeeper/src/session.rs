@@ -35,8 +35,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex as StdMutex, OnceLock, Weak};
 use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use quorate_core::loss::LossNotifier;
 use quorate_core::{Error, Result};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::{SendError, TrySendError};
 use tokio::time::Instant;
 use zookeeper_client as zk;
 use zookeeper_client::{Client, SessionState, StateWatcher};
@@ -54,6 +57,8 @@ pub(crate) struct SessionShared {
     states: StateWatcher,
     /// When the last successful keep-alive was sent (or the session opened).
     renewed: StdMutex<Instant>,
+    /// Hands nodes to watch to the session's watch task ([`watch_nodes`]).
+    node_watches: mpsc::Sender<Arm>,
 }
 
 impl SessionShared {
@@ -135,17 +140,20 @@ impl ZkSession {
                 scope: scope_key(server, &layout),
             },
         );
+        let (node_watches, arms) = mpsc::channel(WATCH_INBOX);
         let shared = Arc::new(SessionShared {
             client: StdMutex::new(Some(client)),
             id,
             layout,
             states: states.clone(),
             renewed: StdMutex::new(opened),
+            node_watches,
         });
         if let Some(r) = registry().lock().unwrap().get_mut(&id) {
             r.shared = Arc::downgrade(&shared);
         }
         tokio::spawn(monitor(shared.clone(), states, loss.clone(), negotiated));
+        tokio::spawn(watch_nodes(Arc::downgrade(&shared), arms));
         tracing::debug!(session = %shared.id_string(), ?negotiated, "ZooKeeper session opened");
         Ok(ZkSession {
             shared,
@@ -337,58 +345,106 @@ pub(crate) fn is_session_gone(e: &zk::Error) -> bool {
     )
 }
 
+/// How many node watches may wait for the session's watch task to take
+/// them up. The task takes each at once, so this bounds a burst of grants,
+/// not the number watched; past it, a small task waits for room (as core's
+/// clean-up hand-over does).
+const WATCH_INBOX: usize = 256;
+
+/// A node to watch and the loss to fire when it goes.
+type Arm = (Arc<str>, LossNotifier);
+
 /// Fire `loss` when the node at `path` (a grant, membership or candidacy of
-/// this session) is deleted by anyone but us, or the session ends. The task
-/// ends once `loss` fired (core fires it before releasing).
-pub(crate) fn watch_own_node(shared: &Arc<SessionShared>, path: String, loss: LossNotifier) {
-    let shared = shared.clone();
-    tokio::spawn(async move {
-        loop {
-            if loss.is_lost() {
+/// this session) is deleted by anyone, or the session ends. Our own
+/// release deletes the node too, after core fired the loss (the first fire
+/// wins), so the watch ends with the release's deletion event and never
+/// costs a `removeWatches`.
+///
+/// The session's one watch task runs every such watch (see
+/// [`watch_nodes`]), so a held grant costs its watcher, not a task.
+pub(crate) fn watch_own_node(shared: &Arc<SessionShared>, path: Arc<str>, loss: LossNotifier) {
+    match shared.node_watches.try_send((path, loss)) {
+        Ok(()) => {}
+        Err(TrySendError::Full(arm)) => {
+            let inbox = shared.node_watches.clone();
+            tokio::spawn(async move {
+                if let Err(SendError((path, loss))) = inbox.send(arm).await {
+                    loss.fire(format!("the watch of node `{path}` could not start"));
+                }
+            });
+        }
+        Err(TrySendError::Closed((path, loss))) => {
+            // The task ends only once no sender is left: never while this
+            // session is open. Refuse to vouch for an unwatched grant.
+            loss.fire(format!("the watch of node `{path}` could not start"));
+        }
+    }
+}
+
+/// The session's watch task: runs the watch of every node handed to
+/// [`watch_own_node`] until the session's shared state is gone (every grant
+/// holds it, so none is left to watch for then).
+async fn watch_nodes(shared: Weak<SessionShared>, mut arms: mpsc::Receiver<Arm>) {
+    let mut watching = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            arm = arms.recv() => match arm {
+                Some((path, loss)) => watching.push(watch_node(shared.clone(), path, loss)),
+                None => return,
+            },
+            Some(()) = watching.next(), if !watching.is_empty() => {}
+        }
+    }
+}
+
+/// Watch one node; see [`watch_own_node`]. The `exists` request runs boxed,
+/// so what stays while the node is watched is the watcher, the path and
+/// the loss.
+async fn watch_node(shared: Weak<SessionShared>, path: Arc<str>, loss: LossNotifier) {
+    loop {
+        if loss.is_lost() {
+            return;
+        }
+        let Some(Ok(client)) = shared.upgrade().map(|s| s.client()) else {
+            return;
+        };
+        // Only the watcher (none when the node is gone) leaves the box.
+        let node = &path;
+        let watched = Box::pin(async move {
+            let (stat, watcher) = client.check_and_watch_stat(node).await?;
+            Ok::<_, zk::Error>(stat.map(|_| watcher))
+        })
+        .await;
+        match watched {
+            Ok(None) => {
+                loss.fire(format!("node `{path}` was deleted"));
                 return;
             }
-            let Ok(client) = shared.client() else {
+            Ok(Some(watcher)) => {
+                let event = watcher.changed().await;
+                match event.event_type {
+                    zk::EventType::NodeDeleted => {
+                        loss.fire(format!("node `{path}` was deleted"));
+                        return;
+                    }
+                    zk::EventType::Session if event.session_state.is_terminated() => {
+                        loss.fire(format!(
+                            "the ZooKeeper session ended ({})",
+                            event.session_state
+                        ));
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+            Err(e) if is_session_gone(&e) => {
+                loss.fire(format!("the ZooKeeper session ended ({e})"));
                 return;
-            };
-            let watched = client.check_and_watch_stat(&path).await;
-            drop(client);
-            match watched {
-                Ok((None, _)) => {
-                    loss.fire(format!("node `{path}` was deleted"));
-                    return;
-                }
-                Ok((Some(_), watcher)) => {
-                    let event = tokio::select! {
-                        e = watcher.changed() => e,
-                        _ = loss.lost() => return,
-                    };
-                    match event.event_type {
-                        zk::EventType::NodeDeleted => {
-                            loss.fire(format!("node `{path}` was deleted"));
-                            return;
-                        }
-                        zk::EventType::Session if event.session_state.is_terminated() => {
-                            loss.fire(format!(
-                                "the ZooKeeper session ended ({})",
-                                event.session_state
-                            ));
-                            return;
-                        }
-                        _ => {}
-                    }
-                }
-                Err(e) if is_session_gone(&e) => {
-                    loss.fire(format!("the ZooKeeper session ended ({e})"));
-                    return;
-                }
-                Err(e) => {
-                    tracing::debug!(%path, error = %e, "re-arming the node watch");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                        _ = loss.lost() => return,
-                    }
-                }
+            }
+            Err(e) => {
+                tracing::debug!(%path, error = %e, "re-arming the node watch");
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-    });
+    }
 }

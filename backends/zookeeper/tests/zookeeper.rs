@@ -441,6 +441,59 @@ async fn dropped_waiters_leave_nothing_behind() {
     waiters.close().await.unwrap();
 }
 
+/// Every grant's node is watched, by the session's one watch task: after a
+/// burst of concurrent grants (and releases, whose deletions end their
+/// watches), deleting the remaining grants' nodes from another client (an
+/// operator, or a revoke from another process) must tell every holder, and
+/// not lose the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_grant_of_a_burst_hears_its_node_deleted() {
+    use futures::future::join_all;
+    use zookeeper_client as zk;
+    const LOCKS: usize = 600;
+    let endpoints = shared_endpoints();
+    let ns = fresh_namespace();
+    let coord = connect(&format!("zookeeper://{endpoints}/{ns}"))
+        .await
+        .unwrap();
+    let session = coord.session().await.unwrap();
+    let names: Vec<String> = (0..LOCKS).map(|i| format!("burst-{i}")).collect();
+    let mutexes: Vec<_> = names.iter().map(|n| session.mutex(n)).collect();
+    let guards: Vec<_> = join_all(mutexes.iter().map(|m| m.lock()))
+        .await
+        .into_iter()
+        .map(|g| g.unwrap())
+        .collect();
+    // Half are released (their watches end with the release's deletion).
+    let mut guards = guards;
+    let kept = guards.split_off(LOCKS / 2);
+    for g in guards {
+        g.release().await.unwrap();
+    }
+    assert!(
+        kept.iter().all(|g| !g.is_lost()),
+        "a held grant is already lost"
+    );
+    let raw = zk::Client::connect(&endpoints).await.unwrap();
+    for name in &names[LOCKS / 2..] {
+        let dir = format!("/{ns}/quorate/lock/{name}");
+        for child in raw.list_children(&dir).await.unwrap() {
+            raw.delete(&format!("{dir}/{child}"), None).await.unwrap();
+        }
+    }
+    for (i, g) in kept.iter().enumerate() {
+        let reason = tokio::time::timeout(Duration::from_secs(20), g.lost())
+            .await
+            .unwrap_or_else(|_| panic!("grant {i} did not hear its node deleted"));
+        assert!(
+            reason.to_string().contains("deleted"),
+            "grant {i} lost for another reason: {reason}"
+        );
+    }
+    assert!(!session.is_lost(), "deleting lock nodes lost the session");
+    session.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_outage_past_the_timeout_loses_the_session_first() {
     let mut cluster = tokio::task::spawn_blocking(|| ZkCluster::start(1))
