@@ -61,8 +61,9 @@ impl ServerCounters {
         }
     }
 
-    /// `self - other` (clamped at 0), e.g. to remove the cost of reading
-    /// the counters themselves.
+    /// `self - other` (clamped at 0): a difference of readings without the
+    /// cost of reading the counters themselves
+    /// ([`CounterSource::read_cost`]).
     pub fn minus(&self, other: &ServerCounters) -> ServerCounters {
         let mut d = self.since(other);
         d.requests = d.requests.max(0.0);
@@ -183,6 +184,32 @@ impl CounterSource {
                 })
             }
         }
+    }
+}
+
+impl CounterSource {
+    /// What reading the counters adds to a difference of two readings:
+    /// the least of three back-to-back differences. ZooKeeper counts its
+    /// own `mntr` as a packet received (and its answer as sent), so every
+    /// difference includes one reading; Redis's `INFO` is left out by the
+    /// parser and etcd's `/metrics` is not a gRPC message, so theirs is
+    /// zero. Subtract it with [`ServerCounters::minus`].
+    ///
+    /// # Errors
+    ///
+    /// As [`CounterSource::read`].
+    pub async fn read_cost(&self) -> Result<ServerCounters> {
+        let mut prev = self.read().await?;
+        let mut least: Option<ServerCounters> = None;
+        for _ in 0..3 {
+            let next = self.read().await?;
+            let d = next.since(&prev);
+            if least.as_ref().is_none_or(|l| d.requests < l.requests) {
+                least = Some(d);
+            }
+            prev = next;
+        }
+        Ok(least.unwrap_or_default())
     }
 }
 

@@ -375,6 +375,7 @@ async fn requests_per_op(
     n: usize,
 ) -> quorate::Result<ScenarioReport> {
     let handoffs = (n / 4).max(2);
+    let cost = source.read_cost().await?;
     let c0 = source.read().await?;
     for _ in 0..n {
         session
@@ -402,10 +403,10 @@ async fn requests_per_op(
         raw.handoff("bench-raw-counted-handoff").await?;
     }
     let c4 = source.read().await?;
-    let q = c1.since(&c0).per(n as f64);
-    let r = c2.since(&c1).per(n as f64);
-    let qh = c3.since(&c2).per(handoffs as f64);
-    let rh = c4.since(&c3).per(handoffs as f64);
+    let q = c1.since(&c0).minus(&cost).per(n as f64);
+    let r = c2.since(&c1).minus(&cost).per(n as f64);
+    let qh = c3.since(&c2).minus(&cost).per(handoffs as f64);
+    let rh = c4.since(&c3).minus(&cost).per(handoffs as f64);
     let mut figures = BTreeMap::new();
     figures.insert("uncontended_requests".to_owned(), q.requests);
     figures.insert("raw_uncontended_requests".to_owned(), r.requests);
@@ -534,14 +535,14 @@ async fn keep_alive_cost(
     source: Option<&counters::CounterSource>,
 ) -> quorate::Result<(Option<counters::ServerCounters>, f64)> {
     let before = match source {
-        Some(s) => Some(s.read().await?),
+        Some(s) => Some((s.read_cost().await?, s.read().await?)),
         None => None,
     };
     let t = Instant::now();
     session.keep_alive().await?;
     let us = t.elapsed().as_secs_f64() * 1e6;
     let delta = match (source, before) {
-        (Some(s), Some(b)) => Some(s.read().await?.since(&b)),
+        (Some(s), Some((cost, b))) => Some(s.read().await?.since(&b).minus(&cost)),
         _ => None,
     };
     Ok((delta, us))
