@@ -55,6 +55,17 @@ async fn connect(url: &str) -> quorate_core::Result<Coordinator> {
     quorate_zookeeper::connect(&Config::parse(url)?).await
 }
 
+/// The shared server's endpoints, a fresh namespace on it, and a
+/// coordinator of that namespace.
+async fn on_the_shared_server() -> (String, String, Coordinator) {
+    let endpoints = shared_endpoints();
+    let ns = fresh_namespace();
+    let coord = connect(&format!("zookeeper://{endpoints}/{ns}"))
+        .await
+        .unwrap();
+    (endpoints, ns, coord)
+}
+
 /// A kazoo process driven line by line: `acquire KIND PATH`,
 /// `try KIND PATH` (answers `true`/`false`), `release`.
 struct Kazoo {
@@ -141,11 +152,7 @@ impl Drop for Kazoo {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kazoo_lock_and_quorate_mutex_exclude_each_other() {
-    let endpoints = shared_endpoints();
-    let ns = fresh_namespace();
-    let coord = connect(&format!("zookeeper://{endpoints}/{ns}"))
-        .await
-        .unwrap();
+    let (endpoints, ns, coord) = on_the_shared_server().await;
     let session = coord.session().await.unwrap();
     let path = format!("/{ns}/quorate/lock/{}", name::encode("jobs/nightly"));
     let kazoo = Kazoo::start(&endpoints);
@@ -182,11 +189,7 @@ async fn kazoo_lock_and_quorate_mutex_exclude_each_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kazoo_rwlock_and_quorate_rwlock_follow_the_same_rules() {
-    let endpoints = shared_endpoints();
-    let ns = fresh_namespace();
-    let coord = connect(&format!("zookeeper://{endpoints}/{ns}"))
-        .await
-        .unwrap();
+    let (endpoints, ns, coord) = on_the_shared_server().await;
     let session = coord.session().await.unwrap();
     let rw = session.rwlock("config");
     // One name, one lock: the read/write lock lives in the mutex's
@@ -276,11 +279,7 @@ async fn kazoo_rwlock_and_quorate_rwlock_follow_the_same_rules() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kazoo_contender_in_an_election_is_seen_and_waited_for() {
-    let endpoints = shared_endpoints();
-    let ns = fresh_namespace();
-    let coord = connect(&format!("zookeeper://{endpoints}/{ns}"))
-        .await
-        .unwrap();
+    let (endpoints, ns, coord) = on_the_shared_server().await;
     let session = coord.session().await.unwrap();
     let path = format!("/{ns}/quorate/election/scheduler");
     // kazoo's Election runs its `Lock` on the election path, with its
@@ -402,11 +401,7 @@ async fn digest_identity_owns_its_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_waiters_leave_nothing_behind() {
-    let endpoints = shared_endpoints();
-    let ns = fresh_namespace();
-    let coord = connect(&format!("zookeeper://{endpoints}/{ns}"))
-        .await
-        .unwrap();
+    let (_, _, coord) = on_the_shared_server().await;
     let holder = coord.session().await.unwrap();
     let waiters = coord.session().await.unwrap();
     let g = holder.mutex("m").lock().await.unwrap();
@@ -451,11 +446,7 @@ async fn every_grant_of_a_burst_hears_its_node_deleted() {
     use futures::future::join_all;
     use zookeeper_client as zk;
     const LOCKS: usize = 600;
-    let endpoints = shared_endpoints();
-    let ns = fresh_namespace();
-    let coord = connect(&format!("zookeeper://{endpoints}/{ns}"))
-        .await
-        .unwrap();
+    let (endpoints, ns, coord) = on_the_shared_server().await;
     let session = coord.session().await.unwrap();
     let names: Vec<String> = (0..LOCKS).map(|i| format!("burst-{i}")).collect();
     let mutexes: Vec<_> = names.iter().map(|n| session.mutex(n)).collect();
