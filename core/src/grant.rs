@@ -288,25 +288,16 @@ impl Cleanup {
         Cleanup { tx, runtime }
     }
 
-    /// Hand a grant over. Never blocks: a full queue is waited on by a
-    /// small task; a clean-up that ended (with its session) drops the grant,
-    /// which the session's lease frees.
+    /// Hand a grant over ([`crate::inbox::hand_over`]). Never blocks: a
+    /// full queue is waited on by a small task; a clean-up that ended (with
+    /// its session) drops the grant, which the session's lease frees.
     pub(crate) fn hand_over(&self, pending: Pending) {
-        match self.tx.try_send(pending) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(pending)) => {
-                let tx = self.tx.clone();
-                self.runtime.spawn(async move {
-                    let _ = tx.send(pending).await;
-                });
-            }
-            Err(mpsc::error::TrySendError::Closed(pending)) => {
-                tracing::debug!(
-                    op = pending.how.op(),
-                    "the session ended: its lease frees the grant"
-                );
-            }
-        }
+        crate::inbox::hand_over(&self.tx, pending, &self.runtime, |pending| {
+            tracing::debug!(
+                op = pending.how.op(),
+                "the session ended: its lease frees the grant"
+            );
+        });
     }
 }
 

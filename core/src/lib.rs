@@ -18,6 +18,7 @@ pub mod error;
 mod fence;
 mod grant;
 mod group;
+pub mod inbox;
 pub mod inspect;
 pub mod loss;
 pub mod metrics;

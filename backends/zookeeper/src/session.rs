@@ -36,10 +36,11 @@ use std::sync::{Arc, Mutex as StdMutex, OnceLock, Weak};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
+use quorate_core::inbox::hand_over;
 use quorate_core::loss::LossNotifier;
 use quorate_core::{Error, Result};
+use tokio::runtime::Handle;
 use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::{SendError, TrySendError};
 use tokio::time::Instant;
 use zookeeper_client as zk;
 use zookeeper_client::{Client, SessionState, StateWatcher};
@@ -347,8 +348,8 @@ pub(crate) fn is_session_gone(e: &zk::Error) -> bool {
 
 /// How many node watches may wait for the session's watch task to take
 /// them up. The task takes each at once, so this bounds a burst of grants,
-/// not the number watched; past it, a small task waits for room (as core's
-/// clean-up hand-over does).
+/// not the number watched; past it, a small task waits for room
+/// ([`hand_over`]).
 const WATCH_INBOX: usize = 256;
 
 /// A node to watch and the loss to fire when it goes.
@@ -363,22 +364,14 @@ type Arm = (Arc<str>, LossNotifier);
 /// The session's one watch task runs every such watch (see
 /// [`watch_nodes`]), so a held grant costs its watcher, not a task.
 pub(crate) fn watch_own_node(shared: &Arc<SessionShared>, path: Arc<str>, loss: LossNotifier) {
-    match shared.node_watches.try_send((path, loss)) {
-        Ok(()) => {}
-        Err(TrySendError::Full(arm)) => {
-            let inbox = shared.node_watches.clone();
-            tokio::spawn(async move {
-                if let Err(SendError((path, loss))) = inbox.send(arm).await {
-                    loss.fire(format!("the watch of node `{path}` could not start"));
-                }
-            });
-        }
-        Err(TrySendError::Closed((path, loss))) => {
-            // The task ends only once no sender is left: never while this
-            // session is open. Refuse to vouch for an unwatched grant.
-            loss.fire(format!("the watch of node `{path}` could not start"));
-        }
-    }
+    // The task ends only once no sender is left, never while this session
+    // is open; if it did, refuse to vouch for an unwatched grant.
+    hand_over(
+        &shared.node_watches,
+        (path, loss),
+        &Handle::current(),
+        |(path, loss)| loss.fire(format!("the watch of node `{path}` could not start")),
+    );
 }
 
 /// The session's watch task: runs the watch of every node handed to
