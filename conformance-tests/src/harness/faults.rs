@@ -314,9 +314,11 @@ impl ServerFaults for ZkFaults {
                         return Ok(format!("ZooKeeper server {}", i + 1))
                     }
                     _ if Instant::now() > deadline => {
-                        return Err(io::Error::other(
-                            "no other ZooKeeper server became the leader within 30 s",
-                        ))
+                        return Err(io::Error::other(format!(
+                            "no other ZooKeeper server became the leader within 30 s; \
+                             the servers' election logs:\n{}",
+                            cluster.lock().unwrap().election_report(12)
+                        )))
                     }
                     _ => std::thread::sleep(Duration::from_millis(100)),
                 }

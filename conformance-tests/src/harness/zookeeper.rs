@@ -290,6 +290,42 @@ impl ZkCluster {
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
+    /// Every server's mode and the last `lines` lines of its log about the
+    /// election and the quorum (election rounds, peer connections, the
+    /// leader's and followers' state changes), for a failure message that
+    /// says why no leader emerged.
+    pub fn election_report(&self, lines: usize) -> String {
+        const ABOUT: [&str; 5] = [
+            "FastLeaderElection",
+            "QuorumCnxManager",
+            "quorum.QuorumPeer ",
+            "quorum.Leader ",
+            "quorum.Learner ",
+        ];
+        let mut out = String::new();
+        for i in 0..self.servers.len() {
+            let mode = match (self.pid(i), self.mode(i)) {
+                (None, _) => "not running".to_owned(),
+                (Some(_), Some(m)) => m,
+                (Some(_), None) => "running, not serving".to_owned(),
+            };
+            out.push_str(&format!("server {} ({mode}):\n", self.servers[i].id));
+            let text = std::fs::read_to_string(&self.servers[i].log).unwrap_or_default();
+            let about: Vec<&str> = text
+                .lines()
+                // Log lines, not the stack traces under them.
+                .filter(|l| !l.starts_with(char::is_whitespace))
+                .filter(|l| ABOUT.iter().any(|a| l.contains(a)))
+                .collect();
+            for l in &about[about.len().saturating_sub(lines)..] {
+                out.push_str("  ");
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
     fn signal(&self, i: usize, sig: &str) {
         if let Some(pid) = self.pid(i) {
             let _ = Command::new("kill")
@@ -327,6 +363,9 @@ impl ZkCluster {
                 "-Dznode.container.checkIntervalMs=1000",
                 "-Dorg.slf4j.simpleLogger.defaultLogLevel=info",
                 "-Dorg.slf4j.simpleLogger.showDateTime=true",
+                // Wall-clock UTC times, to line the log up with the test's.
+                "-Dorg.slf4j.simpleLogger.dateTimeFormat=HH:mm:ss.SSS",
+                "-Duser.timezone=UTC",
                 "-cp",
                 &classpath,
                 "org.apache.zookeeper.server.quorum.QuorumPeerMain",
