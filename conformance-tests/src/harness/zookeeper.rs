@@ -16,6 +16,21 @@
 //! servers instead ([`external_endpoints`]); fault injection then is not
 //! available.
 //!
+//! Elections are tuned for a loopback ensemble, as the test cases measure
+//! quorate, not how fast ZooKeeper elects with its defaults. Two of
+//! ZooKeeper's waits made elections after a fault take up to 12.8 and
+//! 22.7 s here (one full suite run in four; at most 3.5 s in five runs
+//! since); twice earlier no new leader came within 30 s (the cause was
+//! not captured; such a failure now prints every server's election log):
+//! - a follower that joined a leader shutting down for want of synced
+//!   followers hangs in discovery until `initLimit` × `tickTime` (was
+//!   50 × 200 ms = 10 s, now 25 × 200 ms = 5 s);
+//! - the best candidate, waiting with an exponentially growing notification
+//!   timeout (up to 60 s by default), does not re-announce its vote to a peer
+//!   that starts looking later, so that peer votes for itself until the
+//!   timeout ends: `zookeeper.fastleader.maxNotificationInterval` caps it at
+//!   1 s.
+//!
 //! This file only uses `std`, so backend crates can include it in their
 //! own tests with `#[path]` without depending on the whole suite.
 
@@ -142,7 +157,7 @@ impl ZkCluster {
             std::fs::create_dir_all(&data)?;
             std::fs::write(data.join("myid"), format!("{id}\n"))?;
             let mut cfg = format!(
-                "tickTime=200\ninitLimit=50\nsyncLimit=25\ndataDir={}\nclientPort={client}\n\
+                "tickTime=200\ninitLimit=25\nsyncLimit=25\ndataDir={}\nclientPort={client}\n\
                  clientPortAddress=127.0.0.1\nadmin.enableServer=false\n4lw.commands.whitelist=*\n\
                  forceSync=no\nminSessionTimeout=400\nmaxSessionTimeout=60000\nmaxClientCnxns=0\n\
                  autopurge.purgeInterval=0\n",
@@ -361,6 +376,8 @@ impl ZkCluster {
                 "-XX:TieredStopAtLevel=1",
                 "-Dzookeeper.admin.enableServer=false",
                 "-Dznode.container.checkIntervalMs=1000",
+                // Election liveness: see the module's documentation.
+                "-Dzookeeper.fastleader.maxNotificationInterval=1000",
                 "-Dorg.slf4j.simpleLogger.defaultLogLevel=info",
                 "-Dorg.slf4j.simpleLogger.showDateTime=true",
                 // Wall-clock UTC times, to line the log up with the test's.
