@@ -7,7 +7,8 @@
 //! client SIGSTOP and SIGKILL, client partitions (a black-holing proxy per
 //! agent, each in front of a different member where there are several),
 //! member partitions, and the server faults of the target's controller
-//! whose guarantee the backend declares (leader kill) — for a set time. Then
+//! whose guarantee the backend declares (leader kill, where
+//! `exclusive_across_failover` or `survives_failover` is) — for a set time. Then
 //! everything is healed and every agent must complete a round again.
 //!
 //! The whole history is checked: grants and belief ends are reported by
@@ -210,7 +211,10 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
     if lease && upstream.is_some() {
         menu.push(Injected::ClientPartition);
     }
-    if caps.survives_failover && t.supports(Fault::KillLeader) {
+    // The nemesis checks safety (and liveness after the heal), so leader
+    // kills are in the mix wherever a failover is declared not to make two
+    // holders, whether or not holders keep their locks through it.
+    if (caps.survives_failover || caps.exclusive_across_failover) && t.supports(Fault::KillLeader) {
         menu.push(Injected::KillLeader);
     }
     let members = controller

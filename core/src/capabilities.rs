@@ -107,6 +107,12 @@ pub struct Capabilities {
     pub exclusive_under_pause: bool,
     /// A lock stays held and exclusive across a server failover.
     pub survives_failover: bool,
+    /// Across a server failover a holder may lose its lock, but it is told
+    /// no later than another client is granted it, and fences never go
+    /// backwards: never two holders. Implied by `survives_failover`; `false`
+    /// where a failover can lose a grant silently (asynchronous
+    /// replication) or where there is no server to fail over.
+    pub exclusive_across_failover: bool,
     /// A session can be revoked from outside (`Coordinator::revoke_session`).
     pub external_revoke: bool,
     /// Which primitives are implemented.
@@ -117,7 +123,8 @@ impl Capabilities {
     /// The capabilities of backend `backend` with this scope and failure
     /// detection, declaring nothing else: no fencing, no FIFO order
     /// (`rwlock_ordering: WriterPreferring`), no push wake-ups, no
-    /// exclusion under pause, no failover survival, no external revoke, no
+    /// exclusion under pause, no failover survival or exclusion, no external
+    /// revoke, no
     /// primitive. Set the fields the backend guarantees.
     pub const fn new(
         backend: &'static str,
@@ -134,6 +141,7 @@ impl Capabilities {
             push_wakeups: false,
             exclusive_under_pause: false,
             survives_failover: false,
+            exclusive_across_failover: false,
             external_revoke: false,
             primitives: Primitives::NONE,
         }

@@ -85,6 +85,7 @@ pub fn capabilities() -> Capabilities {
     c.push_wakeups = true;
     c.exclusive_under_pause = false;
     c.survives_failover = true;
+    c.exclusive_across_failover = true;
     c.external_revoke = true;
     c.primitives = Primitives::ALL;
     c

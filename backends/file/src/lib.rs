@@ -89,6 +89,8 @@ pub fn capabilities() -> Capabilities {
     c.push_wakeups = true;
     c.exclusive_under_pause = true;
     c.survives_failover = false;
+    // No server to fail over: nothing measured, nothing declared.
+    c.exclusive_across_failover = false;
     c.external_revoke = false;
     c.primitives = Primitives::ALL;
     c

@@ -48,7 +48,9 @@ pub fn capabilities() -> Capabilities {
     c.rwlock_ordering = RwOrdering::Fifo;
     c.push_wakeups = true;
     c.exclusive_under_pause = false;
+    // No server to fail over: nothing measured, nothing declared.
     c.survives_failover = false;
+    c.exclusive_across_failover = false;
     c.external_revoke = true;
     c.primitives = Primitives::ALL;
     c

@@ -81,7 +81,8 @@ pub const DEFAULT_NAMESPACE: &str = "quorate";
 /// What the Redis backend declares.
 ///
 /// A single Redis (or a Sentinel failover, with asynchronous replication)
-/// can lose a granted lock: `survives_failover` is `false`, and it covers
+/// can lose a granted lock: `survives_failover` and
+/// `exclusive_across_failover` are `false`, and they cover
 /// every server-side fault: after a failover to a replica that missed the
 /// last grants, fences can go backwards (they are monotonic only without
 /// failover); a forward step of the server's wall clock (Redis expires keys
@@ -95,6 +96,7 @@ pub fn capabilities() -> Capabilities {
     c.push_wakeups = true;
     c.exclusive_under_pause = false;
     c.survives_failover = false;
+    c.exclusive_across_failover = false;
     c.external_revoke = true;
     c.primitives = Primitives::ALL;
     c

@@ -129,6 +129,12 @@ pub fn capabilities() -> Capabilities {
     // holder was told it lost the lock ~1.2 s after the leader kill, with
     // no double grant. Declared not kept; see docs/backends.md.
     c.survives_failover = false;
+    // But never two holders: only the leader expires a session (a new
+    // leader gives every session a fresh timeout), and the client lease
+    // ends before it; zxids (fences) grow across leader epochs. A double
+    // grant or a fence going backwards fails `leader_failover`, and the
+    // nemesis kills leaders.
+    c.exclusive_across_failover = true;
     c.external_revoke = true;
     c.primitives = Primitives::ALL;
     c

@@ -234,7 +234,11 @@ pub mod leader_failover {
         let faults = controller(&t)?;
         let url = t.url_with("ttl", TTL);
         let ca = crate::connect(&url).await?;
-        let declared = ca.capabilities().survives_failover;
+        let caps = ca.capabilities();
+        let (keeps, exclusive) = (
+            caps.survives_failover,
+            caps.survives_failover || caps.exclusive_across_failover,
+        );
         let sa = ca.session().await?;
         let a = Watched::new(sa.mutex(NAME).lock().await?);
         {
@@ -269,18 +273,30 @@ pub mod leader_failover {
         }
         f.insert("killed_server_rejoined".into(), flag(healed.is_ok()));
         tracing::info!(target = %t.label, successor = %successor, "failover confirmed");
-        // The guarantee is all three: the holder keeps the lock, nobody else
-        // is granted it, fences never go backwards. Broken, it fails a
-        // backend that declares survives_failover and is `violated` (never a
-        // pass) for one that does not; the detail says which part broke.
-        let broke = f["holder_kept_lock"] == 0.0
-            || f["double_grant"] == 1.0
-            || f["fence_went_backwards"] == 1.0;
-        if broke {
+        // Two guarantees. Never two holders (nobody else is granted the lock
+        // while the holder believes it holds it, fences never go backwards):
+        // broken, it fails a backend that declares exclusive_across_failover
+        // (or survives_failover) whatever it declares about keeping locks.
+        // And the holder keeps the lock: broken, it fails a backend that
+        // declares survives_failover. Either is `violated` (never a pass)
+        // for a backend that does not declare it; the detail says which
+        // part broke.
+        let two_holders = f["double_grant"] == 1.0 || f["fence_went_backwards"] == 1.0;
+        if two_holders {
             return Err(broken(
-                declared,
+                exclusive,
                 format!(
-                    "after killing {what} (survives_failover declared {declared}): {}",
+                    "after killing {what} (exclusive_across_failover declared {exclusive}): {}",
+                    describe(&f)
+                ),
+                f,
+            ));
+        }
+        if f["holder_kept_lock"] == 0.0 {
+            return Err(broken(
+                keeps,
+                format!(
+                    "after killing {what} (survives_failover declared {keeps}): {}",
                     describe(&f)
                 ),
                 f,
