@@ -17,7 +17,9 @@ const OPTIONS: &str = "ttl=2s";
 fn target(label: &str, cluster: &Arc<Mutex<ZkCluster>>) -> Target {
     let endpoints = cluster.lock().unwrap().endpoints();
     let mut t = Target::new(label, format!("zookeeper://{endpoints}?{OPTIONS}"));
-    t.faults = Some(Arc::new(ZkFaults::new(cluster.clone())));
+    // The single server's controller also starts a server with a fake
+    // clock for `server_clock_step`.
+    t.faults = Some(Arc::new(ZkFaults::new(cluster.clone()).with_clock_steps()));
     t
 }
 

@@ -110,7 +110,7 @@ impl Watched {
 
     /// Whether the backend still has the grant (one bounded round trip;
     /// `None` when it does not answer).
-    async fn is_held(&self) -> Option<bool> {
+    pub(super) async fn is_held(&self) -> Option<bool> {
         match tokio::time::timeout(Duration::from_secs(2), self.guard.is_held()).await {
             Ok(Ok(held)) => Some(held),
             _ => None,

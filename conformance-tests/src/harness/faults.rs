@@ -7,7 +7,7 @@
 //! | controller | kill leader | partition | restart without data |
 //! |---|---|---|---|
 //! | [`EtcdFaults`] | 3+ members: the Raft leader | one member | — |
-//! | [`ZkFaults`] | 3+ servers: the ZooKeeper leader | one server | — |
+//! | [`ZkFaults`] | 3+ servers: the ZooKeeper leader | one server | — (a dedicated server's clock step, with [`ZkFaults::with_clock_steps`]) |
 //! | [`RedisFaults`] | — | the server | the server (no persistence) |
 //! | [`SentinelFaults`] | the primary (Sentinel fails over) | — | — |
 //! | [`ExternalFaults`] (servers not started here) | — | the URL's first server | — |
@@ -23,7 +23,9 @@
 //! libfaketime ([`Fault::ServerClockStep`]), and a primary + replica whose
 //! clock is behind, for a failover to a lagging replica
 //! ([`Fault::LaggingFailover`]). Each is started fresh by the case and
-//! killed when replaced or when the controller is dropped.
+//! killed when replaced or when the controller is dropped. A [`ZkFaults`]
+//! made [`ZkFaults::with_clock_steps`] starts a standalone ZooKeeper under
+//! libfaketime for [`Fault::ServerClockStep`] the same way.
 //!
 //! Every blocking harness call runs on tokio's blocking pool. Servers are
 //! only ever killed by their pid, through the harness handles.
@@ -160,6 +162,11 @@ pub struct ZkFaults {
     /// [`ZkFaults::start_partitionable`].
     peers: Option<PeerLinks>,
     killed: Mutex<Option<usize>>,
+    /// Whether [`Fault::ServerClockStep`] is offered
+    /// ([`ZkFaults::with_clock_steps`]).
+    clock_steps: bool,
+    /// The dedicated server with a fake clock, and its offset (s).
+    clock: Arc<Mutex<Option<(ZkCluster, i64)>>>,
 }
 
 impl ZkFaults {
@@ -176,7 +183,16 @@ impl ZkFaults {
             members,
             peers: None,
             killed: Mutex::new(None),
+            clock_steps: false,
+            clock: Arc::default(),
         }
+    }
+
+    /// Also offer [`Fault::ServerClockStep`]: the case gets a dedicated
+    /// standalone server run under libfaketime, whose wall clock it steps.
+    pub fn with_clock_steps(mut self) -> ZkFaults {
+        self.clock_steps = true;
+        self
     }
 
     /// Start an ensemble of `n` servers whose quorum and election traffic
@@ -225,7 +241,8 @@ impl ServerFaults for ZkFaults {
             Fault::Partition => self.upstream.is_some(),
             Fault::RestartWithoutPersistence => false,
             Fault::MemberPartition => self.size >= 3 && self.peers.is_some(),
-            Fault::Eviction | Fault::ServerClockStep | Fault::LaggingFailover => false,
+            Fault::ServerClockStep => self.clock_steps,
+            Fault::Eviction | Fault::LaggingFailover => false,
         }
     }
 
@@ -323,6 +340,32 @@ impl ServerFaults for ZkFaults {
                     _ => std::thread::sleep(Duration::from_millis(100)),
                 }
             }
+        })
+        .await
+    }
+
+    async fn clock_server(&self) -> io::Result<String> {
+        let clock = self.clock.clone();
+        blocking(move || {
+            let mut c = clock.lock().unwrap();
+            *c = None;
+            let server = ZkCluster::start_with_fake_clock()?;
+            let url = format!("zookeeper://{}", server.endpoints());
+            *c = Some((server, 0));
+            Ok(url)
+        })
+        .await
+    }
+
+    async fn step_server_clock(&self, secs: i64) -> io::Result<()> {
+        let clock = self.clock.clone();
+        blocking(move || {
+            let mut c = clock.lock().unwrap();
+            let (server, offset) = c
+                .as_mut()
+                .ok_or_else(|| io::Error::other("no clock server was started"))?;
+            *offset += secs;
+            server.set_clock_offset(*offset)
         })
         .await
     }

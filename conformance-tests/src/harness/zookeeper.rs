@@ -73,6 +73,10 @@ const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
 /// `server<N>.log` in the cluster's directory).
 const SLF4J_SIMPLE_JAR: &str = "/usr/share/java/slf4j-simple.jar";
 
+/// Debian's libfaketime, for a server whose wall clock can be stepped
+/// ([`ZkCluster::start_with_fake_clock`]).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
 /// One server of a cluster.
 struct Server {
     id: usize,
@@ -90,6 +94,9 @@ pub struct ZkCluster {
     /// Kept current with the servers' pids when the peer traffic is routed
     /// ([`ZkCluster::start_routed`]).
     pid_table: Option<Arc<Mutex<Vec<Option<u32>>>>>,
+    /// The libfaketime offset file of a server started by
+    /// [`ZkCluster::start_with_fake_clock`].
+    clock_file: Option<PathBuf>,
 }
 
 /// Where the other servers reach one server's quorum and election ports:
@@ -105,7 +112,91 @@ impl ZkCluster {
     ///
     /// When java cannot be started or a server does not become ready.
     pub fn start(n: usize) -> std::io::Result<ZkCluster> {
-        Self::start_with(n, None, &mut |_, q, e| Ok((q, e)))
+        Self::start_inner(n, None, &mut |_, q, e| Ok((q, e)), false)
+    }
+
+    /// A standalone server run under libfaketime: its wall clock can be
+    /// stepped while it runs ([`ZkCluster::set_clock_offset`]); its
+    /// monotonic clock stays real, as on a host whose clock an NTP step or
+    /// an operator moves.
+    ///
+    /// # Errors
+    ///
+    /// As [`ZkCluster::start`], and when libfaketime is not installed.
+    pub fn start_with_fake_clock() -> std::io::Result<ZkCluster> {
+        if !Path::new(LIBFAKETIME).exists() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{LIBFAKETIME} is missing (scripts/install-deps installs faketime)"),
+            ));
+        }
+        Self::start_inner(1, None, &mut |_, q, e| Ok((q, e)), true)
+    }
+
+    /// Step the wall clock of a server started by
+    /// [`ZkCluster::start_with_fake_clock`] to `secs` seconds off the real
+    /// one, at once.
+    ///
+    /// # Errors
+    ///
+    /// When the server has no fake clock, or the offset cannot be written.
+    pub fn set_clock_offset(&self, secs: i64) -> std::io::Result<()> {
+        let file = self
+            .clock_file
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("the server was not started with a fake clock"))?;
+        write_clock_offset(file, secs)?;
+        // Check that the server's clock moved (libfaketime in effect): the
+        // time of day it logs a command at, against the real one plus the
+        // offset.
+        let logged = self.logged_time_of_day(0)?;
+        let real = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(std::io::Error::other)?
+            .as_secs_f64();
+        const DAY: f64 = 86_400.0;
+        let off = (logged - (real + secs as f64)).rem_euclid(DAY);
+        let off = if off > DAY / 2.0 { off - DAY } else { off };
+        if off.abs() > 2.0 {
+            return Err(std::io::Error::other(format!(
+                "the server's clock is {off:.1} s off the {secs} s offset set: libfaketime is not in effect"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The time of day (seconds since midnight UTC) by server `i`'s own
+    /// clock: when it logs a `srvr` command sent now.
+    ///
+    /// # Errors
+    ///
+    /// When it does not answer, or logs nothing within 2 s (no logging
+    /// binding, `SLF4J_SIMPLE_JAR`).
+    pub fn logged_time_of_day(&self, i: usize) -> std::io::Result<f64> {
+        let logged = || {
+            std::fs::read_to_string(&self.servers[i].log).map(|text| {
+                text.lines()
+                    .filter(|l| l.contains("Processing srvr command"))
+                    .filter_map(time_of_day)
+                    .collect::<Vec<f64>>()
+            })
+        };
+        let before = logged()?.len();
+        four_letter_word(self.servers[i].client_port, "srvr")?;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let times = logged()?;
+            if times.len() > before {
+                return Ok(times[times.len() - 1]);
+            }
+            if Instant::now() > deadline {
+                return Err(std::io::Error::other(format!(
+                    "ZooKeeper server {} logged no srvr command (is {SLF4J_SIMPLE_JAR} installed?)",
+                    self.servers[i].id
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Like [`ZkCluster::start`], but every server reaches the others'
@@ -122,13 +213,14 @@ impl ZkCluster {
         pids: Arc<Mutex<Vec<Option<u32>>>>,
         route: Route<'_>,
     ) -> std::io::Result<ZkCluster> {
-        Self::start_with(n, Some(pids), route)
+        Self::start_inner(n, Some(pids), route, false)
     }
 
-    fn start_with(
+    fn start_inner(
         n: usize,
         pid_table: Option<Arc<Mutex<Vec<Option<u32>>>>>,
         route: Route<'_>,
+        fake_clock: bool,
     ) -> std::io::Result<ZkCluster> {
         assert!(n >= 1, "a cluster has at least one server");
         let dir = std::env::temp_dir().join(format!(
@@ -183,10 +275,18 @@ impl ZkCluster {
                 watchdog: None,
             });
         }
+        let clock_file = if fake_clock {
+            let file = dir.join("faketime");
+            write_clock_offset(&file, 0)?;
+            Some(file)
+        } else {
+            None
+        };
         let mut cluster = ZkCluster {
             dir,
             servers,
             pid_table,
+            clock_file,
         };
         for i in 0..n {
             cluster.spawn(i)?;
@@ -368,7 +468,17 @@ impl ZkCluster {
             .create(true)
             .append(true)
             .open(&server.log)?;
-        let child = Command::new("java")
+        let mut java = Command::new("java");
+        if let Some(file) = &self.clock_file {
+            // The file is read on every clock call (NO_CACHE), so writing a
+            // new offset steps the running server's wall clock; its
+            // monotonic clock (System.nanoTime: session expiry) stays real.
+            java.env("LD_PRELOAD", LIBFAKETIME)
+                .env("FAKETIME_TIMESTAMP_FILE", file)
+                .env("FAKETIME_NO_CACHE", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
+        let child = java
             .args([
                 "-Xmx192m",
                 "-Xss512k",
@@ -450,6 +560,30 @@ impl Drop for ZkCluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The `HH:mm:ss.SSS` time of day a server log line starts with, in
+/// seconds.
+fn time_of_day(line: &str) -> Option<f64> {
+    let stamp = line.get(..12)?;
+    let mut parts = stamp.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// Write a libfaketime offset of `secs` seconds (`+N` / `-N`) to `file`,
+/// through a rename so that libfaketime never reads half a file.
+fn write_clock_offset(file: &Path, secs: i64) -> std::io::Result<()> {
+    let tmp = file.with_extension("tmp");
+    let offset = if secs < 0 {
+        format!("{secs}")
+    } else {
+        format!("+{secs}")
+    };
+    std::fs::write(&tmp, offset)?;
+    std::fs::rename(&tmp, file)
 }
 
 /// Send a four-letter word and read the whole answer.
