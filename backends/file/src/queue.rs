@@ -86,7 +86,7 @@ use quorate_core::{Error, Result};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::layout::{named_id, open_lock_file, FileId};
-use crate::ofd::{io_error, lock_blocking, try_lock, Mode, Range, WAIT_POOL};
+use crate::ofd::{io_error, lock_blocking, try_lock, Deliver, Mode, Range, WAIT_POOL};
 
 /// What an acquisition hands back: the locked description, its fence, and
 /// the identity of the lock file it holds.
@@ -281,24 +281,7 @@ impl Entry {
                 let entry = self.clone();
                 let started = WAIT_POOL.submit(Box::new(move || {
                     let result = lock_blocking(&file, mode, range);
-                    let mut waits = entry.waits.lock().unwrap_or_else(|e| e.into_inner());
-                    let i = waits.list.iter().position(|w| w.id == id);
-                    match i.and_then(|i| waits.list.swap_remove(i).to) {
-                        Some(to) => Box::new(move || {
-                            // A receiver gone since gives the description
-                            // back, dropped here like an orphan's.
-                            let _ = to.send(result.map(|()| file));
-                        }),
-                        // Orphaned: the description is dropped here, still
-                        // under the mutex (closing it, the kernel releases
-                        // what it was just granted), so a wait that is no
-                        // longer listed holds nothing (`take_from_orphan`).
-                        None => {
-                            drop(file);
-                            drop(waits);
-                            Box::new(|| {})
-                        }
-                    }
+                    entry.wait_ended(id, result, file)
                 }));
                 if let Err(e) = started {
                     let mut waits = self.waits.lock().unwrap_or_else(|e| e.into_inner());
@@ -314,6 +297,37 @@ impl Entry {
                 e,
             )),
             Err(_) => Err(Error::backend("a file-lock wait thread died")),
+        }
+    }
+
+    /// The end of kernel wait `id` (on its pool thread): `result` of the
+    /// wait on `file`. Unlists the wait and, under the same mutex, either
+    /// picks its receiver, to whom the returned delivery hands the
+    /// description once the thread counts as free, or, with nobody to take
+    /// it, drops the description on the spot: closing it, the kernel
+    /// releases what it was just granted, so a wait that is no longer
+    /// listed holds nothing (`take_from_orphan` relies on it).
+    fn wait_ended(&self, id: u64, result: io::Result<()>, file: File) -> Deliver {
+        let mut waits = self.waits.lock().unwrap_or_else(|e| e.into_inner());
+        let i = waits.list.iter().position(|w| w.id == id);
+        // A sender whose receiver is gone is an orphan's too. Delivering to
+        // it later instead held the lock past the unlisting: a `try_lock`
+        // right after a release found it busy with no orphan to take it
+        // from (seen in CI: `try_and_timeout` on a busy machine).
+        let to = i
+            .and_then(|i| waits.list.swap_remove(i).to)
+            .filter(|to| !to.is_closed());
+        match to {
+            Some(to) => Box::new(move || {
+                // A receiver gone since (its acquisition dropped in this
+                // very instant) gives the description back, dropped here.
+                let _ = to.send(result.map(|()| file));
+            }),
+            None => {
+                drop(file);
+                drop(waits);
+                Box::new(|| {})
+            }
         }
     }
 
@@ -435,5 +449,76 @@ impl Entry {
     /// The lock file's path.
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A granted wait of `entry` on `path`'s whole file, listed as kernel
+    /// wait with receiver `to`: the description the wait thread would
+    /// hold, and the wait's id.
+    fn granted_wait(
+        entry: &Entry,
+        path: &Path,
+        to: oneshot::Sender<io::Result<File>>,
+    ) -> (File, u64) {
+        let file = open_lock_file(path).unwrap();
+        assert!(try_lock(&file, Mode::Exclusive, Range::WHOLE).unwrap());
+        let mut waits = entry.waits.lock().unwrap();
+        waits.next_id += 1;
+        let id = waits.next_id;
+        waits.list.push(KernelWait {
+            id,
+            path: path.to_owned(),
+            inode: inode_of(&file, path).unwrap(),
+            range: Range::WHOLE,
+            mode: Mode::Exclusive,
+            to: Some(to),
+        });
+        (file, id)
+    }
+
+    /// Whether another description can take the whole file now.
+    fn free(path: &Path) -> bool {
+        try_lock(
+            &open_lock_file(path).unwrap(),
+            Mode::Exclusive,
+            Range::WHOLE,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_wait_whose_receiver_is_gone_lets_go_before_it_is_unlisted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.lock");
+        let e = entry(&path);
+        let (tx, rx) = oneshot::channel();
+        drop(rx);
+        let (file, id) = granted_wait(&e, &path, tx);
+        let deliver = e.wait_ended(id, Ok(()), file);
+        assert!(e.waits.lock().unwrap().list.is_empty());
+        // Free before the delivery runs: nobody is left to take it from.
+        assert!(free(&path), "the unlisted wait still holds the lock");
+        deliver();
+    }
+
+    #[test]
+    fn a_wait_with_a_receiver_hands_its_description_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.lock");
+        let e = entry(&path);
+        let (tx, mut rx) = oneshot::channel();
+        let (file, id) = granted_wait(&e, &path, tx);
+        let deliver = e.wait_ended(id, Ok(()), file);
+        assert!(e.waits.lock().unwrap().list.is_empty());
+        assert!(!free(&path), "held for the receiver");
+        deliver();
+        let file = rx.try_recv().unwrap().unwrap();
+        assert!(!free(&path), "the receiver holds it");
+        drop(file);
+        assert!(free(&path));
     }
 }
