@@ -361,9 +361,7 @@ impl ServerFaults for ZkFaults {
         let clock = self.clock.clone();
         blocking(move || {
             let mut c = clock.lock().unwrap();
-            let (server, offset) = c
-                .as_mut()
-                .ok_or_else(|| io::Error::other("no clock server was started"))?;
+            let (server, offset) = c.as_mut().ok_or_else(|| missing("clock server"))?;
             *offset += secs;
             server.set_clock_offset(*offset)
         })
