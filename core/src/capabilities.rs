@@ -113,6 +113,13 @@ pub struct Capabilities {
     /// where a failover can lose a grant silently (asynchronous
     /// replication) or where there is no server to fail over.
     pub exclusive_across_failover: bool,
+    /// A step of a server's wall clock (NTP, an operator, a resumed VM)
+    /// never makes two holders: the holder keeps its lock, or is told no
+    /// later than another client is granted it, and fences never go
+    /// backwards. `true` where leases and sessions expire by the servers'
+    /// monotonic clocks; `false` where they expire by a server's wall clock
+    /// (Redis key TTLs) or where there is no server clock to step.
+    pub exclusive_across_clock_steps: bool,
     /// A session can be revoked from outside (`Coordinator::revoke_session`).
     pub external_revoke: bool,
     /// Which primitives are implemented.
@@ -123,9 +130,9 @@ impl Capabilities {
     /// The capabilities of backend `backend` with this scope and failure
     /// detection, declaring nothing else: no fencing, no FIFO order
     /// (`rwlock_ordering: WriterPreferring`), no push wake-ups, no
-    /// exclusion under pause, no failover survival or exclusion, no external
-    /// revoke, no
-    /// primitive. Set the fields the backend guarantees.
+    /// exclusion under pause, no failover survival or exclusion, no exclusion across server
+    /// clock steps, no external revoke, no primitive. Set the fields the
+    /// backend guarantees.
     pub const fn new(
         backend: &'static str,
         scope: Scope,
@@ -142,6 +149,7 @@ impl Capabilities {
             exclusive_under_pause: false,
             survives_failover: false,
             exclusive_across_failover: false,
+            exclusive_across_clock_steps: false,
             external_revoke: false,
             primitives: Primitives::NONE,
         }

@@ -91,6 +91,9 @@ pub fn capabilities() -> Capabilities {
     c.survives_failover = false;
     // No server to fail over: nothing measured, nothing declared.
     c.exclusive_across_failover = false;
+    // No server clock: the kernel holds the lock, whatever the wall clock.
+    // Nothing to step, nothing declared.
+    c.exclusive_across_clock_steps = false;
     c.external_revoke = false;
     c.primitives = Primitives::ALL;
     c

@@ -48,9 +48,11 @@ pub fn capabilities() -> Capabilities {
     c.rwlock_ordering = RwOrdering::Fifo;
     c.push_wakeups = true;
     c.exclusive_under_pause = false;
-    // No server to fail over: nothing measured, nothing declared.
+    // No server to fail over, no server clock to step: nothing measured,
+    // nothing declared.
     c.survives_failover = false;
     c.exclusive_across_failover = false;
+    c.exclusive_across_clock_steps = false;
     c.external_revoke = true;
     c.primitives = Primitives::ALL;
     c

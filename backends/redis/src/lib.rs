@@ -82,11 +82,11 @@ pub const DEFAULT_NAMESPACE: &str = "quorate";
 ///
 /// A single Redis (or a Sentinel failover, with asynchronous replication)
 /// can lose a granted lock: `survives_failover` and
-/// `exclusive_across_failover` are `false`, and they cover
-/// every server-side fault: after a failover to a replica that missed the
-/// last grants, fences can go backwards (they are monotonic only without
-/// failover); a forward step of the server's wall clock (Redis expires keys
-/// by it) can grant a lock to another client before its holder is told.
+/// `exclusive_across_failover` are `false`: after a failover to a replica
+/// that missed the last grants, fences can go backwards (they are monotonic
+/// only without failover). `exclusive_across_clock_steps` is `false`: a
+/// forward step of the server's wall clock (Redis expires keys by it) can
+/// grant a lock to another client before its holder is told.
 /// Dead holders are detected by their lease TTL.
 pub fn capabilities() -> Capabilities {
     let mut c = Capabilities::new("redis", Scope::Hosts, FailureDetection::LeaseTtl);
@@ -97,6 +97,7 @@ pub fn capabilities() -> Capabilities {
     c.exclusive_under_pause = false;
     c.survives_failover = false;
     c.exclusive_across_failover = false;
+    c.exclusive_across_clock_steps = false;
     c.external_revoke = true;
     c.primitives = Primitives::ALL;
     c

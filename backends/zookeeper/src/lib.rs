@@ -135,6 +135,10 @@ pub fn capabilities() -> Capabilities {
     // grant or a fence going backwards fails `leader_failover`, and the
     // nemesis kills leaders.
     c.exclusive_across_failover = true;
+    // Sessions expire by the leader's monotonic clock (System.nanoTime),
+    // so a wall-clock step expires nothing. Measured by
+    // `server_clock_step` (+15 s, ttl 2 s): the holder kept its lock.
+    c.exclusive_across_clock_steps = true;
     c.external_revoke = true;
     c.primitives = Primitives::ALL;
     c

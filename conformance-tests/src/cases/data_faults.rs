@@ -191,7 +191,7 @@ pub mod server_clock_step {
             .map_err(harness("start a server with a fake clock"))?;
         let target = dedicated(&t, base);
         let ca = target.connect().await?;
-        let declared = ca.capabilities().survives_failover;
+        let declared = ca.capabilities().exclusive_across_clock_steps;
         let sa = ca.session().await?;
         let mut holder = Watched::new(sa.mutex(NAME).lock().await?);
         let fa = holder.fence();
@@ -245,14 +245,14 @@ pub mod server_clock_step {
             g.finish().await;
         }
         // Told before anyone else is granted, and fences that only go up:
-        // broken, they fail a backend that declares it keeps its locks
-        // across server faults (survives_failover) and are `violated`
-        // (never a pass) for one that does not.
+        // broken, they fail a backend that declares
+        // exclusive_across_clock_steps and are `violated` (never a pass)
+        // for one that does not.
         if double || backwards {
             return Err(broken(
                 declared,
                 format!(
-                    "after a +{STEP_S} s step of the server's wall clock (survives_failover declared {declared}): {}",
+                    "after a +{STEP_S} s step of the server's wall clock (exclusive_across_clock_steps declared {declared}): {}",
                     describe(&f)
                 ),
                 f,
