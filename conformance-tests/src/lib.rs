@@ -6,7 +6,7 @@
 //!   libtest-mimic `main` each backend's test target calls;
 //! - [`history`]: the history checker (overlapping holds, non-monotonic
 //!   fences, stale writes accepted by a fenced resource);
-//! - [`bench`]: benchmarks as ratios to raw operations in the same run;
+//! - [`bench`](mod@bench): benchmarks as ratios to raw operations in the same run;
 //! - [`agent`]: a client in a child process, for SIGSTOP/SIGKILL faults;
 //! - [`report`]: the guarantees report (JSON schema + Markdown);
 //! - [`harness`]: real servers on free loopback ports, a TCP proxy, and a
