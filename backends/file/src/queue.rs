@@ -56,7 +56,11 @@
 //! - a non-waiting attempt (`try_*`) that finds the lock busy while such an
 //!   orphan exists adopts it for [`ORPHAN_GRACE`] only: the lock may just
 //!   have freed and been granted to the orphan, which would drop it a
-//!   moment later; the attempt gets it instead of a false "busy".
+//!   moment later; the attempt gets it instead of a false "busy". Likewise
+//!   while a granted wait's description is on its way to a receiver that
+//!   may be gone by the time it arrives (an acquisition dropped in that
+//!   very instant, which drops the description on arrival), the attempt
+//!   waits for the delivery (at most [`ORPHAN_GRACE`]) before it answers.
 //!
 //! So at most one thread per (file, range, mode) and process is ever
 //! blocked in the kernel, whatever the number of waiters and of abandoned
@@ -80,10 +84,11 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, OnceLock, Weak};
 
 use quorate_core::{Error, Result};
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::layout::{named_id, open_lock_file, FileId};
 use crate::ofd::{io_error, lock_blocking, try_lock, Deliver, Mode, Range, WAIT_POOL};
@@ -106,6 +111,12 @@ pub(crate) struct Entry {
     gate: Arc<tokio::sync::Mutex<()>>,
     /// Kernel waits in progress on this entry's files.
     waits: StdMutex<Waits>,
+    /// Granted waits unlisted but not yet delivered: their descriptions
+    /// still hold the lock for a receiver that may be gone on arrival.
+    /// Raised under `waits`, lowered once the delivery is over.
+    delivering: AtomicUsize,
+    /// Notified whenever `delivering` drops to zero.
+    delivered: Notify,
 }
 
 #[derive(Default)]
@@ -181,6 +192,8 @@ pub(crate) fn entry(path: &Path) -> Arc<Entry> {
         fifo: Arc::new(Semaphore::new(1)),
         gate: Arc::new(tokio::sync::Mutex::new(())),
         waits: StdMutex::new(Waits::default()),
+        delivering: AtomicUsize::new(0),
+        delivered: Notify::new(),
     });
     map.insert(path.to_owned(), Arc::downgrade(&e));
     e
@@ -306,8 +319,9 @@ impl Entry {
     /// description once the thread counts as free, or, with nobody to take
     /// it, drops the description on the spot: closing it, the kernel
     /// releases what it was just granted, so a wait that is no longer
-    /// listed holds nothing (`take_from_orphan` relies on it).
-    fn wait_ended(&self, id: u64, result: io::Result<()>, file: File) -> Deliver {
+    /// listed holds nothing (`take_from_orphan` relies on it) but for the
+    /// deliveries counted in `delivering`.
+    fn wait_ended(self: &Arc<Self>, id: u64, result: io::Result<()>, file: File) -> Deliver {
         let mut waits = self.waits.lock().unwrap_or_else(|e| e.into_inner());
         let i = waits.list.iter().position(|w| w.id == id);
         // A sender whose receiver is gone is an orphan's too. Delivering to
@@ -318,11 +332,20 @@ impl Entry {
             .and_then(|i| waits.list.swap_remove(i).to)
             .filter(|to| !to.is_closed());
         match to {
-            Some(to) => Box::new(move || {
-                // A receiver gone since (its acquisition dropped in this
-                // very instant) gives the description back, dropped here.
-                let _ = to.send(result.map(|()| file));
-            }),
+            Some(to) => {
+                self.delivering.fetch_add(1, Ordering::AcqRel);
+                drop(waits);
+                let entry = self.clone();
+                Box::new(move || {
+                    // A receiver gone since (its acquisition dropped in this
+                    // very instant) gives the description back, dropped
+                    // here, before the delivery counts as over.
+                    drop(to.send(result.map(|()| file)));
+                    if entry.delivering.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        entry.delivered.notify_waiters();
+                    }
+                })
+            }
             None => {
                 drop(file);
                 drop(waits);
@@ -368,18 +391,24 @@ impl Entry {
     ) -> Result<Option<File>> {
         let inode = inode_of(&file, path)?;
         let (tx, mut rx) = oneshot::channel();
-        let adopted = {
+        let (adopted, delivering) = {
             let mut waits = self.waits.lock().unwrap_or_else(|e| e.into_inner());
             let orphan = waits.orphan(path, inode, range, mode);
-            orphan.map(|w| {
+            let adopted = orphan.map(|w| {
                 w.to = Some(tx);
                 w.id
-            })
+            });
+            (adopted, self.delivering.load(Ordering::Acquire))
         };
         let Some(id) = adopted else {
             // No orphan listed now. One that held the lock at our attempt
             // has dropped it by now (it is unlisted only with its
-            // description closed): look once more.
+            // description closed), or its description is still on its way
+            // to a receiver, who may be gone: wait for that delivery, then
+            // look once more.
+            if delivering > 0 {
+                self.deliveries_over(ORPHAN_GRACE).await;
+            }
             return if try_lock(&file, mode, range).map_err(|e| io_error("taking a file lock", e))? {
                 Ok(Some(file))
             } else {
@@ -420,6 +449,25 @@ impl Entry {
             )),
             Err(_) => Ok(None),
         }
+    }
+
+    /// Wait until no granted wait of this entry is being delivered, for at
+    /// most `within`.
+    async fn deliveries_over(&self, within: std::time::Duration) {
+        let over = async {
+            loop {
+                let notified = self.delivered.notified();
+                tokio::pin!(notified);
+                // Registered before the check: a notification between the
+                // two is not missed.
+                notified.as_mut().enable();
+                if self.delivering.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(within, over).await;
     }
 
     /// Open this entry's lock file and take `range` in `mode`; the
@@ -520,5 +568,34 @@ mod tests {
         assert!(!free(&path), "the receiver holds it");
         drop(file);
         assert!(free(&path));
+    }
+
+    #[tokio::test]
+    async fn a_try_waits_for_a_delivery_whose_receiver_left_meanwhile() {
+        use std::future::Future;
+        use std::task::Poll;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.lock");
+        let e = entry(&path);
+        let (tx, rx) = oneshot::channel();
+        let (file, id) = granted_wait(&e, &path, tx);
+        // The wait ends with its receiver there; the receiver leaves before
+        // the delivery runs (its acquisition dropped in that instant).
+        let deliver = e.wait_ended(id, Ok(()), file);
+        drop(rx);
+        let mut attempt = Box::pin(e.lock(&path, false, Mode::Exclusive, Range::WHOLE));
+        let first = std::future::poll_fn(|cx| Poll::Ready(attempt.as_mut().poll(cx))).await;
+        assert!(
+            first.is_pending(),
+            "answered before the delivery in flight: {:?}",
+            first.map(|r| r.map(|f| f.is_some()))
+        );
+        deliver();
+        let got = attempt.await.unwrap();
+        assert!(
+            got.is_some(),
+            "busy, though the lock was free but for a delivery nobody took"
+        );
     }
 }
