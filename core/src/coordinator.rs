@@ -241,26 +241,52 @@ impl Coordinator {
         Ok(crate::inspect::finish_listing(locks, &prefix_owned))
     }
 
-    /// The limit on one request that does not wait for a lock.
+    /// The limit on one request that does not wait for a lock
+    /// (`connect_timeout`). Backends bound their requests by it; core's own
+    /// bound on a backend request ends a little later (a tenth more, 20 ms
+    /// to 1 s), so that a backend sees its own timeout first and can act on
+    /// it (etcd moves to another endpoint).
     pub fn request_timeout(&self) -> Duration {
         self.inner.config.connect_timeout
     }
 
+    /// How long core itself waits for one backend request: see
+    /// [`backstop`].
+    pub(crate) fn backstop(&self) -> Duration {
+        backstop(self.request_timeout())
+    }
+
     /// Run one backend request that is not a wait, bounded by
-    /// `connect_timeout`, inside a tracing span.
+    /// `connect_timeout` (core's [`backstop`] of it), inside a tracing
+    /// span.
     pub(crate) async fn bounded<T>(
         &self,
         what: &'static str,
         fut: impl Future<Output = Result<T>>,
     ) -> Result<T> {
         let span = tracing::debug_span!("quorate", op = what, backend = %self.inner.config.scheme);
-        let limit = self.request_timeout();
+        let limit = self.backstop();
         match tokio::time::timeout(limit, fut).instrument(span).await {
             Ok(r) => r,
             Err(_) => Err(Error::unavailable(format!(
-                "{what}: {} did not answer within {limit:?} (connect_timeout)",
-                self.inner.config.redacted()
+                "{what}: {} did not answer within {limit:?} (connect_timeout {:?} and core's grace)",
+                self.inner.config.redacted(),
+                self.request_timeout()
             ))),
         }
     }
+}
+
+/// Core's own bound on one backend request given `connect_timeout`
+/// `limit`: `limit` plus a tenth of it (at least 20 ms, at most 1 s).
+///
+/// Backends bound their requests by `connect_timeout` themselves and act
+/// on one that gets no answer: etcd moves its requests, and the watch
+/// streams that follow them, to another endpoint. Core's bound must end
+/// *after* theirs: ending at the same instant, it sometimes dropped the
+/// request first, and the backend never learned that its endpoint was
+/// silent (seen: a waiter left on a cut-off etcd member until its next
+/// keep-alive, 10 s later, instead of about a second).
+pub(crate) fn backstop(limit: Duration) -> Duration {
+    limit.saturating_add((limit / 10).clamp(Duration::from_millis(20), Duration::from_secs(1)))
 }

@@ -280,7 +280,7 @@ pub(crate) struct Cleanup {
 
 impl Cleanup {
     /// Start the clean-up task of a session whose end is `loss`; one attempt
-    /// is bounded by `limit` (`connect_timeout`).
+    /// is bounded by `limit` (core's backstop of `connect_timeout`).
     pub(crate) fn start(session: String, loss: LossNotifier, limit: Duration) -> Cleanup {
         let (tx, rx) = mpsc::channel(HAND_OVER_QUEUE);
         let runtime = tokio::runtime::Handle::current();

@@ -166,10 +166,10 @@ impl Session {
             clock.clone(),
             loss.clone(),
             options.keep_alive,
-            coordinator.request_timeout(),
+            coordinator.backstop(),
             leased,
         ));
-        let cleanup = Cleanup::start(id.clone(), loss.clone(), coordinator.request_timeout());
+        let cleanup = Cleanup::start(id.clone(), loss.clone(), coordinator.backstop());
         tracing::debug!(session = %id, ?ttl, "session opened");
         Ok(Session {
             inner: Arc::new(SessionInner {
@@ -515,7 +515,7 @@ impl Drop for SessionInner {
         }
         self.loss.fire(LossReason::Dropped);
         let backend = self.backend.clone();
-        let limit = self.coordinator.request_timeout();
+        let limit = self.coordinator.backstop();
         let id = self.id.clone();
         self.runtime.spawn(async move {
             match tokio::time::timeout(limit, backend.revoke()).await {
@@ -535,7 +535,7 @@ async fn lease_task(
     clock: Arc<LeaseClock>,
     loss: LossNotifier,
     mode: KeepAlive,
-    request_timeout: Duration,
+    backstop: Duration,
     leased: bool,
 ) {
     let ttl = clock.ttl;
@@ -557,7 +557,7 @@ async fn lease_task(
             _ = clock.changed.notified(), if !refresh_due => {}
             _ = tokio::time::sleep_until(next_refresh), if refresh_due => {
                 let sent = Instant::now();
-                let attempt = tokio::time::timeout(request_timeout, backend.keep_alive());
+                let attempt = tokio::time::timeout(backstop, backend.keep_alive());
                 tokio::select! {
                     r = attempt => match r {
                         Ok(Ok(())) => {
