@@ -120,6 +120,14 @@ pub struct Capabilities {
     /// monotonic clocks; `false` where they expire by a server's wall clock
     /// (Redis key TTLs) or where there is no server clock to step.
     pub exclusive_across_clock_steps: bool,
+    /// A server that restarts without its data (no persistence, a wiped
+    /// data directory) never makes two holders: the holder is told no
+    /// later than another client is granted its lock, and fences never go
+    /// backwards. No backend declares it: a server that forgot every lock
+    /// and lease can grant one at once, before the holder's next
+    /// keep-alive finds its lease gone. `restart_without_persistence`
+    /// measures how wide that window is.
+    pub exclusive_across_data_loss: bool,
     /// A session can be revoked from outside (`Coordinator::revoke_session`).
     pub external_revoke: bool,
     /// Which primitives are implemented.
@@ -131,7 +139,7 @@ impl Capabilities {
     /// detection, declaring nothing else: no fencing, no FIFO order
     /// (`rwlock_ordering: WriterPreferring`), no push wake-ups, no
     /// exclusion under pause, no failover survival or exclusion, no exclusion across server
-    /// clock steps, no external revoke, no primitive. Set the fields the
+    /// clock steps or data loss, no external revoke, no primitive. Set the fields the
     /// backend guarantees.
     pub const fn new(
         backend: &'static str,
@@ -150,6 +158,7 @@ impl Capabilities {
             survives_failover: false,
             exclusive_across_failover: false,
             exclusive_across_clock_steps: false,
+            exclusive_across_data_loss: false,
             external_revoke: false,
             primitives: Primitives::NONE,
         }

@@ -91,6 +91,9 @@ pub fn capabilities() -> Capabilities {
     // cannot step etcd's clock (Go reads it through the vDSO, past
     // libfaketime): `server_clock_step` is unverified there.
     c.exclusive_across_clock_steps = true;
+    // A member set restarted without its data forgets every lease and key,
+    // and revisions (fences) start again at 1.
+    c.exclusive_across_data_loss = false;
     c.external_revoke = true;
     c.primitives = Primitives::ALL;
     c

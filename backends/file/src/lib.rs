@@ -94,6 +94,7 @@ pub fn capabilities() -> Capabilities {
     // No server clock: the kernel holds the lock, whatever the wall clock.
     // Nothing to step, nothing declared.
     c.exclusive_across_clock_steps = false;
+    c.exclusive_across_data_loss = false;
     c.external_revoke = false;
     c.primitives = Primitives::ALL;
     c

@@ -53,6 +53,7 @@ pub fn capabilities() -> Capabilities {
     c.survives_failover = false;
     c.exclusive_across_failover = false;
     c.exclusive_across_clock_steps = false;
+    c.exclusive_across_data_loss = false;
     c.external_revoke = true;
     c.primitives = Primitives::ALL;
     c

@@ -139,6 +139,9 @@ pub fn capabilities() -> Capabilities {
     // so a wall-clock step expires nothing. Measured by
     // `server_clock_step` (+15 s, ttl 2 s): the holder kept its lock.
     c.exclusive_across_clock_steps = true;
+    // An ensemble restarted without its data forgets every session and
+    // node, and zxids (fences) start again.
+    c.exclusive_across_data_loss = false;
     c.external_revoke = true;
     c.primitives = Primitives::ALL;
     c

@@ -577,7 +577,7 @@ pub mod restart_without_persistence {
         let faults = controller(&t)?;
         let url = t.url_with("ttl", TTL);
         let ca = crate::connect(&url).await?;
-        let declared = ca.capabilities().survives_failover;
+        let declared = ca.capabilities().exclusive_across_data_loss;
         let sa = ca.session().await?;
         let mut a = Watched::new(sa.mutex(NAME).lock().await?);
         let fa = a.fence();
@@ -613,13 +613,13 @@ pub mod restart_without_persistence {
         f.insert("fence_went_backwards".into(), flag(fb <= fa));
         // Telling the holder no later than another client is granted, and
         // fences that never go backwards, are what the case measures: broken,
-        // they fail a backend that declares survives_failover and are
-        // `violated` (never a pass) for one that does not.
+        // they fail a backend that declares exclusive_across_data_loss and
+        // are `violated` (never a pass) for one that does not.
         if granted < told || fb <= fa {
             return Err(broken(
                 declared,
                 format!(
-                    "after a restart without data (survives_failover declared {declared}): {}",
+                    "after a restart without data (exclusive_across_data_loss declared {declared}): {}",
                     describe(&f)
                 ),
                 f,
