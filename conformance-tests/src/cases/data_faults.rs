@@ -395,7 +395,10 @@ pub mod fence_after_lagging_failover {
 
     pub async fn run(t: Target) -> CaseResult {
         let faults = controller(&t)?;
-        let declared = t.connect().await?.capabilities().survives_failover;
+        // Fences that never go backwards across a failover: part of
+        // exclusive_across_failover, which survives_failover implies.
+        let caps = t.connect().await?.capabilities();
+        let declared = caps.survives_failover || caps.exclusive_across_failover;
         let plain = scenario(&t, &faults, None).await?;
         let opted = scenario(&t, &faults, Some(OPT_IN)).await?;
         let mut f = Figures::new();
@@ -414,7 +417,7 @@ pub mod fence_after_lagging_failover {
             return Err(broken(
                 declared,
                 format!(
-                    "after failing over to a replica that missed the last grant (survives_failover declared {declared}): {}",
+                    "after failing over to a replica that missed the last grant (exclusive_across_failover declared {declared}): {}",
                     describe(&f)
                 ),
                 f,
