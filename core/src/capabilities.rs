@@ -120,13 +120,14 @@ pub struct Capabilities {
     /// monotonic clocks; `false` where they expire by a server's wall clock
     /// (Redis key TTLs) or where there is no server clock to step.
     pub exclusive_across_clock_steps: bool,
-    /// A server that restarts without its data (no persistence, a wiped
-    /// data directory) never makes two holders: the holder is told no
-    /// later than another client is granted its lock, and fences never go
-    /// backwards. No backend declares it: a server that forgot every lock
-    /// and lease can grant one at once, before the holder's next
-    /// keep-alive finds its lease gone. `restart_without_persistence`
-    /// measures how wide that window is.
+    /// Losing the backend's data (a server restarted without persistence,
+    /// a wiped data directory, file:// lock files removed) never makes two
+    /// holders: the holder is told no later than another client is
+    /// granted its lock, and fences never go backwards. No backend
+    /// declares it: a server that forgot every lock and lease, or a new
+    /// lock file, can grant a lock at once, before the holder's next
+    /// keep-alive finds its grant gone. `restart_without_persistence` and
+    /// `lock_file_removed` measure how wide that window is.
     pub exclusive_across_data_loss: bool,
     /// A session can be revoked from outside (`Coordinator::revoke_session`).
     pub external_revoke: bool,

@@ -94,6 +94,8 @@ pub fn capabilities() -> Capabilities {
     // No server clock: the kernel holds the lock, whatever the wall clock.
     // Nothing to step, nothing declared.
     c.exclusive_across_clock_steps = false;
+    // Lock files removed under a holder: another process locks a new file
+    // at once, before the holder's next keep-alive tells it.
     c.exclusive_across_data_loss = false;
     c.external_revoke = false;
     c.primitives = Primitives::ALL;

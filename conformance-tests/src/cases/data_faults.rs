@@ -479,6 +479,7 @@ pub mod lock_file_removed {
             )));
         }
         let ca = t.connect().await?;
+        let declared = ca.capabilities().exclusive_across_data_loss;
         let sa = ca.session().await?;
         let mut holder = Watched::new(sa.mutex(NAME).lock().await?);
         let fa = holder.fence();
@@ -511,6 +512,8 @@ pub mod lock_file_removed {
             f.insert("holder_told_ms".into(), ms(removed, told));
         }
         f.insert("fence_went_backwards".into(), flag(fb <= fa));
+        let double = told.is_none_or(|told| granted < told);
+        f.insert("double_grant".into(), flag(double));
         let Some(_) = told else {
             fail!(
                 "the holder was never told (within {LIMIT:?}) that its lock file was removed; another client was granted the name with fence {fb} (holder's {fa})"
@@ -519,6 +522,21 @@ pub mod lock_file_removed {
         if fb <= fa {
             fail!("the new grant's fence {fb} is not above the holder's {fa}: fences repeated after the lock files were removed");
         }
+        // Told, and fences kept increasing (the guarantee under `fencing`).
+        // But another client granted before the holder was told is two
+        // holders: it fails a backend that declares
+        // exclusive_across_data_loss and is `violated` (never a pass) for
+        // one that does not.
+        if double {
+            return Err(broken(
+                declared,
+                format!(
+                    "after the lock files were removed (exclusive_across_data_loss declared {declared}): {}",
+                    describe(&f)
+                ),
+                f,
+            ));
+        }
         Ok(f)
     }
 
@@ -526,9 +544,14 @@ pub mod lock_file_removed {
     pub fn describe(f: &Figures) -> String {
         let at = |k: &str| f.get(k).copied().unwrap_or(f64::NAN);
         format!(
-            "after the root was removed, another client was granted the name {:.0} ms later (a new file: the kernel lock cannot stop it) and the holder was told {:.0} ms after the removal (at its next keep-alive); fences kept increasing",
+            "after the root was removed, another client was granted the name {:.0} ms later (a new file: the kernel lock cannot stop it) and the holder was told {:.0} ms after the removal (at its next keep-alive){}; fences kept increasing",
             at("other_granted_ms"),
-            at("holder_told_ms")
+            at("holder_told_ms"),
+            if f.get("double_grant") == Some(&1.0) {
+                " (DOUBLE GRANT: before the holder was told)"
+            } else {
+                ""
+            }
         )
     }
 }
