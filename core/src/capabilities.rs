@@ -139,9 +139,9 @@ impl Capabilities {
     /// The capabilities of backend `backend` with this scope and failure
     /// detection, declaring nothing else: no fencing, no FIFO order
     /// (`rwlock_ordering: WriterPreferring`), no push wake-ups, no
-    /// exclusion under pause, no failover survival or exclusion, no exclusion across server
-    /// clock steps or data loss, no external revoke, no primitive. Set the fields the
-    /// backend guarantees.
+    /// exclusion under pause, no failover survival or exclusion, no
+    /// exclusion across server clock steps or data loss, no external
+    /// revoke, no primitive. Set the fields the backend guarantees.
     pub const fn new(
         backend: &'static str,
         scope: Scope,
