@@ -3,6 +3,7 @@
 //! cut or black-hole a client's connection.
 
 pub mod etcd;
+pub mod faketime;
 pub mod faults;
 pub mod fenced;
 pub mod process;

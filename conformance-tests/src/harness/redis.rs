@@ -19,6 +19,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::faketime;
+
 /// The environment variable naming an external Redis to use instead of a
 /// harness-started server (`redis://[user:pass@]host:port[/db]`).
 pub const EXTERNAL_URL_ENV: &str = "QUORATE_REDIS_URL";
@@ -57,21 +59,11 @@ pub struct RedisOptions {
     pub fake_clock: Option<i64>,
 }
 
-/// Debian's libfaketime, and the glibc malloc shim preloaded before it: the
-/// server's jemalloc calls `clock_gettime` while libfaketime initializes
-/// (a recursion libfaketime cannot recover from: the server hangs at
-/// start), so malloc is routed to glibc's allocator for faked servers.
-const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+/// The glibc malloc shim preloaded before libfaketime: the server's
+/// jemalloc calls `clock_gettime` while libfaketime initializes (a
+/// recursion libfaketime cannot recover from: the server hangs at start),
+/// so malloc is routed to glibc's allocator for faked servers.
 const GLIBC_MALLOC_SHIM: &str = "/lib/x86_64-linux-gnu/libc_malloc_debug.so.0";
-
-/// `+N` / `-N`: a libfaketime relative offset in seconds.
-fn faketime_offset(secs: i64) -> String {
-    if secs < 0 {
-        format!("{secs}")
-    } else {
-        format!("+{secs}")
-    }
-}
 
 /// A `redis-server` process started by this harness.
 pub struct RedisServer {
@@ -190,26 +182,14 @@ impl RedisServer {
         };
         let mut command = Command::new(program);
         if let Some(offset) = self.options.fake_clock {
-            for lib in [LIBFAKETIME, GLIBC_MALLOC_SHIM] {
-                if !Path::new(lib).exists() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::NotFound,
-                        format!("{lib} is missing (scripts/install-deps installs faketime)"),
-                    ));
-                }
-            }
+            faketime::require(&[faketime::LIBFAKETIME, GLIBC_MALLOC_SHIM])?;
             let file = self.clock_file();
             if !file.exists() {
-                std::fs::write(&file, faketime_offset(offset))?;
+                faketime::write_offset(&file, offset)?;
             }
-            // The file is read on every clock call (NO_CACHE), so writing a
-            // new offset steps the running server's wall clock; its
-            // monotonic clock (event loop timers) stays real.
-            command
-                .env("LD_PRELOAD", format!("{GLIBC_MALLOC_SHIM} {LIBFAKETIME}"))
-                .env("FAKETIME_TIMESTAMP_FILE", &file)
-                .env("FAKETIME_NO_CACHE", "1")
-                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+            // The event loop's timers run on the real monotonic clock.
+            let preload = format!("{GLIBC_MALLOC_SHIM} {}", faketime::LIBFAKETIME);
+            faketime::apply(&mut command, &preload, &file);
         }
         let child = command
             .arg(&conf)
@@ -282,10 +262,7 @@ impl RedisServer {
                 "the server was not started with a fake clock",
             ));
         }
-        // Write then rename: libfaketime never reads a half-written file.
-        let tmp = self.dir.join(format!("faketime-{}.tmp", self.port));
-        std::fs::write(&tmp, faketime_offset(secs))?;
-        std::fs::rename(&tmp, self.clock_file())
+        faketime::write_offset(&self.clock_file(), secs)
     }
 
     /// The server's `TIME`, in microseconds since the epoch.

@@ -43,6 +43,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::faketime;
+
 /// The environment variable naming external ZooKeeper endpoints.
 pub const ENDPOINTS_ENV: &str = "QUORATE_ZOOKEEPER_ENDPOINTS";
 
@@ -72,10 +74,6 @@ const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
 /// A logging binding for the server's slf4j, if installed (logs then go to
 /// `server<N>.log` in the cluster's directory).
 const SLF4J_SIMPLE_JAR: &str = "/usr/share/java/slf4j-simple.jar";
-
-/// Debian's libfaketime, for a server whose wall clock can be stepped
-/// ([`ZkCluster::start_with_fake_clock`]).
-const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 /// One server of a cluster.
 struct Server {
@@ -124,12 +122,7 @@ impl ZkCluster {
     ///
     /// As [`ZkCluster::start`], and when libfaketime is not installed.
     pub fn start_with_fake_clock() -> std::io::Result<ZkCluster> {
-        if !Path::new(LIBFAKETIME).exists() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("{LIBFAKETIME} is missing (scripts/install-deps installs faketime)"),
-            ));
-        }
+        faketime::require(&[faketime::LIBFAKETIME])?;
         Self::start_inner(1, None, &mut |_, q, e| Ok((q, e)), true)
     }
 
@@ -145,7 +138,7 @@ impl ZkCluster {
             .clock_file
             .as_ref()
             .ok_or_else(|| std::io::Error::other("the server was not started with a fake clock"))?;
-        write_clock_offset(file, secs)?;
+        faketime::write_offset(file, secs)?;
         // Check that the server's clock moved (libfaketime in effect): the
         // time of day it logs a command at, against the real one plus the
         // offset.
@@ -277,7 +270,7 @@ impl ZkCluster {
         }
         let clock_file = if fake_clock {
             let file = dir.join("faketime");
-            write_clock_offset(&file, 0)?;
+            faketime::write_offset(&file, 0)?;
             Some(file)
         } else {
             None
@@ -470,13 +463,9 @@ impl ZkCluster {
             .open(&server.log)?;
         let mut java = Command::new("java");
         if let Some(file) = &self.clock_file {
-            // The file is read on every clock call (NO_CACHE), so writing a
-            // new offset steps the running server's wall clock; its
-            // monotonic clock (System.nanoTime: session expiry) stays real.
-            java.env("LD_PRELOAD", LIBFAKETIME)
-                .env("FAKETIME_TIMESTAMP_FILE", file)
-                .env("FAKETIME_NO_CACHE", "1")
-                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+            // Session expiry runs on System.nanoTime, the real monotonic
+            // clock.
+            faketime::apply(&mut java, faketime::LIBFAKETIME, file);
         }
         let child = java
             .args([
@@ -571,19 +560,6 @@ fn time_of_day(line: &str) -> Option<f64> {
     let m: f64 = parts.next()?.parse().ok()?;
     let s: f64 = parts.next()?.parse().ok()?;
     Some(h * 3600.0 + m * 60.0 + s)
-}
-
-/// Write a libfaketime offset of `secs` seconds (`+N` / `-N`) to `file`,
-/// through a rename so that libfaketime never reads half a file.
-fn write_clock_offset(file: &Path, secs: i64) -> std::io::Result<()> {
-    let tmp = file.with_extension("tmp");
-    let offset = if secs < 0 {
-        format!("{secs}")
-    } else {
-        format!("+{secs}")
-    };
-    std::fs::write(&tmp, offset)?;
-    std::fs::rename(&tmp, file)
 }
 
 /// Send a four-letter word and read the whole answer.
