@@ -3,6 +3,9 @@
 
 #[path = "../../../conformance-tests/src/harness/redis.rs"]
 mod harness;
+// The harness module's own `super::faketime`.
+#[path = "../../../conformance-tests/src/harness/faketime.rs"]
+mod faketime;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};

@@ -2,6 +2,9 @@
 
 #[path = "../../../conformance-tests/src/harness/redis.rs"]
 mod harness;
+// The harness module's own `super::faketime`.
+#[path = "../../../conformance-tests/src/harness/faketime.rs"]
+mod faketime;
 
 use std::time::{Duration, Instant};
 

@@ -6,6 +6,9 @@
 
 #[path = "../../../conformance-tests/src/harness/zookeeper.rs"]
 mod harness;
+// The harness module's own `super::faketime`.
+#[path = "../../../conformance-tests/src/harness/faketime.rs"]
+mod faketime;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
