@@ -192,6 +192,13 @@ pub mod server_clock_step {
         let target = dedicated(&t, base);
         let ca = target.connect().await?;
         let declared = ca.capabilities().exclusive_across_clock_steps;
+        // Warm the fresh server up first: a session, a lock and a release
+        // on another name, before the fault. A cold server (a JVM under a
+        // busy build) can answer its very first requests more slowly than
+        // the TTL, and a session lost then is no clock step's doing.
+        let warm = ca.session().await?;
+        warm.mutex("warm-up").lock().await?.release().await?;
+        quietly(warm.close()).await;
         let sa = ca.session().await?;
         let mut holder = Watched::new(sa.mutex(NAME).lock().await?);
         let fa = holder.fence();
