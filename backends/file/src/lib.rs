@@ -40,6 +40,7 @@ mod layout;
 mod mutex;
 mod ofd;
 mod queue;
+mod removals;
 mod rwlock;
 mod session;
 mod watch;
@@ -94,8 +95,9 @@ pub fn capabilities() -> Capabilities {
     // No server clock: the kernel holds the lock, whatever the wall clock.
     // Nothing to step, nothing declared.
     c.exclusive_across_clock_steps = false;
-    // Lock files removed under a holder: another process locks a new file
-    // at once, before the holder's next keep-alive tells it.
+    // Lock files removed under a holder: another process can lock a new
+    // file before the holder is told (within milliseconds, by the
+    // `removals` watch: a race, not a guarantee).
     c.exclusive_across_data_loss = false;
     c.external_revoke = false;
     c.primitives = Primitives::ALL;

@@ -14,10 +14,11 @@
 //! machine crashes). Lock files are never
 //! removed: they are where the counter lives (and removing a lock file
 //! races with anyone about to lock it). If an operator removes one anyway
-//! (or the whole root) under a holder, the session's keep-alive and
-//! `is_held()` notice (the held description is no longer the file at the
-//! path) and fire the holder's loss; a new file's counter starts at the
-//! wall clock (see `layout::bump_fence`), so fences do not repeat.
+//! (or the whole root) under a holder, the `removals` watch (within
+//! milliseconds), the session's keep-alive and `is_held()` notice (the held
+//! description is no longer the file at the path) and fire the holder's
+//! loss; a new file's counter starts at the wall clock (see
+//! `layout::bump_fence`), so fences do not repeat.
 
 use std::fs::File;
 use std::path::PathBuf;

@@ -7,8 +7,11 @@
 //! them). `keep_alive` checks that every held grant's file is still the one
 //! at its path (fires the grant's loss when an operator removed or replaced
 //! it) and that the root directory is still there (the session is lost when
-//! it is not). Core calls it every TTL/3 with automatic keep-alive, so the
-//! TTL is how often a removal is noticed.
+//! it is not). Core calls it every TTL/3 with automatic keep-alive. A held
+//! lock or election file removed or replaced is noticed sooner, within
+//! milliseconds: every session is registered with `removals`, whose inotify
+//! watch runs the same check of held items when such a file goes away; the
+//! keep-alive is its fallback.
 //!
 //! A session keeps a registry of what it holds (locks, memberships,
 //! leaderships) so that `SessionBackend::revoke` (and the loss of the
@@ -161,6 +164,7 @@ impl FileSession {
             items: StdMutex::new(Items::default()),
             revoking: StdMutex::new(()),
         });
+        crate::removals::watch(&shared);
         let watched = shared.clone();
         let on_loss = tokio::spawn(async move {
             let reason = loss.lost().await;

@@ -834,6 +834,43 @@ async fn removed_lock_files_are_noticed_and_fences_never_repeat() {
     again.release().await.unwrap();
 }
 
+/// With a TTL of an hour (a keep-alive every 20 minutes), holders are still
+/// told within seconds that their lock file was removed or renamed over, and
+/// a leader that its election file was removed: the backend watches the lock
+/// directories (inotify) and checks the held files at once. Each removal
+/// tells only the holder of that file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_or_replaced_lock_files_are_told_at_once_not_at_the_next_keep_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let url = format!("file://{}?ttl=3600s", root.display());
+    let c = quorate_file::connect(&Config::parse(&url).unwrap())
+        .await
+        .unwrap();
+    let s = c.session().await.unwrap();
+    let removed = s.mutex("removed").lock().await.unwrap();
+    let replaced = s.mutex("replaced").lock().await.unwrap();
+    let reader = s.rwlock("read").read().await.unwrap();
+    let leader = s.election("e").campaign(b"v").await.unwrap();
+
+    std::fs::remove_file(quorate_file::mutex_path(root, "removed")).unwrap();
+    soon("the holder of the removed file told", removed.lost()).await;
+    assert!(replaced.is_held().await.unwrap() && reader.is_held().await.unwrap());
+
+    let tmp = root.join("new.lock");
+    std::fs::write(&tmp, b"").unwrap();
+    std::fs::rename(&tmp, quorate_file::mutex_path(root, "replaced")).unwrap();
+    soon("the holder of the replaced file told", replaced.lost()).await;
+
+    std::fs::remove_file(quorate_file::mutex_path(root, "read")).unwrap();
+    soon("the reader of the removed file told", reader.lost()).await;
+
+    // An election's lock file goes with its directory.
+    std::fs::remove_dir_all(root.join("election")).unwrap();
+    soon("the leader told its file was removed", leader.lost()).await;
+    assert!(!s.is_lost() && !leader.is_leader().await.unwrap());
+}
+
 /// `Coordinator::locks` names a holder only while its record's lock file
 /// is the one at the path: the holder's record (written from the identity
 /// checked when it locked) lists it, and once its lock file is removed and

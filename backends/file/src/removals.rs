@@ -1,0 +1,247 @@
+//! Telling a holder at once that its lock file was removed or replaced.
+//!
+//! Lock files are never removed or renamed by the backend (they hold the
+//! fencing counters). If an operator removes one under a holder anyway (an
+//! `rm`, an `rm -r` of the root, a `mv` over it), another process can
+//! create and lock a new file of that name at once: the holder's grant is
+//! void, and the sooner it is told the shorter the time two processes
+//! believe they hold the lock.
+//!
+//! One thread per process reads one inotify descriptor that watches the
+//! `lock/` and `election/` directories of every root a session was opened
+//! on, for `.lock` names removed or renamed (away or over) and for the
+//! directory itself removed or moved. On such an event it runs the cheap
+//! check of every session registered on that directory
+//! ([`SessionShared::check_held`]: an `fstat` and a `stat` per held item),
+//! which fires the loss of each grant whose file is no longer the one at
+//! its path. In normal operation no watched event happens, so the thread
+//! never wakes and grants cost nothing more.
+//!
+//! A thread, not a task: a backend may be used from several tokio
+//! runtimes (and outlive the one that opened it), and one thread serves
+//! them all. One inotify instance per process, whatever the number of
+//! coordinators, leaves the per-user instance limit (often 128) to group
+//! watches and election observers.
+//!
+//! The session keep-alive (every TTL/3) runs the same check and stays the
+//! fallback: where inotify cannot be used (no instance or watch left), for
+//! member files (whose group directories are not watched: members leave by
+//! removing their own file, so those events are routine), and for a
+//! removal in the instant between a grant and its registration with the
+//! session.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use crate::layout::Space;
+use crate::session::SessionShared;
+
+/// The events watched on each directory.
+const MASK: u32 = libc::IN_DELETE
+    | libc::IN_MOVED_FROM
+    | libc::IN_MOVED_TO
+    | libc::IN_DELETE_SELF
+    | libc::IN_MOVE_SELF
+    | libc::IN_ONLYDIR;
+
+/// Events about the watched directory itself.
+const SELF: u32 = libc::IN_DELETE_SELF | libc::IN_MOVE_SELF | libc::IN_Q_OVERFLOW;
+
+/// The process's watcher: its inotify descriptor and, per watched
+/// directory, the sessions to check.
+struct Watcher {
+    fd: OwnedFd,
+    sessions: Mutex<HashMap<i32, Vec<Weak<SessionShared>>>>,
+}
+
+/// The watcher, started by the first session; `None` when inotify or the
+/// thread is not available (the keep-alive alone then notices removals).
+fn watcher() -> Option<&'static Watcher> {
+    static WATCHER: OnceLock<Option<Watcher>> = OnceLock::new();
+    WATCHER
+        .get_or_init(|| match start() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "cannot watch lock directories (inotify): removed lock files are noticed by the keep-alive only"
+                );
+                None
+            }
+        })
+        .as_ref()
+}
+
+fn start() -> io::Result<Watcher> {
+    // SAFETY: plain FFI call; the descriptor is owned below. Blocking
+    // reads: the thread has nothing else to do.
+    let raw = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let reader = fd.try_clone()?;
+    std::thread::Builder::new()
+        .name("quorate-file-removals".into())
+        .spawn(move || run(reader))?;
+    Ok(Watcher {
+        fd,
+        sessions: Mutex::new(HashMap::new()),
+    })
+}
+
+/// Watch the lock directories of `session`'s root for removals, and check
+/// the session when one happens. Failures are logged; the keep-alive is
+/// the fallback.
+pub(crate) fn watch(session: &Arc<SessionShared>) {
+    let Some(w) = watcher() else {
+        return;
+    };
+    for space in Space::ALL {
+        let dir = session.layout.root().join(space.as_str());
+        let Ok(cpath) = CString::new(dir.as_os_str().as_bytes()) else {
+            continue;
+        };
+        // SAFETY: valid descriptor and NUL-terminated path. Watching a
+        // directory already watched returns its watch descriptor.
+        let wd = unsafe { libc::inotify_add_watch(w.fd.as_raw_fd(), cpath.as_ptr(), MASK) };
+        if wd < 0 {
+            tracing::debug!(
+                dir = %dir.display(),
+                error = %io::Error::last_os_error(),
+                "cannot watch a lock directory: removals there are noticed by the keep-alive"
+            );
+            continue;
+        }
+        let mut sessions = w.sessions.lock().unwrap();
+        let list = sessions.entry(wd).or_default();
+        list.retain(|s| s.strong_count() > 0);
+        list.push(Arc::downgrade(session));
+    }
+}
+
+/// The thread: read events, check the sessions of every directory where a
+/// lock file went away.
+fn run(fd: OwnedFd) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        // SAFETY: reading into an owned buffer of the given length.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            tracing::warn!(error = %e, "reading inotify events stopped: removed lock files are noticed by the keep-alive only");
+            return;
+        }
+        let Some(w) = watcher() else {
+            return;
+        };
+        let (to_check, ended) = parse(&buf[..n as usize]);
+        let sessions: Vec<Arc<SessionShared>> = {
+            let mut by_wd = w.sessions.lock().unwrap();
+            let mut out = Vec::new();
+            for wd in &to_check {
+                match *wd {
+                    Some(wd) => {
+                        if let Some(list) = by_wd.get(&wd) {
+                            out.extend(list.iter().filter_map(Weak::upgrade));
+                        }
+                    }
+                    // The queue overflowed: events were lost.
+                    None => out.extend(by_wd.values().flatten().filter_map(Weak::upgrade)),
+                }
+            }
+            for wd in ended {
+                by_wd.remove(&wd);
+            }
+            out
+        };
+        let mut checked = HashSet::new();
+        for s in sessions {
+            if !checked.insert(Arc::as_ptr(&s)) {
+                continue;
+            }
+            let lost = s.check_held();
+            if lost > 0 {
+                tracing::debug!(session = %s.id, lost, "told holders their files went away");
+            }
+        }
+    }
+}
+
+/// From a buffer of events: the watch descriptors whose sessions to check
+/// (`None`: all of them, events were lost), and those that ended (their
+/// directory is gone).
+fn parse(buf: &[u8]) -> (Vec<Option<i32>>, Vec<i32>) {
+    const HEADER: usize = 16; // wd, mask, cookie, len: four 32-bit fields
+    let mut at = 0;
+    let (mut check, mut ended) = (Vec::new(), Vec::new());
+    while at + HEADER <= buf.len() {
+        let field = |i: usize| {
+            let b = &buf[at + 4 * i..at + 4 * i + 4];
+            [b[0], b[1], b[2], b[3]]
+        };
+        let wd = i32::from_ne_bytes(field(0));
+        let mask = u32::from_ne_bytes(field(1));
+        let len = u32::from_ne_bytes(field(3)) as usize;
+        let name = &buf[(at + HEADER).min(buf.len())..(at + HEADER + len).min(buf.len())];
+        let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+        at += HEADER + len;
+        let which = if mask & libc::IN_Q_OVERFLOW != 0 {
+            Some(None)
+        } else if mask & SELF != 0 || name.ends_with(b".lock") {
+            Some(Some(wd))
+        } else {
+            None
+        };
+        if let Some(which) = which {
+            if !check.contains(&which) {
+                check.push(which);
+            }
+        }
+        if mask & libc::IN_IGNORED != 0 {
+            ended.push(wd);
+        }
+    }
+    (check, ended)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(wd: i32, mask: u32, name: &str) -> Vec<u8> {
+        let mut padded = name.as_bytes().to_vec();
+        if !padded.is_empty() {
+            padded.resize(name.len().div_ceil(16) * 16 + 16, 0);
+        }
+        let mut out = Vec::new();
+        out.extend(wd.to_ne_bytes());
+        out.extend(mask.to_ne_bytes());
+        out.extend(0u32.to_ne_bytes());
+        out.extend((padded.len() as u32).to_ne_bytes());
+        out.extend(padded);
+        out
+    }
+
+    #[test]
+    fn only_lock_files_and_the_directory_itself_count() {
+        let mut buf = event(1, libc::IN_DELETE, "a.turn");
+        buf.extend(event(2, libc::IN_MOVED_TO, ".0123.tmp"));
+        assert_eq!(parse(&buf), (vec![], vec![]));
+        buf.extend(event(2, libc::IN_DELETE, "m.lock"));
+        buf.extend(event(2, libc::IN_MOVED_FROM, "n.lock"));
+        buf.extend(event(3, libc::IN_DELETE_SELF, ""));
+        buf.extend(event(3, libc::IN_IGNORED, ""));
+        assert_eq!(parse(&buf), (vec![Some(2), Some(3)], vec![3]));
+        let lost = event(-1, libc::IN_Q_OVERFLOW, "");
+        assert_eq!(parse(&lost), (vec![None], vec![]));
+    }
+}
