@@ -469,6 +469,69 @@ pub mod lock_file_removed {
     use crate::fail;
 
     const NAME: &str = "removed";
+    /// Rounds of lock, removal and grant to the other client.
+    const ROUNDS: usize = 10;
+
+    /// What one round measured, from the removal.
+    struct Round {
+        fence_a: u64,
+        fence_b: u64,
+        granted_ms: f64,
+        told_ms: Option<f64>,
+    }
+
+    impl Round {
+        /// Granted to the other before the holder was told.
+        fn double(&self) -> bool {
+            self.told_ms.is_none_or(|t| self.granted_ms < t)
+        }
+
+        /// How long before the other's grant the holder was told
+        /// (negative: a double grant).
+        fn lead(&self) -> f64 {
+            self.told_ms
+                .map_or(f64::NEG_INFINITY, |t| self.granted_ms - t)
+        }
+    }
+
+    /// One round: a holder on `ca`, the root removed, the name locked at
+    /// once by a session of `cb` opened before the removal.
+    async fn round(
+        ca: &quorate::Coordinator,
+        cb: &quorate::Coordinator,
+        root: &std::path::Path,
+    ) -> Result<Round, CaseError> {
+        let sa = ca.session().await?;
+        let mut holder = Watched::new(sa.mutex(NAME).lock().await?);
+        let fence_a = holder.fence();
+        let sb = cb.session().await?;
+        let removed = Instant::now();
+        if let Err(e) = std::fs::remove_dir_all(root) {
+            return Err(CaseError::Unverified(format!(
+                "could not remove `{}`: {e}",
+                root.display()
+            )));
+        }
+        let gb = crate::outcome::within(
+            LIMIT.as_secs_f64(),
+            "another client locks the name again",
+            sb.mutex(NAME).lock(),
+        )
+        .await??;
+        let granted = Instant::now();
+        let fence_b = gb.fence().get();
+        let told = holder.told_within(LIMIT).await;
+        holder.finish().await;
+        quietly(sa.close()).await;
+        quietly(gb.release()).await;
+        quietly(sb.close()).await;
+        Ok(Round {
+            fence_a,
+            fence_b,
+            granted_ms: ms(removed, granted),
+            told_ms: told.map(|t| ms(removed, t)),
+        })
+    }
 
     pub async fn run(t: Target) -> CaseResult {
         let config = quorate::Config::parse(t.url())?;
@@ -487,48 +550,41 @@ pub mod lock_file_removed {
         }
         let ca = t.connect().await?;
         let declared = ca.capabilities().exclusive_across_data_loss;
-        let sa = ca.session().await?;
-        let mut holder = Watched::new(sa.mutex(NAME).lock().await?);
-        let fa = holder.fence();
-        let removed = Instant::now();
-        if let Err(e) = std::fs::remove_dir_all(&root) {
-            return Err(CaseError::Unverified(format!(
-                "could not remove `{}`: {e}",
-                root.display()
-            )));
-        }
+        // The other client is connected before the removal: it locks at
+        // once after it, as a busy worker would. Whether the holder is told
+        // first is a race between its notice and one grant, so the round
+        // is repeated; the figures are those of the closest round (the
+        // smallest lead of the holder's notice over the other's grant).
         let cb = t.connect().await?;
-        let sb = cb.session().await?;
-        let gb = crate::outcome::within(
-            LIMIT.as_secs_f64(),
-            "another client locks the name again",
-            sb.mutex(NAME).lock(),
-        )
-        .await??;
-        let granted = Instant::now();
-        let fb = gb.fence().get();
-        let told = holder.told_within(LIMIT).await;
-        holder.finish().await;
-        quietly(sa.close()).await;
-        quietly(gb.release()).await;
-        quietly(sb.close()).await;
-
+        let mut closest: Option<Round> = None;
+        let mut doubles = 0;
+        for _ in 0..ROUNDS {
+            let r = round(&ca, &cb, &root).await?;
+            if r.fence_b <= r.fence_a {
+                fail!("the new grant's fence {} is not above the holder's {}: fences repeated after the lock files were removed", r.fence_b, r.fence_a);
+            }
+            let Some(_) = r.told_ms else {
+                fail!(
+                    "the holder was never told (within {LIMIT:?}) that its lock file was removed; another client was granted the name with fence {} (holder's {})",
+                    r.fence_b, r.fence_a
+                );
+            };
+            doubles += usize::from(r.double());
+            if closest.as_ref().is_none_or(|c| r.lead() < c.lead()) {
+                closest = Some(r);
+            }
+        }
+        let r = closest.expect("at least one round");
         let mut f = Figures::new();
-        f.insert("other_granted_ms".into(), ms(removed, granted));
-        if let Some(told) = told {
-            f.insert("holder_told_ms".into(), ms(removed, told));
+        f.insert("rounds".into(), ROUNDS as f64);
+        f.insert("double_grants".into(), doubles as f64);
+        f.insert("other_granted_ms".into(), r.granted_ms);
+        if let Some(told) = r.told_ms {
+            f.insert("holder_told_ms".into(), told);
         }
-        f.insert("fence_went_backwards".into(), flag(fb <= fa));
-        let double = told.is_none_or(|told| granted < told);
+        f.insert("fence_went_backwards".into(), flag(r.fence_b <= r.fence_a));
+        let double = doubles > 0;
         f.insert("double_grant".into(), flag(double));
-        let Some(_) = told else {
-            fail!(
-                "the holder was never told (within {LIMIT:?}) that its lock file was removed; another client was granted the name with fence {fb} (holder's {fa})"
-            );
-        };
-        if fb <= fa {
-            fail!("the new grant's fence {fb} is not above the holder's {fa}: fences repeated after the lock files were removed");
-        }
         // Told, and fences kept increasing (the guarantee under `fencing`).
         // But another client granted before the holder was told is two
         // holders: it fails a backend that declares
@@ -551,13 +607,13 @@ pub mod lock_file_removed {
     pub fn describe(f: &Figures) -> String {
         let at = |k: &str| f.get(k).copied().unwrap_or(f64::NAN);
         format!(
-            "after the root was removed, another client was granted the name {:.0} ms later (a new file: the kernel lock cannot stop it) and the holder was told {:.0} ms after the removal (at its next keep-alive){}; fences kept increasing",
+            "after the root was removed, another client (connected beforehand) was granted the name {:.1} ms later (a new file: the kernel lock cannot stop it) and the holder was told {:.1} ms after the removal (the closest of {:.0} rounds){}; fences kept increasing",
             at("other_granted_ms"),
             at("holder_told_ms"),
-            if f.get("double_grant") == Some(&1.0) {
-                " (DOUBLE GRANT: before the holder was told)"
-            } else {
-                ""
+            at("rounds"),
+            match at("double_grants") {
+                n if n > 0.0 => format!(" (DOUBLE GRANT in {n:.0} rounds: before the holder was told)"),
+                _ => String::new(),
             }
         )
     }
