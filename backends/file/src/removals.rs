@@ -7,7 +7,7 @@
 //! void, and the sooner it is told the shorter the time two processes
 //! believe they hold the lock.
 //!
-//! One thread per process reads one inotify descriptor that watches the
+//! One thread per process (`qfile-removals`) reads one inotify descriptor that watches the
 //! `lock/` and `election/` directories of every root a session was opened
 //! on, for `.lock` names removed or renamed (away or over) and for the
 //! directory itself removed or moved. On such an event it runs the cheap
@@ -87,7 +87,7 @@ fn start() -> io::Result<Watcher> {
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     let reader = fd.try_clone()?;
     std::thread::Builder::new()
-        .name("quorate-file-removals".into())
+        .name("qfile-removals".into())
         .spawn(move || run(reader))?;
     Ok(Watcher {
         fd,
