@@ -153,6 +153,8 @@ pub(crate) async fn campaign(
 ) -> Result<Box<dyn HeldLeadership>> {
     let lock_path = session.layout.lock_path(Space::Election, election);
     let value_path = session.layout.value_path(election);
+    // Before the lock: see `SessionShared::reserve`.
+    let registration = session.reserve();
     let entry = queue::entry(&lock_path);
     let turn = entry
         .turn(true)
@@ -174,7 +176,7 @@ pub(crate) async fn campaign(
         fence: FencingToken::new(fence)?,
         leader: StdMutex::new(leader),
         loss,
-        registration: session.reserve(),
+        registration,
     });
     let weak: std::sync::Weak<LeaderState> = Arc::downgrade(&state);
     session.activate(&state.registration, weak)?;

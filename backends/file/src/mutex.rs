@@ -47,6 +47,8 @@ pub(crate) async fn lock(
     // One lock per name: a mutex is the write side of the name's
     // read/write lock (see `rwlock`).
     let path = session.layout.lock_path(Space::Mutex, name);
+    // Before the lock: see `SessionShared::reserve`.
+    let registration = session.reserve();
     let granted = match kind {
         LockKind::Mutex | LockKind::Write => rwlock::lock_write(&path, wait).await?,
         LockKind::Read => rwlock::lock_read(&path, wait).await?,
@@ -61,7 +63,7 @@ pub(crate) async fn lock(
         fence: FencingToken::new(grant.fence)?,
         file: StdMutex::new(Some(grant.file)),
         loss,
-        registration: session.reserve(),
+        registration,
     });
     let weak: std::sync::Weak<LockState> = Arc::downgrade(&state);
     session.activate(&state.registration, weak)?;

@@ -23,22 +23,43 @@
 //! coordinators, leaves the per-user instance limit (often 128) to group
 //! watches and election observers.
 //!
+//! A grant is registered with its session only after it is made, so a
+//! check can miss a grant made while it ran. Every check is counted
+//! ([`generation`]), before it reads what the sessions hold; a lock or a
+//! leadership reads the count before it is granted
+//! ([`SessionShared::reserve`]) and, once registered, checks its own file
+//! if the count moved meanwhile ([`SessionShared::activate`]): two atomic
+//! loads per grant, and a check only when a removal happened.
+//!
 //! The session keep-alive (every TTL/3) runs the same check and stays the
-//! fallback: where inotify cannot be used (no instance or watch left), for
-//! member files (whose group directories are not watched: members leave by
-//! removing their own file, so those events are routine), and for a
-//! removal in the instant between a grant and its registration with the
-//! session.
+//! fallback: where inotify cannot be used (no instance or watch left), and
+//! for member files (whose group directories are not watched: members leave
+//! by removing their own file, so those events are routine).
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use crate::layout::Space;
 use crate::session::SessionShared;
+
+/// How many times the thread started checking sessions after a removal.
+static CHECKS: AtomicU64 = AtomicU64::new(0);
+
+/// The number of checks started so far: a grant made while this number
+/// did not move was seen by every check that could concern it.
+pub(crate) fn generation() -> u64 {
+    CHECKS.load(Ordering::SeqCst)
+}
+
+/// Count a check, before it reads what the sessions hold.
+fn count_check() {
+    CHECKS.fetch_add(1, Ordering::SeqCst);
+}
 
 /// The events watched on each directory.
 const MASK: u32 = libc::IN_DELETE
@@ -144,6 +165,9 @@ fn run(fd: OwnedFd) {
             return;
         };
         let (to_check, ended) = parse(&buf[..n as usize]);
+        if !to_check.is_empty() {
+            count_check();
+        }
         let sessions: Vec<Arc<SessionShared>> = {
             let mut by_wd = w.sessions.lock().unwrap();
             let mut out = Vec::new();
@@ -211,6 +235,13 @@ fn parse(buf: &[u8]) -> (Vec<Option<i32>>, Vec<i32>) {
         }
     }
     (check, ended)
+}
+
+/// Count a check as the thread does (tests of what a grant does when one
+/// ran while it was made).
+#[cfg(test)]
+pub(crate) fn count_check_for_test() {
+    count_check();
 }
 
 #[cfg(test)]

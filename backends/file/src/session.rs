@@ -67,6 +67,8 @@ struct Items {
 pub(crate) struct Registration {
     session: Weak<SessionShared>,
     id: u64,
+    /// [`crate::removals::generation`] when reserved.
+    seen: u64,
 }
 
 impl Drop for Registration {
@@ -79,23 +81,41 @@ impl Drop for Registration {
 
 impl SessionShared {
     /// A registration for an item about to be created; see [`Self::activate`].
+    /// Reserve it *before* the item's file is locked: it notes how many
+    /// removal checks had started ([`crate::removals::generation`]).
     pub(crate) fn reserve(self: &Arc<Self>) -> Registration {
+        let seen = crate::removals::generation();
         let mut items = self.items.lock().unwrap();
         items.next += 1;
         Registration {
             session: Arc::downgrade(self),
             id: items.next,
+            seen,
         }
     }
 
     /// Enter a freshly granted item. Fails with `Lost` when the session was
     /// revoked meanwhile; the caller then drops the item, which releases it.
+    ///
+    /// If a removal check started since [`Self::reserve`], it may have
+    /// missed this item (not yet entered): the item's own file is checked
+    /// now, and its loss fired if it is gone.
     pub(crate) fn activate(&self, reg: &Registration, item: Weak<dyn Revocable>) -> Result<()> {
-        let mut items = self.items.lock().unwrap();
-        if items.revoked {
-            return Err(self.revoked_error());
+        {
+            let mut items = self.items.lock().unwrap();
+            if items.revoked {
+                return Err(self.revoked_error());
+            }
+            items.live.insert(reg.id, item.clone());
         }
-        items.live.insert(reg.id, item);
+        if crate::removals::generation() != reg.seen {
+            if let Some(item) = item.upgrade() {
+                if let Some(reason) = item.gone() {
+                    tracing::warn!(session = %self.id, %reason, "a file went away as it was granted");
+                    item.revoke(&reason);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -281,5 +301,41 @@ mod tests {
             "revoke_all returned while another call was still releasing"
         );
         first.join().unwrap();
+    }
+
+    /// An item whose file is gone.
+    struct Gone(AtomicBool);
+
+    impl Revocable for Gone {
+        fn revoke(&self, _: &str) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+
+        fn gone(&self) -> Option<String> {
+            Some("removed".into())
+        }
+    }
+
+    /// A removal check that started between a grant's reservation and its
+    /// entry could not see it: the grant checks its own file when entered,
+    /// and its loss fires.
+    #[test]
+    fn an_item_granted_while_a_removal_check_ran_checks_its_own_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Arc::new(SessionShared {
+            id: "test".into(),
+            layout: Arc::new(Layout::open(dir.path().to_owned()).unwrap()),
+            items: StdMutex::new(Items::default()),
+            revoking: StdMutex::new(()),
+        });
+        let item = Arc::new(Gone(AtomicBool::new(false)));
+        let reg = shared.reserve();
+        crate::removals::count_check_for_test();
+        let weak: Weak<Gone> = Arc::downgrade(&item);
+        shared.activate(&reg, weak).unwrap();
+        assert!(
+            item.0.load(Ordering::SeqCst),
+            "a grant made while a removal check ran was not checked"
+        );
     }
 }
