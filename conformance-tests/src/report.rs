@@ -270,7 +270,14 @@ impl Report {
 }
 
 fn fault_cell(c: &CaseReport) -> String {
-    let ms = |k: &str| c.figures.get(k).map(|v| format!("{:.1} s", v / 1000.0));
+    // Seconds, or milliseconds below one (a file removal is told in ms).
+    let ms = |k: &str| {
+        c.figures.get(k).map(|&v| match v {
+            v if v >= 1000.0 => format!("{:.1} s", v / 1000.0),
+            v if v >= 10.0 => format!("{v:.0} ms"),
+            v => format!("{v:.1} ms"),
+        })
+    };
     match c.result {
         Verdict::Pass => match (ms("holder_told_ms"), ms("other_granted_ms")) {
             (Some(t), Some(o)) => format!("held (told {t}, other {o})"),
@@ -315,4 +322,46 @@ fn format_figure(v: f64) -> String {
 /// The value at a dotted path (`primitives.rwlock`) of a JSON object.
 pub fn lookup<'a>(json: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Value> {
     path.split('.').try_fold(json, |v, k| v.get(k))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(told_ms: f64, other_ms: f64) -> CaseReport {
+        CaseReport {
+            name: "lock_file_removed".into(),
+            backend: "file".into(),
+            target: "file".into(),
+            guarantee: String::new(),
+            capability: None,
+            declared: None,
+            result: Verdict::Pass,
+            detail: String::new(),
+            figures: [
+                ("holder_told_ms".to_owned(), told_ms),
+                ("other_granted_ms".to_owned(), other_ms),
+            ]
+            .into(),
+            duration_ms: 0.0,
+            hooks: Vec::new(),
+        }
+    }
+
+    /// Delays under a second are shown in milliseconds, not as `0.0 s`.
+    #[test]
+    fn fault_cells_show_short_delays_in_milliseconds() {
+        assert_eq!(
+            fault_cell(&held(0.84, 1.5)),
+            "held (told 0.8 ms, other 1.5 ms)"
+        );
+        assert_eq!(
+            fault_cell(&held(14.2, 667.0)),
+            "held (told 14 ms, other 667 ms)"
+        );
+        assert_eq!(
+            fault_cell(&held(1700.0, 2400.0)),
+            "held (told 1.7 s, other 2.4 s)"
+        );
+    }
 }
