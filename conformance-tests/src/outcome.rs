@@ -71,6 +71,13 @@ impl From<quorate::Error> for CaseError {
     }
 }
 
+/// The figure a case that measures whether two clients held a lock at once
+/// records beside its outcome: 1 when the backend declares that guarantee
+/// (a double grant fails the case), 0 when it does not (a double grant is
+/// `violated`, and a run without one is a pass *in this run*, which the
+/// report says: a race the run did not lose is not a guarantee).
+pub const EXCLUSION_DECLARED: &str = "exclusion_declared";
+
 /// A case's return value: figures on success.
 pub type CaseResult = Result<Figures, CaseError>;
 

@@ -228,7 +228,7 @@ impl Report {
             md.push('\n');
         }
         md.push_str(
-            "\nheld: the guarantee was kept (delays measured from the fault: *told* = the holder's `lost()`, *other* = another client granted) · 🔴 FAIL: declared, broken · 🔴 violated: broken, and declared not kept · ⚪ unverified: declared, not measurable here · —: not applicable · blank: not run\n",
+            "\nheld: the guarantee was kept (delays measured from the fault: *told* = the holder's `lost()`, *other* = another client granted) · held in this run (not declared): nobody else was granted the lock before the holder was told, on a backend that does not declare it (a race this run did not lose; the next may) · 🔴 FAIL: declared, broken · 🔴 violated: broken, and declared not kept · ⚪ unverified: declared, not measurable here · —: not applicable · blank: not run\n",
         );
         md
     }
@@ -279,11 +279,30 @@ fn fault_cell(c: &CaseReport) -> String {
         })
     };
     match c.result {
-        Verdict::Pass => match (ms("holder_told_ms"), ms("other_granted_ms")) {
-            (Some(t), Some(o)) => format!("held (told {t}, other {o})"),
-            (Some(t), None) => format!("held (told {t})"),
-            _ => "held".to_owned(),
-        },
+        Verdict::Pass => {
+            // Kept in this run by a backend that does not declare it: a
+            // race this run did not lose, not a guarantee.
+            let undeclared = c.figures.get(crate::outcome::EXCLUSION_DECLARED) == Some(&0.0);
+            let mut notes = Vec::new();
+            if undeclared {
+                notes.push("not declared".to_owned());
+            }
+            match (ms("holder_told_ms"), ms("other_granted_ms")) {
+                (Some(t), Some(o)) => notes.push(format!("told {t}, other {o}")),
+                (Some(t), None) => notes.push(format!("told {t}")),
+                _ => {}
+            }
+            let head = if undeclared {
+                "held in this run"
+            } else {
+                "held"
+            };
+            if notes.is_empty() {
+                head.to_owned()
+            } else {
+                format!("{head} ({})", notes.join("; "))
+            }
+        }
         Verdict::Fail => "🔴 **FAIL**".to_owned(),
         Verdict::Violated => "🔴 **violated** (declared: no)".to_owned(),
         Verdict::Unverified => "⚪ unverified".to_owned(),
@@ -363,5 +382,24 @@ mod tests {
             fault_cell(&held(1700.0, 2400.0)),
             "held (told 1.7 s, other 2.4 s)"
         );
+    }
+
+    /// A pass of a backend that does not declare exclusion says so.
+    #[test]
+    fn an_undeclared_exclusion_held_is_held_in_this_run_only() {
+        let mut c = held(0.5, 1.0);
+        c.figures
+            .insert(crate::outcome::EXCLUSION_DECLARED.into(), 0.0);
+        assert_eq!(
+            fault_cell(&c),
+            "held in this run (not declared; told 0.5 ms, other 1.0 ms)"
+        );
+        c.figures.clear();
+        c.figures
+            .insert(crate::outcome::EXCLUSION_DECLARED.into(), 0.0);
+        assert_eq!(fault_cell(&c), "held in this run (not declared)");
+        c.figures
+            .insert(crate::outcome::EXCLUSION_DECLARED.into(), 1.0);
+        assert_eq!(fault_cell(&c), "held");
     }
 }

@@ -25,6 +25,19 @@ fn style(v: Verdict) -> (&'static str, &'static str) {
     }
 }
 
+/// A pass on a backend that does not declare the exclusion it measured:
+/// kept in this run only (see [`crate::outcome::EXCLUSION_DECLARED`]).
+const PASS_THIS_RUN: (&str, &str) = ("#98df8a", "pass this run");
+
+/// Fill colour and word of a case's cell.
+fn cell_style(c: &crate::report::CaseReport) -> (&'static str, &'static str) {
+    let undeclared = c.figures.get(crate::outcome::EXCLUSION_DECLARED) == Some(&0.0);
+    match c.result {
+        Verdict::Pass if undeclared => PASS_THIS_RUN,
+        v => style(v),
+    }
+}
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -82,7 +95,7 @@ pub fn matrix(report: &Report) -> String {
             let Some(c) = t.cases.iter().find(|c| c.name == *name) else {
                 continue;
             };
-            let (fill, word) = style(c.result);
+            let (fill, word) = cell_style(c);
             let _ = writeln!(
                 svg,
                 r#"<rect x="{x}" y="{y}" width="{}" height="{}" fill="{fill}" stroke="white"><title>{}: {} — {}</title></rect>"#,
@@ -92,8 +105,8 @@ pub fn matrix(report: &Report) -> String {
                 escape(name),
                 escape(c.result.as_str()),
             );
-            let ink = match c.result {
-                Verdict::NotApplicable | Verdict::Unverified => "#333333",
+            let ink = match (c.result, fill == PASS_THIS_RUN.0) {
+                (Verdict::NotApplicable | Verdict::Unverified, _) | (_, true) => "#333333",
                 _ => "white",
             };
             let _ = writeln!(
@@ -106,21 +119,21 @@ pub fn matrix(report: &Report) -> String {
     }
     let y = HEADER_H + CELL_H * cases.len() + 22;
     let mut x = 10;
-    for v in [
-        Verdict::Pass,
-        Verdict::Fail,
-        Verdict::Violated,
-        Verdict::Unverified,
-        Verdict::NotApplicable,
-    ] {
-        let (fill, _) = style(v);
-        let label = match v {
-            Verdict::Pass => "pass: measured and kept",
-            Verdict::Fail => "FAIL: declared, broken",
-            Verdict::Violated => "violated: broken, declared not kept",
-            Verdict::Unverified => "unverified: not measurable here",
-            Verdict::NotApplicable => "not applicable",
-        };
+    let legend = [
+        (style(Verdict::Pass).0, "pass: measured and kept"),
+        (PASS_THIS_RUN.0, "pass this run: not declared"),
+        (style(Verdict::Fail).0, "FAIL: declared, broken"),
+        (
+            style(Verdict::Violated).0,
+            "violated: broken, declared not kept",
+        ),
+        (
+            style(Verdict::Unverified).0,
+            "unverified: not measurable here",
+        ),
+        (style(Verdict::NotApplicable).0, "not applicable"),
+    ];
+    for (fill, label) in legend {
         let _ = writeln!(
             svg,
             r##"<rect x="{x}" y="{}" width="14" height="14" fill="{fill}" stroke="#999"/><text x="{}" y="{}">{label}</text>"##,
@@ -182,5 +195,25 @@ mod tests {
         assert!(svg.contains("<title>c: two — pass</title>"));
         assert_eq!(svg.matches(r##"fill="#2ca02c" stroke="white""##).count(), 1);
         assert_eq!(svg.matches(r##"fill="#d62728" stroke="white""##).count(), 1);
+    }
+
+    /// A pass on a backend that does not declare the exclusion it measured
+    /// is drawn apart from a pass: kept in this run only.
+    #[test]
+    fn an_undeclared_exclusion_kept_is_drawn_as_a_pass_this_run() {
+        let mut held = case("removed", Verdict::Pass);
+        held.figures
+            .insert(crate::outcome::EXCLUSION_DECLARED.into(), 0.0);
+        let report = Report::new(vec![TargetReport {
+            target: "file".into(),
+            backend: "file".into(),
+            url: "file://".into(),
+            capabilities: serde_json::Value::Null,
+            cases: vec![held, case("mutex", Verdict::Pass)],
+        }]);
+        let svg = matrix(&report);
+        assert_eq!(svg.matches(r##"fill="#98df8a" stroke="white""##).count(), 1);
+        assert_eq!(svg.matches(r##"fill="#2ca02c" stroke="white""##).count(), 1);
+        assert!(svg.contains(">pass this run</text>"));
     }
 }

@@ -24,7 +24,7 @@ use quorate::ErrorKind;
 use tokio::task::JoinHandle;
 
 use super::server_faults::{controller, flag, harness, ms, quietly, Grant, Watched, TTL};
-use crate::outcome::{broken, CaseError, CaseResult, Figures};
+use crate::outcome::{broken, CaseError, CaseResult, Figures, EXCLUSION_DECLARED};
 use crate::target::{ServerFaults, Target};
 
 /// The longest a case waits for anything (a liveness bound).
@@ -221,6 +221,7 @@ pub mod server_clock_step {
         };
         let mut f = Figures::new();
         f.insert("clock_step_s".into(), STEP_S as f64);
+        f.insert(EXCLUSION_DECLARED.into(), flag(declared));
         if grant.is_none() && told.is_none() {
             // Kept: the holder still holds it, and says so.
             let held = holder.is_held().await;
@@ -410,6 +411,7 @@ pub mod fence_after_lagging_failover {
         let opted = scenario(&t, &faults, Some(OPT_IN)).await?;
         let mut f = Figures::new();
         f.insert("replica_clock_behind_s".into(), BEHIND_S as f64);
+        f.insert(EXCLUSION_DECLARED.into(), flag(declared));
         record(&mut f, "", &plain);
         record(&mut f, "_wait", &opted);
         if opted.backwards() {
@@ -577,6 +579,7 @@ pub mod lock_file_removed {
         let r = closest.expect("at least one round");
         let mut f = Figures::new();
         f.insert("rounds".into(), ROUNDS as f64);
+        f.insert(EXCLUSION_DECLARED.into(), flag(declared));
         f.insert("double_grants".into(), doubles as f64);
         f.insert("other_granted_ms".into(), r.granted_ms);
         if let Some(told) = r.told_ms {

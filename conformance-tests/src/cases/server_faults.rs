@@ -19,7 +19,7 @@ use quorate::{Coordinator, LockGuard, Session};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::outcome::{broken, CaseError};
+use crate::outcome::{broken, CaseError, EXCLUSION_DECLARED};
 use crate::target::{ServerFaults, Target};
 
 /// The session TTL of the holder and the other client: short, so a lost
@@ -281,6 +281,7 @@ pub mod leader_failover {
         // declares survives_failover. Either is `violated` (never a pass)
         // for a backend that does not declare it; the detail says which
         // part broke.
+        f.insert(EXCLUSION_DECLARED.into(), flag(exclusive));
         let two_holders = f["double_grant"] == 1.0 || f["fence_went_backwards"] == 1.0;
         if two_holders {
             return Err(broken(
@@ -611,6 +612,7 @@ pub mod restart_without_persistence {
         f.insert("other_granted_ms".into(), ms(restarted, granted));
         f.insert("double_grant".into(), flag(granted < told));
         f.insert("fence_went_backwards".into(), flag(fb <= fa));
+        f.insert(EXCLUSION_DECLARED.into(), flag(declared));
         // Telling the holder no later than another client is granted, and
         // fences that never go backwards, are what the case measures: broken,
         // they fail a backend that declares exclusive_across_data_loss and
