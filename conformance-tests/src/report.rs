@@ -68,6 +68,16 @@ pub struct CaseReport {
     pub hooks: Vec<String>,
 }
 
+impl CaseReport {
+    /// A pass of an exclusion the backend does not declare (the case
+    /// recorded [`crate::outcome::EXCLUSION_DECLARED`] = 0): kept in this
+    /// run, a race the next run may lose, not a guarantee.
+    pub fn held_this_run_only(&self) -> bool {
+        self.result == Verdict::Pass
+            && self.figures.get(crate::outcome::EXCLUSION_DECLARED) == Some(&0.0)
+    }
+}
+
 /// Every case of one target.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TargetReport {
@@ -167,7 +177,7 @@ impl Report {
                     c.name,
                     c.guarantee.replace('|', "\\|"),
                     declared,
-                    verdict_word(c.result),
+                    verdict_word(c),
                     notes.join("; ")
                 ));
             }
@@ -257,13 +267,13 @@ impl Report {
                     .cases
                     .iter()
                     .find(|c| c.name == name)
-                    .map_or("", |c| verdict_mark(c.result));
+                    .map_or("", verdict_mark);
                 md.push_str(&format!(" {cell} |"));
             }
             md.push('\n');
         }
         md.push_str(
-            "\n🟢 pass · 🔴 FAIL (declared, broken) · 🔴 VIOLATED (not declared, broken) · ⚪ unverified (declared, not measured here) · — not applicable\n",
+            "\n🟢 pass · 🟢 pass this run (not declared): an exclusion the backend does not declare held in this run, a race the next may lose · 🔴 FAIL (declared, broken) · 🔴 VIOLATED (not declared, broken) · ⚪ unverified (declared, not measured here) · — not applicable\n",
         );
         md
     }
@@ -282,7 +292,7 @@ fn fault_cell(c: &CaseReport) -> String {
         Verdict::Pass => {
             // Kept in this run by a backend that does not declare it: a
             // race this run did not lose, not a guarantee.
-            let undeclared = c.figures.get(crate::outcome::EXCLUSION_DECLARED) == Some(&0.0);
+            let undeclared = c.held_this_run_only();
             let mut notes = Vec::new();
             if undeclared {
                 notes.push("not declared".to_owned());
@@ -310,8 +320,9 @@ fn fault_cell(c: &CaseReport) -> String {
     }
 }
 
-fn verdict_mark(v: Verdict) -> &'static str {
-    match v {
+fn verdict_mark(c: &CaseReport) -> &'static str {
+    match c.result {
+        Verdict::Pass if c.held_this_run_only() => "🟢 pass this run (not declared)",
         Verdict::Pass => "🟢 pass",
         Verdict::Fail => "🔴 **FAIL**",
         Verdict::Violated => "🔴 **VIOLATED**",
@@ -320,8 +331,11 @@ fn verdict_mark(v: Verdict) -> &'static str {
     }
 }
 
-fn verdict_word(v: Verdict) -> &'static str {
-    match v {
+fn verdict_word(c: &CaseReport) -> &'static str {
+    match c.result {
+        Verdict::Pass if c.held_this_run_only() => {
+            "pass in this run (not declared: a race it did not lose)"
+        }
         Verdict::Pass => "pass",
         Verdict::Fail => "🔴 FAIL",
         Verdict::Violated => "🔴 VIOLATED (not declared)",

@@ -31,10 +31,10 @@ const PASS_THIS_RUN: (&str, &str) = ("#98df8a", "pass this run");
 
 /// Fill colour and word of a case's cell.
 fn cell_style(c: &crate::report::CaseReport) -> (&'static str, &'static str) {
-    let undeclared = c.figures.get(crate::outcome::EXCLUSION_DECLARED) == Some(&0.0);
-    match c.result {
-        Verdict::Pass if undeclared => PASS_THIS_RUN,
-        v => style(v),
+    if c.held_this_run_only() {
+        PASS_THIS_RUN
+    } else {
+        style(c.result)
     }
 }
 
