@@ -270,6 +270,16 @@ mod tests {
         }
     }
 
+    /// A session's shared state on the root `dir`, with no thread or loss.
+    fn session(dir: &std::path::Path) -> Arc<SessionShared> {
+        Arc::new(SessionShared {
+            id: "test".into(),
+            layout: Arc::new(Layout::open(dir.to_owned()).unwrap()),
+            items: StdMutex::new(Items::default()),
+            revoking: StdMutex::new(()),
+        })
+    }
+
     /// `close()` fires the loss (its task calls `revoke_all`) and calls
     /// `revoke_all` itself: the second call must wait for the first one,
     /// else `close()` returns with locks still held (the flake seen once in
@@ -277,12 +287,7 @@ mod tests {
     #[test]
     fn a_second_revoke_all_returns_only_once_the_first_released_everything() {
         let dir = tempfile::tempdir().unwrap();
-        let shared = Arc::new(SessionShared {
-            id: "test".into(),
-            layout: Arc::new(Layout::open(dir.path().to_owned()).unwrap()),
-            items: StdMutex::new(Items::default()),
-            revoking: StdMutex::new(()),
-        });
+        let shared = session(dir.path());
         let item = Arc::new(Slow(AtomicBool::new(false)));
         let reg = shared.reserve();
         let weak: Weak<Slow> = Arc::downgrade(&item);
@@ -322,12 +327,7 @@ mod tests {
     #[test]
     fn an_item_granted_while_a_removal_check_ran_checks_its_own_file() {
         let dir = tempfile::tempdir().unwrap();
-        let shared = Arc::new(SessionShared {
-            id: "test".into(),
-            layout: Arc::new(Layout::open(dir.path().to_owned()).unwrap()),
-            items: StdMutex::new(Items::default()),
-            revoking: StdMutex::new(()),
-        });
+        let shared = session(dir.path());
         let item = Arc::new(Gone(AtomicBool::new(false)));
         let reg = shared.reserve();
         crate::removals::count_check_for_test();
