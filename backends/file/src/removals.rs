@@ -37,15 +37,14 @@
 //! by removing their own file, so those events are routine).
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use crate::layout::Space;
 use crate::session::SessionShared;
+use crate::watch::{add_watch, events, inotify};
 
 /// How many times the thread started checking sessions after a removal.
 static CHECKS: AtomicU64 = AtomicU64::new(0);
@@ -70,7 +69,16 @@ const MASK: u32 = libc::IN_DELETE
     | libc::IN_ONLYDIR;
 
 /// Events about the watched directory itself.
-const SELF: u32 = libc::IN_DELETE_SELF | libc::IN_MOVE_SELF | libc::IN_Q_OVERFLOW;
+const SELF: u32 = libc::IN_DELETE_SELF | libc::IN_MOVE_SELF;
+
+/// Whose sessions a batch of events says to check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// The sessions registered on this watched directory.
+    Dir(i32),
+    /// Every session: the kernel's event queue overflowed.
+    All,
+}
 
 /// The process's watcher: its inotify descriptor and, per watched
 /// directory, the sessions to check.
@@ -98,14 +106,8 @@ fn watcher() -> Option<&'static Watcher> {
 }
 
 fn start() -> io::Result<Watcher> {
-    // SAFETY: plain FFI call; the descriptor is owned below. Blocking
-    // reads: the thread has nothing else to do.
-    let raw = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a fresh descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // Blocking reads: the thread has nothing else to do.
+    let fd = inotify(0)?;
     let reader = fd.try_clone()?;
     std::thread::Builder::new()
         .name("qfile-removals".into())
@@ -125,20 +127,17 @@ pub(crate) fn watch(session: &Arc<SessionShared>) {
     };
     for space in Space::ALL {
         let dir = session.layout.root().join(space.as_str());
-        let Ok(cpath) = CString::new(dir.as_os_str().as_bytes()) else {
-            continue;
+        let wd = match add_watch(&w.fd, &dir, MASK) {
+            Ok(wd) => wd,
+            Err(error) => {
+                tracing::debug!(
+                    dir = %dir.display(),
+                    %error,
+                    "cannot watch a lock directory: removals there are noticed by the keep-alive"
+                );
+                continue;
+            }
         };
-        // SAFETY: valid descriptor and NUL-terminated path. Watching a
-        // directory already watched returns its watch descriptor.
-        let wd = unsafe { libc::inotify_add_watch(w.fd.as_raw_fd(), cpath.as_ptr(), MASK) };
-        if wd < 0 {
-            tracing::debug!(
-                dir = %dir.display(),
-                error = %io::Error::last_os_error(),
-                "cannot watch a lock directory: removals there are noticed by the keep-alive"
-            );
-            continue;
-        }
         let mut sessions = w.sessions.lock().unwrap();
         let list = sessions.entry(wd).or_default();
         list.retain(|s| s.strong_count() > 0);
@@ -171,15 +170,16 @@ fn run(fd: OwnedFd) {
         let sessions: Vec<Arc<SessionShared>> = {
             let mut by_wd = w.sessions.lock().unwrap();
             let mut out = Vec::new();
-            for wd in &to_check {
-                match *wd {
-                    Some(wd) => {
-                        if let Some(list) = by_wd.get(&wd) {
-                            out.extend(list.iter().filter_map(Weak::upgrade));
-                        }
-                    }
-                    // The queue overflowed: events were lost.
-                    None => out.extend(by_wd.values().flatten().filter_map(Weak::upgrade)),
+            for check in &to_check {
+                match check {
+                    Check::Dir(wd) => out.extend(
+                        by_wd
+                            .get(wd)
+                            .into_iter()
+                            .flatten()
+                            .filter_map(Weak::upgrade),
+                    ),
+                    Check::All => out.extend(by_wd.values().flatten().filter_map(Weak::upgrade)),
                 }
             }
             for wd in ended {
@@ -200,38 +200,23 @@ fn run(fd: OwnedFd) {
     }
 }
 
-/// From a buffer of events: the watch descriptors whose sessions to check
-/// (`None`: all of them, events were lost), and those that ended (their
-/// directory is gone).
-fn parse(buf: &[u8]) -> (Vec<Option<i32>>, Vec<i32>) {
-    const HEADER: usize = 16; // wd, mask, cookie, len: four 32-bit fields
-    let mut at = 0;
+/// From a buffer of events: whose sessions to check, and the watch
+/// descriptors that ended (their directory is gone).
+fn parse(buf: &[u8]) -> (Vec<Check>, Vec<i32>) {
     let (mut check, mut ended) = (Vec::new(), Vec::new());
-    while at + HEADER <= buf.len() {
-        let field = |i: usize| {
-            let b = &buf[at + 4 * i..at + 4 * i + 4];
-            [b[0], b[1], b[2], b[3]]
-        };
-        let wd = i32::from_ne_bytes(field(0));
-        let mask = u32::from_ne_bytes(field(1));
-        let len = u32::from_ne_bytes(field(3)) as usize;
-        let name = &buf[(at + HEADER).min(buf.len())..(at + HEADER + len).min(buf.len())];
-        let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
-        at += HEADER + len;
-        let which = if mask & libc::IN_Q_OVERFLOW != 0 {
-            Some(None)
-        } else if mask & SELF != 0 || name.ends_with(b".lock") {
-            Some(Some(wd))
+    for e in events(buf) {
+        let which = if e.mask & libc::IN_Q_OVERFLOW != 0 {
+            Some(Check::All)
+        } else if e.mask & SELF != 0 || e.name.ends_with(b".lock") {
+            Some(Check::Dir(e.wd))
         } else {
             None
         };
-        if let Some(which) = which {
-            if !check.contains(&which) {
-                check.push(which);
-            }
+        if let Some(which) = which.filter(|w| !check.contains(w)) {
+            check.push(which);
         }
-        if mask & libc::IN_IGNORED != 0 {
-            ended.push(wd);
+        if e.mask & libc::IN_IGNORED != 0 {
+            ended.push(e.wd);
         }
     }
     (check, ended)
@@ -271,8 +256,8 @@ mod tests {
         buf.extend(event(2, libc::IN_MOVED_FROM, "n.lock"));
         buf.extend(event(3, libc::IN_DELETE_SELF, ""));
         buf.extend(event(3, libc::IN_IGNORED, ""));
-        assert_eq!(parse(&buf), (vec![Some(2), Some(3)], vec![3]));
+        assert_eq!(parse(&buf), (vec![Check::Dir(2), Check::Dir(3)], vec![3]));
         let lost = event(-1, libc::IN_Q_OVERFLOW, "");
-        assert_eq!(parse(&lost), (vec![None], vec![]));
+        assert_eq!(parse(&lost), (vec![Check::All], vec![]));
     }
 }

@@ -59,19 +59,8 @@ impl Changes {
         relevant: impl Fn(&str) -> bool + Send + Sync + 'static,
     ) -> Result<Changes> {
         let context = || format!("watching `{}`", dir.display());
-        // SAFETY: plain FFI calls; the returned descriptor is owned below.
-        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if raw < 0 {
-            return Err(io_error(context(), io::Error::last_os_error()));
-        }
-        // SAFETY: `raw` is a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let cpath = CString::new(dir.as_os_str().as_bytes())
-            .map_err(|_| Error::backend(format!("{}: NUL in path", context())))?;
-        // SAFETY: valid descriptor and NUL-terminated path.
-        if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), cpath.as_ptr(), MASK) } < 0 {
-            return Err(io_error(context(), io::Error::last_os_error()));
-        }
+        let fd = inotify(libc::IN_NONBLOCK).map_err(|e| io_error(context(), e))?;
+        add_watch(&fd, dir, MASK).map_err(|e| io_error(context(), e))?;
         // SAFETY: the `OwnedFd` moves into the `AsyncFd` and stays open,
         // the same descriptor, until it is dropped.
         let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
@@ -131,28 +120,14 @@ impl Changes {
     }
 
     fn parse(&self, n: usize) -> Result<Change> {
-        const HEADER: usize = 16; // wd, mask, cookie, len: four 32-bit fields
-        let mut at = 0;
         let mut names: Vec<String> = Vec::new();
         let mut everything = false;
-        while at + HEADER <= n {
-            let field = |i: usize| {
-                let b = &self.buf[at + 4 * i..at + 4 * i + 4];
-                u32::from_ne_bytes([b[0], b[1], b[2], b[3]])
-            };
-            let mask = field(1);
-            let len = field(3) as usize;
-            let raw_name = &self.buf[at + HEADER..(at + HEADER + len).min(n)];
-            let name_end = raw_name
-                .iter()
-                .position(|&b| b == 0)
-                .unwrap_or(raw_name.len());
-            let name = String::from_utf8_lossy(&raw_name[..name_end]).into_owned();
-            at += HEADER + len;
-            if mask & (libc::IN_DELETE_SELF | libc::IN_MOVE_SELF | libc::IN_IGNORED) != 0 {
+        for event in events(&self.buf[..n]) {
+            if event.mask & (libc::IN_DELETE_SELF | libc::IN_MOVE_SELF | libc::IN_IGNORED) != 0 {
                 return Err(Error::backend("the watched directory was removed or moved"));
             }
-            if mask & libc::IN_Q_OVERFLOW != 0 {
+            let name = String::from_utf8_lossy(event.name).into_owned();
+            if event.mask & libc::IN_Q_OVERFLOW != 0 {
                 everything = true;
             } else if (self.relevant)(&name) && !names.contains(&name) {
                 names.push(name);
@@ -172,4 +147,59 @@ pub(crate) enum Change {
     Files(Vec<String>),
     /// Every file (a follow-up, or events were lost).
     Everything,
+}
+
+/// A new inotify descriptor (close-on-exec, plus `flags`).
+pub(crate) fn inotify(flags: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain FFI call; the returned descriptor is owned below.
+    let raw = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | flags) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Watch `dir` for `mask` on `fd`; its watch descriptor (the same one
+/// when `dir` is already watched).
+pub(crate) fn add_watch(fd: &OwnedFd, dir: &Path, mask: u32) -> io::Result<i32> {
+    let cpath = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    // SAFETY: valid descriptor and NUL-terminated path.
+    let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), cpath.as_ptr(), mask) };
+    if wd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(wd)
+}
+
+/// One inotify event.
+pub(crate) struct Event<'a> {
+    /// The watch descriptor it concerns.
+    pub(crate) wd: i32,
+    /// `IN_*` bits.
+    pub(crate) mask: u32,
+    /// The file name in the watched directory (empty for the directory).
+    pub(crate) name: &'a [u8],
+}
+
+/// The events in a buffer read from an inotify descriptor.
+pub(crate) fn events(buf: &[u8]) -> impl Iterator<Item = Event<'_>> {
+    const HEADER: usize = 16; // wd, mask, cookie, len: four 32-bit fields
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        if at + HEADER > buf.len() {
+            return None;
+        }
+        let field = |i: usize| {
+            let b = &buf[at + 4 * i..at + 4 * i + 4];
+            [b[0], b[1], b[2], b[3]]
+        };
+        let (wd, mask) = (i32::from_ne_bytes(field(0)), u32::from_ne_bytes(field(1)));
+        let len = u32::from_ne_bytes(field(3)) as usize;
+        let name = &buf[at + HEADER..(at + HEADER + len).min(buf.len())];
+        let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+        at += HEADER + len;
+        Some(Event { wd, mask, name })
+    })
 }
