@@ -125,8 +125,8 @@ pub struct Capabilities {
     /// holders: the holder is told no later than another client is
     /// granted its lock, and fences never go backwards. No backend
     /// declares it: a server that forgot every lock and lease, or a new
-    /// lock file, can grant a lock at once, before the holder's next
-    /// keep-alive finds its grant gone. `restart_without_persistence` and
+    /// lock file, can grant a lock at once, before the holder learns its
+    /// grant is gone. `restart_without_persistence` and
     /// `lock_file_removed` measure how wide that window is.
     pub exclusive_across_data_loss: bool,
     /// A session can be revoked from outside (`Coordinator::revoke_session`).
