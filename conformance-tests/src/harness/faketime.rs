@@ -26,12 +26,22 @@ pub fn require(libs: &[&str]) -> io::Result<()> {
 /// contains it) with its wall-clock offset read from `file` on every clock
 /// call, so that [`write_offset`] steps the running server's wall clock;
 /// its monotonic clock stays real.
+///
+/// `FAKETIME_FORCE_MONOTONIC_FIX=0`: libfaketime 0.9.10 turns its
+/// "monotonic fix" on by itself on this glibc, and with it every timed wait
+/// on a monotonic condition variable returns at once. A JVM's internal
+/// threads (`Common-Cleaner`, `VM Thread`, monitor deflation) wait that
+/// way, so an idle ZooKeeper spun two cores (1,000 clock ticks in 5 s, 2
+/// without libfaketime, 3 with the fix off); three of them starved an
+/// ensemble into losing its sessions. The monotonic clock is not faked
+/// here, so those waits need no fix.
 pub fn apply(command: &mut Command, preload: &str, file: &Path) {
     command
         .env("LD_PRELOAD", preload)
         .env("FAKETIME_TIMESTAMP_FILE", file)
         .env("FAKETIME_NO_CACHE", "1")
-        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .env("FAKETIME_FORCE_MONOTONIC_FIX", "0");
 }
 
 /// Write a wall-clock offset of `secs` seconds (`+N` / `-N`) to `file`,
