@@ -17,8 +17,8 @@ const OPTIONS: &str = "ttl=2s";
 fn target(label: &str, cluster: &Arc<Mutex<ZkCluster>>) -> Target {
     let endpoints = cluster.lock().unwrap().endpoints();
     let mut t = Target::new(label, format!("zookeeper://{endpoints}?{OPTIONS}"));
-    // The single server's controller also starts a server with a fake
-    // clock for `server_clock_step`.
+    // The controller also starts servers with fake clocks (as many as the
+    // target has) for `server_clock_step`.
     t.faults = Some(Arc::new(ZkFaults::new(cluster.clone()).with_clock_steps()));
     t
 }
@@ -47,7 +47,7 @@ fn main() {
                 ensemble.lock().unwrap().endpoints()
             ),
         );
-        three.faults = Some(Arc::new(ensemble_faults));
+        three.faults = Some(Arc::new(ensemble_faults.with_clock_steps()));
         let targets = vec![target("zookeeper", &single), three];
         (targets, vec![single, ensemble])
     })

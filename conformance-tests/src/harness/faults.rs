@@ -7,7 +7,7 @@
 //! | controller | kill leader | partition | restart without data |
 //! |---|---|---|---|
 //! | [`EtcdFaults`] | 3+ members: the Raft leader | one member | — |
-//! | [`ZkFaults`] | 3+ servers: the ZooKeeper leader | one server | — (a dedicated server's clock step, with [`ZkFaults::with_clock_steps`]) |
+//! | [`ZkFaults`] | 3+ servers: the ZooKeeper leader | one server | — (a clock step of dedicated servers' leader, with [`ZkFaults::with_clock_steps`]) |
 //! | [`RedisFaults`] | — | the server | the server (no persistence) |
 //! | [`SentinelFaults`] | the primary (Sentinel fails over) | — | — |
 //! | [`ExternalFaults`] (servers not started here) | — | the URL's first server | — |
@@ -24,8 +24,9 @@
 //! clock is behind, for a failover to a lagging replica
 //! ([`Fault::LaggingFailover`]). Each is started fresh by the case and
 //! killed when replaced or when the controller is dropped. A [`ZkFaults`]
-//! made [`ZkFaults::with_clock_steps`] starts a standalone ZooKeeper under
-//! libfaketime for [`Fault::ServerClockStep`] the same way.
+//! made [`ZkFaults::with_clock_steps`] starts a ZooKeeper of its cluster's
+//! size (standalone or an ensemble) under libfaketime for
+//! [`Fault::ServerClockStep`] the same way, and steps its leader's clock.
 //!
 //! Every blocking harness call runs on tokio's blocking pool. Servers are
 //! only ever killed by their pid, through the harness handles.
@@ -165,7 +166,8 @@ pub struct ZkFaults {
     /// Whether [`Fault::ServerClockStep`] is offered
     /// ([`ZkFaults::with_clock_steps`]).
     clock_steps: bool,
-    /// The dedicated server with a fake clock, and its offset (s).
+    /// The dedicated servers with fake clocks (as many as `cluster` has),
+    /// and the offset (s) of the stepped one's.
     clock: Arc<Mutex<Option<(ZkCluster, i64)>>>,
 }
 
@@ -188,8 +190,12 @@ impl ZkFaults {
         }
     }
 
-    /// Also offer [`Fault::ServerClockStep`]: the case gets a dedicated
-    /// standalone server run under libfaketime, whose wall clock it steps.
+    /// Also offer [`Fault::ServerClockStep`]: the case gets dedicated
+    /// servers, as many as the controller's cluster has, each run under
+    /// libfaketime with a clock of its own. The step moves the leader's
+    /// wall clock (the standalone server's, or the ensemble's leader, which
+    /// runs session expiry), so an ensemble's members also disagree by the
+    /// step.
     pub fn with_clock_steps(mut self) -> ZkFaults {
         self.clock_steps = true;
         self
@@ -345,13 +351,13 @@ impl ServerFaults for ZkFaults {
     }
 
     async fn clock_server(&self) -> io::Result<String> {
-        let clock = self.clock.clone();
+        let (clock, n) = (self.clock.clone(), self.size);
         blocking(move || {
             let mut c = clock.lock().unwrap();
             *c = None;
-            let server = ZkCluster::start_with_fake_clock()?;
-            let url = format!("zookeeper://{}", server.endpoints());
-            *c = Some((server, 0));
+            let servers = ZkCluster::start_with_fake_clock(n)?;
+            let url = format!("zookeeper://{}", servers.endpoints());
+            *c = Some((servers, 0));
             Ok(url)
         })
         .await
@@ -361,9 +367,12 @@ impl ServerFaults for ZkFaults {
         let clock = self.clock.clone();
         blocking(move || {
             let mut c = clock.lock().unwrap();
-            let (server, offset) = c.as_mut().ok_or_else(|| missing("clock server"))?;
+            let (servers, offset) = c.as_mut().ok_or_else(|| missing("clock server"))?;
+            let leader = servers.leader().ok_or_else(|| {
+                io::Error::other("no ZooKeeper server with a fake clock reports being the leader")
+            })?;
             *offset += secs;
-            server.set_clock_offset(*offset)
+            servers.set_clock_offset(leader, *offset)
         })
         .await
     }

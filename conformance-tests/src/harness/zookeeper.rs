@@ -92,9 +92,9 @@ pub struct ZkCluster {
     /// Kept current with the servers' pids when the peer traffic is routed
     /// ([`ZkCluster::start_routed`]).
     pid_table: Option<Arc<Mutex<Vec<Option<u32>>>>>,
-    /// The libfaketime offset file of a server started by
-    /// [`ZkCluster::start_with_fake_clock`].
-    clock_file: Option<PathBuf>,
+    /// The libfaketime offset file of each server, for servers started by
+    /// [`ZkCluster::start_with_fake_clock`] (empty otherwise).
+    clock_files: Vec<PathBuf>,
 }
 
 /// Where the other servers reach one server's quorum and election ports:
@@ -113,36 +113,37 @@ impl ZkCluster {
         Self::start_inner(n, None, &mut |_, q, e| Ok((q, e)), false)
     }
 
-    /// A standalone server run under libfaketime: its wall clock can be
-    /// stepped while it runs ([`ZkCluster::set_clock_offset`]); its
-    /// monotonic clock stays real, as on a host whose clock an NTP step or
-    /// an operator moves.
+    /// `n` servers (1 = standalone, 3 = an ensemble) each run under
+    /// libfaketime with a clock of its own: server `i`'s wall clock can be
+    /// stepped while it runs ([`ZkCluster::set_clock_offset`]); the
+    /// monotonic clocks stay real, as on hosts whose clock an NTP step or an
+    /// operator moves.
     ///
     /// # Errors
     ///
     /// As [`ZkCluster::start`], and when libfaketime is not installed.
-    pub fn start_with_fake_clock() -> std::io::Result<ZkCluster> {
+    pub fn start_with_fake_clock(n: usize) -> std::io::Result<ZkCluster> {
         faketime::require(&[faketime::LIBFAKETIME])?;
-        Self::start_inner(1, None, &mut |_, q, e| Ok((q, e)), true)
+        Self::start_inner(n, None, &mut |_, q, e| Ok((q, e)), true)
     }
 
-    /// Step the wall clock of a server started by
+    /// Step the wall clock of server `i` of a cluster started by
     /// [`ZkCluster::start_with_fake_clock`] to `secs` seconds off the real
     /// one, at once.
     ///
     /// # Errors
     ///
     /// When the server has no fake clock, or the offset cannot be written.
-    pub fn set_clock_offset(&self, secs: i64) -> std::io::Result<()> {
+    pub fn set_clock_offset(&self, i: usize, secs: i64) -> std::io::Result<()> {
         let file = self
-            .clock_file
-            .as_ref()
+            .clock_files
+            .get(i)
             .ok_or_else(|| std::io::Error::other("the server was not started with a fake clock"))?;
         faketime::write_offset(file, secs)?;
         // Check that the server's clock moved (libfaketime in effect): the
         // time of day it logs a command at, against the real one plus the
         // offset.
-        let logged = self.logged_time_of_day(0)?;
+        let logged = self.logged_time_of_day(i)?;
         let real = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_err(std::io::Error::other)?
@@ -268,18 +269,19 @@ impl ZkCluster {
                 watchdog: None,
             });
         }
-        let clock_file = if fake_clock {
-            let file = dir.join("faketime");
-            faketime::write_offset(&file, 0)?;
-            Some(file)
-        } else {
-            None
-        };
+        let mut clock_files = Vec::new();
+        if fake_clock {
+            for server in &servers {
+                let file = dir.join(format!("faketime-{}", server.id));
+                faketime::write_offset(&file, 0)?;
+                clock_files.push(file);
+            }
+        }
         let mut cluster = ZkCluster {
             dir,
             servers,
             pid_table,
-            clock_file,
+            clock_files,
         };
         for i in 0..n {
             cluster.spawn(i)?;
@@ -462,7 +464,7 @@ impl ZkCluster {
             .append(true)
             .open(&server.log)?;
         let mut java = Command::new("java");
-        if let Some(file) = &self.clock_file {
+        if let Some(file) = self.clock_files.get(i) {
             // Session expiry runs on System.nanoTime, the real monotonic
             // clock.
             faketime::apply(&mut java, faketime::LIBFAKETIME, file);
