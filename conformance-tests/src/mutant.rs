@@ -46,11 +46,16 @@ pub enum Mutation {
     GroupSnapshotLies,
     /// The lock listing (`Coordinator::locks`) omits every waiter.
     LockListingLies,
+    /// Nobody is ever told of a loss: the backend's loss notices (of
+    /// sessions and of grants) go nowhere, and a failed keep-alive is
+    /// reported a success, so core's own deadline never fires either (the
+    /// defect tooz has: a holder is never told its lock expired).
+    SilentLoss,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 8] = [
+    pub const ALL: [Mutation; 9] = [
         Mutation::SkipRelease,
         Mutation::SkipRevoke,
         Mutation::ConstantFence,
@@ -59,6 +64,7 @@ impl Mutation {
         Mutation::TwoLeaders,
         Mutation::GroupSnapshotLies,
         Mutation::LockListingLies,
+        Mutation::SilentLoss,
     ];
 
     /// Its name (the value of [`ENV`]).
@@ -72,6 +78,7 @@ impl Mutation {
             Mutation::TwoLeaders => "two-leaders",
             Mutation::GroupSnapshotLies => "group-snapshot-lies",
             Mutation::LockListingLies => "lock-listing-lies",
+            Mutation::SilentLoss => "silent-loss",
         }
     }
 
@@ -102,6 +109,10 @@ impl Mutation {
             Mutation::TwoLeaders => &["election_handover", "nemesis"],
             Mutation::GroupSnapshotLies => &["membership_events", "membership_view_consistent"],
             Mutation::LockListingLies => &["locks_listing"],
+            // Not `holder_pause`: a resumed holder is told by core's own
+            // deadline (monotonic, past while it was stopped), which fires
+            // before the lying keep-alive runs; that path needs no backend.
+            Mutation::SilentLoss => &["revoke_from_outside"],
         }
     }
 }
@@ -134,7 +145,7 @@ impl Backend for MutantBackend {
         ttl: Duration,
         loss: LossNotifier,
     ) -> Result<Box<dyn SessionBackend>> {
-        let inner = self.inner.open_session(ttl, loss).await?;
+        let inner = self.inner.open_session(ttl, silenced(self.m, loss)).await?;
         Ok(Box::new(MutantSession { inner, m: self.m }))
     }
 
@@ -182,6 +193,15 @@ impl Backend for MutantBackend {
     }
 }
 
+/// The notifier to hand the backend: `loss`, or for [`Mutation::SilentLoss`]
+/// one nobody waits on.
+fn silenced(m: Mutation, loss: LossNotifier) -> LossNotifier {
+    match m {
+        Mutation::SilentLoss => LossNotifier::new(),
+        _ => loss,
+    }
+}
+
 struct MutantSession {
     inner: Box<dyn SessionBackend>,
     m: Mutation,
@@ -198,7 +218,13 @@ impl SessionBackend for MutantSession {
     }
 
     async fn keep_alive(&self) -> Result<()> {
-        self.inner.keep_alive().await
+        match self.m {
+            Mutation::SilentLoss => {
+                let _ = self.inner.keep_alive().await;
+                Ok(())
+            }
+            _ => self.inner.keep_alive().await,
+        }
     }
 
     async fn revoke(&self) -> Result<()> {
@@ -219,7 +245,11 @@ impl SessionBackend for MutantSession {
             Mutation::NoExclusion => Acquire::Try,
             _ => mode,
         };
-        match self.inner.lock(name, kind, mode, loss).await? {
+        match self
+            .inner
+            .lock(name, kind, mode, silenced(self.m, loss))
+            .await?
+        {
             Acquired::Granted(inner) => {
                 Ok(Acquired::Granted(Box::new(MutantLock { inner, m: self.m })))
             }
@@ -237,7 +267,9 @@ impl SessionBackend for MutantSession {
         capabilities: &serde_json::Value,
         loss: LossNotifier,
     ) -> Result<Box<dyn HeldMembership>> {
-        self.inner.join(group, member, capabilities, loss).await
+        self.inner
+            .join(group, member, capabilities, silenced(self.m, loss))
+            .await
     }
 
     async fn campaign(
@@ -246,6 +278,7 @@ impl SessionBackend for MutantSession {
         value: &[u8],
         loss: LossNotifier,
     ) -> Result<Box<dyn HeldLeadership>> {
+        let loss = silenced(self.m, loss);
         if self.m != Mutation::TwoLeaders {
             return self.inner.campaign(election, value, loss).await;
         }
