@@ -196,6 +196,10 @@ const FAULTS: &[(&str, &str)] = &[
     ("client SIGKILL", "holder_crash_frees_lock"),
     ("client ↔ server partition", "partition_loss_before_expiry"),
     (
+        "replies lost (one-way partition)",
+        "one_way_partition_loss_before_expiry",
+    ),
+    (
         "member ↔ member partition",
         "member_partition_loss_before_regrant",
     ),

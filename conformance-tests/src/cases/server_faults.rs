@@ -442,7 +442,15 @@ pub mod partition_loss_before_expiry {
         let ca = crate::connect(&t.via(proxy.addr()).url_with("ttl", TTL)).await?;
         let sa = ca.session().await?;
         let g = sa.mutex(NAME).lock().await?;
-        let f = black_hole_holder(&t, &proxy, NAME, g, "the partitioned holder").await;
+        let f = partition_holder(
+            &t,
+            &proxy,
+            ProxyMode::Blackhole,
+            NAME,
+            g,
+            "the partitioned holder",
+        )
+        .await;
         quietly(sa.close()).await;
         f
     }
@@ -457,18 +465,20 @@ pub mod partition_loss_before_expiry {
             .map_err(|e| CaseError::Unverified(format!("starting the proxy: {e}")))
     }
 
-    /// Black-hole `proxy`, the only way of `holder` (a grant of `name`) to
-    /// its server, while another client asks for `name`: the holder (`who`)
-    /// must be told before the other is granted, and the new fence must be
+    /// Partition `proxy` (`mode`), the only way of `holder` (a grant of
+    /// `name`) to its server, while another client asks for `name`: the
+    /// holder (`who`) must be told before the other is granted, the other
+    /// must be granted within the liveness bound, and the new fence must be
     /// above the holder's. Heals the proxy before it returns.
-    pub(in crate::cases) async fn black_hole_holder(
+    pub(in crate::cases) async fn partition_holder(
         t: &Target,
         proxy: &TcpProxy,
+        mode: ProxyMode,
         name: &'static str,
         holder: quorate::LockGuard,
         who: &str,
     ) -> Result<Figures, CaseError> {
-        proxy.set_mode(ProxyMode::Blackhole);
+        proxy.set_mode(mode);
         let cut = Instant::now();
         let mut a = Watched::new(holder);
         let fa = a.fence();
@@ -520,9 +530,10 @@ pub mod handoff_partition_loss_before_expiry {
 
     use std::time::Duration;
 
-    use super::partition_loss_before_expiry::{black_hole_holder, proxy};
+    use super::partition_loss_before_expiry::{partition_holder, proxy};
     use super::*;
     use crate::ensure;
+    use crate::harness::ProxyMode;
     use crate::outcome::{CaseError, CaseResult};
 
     const NAME: &str = "handoff-partition";
@@ -550,9 +561,10 @@ pub mod handoff_partition_loss_before_expiry {
         let g = crate::outcome::within(LIMIT, "the waiter is granted by the hand-off", waiting)
             .await?
             .map_err(|e| CaseError::Fail(format!("the waiting task failed: {e}")))??;
-        let f = black_hole_holder(
+        let f = partition_holder(
             &t,
             &proxy,
+            ProxyMode::Blackhole,
             NAME,
             g,
             "the partitioned holder (granted by a hand-off)",
@@ -560,6 +572,42 @@ pub mod handoff_partition_loss_before_expiry {
         .await;
         quietly(sa.close()).await;
         quietly(sb.close()).await;
+        f
+    }
+}
+
+pub mod one_way_partition_loss_before_expiry {
+    //! A one-way partition: the holder's requests still reach its server,
+    //! but no reply comes back. The holder must be told before another
+    //! client is granted the lock, and another client must be granted
+    //! within the liveness bound. Unlike a black hole, renewals (and
+    //! reconnections) sent after the cut still arrive and may extend the
+    //! lease on the server; a client that went on sending them after
+    //! giving its lease up would keep the lock alive until the link
+    //! healed.
+
+    use super::partition_loss_before_expiry::{partition_holder, proxy};
+    use super::*;
+    use crate::harness::ProxyMode;
+    use crate::outcome::CaseResult;
+
+    const NAME: &str = "one-way-partition";
+
+    pub async fn run(t: Target) -> CaseResult {
+        let proxy = proxy(&t).await?;
+        let ca = crate::connect(&t.via(proxy.addr()).url_with("ttl", TTL)).await?;
+        let sa = ca.session().await?;
+        let g = sa.mutex(NAME).lock().await?;
+        let f = partition_holder(
+            &t,
+            &proxy,
+            ProxyMode::RepliesLost,
+            NAME,
+            g,
+            "the holder whose replies are lost",
+        )
+        .await;
+        quietly(sa.close()).await;
         f
     }
 }

@@ -18,6 +18,11 @@ pub enum ProxyMode {
     Cut,
     /// Keep connections open but forward nothing.
     Blackhole,
+    /// A one-way partition: forward what the client sends, hold whatever
+    /// the server sends (the client's requests are served, their replies
+    /// never arrive). What was held is delivered if the mode goes back to
+    /// [`ProxyMode::Pass`].
+    RepliesLost,
 }
 
 /// A running proxy; stops when dropped.
@@ -85,6 +90,15 @@ async fn relay(client: TcpStream, upstream: SocketAddr, mut mode: watch::Receive
                 // Forward nothing until the mode changes.
                 if mode.changed().await.is_err() {
                     return;
+                }
+            }
+            ProxyMode::RepliesLost => {
+                tokio::select! {
+                    r = cr.read(&mut cbuf) => match r {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => if sw.write_all(&cbuf[..n]).await.is_err() { return },
+                    },
+                    c = mode.changed() => if c.is_err() { return },
                 }
             }
             ProxyMode::Pass => {
