@@ -122,6 +122,9 @@ pub enum Injected {
     ClientKill,
     /// Black-hole one agent's connection for a while.
     ClientPartition,
+    /// Hold the replies to one agent for a while (its requests still reach
+    /// the server); they are delivered late, at the heal.
+    ClientRepliesLost,
     /// Kill the leader / primary, restart it later.
     KillLeader,
     /// Cut a random member off from its peers (its client port up), heal
@@ -135,6 +138,7 @@ impl Injected {
             Injected::ClientPause => "faults_client_pause",
             Injected::ClientKill => "faults_client_kill",
             Injected::ClientPartition => "faults_client_partition",
+            Injected::ClientRepliesLost => "faults_client_replies_lost",
             Injected::KillLeader => "faults_kill_leader",
             Injected::MemberPartition => "faults_member_partition",
         }
@@ -146,7 +150,8 @@ impl Injected {
 enum ClientFault {
     Pause(Duration),
     Kill,
-    Partition(Duration),
+    /// The agent's proxy in `mode` for a while.
+    Partition(Duration, ProxyMode),
 }
 
 /// The host's monotonic clock and `Instant`, tied together once.
@@ -210,6 +215,7 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
     let mut menu = vec![Injected::ClientPause, Injected::ClientKill];
     if lease && upstream.is_some() {
         menu.push(Injected::ClientPartition);
+        menu.push(Injected::ClientRepliesLost);
     }
     // The nemesis checks safety (and liveness after the heal), so leader
     // kills are in the mix wherever a failover is declared not to make two
@@ -288,7 +294,12 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
         match fault {
             Injected::ClientPause => client(ClientFault::Pause(scale())),
             Injected::ClientKill => client(ClientFault::Kill),
-            Injected::ClientPartition => client(ClientFault::Partition(scale())),
+            Injected::ClientPartition => {
+                client(ClientFault::Partition(scale(), ProxyMode::Blackhole))
+            }
+            Injected::ClientRepliesLost => {
+                client(ClientFault::Partition(scale(), ProxyMode::RepliesLost))
+            }
             Injected::KillLeader => {
                 let c = controller
                     .as_ref()
@@ -722,9 +733,9 @@ impl Driver {
                     self.end_hold(sent);
                 }
             }
-            ClientFault::Partition(d) => {
+            ClientFault::Partition(d, mode) => {
                 if let Some(p) = &self.proxy {
-                    p.set_mode(ProxyMode::Blackhole);
+                    p.set_mode(mode);
                     tokio::time::sleep(d).await;
                     p.set_mode(ProxyMode::Pass);
                 }

@@ -102,6 +102,7 @@ fn nemesis(args: &[String]) {
         ("faults_client_pause", "client pauses"),
         ("faults_client_kill", "client kills"),
         ("faults_client_partition", "client partitions"),
+        ("faults_client_replies_lost", "client replies lost"),
         ("faults_member_partition", "member partitions"),
         ("faults_kill_leader", "leader kills"),
         ("grants", "grants"),
