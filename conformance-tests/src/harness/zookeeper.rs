@@ -216,6 +216,28 @@ impl ZkCluster {
         route: Route<'_>,
         fake_clock: bool,
     ) -> std::io::Result<ZkCluster> {
+        // A port found free can be taken by someone else (any connect()
+        // draws from the same ephemeral range) before the server binds it:
+        // then start afresh on new ports. The failed attempt's servers are
+        // killed when its cluster is dropped.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::try_start(n, pid_table.clone(), route, fake_clock) {
+                Err(e) if attempt < 3 && e.to_string().contains("Address already in use") => {
+                    tracing::warn!(error = %e, "a ZooKeeper port was taken; starting again on new ports");
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn try_start(
+        n: usize,
+        pid_table: Option<Arc<Mutex<Vec<Option<u32>>>>>,
+        route: Route<'_>,
+        fake_clock: bool,
+    ) -> std::io::Result<ZkCluster> {
         assert!(n >= 1, "a cluster has at least one server");
         let dir = std::env::temp_dir().join(format!(
             "quorate-zk-{}-{}",
