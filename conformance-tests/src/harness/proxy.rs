@@ -359,6 +359,42 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replies_lost_forwards_requests_and_holds_replies_until_the_heal() {
+        // An echo server that also reports every byte it receives.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = listener.local_addr().unwrap();
+        let (got, mut received) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut b = [0u8; 1];
+            while let Ok(1) = s.read(&mut b).await {
+                let _ = got.send(b[0]).await;
+                if s.write_all(&b).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let proxy = TcpProxy::start(upstream).await.unwrap();
+        let mut conn = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(round_trip(&mut conn).await, Some(b'x'));
+        assert_eq!(received.recv().await, Some(b'x'));
+
+        proxy.set_mode(ProxyMode::RepliesLost);
+        // The request reaches the server; its reply does not come back.
+        assert_eq!(round_trip(&mut conn).await, None);
+        let reached = tokio::time::timeout(Duration::from_secs(5), received.recv()).await;
+        assert_eq!(reached, Ok(Some(b'x')));
+
+        // Healed: the held reply arrives (late), then traffic flows again.
+        proxy.set_mode(ProxyMode::Pass);
+        let mut b = [0u8; 1];
+        let late = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut b)).await;
+        assert!(matches!(late, Ok(Ok(1))), "{late:?}");
+        assert_eq!(b[0], b'x');
+        assert_eq!(round_trip(&mut conn).await, Some(b'x'));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn peer_links_attribute_black_hole_and_heal() {
         let upstream = echo().await;
         // This process plays member 1, dialing member 0's peer listener.
