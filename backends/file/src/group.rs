@@ -66,9 +66,14 @@ pub(crate) async fn join(
     let content = content(member, capabilities, incarnation)?;
     let (job_dir, job_path) = (dir.clone(), path.clone());
     let (group_name, member_name) = (group.to_owned(), member.to_owned());
+    // Before the member file exists: see `SessionShared::reserve`.
+    let registration = session.reserve();
+    let watched = session.clone();
     let file = blocking(move || {
         fs::create_dir_all(&job_dir)
             .map_err(|e| io_error(format!("creating `{}`", job_dir.display()), e))?;
+        // Watched before the member file exists, so its removal is seen.
+        crate::removals::watch_dir(&watched, &job_dir);
         let (file, tmp) = locked_tmp(&job_dir, &content)?;
         let linked = link_into_place(&tmp, &job_path, &group_name, &member_name);
         let _ = fs::remove_file(&tmp);
@@ -86,7 +91,7 @@ pub(crate) async fn join(
         dir,
         file: StdMutex::new(file),
         loss,
-        registration: session.reserve(),
+        registration,
     });
     let weak: std::sync::Weak<MemberState> = Arc::downgrade(&state);
     session.activate(&state.registration, weak)?;

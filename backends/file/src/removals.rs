@@ -9,13 +9,17 @@
 //!
 //! One thread per process (`qfile-removals`) reads one inotify descriptor that watches the
 //! `lock/` and `election/` directories of every root a session was opened
-//! on, for `.lock` names removed or renamed (away or over) and for the
-//! directory itself removed or moved. On such an event it runs the cheap
-//! check of every session registered on that directory
+//! on, and the directory of every group a session joined, for `.lock` and
+//! `.member` names removed or renamed (away or over) and for the directory
+//! itself removed or moved. On such an event it runs the cheap check of
+//! every session registered on that directory
 //! ([`SessionShared::check_held`]: an `fstat` and a `stat` per held item),
 //! which fires the loss of each grant whose file is no longer the one at
-//! its path. In normal operation no watched event happens, so the thread
-//! never wakes and grants cost nothing more.
+//! its path. Lock files are never removed in normal operation, so for
+//! locks and elections the thread never wakes and grants cost nothing
+//! more. Member files are: every leave, update (a rename over the file) or
+//! sweep of a dead member wakes the thread of each process with a member in
+//! that group, for one check of those sessions.
 //!
 //! A thread, not a task: a backend may be used from several tokio
 //! runtimes (and outlive the one that opened it), and one thread serves
@@ -32,13 +36,12 @@
 //! loads per grant, and a check only when a removal happened.
 //!
 //! The session keep-alive (every TTL/3) runs the same check and stays the
-//! fallback: where inotify cannot be used (no instance or watch left), and
-//! for member files (whose group directories are not watched: members leave
-//! by removing their own file, so those events are routine).
+//! fallback where inotify cannot be used (no instance or watch left).
 
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
@@ -122,25 +125,33 @@ fn start() -> io::Result<Watcher> {
 /// the session when one happens. Failures are logged; the keep-alive is
 /// the fallback.
 pub(crate) fn watch(session: &Arc<SessionShared>) {
+    for space in Space::ALL {
+        watch_dir(session, &session.layout.root().join(space.as_str()));
+    }
+}
+
+/// Watch `dir` (a group's directory, once it exists) for removals too, and
+/// check `session` when one happens there. Failures are logged; the
+/// keep-alive is the fallback.
+pub(crate) fn watch_dir(session: &Arc<SessionShared>, dir: &Path) {
     let Some(w) = watcher() else {
         return;
     };
-    for space in Space::ALL {
-        let dir = session.layout.root().join(space.as_str());
-        let wd = match add_watch(&w.fd, &dir, MASK) {
-            Ok(wd) => wd,
-            Err(error) => {
-                tracing::debug!(
-                    dir = %dir.display(),
-                    %error,
-                    "cannot watch a lock directory: removals there are noticed by the keep-alive"
-                );
-                continue;
-            }
-        };
-        let mut sessions = w.sessions.lock().unwrap();
-        let list = sessions.entry(wd).or_default();
-        list.retain(|s| s.strong_count() > 0);
+    let wd = match add_watch(&w.fd, dir, MASK) {
+        Ok(wd) => wd,
+        Err(error) => {
+            tracing::debug!(
+                dir = %dir.display(),
+                %error,
+                "cannot watch a directory: removals there are noticed by the keep-alive"
+            );
+            return;
+        }
+    };
+    let mut sessions = w.sessions.lock().unwrap();
+    let list = sessions.entry(wd).or_default();
+    list.retain(|s| s.strong_count() > 0);
+    if !list.iter().any(|s| s.as_ptr() == Arc::as_ptr(session)) {
         list.push(Arc::downgrade(session));
     }
 }
@@ -207,7 +218,7 @@ fn parse(buf: &[u8]) -> (Vec<Check>, Vec<i32>) {
     for e in events(buf) {
         let which = if e.mask & libc::IN_Q_OVERFLOW != 0 {
             Some(Check::All)
-        } else if e.mask & SELF != 0 || e.name.ends_with(b".lock") {
+        } else if e.mask & SELF != 0 || e.name.ends_with(b".lock") || e.name.ends_with(b".member") {
             Some(Check::Dir(e.wd))
         } else {
             None
@@ -248,7 +259,7 @@ mod tests {
     }
 
     #[test]
-    fn only_lock_files_and_the_directory_itself_count() {
+    fn only_lock_and_member_files_and_the_directory_itself_count() {
         let mut buf = event(1, libc::IN_DELETE, "a.turn");
         buf.extend(event(2, libc::IN_MOVED_TO, ".0123.tmp"));
         assert_eq!(parse(&buf), (vec![], vec![]));
@@ -256,7 +267,11 @@ mod tests {
         buf.extend(event(2, libc::IN_MOVED_FROM, "n.lock"));
         buf.extend(event(3, libc::IN_DELETE_SELF, ""));
         buf.extend(event(3, libc::IN_IGNORED, ""));
-        assert_eq!(parse(&buf), (vec![Check::Dir(2), Check::Dir(3)], vec![3]));
+        buf.extend(event(4, libc::IN_MOVED_TO, "w.member"));
+        assert_eq!(
+            parse(&buf),
+            (vec![Check::Dir(2), Check::Dir(3), Check::Dir(4)], vec![3])
+        );
         let lost = event(-1, libc::IN_Q_OVERFLOW, "");
         assert_eq!(parse(&lost), (vec![Check::All], vec![]));
     }

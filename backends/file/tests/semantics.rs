@@ -869,6 +869,26 @@ async fn removed_or_replaced_lock_files_are_told_at_once_not_at_the_next_keep_al
     std::fs::remove_dir_all(root.join("election")).unwrap();
     soon("the leader told its file was removed", leader.lost()).await;
     assert!(!s.is_lost() && !leader.is_leader().await.unwrap());
+
+    // A member file: another member's leave and update (a rename over its
+    // file) wake the check and change nothing; removing the file tells.
+    let member = s.group("g").join("m", json!({})).await.unwrap();
+    let other = s.group("g").join("o", json!({})).await.unwrap();
+    other.update(json!({"v": 2})).await.unwrap();
+    other.leave().await.unwrap();
+    let members = c.members("g").await.unwrap();
+    assert_eq!(members.len(), 1, "{members:?}");
+    let early = tokio::time::timeout(Duration::from_millis(300), member.lost()).await;
+    assert!(early.is_err(), "the member was told {early:?}");
+    let file = std::fs::read_dir(root.join("group"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "member"))
+        .expect("the member file");
+    std::fs::remove_file(file).unwrap();
+    soon("the member told its file was removed", member.lost()).await;
+    assert!(!s.is_lost());
 }
 
 /// `Coordinator::locks` names a holder only while its record's lock file
