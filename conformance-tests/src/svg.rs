@@ -105,7 +105,7 @@ pub fn matrix(report: &Report) -> String {
                 escape(name),
                 escape(c.result.as_str()),
             );
-            let ink = match (c.result, fill == PASS_THIS_RUN.0) {
+            let ink = match (c.result, c.held_this_run_only()) {
                 (Verdict::NotApplicable | Verdict::Unverified, _) | (_, true) => "#333333",
                 _ => "white",
             };

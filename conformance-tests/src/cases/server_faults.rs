@@ -438,19 +438,22 @@ pub mod partition_loss_before_expiry {
     const NAME: &str = "partition";
 
     pub async fn run(t: Target) -> CaseResult {
-        let proxy = proxy(&t).await?;
+        hold_then_partition(&t, ProxyMode::Blackhole, NAME, "the partitioned holder").await
+    }
+
+    /// Take lock `name` through a proxy, then partition the holder (`who`)
+    /// with `mode` ([`partition_holder`]).
+    pub(in crate::cases) async fn hold_then_partition(
+        t: &Target,
+        mode: ProxyMode,
+        name: &'static str,
+        who: &str,
+    ) -> CaseResult {
+        let proxy = proxy(t).await?;
         let ca = crate::connect(&t.via(proxy.addr()).url_with("ttl", TTL)).await?;
         let sa = ca.session().await?;
-        let g = sa.mutex(NAME).lock().await?;
-        let f = partition_holder(
-            &t,
-            &proxy,
-            ProxyMode::Blackhole,
-            NAME,
-            g,
-            "the partitioned holder",
-        )
-        .await;
+        let g = sa.mutex(name).lock().await?;
+        let f = partition_holder(t, &proxy, mode, name, g, who).await;
         quietly(sa.close()).await;
         f
     }
@@ -586,7 +589,7 @@ pub mod one_way_partition_loss_before_expiry {
     //! giving its lease up would keep the lock alive until the link
     //! healed.
 
-    use super::partition_loss_before_expiry::{partition_holder, proxy};
+    use super::partition_loss_before_expiry::hold_then_partition;
     use super::*;
     use crate::harness::ProxyMode;
     use crate::outcome::CaseResult;
@@ -594,21 +597,13 @@ pub mod one_way_partition_loss_before_expiry {
     const NAME: &str = "one-way-partition";
 
     pub async fn run(t: Target) -> CaseResult {
-        let proxy = proxy(&t).await?;
-        let ca = crate::connect(&t.via(proxy.addr()).url_with("ttl", TTL)).await?;
-        let sa = ca.session().await?;
-        let g = sa.mutex(NAME).lock().await?;
-        let f = partition_holder(
+        hold_then_partition(
             &t,
-            &proxy,
             ProxyMode::RepliesLost,
             NAME,
-            g,
             "the holder whose replies are lost",
         )
-        .await;
-        quietly(sa.close()).await;
-        f
+        .await
     }
 }
 
