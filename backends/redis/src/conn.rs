@@ -51,9 +51,11 @@ impl Conn {
         let started = Instant::now();
         let (host, port) = match &settings.endpoint {
             Endpoint::Direct(h, p) => (h.clone(), *p),
-            Endpoint::Sentinel { sentinels, service } => {
-                resolve_primary(sentinels, service, timeout).await?
-            }
+            Endpoint::Sentinel {
+                sentinels, service, ..
+            } => settings
+                .endpoint
+                .reach(resolve_primary(sentinels, service, timeout).await?),
         };
         let client = settings.client(&host, port)?;
         let left = timeout.saturating_sub(started.elapsed());
@@ -68,7 +70,9 @@ impl Conn {
         let waiter = self::manager(&client, timeout)?;
         let follow = match &settings.endpoint {
             Endpoint::Direct(..) => None,
-            Endpoint::Sentinel { sentinels, service } => Some(Follow {
+            Endpoint::Sentinel {
+                sentinels, service, ..
+            } => Some(Follow {
                 sentinels: sentinels.clone(),
                 service: service.clone(),
                 timeout,
@@ -119,7 +123,7 @@ impl Conn {
         *asked = Some(Instant::now());
         let found = resolve_primary(&follow.sentinels, &follow.service, follow.timeout).await;
         let (host, port) = match found {
-            Ok(addr) => addr,
+            Ok(addr) => follow.settings.endpoint.reach(addr),
             Err(e) => {
                 tracing::debug!(error = %e, "asking the sentinels failed");
                 return None;

@@ -7,7 +7,10 @@
 //! - `redis+sentinel://[user:pass@]s1[:port],s2[:port]/<service>[/db]`: ask
 //!   the sentinels (port 26379 by default, contacted without credentials)
 //!   for the primary of `<service>`, and follow it when they fail over. The
-//!   credentials are the data nodes'.
+//!   credentials are the data nodes'. `nat_map=A:P=B:Q[,…]` connects to
+//!   `B:Q` whenever the sentinels name `A:P` (servers behind NAT or in
+//!   containers, whose announced address the client cannot reach; Redisson's
+//!   `natMap`).
 //!
 //! Options of every form: `namespace`; `allow_eviction=true|false`
 //! (default `false`: a server whose configuration can evict quorate's keys
@@ -21,6 +24,9 @@ use quorate_core::{Config, Error, Result};
 
 use crate::{DEFAULT_NAMESPACE, SCHEMES};
 
+/// A host (name or IP, without brackets) and a port.
+pub(crate) type HostPort = (String, u16);
+
 /// Where the data lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Endpoint {
@@ -32,7 +38,23 @@ pub(crate) enum Endpoint {
         sentinels: Vec<(String, u16)>,
         /// The monitored service (master name).
         service: String,
+        /// Announced address → the address to connect to (`nat_map`).
+        nat_map: Vec<(HostPort, HostPort)>,
     },
+}
+
+impl Endpoint {
+    /// The address to connect to for the data node the sentinels announce
+    /// as `announced` (itself unless `nat_map` names it).
+    pub(crate) fn reach(&self, announced: HostPort) -> HostPort {
+        match self {
+            Endpoint::Sentinel { nat_map, .. } => nat_map
+                .iter()
+                .find(|(from, _)| *from == announced)
+                .map_or(announced, |(_, to)| to.clone()),
+            Endpoint::Direct(..) => announced,
+        }
+    }
 }
 
 /// Whether a server that can evict quorate's keys is accepted
@@ -70,12 +92,13 @@ struct TlsSettings {
 }
 
 /// The options every redis URL accepts.
-const OPTIONS: &[&str] = &["namespace", "allow_eviction", "wait_replicas"];
+const OPTIONS: &[&str] = &["namespace", "allow_eviction", "wait_replicas", "nat_map"];
 /// The options of `rediss://` URLs.
 const TLS_OPTIONS: &[&str] = &[
     "namespace",
     "allow_eviction",
     "wait_replicas",
+    "nat_map",
     "tls_ca",
     "tls_cert",
     "tls_key",
@@ -163,14 +186,25 @@ impl Settings {
                         .into(),
                 ));
             }
+            let nat_map = match config.option("nat_map") {
+                None => Vec::new(),
+                Some(m) => parse_nat_map(m).map_err(bad)?,
+            };
             (
                 Endpoint::Sentinel {
                     sentinels,
                     service: service.to_owned(),
+                    nat_map,
                 },
                 db,
             )
         } else {
+            if config.option("nat_map").is_some() {
+                return Err(bad(
+                    "`nat_map` maps the addresses sentinels announce: it needs a redis+sentinel:// URL"
+                        .into(),
+                ));
+            }
             let [endpoint] = config.endpoints.as_slice() else {
                 return Err(bad(format!(
                     "a {scheme}:// URL names exactly one host:port, got {}",
@@ -287,6 +321,31 @@ impl Settings {
     }
 }
 
+/// `A:P=B:Q[,C:R=D:S…]`: each announced address, with its port, and the
+/// address to reach it at.
+fn parse_nat_map(map: &str) -> std::result::Result<Vec<(HostPort, HostPort)>, String> {
+    let mut pairs: Vec<(HostPort, HostPort)> = Vec::new();
+    for entry in map.split(',') {
+        let addr =
+            |a: &str| {
+                split_host_port(a, 0).filter(|(_, p)| *p != 0).ok_or_else(|| {
+                format!("`nat_map` entry `{entry}`: `{a}` is not `host:port` or `[v6addr]:port`")
+            })
+            };
+        let Some((from, to)) = entry.split_once('=') else {
+            return Err(format!(
+                "`nat_map` entries are `announced-host:port=reached-host:port`, got `{entry}`"
+            ));
+        };
+        let (from, to) = (addr(from)?, addr(to)?);
+        if pairs.iter().any(|(f, _)| *f == from) {
+            return Err(format!("`nat_map` maps `{}:{}` twice", from.0, from.1));
+        }
+        pairs.push((from, to));
+    }
+    Ok(pairs)
+}
+
 /// `host`, `host:port` or `[v6]:port`, with a default port.
 fn split_host_port(endpoint: &str, default_port: u16) -> Option<(String, u16)> {
     let (host, port) = if let Some(rest) = endpoint.strip_prefix('[') {
@@ -341,7 +400,8 @@ mod tests {
             s.endpoint,
             Endpoint::Sentinel {
                 sentinels: vec![("a".into(), 1), ("b".into(), 26379)],
-                service: "svc".into()
+                service: "svc".into(),
+                nat_map: Vec::new(),
             }
         );
         assert_eq!(s.db, 2);
@@ -353,6 +413,36 @@ mod tests {
         assert_eq!(s.wait_replicas, 0);
         let s = settings("redis://h:1?wait_replicas=2").unwrap();
         assert_eq!(s.wait_replicas, 2);
+    }
+
+    #[test]
+    fn nat_map_reaches_announced_addresses_elsewhere() {
+        let s = settings(
+            "redis+sentinel://a:1/svc?nat_map=10.0.0.5:6379=127.0.0.1:16379,[fd00::1]:6380=h:2",
+        )
+        .unwrap();
+        let reach = |h: &str, p| s.endpoint.reach((h.into(), p));
+        assert_eq!(reach("10.0.0.5", 6379), ("127.0.0.1".into(), 16379));
+        assert_eq!(reach("fd00::1", 6380), ("h".into(), 2));
+        // Unmapped: the announced address itself (another port too).
+        assert_eq!(reach("10.0.0.5", 6380), ("10.0.0.5".into(), 6380));
+        for url in [
+            "redis://h:1?nat_map=a:1=b:2",
+            "redis+sentinel://a:1/svc?nat_map=",
+            "redis+sentinel://a:1/svc?nat_map=a:1",
+            "redis+sentinel://a:1/svc?nat_map=a=b:2",
+            "redis+sentinel://a:1/svc?nat_map=a:1=b",
+            "redis+sentinel://a:1/svc?nat_map=a:1=b:0",
+            "redis+sentinel://a:1/svc?nat_map=a:1=b:70000",
+            "redis+sentinel://a:1/svc?nat_map=a:1=b:2,a:1=c:3",
+            "redis+sentinel://a:1/svc?nat_map=a:1=b:2,",
+        ] {
+            let e = settings(url)
+                .err()
+                .unwrap_or_else(|| panic!("{url} accepted"));
+            assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{url}: {e}");
+            assert!(e.to_string().contains("nat_map"), "{url}: {e}");
+        }
     }
 
     #[test]
