@@ -723,7 +723,7 @@ impl ServerFaults for HookFaults {
         self.failed(HookKind::RestartEmpty, r).map(drop)
     }
 
-    fn proxy_upstream(&self) -> Option<SocketAddr> {
+    async fn proxy_upstream(&self) -> Option<SocketAddr> {
         if self.upstream.is_some() {
             self.note("proxy", None);
         }
@@ -884,7 +884,7 @@ mod tests {
         .unwrap();
         assert_eq!(url, "etcd://127.0.0.1:1,127.0.0.1:2,127.0.0.1:3");
         assert!(plain.member_clients().is_empty());
-        assert_eq!(plain.proxy_upstream(), None);
+        assert_eq!(plain.proxy_upstream().await, None);
         let e = HookFaults::prepare(
             "etcd://127.0.0.1:1",
             options(false, &["leader=a", "leader=b"]),
@@ -926,7 +926,7 @@ mod tests {
         let why = faults.missing(Fault::KillLeader).unwrap();
         assert!(why.contains("--hook leader=…"), "{why}");
         assert_eq!(
-            faults.proxy_upstream(),
+            faults.proxy_upstream().await,
             Some("127.0.0.1:2379".parse().unwrap())
         );
         assert_eq!(faults.take_used()[0].name, "proxy");

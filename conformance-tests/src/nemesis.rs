@@ -206,7 +206,10 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
     }
     let clock = Clock::now();
     let controller: Option<Arc<dyn ServerFaults>> = t.faults.clone();
-    let upstream = controller.as_ref().and_then(|c| c.proxy_upstream());
+    let upstream = match &controller {
+        Some(c) => c.proxy_upstream().await,
+        None => None,
+    };
     let lease = !matches!(
         caps.failure_detection,
         quorate::FailureDetection::ProcessLifetime
@@ -247,7 +250,7 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
             _ => None,
         };
         let url = match &proxy {
-            Some(p) => t.via(p.addr()).url_with("ttl", TTL),
+            Some(p) => t.through(p).url_with("ttl", TTL),
             None => t.url_with("ttl", TTL),
         };
         let (tx, rx) = mpsc::channel(4);

@@ -124,8 +124,9 @@ pub trait ServerFaults: Send + Sync + std::fmt::Debug {
     }
 
     /// The client address of ONE server, for a case to put a
-    /// [`crate::harness::TcpProxy`] in front of (see [`Target::via`]).
-    fn proxy_upstream(&self) -> Option<std::net::SocketAddr> {
+    /// [`crate::harness::TcpProxy`] in front of (see [`Target::through`]):
+    /// behind Sentinel, the current primary.
+    async fn proxy_upstream(&self) -> Option<std::net::SocketAddr> {
         None
     }
 
@@ -261,6 +262,25 @@ impl Target {
             base_url: replace_endpoints(&self.base_url, &endpoint.to_string()),
             label: self.label.clone(),
             faults: self.faults.clone(),
+        }
+    }
+
+    /// The same target, its client's traffic to the proxy's upstream sent
+    /// through `proxy`: the URL names the proxy instead of the servers
+    /// ([`Target::via`]), or, behind Sentinel (where the URL names the
+    /// sentinels and they name the primary), maps the primary's announced
+    /// address to the proxy (`nat_map`), so the sentinels stay reachable.
+    pub fn through(&self, proxy: &crate::harness::TcpProxy) -> Target {
+        if self.scheme() == "redis+sentinel" {
+            let map = format!("{}={}", proxy.upstream(), proxy.addr());
+            Target {
+                url: self.url_with("nat_map", &map),
+                base_url: Target::new("", self.base_url.clone()).url_with("nat_map", &map),
+                label: self.label.clone(),
+                faults: self.faults.clone(),
+            }
+        } else {
+            self.via(proxy.addr())
         }
     }
 
@@ -458,6 +478,36 @@ mod tests {
         );
         let t = Target::new("z", "zookeeper://h:1,h:2");
         assert_eq!(t.via(addr).url(), "zookeeper://127.0.0.1:9");
+    }
+
+    #[tokio::test]
+    async fn through_maps_the_sentinel_primary_and_replaces_other_servers() {
+        let upstream: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let proxy = crate::harness::TcpProxy::start(upstream).await.unwrap();
+        let p = proxy.addr();
+        let t = Target::new("s", "redis+sentinel://127.0.0.1:1,127.0.0.1:2/svc?ttl=2s");
+        let fresh = t.fresh();
+        let v = fresh.through(&proxy);
+        // The sentinels stay; the primary they announce is reached via the proxy.
+        assert!(
+            v.url().starts_with(
+                "redis+sentinel://127.0.0.1:1,127.0.0.1:2/svc?ttl=2s&namespace=conformance-"
+            ),
+            "{}",
+            v.url()
+        );
+        assert!(
+            v.url().ends_with(&format!("&nat_map=127.0.0.1:9={p}")),
+            "{}",
+            v.url()
+        );
+        // A fresh namespace keeps the mapping.
+        assert!(v
+            .fresh()
+            .url()
+            .contains(&format!("nat_map=127.0.0.1:9={p}")));
+        let t = Target::new("e", "etcd://h1:1,h2:2?ttl=2s");
+        assert_eq!(t.through(&proxy).url(), format!("etcd://{p}?ttl=2s"));
     }
 
     #[test]

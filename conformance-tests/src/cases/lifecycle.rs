@@ -64,13 +64,13 @@ struct Holder {
 
 impl Holder {
     async fn start(t: &Target) -> Result<Holder, CaseError> {
-        let upstream = controller(t)?.proxy_upstream().ok_or_else(|| {
+        let upstream = controller(t)?.proxy_upstream().await.ok_or_else(|| {
             CaseError::Unverified("the controller names no server to proxy".into())
         })?;
         let proxy = TcpProxy::start(upstream)
             .await
             .map_err(|e| CaseError::Unverified(format!("starting the proxy: {e}")))?;
-        let url = Target::new(&t.label, t.via(proxy.addr()).url_with("ttl", TTL))
+        let url = Target::new(&t.label, t.through(&proxy).url_with("ttl", TTL))
             .url_with("connect_timeout", CONNECT_TIMEOUT);
         let coordinator = crate::connect(&url).await?;
         let session = coordinator.session().await?;

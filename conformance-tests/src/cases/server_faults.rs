@@ -450,7 +450,7 @@ pub mod partition_loss_before_expiry {
         who: &str,
     ) -> CaseResult {
         let proxy = proxy(t).await?;
-        let ca = crate::connect(&t.via(proxy.addr()).url_with("ttl", TTL)).await?;
+        let ca = crate::connect(&t.through(&proxy).url_with("ttl", TTL)).await?;
         let sa = ca.session().await?;
         let g = sa.mutex(name).lock().await?;
         let f = partition_holder(t, &proxy, mode, name, g, who).await;
@@ -460,7 +460,7 @@ pub mod partition_loss_before_expiry {
 
     /// A proxy in front of the target's server.
     pub(in crate::cases) async fn proxy(t: &Target) -> Result<TcpProxy, CaseError> {
-        let upstream = controller(t)?.proxy_upstream().ok_or_else(|| {
+        let upstream = controller(t)?.proxy_upstream().await.ok_or_else(|| {
             CaseError::Unverified("the controller names no server to proxy".into())
         })?;
         TcpProxy::start(upstream)
@@ -546,7 +546,7 @@ pub mod handoff_partition_loss_before_expiry {
         let cb = crate::connect(&t.url_with("ttl", TTL)).await?;
         let sb = cb.session().await?;
         let first = sb.mutex(NAME).lock().await?;
-        let ca = crate::connect(&t.via(proxy.addr()).url_with("ttl", TTL)).await?;
+        let ca = crate::connect(&t.through(&proxy).url_with("ttl", TTL)).await?;
         let sa = ca.session().await?;
         let waiter = sa.mutex(NAME);
         let waiting = tokio::spawn(async move { waiter.lock().await });

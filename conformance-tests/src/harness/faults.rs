@@ -146,7 +146,7 @@ impl ServerFaults for EtcdFaults {
         }
     }
 
-    fn proxy_upstream(&self) -> Option<SocketAddr> {
+    async fn proxy_upstream(&self) -> Option<SocketAddr> {
         self.upstream
     }
 }
@@ -385,7 +385,7 @@ impl ServerFaults for ZkFaults {
         blocking(move || cluster.lock().unwrap().restart(i)).await
     }
 
-    fn proxy_upstream(&self) -> Option<SocketAddr> {
+    async fn proxy_upstream(&self) -> Option<SocketAddr> {
         self.upstream
     }
 }
@@ -617,7 +617,7 @@ impl ServerFaults for RedisFaults {
         blocking(move || server.lock().unwrap().restart()).await
     }
 
-    fn proxy_upstream(&self) -> Option<SocketAddr> {
+    async fn proxy_upstream(&self) -> Option<SocketAddr> {
         self.upstream
     }
 }
@@ -651,7 +651,17 @@ impl std::fmt::Debug for SentinelCluster {
 #[async_trait::async_trait]
 impl ServerFaults for SentinelFaults {
     fn supports(&self, fault: Fault) -> bool {
-        fault == Fault::KillLeader
+        matches!(fault, Fault::KillLeader | Fault::Partition)
+    }
+
+    /// The current primary (a client maps its announced address to the
+    /// proxy: [`crate::Target::through`]).
+    async fn proxy_upstream(&self) -> Option<SocketAddr> {
+        let cluster = self.cluster.clone();
+        let port = blocking(move || cluster.lock().unwrap().primary_port())
+            .await
+            .ok()?;
+        Some(SocketAddr::from(([127, 0, 0, 1], port)))
     }
 
     async fn kill_leader(&self) -> io::Result<String> {
@@ -747,7 +757,7 @@ impl ServerFaults for ExternalFaults {
         fault == Fault::Partition
     }
 
-    fn proxy_upstream(&self) -> Option<SocketAddr> {
+    async fn proxy_upstream(&self) -> Option<SocketAddr> {
         Some(self.upstream)
     }
 }

@@ -29,6 +29,7 @@ pub enum ProxyMode {
 #[derive(Debug)]
 pub struct TcpProxy {
     addr: SocketAddr,
+    upstream: SocketAddr,
     mode: Arc<watch::Sender<ProxyMode>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -53,12 +54,22 @@ impl TcpProxy {
                 tokio::spawn(relay(client, upstream, m.subscribe()));
             }
         });
-        Ok(TcpProxy { addr, mode, task })
+        Ok(TcpProxy {
+            addr,
+            upstream,
+            mode,
+            task,
+        })
     }
 
     /// The address clients connect to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address it forwards to.
+    pub fn upstream(&self) -> SocketAddr {
+        self.upstream
     }
 
     /// Change what the proxy does, for existing and new connections.
