@@ -51,11 +51,15 @@ pub enum Mutation {
     /// reported a success, so core's own deadline never fires either (the
     /// defect tooz has: a holder is never told its lock expired).
     SilentLoss,
+    /// A waiting `lock()` never queues: it polls with try-locks, its
+    /// back-off doubling from 1 ms (tooz's way, or an unfair spin lock's):
+    /// no arrival order, and a waiting writer holds no reader back.
+    PollingLock,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 9] = [
+    pub const ALL: [Mutation; 10] = [
         Mutation::SkipRelease,
         Mutation::SkipRevoke,
         Mutation::ConstantFence,
@@ -65,6 +69,7 @@ impl Mutation {
         Mutation::GroupSnapshotLies,
         Mutation::LockListingLies,
         Mutation::SilentLoss,
+        Mutation::PollingLock,
     ];
 
     /// Its name (the value of [`ENV`]).
@@ -79,6 +84,7 @@ impl Mutation {
             Mutation::GroupSnapshotLies => "group-snapshot-lies",
             Mutation::LockListingLies => "lock-listing-lies",
             Mutation::SilentLoss => "silent-loss",
+            Mutation::PollingLock => "polling-lock",
         }
     }
 
@@ -113,6 +119,11 @@ impl Mutation {
             // deadline (monotonic, past while it was stopped), which fires
             // before the lying keep-alive runs; that path needs no backend.
             Mutation::SilentLoss => &["revoke_from_outside"],
+            Mutation::PollingLock => &[
+                "fifo_order",
+                "mutex_is_rwlock_write_side",
+                "rwlock_queued_writer_blocks_readers",
+            ],
         }
     }
 }
@@ -241,6 +252,9 @@ impl SessionBackend for MutantSession {
         mode: Acquire,
         loss: LossNotifier,
     ) -> Result<Acquired> {
+        if self.m == Mutation::PollingLock && mode.waits() {
+            return poll(self, name, kind, loss).await;
+        }
         let mode = match self.m {
             Mutation::NoExclusion => Acquire::Try,
             _ => mode,
@@ -287,6 +301,31 @@ impl SessionBackend for MutantSession {
             Ok(r) => r,
             Err(_) => Ok(Box::new(FakeLeadership)),
         }
+    }
+}
+
+/// [`Mutation::PollingLock`]: try until granted, sleeping 1, 2, 4, … ms
+/// between tries (the longest a waiter has waited, the longer it sleeps).
+async fn poll(
+    session: &MutantSession,
+    name: &str,
+    kind: LockKind,
+    loss: LossNotifier,
+) -> Result<Acquired> {
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Acquired::Granted(inner) = session
+            .inner
+            .lock(name, kind, Acquire::Try, loss.clone())
+            .await?
+        {
+            return Ok(Acquired::Granted(Box::new(MutantLock {
+                inner,
+                m: session.m,
+            })));
+        }
+        tokio::time::sleep(pause).await;
+        pause *= 2;
     }
 }
 
