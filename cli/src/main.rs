@@ -284,8 +284,10 @@ enum Command {
         /// run's clients and each server of the URL, and run the client ↔
         /// server partition cases through it. Without it nothing stands
         /// between the clients and the servers and those cases are skipped.
-        /// Refused for URLs it cannot rewrite (file://, memory://,
-        /// redis+sentinel://, TLS URLs naming servers by host name).
+        /// Behind redis+sentinel:// the URL stays as it is and each
+        /// partition case proxies the primary the sentinels name. Refused
+        /// for URLs it cannot rewrite (file://, memory://, TLS URLs naming
+        /// servers by host name, redis+sentinel:// with its own nat_map).
         #[arg(long)]
         proxy: bool,
         /// A shell command (`sh -c`) that injects one step of a server

@@ -61,7 +61,7 @@ fn bad_hooks_and_unrewritable_proxy_urls_are_usage_errors() {
         assert!(o.stdout.is_empty(), "{args:?} ran the suite");
     }
     for url in [
-        "redis+sentinel://127.0.0.1:1,127.0.0.1:2/svc",
+        "redis+sentinel://127.0.0.1:1,127.0.0.1:2/svc?nat_map=10.0.0.1:6379=127.0.0.1:2",
         "rediss://redis.example:6379",
     ] {
         let o = quorate(&["conformance", url, "--proxy", "--only", "x"]);

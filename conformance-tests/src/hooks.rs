@@ -246,12 +246,33 @@ pub struct HookFaults {
     members: Vec<SocketAddr>,
     /// Whether the URL names sentinels (`redis+sentinel://`).
     sentinel: bool,
-    /// With `--proxy`: the first server's resolved address, which a
-    /// partition case puts its own proxy in front of.
-    upstream: Option<SocketAddr>,
+    /// What a partition case puts its own proxy in front of.
+    upstream: Upstream,
     _proxies: Vec<EndpointProxy>,
     killed: Mutex<Option<String>>,
     used: Mutex<Vec<Used>>,
+}
+
+/// What a partition case puts its own proxy in front of (`--proxy`).
+#[derive(Debug)]
+enum Upstream {
+    /// Without `--proxy`: nothing (no client ↔ server partition).
+    None,
+    /// The first server's resolved address.
+    Server(SocketAddr),
+    /// Behind Sentinel: the primary of `service` as the URL's sentinels name
+    /// it when a case asks (the case's client reaches it through the proxy
+    /// by `nat_map`, see [`crate::Target::through`]).
+    SentinelPrimary {
+        sentinels: Vec<String>,
+        service: String,
+    },
+}
+
+impl Upstream {
+    fn is_some(&self) -> bool {
+        !matches!(self, Upstream::None)
+    }
 }
 
 impl fmt::Debug for HookFaults {
@@ -319,37 +340,53 @@ impl HookFaults {
                 )));
             }
             if config.scheme.contains("sentinel") {
-                return Err(cannot(
-                    "behind Sentinel the clients connect to the data servers the sentinels name, not to the URL's servers".into(),
-                ));
-            }
-            let tls = matches!(config.scheme.as_str(), "etcds" | "rediss");
-            let mut proxies = Vec::new();
-            let mut members = Vec::new();
-            let mut upstream = None;
-            for e in &endpoints {
-                let (host, _) = split_host_port(e)
-                    .ok_or_else(|| cannot(format!("the server `{e}` is not host:port")))?;
-                if tls && !is_ip_literal(host) {
-                    return Err(cannot(format!(
+                // The URL's servers are the sentinels: no relay in front of
+                // them; each partition case proxies the primary they name.
+                if config.option("nat_map").is_some() {
+                    return Err(cannot(
+                        "the partition cases map the primary the sentinels name to their proxy with `nat_map`; run without the URL's own `nat_map` (the primary must be reachable at the address the sentinels announce)".into(),
+                    ));
+                }
+                let service = config.path.split('/').next().unwrap_or_default().to_owned();
+                let upstream = Upstream::SentinelPrimary {
+                    sentinels: endpoints.clone(),
+                    service,
+                };
+                (url.to_owned(), Vec::new(), upstream, Vec::new())
+            } else {
+                let tls = matches!(config.scheme.as_str(), "etcds" | "rediss");
+                let mut proxies = Vec::new();
+                let mut members = Vec::new();
+                let mut upstream = None;
+                for e in endpoints.iter() {
+                    let (host, _) = split_host_port(e)
+                        .ok_or_else(|| cannot(format!("the server `{e}` is not host:port")))?;
+                    if tls && !is_ip_literal(host) {
+                        return Err(cannot(format!(
                         "TLS verifies the server name `{host}`, which a proxy on 127.0.0.1 does not present; name the servers by IP address, or run without --proxy"
                     )));
+                    }
+                    let addr = resolve(e).await.map_err(cannot)?;
+                    upstream.get_or_insert(addr);
+                    let proxy = EndpointProxy::start(addr)
+                        .await
+                        .map_err(|e| cannot(format!("a proxy cannot listen on 127.0.0.1: {e}")))?;
+                    members.push(proxy.addr());
+                    proxies.push(proxy);
                 }
-                let addr = resolve(e).await.map_err(cannot)?;
-                upstream.get_or_insert(addr);
-                let proxy = EndpointProxy::start(addr)
-                    .await
-                    .map_err(|e| cannot(format!("a proxy cannot listen on 127.0.0.1: {e}")))?;
-                members.push(proxy.addr());
-                proxies.push(proxy);
+                let list = members
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let new_url = crate::target::replace_endpoints(url, &list);
+                (
+                    new_url,
+                    members,
+                    upstream.map_or(Upstream::None, Upstream::Server),
+                    proxies,
+                )
             }
-            let list = members
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(",");
-            let new_url = crate::target::replace_endpoints(url, &list);
-            (new_url, members, upstream, proxies)
         } else {
             let mut members = Vec::new();
             for e in &endpoints {
@@ -360,7 +397,7 @@ impl HookFaults {
             if members.len() != endpoints.len() {
                 members.clear();
             }
-            (url.to_owned(), members, None, Vec::new())
+            (url.to_owned(), members, Upstream::None, Vec::new())
         };
         Ok((
             new_url,
@@ -532,6 +569,45 @@ fn split_host_port(endpoint: &str) -> Option<(&str, &str)> {
     Some((host, port))
 }
 
+/// Ask the sentinels, in order, for the primary of `service`; its address
+/// resolved.
+async fn sentinel_primary(sentinels: &[String], service: &str) -> Result<SocketAddr, String> {
+    let mut failures = Vec::new();
+    for s in sentinels {
+        let endpoint = if split_host_port(s).is_some() {
+            s.clone()
+        } else {
+            format!("{s}:26379")
+        };
+        let ask = async {
+            let client = redis::Client::open(format!("redis://{endpoint}"))?;
+            let mut c = client.get_multiplexed_async_connection().await?;
+            redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg(service)
+                .query_async::<Option<(String, u16)>>(&mut c)
+                .await
+        };
+        match tokio::time::timeout(Duration::from_secs(5), ask).await {
+            Ok(Ok(Some((host, port)))) => {
+                let host = if host.contains(':') {
+                    format!("[{host}]")
+                } else {
+                    host
+                };
+                return resolve(&format!("{host}:{port}")).await;
+            }
+            Ok(Ok(None)) => failures.push(format!("{endpoint}: does not know `{service}`")),
+            Ok(Err(e)) => failures.push(format!("{endpoint}: {e}")),
+            Err(_) => failures.push(format!("{endpoint}: no answer within 5 s")),
+        }
+    }
+    Err(format!(
+        "no sentinel named the primary of `{service}`: {}",
+        failures.join("; ")
+    ))
+}
+
 async fn resolve(endpoint: &str) -> Result<SocketAddr, String> {
     tokio::net::lookup_host(endpoint)
         .await
@@ -622,8 +698,9 @@ impl ServerFaults for HookFaults {
     fn supports(&self, fault: Fault) -> bool {
         match fault {
             Fault::Partition => self.upstream.is_some(),
+            // Behind Sentinel the URL names sentinels, not data members.
             Fault::MemberPartition => {
-                self.members.len() >= 3 && self.has(HookKind::for_fault(fault))
+                !self.sentinel && self.members.len() >= 3 && self.has(HookKind::for_fault(fault))
             }
             // As the harness: a single server has no other to take over.
             Fault::KillLeader => {
@@ -644,6 +721,11 @@ impl ServerFaults for HookFaults {
             .filter(|k| !self.hooks.contains_key(k))
             .map(|k| format!("--hook {k}=…"))
             .collect();
+        if fault == Fault::MemberPartition && self.sentinel {
+            return Some(
+                "behind Sentinel the URL's servers are sentinels, not members of one data cluster: no member partition".into(),
+            );
+        }
         let too_small = match fault {
             Fault::MemberPartition => (self.members.len() < 3)
                 .then_some("a member partition needs a URL naming 3+ members"),
@@ -724,10 +806,23 @@ impl ServerFaults for HookFaults {
     }
 
     async fn proxy_upstream(&self) -> Option<SocketAddr> {
-        if self.upstream.is_some() {
-            self.note("proxy", None);
+        let addr = match &self.upstream {
+            Upstream::None => return None,
+            Upstream::Server(addr) => Ok(*addr),
+            Upstream::SentinelPrimary { sentinels, service } => {
+                sentinel_primary(sentinels, service).await
+            }
+        };
+        match addr {
+            Ok(addr) => {
+                self.note("proxy", None);
+                Some(addr)
+            }
+            Err(e) => {
+                self.note("proxy", Some(e));
+                None
+            }
         }
-        self.upstream
     }
 
     /// The members' client addresses, when something may stand between
@@ -866,7 +961,10 @@ mod tests {
         for (url, why) in [
             ("memory://x", "names no server"),
             ("file:///tmp/x", "names no server"),
-            ("redis+sentinel://127.0.0.1:1/mymaster", "Sentinel"),
+            (
+                "redis+sentinel://127.0.0.1:1/mymaster?nat_map=10.0.0.1:6379=127.0.0.1:2",
+                "nat_map",
+            ),
             ("rediss://db.example:6379", "TLS verifies the server name"),
         ] {
             let e = HookFaults::prepare(url, options(true, &[]))
@@ -892,6 +990,26 @@ mod tests {
         .await
         .unwrap_err();
         assert!(e.0.contains("given twice"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn proxy_behind_sentinel_asks_the_sentinels_for_the_primary() {
+        let url = "redis+sentinel://127.0.0.1:1/mymaster/2?ttl=2s";
+        let (same, faults) = HookFaults::prepare(url, options(true, &[])).await.unwrap();
+        // The URL's servers are the sentinels: no relay in front of them.
+        assert_eq!(same, url);
+        assert!(faults.member_clients().is_empty());
+        assert!(faults.supports(Fault::Partition));
+        let why = faults.missing(Fault::MemberPartition).unwrap();
+        assert!(why.contains("behind Sentinel"), "{why}");
+        // No sentinel answers on port 1: no primary, and the run says why.
+        assert_eq!(faults.proxy_upstream().await, None);
+        let used = faults.take_used();
+        let why = used[0].error.as_deref().unwrap_or_default();
+        assert!(
+            why.contains("no sentinel named the primary of `mymaster`"),
+            "{why}"
+        );
     }
 
     #[tokio::test]
