@@ -119,10 +119,11 @@ impl HookKind {
     }
 
     /// The hook kinds that inject `fault` (empty for the partition, which
-    /// the built-in proxy injects).
+    /// the built-in proxy injects, and for the server pause, which no hook
+    /// offers yet: [`HookFaults`] never supports it).
     pub fn for_fault(fault: Fault) -> &'static [HookKind] {
         match fault {
-            Fault::Partition => &[],
+            Fault::Partition | Fault::ServerPause => &[],
             Fault::KillLeader => &[
                 HookKind::Leader,
                 HookKind::KillServer,
@@ -698,6 +699,7 @@ impl ServerFaults for HookFaults {
     fn supports(&self, fault: Fault) -> bool {
         match fault {
             Fault::Partition => self.upstream.is_some(),
+            Fault::ServerPause => false,
             // Behind Sentinel the URL names sentinels, not data members.
             Fault::MemberPartition => {
                 !self.sentinel && self.members.len() >= 3 && self.has(HookKind::for_fault(fault))
@@ -721,6 +723,11 @@ impl ServerFaults for HookFaults {
             .filter(|k| !self.hooks.contains_key(k))
             .map(|k| format!("--hook {k}=…"))
             .collect();
+        if fault == Fault::ServerPause {
+            return Some(
+                "pausing (SIGSTOP) a server this run did not start has no hook yet (the harness pauses its own servers)".into(),
+            );
+        }
         if fault == Fault::MemberPartition && self.sentinel {
             return Some(
                 "behind Sentinel the URL's servers are sentinels, not members of one data cluster: no member partition".into(),

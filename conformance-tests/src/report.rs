@@ -205,6 +205,7 @@ const FAULTS: &[(&str, &str)] = &[
     ),
     ("reads on a cut-off member", "no_stale_reads"),
     ("leader / primary killed", "leader_failover"),
+    ("server SIGSTOP past the TTL", "server_pause"),
     (
         "failover to a lagging replica",
         "fence_after_lagging_failover",

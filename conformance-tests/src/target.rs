@@ -52,6 +52,10 @@ pub enum Fault {
     /// [`ServerFaults::pause_replication`],
     /// [`ServerFaults::fail_over_to_replica`].
     LaggingFailover,
+    /// Stop the leader / primary (the only server of a single-server
+    /// deployment) with SIGSTOP — a long GC or VM pause — and resume it
+    /// later: [`ServerFaults::pause_leader`], [`ServerFaults::resume_paused`].
+    ServerPause,
 }
 
 impl Fault {
@@ -65,6 +69,7 @@ impl Fault {
             Fault::Eviction => "the target has no fault controller that can start a server configured to evict keys",
             Fault::ServerClockStep => "the target has no fault controller that can step a server's wall clock (libfaketime)",
             Fault::LaggingFailover => "the target has no fault controller that can fail over to a lagging replica",
+            Fault::ServerPause => "the target has no fault controller that can pause (SIGSTOP) its server",
         }
     }
 }
@@ -209,6 +214,20 @@ pub trait ServerFaults: Send + Sync + std::fmt::Debug {
     /// serves as the primary.
     async fn fail_over_to_replica(&self) -> std::io::Result<String> {
         Err(unsupported("failing over to the replica"))
+    }
+
+    /// Stop the leader / primary (the only server of a single-server
+    /// deployment) with SIGSTOP: it keeps its sockets and answers nothing.
+    /// Returns what was paused, in words.
+    async fn pause_leader(&self) -> std::io::Result<String> {
+        Err(unsupported("pausing a server"))
+    }
+
+    /// Resume (SIGCONT) what [`ServerFaults::pause_leader`] stopped, and
+    /// mend the deployment for the cases after (behind Sentinel: the
+    /// resumed old primary made a replica of the new one).
+    async fn resume_paused(&self) -> std::io::Result<()> {
+        Err(unsupported("resuming a paused server"))
     }
 }
 

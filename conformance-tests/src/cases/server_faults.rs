@@ -258,7 +258,8 @@ pub mod leader_failover {
         tracing::info!(target = %t.label, killed = %what, "server fault injected");
         // Measure, and meanwhile confirm that another server took over:
         // without a new leader the case did not test a failover.
-        let (measured, successor) = tokio::join!(measure(&url, a, killed), faults.new_leader());
+        let (measured, successor) =
+            tokio::join!(measure(&url, NAME, a, killed), faults.new_leader());
         let healed = faults
             .restart_killed()
             .await
@@ -288,7 +289,7 @@ pub mod leader_failover {
                 exclusive,
                 format!(
                     "after killing {what} (exclusive_across_failover declared {exclusive}): {}",
-                    describe(&f)
+                    describe_after(&f, KILL)
                 ),
                 f,
             ));
@@ -298,7 +299,7 @@ pub mod leader_failover {
                 keeps,
                 format!(
                     "after killing {what} (survives_failover declared {keeps}): {}",
-                    describe(&f)
+                    describe_after(&f, KILL)
                 ),
                 f,
             ));
@@ -306,10 +307,20 @@ pub mod leader_failover {
         Ok(f)
     }
 
-    async fn measure(url: &str, mut a: Watched, killed: Instant) -> CaseResult {
+    /// Measure from the fault (`killed`, when it was injected): whether
+    /// the holder `a` of lock `name` keeps it (its grant answers again and
+    /// a guarded write applies, still held two TTLs later) or is told it
+    /// lost it, and when another client (asking from the fault on) is
+    /// granted it.
+    pub(super) async fn measure(
+        url: &str,
+        name: &'static str,
+        mut a: Watched,
+        killed: Instant,
+    ) -> CaseResult {
         let ttl = ttl();
         let fa = a.fence();
-        let (other, _) = contend(url.to_owned(), NAME, Duration::from_secs_f64(LIMIT * 2.0));
+        let (other, _) = contend(url.to_owned(), name, Duration::from_secs_f64(LIMIT * 2.0));
         let mut f = Figures::new();
         f.insert("ttl_ms".into(), ttl.as_secs_f64() * 1000.0);
 
@@ -384,8 +395,8 @@ pub mod leader_failover {
         let double = grant.at < stopped;
         if !kept {
             f.insert("holder_told_ms".into(), ms(killed, stopped));
-            f.insert("other_granted_ms".into(), ms(killed, grant.at));
         }
+        f.insert("other_granted_ms".into(), ms(killed, grant.at));
         let backwards = grant.fence <= fa;
         grant.finish().await;
         f.insert("holder_kept_lock".into(), flag(kept));
@@ -394,26 +405,203 @@ pub mod leader_failover {
         Ok(f)
     }
 
+    /// The event [`measure`] measures from, in [`describe_after`]'s words.
+    const KILL: &str = "the kill";
+
     /// The outcome in words, from the figures.
     pub fn describe(f: &Figures) -> String {
+        describe_after(f, KILL)
+    }
+
+    /// The outcome of [`measure`] in words, times counted from `event`.
+    pub(super) fn describe_after(f: &Figures, event: &str) -> String {
         let yes = |k: &str| f.get(k) == Some(&1.0);
         let mut s = vec![if yes("holder_kept_lock") {
             format!(
-                "the holder kept the lock (is_held answered true {:.0} ms and a guarded write under it applied {:.0} ms after the kill; still held two TTLs later)",
+                "the holder kept the lock (is_held answered true {:.0} ms and a guarded write under it applied {:.0} ms after {event}; still held two TTLs later)",
                 f.get("resume_ms").copied().unwrap_or(f64::NAN),
                 f.get("write_resume_ms").copied().unwrap_or(f64::NAN)
             )
         } else {
             match f.get("holder_told_ms") {
-                Some(t) => format!("the holder lost the lock (told {t:.0} ms after the kill)"),
+                Some(t) => format!("the holder lost the lock (told {t:.0} ms after {event})"),
                 None => "the holder lost the lock".to_owned(),
             }
         }];
         let b = f.get("other_granted_ms").copied().unwrap_or(f64::NAN);
         s.push(match (yes("double_grant"), yes("holder_kept_lock")) {
-            (true, _) => format!("DOUBLE GRANT: another client was granted the lock {b:.0} ms after the kill, while the holder still believed it held it"),
+            (true, _) => format!("DOUBLE GRANT: another client was granted the lock {b:.0} ms after {event}, while the holder still believed it held it"),
             (false, true) => "no other client was granted it while the holder held it".to_owned(),
-            (false, false) => format!("another client was granted it {b:.0} ms after the kill, after the holder was told"),
+            (false, false) => format!("another client was granted it {b:.0} ms after {event}, after the holder was told"),
+        });
+        s.push(if yes("fence_went_backwards") {
+            "FENCES WENT BACKWARDS: the next grant's fence was not above the holder's".to_owned()
+        } else {
+            "fences did not go backwards".to_owned()
+        });
+        s.join("; ")
+    }
+}
+
+pub mod server_pause {
+    //! Stop the server — the leader or primary where there are several —
+    //! with SIGSTOP for three TTLs while A holds a lock (a long GC or VM
+    //! pause), then resume it. A single server wakes to a wall clock three
+    //! TTLs on, with every lease past its expiry; a cluster elects another
+    //! leader meanwhile (Sentinel promotes the replica), and the old one
+    //! wakes believing it still leads.
+    //!
+    //! The holder does not probe its grant while it waits (as a holder
+    //! busy with its work would not): it must be told by its own
+    //! keep-alive, not by a check the case makes for it. Another client
+    //! asks for the lock from the pause on. Whichever comes first decides:
+    //! the holder told, or the other client granted (a double grant); if
+    //! neither within five TTLs of the resume, the holder kept the lock
+    //! (its grant must still answer true and take a guarded write), then
+    //! releases it, and the other client must be granted.
+
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::ensure;
+    use crate::outcome::{CaseResult, Figures};
+    use crate::target::Fault;
+
+    const NAME: &str = "server-pause";
+
+    /// How long the server stays stopped: three TTLs.
+    fn pause() -> Duration {
+        ttl() * 3
+    }
+
+    pub async fn run(t: Target) -> CaseResult {
+        let faults = controller(&t)?;
+        let url = t.url_with("ttl", TTL);
+        let ca = crate::connect(&url).await?;
+        let caps = ca.capabilities();
+        // Where another server can take over, a pause may be a failover:
+        // the exclusion is then what exclusive_across_failover declares.
+        // A single server has none: its leases must hold.
+        let failover = t.supports(Fault::KillLeader);
+        let exclusive = !failover || caps.survives_failover || caps.exclusive_across_failover;
+        let sa = ca.session().await?;
+        let a = Watched::new(sa.mutex(NAME).lock().await?);
+        {
+            let (_c, sb) = crate::cases::client(&t).await?;
+            ensure!(
+                sb.mutex(NAME).try_lock().await?.is_none(),
+                "another client got the lock before any fault"
+            );
+            sb.close().await?;
+        }
+
+        let what = faults
+            .pause_leader()
+            .await
+            .map_err(harness("pause the server"))?;
+        let paused = Instant::now();
+        tracing::info!(target = %t.label, paused = %what, "server fault injected");
+        // Resuming starts with the SIGCONT; mending the deployment after
+        // (Sentinel: the old primary made a replica) is not the pause.
+        let resume = async {
+            tokio::time::sleep(pause()).await;
+            let at = Instant::now();
+            (faults.resume_paused().await, at)
+        };
+        let (measured, (resumed, resumed_at)) = tokio::join!(measure(&url, a, paused), resume);
+        quietly(sa.close()).await;
+        resumed.map_err(harness("resume the paused server"))?;
+        let mut f: Figures = measured?;
+        f.insert("paused_ms".into(), ms(paused, resumed_at));
+        f.insert(EXCLUSION_DECLARED.into(), flag(exclusive));
+        let two_holders = f["double_grant"] == 1.0 || f["fence_went_backwards"] == 1.0;
+        if two_holders {
+            let declared = if failover {
+                format!(
+                    "a pause that may fail over; exclusive_across_failover declared {exclusive}"
+                )
+            } else {
+                "a single server: its leases must hold".to_owned()
+            };
+            return Err(broken(
+                exclusive,
+                format!("after pausing {what} ({declared}): {}", describe(&f)),
+                f,
+            ));
+        }
+        Ok(f)
+    }
+
+    /// See the module documentation; times from `paused`.
+    async fn measure(url: &str, mut a: Watched, paused: Instant) -> CaseResult {
+        let ttl = ttl();
+        let fa = a.fence();
+        let (other, mut granted_at) =
+            contend(url.to_owned(), NAME, Duration::from_secs_f64(LIMIT * 2.0));
+        let mut f = Figures::new();
+        f.insert("ttl_ms".into(), ttl.as_secs_f64() * 1000.0);
+        let decide_by = pause() + ttl * 5;
+        // The first of: the holder told, the other client granted, the
+        // bound. (No probe of the grant meanwhile.)
+        let told = tokio::select! {
+            t = a.told_within(decide_by) => t,
+            _ = async { granted_at.wait_for(Option::is_some).await.map(drop) } => a.told_at(),
+        };
+        let other_first = (*granted_at.borrow()).filter(|g| told.is_none_or(|t| *g < t));
+        let kept = told.is_none() && other_first.is_none();
+        if kept {
+            ensure!(
+                a.is_held().await == Some(true),
+                "the holder was not told within {} ms of the pause, nor was another client granted the lock, but its grant does not answer true",
+                decide_by.as_millis()
+            );
+            ensure!(
+                a.write_if_held().await == Some(true),
+                "the holder was not told, nor was another client granted the lock, but a guarded write under it was not applied"
+            );
+        } else if let Some(t) = told {
+            f.insert("holder_told_ms".into(), ms(paused, t));
+        }
+        a.finish().await;
+        let grant = granted(
+            LIMIT * 2.0,
+            "another client gets the lock once the holder released or lost it",
+            other,
+        )
+        .await?;
+        f.insert("other_granted_ms".into(), ms(paused, grant.at));
+        f.insert("holder_kept_lock".into(), flag(kept));
+        f.insert("double_grant".into(), flag(other_first.is_some()));
+        f.insert("fence_went_backwards".into(), flag(grant.fence <= fa));
+        grant.finish().await;
+        Ok(f)
+    }
+
+    /// The outcome in words, from the figures.
+    pub fn describe(f: &Figures) -> String {
+        let at = |k: &str| f.get(k).copied().unwrap_or(f64::NAN);
+        let yes = |k: &str| f.get(k) == Some(&1.0);
+        let mut s = vec![format!("the server was stopped {:.0} ms", at("paused_ms"))];
+        s.push(if yes("double_grant") {
+            format!(
+                "DOUBLE GRANT: another client was granted the lock {:.0} ms after the pause began, before the holder was told{}",
+                at("other_granted_ms"),
+                match f.get("holder_told_ms") {
+                    Some(t) => format!(" (told {t:.0} ms after it)"),
+                    None => " (never told)".to_owned(),
+                }
+            )
+        } else if yes("holder_kept_lock") {
+            format!(
+                "the holder kept the lock (not told, nobody else granted, its grant answering and taking a guarded write five TTLs after the resume); granted to another client {:.0} ms after the pause began, once released",
+                at("other_granted_ms")
+            )
+        } else {
+            format!(
+                "the holder was told {:.0} ms after the pause began, another client was granted the lock {:.0} ms after it began",
+                at("holder_told_ms"),
+                at("other_granted_ms")
+            )
         });
         s.push(if yes("fence_went_backwards") {
             "FENCES WENT BACKWARDS: the next grant's fence was not above the holder's".to_owned()

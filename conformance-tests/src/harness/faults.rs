@@ -64,6 +64,7 @@ pub struct EtcdFaults {
     members: Vec<SocketAddr>,
     partitionable: bool,
     killed: Mutex<Option<usize>>,
+    paused: Mutex<Option<usize>>,
 }
 
 impl EtcdFaults {
@@ -86,6 +87,7 @@ impl EtcdFaults {
             members,
             partitionable,
             killed: Mutex::new(None),
+            paused: Mutex::new(None),
         })
     }
 }
@@ -98,7 +100,24 @@ impl ServerFaults for EtcdFaults {
             Fault::Partition => self.upstream.is_some(),
             Fault::RestartWithoutPersistence => false,
             Fault::MemberPartition => self.size >= 3 && self.partitionable,
+            Fault::ServerPause => true,
             Fault::Eviction | Fault::ServerClockStep | Fault::LaggingFailover => false,
+        }
+    }
+
+    async fn pause_leader(&self) -> io::Result<String> {
+        let mut c = self.cluster.lock().await;
+        let i = c.leader().await?;
+        c.pause(i)?;
+        *self.paused.lock().unwrap() = Some(i);
+        Ok(format!("etcd member {i} (the Raft leader)"))
+    }
+
+    async fn resume_paused(&self) -> io::Result<()> {
+        let paused = self.paused.lock().unwrap().take();
+        match paused {
+            Some(i) => self.cluster.lock().await.resume(i),
+            None => Ok(()),
         }
     }
 
@@ -163,6 +182,7 @@ pub struct ZkFaults {
     /// [`ZkFaults::start_partitionable`].
     peers: Option<PeerLinks>,
     killed: Mutex<Option<usize>>,
+    paused: Mutex<Option<usize>>,
     /// Whether [`Fault::ServerClockStep`] is offered
     /// ([`ZkFaults::with_clock_steps`]).
     clock_steps: bool,
@@ -185,6 +205,7 @@ impl ZkFaults {
             members,
             peers: None,
             killed: Mutex::new(None),
+            paused: Mutex::new(None),
             clock_steps: false,
             clock: Arc::default(),
         }
@@ -248,8 +269,31 @@ impl ServerFaults for ZkFaults {
             Fault::RestartWithoutPersistence => false,
             Fault::MemberPartition => self.size >= 3 && self.peers.is_some(),
             Fault::ServerClockStep => self.clock_steps,
+            Fault::ServerPause => true,
             Fault::Eviction | Fault::LaggingFailover => false,
         }
+    }
+
+    async fn pause_leader(&self) -> io::Result<String> {
+        let cluster = self.cluster.clone();
+        let i = blocking(move || {
+            let c = cluster.lock().unwrap();
+            let i = c
+                .leader()
+                .ok_or_else(|| io::Error::other("no ZooKeeper server reports being the leader"))?;
+            c.pause(i);
+            Ok(i)
+        })
+        .await?;
+        *self.paused.lock().unwrap() = Some(i);
+        Ok(format!("ZooKeeper server {} (the leader)", i + 1))
+    }
+
+    async fn resume_paused(&self) -> io::Result<()> {
+        if let Some(i) = self.paused.lock().unwrap().take() {
+            self.cluster.lock().unwrap().resume(i);
+        }
+        Ok(())
     }
 
     fn member_clients(&self) -> Vec<SocketAddr> {
@@ -459,8 +503,20 @@ impl ServerFaults for RedisFaults {
             Fault::Partition => self.upstream.is_some(),
             Fault::RestartWithoutPersistence => true,
             Fault::MemberPartition => false,
+            Fault::ServerPause => true,
             Fault::Eviction | Fault::ServerClockStep | Fault::LaggingFailover => self.data_faults,
         }
+    }
+
+    async fn pause_leader(&self) -> io::Result<String> {
+        let s = self.server.lock().unwrap();
+        s.pause();
+        Ok(format!("the Redis server on port {}", s.port()))
+    }
+
+    async fn resume_paused(&self) -> io::Result<()> {
+        self.server.lock().unwrap().resume();
+        Ok(())
     }
 
     async fn evicting_server(&self) -> io::Result<String> {
@@ -628,6 +684,7 @@ impl ServerFaults for RedisFaults {
 pub struct SentinelFaults {
     cluster: Arc<Mutex<SentinelCluster>>,
     killed: Mutex<Option<u16>>,
+    paused: Mutex<Option<u16>>,
 }
 
 impl SentinelFaults {
@@ -636,6 +693,7 @@ impl SentinelFaults {
         SentinelFaults {
             cluster,
             killed: Mutex::new(None),
+            paused: Mutex::new(None),
         }
     }
 }
@@ -651,7 +709,47 @@ impl std::fmt::Debug for SentinelCluster {
 #[async_trait::async_trait]
 impl ServerFaults for SentinelFaults {
     fn supports(&self, fault: Fault) -> bool {
-        matches!(fault, Fault::KillLeader | Fault::Partition)
+        matches!(
+            fault,
+            Fault::KillLeader | Fault::Partition | Fault::ServerPause
+        )
+    }
+
+    async fn pause_leader(&self) -> io::Result<String> {
+        let cluster = self.cluster.clone();
+        let port = blocking(move || {
+            let mut c = cluster.lock().unwrap();
+            let port = c.primary_port()?;
+            c.server(port)
+                .ok_or_else(|| io::Error::other(format!("the primary on port {port} is not ours")))?
+                .pause();
+            Ok(port)
+        })
+        .await?;
+        *self.paused.lock().unwrap() = Some(port);
+        Ok(format!("the Redis primary on port {port}"))
+    }
+
+    /// Resume the old primary; the sentinels fail over while it is stopped
+    /// (down after 1 s), so wait for that and make it a replica in sync of
+    /// the new primary.
+    async fn resume_paused(&self) -> io::Result<()> {
+        let Some(old) = self.paused.lock().unwrap().take() else {
+            return Ok(());
+        };
+        let cluster = self.cluster.clone();
+        blocking(move || {
+            let mut c = cluster.lock().unwrap();
+            c.server(old)
+                .ok_or_else(|| io::Error::other("the paused primary is gone"))?
+                .resume();
+            let new_primary = c.wait_failover(old)?;
+            let server = c
+                .server(old)
+                .ok_or_else(|| io::Error::other("the paused primary is gone"))?;
+            rejoin_as_replica(server, old, new_primary)
+        })
+        .await
     }
 
     /// The current primary (a client maps its announced address to the
@@ -702,28 +800,33 @@ impl ServerFaults for SentinelFaults {
                 .server(old)
                 .ok_or_else(|| io::Error::other("the killed primary is gone"))?;
             server.restart()?;
-            // Point it at the new primary at once, as an operator would,
-            // rather than wait for the sentinels to notice it and
-            // reconfigure it (seen to take over 30 s on a loaded machine).
-            server.command(&["REPLICAOF", "127.0.0.1", &new_primary.to_string()])?;
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let role = info_field(server, "replication", "role").ok().flatten();
-                let link = info_field(server, "replication", "master_link_status")
-                    .ok()
-                    .flatten();
-                if role.as_deref() == Some("slave") && link.as_deref() == Some("up") {
-                    return Ok(());
-                }
-                if Instant::now() > deadline {
-                    return Err(io::Error::other(format!(
-                        "the old primary on port {old} did not become a replica in sync within 30 s (role {role:?}, link {link:?})"
-                    )));
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            rejoin_as_replica(server, old, new_primary)
         })
         .await
+    }
+}
+
+/// Point the old primary (on port `old`) at the new one at once, as an
+/// operator would, rather than wait for the sentinels to notice it and
+/// reconfigure it (seen to take over 30 s on a loaded machine); wait until
+/// it is a replica in sync.
+fn rejoin_as_replica(server: &RedisServer, old: u16, new_primary: u16) -> io::Result<()> {
+    server.command(&["REPLICAOF", "127.0.0.1", &new_primary.to_string()])?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let role = info_field(server, "replication", "role").ok().flatten();
+        let link = info_field(server, "replication", "master_link_status")
+            .ok()
+            .flatten();
+        if role.as_deref() == Some("slave") && link.as_deref() == Some("up") {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::other(format!(
+                "the old primary on port {old} did not become a replica in sync within 30 s (role {role:?}, link {link:?})"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
