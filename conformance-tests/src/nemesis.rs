@@ -127,6 +127,9 @@ pub enum Injected {
     ClientRepliesLost,
     /// Kill the leader / primary, restart it later.
     KillLeader,
+    /// Stop the leader / primary / only server (SIGSTOP) for a while, then
+    /// resume it.
+    ServerPause,
     /// Cut a random member off from its peers (its client port up), heal
     /// later.
     MemberPartition,
@@ -140,6 +143,7 @@ impl Injected {
             Injected::ClientPartition => "faults_client_partition",
             Injected::ClientRepliesLost => "faults_client_replies_lost",
             Injected::KillLeader => "faults_kill_leader",
+            Injected::ServerPause => "faults_server_pause",
             Injected::MemberPartition => "faults_member_partition",
         }
     }
@@ -225,6 +229,14 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
     // holders, whether or not holders keep their locks through it.
     if (caps.survives_failover || caps.exclusive_across_failover) && t.supports(Fault::KillLeader) {
         menu.push(Injected::KillLeader);
+    }
+    // A server pause on a single server is no failover: lease semantics
+    // must hold. Where another server can take over it may be one, so it
+    // is in the mix on the same terms as a leader kill.
+    let failover_safe = caps.survives_failover || caps.exclusive_across_failover;
+    if lease && t.supports(Fault::ServerPause) && (failover_safe || !t.supports(Fault::KillLeader))
+    {
+        menu.push(Injected::ServerPause);
     }
     let members = controller
         .as_ref()
@@ -318,6 +330,21 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
                 c.restart_killed()
                     .await
                     .map_err(|e| CaseError::Unverified(format!("restarting the leader: {e}")))?;
+            }
+            Injected::ServerPause => {
+                let c = controller
+                    .as_ref()
+                    .expect("the menu checked the controller");
+                let what = c
+                    .pause_leader()
+                    .await
+                    .map_err(|e| CaseError::Unverified(format!("pausing the server: {e}")))?;
+                let d = scale();
+                timeline.push(format!("  {what} stopped for {} ms", d.as_millis()));
+                tokio::time::sleep(d).await;
+                c.resume_paused()
+                    .await
+                    .map_err(|e| CaseError::Unverified(format!("resuming the server: {e}")))?;
             }
             Injected::MemberPartition => {
                 let c = controller

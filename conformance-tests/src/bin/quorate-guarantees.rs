@@ -105,6 +105,7 @@ fn nemesis(args: &[String]) {
         ("faults_client_replies_lost", "client replies lost"),
         ("faults_member_partition", "member partitions"),
         ("faults_kill_leader", "leader kills"),
+        ("faults_server_pause", "server pauses"),
         ("grants", "grants"),
         ("overlapping_beliefs", "overlapping beliefs"),
         ("non_monotonic_fences", "non-monotonic fences"),
