@@ -55,11 +55,16 @@ pub enum Mutation {
     /// back-off doubling from 1 ms (tooz's way, or an unfair spin lock's):
     /// no arrival order, and a waiting writer holds no reader back.
     PollingLock,
+    /// A keep-alive reports success 1 ms after it is sent, whatever the
+    /// server answers, or whether it answers at all (a renewal sent
+    /// fire-and-forget): core's deadline is extended by renewals the
+    /// server never made.
+    KeepAliveLies,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 10] = [
+    pub const ALL: [Mutation; 11] = [
         Mutation::SkipRelease,
         Mutation::SkipRevoke,
         Mutation::ConstantFence,
@@ -70,6 +75,7 @@ impl Mutation {
         Mutation::LockListingLies,
         Mutation::SilentLoss,
         Mutation::PollingLock,
+        Mutation::KeepAliveLies,
     ];
 
     /// Its name (the value of [`ENV`]).
@@ -85,6 +91,7 @@ impl Mutation {
             Mutation::LockListingLies => "lock-listing-lies",
             Mutation::SilentLoss => "silent-loss",
             Mutation::PollingLock => "polling-lock",
+            Mutation::KeepAliveLies => "keep-alive-lies",
         }
     }
 
@@ -124,6 +131,9 @@ impl Mutation {
                 "mutex_is_rwlock_write_side",
                 "rwlock_queued_writer_blocks_readers",
             ],
+            // Needs the controller: a server that stops answering while
+            // the holder, not probing, relies on its keep-alive alone.
+            Mutation::KeepAliveLies => &["server_pause"],
         }
     }
 }
@@ -232,6 +242,11 @@ impl SessionBackend for MutantSession {
         match self.m {
             Mutation::SilentLoss => {
                 let _ = self.inner.keep_alive().await;
+                Ok(())
+            }
+            Mutation::KeepAliveLies => {
+                let sent = self.inner.keep_alive();
+                let _ = tokio::time::timeout(Duration::from_millis(1), sent).await;
                 Ok(())
             }
             _ => self.inner.keep_alive().await,

@@ -2,19 +2,19 @@
 //! report shows must be able to fail. For each [`Mutation`], a child
 //! process (this executable, with the mutation in its environment so the
 //! agent processes it starts inherit it) runs the cases that must catch it
-//! against `memory://` and a real one-member etcd; the trial passes only if
+//! against `memory://` and a real one-member etcd it starts (with its fault
+//! controller, so server fault cases apply there); the trial passes only if
 //! each of those cases *fails* on every target where it applies.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
+use std::sync::Arc;
 
 use quorate_conformance::harness::etcd::EtcdCluster;
+use quorate_conformance::harness::faults::EtcdFaults;
 use quorate_conformance::mutant::{Mutation, ENV};
 use quorate_conformance::report::TargetReport;
 use quorate_conformance::{runner, Report, Target, Verdict};
-
-/// The targets' URLs, handed from the parent to its children.
-const URLS_ENV: &str = "QUORATE_MUTANT_URLS";
 
 fn main() {
     // SAFETY: set before any thread is started.
@@ -25,40 +25,32 @@ fn main() {
         .expect("a tokio runtime");
     if let Some(m) = Mutation::from_env() {
         // Child: run the cases that must catch `m`, print the report.
-        let urls = std::env::var(URLS_ENV).expect("the targets' URLs");
-        let report = runtime.block_on(child(m, &urls));
+        let report = runtime.block_on(child(m));
         println!("{}", report.to_json());
         return;
     }
     let args = libtest_mimic::Arguments::from_args();
-    let (etcd, urls) = if args.list {
-        (None, String::new())
-    } else {
-        let etcd = runtime
-            .block_on(EtcdCluster::start_local(1))
-            .expect("start etcd");
-        let urls = format!("memory://?ttl=2s {}", etcd.url("quorate", "ttl=2s"));
-        (Some(etcd), urls)
-    };
     let trials = Mutation::ALL
         .into_iter()
         .map(|m| {
-            let urls = urls.clone();
             libtest_mimic::Trial::test(format!("mutant::{}", m.as_str()), move || {
-                caught(m, &urls).map_err(Into::into)
+                caught(m).map_err(Into::into)
             })
         })
         .collect();
-    let conclusion = libtest_mimic::run(&args, trials);
-    drop(etcd);
-    conclusion.exit()
+    libtest_mimic::run(&args, trials).exit()
 }
 
-async fn child(m: Mutation, urls: &str) -> Report {
+async fn child(m: Mutation) -> Report {
+    let etcd = EtcdCluster::start_local(1).await.expect("start etcd");
+    let url = etcd.url("quorate", "ttl=2s");
+    let etcd = Arc::new(tokio::sync::Mutex::new(etcd));
+    let mut with_faults = Target::new("etcd", url);
+    with_faults.faults = EtcdFaults::new(etcd.clone())
+        .await
+        .map(|f| Arc::new(f) as _);
     let mut targets = Vec::new();
-    for url in urls.split(' ') {
-        let label = url.split("://").next().unwrap_or("target");
-        let target = Target::new(label, url);
+    for target in [Target::new("memory", "memory://?ttl=2s"), with_faults] {
         let mut merged: Option<TargetReport> = None;
         for case in m.caught_by() {
             let r = runner::run_suite(&target, Some(case))
@@ -76,12 +68,11 @@ async fn child(m: Mutation, urls: &str) -> Report {
 
 /// Run the child for `m` and check that every case that must catch it
 /// failed wherever it applies.
-fn caught(m: Mutation, urls: &str) -> Result<(), String> {
+fn caught(m: Mutation) -> Result<(), String> {
     let out = std::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
         .env(ENV, m.as_str())
         // A short nemesis: a broken backend shows within seconds.
         .env(quorate_conformance::nemesis::SECS_ENV, "6")
-        .env(URLS_ENV, urls)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
