@@ -296,7 +296,8 @@ enum Command {
         /// kind. Kinds: leader (print the leading member's index),
         /// kill-server, restart-server, restart-empty, isolate-member,
         /// heal-members, evicting-server, fill-memory, clock-server,
-        /// step-clock, lagging-pair, pause-replication, fail-over.
+        /// step-clock, lagging-pair, pause-replication, fail-over,
+        /// pause-server, resume-server.
         /// Placeholders (also $QUORATE_HOOK_<NAME>): {member} {member1}
         /// {addr} {host} {port} {secs}. A case whose fault lacks a hook is
         /// skipped with the reason; a failing hook fails its case. See

@@ -17,6 +17,7 @@
 //! | [`Fault::Eviction`] | `evicting-server`, `fill-memory` |
 //! | [`Fault::ServerClockStep`] | `clock-server`, `step-clock` |
 //! | [`Fault::LaggingFailover`] | `lagging-pair`, `pause-replication`, `fail-over` |
+//! | [`Fault::ServerPause`] | `pause-server`, `resume-server` (and `leader` unless the URL names one data server) |
 //!
 //! A hook runs as `sh -c COMMAND` in its own process group, with
 //! placeholders substituted in COMMAND and also set as environment
@@ -79,11 +80,18 @@ pub enum HookKind {
     /// Kill that primary, promote the replica with whatever it received,
     /// and print its base URL once it serves as the primary.
     FailOver,
+    /// SIGSTOP member `{member}` (the one the `leader` hook printed; 0 on a
+    /// single server); return once it is stopped.
+    PauseServer,
+    /// SIGCONT member `{member}` after `pause-server`; return once the
+    /// deployment serves again (behind Sentinel, which failed over
+    /// meanwhile: once the old primary is a replica in sync of the new).
+    ResumeServer,
 }
 
 impl HookKind {
     /// Every kind, in documentation order.
-    pub const ALL: [HookKind; 13] = [
+    pub const ALL: [HookKind; 15] = [
         HookKind::Leader,
         HookKind::KillServer,
         HookKind::RestartServer,
@@ -97,6 +105,8 @@ impl HookKind {
         HookKind::LaggingPair,
         HookKind::PauseReplication,
         HookKind::FailOver,
+        HookKind::PauseServer,
+        HookKind::ResumeServer,
     ];
 
     /// The name given on the command line (`kill-server`).
@@ -115,15 +125,18 @@ impl HookKind {
             HookKind::LaggingPair => "lagging-pair",
             HookKind::PauseReplication => "pause-replication",
             HookKind::FailOver => "fail-over",
+            HookKind::PauseServer => "pause-server",
+            HookKind::ResumeServer => "resume-server",
         }
     }
 
     /// The hook kinds that inject `fault` (empty for the partition, which
-    /// the built-in proxy injects, and for the server pause, which no hook
-    /// offers yet: [`HookFaults`] never supports it).
+    /// the built-in proxy injects). A server pause on a URL of several
+    /// servers (or behind Sentinel) also needs `leader`.
     pub fn for_fault(fault: Fault) -> &'static [HookKind] {
         match fault {
-            Fault::Partition | Fault::ServerPause => &[],
+            Fault::Partition => &[],
+            Fault::ServerPause => &[HookKind::PauseServer, HookKind::ResumeServer],
             Fault::KillLeader => &[
                 HookKind::Leader,
                 HookKind::KillServer,
@@ -251,6 +264,8 @@ pub struct HookFaults {
     upstream: Upstream,
     _proxies: Vec<EndpointProxy>,
     killed: Mutex<Option<String>>,
+    /// The member `pause-server` stopped.
+    paused: Mutex<Option<String>>,
     used: Mutex<Vec<Used>>,
 }
 
@@ -411,6 +426,7 @@ impl HookFaults {
                 upstream,
                 _proxies: proxies,
                 killed: Mutex::new(None),
+                paused: Mutex::new(None),
                 used: Mutex::new(Vec::new()),
             },
         ))
@@ -419,6 +435,11 @@ impl HookFaults {
     /// The hook kinds given.
     pub fn kinds(&self) -> Vec<HookKind> {
         self.hooks.keys().copied().collect()
+    }
+
+    /// One data server, the URL's only one: no leader to ask for.
+    fn single_server(&self) -> bool {
+        self.endpoints.len() == 1 && !self.sentinel
     }
 
     fn has(&self, kinds: &[HookKind]) -> bool {
@@ -699,7 +720,10 @@ impl ServerFaults for HookFaults {
     fn supports(&self, fault: Fault) -> bool {
         match fault {
             Fault::Partition => self.upstream.is_some(),
-            Fault::ServerPause => false,
+            Fault::ServerPause => {
+                self.has(HookKind::for_fault(fault))
+                    && (self.single_server() || self.has(&[HookKind::Leader]))
+            }
             // Behind Sentinel the URL names sentinels, not data members.
             Fault::MemberPartition => {
                 !self.sentinel && self.members.len() >= 3 && self.has(HookKind::for_fault(fault))
@@ -723,10 +747,21 @@ impl ServerFaults for HookFaults {
             .filter(|k| !self.hooks.contains_key(k))
             .map(|k| format!("--hook {k}=…"))
             .collect();
-        if fault == Fault::ServerPause {
-            return Some(
-                "pausing (SIGSTOP) a server this run did not start has no hook yet (the harness pauses its own servers)".into(),
-            );
+        if fault == Fault::ServerPause && !self.single_server() && !self.has(&[HookKind::Leader]) {
+            let mut absent = vec!["--hook leader=…"];
+            for k in HookKind::for_fault(fault) {
+                if !self.hooks.contains_key(k) {
+                    absent.push(if *k == HookKind::PauseServer {
+                        "--hook pause-server=…"
+                    } else {
+                        "--hook resume-server=…"
+                    });
+                }
+            }
+            return Some(format!(
+                "pausing the leader of several servers needs {}",
+                absent.join(", ")
+            ));
         }
         if fault == Fault::MemberPartition && self.sentinel {
             return Some(
@@ -760,6 +795,29 @@ impl ServerFaults for HookFaults {
 
     fn take_used(&self) -> Vec<Used> {
         std::mem::take(&mut *self.used.lock().unwrap())
+    }
+
+    async fn pause_leader(&self) -> io::Result<String> {
+        let member = if self.single_server() {
+            "0".to_owned()
+        } else {
+            let leader = self.leader().await;
+            self.failed(HookKind::Leader, leader)?
+        };
+        let vars = self.member_vars(&member);
+        let r = self.run(HookKind::PauseServer, &vars).await;
+        self.failed(HookKind::PauseServer, r)?;
+        *self.paused.lock().unwrap() = Some(member.clone());
+        Ok(format!("member {member}"))
+    }
+
+    async fn resume_paused(&self) -> io::Result<()> {
+        let Some(member) = self.paused.lock().unwrap().take() else {
+            return Ok(());
+        };
+        let vars = self.member_vars(&member);
+        let r = self.run(HookKind::ResumeServer, &vars).await;
+        self.failed(HookKind::ResumeServer, r).map(drop)
     }
 
     async fn kill_leader(&self) -> io::Result<String> {
@@ -997,6 +1055,30 @@ mod tests {
         .await
         .unwrap_err();
         assert!(e.0.contains("given twice"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_server_pause_needs_the_leader_only_where_there_are_several() {
+        let pause = ["pause-server=true", "resume-server=true"];
+        let (_, single) = HookFaults::prepare("redis://127.0.0.1:1", options(false, &pause))
+            .await
+            .unwrap();
+        assert!(single.supports(Fault::ServerPause));
+        let (_, three) = HookFaults::prepare(
+            "etcd://127.0.0.1:1,127.0.0.1:2,127.0.0.1:3",
+            options(false, &pause),
+        )
+        .await
+        .unwrap();
+        assert!(!three.supports(Fault::ServerPause));
+        let why = three.missing(Fault::ServerPause).unwrap();
+        assert!(why.contains("--hook leader=…"), "{why}");
+        let (_, none) = HookFaults::prepare("redis://127.0.0.1:1", options(false, &[]))
+            .await
+            .unwrap();
+        assert!(!none.supports(Fault::ServerPause));
+        let why = none.missing(Fault::ServerPause).unwrap();
+        assert!(why.contains("--hook pause-server=…"), "{why}");
     }
 
     #[tokio::test]
