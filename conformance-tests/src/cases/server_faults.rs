@@ -217,6 +217,29 @@ pub(super) fn contend(
     (task, granted)
 }
 
+/// Take lock `name` with `s`, watched, and check that another client
+/// cannot take it before any fault.
+async fn hold_alone(t: &Target, s: &Session, name: &'static str) -> Result<Watched, CaseError> {
+    let a = Watched::new(s.mutex(name).lock().await?);
+    let (_c, sb) = crate::cases::client(t).await?;
+    crate::ensure!(
+        sb.mutex(name).try_lock().await?.is_none(),
+        "another client got the lock before any fault"
+    );
+    sb.close().await?;
+    Ok(a)
+}
+
+/// Whether the next grant's fence was above the holder's
+/// (`fence_went_backwards`), in words.
+fn fences_in_words(f: &crate::outcome::Figures) -> &'static str {
+    if f.get("fence_went_backwards") == Some(&1.0) {
+        "FENCES WENT BACKWARDS: the next grant's fence was not above the holder's"
+    } else {
+        "fences did not go backwards"
+    }
+}
+
 pub mod leader_failover {
     //! Kill the leader / primary while A holds a lock; measure whether A
     //! keeps it, whether another client is granted it meanwhile, and
@@ -225,7 +248,6 @@ pub mod leader_failover {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::ensure;
     use crate::outcome::{CaseResult, Figures};
 
     const NAME: &str = "failover";
@@ -240,15 +262,7 @@ pub mod leader_failover {
             caps.survives_failover || caps.exclusive_across_failover,
         );
         let sa = ca.session().await?;
-        let a = Watched::new(sa.mutex(NAME).lock().await?);
-        {
-            let (_c, sb) = crate::cases::client(&t).await?;
-            ensure!(
-                sb.mutex(NAME).try_lock().await?.is_none(),
-                "another client got the lock before any fault"
-            );
-            sb.close().await?;
-        }
+        let a = hold_alone(&t, &sa, NAME).await?;
 
         let what = faults
             .kill_leader()
@@ -434,11 +448,7 @@ pub mod leader_failover {
             (false, true) => "no other client was granted it while the holder held it".to_owned(),
             (false, false) => format!("another client was granted it {b:.0} ms after {event}, after the holder was told"),
         });
-        s.push(if yes("fence_went_backwards") {
-            "FENCES WENT BACKWARDS: the next grant's fence was not above the holder's".to_owned()
-        } else {
-            "fences did not go backwards".to_owned()
-        });
+        s.push(fences_in_words(f).to_owned());
         s.join("; ")
     }
 }
@@ -485,15 +495,7 @@ pub mod server_pause {
         let failover = t.supports(Fault::KillLeader);
         let exclusive = !failover || caps.survives_failover || caps.exclusive_across_failover;
         let sa = ca.session().await?;
-        let a = Watched::new(sa.mutex(NAME).lock().await?);
-        {
-            let (_c, sb) = crate::cases::client(&t).await?;
-            ensure!(
-                sb.mutex(NAME).try_lock().await?.is_none(),
-                "another client got the lock before any fault"
-            );
-            sb.close().await?;
-        }
+        let a = hold_alone(&t, &sa, NAME).await?;
 
         let what = faults
             .pause_leader()
@@ -603,11 +605,7 @@ pub mod server_pause {
                 at("other_granted_ms")
             )
         });
-        s.push(if yes("fence_went_backwards") {
-            "FENCES WENT BACKWARDS: the next grant's fence was not above the holder's".to_owned()
-        } else {
-            "fences did not go backwards".to_owned()
-        });
+        s.push(fences_in_words(f).to_owned());
         s.join("; ")
     }
 }

@@ -696,6 +696,21 @@ impl SentinelFaults {
             paused: Mutex::new(None),
         }
     }
+
+    /// Do `act` to the primary the sentinels name now (one of ours);
+    /// returns its port.
+    async fn on_primary(&self, act: fn(&mut RedisServer)) -> io::Result<u16> {
+        let cluster = self.cluster.clone();
+        blocking(move || {
+            let mut c = cluster.lock().unwrap();
+            let port = c.primary_port()?;
+            act(c.server(port).ok_or_else(|| {
+                io::Error::other(format!("the primary on port {port} is not ours"))
+            })?);
+            Ok(port)
+        })
+        .await
+    }
 }
 
 impl std::fmt::Debug for SentinelCluster {
@@ -716,16 +731,7 @@ impl ServerFaults for SentinelFaults {
     }
 
     async fn pause_leader(&self) -> io::Result<String> {
-        let cluster = self.cluster.clone();
-        let port = blocking(move || {
-            let mut c = cluster.lock().unwrap();
-            let port = c.primary_port()?;
-            c.server(port)
-                .ok_or_else(|| io::Error::other(format!("the primary on port {port} is not ours")))?
-                .pause();
-            Ok(port)
-        })
-        .await?;
+        let port = self.on_primary(|s| s.pause()).await?;
         *self.paused.lock().unwrap() = Some(port);
         Ok(format!("the Redis primary on port {port}"))
     }
@@ -763,16 +769,7 @@ impl ServerFaults for SentinelFaults {
     }
 
     async fn kill_leader(&self) -> io::Result<String> {
-        let cluster = self.cluster.clone();
-        let port = blocking(move || {
-            let mut c = cluster.lock().unwrap();
-            let port = c.primary_port()?;
-            c.server(port)
-                .ok_or_else(|| io::Error::other(format!("the primary on port {port} is not ours")))?
-                .kill();
-            Ok(port)
-        })
-        .await?;
+        let port = self.on_primary(RedisServer::kill).await?;
         *self.killed.lock().unwrap() = Some(port);
         Ok(format!("the Redis primary on port {port}"))
     }
