@@ -275,6 +275,7 @@ enum Command {
         #[arg(long, value_enum, default_value = "markdown")]
         format: ReportFormat,
         /// Only cases whose name contains this (repeatable: any of them).
+        /// A filter that no case's name contains is an error (exit 2).
         #[arg(long)]
         only: Vec<String>,
         /// How long the randomized nemesis case runs (default 20s).
@@ -1158,6 +1159,22 @@ async fn run(command: Command, quiet: bool) -> Result<u8, Exit> {
             hook_timeout,
         } => {
             let config = quorate::Config::parse(&url)?;
+            let filters: Vec<&str> = only.iter().map(String::as_str).collect();
+            let unmatched = runner::unmatched_filters(&filters);
+            if !unmatched.is_empty() {
+                return Err(Exit {
+                    code: 2,
+                    message: format!(
+                        "--only {}: no case's name contains it; the cases are: {}",
+                        unmatched.join(", --only "),
+                        quorate_conformance::cases::all()
+                            .iter()
+                            .map(|c| c.name)
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ),
+                });
+            }
             if let Some(d) = nemesis {
                 let d = quorate::config::parse_duration("--nemesis", &d)?;
                 // SAFETY: set before the suite starts any thread that reads the environment.
@@ -1193,11 +1210,7 @@ async fn run(command: Command, quiet: bool) -> Result<u8, Exit> {
                     })?;
             let mut target = Target::new(config.scheme.clone(), suite_url);
             target.faults = Some(std::sync::Arc::new(faults));
-            let mut report = runner::run_suite_matching(
-                &target,
-                &only.iter().map(String::as_str).collect::<Vec<_>>(),
-            )
-            .await?;
+            let mut report = runner::run_suite_matching(&target, &filters).await?;
             // The URL as given, not the proxies' rewrite of it.
             report.url = config.redacted();
             let report = quorate_conformance::Report::new(vec![report]);

@@ -375,6 +375,33 @@ fn conformance_json_report_has_the_documented_schema() {
     assert!(case["figures"].is_object());
 }
 
+/// A `--only` that no case's name contains is refused (exit 2, naming it,
+/// no report) instead of an empty report that exits 0: a typo in a CI
+/// pipeline must not read as a pass.
+#[test]
+fn conformance_only_that_matches_no_case_is_an_error() {
+    let o = run(&[
+        "conformance",
+        "memory://",
+        "--format",
+        "json",
+        "--only",
+        "try_and_timeout",
+        "--only",
+        "mutal_exclusion",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        o.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let err = stderr(&o);
+    assert!(err.contains("--only mutal_exclusion"), "{err}");
+    assert!(!err.contains("--only try_and_timeout"), "{err}");
+    assert!(err.contains("mutual_exclusion"), "{err}");
+}
+
 /// `--format junit` is JUnit XML that a parser accepts: one testcase per
 /// case, a passed case plain, a not-applicable one `<skipped>` with its
 /// reason, and the counts agree with the cases.

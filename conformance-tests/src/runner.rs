@@ -228,8 +228,20 @@ pub async fn run_suite(target: &Target, filter: Option<&str>) -> quorate::Result
     run_suite_matching(target, filter.as_slice()).await
 }
 
+/// The filters among `filters` that no case's name contains: a filter
+/// that selects nothing is a mistake to report, not an empty pass.
+pub fn unmatched_filters<'a>(filters: &[&'a str]) -> Vec<&'a str> {
+    let cases = cases::all();
+    filters
+        .iter()
+        .copied()
+        .filter(|f| !cases.iter().any(|c| c.name.contains(f)))
+        .collect()
+}
+
 /// Run every case whose name contains any of `filters` (every case when
-/// there is none) on `target`.
+/// there is none) on `target`. Check the filters with
+/// [`unmatched_filters`] first: one that matches no case runs nothing.
 ///
 /// # Errors
 ///
