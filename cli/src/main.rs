@@ -278,9 +278,10 @@ enum Command {
         /// A filter that no case's name contains is an error (exit 2).
         #[arg(long)]
         only: Vec<String>,
-        /// How long the randomized nemesis case runs (default 20s).
-        #[arg(long, value_name = "D")]
-        nemesis: Option<String>,
+        /// How long the randomized nemesis case runs (default 20s; whole
+        /// seconds, 1s to one year).
+        #[arg(long, value_name = "D", value_parser = parse_seconds)]
+        nemesis: Option<Duration>,
         /// Put a built-in TCP proxy (on a free 127.0.0.1 port) between this
         /// run's clients and each server of the URL, and run the client ↔
         /// server partition cases through it. Without it nothing stands
@@ -306,8 +307,8 @@ enum Command {
         #[arg(long = "hook", value_name = "KIND=COMMAND", value_parser = parse_hook)]
         hooks: Vec<quorate_conformance::hooks::Hook>,
         /// The longest one hook may run before its process group is killed
-        /// (and its case fails).
-        #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "120s")]
+        /// (and its case fails); 1s to one year.
+        #[arg(long, value_name = "D", value_parser = parse_seconds, default_value = "120s")]
         hook_timeout: Duration,
     },
     /// Benchmark against the backend's raw operations in the same run.
@@ -401,6 +402,19 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     let bounds = quorate::config::DurationBounds {
         name: "duration",
         min: Duration::ZERO,
+        max: quorate::config::MAX_DURATION,
+    };
+    bounds.check(d).map_err(|e| e.message().to_owned())
+}
+
+/// As [`parse_duration`], at least one second: a `--nemesis` or
+/// `--hook-timeout` of zero would run no nemesis, or fail every hook at
+/// once, instead of being refused.
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let d = parse_any_duration(s)?;
+    let bounds = quorate::config::DurationBounds {
+        name: "duration",
+        min: Duration::from_secs(1),
         max: quorate::config::MAX_DURATION,
     };
     bounds.check(d).map_err(|e| e.message().to_owned())
@@ -1176,11 +1190,10 @@ async fn run(command: Command, quiet: bool) -> Result<u8, Exit> {
                 });
             }
             if let Some(d) = nemesis {
-                let d = quorate::config::parse_duration("--nemesis", &d)?;
                 // SAFETY: set before the suite starts any thread that reads the environment.
                 std::env::set_var(
                     quorate_conformance::nemesis::SECS_ENV,
-                    d.as_secs().max(1).to_string(),
+                    d.as_secs().to_string(),
                 );
             }
             // The client-process fault cases run this executable as their

@@ -402,6 +402,36 @@ fn conformance_only_that_matches_no_case_is_an_error() {
     assert!(err.contains("mutual_exclusion"), "{err}");
 }
 
+/// A `--nemesis` or `--hook-timeout` under a second or over a year is
+/// refused (exit 2, naming the flag) instead of becoming a 1 s nemesis, a
+/// hook that always times out, or a run that never ends.
+#[test]
+fn conformance_out_of_range_durations_are_refused() {
+    for (flag, value) in [
+        ("--nemesis", "0s"),
+        ("--nemesis", "500ms"),
+        ("--nemesis", "99999999h"),
+        ("--hook-timeout", "0"),
+        ("--hook-timeout", "2years"),
+    ] {
+        let o = run(&[
+            "conformance",
+            "memory://",
+            "--only",
+            "try_and_timeout",
+            flag,
+            value,
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{flag} {value}: {}", stderr(&o));
+        assert!(o.stdout.is_empty(), "{flag} {value}");
+        let err = stderr(&o);
+        assert!(
+            err.contains(flag) && err.contains("between 1s and 1year"),
+            "{flag} {value}: {err}"
+        );
+    }
+}
+
 /// `--format junit` is JUnit XML that a parser accepts: one testcase per
 /// case, a passed case plain, a not-applicable one `<skipped>` with its
 /// reason, and the counts agree with the cases.
