@@ -315,8 +315,9 @@ enum Command {
     Bench {
         /// Backend URL.
         url: String,
-        /// Seconds per scenario.
-        #[arg(long, default_value_t = 2.0)]
+        /// Seconds per scenario (a number, or a duration like `500ms`;
+        /// 10ms to one day).
+        #[arg(long, value_name = "S", value_parser = parse_bench_seconds, default_value = "2")]
         seconds: f64,
         /// Locks one session acquires in `held_10k` (0 skips it).
         #[arg(long, default_value_t = 10_000)]
@@ -418,6 +419,19 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
         max: quorate::config::MAX_DURATION,
     };
     bounds.check(d).map_err(|e| e.message().to_owned())
+}
+
+/// `bench --seconds`: as [`parse_duration`], from 10 ms to one day, as
+/// seconds (`nan`, `inf` or `1e300` were taken and panicked later).
+fn parse_bench_seconds(s: &str) -> Result<f64, String> {
+    let d = parse_any_duration(s)?;
+    let bounds = quorate::config::DurationBounds {
+        name: "--seconds",
+        min: Duration::from_millis(10),
+        max: Duration::from_secs(86_400),
+    };
+    bounds.check(d).map_err(|e| e.message().to_owned())?;
+    Ok(d.as_secs_f64())
 }
 
 /// A failure that ends the program: the message for stderr and the status.

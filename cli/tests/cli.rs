@@ -303,6 +303,23 @@ fn members_on_an_empty_group_prints_nothing_and_json_an_empty_array() {
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[]");
 }
 
+/// `bench --seconds` outside 10 ms to one day, or not a number of seconds
+/// at all, is refused (exit 2) before anything runs; `inf` and `1e300`
+/// used to panic converting to a duration.
+#[test]
+fn bench_refuses_out_of_range_seconds_without_a_panic() {
+    for value in ["nan", "inf", "1e300", "0", "5ms", "2days", "ten"] {
+        let o = run(&["bench", "memory://", "--seconds", value]);
+        assert_eq!(o.status.code(), Some(2), "{value}: {}", stderr(&o));
+        assert!(o.stdout.is_empty(), "{value}");
+        let err = stderr(&o);
+        assert!(
+            err.contains("--seconds") && !err.contains("panicked"),
+            "{value}: {err}"
+        );
+    }
+}
+
 #[test]
 fn bench_prints_one_json_object_per_scenario_with_ratios() {
     let o = run(&[
