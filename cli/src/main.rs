@@ -399,39 +399,43 @@ fn parse_any_duration(s: &str) -> Result<Duration, String> {
 /// ([`quorate::config::MAX_DURATION`]; larger values would overflow the
 /// clock arithmetic). `--ttl` is checked further by the config's bounds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = parse_any_duration(s)?;
-    let bounds = quorate::config::DurationBounds {
-        name: "duration",
-        min: Duration::ZERO,
-        max: quorate::config::MAX_DURATION,
-    };
-    bounds.check(d).map_err(|e| e.message().to_owned())
+    parse_within(s, "duration", Duration::ZERO, quorate::config::MAX_DURATION)
 }
 
 /// As [`parse_duration`], at least one second: a `--nemesis` or
 /// `--hook-timeout` of zero would run no nemesis, or fail every hook at
 /// once, instead of being refused.
 fn parse_seconds(s: &str) -> Result<Duration, String> {
-    let d = parse_any_duration(s)?;
-    let bounds = quorate::config::DurationBounds {
-        name: "duration",
-        min: Duration::from_secs(1),
-        max: quorate::config::MAX_DURATION,
-    };
-    bounds.check(d).map_err(|e| e.message().to_owned())
+    parse_within(
+        s,
+        "duration",
+        Duration::from_secs(1),
+        quorate::config::MAX_DURATION,
+    )
 }
 
 /// `bench --seconds`: as [`parse_duration`], from 10 ms to one day, as
 /// seconds (`nan`, `inf` or `1e300` were taken and panicked later).
 fn parse_bench_seconds(s: &str) -> Result<f64, String> {
+    parse_within(
+        s,
+        "--seconds",
+        Duration::from_millis(10),
+        Duration::from_secs(86_400),
+    )
+    .map(|d| d.as_secs_f64())
+}
+
+/// [`parse_any_duration`], then checked to lie in `min..=max`.
+fn parse_within(
+    s: &str,
+    name: &'static str,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, String> {
     let d = parse_any_duration(s)?;
-    let bounds = quorate::config::DurationBounds {
-        name: "--seconds",
-        min: Duration::from_millis(10),
-        max: Duration::from_secs(86_400),
-    };
-    bounds.check(d).map_err(|e| e.message().to_owned())?;
-    Ok(d.as_secs_f64())
+    let bounds = quorate::config::DurationBounds { name, min, max };
+    bounds.check(d).map_err(|e| e.message().to_owned())
 }
 
 /// A failure that ends the program: the message for stderr and the status.
