@@ -8,7 +8,9 @@
 //! agent, each in front of a different member where there are several),
 //! member partitions, and the server faults of the target's controller
 //! whose guarantee the backend declares (leader kill, where
-//! `exclusive_across_failover` or `survives_failover` is) — for a set time. Then
+//! `exclusive_across_failover` or `survives_failover` is; a server pause,
+//! on a single server or where `exclusive_across_leader_stalls` is) — for
+//! a set time. Then
 //! everything is healed and every agent must complete a round again.
 //!
 //! The whole history is checked: grants and belief ends are reported by
@@ -231,11 +233,11 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
         menu.push(Injected::KillLeader);
     }
     // A server pause on a single server is no failover: lease semantics
-    // must hold. Where another server can take over it may be one, so it
-    // is in the mix on the same terms as a leader kill.
-    let failover_safe = caps.survives_failover || caps.exclusive_across_failover;
-    if lease && t.supports(Fault::ServerPause) && (failover_safe || !t.supports(Fault::KillLeader))
-    {
+    // must hold. Where another server can take over it may be one the
+    // stopped leader does not see, so it is in the mix wherever
+    // exclusive_across_leader_stalls is declared.
+    let stall_safe = caps.exclusive_across_leader_stalls || !t.supports(Fault::KillLeader);
+    if lease && t.supports(Fault::ServerPause) && stall_safe {
         menu.push(Injected::ServerPause);
     }
     let members = controller

@@ -113,6 +113,19 @@ pub struct Capabilities {
     /// where a failover can lose a grant silently (asynchronous
     /// replication) or where there is no server to fail over.
     pub exclusive_across_failover: bool,
+    /// Where another server can take over, the leader or primary stopped
+    /// past the TTL (a long GC or VM pause, a disk stuck in `fsync`) and
+    /// then resumed never makes two holders: the holder is told no later
+    /// than another client is granted its lock, and fences never go
+    /// backwards. A stalled leader is a failover the leader itself does not
+    /// see: it wakes believing it still leads, with every lease past its
+    /// expiry by its own clock. `false` where a resumed leader can still
+    /// expire sessions the new leader kept alive (etcd before 3.4.28 and
+    /// 3.5.11, etcd issue 15247), where a failover can lose a grant
+    /// (asynchronous replication), or where there is no server. On a single
+    /// server nothing takes over, and a stop is a plain lease question
+    /// (`failure_detection`).
+    pub exclusive_across_leader_stalls: bool,
     /// A step of a server's wall clock (NTP, an operator, a resumed VM)
     /// never makes two holders: the holder keeps its lock, or is told no
     /// later than another client is granted it, and fences never go
@@ -140,8 +153,8 @@ impl Capabilities {
     /// detection, declaring nothing else: no fencing, no FIFO order
     /// (`rwlock_ordering: WriterPreferring`), no push wake-ups, no
     /// exclusion under pause, no failover survival or exclusion, no
-    /// exclusion across server clock steps or data loss, no external
-    /// revoke, no primitive. Set the fields the backend guarantees.
+    /// exclusion across leader stalls, server clock steps or data loss, no
+    /// external revoke, no primitive. Set the fields the backend guarantees.
     pub const fn new(
         backend: &'static str,
         scope: Scope,
@@ -158,6 +171,7 @@ impl Capabilities {
             exclusive_under_pause: false,
             survives_failover: false,
             exclusive_across_failover: false,
+            exclusive_across_leader_stalls: false,
             exclusive_across_clock_steps: false,
             exclusive_across_data_loss: false,
             external_revoke: false,

@@ -92,6 +92,7 @@ pub fn capabilities() -> Capabilities {
     c.survives_failover = false;
     // No server to fail over: nothing measured, nothing declared.
     c.exclusive_across_failover = false;
+    c.exclusive_across_leader_stalls = false;
     // No server clock: the kernel holds the lock, whatever the wall clock.
     // Nothing to step, nothing declared.
     c.exclusive_across_clock_steps = false;

@@ -52,6 +52,7 @@ pub fn capabilities() -> Capabilities {
     // nothing declared.
     c.survives_failover = false;
     c.exclusive_across_failover = false;
+    c.exclusive_across_leader_stalls = false;
     c.exclusive_across_clock_steps = false;
     c.exclusive_across_data_loss = false;
     c.external_revoke = true;

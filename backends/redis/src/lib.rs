@@ -97,6 +97,9 @@ pub fn capabilities() -> Capabilities {
     c.exclusive_under_pause = false;
     c.survives_failover = false;
     c.exclusive_across_failover = false;
+    // A stopped primary is a failover under Sentinel (same asynchronous
+    // replication); a single server's pause is a lease question.
+    c.exclusive_across_leader_stalls = false;
     c.exclusive_across_clock_steps = false;
     // Measured by `restart_without_persistence`: another client is granted
     // a lock before its holder's next keep-alive finds the lease gone.
