@@ -455,20 +455,27 @@ pub mod leader_failover {
 
 pub mod server_pause {
     //! Stop the server — the leader or primary where there are several —
-    //! with SIGSTOP for three TTLs while A holds a lock (a long GC or VM
-    //! pause), then resume it. A single server wakes to a wall clock three
-    //! TTLs on, with every lease past its expiry; a cluster elects another
-    //! leader meanwhile (Sentinel promotes the replica), and the old one
-    //! wakes believing it still leads.
+    //! with SIGSTOP for three TTLs while [`HOLDERS`] clients each hold a
+    //! lock (a long GC or VM pause), then resume it. A single server wakes
+    //! to a wall clock three TTLs on, with every lease past its expiry; a
+    //! cluster elects another leader meanwhile (Sentinel promotes the
+    //! replica), and the old one wakes believing it still leads.
     //!
-    //! The holder does not probe its grant while it waits (as a holder
-    //! busy with its work would not): it must be told by its own
-    //! keep-alive, not by a check the case makes for it. Another client
-    //! asks for the lock from the pause on. Whichever comes first decides:
+    //! Several holders, each with its own session (lease) and lock: what a
+    //! resumed leader does with the leases it did not see renewed is a race
+    //! per lease (etcd 3.4.23 revokes some of them, etcd issue 15247), so
+    //! one holder alone would show it in few runs.
+    //!
+    //! No holder probes its grant while it waits (as a holder busy with
+    //! its work would not): it must be told by its own keep-alive, not by a
+    //! check the case makes for it. For each lock another client asks for
+    //! it from the pause on. Whichever comes first decides, lock by lock:
     //! the holder told, or the other client granted (a double grant); if
     //! neither within five TTLs of the resume, the holder kept the lock
     //! (its grant must still answer true and take a guarded write), then
-    //! releases it, and the other client must be granted.
+    //! releases it, and the other client must be granted. The figures
+    //! without a count are those of the first lock double granted (or
+    //! whose fence went backwards), else of the first lock.
     //!
     //! After the SIGCONT the controller mends the deployment (Sentinel:
     //! waits for the failover, makes the old primary a replica). Where that
@@ -482,7 +489,20 @@ pub mod server_pause {
     use crate::outcome::{CaseResult, Figures};
     use crate::target::Fault;
 
-    const NAME: &str = "server-pause";
+    /// The locks, one per holder.
+    const NAMES: [&str; 8] = [
+        "server-pause",
+        "server-pause-1",
+        "server-pause-2",
+        "server-pause-3",
+        "server-pause-4",
+        "server-pause-5",
+        "server-pause-6",
+        "server-pause-7",
+    ];
+
+    /// How many clients hold a lock through the pause.
+    pub const HOLDERS: usize = NAMES.len();
 
     /// How long the server stays stopped: three TTLs.
     fn pause() -> Duration {
@@ -494,13 +514,21 @@ pub mod server_pause {
         let url = t.url_with("ttl", TTL);
         let ca = crate::connect(&url).await?;
         let caps = ca.capabilities();
-        // Where another server can take over, a pause may be a failover:
-        // the exclusion is then what exclusive_across_failover declares.
-        // A single server has none: its leases must hold.
+        // Where another server can take over, a pause may be a failover
+        // that the stopped leader does not see: the exclusion is then what
+        // exclusive_across_leader_stalls declares. A single server has none:
+        // its leases must hold.
         let failover = t.supports(Fault::KillLeader);
-        let exclusive = !failover || caps.survives_failover || caps.exclusive_across_failover;
-        let sa = ca.session().await?;
-        let a = hold_alone(&t, &sa, NAME).await?;
+        let exclusive = !failover || caps.exclusive_across_leader_stalls;
+        let mut sessions = Vec::with_capacity(HOLDERS);
+        let mut holders = Vec::with_capacity(HOLDERS);
+        for name in NAMES {
+            let c = crate::connect(&url).await?;
+            let s = c.session().await?;
+            holders.push((name, hold_alone(&t, &s, name).await?));
+            sessions.push((c, s));
+        }
+        drop(ca);
 
         let what = faults
             .pause_leader()
@@ -515,29 +543,50 @@ pub mod server_pause {
             let at = Instant::now();
             (faults.resume_paused().await, at)
         };
-        let (measured, (resumed, resumed_at)) = tokio::join!(measure(&url, a, paused), resume);
-        quietly(sa.close()).await;
+        let measuring = futures::future::join_all(
+            holders
+                .into_iter()
+                .map(|(name, a)| measure(&url, name, a, paused)),
+        );
+        let (measured, (resumed, resumed_at)) = tokio::join!(measuring, resume);
+        for (_, s) in &sessions {
+            quietly(s.close()).await;
+        }
         // A measurement that completed stands whatever the mending did (a
         // double grant seen is never hidden behind it); without one, a
         // failed resume is the likelier cause, so the case is unverified.
-        let mut f: Figures = match measured {
-            Ok(f) => f,
-            Err(e) => {
-                resumed.map_err(harness("resume the paused server"))?;
-                return Err(e);
+        let mut done = Vec::with_capacity(HOLDERS);
+        let mut first_error = None;
+        for m in measured {
+            match m {
+                Ok(f) => done.push(f),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
-        };
+        }
+        let two = |f: &Figures| f["double_grant"] == 1.0 || f["fence_went_backwards"] == 1.0;
+        let count = |key: &str| done.iter().filter(|f| f.get(key) == Some(&1.0)).count() as f64;
+        let (double_granted, kept) = (count("double_grant"), count("holder_kept_lock"));
+        let first_two = done.iter().position(two);
+        if let (Some(e), None) = (first_error, first_two) {
+            resumed.map_err(harness("resume the paused server"))?;
+            return Err(e);
+        }
+        let mut f = done.swap_remove(first_two.unwrap_or(0));
+        f.insert("holders".into(), HOLDERS as f64);
+        f.insert("holders_double_granted".into(), double_granted);
+        f.insert("holders_kept_lock".into(), kept);
         if let Err(e) = &resumed {
             tracing::warn!(target = %t.label, error = ?e, "the paused server was not mended");
         }
         f.insert("paused_server_rejoined".into(), flag(resumed.is_ok()));
         f.insert("paused_ms".into(), ms(paused, resumed_at));
         f.insert(EXCLUSION_DECLARED.into(), flag(exclusive));
-        let two_holders = f["double_grant"] == 1.0 || f["fence_went_backwards"] == 1.0;
-        if two_holders {
+        if two(&f) {
             let declared = if failover {
                 format!(
-                    "a pause that may fail over; exclusive_across_failover declared {exclusive}"
+                    "a pause that may fail over; exclusive_across_leader_stalls declared {exclusive}"
                 )
             } else {
                 "a single server: its leases must hold".to_owned()
@@ -551,12 +600,13 @@ pub mod server_pause {
         Ok(f)
     }
 
-    /// See the module documentation; times from `paused`.
-    async fn measure(url: &str, mut a: Watched, paused: Instant) -> CaseResult {
+    /// See the module documentation: one holder `a` of lock `name`; times
+    /// from `paused`.
+    async fn measure(url: &str, name: &'static str, mut a: Watched, paused: Instant) -> CaseResult {
         let ttl = ttl();
         let fa = a.fence();
         let (other, mut granted_at) =
-            contend(url.to_owned(), NAME, Duration::from_secs_f64(LIMIT * 2.0));
+            contend(url.to_owned(), name, Duration::from_secs_f64(LIMIT * 2.0));
         let mut f = Figures::new();
         f.insert("ttl_ms".into(), ttl.as_secs_f64() * 1000.0);
         let decide_by = pause() + ttl * 5;
@@ -601,6 +651,18 @@ pub mod server_pause {
         let at = |k: &str| f.get(k).copied().unwrap_or(f64::NAN);
         let yes = |k: &str| f.get(k) == Some(&1.0);
         let mut s = vec![format!("the server was stopped {:.0} ms", at("paused_ms"))];
+        if let Some(n) = f.get("holders") {
+            s.push(format!(
+                "of {n:.0} holders (each its own session and lock), {:.0} double granted, {:.0} kept their locks; {}",
+                at("holders_double_granted"),
+                at("holders_kept_lock"),
+                if yes("double_grant") || yes("fence_went_backwards") {
+                    "the first broken lock"
+                } else {
+                    "the first lock"
+                }
+            ));
+        }
         s.push(if yes("double_grant") {
             format!(
                 "DOUBLE GRANT: another client was granted the lock {:.0} ms after the pause began, before the holder was told{}",
