@@ -135,13 +135,7 @@ impl History {
         let now = Instant::now();
         let mut holds = self.holds();
         holds.sort_by_key(|h| h.start);
-        let ms = |t: Instant| {
-            if t >= origin {
-                t.duration_since(origin).as_secs_f64() * 1000.0
-            } else {
-                -(origin.duration_since(t).as_secs_f64() * 1000.0)
-            }
-        };
+        let ms = |t: Instant| ms_since(origin, t);
         let show = |h: &Hold| {
             format!(
                 "{} fence {} [{:.1}, {:.1}] ms",
@@ -161,6 +155,22 @@ impl History {
             }
         }
         out
+    }
+
+    /// The first overlapping pair's span in ms since `origin`: from the
+    /// later grant to the earlier hold's end. `None` without an overlap.
+    pub fn first_overlap(&self, origin: Instant) -> Option<(f64, f64)> {
+        let now = Instant::now();
+        let mut holds = self.holds();
+        holds.sort_by_key(|h| h.start);
+        let ms = |t: Instant| ms_since(origin, t);
+        holds.iter().enumerate().find_map(|(i, a)| {
+            let a_end = a.end.unwrap_or(now);
+            holds[i + 1..]
+                .iter()
+                .find(|b| b.start < a_end)
+                .map(|b| (ms(b.start), ms(a_end)))
+        })
     }
 
     /// Check the history.
@@ -194,6 +204,15 @@ impl History {
     }
 }
 
+/// `t` in ms since `origin` (negative before it).
+fn ms_since(origin: Instant, t: Instant) -> f64 {
+    if t >= origin {
+        t.duration_since(origin).as_secs_f64() * 1000.0
+    } else {
+        -(origin.duration_since(t).as_secs_f64() * 1000.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,6 +229,25 @@ mod tests {
         assert_eq!(v.overlapping_holds, 1);
         assert_eq!(v.non_monotonic_fences, 1);
         assert!(!v.is_clean());
+    }
+
+    #[test]
+    fn first_overlap_spans_the_later_grant_to_the_earlier_end() {
+        let origin = Instant::now();
+        let h = History::new();
+        let t = |ms: u64| origin + Duration::from_millis(ms);
+        let a = h.acquired_at("a", 1, t(100));
+        h.released_at(a, t(200));
+        let b = h.acquired_at("b", 2, t(300));
+        h.released_at(b, t(900));
+        assert_eq!(h.first_overlap(origin), None);
+        let c = h.acquired_at("c", 3, t(700));
+        h.released_at(c, t(1000));
+        let (from, to) = h.first_overlap(origin).expect("b and c overlap");
+        assert!(
+            (from - 700.0).abs() < 0.01 && (to - 900.0).abs() < 0.01,
+            "{from} {to}"
+        );
     }
 
     #[test]

@@ -189,6 +189,42 @@ impl Clock {
     }
 }
 
+/// What the drivers saw and did (agent events, client faults), in ms since
+/// the start, kept for a violation's report: the events around the first
+/// overlap tell a lost lease from a late release. Bounded: the oldest go.
+#[derive(Clone, Default)]
+struct Journal(Arc<std::sync::Mutex<std::collections::VecDeque<(f64, String)>>>);
+
+impl Journal {
+    /// How many entries are kept.
+    const KEEP: usize = 20_000;
+
+    fn note(&self, ms: f64, what: String) {
+        let mut j = self.0.lock().unwrap();
+        if j.len() == Self::KEEP {
+            j.pop_front();
+        }
+        j.push_back((ms, what));
+    }
+
+    /// The entries from `from` to `to` ms, at most `limit`, in words.
+    fn between(&self, from: f64, to: f64, limit: usize) -> Vec<String> {
+        let mut seen: Vec<(f64, String)> = self
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(ms, _)| (from..=to).contains(ms))
+            .cloned()
+            .collect();
+        seen.sort_by(|a, b| a.0.total_cmp(&b.0));
+        seen.into_iter()
+            .take(limit)
+            .map(|(ms, what)| format!("{ms:.1} {what}"))
+            .collect()
+    }
+}
+
 /// Run the nemesis on `t` for `duration`; the figures, or a failure naming
 /// the violations.
 ///
@@ -211,6 +247,7 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
         kinds.push(Round::Lead);
     }
     let clock = Clock::now();
+    let journal = Journal::default();
     let controller: Option<Arc<dyn ServerFaults>> = t.faults.clone();
     let upstream = match &controller {
         Some(c) => c.proxy_upstream().await,
@@ -279,6 +316,7 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
             round: Round::Lock,
             register: register.addr().to_string(),
             clock,
+            journal: journal.clone(),
             hold: None,
             excuse_pauses: !caps.exclusive_under_pause,
             pauses: Vec::new(),
@@ -457,18 +495,26 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
             failures.join("; ")
         )));
     }
+    // What the drivers read around the first overlap (agent events carry
+    // the agent's own `at_ns`; the entry's time is when it was read).
+    let around = |h: &History| match h.first_overlap(clock.instant) {
+        Some((from, to)) => journal.between(from - 1000.0, to + 500.0, 60).join(", "),
+        None => "none".to_owned(),
+    };
     if !v.is_clean() {
         return Err(CaseError::Fail(format!(
-            "violations under random faults: {v:?}; first overlaps: {}; faults: {}; figures: {f:?}",
+            "violations under random faults: {v:?}; first overlaps: {}; faults: {}; figures: {f:?}; events around the first overlap: {}",
             history.overlaps(clock.instant, 5).join("; "),
-            timeline.join(", ")
+            timeline.join(", "),
+            around(history)
         )));
     }
     if !vl.is_clean() {
         return Err(CaseError::Fail(format!(
-            "election violations under random faults (two leaders at once, or leadership fences not increasing): {vl:?}; first overlaps: {}; faults: {}; figures: {f:?}",
+            "election violations under random faults (two leaders at once, or leadership fences not increasing): {vl:?}; first overlaps: {}; faults: {}; figures: {f:?}; events around the first overlap: {}",
             histories.lead.overlaps(clock.instant, 5).join("; "),
-            timeline.join(", ")
+            timeline.join(", "),
+            around(&histories.lead)
         )));
     }
     if history.holds().is_empty() {
@@ -507,6 +553,7 @@ struct Driver {
     round: Round,
     register: String,
     clock: Clock,
+    journal: Journal,
     /// The open hold: its kind, history index and start.
     hold: Option<(Round, usize, u64)>,
     /// Whether a hold spanning a SIGSTOP ends, as a belief, at the stop
@@ -613,6 +660,10 @@ impl Driver {
 
     async fn on_event(&mut self, ev: AgentEvent, state: State) -> State {
         tracing::info!(agent = %self.name, event = ?ev, now_ms = self.clock.ms(mono_ns()), ?state, "nemesis: agent event");
+        self.journal.note(
+            self.clock.ms(mono_ns()),
+            format!("{} read {ev:?}", self.name),
+        );
         match ev {
             AgentEvent::Granted { fence, at_ns } => {
                 let i = self.histories.of(self.round).acquired_at(
@@ -681,6 +732,10 @@ impl Driver {
     /// kill: it updates the history, and nothing is sent back.
     fn on_unread_event(&mut self, ev: AgentEvent) {
         tracing::info!(agent = %self.name, event = ?ev, now_ms = self.clock.ms(mono_ns()), "nemesis: event of a killed agent");
+        self.journal.note(
+            self.clock.ms(mono_ns()),
+            format!("{} (killed) read {ev:?}", self.name),
+        );
         match ev {
             AgentEvent::Granted { fence, at_ns } => {
                 let i = self.histories.of(self.round).acquired_at(
@@ -735,6 +790,8 @@ impl Driver {
 
     async fn inject(&mut self, fault: ClientFault) {
         tracing::info!(agent = %self.name, ?fault, now_ms = self.clock.ms(mono_ns()), "nemesis: client fault");
+        self.journal
+            .note(self.clock.ms(mono_ns()), format!("{} {fault:?}", self.name));
         match fault {
             ClientFault::Pause(d) => {
                 let Some(agent) = self.agent.as_ref() else {
@@ -773,5 +830,25 @@ impl Driver {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_journal_gives_a_window_in_time_order_and_forgets_the_oldest() {
+        let j = Journal::default();
+        j.note(30.0, "c".into());
+        j.note(10.0, "a".into());
+        j.note(20.0, "b".into());
+        j.note(99.0, "late".into());
+        assert_eq!(j.between(5.0, 30.0, 10), ["10.0 a", "20.0 b", "30.0 c"]);
+        assert_eq!(j.between(5.0, 30.0, 1), ["10.0 a"]);
+        for i in 0..Journal::KEEP {
+            j.note(1000.0 + i as f64, "x".into());
+        }
+        assert!(j.between(0.0, 999.0, 10).is_empty());
     }
 }
