@@ -235,7 +235,7 @@ pub fn all() -> Vec<Case> {
         case!(restart_without_persistence, "the server restarts without its data while a lock is held: the holder is told it lost the lock no later than another client is granted it (no silent double grant; fences never go backwards)", Some("exclusive_across_data_loss"), always, Some(Fault::RestartWithoutPersistence), Some(restart_without_persistence::describe)),
         Case {
             name: "nemesis",
-            guarantee: "under random faults (client pause/kill/partition and one-way partition, server pauses, and the server faults whose guarantee is declared) holder processes never believe they hold the lock at once, fences strictly increase, the fenced resource accepts no stale write, and every holder completes a round after the heal",
+            guarantee: "under random faults (client pause/kill/partition and one-way partition, and the server faults whose guarantee is declared: member partitions, leader kills, server pauses on a single server or where exclusive_across_leader_stalls is declared) holder processes never believe they hold the lock at once, fences strictly increase, the fenced resource accepts no stale write, and every holder completes a round after the heal",
             capability: Some("failure_detection"),
             applies: needs_processes,
             needs: None,
