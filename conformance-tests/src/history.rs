@@ -129,12 +129,28 @@ impl History {
         self.holds.lock().unwrap().clone()
     }
 
+    /// The holds in grant order, and every pair of them that overlaps
+    /// (indices, the earlier grant first), an open hold ending `now`.
+    fn overlapping(&self, now: Instant) -> (Vec<Hold>, Vec<(usize, usize)>) {
+        let mut holds = self.holds();
+        holds.sort_by_key(|h| h.start);
+        let mut pairs = Vec::new();
+        for (i, a) in holds.iter().enumerate() {
+            let a_end = a.end.unwrap_or(now);
+            for (j, b) in holds.iter().enumerate().skip(i + 1) {
+                if b.start < a_end {
+                    pairs.push((i, j));
+                }
+            }
+        }
+        (holds, pairs)
+    }
+
     /// The overlapping pairs of holds, described relative to `origin`
     /// (for a failure message): `client fence [start, end] ms` each.
     pub fn overlaps(&self, origin: Instant, limit: usize) -> Vec<String> {
         let now = Instant::now();
-        let mut holds = self.holds();
-        holds.sort_by_key(|h| h.start);
+        let (holds, pairs) = self.overlapping(now);
         let ms = |t: Instant| ms_since(origin, t);
         let show = |h: &Hold| {
             format!(
@@ -145,48 +161,30 @@ impl History {
                 ms(h.end.unwrap_or(now))
             )
         };
-        let mut out = Vec::new();
-        for (i, a) in holds.iter().enumerate() {
-            let a_end = a.end.unwrap_or(now);
-            for b in &holds[i + 1..] {
-                if b.start < a_end && out.len() < limit {
-                    out.push(format!("{} overlaps {}", show(a), show(b)));
-                }
-            }
-        }
-        out
+        pairs
+            .iter()
+            .take(limit)
+            .map(|&(a, b)| format!("{} overlaps {}", show(&holds[a]), show(&holds[b])))
+            .collect()
     }
 
     /// The first overlapping pair's span in ms since `origin`: from the
     /// later grant to the earlier hold's end. `None` without an overlap.
     pub fn first_overlap(&self, origin: Instant) -> Option<(f64, f64)> {
         let now = Instant::now();
-        let mut holds = self.holds();
-        holds.sort_by_key(|h| h.start);
-        let ms = |t: Instant| ms_since(origin, t);
-        holds.iter().enumerate().find_map(|(i, a)| {
-            let a_end = a.end.unwrap_or(now);
-            holds[i + 1..]
-                .iter()
-                .find(|b| b.start < a_end)
-                .map(|b| (ms(b.start), ms(a_end)))
-        })
+        let (holds, pairs) = self.overlapping(now);
+        let &(a, b) = pairs.first()?;
+        let a_end = holds[a].end.unwrap_or(now);
+        Some((ms_since(origin, holds[b].start), ms_since(origin, a_end)))
     }
 
     /// Check the history.
     pub fn check(&self) -> Violations {
-        let now = Instant::now();
-        let mut holds = self.holds();
-        holds.sort_by_key(|h| h.start);
-        let mut v = Violations::default();
-        for (i, a) in holds.iter().enumerate() {
-            let a_end = a.end.unwrap_or(now);
-            for b in &holds[i + 1..] {
-                if b.start < a_end {
-                    v.overlapping_holds += 1;
-                }
-            }
-        }
+        let (holds, pairs) = self.overlapping(Instant::now());
+        let mut v = Violations {
+            overlapping_holds: pairs.len(),
+            ..Violations::default()
+        };
         for pair in holds.windows(2) {
             if pair[1].fence <= pair[0].fence {
                 v.non_monotonic_fences += 1;

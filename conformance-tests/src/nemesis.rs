@@ -207,8 +207,10 @@ impl Journal {
         j.push_back((ms, what));
     }
 
-    /// The entries from `from` to `to` ms, at most `limit`, in words.
-    fn between(&self, from: f64, to: f64, limit: usize) -> Vec<String> {
+    /// The entries from `from` to `to` ms in time order, in words; of
+    /// more than `limit`, the `limit` nearest to `at` (the moment that
+    /// matters: a window dense with events keeps its middle, not its start).
+    fn between(&self, from: f64, to: f64, at: f64, limit: usize) -> Vec<String> {
         let mut seen: Vec<(f64, String)> = self
             .0
             .lock()
@@ -217,9 +219,10 @@ impl Journal {
             .filter(|(ms, _)| (from..=to).contains(ms))
             .cloned()
             .collect();
+        seen.sort_by(|a, b| (a.0 - at).abs().total_cmp(&(b.0 - at).abs()));
+        seen.truncate(limit);
         seen.sort_by(|a, b| a.0.total_cmp(&b.0));
         seen.into_iter()
-            .take(limit)
             .map(|(ms, what)| format!("{ms:.1} {what}"))
             .collect()
     }
@@ -498,7 +501,9 @@ pub async fn run(t: &Target, duration: Duration) -> Result<Figures, CaseError> {
     // What the drivers read around the first overlap (agent events carry
     // the agent's own `at_ns`; the entry's time is when it was read).
     let around = |h: &History| match h.first_overlap(clock.instant) {
-        Some((from, to)) => journal.between(from - 1000.0, to + 500.0, 60).join(", "),
+        Some((from, to)) => journal
+            .between(from - 1000.0, to + 500.0, from, 80)
+            .join(", "),
         None => "none".to_owned(),
     };
     if !v.is_clean() {
@@ -844,11 +849,16 @@ mod tests {
         j.note(10.0, "a".into());
         j.note(20.0, "b".into());
         j.note(99.0, "late".into());
-        assert_eq!(j.between(5.0, 30.0, 10), ["10.0 a", "20.0 b", "30.0 c"]);
-        assert_eq!(j.between(5.0, 30.0, 1), ["10.0 a"]);
+        assert_eq!(
+            j.between(5.0, 30.0, 10.0, 10),
+            ["10.0 a", "20.0 b", "30.0 c"]
+        );
+        // Over the limit, the entries nearest the moment stay.
+        assert_eq!(j.between(5.0, 30.0, 10.0, 1), ["10.0 a"]);
+        assert_eq!(j.between(5.0, 30.0, 28.0, 2), ["20.0 b", "30.0 c"]);
         for i in 0..Journal::KEEP {
             j.note(1000.0 + i as f64, "x".into());
         }
-        assert!(j.between(0.0, 999.0, 10).is_empty());
+        assert!(j.between(0.0, 999.0, 0.0, 10).is_empty());
     }
 }

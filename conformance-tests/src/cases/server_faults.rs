@@ -512,14 +512,6 @@ pub mod server_pause {
     pub async fn run(t: Target) -> CaseResult {
         let faults = controller(&t)?;
         let url = t.url_with("ttl", TTL);
-        let ca = crate::connect(&url).await?;
-        let caps = ca.capabilities();
-        // Where another server can take over, a pause may be a failover
-        // that the stopped leader does not see: the exclusion is then what
-        // exclusive_across_leader_stalls declares. A single server has none:
-        // its leases must hold.
-        let failover = t.supports(Fault::KillLeader);
-        let exclusive = !failover || caps.exclusive_across_leader_stalls;
         let mut sessions = Vec::with_capacity(HOLDERS);
         let mut holders = Vec::with_capacity(HOLDERS);
         for name in NAMES {
@@ -528,7 +520,12 @@ pub mod server_pause {
             holders.push((name, hold_alone(&t, &s, name).await?));
             sessions.push((c, s));
         }
-        drop(ca);
+        // Where another server can take over, a pause may be a failover
+        // that the stopped leader does not see: the exclusion is then what
+        // exclusive_across_leader_stalls declares. A single server has none:
+        // its leases must hold.
+        let failover = t.supports(Fault::KillLeader);
+        let exclusive = !failover || sessions[0].0.capabilities().exclusive_across_leader_stalls;
 
         let what = faults
             .pause_leader()
